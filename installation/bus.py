@@ -1,0 +1,206 @@
+"""The parameter bus: the only way inputs talk to the show.
+
+Writers (OSC thread, audio callback, camera thread, LFOs) call :meth:`ParamBus.set` or :meth:`ParamBus.post`
+from any thread; they never block on the loop and never raise into it. The update step calls
+:meth:`ParamBus.tick` once per frame: it drains the latest targets and the event queue and advances each
+parameter's attack/release follower by the injected ``dt``, so a fixed-step run is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+PARAM_TYPES = ("float", "int", "bool")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A named, typed, ranged parameter with its smoothing times (seconds, 0 = jump)."""
+
+    name: str
+    type: str = "float"
+    min: float = 0.0
+    max: float = 1.0
+    default: float = 0.0
+    attack: float = 0.0
+    release: float = 0.0
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name!r}: type must be one of {PARAM_TYPES}, not {self.type!r}")
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"parameter {self.name!r}: default {self.default} outside [{self.min}, {self.max}]")
+
+    def coerce(self, value: Any) -> tuple[float | None, str]:
+        """(value, "") when valid, (clamped, "clamped") when out of range, (None, reason) when rejected."""
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, (int, float)):
+            return None, "type"
+        v = float(value)
+        if not math.isfinite(v):
+            return None, "nonfinite"
+        if self.type == "bool":
+            v = 1.0 if v >= 0.5 else 0.0
+        elif self.type == "int":
+            v = float(round(v))
+        if v < self.min or v > self.max:
+            return min(max(v, self.min), self.max), "clamped"
+        return v, ""
+
+    def from_norm(self, u: float) -> float:
+        """Map 0..1 onto the native range."""
+        return self.min + (self.max - self.min) * u
+
+
+@dataclass(frozen=True)
+class Event:
+    """A discrete command for the update step (next scene, jump seed, ...)."""
+
+    kind: str
+    value: Any = None
+    source: str = ""
+
+
+class Follower:
+    """Attack/release envelope follower: rises with time constant ``attack``, falls with ``release``."""
+
+    __slots__ = ("attack", "release", "value")
+
+    def __init__(self, value: float, attack: float = 0.0, release: float = 0.0) -> None:
+        self.value = float(value)
+        self.attack = attack
+        self.release = release
+
+    def step(self, target: float, dt: float) -> float:
+        tau = self.attack if target > self.value else self.release
+        if tau <= 0.0 or dt <= 0.0:
+            self.value = target if tau <= 0.0 else self.value
+        else:
+            self.value += (target - self.value) * (1.0 - math.exp(-dt / tau))
+        return self.value
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What the loop reads once per frame: smoothed values, the events drained, and the raw targets."""
+
+    values: Mapping[str, float]
+    events: tuple[Event, ...] = ()
+    changed: frozenset[str] = field(default_factory=frozenset)
+
+
+class ParamBus:
+    """Latest-value parameter store plus a small event queue, safe to write from any thread."""
+
+    def __init__(self, specs: Iterable[ParamSpec] = (), max_events: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._specs: dict[str, ParamSpec] = {}
+        self._targets: dict[str, float] = {}
+        self._followers: dict[str, Follower] = {}
+        self._pending: set[str] = set()
+        self._events: deque[Event] = deque()
+        self._max_events = max_events
+        self.rejects: Counter[str] = Counter()
+        self.accepted = 0
+        for spec in specs:
+            self.declare(spec)
+
+    # -- declaration -------------------------------------------------------------------------------------------
+    def declare(self, spec: ParamSpec) -> None:
+        with self._lock:
+            self._specs[spec.name] = spec
+            self._targets[spec.name] = spec.default
+            self._followers[spec.name] = Follower(spec.default, spec.attack, spec.release)
+
+    @property
+    def specs(self) -> Mapping[str, ParamSpec]:
+        return dict(self._specs)
+
+    def spec(self, name: str) -> ParamSpec | None:
+        return self._specs.get(name)
+
+    # -- writers (any thread) ----------------------------------------------------------------------------------
+    def set(self, name: str, value: Any, source: str = "") -> bool:
+        """Set a parameter's target. Returns False (and counts why) when the value was rejected."""
+        spec = self._specs.get(name)
+        if spec is None:
+            self._reject("unknown")
+            return False
+        v, why = spec.coerce(value)
+        if v is None:
+            self._reject(why)
+            return False
+        with self._lock:
+            if why:
+                self.rejects[why] += 1
+            self._targets[name] = v
+            self._pending.add(name)
+            self.accepted += 1
+        return True
+
+    def set_norm(self, name: str, u: Any, source: str = "") -> bool:
+        """Set a parameter from 0..1 across its range."""
+        spec = self._specs.get(name)
+        if spec is None:
+            self._reject("unknown")
+            return False
+        if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u):
+            self._reject("type")
+            return False
+        if not 0.0 <= u <= 1.0:
+            with self._lock:
+                self.rejects["clamped"] += 1
+            u = min(max(u, 0.0), 1.0)
+        return self.set(name, spec.from_norm(float(u)), source)
+
+    def post(self, event: Event) -> bool:
+        """Queue a discrete event; the oldest is kept and the newest dropped (counted) when full."""
+        with self._lock:
+            if len(self._events) >= self._max_events:
+                self.rejects["event_overflow"] += 1
+                return False
+            self._events.append(event)
+        return True
+
+    def reset(self, values: Mapping[str, float], snap: bool = False) -> None:
+        """Set many targets at once (scene defaults); ``snap`` jumps the followers too."""
+        with self._lock:
+            for name, v in values.items():
+                if name in self._specs:
+                    self._targets[name] = float(v)
+                    self._pending.add(name)
+                    if snap:
+                        self._followers[name].value = float(v)
+
+    def _reject(self, why: str) -> None:
+        with self._lock:
+            self.rejects[why] += 1
+
+    # -- the loop (one thread) ---------------------------------------------------------------------------------
+    def tick(self, dt: float) -> Tick:
+        """Drain targets and events, advance the followers by ``dt`` and return the frame's snapshot."""
+        with self._lock:
+            targets = dict(self._targets)
+            changed = frozenset(self._pending)
+            self._pending.clear()
+            events = tuple(self._events)
+            self._events.clear()
+        values = {name: f.step(targets[name], dt) for name, f in self._followers.items()}
+        return Tick(values=values, events=events, changed=changed)
+
+    def targets(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._targets)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"accepted": self.accepted, "rejects": dict(self.rejects)}

@@ -1,0 +1,49 @@
+"""Decoder backends by name: adding one is a file with a class registered here."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from .base import Decoder, DecoderSettings, DecoderSpec, LatentRequest, NonFiniteFrame
+
+_REGISTRY: dict[str, type] = {}
+# Built-in backends are imported on first use, so a CPPN show never pays for importing diffusers.
+_BUILTINS = {
+    "cppn": "installation.decoders.cppn",
+    "faulty": "installation.decoders.faulty",
+}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a decoder available to scenes as ``decoder.type = name``."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    """Every decoder name a scene may use."""
+    return sorted(set(_BUILTINS) | set(_REGISTRY))
+
+
+def decoder_class(name: str) -> type:
+    """The class registered as ``name``, importing its built-in module on first use."""
+    if name not in _REGISTRY and name in _BUILTINS:
+        importlib.import_module(_BUILTINS[name])
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown decoder {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def create(spec: DecoderSpec, device: str = "cpu") -> Decoder:
+    """Build (not prepare) the decoder a spec names."""
+    return decoder_class(spec.type)(spec.settings, device=device)
+
+
+__all__ = ["Decoder", "DecoderSettings", "DecoderSpec", "LatentRequest", "NonFiniteFrame", "register",
+           "names", "decoder_class", "create"]

@@ -1,0 +1,63 @@
+"""The decoder protocol: one latent request in, one RGB frame out.
+
+A decoder is built from its validated settings (a frozen pydantic model declared by the class), prepared once
+(load, warm up, capture graphs) and then asked for frames. Frames are HxWx3 arrays, top row first: float32 in
+0..1 (the guard checks them for NaN/Inf and converts) or uint8 (the decoder then checks its float stage itself and
+raises :class:`NonFiniteFrame`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class NonFiniteFrame(RuntimeError):
+    """A decoder produced NaN or Inf; the frame must not reach the screen."""
+
+
+class DecoderSettings(BaseModel):
+    """Base for each decoder's settings: strict keys, immutable, hashable (so equal settings share a decoder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Which decoder a scene uses: a registry name plus that decoder's validated settings."""
+
+    type: str
+    settings: DecoderSettings
+
+
+@dataclass(frozen=True)
+class LatentRequest:
+    """Everything a decoder needs for one frame. Immutable, so it can cross threads."""
+
+    z: np.ndarray
+    t: float
+    seq: int
+    decoder: DecoderSpec
+    scene: str = ""
+    params: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """What the runtime needs from a backend."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[DecoderSettings]]
+
+    @classmethod
+    def latent_shape(cls, settings: DecoderSettings) -> tuple[int, ...]: ...
+
+    def prepare(self) -> None: ...
+
+    def render(self, request: LatentRequest) -> np.ndarray: ...
+
+    def close(self) -> None: ...
