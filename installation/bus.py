@@ -133,11 +133,11 @@ class ParamBus:
         """Set a parameter's target. Returns False (and counts why) when the value was rejected."""
         spec = self._specs.get(name)
         if spec is None:
-            self._reject("unknown")
+            self.reject("unknown")
             return False
         v, why = spec.coerce(value)
         if v is None:
-            self._reject(why)
+            self.reject(why)
             return False
         with self._lock:
             if why:
@@ -151,10 +151,10 @@ class ParamBus:
         """Set a parameter from 0..1 across its range."""
         spec = self._specs.get(name)
         if spec is None:
-            self._reject("unknown")
+            self.reject("unknown")
             return False
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u):
-            self._reject("type")
+            self.reject("type")
             return False
         if not 0.0 <= u <= 1.0:
             with self._lock:
@@ -181,7 +181,7 @@ class ParamBus:
                     if snap:
                         self._followers[name].value = float(v)
 
-    def _reject(self, why: str) -> None:
+    def reject(self, why: str) -> None:
         with self._lock:
             self.rejects[why] += 1
 

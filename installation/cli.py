@@ -1,0 +1,228 @@
+"""The ``installation`` command: run, scenes, params, bench, doctor.
+
+Exit status 2 means the config, a scene, a shader or a flag is wrong; the one-line message says which file, which
+key and what is allowed. Nothing is opened or loaded before everything has been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError, ShowSpec, all_scene_files, load_scene, load_show
+from .sizes import parse_size
+
+log = logging.getLogger("installation")
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str) -> int:
+    print(f"installation: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _size_arg(text: str):
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _with_output(spec: ShowSpec, args: argparse.Namespace) -> ShowSpec:
+    """Apply --size/--fps/--fullscreen/--display over the config's [output]."""
+    update = {}
+    for key in ("size", "fps", "display"):
+        if getattr(args, key, None) is not None:
+            update[key] = getattr(args, key)
+    if getattr(args, "fullscreen", False):
+        update["fullscreen"] = True
+    if update:
+        output = spec.config.output.model_copy(update=update)
+        spec.config = spec.config.model_copy(update={"output": output})
+    return spec
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .clock import FixedClock, WallClock
+    from .render.record import Recorder, RecorderError
+    from .runtime import Runtime
+
+    if args.fixed_step and args.duration is None:
+        return _fail("--fixed-step renders offline: give --duration (seconds of show time)")
+    try:
+        spec = _with_output(load_show(args.config, only_scene=args.scene), args)
+    except ConfigError as e:
+        return _fail(str(e))
+    out = spec.config.output
+    _setup_logging(args.log_level or spec.config.log.level)
+    if args.record and (out.size.w % 2 or out.size.h % 2):
+        return _fail(f"--record needs an even output size, got {out.size}")
+    if args.headless:
+        from .render.targets import HeadlessTarget
+
+        target = HeadlessTarget(out.size)
+    else:
+        from .render.targets import WindowTarget
+
+        try:
+            target = WindowTarget(out.size, out.fullscreen, out.display, out.vsync and not args.fixed_step,
+                                  out.title, out.hide_cursor)
+        except Exception as e:  # noqa: BLE001 - no display is a start-up error, not a crash
+            return _fail(f"cannot open a window ({e}); use --headless, or set DISPLAY / SDL_VIDEODRIVER")
+    recorder = None
+    if args.record:
+        rec = spec.config.record
+        try:
+            recorder = Recorder(args.record, target.size, out.fps, rec.ffmpeg, rec.codec, rec.preset, rec.crf,
+                                blocking=args.headless or args.fixed_step)
+        except RecorderError as e:
+            target.close()
+            return _fail(str(e))
+    clock = FixedClock(out.fps) if args.fixed_step else WallClock()
+    runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.request_quit())
+    log.info("running %s on %s at %s, %d fps (%s)", ", ".join(s.name for s in spec.scenes), target.kind,
+             "x".join(map(str, target.size)), out.fps, "fixed step" if args.fixed_step else "live")
+    try:
+        stats = runtime.run(args.duration)
+    finally:
+        target.close()
+    h = runtime.health()
+    log.info("presented %d frames, decoded %d, late %d, decoder faults %s", stats.presented, h["frames_decoded"],
+             stats.late, h["decoder"]["faults"] or "none")
+    if args.record:
+        log.info("recorded %s", args.record)
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    """List every scene file and validate it; exit 2 if any is invalid."""
+    try:
+        spec = load_show(args.config)
+    except ConfigError as e:
+        return _fail(str(e))
+    bad = 0
+    playing = {s.name for s in spec.scenes}
+    for path in all_scene_files(spec):
+        try:
+            scene = load_scene(path)
+            from .config import check_params
+
+            check_params(scene.params, spec.params, path, "params")
+            missing = [s for s in scene.shaders if s not in spec.shaders]
+            if missing:
+                raise ConfigError(path, "shaders", f"no shader {missing[0]!r}")
+        except ConfigError as e:
+            bad += 1
+            print(f"  INVALID  {e}")
+            continue
+        mark = "*" if scene.name in playing else " "
+        dur = "until told" if scene.duration == 0 else f"{scene.duration:g}s"
+        print(f"{mark} {scene.name:<14} {scene.decoder.type:<10} {scene.trajectory.kind:<6} {dur:<10} "
+              f"{scene.description}")
+    print("(* in the show's play list)")
+    return EXIT_CONFIG if bad else 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """List every parameter a show declares: name, range, default, what it does."""
+    try:
+        spec = load_show(args.config)
+    except ConfigError as e:
+        return _fail(str(e))
+    for name, p in sorted(spec.params.items()):
+        print(f"{name:<22} {p.type:<5} [{p.min:g}, {p.max:g}] default {p.default:g}  {p.doc}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    try:
+        spec = _with_output(load_show(args.config, only_scene=args.scene), args)
+    except ConfigError as e:
+        return _fail(str(e))
+    _setup_logging(args.log_level or "warning")
+    result = run_bench(spec, seconds=args.seconds)
+    for key, value in result.items():
+        print(f"{key:<16} {value}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    for name, status in report(args.config):
+        print(f"{name:<10} {status}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="installation", description="Walk the latent space of a generative model in "
+                                "real time, for galleries and live performance.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=None, help="config TOML (default: config/default.toml)")
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+
+    r = sub.add_parser("run", help="run the show in a window or headless", description="Run the show.")
+    common(r)
+    r.add_argument("--scene", help="play only this scene (a name from `installation scenes`)")
+    r.add_argument("--headless", action="store_true", help="render offscreen through EGL, no window")
+    r.add_argument("--duration", type=float, help="stop after this many seconds of show time")
+    r.add_argument("--fps", type=int, help="presenter (and recording) frames per second")
+    r.add_argument("--fixed-step", action="store_true",
+                   help="offline: frame n is rendered at t = n / fps, not in real time; deterministic")
+    r.add_argument("--record", type=Path, help="write the output to this video file (mp4) through ffmpeg")
+    r.add_argument("--size", type=_size_arg, help="output size WxH, e.g. 1280x720")
+    r.add_argument("--display", type=int, help="display index for the window")
+    r.add_argument("--fullscreen", action="store_true", help="borderless fullscreen")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("scenes", help="list and validate the scene files", description=cmd_scenes.__doc__)
+    common(s)
+    s.set_defaults(func=cmd_scenes)
+
+    pa = sub.add_parser("params", help="list the parameters (bus names, ranges, defaults)",
+                        description=cmd_params.__doc__)
+    common(pa)
+    pa.set_defaults(func=cmd_params)
+
+    b = sub.add_parser("bench", help="measure decoder, runtime and presenter speed",
+                       description="Measure decoder fps alone, decoder fps inside the running loop, presenter fps "
+                                   "at the output size paced at 60 Hz, and memory.")
+    common(b)
+    b.add_argument("--scene", help="scene to measure (default: the show's first)")
+    b.add_argument("--size", type=_size_arg, help="output size WxH (default: the config's)")
+    b.add_argument("--seconds", type=float, default=10.0, help="seconds for each measurement")
+    b.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    b.set_defaults(func=cmd_bench, fps=None, display=None)
+
+    d = sub.add_parser("doctor", help="what this machine offers: GL, torch device, displays, audio, cameras",
+                       description="Check GL, torch, displays, ffmpeg, audio and camera devices.")
+    common(d)
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Injected time: a wall clock for live shows, a fixed-step clock for tests and offline renders."""
+
+from __future__ import annotations
+
+import time
+
+
+class WallClock:
+    """Seconds since start, from the monotonic performance counter."""
+
+    fixed = False
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self._start
+
+    def advance(self) -> None:
+        """Live time advances by itself."""
+
+
+class FixedClock:
+    """Frame n is at exactly n / fps, however long it takes to render: deterministic offline output."""
+
+    fixed = True
+
+    def __init__(self, fps: float) -> None:
+        self.fps = float(fps)
+        self.frame = 0
+
+    def now(self) -> float:
+        return self.frame / self.fps
+
+    def advance(self) -> None:
+        self.frame += 1

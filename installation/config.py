@@ -1,0 +1,286 @@
+"""Config and scene files: TOML in, validated models out, or one message naming the file, the key and what is allowed.
+
+Fail fast at start-up: everything a show needs (config, every scene it plays, every shader those scenes chain, every
+parameter they set) is checked here before a window opens or a decoder loads.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import decoders
+from .bus import ParamSpec
+from .decoders import DecoderSpec
+from .latent.trajectories import AnyTrajectorySettings, LoopSettings
+from .render.shaders import ShaderError, ShaderFile, load_dir
+from .sizes import Size, SizeT
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "default.toml"
+
+# Parameters every show has; shader uniforms and input features add theirs.
+CORE_PARAMS = (
+    ParamSpec("speed", "float", 0.0, 10.0, 1.0, 0.6, 0.6, "how fast the path is walked (path seconds per second)"),
+    ParamSpec("radius", "float", 0.0, 2.0, 0.5, 0.6, 0.6, "how far orbits and walks stray from their centre"),
+    ParamSpec("temperature", "float", 0.0, 3.0, 1.0, 0.6, 0.6, "latent scale: below 1 calmer, above 1 wilder"),
+)
+
+
+class ConfigError(Exception):
+    """A config, scene or shader that cannot be used. ``str()`` is the one line shown to the user."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: key '{key}'" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OutputConfig(_Strict):
+    size: Size = SizeT(1280, 720)
+    fps: Annotated[int, Field(ge=1, le=240)] = 60
+    fullscreen: bool = False
+    display: Annotated[int, Field(ge=0, le=16)] = 0
+    vsync: bool = True
+    fit: Literal["cover", "contain", "stretch"] = "cover"
+    title: str = "installation"
+    hide_cursor: bool = True
+
+
+class ShowConfig(_Strict):
+    scenes: Annotated[list[str], Field(min_length=1)] = ["aurora", "tide", "lattice"]
+    order: Literal["sequence", "shuffle"] = "sequence"
+    shuffle_seed: Annotated[int, Field(ge=0)] = 0
+    scenes_dir: str = "../scenes"
+    shaders_dir: str = "../shaders"
+
+
+class DecoderRuntimeConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_fps: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
+    restart_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5
+    restart_backoff_max_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+
+
+class RecordConfig(_Strict):
+    ffmpeg: str = "ffmpeg"
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    crf: Annotated[int, Field(ge=0, le=51)] = 20
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    output: OutputConfig = OutputConfig()
+    show: ShowConfig = ShowConfig()
+    decoder: DecoderRuntimeConfig = DecoderRuntimeConfig()
+    record: RecordConfig = RecordConfig()
+    log: LogConfig = LogConfig()
+    params: dict[str, float] = {}
+
+
+class Prompt(_Strict):
+    text: Annotated[str, Field(min_length=1, max_length=500)]
+    weight: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+
+class _SceneBody(_Strict):
+    description: str = ""
+    duration: Annotated[float, Field(ge=0, le=7 * 86400)] = 60.0
+    transition: Annotated[float, Field(ge=0, le=120)] = 4.0
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    trajectory: AnyTrajectorySettings = LoopSettings()
+    params: dict[str, float] = {}
+    shaders: Annotated[list[str], Field(min_length=1)] = ["present", "feedback", "grade"]
+    prompts: list[Prompt] = []
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A validated scene: what it decodes with, how it walks, and how it looks."""
+
+    name: str
+    path: Path
+    decoder: DecoderSpec
+    body: _SceneBody
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.body, item)
+
+
+@dataclass
+class ShowSpec:
+    """A loaded, fully validated show: config, scenes in play order, shaders and parameter specs."""
+
+    config: Config
+    path: Path
+    scenes: list[Scene]
+    shaders: dict[str, ShaderFile]
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+
+    def scene(self, name: str) -> Scene:
+        for s in self.scenes:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+def read_toml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "", "file not found")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read ({e.strerror or e})") from None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple, data: Any) -> list[str] | None:
+    """Walk ``loc`` through nested models (and the trajectory's 'kind' union) to list the keys allowed there."""
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        data = data.get(part) if isinstance(data, dict) else None
+        candidates = [a for a in typing.get_args(typing.get_args(ann)[0] if typing.get_origin(ann) is Annotated
+                                                 else ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif candidates:
+            kind = data.get("kind") if isinstance(data, dict) else None
+            match = [c for c in candidates if c.model_fields.get("kind") and c.model_fields["kind"].default == kind]
+            if not match:
+                return None
+            model = match[0]
+        else:
+            return None
+    return sorted(model.model_fields)
+
+
+def _describe(e: ValidationError, model: type[BaseModel], data: Any, prefix: str = "") -> tuple[str, str]:
+    """(dotted key, message) for the first error, phrased for someone editing the file."""
+    err = e.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in {"still", "slerp", "tour", "loop",
+                                                                             "orbit", "walk"}))
+    key = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(loc))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1], data)
+        return key, "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind == "union_tag_invalid":
+        return key + ".kind", f"unknown kind {err['ctx'].get('tag')!r}; allowed: {err['ctx'].get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return key + ".kind", f"missing; allowed: {err['ctx'].get('discriminator')}"
+    msg = err["msg"]
+    if "input" in err and kind != "missing":
+        msg += f" (got {err['input']!r})"
+    return key, msg
+
+
+def _validate(model: type[BaseModel], data: Any, file: Path, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        key, msg = _describe(e, model, data, prefix)
+        raise ConfigError(file, key, msg) from None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    path = Path(path) if path else DEFAULT_CONFIG
+    return _validate(Config, read_toml(path), path)
+
+
+def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
+    """Validate a ``[decoder]`` table against the settings model of the decoder its ``type`` names."""
+    if not isinstance(table, dict):
+        raise ConfigError(file, key, "must be a table with a 'type' key")
+    table = dict(table)
+    name = table.pop("type", None)
+    if name is None:
+        raise ConfigError(file, f"{key}.type", f"missing; allowed: {', '.join(decoders.names())}")
+    try:
+        cls = decoders.decoder_class(name)
+    except KeyError:
+        raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
+    return DecoderSpec(name, _validate(cls.Settings, table, file, key))
+
+
+def load_scene(path: Path) -> Scene:
+    data = read_toml(path)
+    if not isinstance(data.get("decoder", {"type": "cppn"}), dict):
+        raise ConfigError(path, "decoder", "must be a table such as [decoder] type = \"cppn\"")
+    spec = decoder_spec(data.pop("decoder", {"type": "cppn"}), path)
+    data.pop("name", None)
+    body = _validate(_SceneBody, data, path)
+    return Scene(path.stem, path, spec, body)
+
+
+def check_params(values: dict[str, float], specs: dict[str, ParamSpec], file: Path, table: str) -> None:
+    """Every key must be a declared parameter and every value inside its range."""
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(file, f"{table}.{name}", f"unknown parameter; allowed: {', '.join(sorted(specs))}")
+        if not math.isfinite(value) or not spec.min <= value <= spec.max:
+            raise ConfigError(file, f"{table}.{name}", f"{value} is outside [{spec.min}, {spec.max}]")
+
+
+def load_show(path: Path | str | None = None, only_scene: str | None = None) -> ShowSpec:
+    """Load the config and everything it refers to; raises ConfigError on the first problem."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    config = load_config(path)
+    base = path.resolve().parent
+    scenes_dir = (base / config.show.scenes_dir).resolve()
+    shaders_dir = (base / config.show.shaders_dir).resolve()
+    try:
+        shaders = load_dir(shaders_dir)
+    except ShaderError as e:
+        raise ConfigError(path, "show.shaders_dir", str(e)) from None
+    available = sorted(p.stem for p in scenes_dir.glob("*.toml")) if scenes_dir.is_dir() else []
+    if not scenes_dir.is_dir():
+        raise ConfigError(path, "show.scenes_dir", f"folder {scenes_dir} not found")
+    names = [only_scene] if only_scene else list(config.show.scenes)
+    scenes = []
+    for name in names:
+        file = scenes_dir / f"{name}.toml"
+        if not file.is_file():
+            key = "show.scenes" if not only_scene else "--scene"
+            raise ConfigError(path, key, f"no scene {name!r} ({file}); available: {', '.join(available) or 'none'}")
+        scenes.append(load_scene(file))
+    specs = {s.name: s for s in CORE_PARAMS}
+    for shader in shaders.values():
+        specs.update({s.name: s for s in shader.uniforms})
+    check_params(config.params, specs, path, "params")
+    for scene in scenes:
+        for i, sname in enumerate(scene.shaders):
+            if sname not in shaders:
+                raise ConfigError(scene.path, f"shaders[{i}]",
+                                  f"no shader {sname!r} in {shaders_dir}; available: {', '.join(sorted(shaders))}")
+        if scene.shaders[0] != "present":
+            raise ConfigError(scene.path, "shaders[0]", "the chain must start with 'present'")
+        check_params(scene.params, specs, scene.path, "params")
+    return ShowSpec(config, path, scenes, shaders, specs)
+
+
+def all_scene_files(show: ShowSpec) -> list[Path]:
+    base = show.path.resolve().parent
+    return sorted((base / show.config.show.scenes_dir).resolve().glob("*.toml"))

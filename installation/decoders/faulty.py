@@ -1,0 +1,45 @@
+"""A CPPN that fails on purpose: for fault-injection tests and the soak run.
+
+Every ``raise_every``-th frame raises and every ``nan_every``-th frame comes back with NaNs in it: the faults a
+real backend shows (driver errors, fp16 overflow) made reproducible, so the guard that keeps them off the screen
+is tested with the real runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+
+from . import register
+from .cppn import CPPN, CPPNSettings
+
+
+class InjectedFault(RuntimeError):
+    """The fault the ``faulty`` decoder raises by design."""
+
+
+class FaultySettings(CPPNSettings):
+    raise_every: Annotated[int, Field(ge=0, description="raise on every Nth frame (0 = never)")] = 0
+    nan_every: Annotated[int, Field(ge=0, description="return NaNs on every Nth frame (0 = never)")] = 0
+
+
+@register("faulty")
+class FaultyCPPN(CPPN):
+    Settings = FaultySettings
+
+    def __init__(self, settings: FaultySettings, device: str = "cpu") -> None:
+        super().__init__(settings, device)
+        self.frames = 0
+
+    def render(self, request):
+        self.frames += 1
+        s = self.settings
+        if s.raise_every and self.frames % s.raise_every == 0:
+            raise InjectedFault(f"injected exception at frame {self.frames}")
+        frame = super().render(request)
+        if s.nan_every and self.frames % s.nan_every == 0:
+            frame = frame.copy()
+            frame[::7, ::5] = np.nan
+        return frame

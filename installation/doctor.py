@@ -1,0 +1,104 @@
+"""``installation doctor``: what this machine offers, each line a finding or a clear "not found"."""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def _python() -> str:
+    return f"{platform.python_version()} ({platform.machine()})"
+
+
+def _torch() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"{torch.__version__}; decoder device: cuda ({name})"
+    return f"{torch.__version__}; decoder device: cpu (CUDA not found), {torch.get_num_threads()} threads"
+
+
+def _gl() -> str:
+    import moderngl
+
+    ctx = moderngl.create_context(standalone=True, backend="egl")
+    try:
+        info = ctx.info
+        return f"{info['GL_RENDERER']}, OpenGL {info['GL_VERSION']} (headless EGL)"
+    finally:
+        ctx.release()
+
+
+def _displays() -> str:
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import pygame
+
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and \
+            not os.environ.get("SDL_VIDEODRIVER"):
+        return "not found (DISPLAY is not set; use --headless, or start Xvfb / set SDL_VIDEODRIVER=offscreen)"
+    try:
+        pygame.display.init()
+        sizes = pygame.display.get_desktop_sizes()
+        driver = pygame.display.get_driver()
+    except pygame.error as e:
+        return f"not found ({e})"
+    finally:
+        pygame.display.quit()
+    return f"{len(sizes)} via {driver}: " + ", ".join(f"#{i} {w}x{h}" for i, (w, h) in enumerate(sizes))
+
+
+def _ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return "not found (recording needs it: sudo apt-get install ffmpeg)"
+    out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    return f"{exe} ({out[0] if out else '?'})"
+
+
+def _audio() -> str:
+    try:
+        import sounddevice as sd
+    except OSError as e:
+        return f"not found (PortAudio missing: {e}; sudo apt-get install libportaudio2)"
+    devices = [d for d in sd.query_devices() if d["max_input_channels"] > 0]
+    if not devices:
+        return "not found (no input devices)"
+    return "; ".join(f"{d['index']}: {d['name']} ({d['max_input_channels']} in)" for d in devices)
+
+
+def _cameras() -> str:
+    nodes = sorted(glob.glob("/dev/video*"))
+    if not nodes:
+        return "not found (no /dev/video*; a file or URL source still works)"
+    return ", ".join(nodes)
+
+
+def _config(path: Path | None) -> str:
+    from .config import DEFAULT_CONFIG, load_show
+
+    spec = load_show(path)
+    return f"ok: {path or DEFAULT_CONFIG} ({len(spec.scenes)} scenes, {len(spec.shaders)} shaders)"
+
+
+CHECKS: list[tuple[str, Callable[..., str]]] = [
+    ("python", _python), ("torch", _torch), ("gl", _gl), ("displays", _displays), ("ffmpeg", _ffmpeg),
+    ("audio", _audio), ("cameras", _cameras),
+]
+
+
+def report(config: Path | None = None) -> Iterator[tuple[str, str]]:
+    for name, check in CHECKS:
+        try:
+            yield name, check()
+        except Exception as e:  # noqa: BLE001 - doctor reports, it never crashes
+            yield name, f"not found ({type(e).__name__}: {e})"
+    try:
+        yield "config", _config(config)
+    except Exception as e:  # noqa: BLE001
+        yield "config", f"invalid: {e}"

@@ -1,0 +1,296 @@
+"""Latent trajectories: pure functions of (path time, params, seed) -> latent.
+
+A trajectory object is built once per (settings, latent shape, seed) and is then a function: calling it with the
+same path time and params always returns the same latent, from any thread. Path time is the integral of the
+``speed`` parameter over clock time (the show integrates it), so changing speed never makes the path jump.
+
+Live parameters read here: ``radius`` (how far orbits and walks stray, 0..2) and ``temperature`` (latent scale).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Annotated, ClassVar, Literal, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .seeds import orthonormal_pair, slerp
+
+_TAU = 2.0 * math.pi
+
+
+def sub_latent(seed: int, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The ``index``-th standard-normal latent derived from a scene seed."""
+    return np.random.default_rng([int(seed), int(index)]).standard_normal(shape)
+
+
+def _shell(x: np.ndarray, radius: float) -> np.ndarray:
+    n = np.linalg.norm(x)
+    return x * (radius / n) if n > 0 else x
+
+
+def _phase(tau: float, period: float) -> float:
+    """Position along a closed path in [0, 1): reduced first, so t and t + period give the same latent."""
+    return (tau % period) / period
+
+
+class TrajectorySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Trajectory:
+    """Base: holds the shape and seed; subclasses implement ``_at``."""
+
+    kind: ClassVar[str] = ""
+    Settings: ClassVar[type[TrajectorySettings]] = TrajectorySettings
+
+    def __init__(self, settings: TrajectorySettings, shape: tuple[int, ...], seed: int) -> None:
+        self.settings = settings
+        self.shape = tuple(shape)
+        self.seed = int(seed)
+        self.dim = int(np.prod(self.shape))
+        self.norm = math.sqrt(self.dim)  # expected radius of a standard-normal latent
+
+    @property
+    def period(self) -> float | None:
+        """Path-time period for closed paths, None otherwise."""
+        return None
+
+    def __call__(self, tau: float, params: Mapping[str, float] | None = None) -> np.ndarray:
+        params = params or {}
+        z = self._at(float(tau), params) * float(params.get("temperature", 1.0))
+        return z.astype(np.float32)
+
+    def _at(self, tau: float, params: Mapping[str, float]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class StillSettings(TrajectorySettings):
+    kind: Literal["still"] = "still"
+
+
+class Still(Trajectory):
+    """One seed's latent, held: the decoder's view of a single point."""
+
+    kind = "still"
+    Settings = StillSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        self._z = sub_latent(seed, 0, self.shape)
+
+    def _at(self, tau, params):
+        return self._z
+
+
+class SlerpSettings(TrajectorySettings):
+    kind: Literal["slerp"] = "slerp"
+    period: Annotated[float, Field(gt=0, description="path seconds for A -> B -> A")] = 20.0
+
+
+class Slerp(Trajectory):
+    """There and back between two seeds along the great circle, eased at both ends (a closed path)."""
+
+    kind = "slerp"
+    Settings = SlerpSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        self._a = sub_latent(seed, 0, self.shape)
+        self._b = sub_latent(seed, 1, self.shape)
+
+    @property
+    def period(self):
+        return self.settings.period
+
+    def _at(self, tau, params):
+        u = 0.5 - 0.5 * math.cos(_TAU * _phase(tau, self.settings.period))
+        return slerp(self._a, self._b, u)
+
+
+class TourSettings(TrajectorySettings):
+    kind: Literal["tour"] = "tour"
+    keyframes: Annotated[int, Field(ge=2, le=256, description="how many seeds the tour visits")] = 6
+    step: Annotated[float, Field(gt=0, description="path seconds from one keyframe to the next")] = 8.0
+
+
+class Tour(Trajectory):
+    """A closed Catmull-Rom spline through N seeded keyframes, its norm kept on the shell (slerp-aware).
+
+    The spline passes through every keyframe with continuous velocity; between keyframes it is projected back to the
+    norm interpolated between its neighbours, so it never dips through the low-norm interior the way a straight
+    chord does.
+    """
+
+    kind = "tour"
+    Settings = TourSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        self._keys = [sub_latent(seed, i, self.shape) for i in range(settings.keyframes)]
+        self._norms = [float(np.linalg.norm(k)) for k in self._keys]
+
+    @property
+    def period(self):
+        return self.settings.keyframes * self.settings.step
+
+    def _at(self, tau, params):
+        n = self.settings.keyframes
+        x = _phase(tau, self.period) * n
+        i = int(x) % n
+        u = x - int(x)
+        p0, p1, p2, p3 = (self._keys[(i + j) % n] for j in (-1, 0, 1, 2))
+        u2, u3 = u * u, u * u * u
+        z = 0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u2 + (-p0 + 3 * p1 - 3 * p2 + p3) * u3)
+        return _shell(z, (1 - u) * self._norms[i] + u * self._norms[(i + 1) % n])
+
+
+class LoopSettings(TrajectorySettings):
+    kind: Literal["loop"] = "loop"
+    period: Annotated[float, Field(gt=0, description="path seconds for one lap")] = 30.0
+    harmonics: Annotated[int, Field(ge=1, le=8, description="Fourier terms: 1 is a great circle, more wander")] = 3
+
+
+class Loop(Trajectory):
+    """A perfect loop: a seeded Fourier curve on the shell, so the latent at t and t + period are identical."""
+
+    kind = "loop"
+    Settings = LoopSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        k = settings.harmonics
+        self._coef = [(sub_latent(seed, 2 * j, self.shape), sub_latent(seed, 2 * j + 1, self.shape), 1.0 / (j + 1))
+                      for j in range(k)]
+
+    @property
+    def period(self):
+        return self.settings.period
+
+    def _at(self, tau, params):
+        theta = _TAU * _phase(tau, self.settings.period)
+        z = sum(w * (a * math.cos((j + 1) * theta) + b * math.sin((j + 1) * theta))
+                for j, (a, b, w) in enumerate(self._coef))
+        return _shell(z, self.norm)
+
+
+class OrbitSettings(TrajectorySettings):
+    kind: Literal["orbit"] = "orbit"
+    period: Annotated[float, Field(gt=0, description="path seconds for one revolution")] = 24.0
+
+
+class Orbit(Trajectory):
+    """A circle of live ``radius`` around a centre seed: the neighbourhood of one image, walked round."""
+
+    kind = "orbit"
+    Settings = OrbitSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        self._c = sub_latent(seed, 0, self.shape)
+        self._u, self._v = orthonormal_pair(sub_latent(seed, 1, self.shape), sub_latent(seed, 2, self.shape))
+
+    @property
+    def period(self):
+        return self.settings.period
+
+    def _at(self, tau, params):
+        theta = _TAU * _phase(tau, self.settings.period)
+        r = float(params.get("radius", 0.5)) * self.norm
+        return _shell(self._c + r * (math.cos(theta) * self._u + math.sin(theta) * self._v), np.linalg.norm(self._c))
+
+
+class WalkSettings(TrajectorySettings):
+    kind: Literal["walk"] = "walk"
+    theta: Annotated[float, Field(gt=0, le=10, description="mean reversion rate per path second")] = 0.15
+    knot: Annotated[float, Field(gt=0, le=10, description="path seconds between random knots")] = 0.5
+
+
+class Walk(Trajectory):
+    """A bounded random walk: a seeded Ornstein-Uhlenbeck process around a home seed, smoothed by a cubic B-spline.
+
+    The process is sampled at knots from counter-based noise (block b of knots comes from rng([seed, 7, b])), so any
+    path time can be evaluated, in any order, with the same result; checkpoints make forward play O(1) per frame.
+    Its stationary deviation is 1 per dimension, scaled by ``radius`` and projected back to the shell: bounded.
+    """
+
+    kind = "walk"
+    Settings = WalkSettings
+    _BLOCK = 64
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        self._home = sub_latent(seed, 0, self.shape)
+        self._rho = math.exp(-settings.theta * settings.knot)
+        self._lock = threading.Lock()
+        self._checkpoints: dict[int, np.ndarray] = {0: sub_latent(seed, 1, self.shape)}
+        self._recent: dict[int, np.ndarray] = {}
+        self._block: tuple[int, np.ndarray] | None = None
+
+    def _noise(self, j: int) -> np.ndarray:
+        """The innovation that takes knot j to knot j + 1 (blocks of knots share one generator call)."""
+        block = j // self._BLOCK
+        if self._block is None or self._block[0] != block:
+            self._block = (block, np.random.default_rng([self.seed, 7, block]).standard_normal((self._BLOCK, *self.shape)))
+        return self._block[1][j % self._BLOCK]
+
+    def _step(self, x: np.ndarray, j: int) -> np.ndarray:
+        return self._rho * x + math.sqrt(1.0 - self._rho * self._rho) * self._noise(j)
+
+    def _knot(self, k: int) -> np.ndarray:
+        k = abs(k)  # mirrored before the start so the spline is defined at tau = 0
+        if k in self._recent:
+            return self._recent[k]
+        if k - 1 in self._recent:
+            x = self._step(self._recent[k - 1], k - 1)
+        else:
+            start = max(b for b in self._checkpoints if b * self._BLOCK <= k)
+            x = self._checkpoints[start]
+            for j in range(start * self._BLOCK, k):
+                x = self._step(x, j)
+                if (j + 1) % self._BLOCK == 0:
+                    self._remember((j + 1) // self._BLOCK, x)
+        if k % self._BLOCK == 0:
+            self._remember(k // self._BLOCK, x)
+        self._recent[k] = x
+        while len(self._recent) > 8:
+            del self._recent[min(self._recent)]
+        return x
+
+    def _remember(self, block: int, x: np.ndarray) -> None:
+        self._checkpoints[block] = x
+        if len(self._checkpoints) > 96:  # keep the recent past and a sparse skeleton of the rest
+            newest = max(self._checkpoints)
+            for b in [b for b in self._checkpoints if b % 64 and b < newest - 16]:
+                del self._checkpoints[b]
+
+    def _at(self, tau, params):
+        x = max(tau, 0.0) / self.settings.knot
+        k = int(math.floor(x))
+        u = x - k
+        with self._lock:
+            p = [self._knot(k + j) for j in (-1, 0, 1, 2)]
+        b0 = (1 - u) ** 3 / 6
+        b1 = (3 * u**3 - 6 * u**2 + 4) / 6
+        b2 = (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6
+        b3 = u**3 / 6
+        # A cubic B-spline shrinks variance (sum of squared weights ~0.48-0.67); divide by the exact factor.
+        ou = (b0 * p[0] + b1 * p[1] + b2 * p[2] + b3 * p[3]) / math.sqrt(b0 * b0 + b1 * b1 + b2 * b2 + b3 * b3)
+        ou = np.clip(ou, -4.0, 4.0)
+        r = float(params.get("radius", 0.5))
+        return _shell(self._home + r * ou, np.linalg.norm(self._home))
+
+
+TRAJECTORIES: dict[str, type[Trajectory]] = {cls.kind: cls for cls in (Still, Slerp, Tour, Loop, Orbit, Walk)}
+
+AnyTrajectorySettings = Annotated[
+    StillSettings | SlerpSettings | TourSettings | LoopSettings | OrbitSettings | WalkSettings,
+    Field(discriminator="kind"),
+]
+
+
+def build(settings: TrajectorySettings, shape: tuple[int, ...], seed: int) -> Trajectory:
+    """The trajectory that ``settings.kind`` names."""
+    return TRAJECTORIES[settings.kind](settings, shape, seed)

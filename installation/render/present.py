@@ -1,0 +1,245 @@
+"""The presenter: newest decoder frame -> textures -> shader chain -> any framebuffer.
+
+It runs on the GL thread at display rate and never waits for the decoder. When a new frame arrives the previous one
+is kept, and the two are crossfaded over the decoder's measured frame interval, so a 12 fps decoder still moves
+smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) fades in from a held
+copy of the last frame instead of popping. Passes whose parameters sit at their declared identity are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import moderngl
+import numpy as np
+
+from .shaders import ShaderError, ShaderFile
+from .slot import Frame
+
+log = logging.getLogger(__name__)
+
+VERTEX = """
+#version 330
+out vec2 uv;
+void main() {
+    // One triangle that covers the screen; no vertex buffer needed.
+    vec2 p = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
+    uv = p;
+    gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
+}
+"""
+
+FITS = ("cover", "contain", "stretch")
+
+
+def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
+    """uv scale that maps the output onto a frame of another aspect: crop (cover), letterbox (contain) or stretch."""
+    if fit == "stretch":
+        return (1.0, 1.0)
+    fa = frame_size[0] / frame_size[1]
+    oa = out_size[0] / out_size[1]
+    wider = oa > fa
+    if fit == "cover":
+        return (1.0, fa / oa) if wider else (oa / fa, 1.0)
+    return (oa / fa, 1.0) if wider else (1.0, fa / oa)
+
+
+@dataclass
+class _Pass:
+    shader: ShaderFile
+    program: moderngl.Program
+    vao: moderngl.VertexArray
+    targets: list[tuple[moderngl.Texture, moderngl.Framebuffer]]
+    flip: int = 0
+
+
+class Presenter:
+    """Owns the GL resources of the chain at one output size; ``draw`` renders one display frame."""
+
+    def __init__(self, ctx: moderngl.Context, size: tuple[int, int], chain: Sequence[ShaderFile],
+                 fit: str = "cover") -> None:
+        self.ctx = ctx
+        self.size = (int(size[0]), int(size[1]))
+        self.fit = fit
+        self._passes: list[_Pass] = []
+        self.set_chain(chain)
+        self._frames: dict[str, moderngl.Texture | None] = {"prev": None, "cur": None, "hold": None}
+        self._frame_sizes: dict[str, tuple[int, int]] = {}
+        self._last_rgb: np.ndarray | None = None
+        self._shown_seq = -1
+        self._cut = None
+        self._arrived = 0.0
+        self._interval = 0.0
+        self._hold_start = -math.inf
+        self._hold_len = 0.0
+        self._black = self._build_black()
+        self.frames_drawn = 0
+        self.frames_uploaded = 0
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def set_chain(self, chain: Sequence[ShaderFile]) -> None:
+        """Compile a new chain (all of it before releasing the old one, so a bad shader changes nothing)."""
+        if not chain or chain[0].name != "present":
+            raise ShaderError("the shader chain must start with 'present' (it reads the decoder's frames)")
+        passes = []
+        try:
+            for s in chain:
+                passes.append(self._build(s))
+        except ShaderError:
+            self._release_passes(passes)
+            raise
+        self._release_passes(self._passes)
+        self._passes = passes
+
+    @staticmethod
+    def _release_passes(passes: list[_Pass]) -> None:
+        for p in passes:
+            for tex, fbo in p.targets:
+                fbo.release()
+                tex.release()
+            p.vao.release()
+            p.program.release()
+
+    def _build(self, shader: ShaderFile) -> _Pass:
+        try:
+            program = self.ctx.program(vertex_shader=VERTEX, fragment_shader=shader.source)
+        except moderngl.Error as e:
+            raise ShaderError(f"{shader.path}: does not compile:\n{e}") from None
+        vao = self.ctx.vertex_array(program, [])
+        n = 2 if "feedback" in program else 1
+        targets = []
+        for _ in range(n):
+            tex = self.ctx.texture(self.size, 4)
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = False
+            fbo = self.ctx.framebuffer(color_attachments=[tex])
+            fbo.clear(0.0, 0.0, 0.0, 1.0)
+            targets.append((tex, fbo))
+        return _Pass(shader, program, vao, targets)
+
+    def _build_black(self) -> tuple[moderngl.Program, moderngl.VertexArray]:
+        prog = self.ctx.program(vertex_shader=VERTEX, fragment_shader="""
+            #version 330
+            uniform float alpha;
+            out vec4 fragColor;
+            void main() { fragColor = vec4(0.0, 0.0, 0.0, alpha); }""")
+        return prog, self.ctx.vertex_array(prog, [])
+
+    def _upload(self, key: str, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        tex = self._frames[key]
+        if tex is None or tex.size != (w, h):
+            if tex is not None:
+                tex.release()
+            tex = self.ctx.texture((w, h), 3, alignment=1)
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = False
+            self._frames[key] = tex
+        tex.write(np.ascontiguousarray(rgb).data)
+        self._frame_sizes[key] = (w, h)
+
+    # -- per frame ---------------------------------------------------------------------------------------------
+    def take(self, frame: Frame | None, now: float, transition: float = 0.0) -> bool:
+        """Upload ``frame`` if it is newer than what is shown; returns True when it was taken."""
+        if frame is None or frame.seq == self._shown_seq:
+            return False
+        if self._last_rgb is None:
+            self._upload("prev", frame.rgb)
+        elif frame.cut != self._cut:
+            # A cut (another decoder): hold the last look and fade from it, instead of a hard switch.
+            self._upload("hold", self._last_rgb)
+            self._upload("prev", frame.rgb)
+            self._hold_start, self._hold_len = now, max(transition, 0.0)
+        else:
+            self._frames["prev"], self._frames["cur"] = self._frames["cur"], self._frames["prev"]
+            self._frame_sizes["prev"] = self._frame_sizes["cur"]
+            gap = now - self._arrived
+            self._interval = gap if self._interval == 0.0 else 0.8 * self._interval + 0.2 * gap
+        self._upload("cur", frame.rgb)
+        self._last_rgb = frame.rgb
+        self._cut = frame.cut
+        self._shown_seq = frame.seq
+        self._arrived = now
+        self.frames_uploaded += 1
+        return True
+
+    @property
+    def has_frame(self) -> bool:
+        return self._last_rgb is not None
+
+    def draw(self, fbo: moderngl.Framebuffer, now: float, values: Mapping[str, float], master: float = 1.0) -> None:
+        """Render the chain into ``fbo`` (the window's screen or a headless framebuffer)."""
+        if self._frames["cur"] is None:
+            fbo.use()
+            fbo.clear(0.0, 0.0, 0.0, 1.0)
+            return
+        interval = min(self._interval, 0.5)
+        frame_mix = 1.0 if interval <= 0.0 else min(max((now - self._arrived) / interval, 0.0), 1.0)
+        hold = self._hold_len > 0 and now - self._hold_start < self._hold_len
+        hold_mix = 0.0
+        if hold:
+            u = (now - self._hold_start) / self._hold_len
+            hold_mix = 1.0 - u * u * (3.0 - 2.0 * u)
+        active = [p for p in self._passes if p is self._passes[0] or not self._at_identity(p, values)]
+        src: moderngl.Texture | None = None
+        for i, p in enumerate(active):
+            last = i == len(active) - 1
+            if "feedback" in p.program:
+                p.flip ^= 1
+                out_fbo = p.targets[p.flip][1] if not last else fbo
+            else:
+                out_fbo = fbo if last else p.targets[0][1]
+            self._bind(p, src, now, values, frame_mix, hold_mix if hold else 0.0)
+            out_fbo.use()
+            p.vao.render(moderngl.TRIANGLES, vertices=3)
+            if last and "feedback" in p.program:
+                # The final pass drew to the screen; keep its output for next frame's trail too.
+                p.targets[p.flip][1].use()
+                p.vao.render(moderngl.TRIANGLES, vertices=3)
+                fbo.use()
+            src = p.targets[p.flip][0] if "feedback" in p.program else p.targets[0][0]
+        if master < 1.0:
+            prog, vao = self._black
+            prog["alpha"].value = 1.0 - max(master, 0.0)
+            self.ctx.enable(moderngl.BLEND)
+            self.ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
+            fbo.use()
+            vao.render(moderngl.TRIANGLES, vertices=3)
+            self.ctx.disable(moderngl.BLEND)
+        self.frames_drawn += 1
+
+    def _at_identity(self, p: _Pass, values: Mapping[str, float]) -> bool:
+        ident = p.shader.identity
+        return bool(ident) and all(abs(values.get(p.shader.param(k), v) - v) < 1e-4 for k, v in ident.items())
+
+    def _bind(self, p: _Pass, src, now, values, frame_mix, hold_mix) -> None:
+        prog = p.program
+        units = {"src": (0, src), "tex_prev": (1, self._frames["prev"]), "tex_cur": (2, self._frames["cur"]),
+                 "tex_hold": (3, self._frames["hold"] or self._frames["cur"]),
+                 "feedback": (4, p.targets[p.flip ^ 1][0] if len(p.targets) > 1 else None)}
+        for name, (unit, tex) in units.items():
+            if name in prog and tex is not None:
+                tex.use(unit)
+                prog[name].value = unit
+        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": self.size}
+        for key in ("cur", "prev", "hold"):
+            size = self._frame_sizes.get(key) or self._frame_sizes.get("cur")
+            scalars[f"{key}_scale"] = fit_scale(size, self.size, self.fit)
+        for name, value in scalars.items():
+            if name in prog:
+                prog[name].value = value
+        for spec in p.shader.uniforms:
+            uname = spec.name.split(".", 1)[1]
+            if uname in prog:
+                v = values.get(spec.name, spec.default)
+                prog[uname].value = int(v) if spec.type in ("int", "bool") else float(v)
+
+    def release(self) -> None:
+        self._release_passes(self._passes)
+        self._passes = []
+        for tex in self._frames.values():
+            if tex is not None:
+                tex.release()

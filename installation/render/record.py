@@ -1,0 +1,103 @@
+"""Recording the presented output to a video file through an ffmpeg subprocess.
+
+Frames are read back from the output framebuffer and queued to a writer thread that pipes raw RGB into ffmpeg.
+Offline (``blocking``) every frame is written; live, a full queue drops the frame (counted) rather than stall the
+display. If ffmpeg dies, recording stops with a logged error and the show goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class RecorderError(RuntimeError):
+    """Recording cannot start (no ffmpeg, unwritable path)."""
+
+
+class Recorder:
+    def __init__(self, path: Path | str, size: tuple[int, int], fps: float, ffmpeg: str = "ffmpeg",
+                 codec: str = "libx264", preset: str = "veryfast", crf: int = 20, blocking: bool = False) -> None:
+        exe = shutil.which(ffmpeg)
+        if exe is None:
+            raise RecorderError(f"ffmpeg not found ({ffmpeg!r}); install it with: sudo apt-get install ffmpeg")
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise RecorderError(f"cannot record to {self.path}: folder {self.path.parent} does not exist")
+        w, h = size
+        if w % 2 or h % 2:
+            raise RecorderError(f"recording needs an even width and height, got {w}x{h}")
+        self.size = (w, h)
+        self.blocking = blocking
+        self.frames_written = 0
+        self.frames_dropped = 0
+        self.failed = False
+        self._log = tempfile.TemporaryFile()
+        cmd = [exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-vf", "vflip", "-c:v", codec]
+        if codec in ("libx264", "libx265"):
+            cmd += ["-preset", preset, "-crf", str(crf)]
+        cmd += ["-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.path)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._pump, name="recorder", daemon=True)
+        self._thread.start()
+
+    def write(self, rgb: bytes) -> None:
+        """Queue one frame (RGB bytes, bottom row first, as read back from GL)."""
+        if self.failed:
+            return
+        if self.blocking:
+            self._queue.put(rgb)
+            return
+        try:
+            self._queue.put_nowait(rgb)
+        except queue.Full:
+            self.frames_dropped += 1
+
+    def _pump(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self.failed:
+                continue
+            try:
+                self._proc.stdin.write(data)
+                self.frames_written += 1
+            except (BrokenPipeError, OSError, ValueError) as e:
+                self.failed = True
+                log.error("recording to %s stopped: ffmpeg is gone (%s)%s", self.path, e, self._stderr())
+
+    def _stderr(self) -> str:
+        try:
+            self._log.seek(0)
+            text = self._log.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": {text[-500:]}" if text else ""
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Flush, finish the file; True when ffmpeg wrote it cleanly."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            rc = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            rc = -1
+        if rc != 0:
+            log.error("ffmpeg exited with %s%s", rc, self._stderr())
+        self._log.close()
+        return rc == 0 and not self.failed

@@ -1,0 +1,109 @@
+"""Shader files: GLSL fragment shaders that declare their uniforms in a JSON header (after ISF's INPUTS).
+
+A file ``shaders/NAME.frag`` starts with a block comment holding JSON::
+
+    /*{
+      "description": "colour grade",
+      "uniforms": {"contrast": {"type": "float", "min": 0, "max": 3, "default": 1, "doc": "..."}},
+      "identity": {"amount": 0}
+    }*/
+
+Each declared uniform becomes a bus parameter ``NAME.uniform`` with that range and default, so OSC mappings can be
+validated and the address map generated. ``identity`` lists values at which the pass changes nothing: the
+presenter skips it then. Built-in uniforms (``src``, ``time``, ``resolution`` and the presenter's textures) are not
+declared. Parsing needs no GL context, so configs and scenes are validated before anything opens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bus import ParamSpec
+
+_HEADER = re.compile(r"\A\s*/\*(\{.*?\})\*/", re.S)
+UNIFORM_TYPES = ("float", "int", "bool")
+BUILTINS = frozenset({"src", "time", "resolution", "tex_prev", "tex_cur", "tex_hold", "frame_mix", "hold_mix",
+                      "cur_scale", "prev_scale", "hold_scale", "feedback"})
+
+
+class ShaderError(ValueError):
+    """A shader file that cannot be used: names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ShaderFile:
+    """A parsed shader: its name, GLSL source (header stripped), declared uniforms and identity values."""
+
+    name: str
+    path: Path
+    source: str
+    description: str = ""
+    uniforms: tuple[ParamSpec, ...] = ()
+    identity: dict[str, float] = field(default_factory=dict)
+
+    def param(self, uniform: str) -> str:
+        return f"{self.name}.{uniform}"
+
+
+def parse(path: Path) -> ShaderFile:
+    """Read and validate one shader file's header."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ShaderError(f"{path}: cannot read shader ({e.strerror or e})") from None
+    m = _HEADER.match(text)
+    if not m:
+        raise ShaderError(f"{path}: missing the JSON header comment /*{{...}}*/ at the top")
+    try:
+        header = json.loads(m.group(1))
+    except json.JSONDecodeError as e:
+        raise ShaderError(f"{path}: header is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(header, dict):
+        raise ShaderError(f"{path}: header must be a JSON object")
+    unknown = set(header) - {"description", "uniforms", "identity"}
+    if unknown:
+        raise ShaderError(f"{path}: unknown header key {sorted(unknown)[0]!r}; allowed: description, uniforms, identity")
+    name = path.stem
+    specs = []
+    for uname, decl in (header.get("uniforms") or {}).items():
+        where = f"{path}: uniform {uname!r}"
+        if uname in BUILTINS:
+            raise ShaderError(f"{where}: name is reserved for a built-in")
+        if not isinstance(decl, dict):
+            raise ShaderError(f"{where}: declaration must be an object with type, min, max, default")
+        extra = set(decl) - {"type", "min", "max", "default", "doc", "attack", "release"}
+        if extra:
+            raise ShaderError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        utype = decl.get("type", "float")
+        if utype not in UNIFORM_TYPES:
+            raise ShaderError(f"{where}: type must be one of {UNIFORM_TYPES}")
+        lo, hi = (0.0, 1.0) if utype == "bool" else (decl.get("min"), decl.get("max"))
+        default = decl.get("default")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or \
+                not isinstance(default, (int, float)):
+            raise ShaderError(f"{where}: min, max and default must be numbers")
+        try:
+            specs.append(ParamSpec(f"{name}.{uname}", utype, float(lo), float(hi), float(default),
+                                   float(decl.get("attack", 0.05)), float(decl.get("release", 0.05)),
+                                   str(decl.get("doc", ""))))
+        except ValueError as e:
+            raise ShaderError(f"{where}: {e}") from None
+    identity = header.get("identity") or {}
+    declared = {s.name.split(".", 1)[1] for s in specs}
+    for key in identity:
+        if key not in declared:
+            raise ShaderError(f"{path}: identity names {key!r}, which is not a declared uniform")
+    return ShaderFile(name, path, text[m.end():].lstrip("\n"), str(header.get("description", "")), tuple(specs),
+                      {k: float(v) for k, v in identity.items()})
+
+
+def load_dir(directory: Path) -> dict[str, ShaderFile]:
+    """Every ``*.frag`` in a folder, by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ShaderError(f"{directory}: shader folder not found")
+    return {p.stem: parse(p) for p in sorted(directory.glob("*.frag"))}

@@ -1,0 +1,108 @@
+"""Where presented frames go: a pygame window with a GL context, or a headless EGL framebuffer.
+
+Both give the presenter a moderngl context and a framebuffer of the output size, read pixels back for the
+recorder, and report user actions (quit, next/previous scene) without blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import moderngl
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class HeadlessTarget:
+    """An offscreen framebuffer on a standalone EGL context: no display, no window."""
+
+    kind = "headless"
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.ctx = moderngl.create_context(standalone=True, backend="egl")
+        self.size = (int(size[0]), int(size[1]))
+        self._tex = self.ctx.texture(self.size, 3)
+        self.framebuffer = self.ctx.framebuffer(color_attachments=[self._tex])
+        self.vsync = False
+
+    def read(self) -> bytes:
+        """RGB bytes, bottom row first (GL order)."""
+        return self.framebuffer.read(components=3, alignment=1)
+
+    def swap(self) -> None:
+        self.ctx.finish()
+
+    def poll(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        self.framebuffer.release()
+        self._tex.release()
+        self.ctx.release()
+
+
+class WindowTarget:
+    """A pygame OPENGL window (windowed or fullscreen, on a chosen display, with or without vsync)."""
+
+    kind = "window"
+
+    def __init__(self, size: tuple[int, int], fullscreen: bool = False, display: int = 0, vsync: bool = True,
+                 title: str = "installation", hide_cursor: bool = True) -> None:
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        import pygame
+
+        self._pg = pygame
+        pygame.display.init()
+        count = pygame.display.get_num_displays()
+        if display >= count:
+            log.warning("display %d not found (%d available); using display 0", display, count)
+            display = 0
+        flags = pygame.OPENGL | pygame.DOUBLEBUF
+        if fullscreen:
+            flags |= pygame.FULLSCREEN | pygame.NOFRAME
+            size = pygame.display.get_desktop_sizes()[display]
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MAJOR_VERSION, 3)
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MINOR_VERSION, 3)
+        pygame.display.gl_set_attribute(pygame.GL_CONTEXT_PROFILE_MASK, pygame.GL_CONTEXT_PROFILE_CORE)
+        pygame.display.set_mode(tuple(size), flags, display=display, vsync=1 if vsync else 0)
+        pygame.display.set_caption(title)
+        if fullscreen and hide_cursor:
+            pygame.mouse.set_visible(False)
+        self.ctx = moderngl.create_context()
+        self.size = tuple(pygame.display.get_surface().get_size())
+        self.framebuffer = self.ctx.screen
+        self.vsync = vsync
+
+    def read(self) -> bytes:
+        return self.framebuffer.read(components=3, alignment=1)
+
+    def swap(self) -> None:
+        self._pg.display.flip()
+
+    def poll(self) -> list[str]:
+        """Window events as actions: 'quit', 'next', 'prev'."""
+        pg = self._pg
+        actions = []
+        for ev in pg.event.get():
+            if ev.type == pg.QUIT:
+                actions.append("quit")
+            elif ev.type == pg.KEYDOWN:
+                if ev.key in (pg.K_ESCAPE, pg.K_q):
+                    actions.append("quit")
+                elif ev.key in (pg.K_RIGHT, pg.K_SPACE):
+                    actions.append("next")
+                elif ev.key == pg.K_LEFT:
+                    actions.append("prev")
+        return actions
+
+    def close(self) -> None:
+        self.ctx.release()
+        self._pg.display.quit()
+
+
+def pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Read-back bytes (bottom row first) as an HxWx3 image, top row first."""
+    return np.frombuffer(data, np.uint8).reshape(size[1], size[0], 3)[::-1]

@@ -1,0 +1,194 @@
+"""The decoder guard and the decoder thread.
+
+The guard owns the live decoder: it builds and prepares the one a request names, checks every frame (shape, NaN,
+Inf) before it may reach the screen, converts it to 8-bit RGB, and on any fault logs it, counts it, throws the
+decoder away and rebuilds it after a backoff that grows with consecutive faults. It returns None instead of a bad
+frame, so the slot keeps the last good one. The thread runs the guard as fast as allowed on the newest plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..decoders import Decoder, DecoderSpec, LatentRequest, NonFiniteFrame, create
+from .slot import Frame, FrameSlot
+
+log = logging.getLogger(__name__)
+
+
+class BadFrame(RuntimeError):
+    """A decoder returned something that is not an HxWx3 image."""
+
+
+def to_rgb8(frame: np.ndarray) -> np.ndarray:
+    """Check and convert a decoder's output to contiguous HxWx3 uint8; raise on NaN/Inf or a wrong shape."""
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] not in (3, 4) or frame.size == 0:
+        raise BadFrame(f"expected an HxWx3 array, got {getattr(frame, 'shape', type(frame).__name__)}")
+    frame = frame[:, :, :3]
+    if frame.dtype == np.uint8:
+        return np.ascontiguousarray(frame)
+    if not np.isfinite(frame).all():
+        raise NonFiniteFrame("frame has NaN or Inf values")
+    return np.clip(frame * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+class DecoderGuard:
+    """Builds, prepares, renders and restarts decoders so that no fault reaches the presenter."""
+
+    def __init__(self, device: str = "cpu", backoff: float = 0.5, backoff_max: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.device = device
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self._clock = clock
+        self._decoder: Decoder | None = None
+        self._spec: DecoderSpec | None = None
+        self._retry_at = 0.0
+        self._streak = 0  # consecutive faults
+        self._good = 0
+        self.faults: Counter[str] = Counter()
+        self.restarts = 0
+        self.frames = 0
+
+    def _ensure(self, spec: DecoderSpec) -> Decoder | None:
+        if self._decoder is not None and self._spec == spec:
+            return self._decoder
+        if self._clock() < self._retry_at:
+            return None
+        self.close()
+        try:
+            decoder = create(spec, device=self.device)
+            decoder.prepare()
+        except Exception as e:  # noqa: BLE001 - any backend failure is contained here
+            self._fault("prepare", e)
+            return None
+        self._decoder, self._spec = decoder, spec
+        return decoder
+
+    def render(self, request: LatentRequest) -> np.ndarray | None:
+        """A checked uint8 frame, or None when there is none to show (fault or backoff)."""
+        decoder = self._ensure(request.decoder)
+        if decoder is None:
+            return None
+        try:
+            rgb = to_rgb8(decoder.render(request))
+        except NonFiniteFrame as e:
+            self._fault("nonfinite", e)
+            return None
+        except Exception as e:  # noqa: BLE001
+            self._fault("exception", e)
+            return None
+        self.frames += 1
+        self._good += 1
+        if self._good >= 30:
+            self._streak = 0
+        return rgb
+
+    def _fault(self, kind: str, err: BaseException) -> None:
+        self.faults[kind] += 1
+        self._streak += 1
+        self._good = 0
+        n = self.faults[kind]
+        if n <= 3 or n % 100 == 0:
+            log.warning("decoder fault (%s #%d): %s", kind, n, err, exc_info=n <= 1 and kind != "nonfinite")
+        # Throw the decoder away: a NaN or an exception may have latched into its state.
+        self.close()
+        if self._spec is not None or kind == "prepare":
+            self.restarts += 1
+        delay = 0.0 if self._streak <= 1 else min(self.backoff * 2 ** (self._streak - 2), self.backoff_max)
+        self._retry_at = self._clock() + delay
+
+    def stats(self) -> dict:
+        return {"frames": self.frames, "faults": dict(self.faults), "restarts": self.restarts,
+                "decoder": self._spec.type if self._spec else None}
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            try:
+                self._decoder.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("decoder close failed: %s", e)
+        self._decoder = None
+
+
+class Plan(Protocol):
+    """What the update step hands the decoder thread: a pure map from clock time to a request."""
+
+    frozen: bool
+    scene: str
+    cut: int
+
+    def request(self, t: float, seq: int) -> LatentRequest: ...
+
+
+class DecoderWorker:
+    """Runs the guard in its own thread on the newest plan and publishes frames into the slot."""
+
+    def __init__(self, guard: DecoderGuard, slot: FrameSlot, now: Callable[[], float], max_fps: float = 0.0) -> None:
+        self.guard = guard
+        self.slot = slot
+        self._now = now
+        self.max_fps = max_fps
+        self._plan: Plan | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self.crashes = 0
+
+    def submit(self, plan: Plan) -> None:
+        """Latest wins: the thread picks up the newest plan when it starts its next frame."""
+        self._plan = plan
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.guard.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception:  # noqa: BLE001 - the thread itself must never die silently
+                self.crashes += 1
+                log.exception("decoder thread error; continuing")
+                time.sleep(0.1)
+
+    def _loop(self) -> None:
+        next_at = 0.0
+        while not self._stop.is_set():
+            plan = self._plan
+            if plan is None or plan.frozen:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            if self.max_fps > 0:
+                wait = next_at - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(wait)
+                next_at = max(next_at + 1.0 / self.max_fps, time.monotonic())
+            self._seq += 1
+            t = self._now()
+            rgb = self.guard.render(plan.request(t, self._seq))
+            if rgb is None:
+                self._stop.wait(0.01)
+                continue
+            self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))

@@ -1,0 +1,216 @@
+"""The runtime: wires bus, show, decoder thread, presenter, target and recorder, and runs the loop.
+
+One tick: read the clock, drain the bus, let the show update and hand its plan to the decoder thread (or, with a
+fixed-step clock, render that exact frame in lockstep), take the newest frame, draw the chain, record, swap. The
+display never waits for the decoder; a fault in a tick is logged and counted and the next tick goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bus import Event, Follower, ParamBus
+from .clock import FixedClock, WallClock
+from .config import ShowSpec
+from .render.present import Presenter
+from .render.record import Recorder
+from .render.slot import Frame, FrameSlot
+from .render.worker import DecoderGuard, DecoderWorker
+from .show import Show
+
+log = logging.getLogger(__name__)
+
+BLACKOUT_FADE = 1.5  # seconds
+MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
+
+
+def resolve_device(choice: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        log.warning("decoder.device is 'cuda' but torch sees no GPU; using the CPU")
+        return "cpu"
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MiB."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Stats:
+    ticks: int = 0
+    presented: int = 0
+    late: int = 0
+    tick_faults: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Runtime:
+    """A show running on a target. ``run()`` plays until the duration, a quit, or forever."""
+
+    def __init__(self, spec: ShowSpec, target: Any, clock: WallClock | FixedClock | None = None, *,
+                 fps: float | None = None, recorder: Recorder | None = None, device: str | None = None,
+                 max_decoder_fps: float | None = None, show_order: str | None = None) -> None:
+        cfg = spec.config
+        self.spec = spec
+        self.target = target
+        self.fps = float(fps or cfg.output.fps)
+        self.clock = clock or WallClock()
+        self.lockstep = bool(getattr(self.clock, "fixed", False))
+        self.recorder = recorder
+        self.bus = ParamBus(spec.params.values())
+        self.show = Show(spec, self.bus, order=show_order)
+        if cfg.decoder.threads:
+            import torch
+
+            torch.set_num_threads(cfg.decoder.threads)
+        self.device = resolve_device(device or cfg.decoder.device)
+        self.guard = DecoderGuard(self.device, cfg.decoder.restart_backoff_s, cfg.decoder.restart_backoff_max_s)
+        self.slot = FrameSlot()
+        # Decoding faster than the display is wasted work: cap at the output rate unless told otherwise (0 = none).
+        cap = (cfg.decoder.max_fps or self.fps) if max_decoder_fps is None else max_decoder_fps
+        self.worker = None if self.lockstep else DecoderWorker(self.guard, self.slot, self.clock.now, cap)
+        self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
+        self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit)
+        self.frozen = False
+        self.blackout = False
+        self._master = Follower(1.0, BLACKOUT_FADE, BLACKOUT_FADE)
+        self._quit = False
+        self._last_t = 0.0
+        self._seq = 0
+        self._consecutive_faults = 0
+        self.stats = Stats()
+
+    # -- events ------------------------------------------------------------------------------------------------
+    def _handle(self, ev: Event) -> None:
+        if ev.kind == "freeze":
+            self.frozen = bool(ev.value)
+        elif ev.kind == "blackout":
+            self.blackout = bool(ev.value)
+        elif ev.kind == "panic":
+            self.blackout = True
+            self._master.value = 0.0
+            self.frozen = False
+            self.bus.reset(self.show.defaults())
+        elif ev.kind == "quit":
+            self._quit = True
+        else:
+            self.bus.reject("event")
+
+    def request_quit(self) -> None:
+        self._quit = True
+
+    # -- one tick ----------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        t = self.clock.now()
+        dt = max(t - self._last_t, 0.0)
+        self._last_t = t
+        self.stats.ticks += 1
+        try:
+            self._step(t, dt)
+            self._consecutive_faults = 0
+        except Exception:  # noqa: BLE001 - fail soft: the next tick tries again
+            self.stats.tick_faults += 1
+            self._consecutive_faults += 1
+            log.exception("tick failed (%d in a row)", self._consecutive_faults)
+            if self._consecutive_faults >= MAX_TICK_FAULTS:
+                raise
+        self.clock.advance()
+
+    def _step(self, t: float, dt: float) -> None:
+        for action in self.target.poll():
+            if action == "quit":
+                self._quit = True
+            elif action in ("next", "prev"):
+                self.bus.post(Event(f"scene.{action}", source="keyboard"))
+        tick = self.bus.tick(dt)
+        plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
+        for ev in rest:
+            self._handle(ev)
+        scene = self.show.scene
+        if tuple(scene.shaders) != self._chain:
+            self._chain = tuple(scene.shaders)
+            self.presenter.set_chain([self.spec.shaders[n] for n in self._chain])
+        if self.lockstep:
+            self._seq += 1
+            rgb = self.guard.render(plan.request(t, self._seq))
+            if rgb is not None:
+                self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))
+        else:
+            self.worker.submit(plan)
+        if not self.frozen:
+            self.presenter.take(self.slot.latest(), t, transition=scene.transition)
+        master = self._master.step(0.0 if self.blackout else 1.0, dt)
+        self.presenter.draw(self.target.framebuffer, t, tick.values, master)
+        if self.recorder is not None:
+            self.recorder.write(self.target.read())
+        self.target.swap()
+        self.stats.presented += 1
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def start(self, first_frame_timeout: float = 60.0) -> bool:
+        """Start the decoder thread and wait for its first frame, so the show opens on an image, not black."""
+        if self.worker is None:
+            return True
+        plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
+        self.worker.submit(plan)
+        self.worker.start()
+        ok = self.slot.wait_newer(-1, first_frame_timeout) is not None
+        if not ok:
+            log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
+        if isinstance(self.clock, WallClock):
+            self.clock = WallClock()
+            self.worker._now = self.clock.now
+        return ok
+
+    def run(self, duration: float | None = None) -> Stats:
+        """Present at ``fps`` until ``duration`` seconds of show time (n = duration * fps frames) or a quit."""
+        frames = None if duration is None else max(int(round(duration * self.fps)), 1)
+        self.start()
+        self.stats = Stats()
+        period = 1.0 / self.fps
+        origin = time.perf_counter()
+        n = 0
+        try:
+            while not self._quit and (frames is None or n < frames):
+                if not self.lockstep:
+                    deadline = origin + n * period
+                    wait = deadline - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    elif wait < -period:
+                        self.stats.late += 1
+                self.step()
+                n += 1
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        else:
+            self.guard.close()
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+    def health(self) -> dict[str, Any]:
+        g = self.guard.stats()
+        return {"scene": self.show.scene.name, "frames_presented": self.stats.presented,
+                "frames_decoded": self.slot.published, "late_ticks": self.stats.late, "tick_faults":
+                self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "rss_mb": round(rss_mb(), 1)}

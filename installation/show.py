@@ -1,0 +1,210 @@
+"""The show: which scene plays, where on its path we are, and the plan the decoder thread renders from.
+
+Only :meth:`Show.update` mutates show state, once per tick, from the bus snapshot and the drained events. It
+integrates path time (tau += speed * dt) and returns an immutable :class:`PathPlan`, a pure map from clock time to
+a latent request: the decoder thread evaluates it at its own pace, the fixed-step renderer at exactly frame n / fps.
+Scene changes between scenes on the same decoder slerp from the old path to the new one; changes of decoder are a
+"cut" that the presenter crossfades in image space.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+from .bus import Event, ParamBus, Tick
+from .config import Scene, ShowSpec
+from .decoders import DecoderSpec, LatentRequest, decoder_class
+from .latent import build, slerp, smoothstep
+from .latent.trajectories import Trajectory
+
+log = logging.getLogger(__name__)
+
+SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "prompt"})
+SEED_BLEND = 2.0  # seconds to glide to a new seed's path
+
+
+@dataclass(frozen=True)
+class PathPart:
+    """A trajectory and where on it we are at the plan's time, moving at ``rate`` path seconds per second."""
+
+    trajectory: Trajectory
+    tau0: float
+    rate: float
+
+    def at(self, dt: float, params: Mapping[str, float]) -> np.ndarray:
+        return self.trajectory(self.tau0 + self.rate * dt, params)
+
+
+@dataclass(frozen=True)
+class PathPlan:
+    """Immutable: safe to hand to the decoder thread, which calls :meth:`request` for its own clock time."""
+
+    t0: float
+    part: PathPart
+    decoder: DecoderSpec
+    scene: str
+    cut: int
+    params: Mapping[str, float]
+    prior: PathPart | None = None
+    blend_start: float = 0.0
+    blend_len: float = 0.0
+    frozen: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def latent(self, t: float) -> np.ndarray:
+        dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
+        z = self.part.at(dt, self.params)
+        if self.prior is not None and self.blend_len > 0:
+            u = smoothstep((t - self.blend_start) / self.blend_len)
+            if u < 1.0:
+                z = slerp(self.prior.at(dt, self.params).astype(np.float64), z.astype(np.float64), u)
+        return np.asarray(z, dtype=np.float32)
+
+    def request(self, t: float, seq: int) -> LatentRequest:
+        return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
+                             params=self.params, extras=self.extras)
+
+
+class Show:
+    """Plays a list of scenes in order or shuffled, with transitions, seed jumps and live prompts."""
+
+    def __init__(self, spec: ShowSpec, bus: ParamBus, order: str | None = None, shuffle_seed: int | None = None):
+        self.spec = spec
+        self.bus = bus
+        self.scenes: list[Scene] = spec.scenes
+        self.order = order or spec.config.show.order
+        self.shuffle_seed = spec.config.show.shuffle_seed if shuffle_seed is None else shuffle_seed
+        self.position = 0  # index into the (possibly shuffled) play order, growing without bound
+        self.cut = 0
+        self.tau = 0.0
+        self.seed = 0
+        self.started = 0.0
+        self.trajectory: Trajectory | None = None
+        self.prompts: tuple[tuple[str, float], ...] = ()
+        self._prior: tuple[Trajectory, float] | None = None
+        self._blend = (0.0, 0.0)
+        self._activate(0, 0.0, first=True)
+
+    # -- the play order ----------------------------------------------------------------------------------------
+    def scene_index(self, position: int) -> int:
+        n = len(self.scenes)
+        if self.order != "shuffle" or n == 1:
+            return position % n
+        cycle, k = divmod(position, n)
+        return int(np.random.default_rng([self.shuffle_seed, cycle]).permutation(n)[k])
+
+    @property
+    def scene(self) -> Scene:
+        return self.scenes[self.scene_index(self.position)]
+
+    def defaults(self, scene: Scene | None = None) -> dict[str, float]:
+        """Parameter targets a scene starts from: declared defaults, then the config's, then the scene's."""
+        scene = scene or self.scene
+        values = {name: spec.default for name, spec in self.spec.params.items()}
+        values.update(self.spec.config.params)
+        values.update(scene.params)
+        return values
+
+    def _activate(self, position: int, t: float, first: bool = False, seed: int | None = None) -> None:
+        old_scene = None if first else self.scene
+        old = (self.trajectory, self.tau) if self.trajectory is not None else None
+        self.position = position
+        scene = self.scene
+        shape = decoder_class(scene.decoder.type).latent_shape(scene.decoder.settings)
+        self.seed = scene.seed if seed is None else seed
+        self.trajectory = build(scene.trajectory, shape, self.seed)
+        self.tau = 0.0
+        self.started = t
+        if old_scene is not None and old_scene.decoder == scene.decoder and old is not None and \
+                old[0].shape == self.trajectory.shape:
+            self._prior, self._blend = old, (t, scene.transition)
+        else:
+            self._prior = None
+            if old_scene is not None:
+                self.cut += 1
+        if seed is None:
+            self.prompts = tuple((p.text, p.weight) for p in scene.prompts)
+            self.bus.reset(self.defaults(scene), snap=first)
+        log.info("scene %s (%s, %s, seed %d)", scene.name, scene.decoder.type, scene.trajectory.kind, self.seed)
+
+    def _jump_seed(self, seed: int, t: float) -> None:
+        self._prior = (self.trajectory, self.tau)
+        shape = self.trajectory.shape
+        self.seed = seed
+        self.trajectory = build(self.scene.trajectory, shape, seed)
+        self._blend = (t, SEED_BLEND)
+
+    def goto(self, target: Any, t: float) -> bool:
+        """Switch to a scene by name or by its index in the show's list."""
+        names = [s.name for s in self.scenes]
+        if isinstance(target, str) and target in names:
+            idx = names.index(target)
+        elif isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(names):
+            idx = target
+        else:
+            self.bus.reject("scene")
+            return False
+        # Keep the position's cycle, land on the position that plays that scene.
+        base = self.position - self.position % len(names)
+        pos = next(p for p in range(base, base + len(names)) if self.scene_index(p) == idx)
+        self._activate(pos, t)
+        return True
+
+    # -- the update step ---------------------------------------------------------------------------------------
+    def update(self, t: float, dt: float, tick: Tick, frozen: bool = False) -> tuple[PathPlan, list[Event]]:
+        """Advance one tick; returns the plan and the events the show does not handle (for the runtime)."""
+        rest = []
+        for ev in tick.events:
+            if ev.kind not in SHOW_EVENTS:
+                rest.append(ev)
+            elif ev.kind == "scene.next":
+                self._activate(self.position + 1, t)
+            elif ev.kind == "scene.prev":
+                self._activate(max(self.position - 1, 0), t)
+            elif ev.kind == "scene.goto":
+                self.goto(ev.value, t)
+            elif ev.kind == "seed":
+                self._jump_seed(int(ev.value), t)
+            elif ev.kind == "prompt":
+                self._set_prompt(*ev.value)
+        scene = self.scene
+        if scene.duration > 0 and t - self.started >= scene.duration and len(self.scenes) > 1:
+            self._activate(self.position + 1, t)
+            scene = self.scene
+        rate = 0.0 if frozen else float(tick.values.get("speed", 1.0))
+        if not frozen:
+            self.tau += rate * dt
+            if self._prior is not None:
+                self._prior = (self._prior[0], self._prior[1] + rate * dt)
+                if t - self._blend[0] >= self._blend[1]:
+                    self._prior = None
+        prior = PathPart(self._prior[0], self._prior[1], rate) if self._prior else None
+        plan = PathPlan(t0=t, part=PathPart(self.trajectory, self.tau, rate), decoder=scene.decoder,
+                        scene=scene.name, cut=self.cut, params=MappingProxyType(dict(tick.values)), prior=prior,
+                        blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen,
+                        extras=MappingProxyType({"prompts": self.prompts}))
+        return plan, rest
+
+    def _set_prompt(self, slot: int | None, text: str, weight: float | None) -> None:
+        prompts = list(self.prompts)
+        w = 1.0 if weight is None else float(weight)
+        if slot is None:
+            prompts = [(text, w)]
+        elif 0 <= slot < len(prompts):
+            prompts[slot] = (text, prompts[slot][1] if weight is None else w)
+        elif slot == len(prompts) and slot < 16:
+            prompts.append((text, w))
+        else:
+            self.bus.reject("prompt_slot")
+            return
+        self.prompts = tuple(prompts)
+
+    def state(self, t: float) -> dict[str, Any]:
+        """Where the show is: enough to resume it (scene, time in scene, path time, seed, prompts)."""
+        return {"scene": self.scene.name, "position": self.position, "scene_time": t - self.started,
+                "tau": self.tau, "seed": self.seed, "prompts": [list(p) for p in self.prompts]}
