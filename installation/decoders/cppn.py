@@ -31,7 +31,7 @@ def _act_(name: str, x: torch.Tensor) -> None:
     elif name == "tanh":
         x.tanh_()
     elif name == "gauss":
-        x.square_().neg_().exp_().mul_(2.0).sub_(1.0)
+        x.square_().clamp_(max=80.0).neg_().exp_().mul_(2.0).sub_(1.0)  # clamp: no denormals (slow path)
     elif name == "softsign":
         x.div_(x.abs().add_(1.0))
     else:
@@ -109,7 +109,7 @@ class CPPN:
         for wgt, bias in self._layers:
             h = self._mixed_(torch.addmm(bias, wgt, h))
         w_out, b_out = self._out
-        return torch.sigmoid_(torch.addmm(b_out, w_out, h))
+        return torch.sigmoid_(torch.addmm(b_out, w_out, h).clamp_(-30.0, 30.0))
 
     def render(self, request: LatentRequest) -> np.ndarray:
         """HxWx3 float32 in 0..1, top row first."""
