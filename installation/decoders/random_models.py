@@ -86,7 +86,7 @@ def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False) -
             use_linear_projection=True, cross_attention_dim=32, time_cond_proj_dim=8 if lcm else None)
         text = CLIPTextModel(_text_config(None))
     if lcm:
-        scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
     else:
         scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                            timestep_spacing="trailing", prediction_type="epsilon")
