@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         "lcm": lambda p: random_models.make_sd21(p, args.full, args.seed, lcm=True),
         "taesd": lambda p: random_models.make_taesd(p, args.full, args.seed),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in args.only or list(makers):
         out[name] = str(makers[name](args.out / name))

@@ -290,7 +290,28 @@ class DiffusionDecoder:
     # -- prepare ------------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Resolve and validate the folder, load components, apply acceleration, warm up and capture graphs."""
+        """Resolve and validate the folder, load components, apply acceleration, warm up and capture graphs.
+
+        All-or-nothing: on any error the partly loaded parts are released before the error propagates.
+        """
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_files(self) -> None:
+        """Every file the settings name exists, checked before any weight is loaded."""
+        s = self.settings
+        for path, name in s.loras:
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"LoRA {name!r}: file {Path(path).expanduser()} not found "
+                                        "(a .safetensors LoRA trained for this model)")
+        for path in ([s.source] if s.source else []) + list(s.references):
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"image {Path(path).expanduser()} not found (img2img source / reference)")
+
+    def _prepare(self) -> None:
         import diffusers
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -298,6 +319,7 @@ class DiffusionDecoder:
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
         t0 = time.perf_counter()
+        self._check_files()
         model_dir = resolve_model_dir(s)
         if not (model_dir / "model_index.json").is_file() and model_dir.is_dir():
             validate_model_dir(model_dir, "sd21", True, _EXAMPLE_REPO[s.family])  # raises with the message
@@ -371,11 +393,13 @@ class DiffusionDecoder:
         self.programs = Programs(self.device, self.use_graphs)
         self.readback = Readback(self.device)
         self.timer = StageTimer(self.device)
-        self._make_buffers()
-        self._load_references()
-        self.prepared = True
-        log.info("diffusion: loaded in %.1f s; warming up", time.perf_counter() - t0)
-        self._warm_up()
+        with torch.inference_mode():
+            self._make_buffers()
+            self._load_references()
+            self.prepared = True
+            log.info("diffusion: loaded in %.1f s; warming up%s", time.perf_counter() - t0,
+                     " and capturing CUDA graphs" if self.use_graphs else "")
+            self._warm_up()
         log.info("diffusion: ready in %.1f s (graphs=%s, captures=%d)", time.perf_counter() - t0, self.use_graphs,
                  self.programs.captures)
 
@@ -418,6 +442,8 @@ class DiffusionDecoder:
             b["tcond"] = guidance_embedding(w_scale, int(tcd), self.dtype, dev).repeat(batch, 1)
             self._tcond_w = w_scale
         self.buf = b
+        self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._z_host = torch.empty((1, c, h, w), dtype=torch.float32, pin_memory=dev.type == "cuda")
         self._tab_key: float | None = None
         self._em_index = 0
         self._cond_key: tuple | None = None
@@ -636,14 +662,22 @@ class DiffusionDecoder:
     def _encode_source(self, img: np.ndarray) -> None:
         """Upload an RGB uint8 image and encode it (captured per image shape) into the static source latent."""
         key = ("encode", img.shape)
-        staged = self.buf.get("src_img")
-        if staged is None or tuple(staged.shape) != img.shape:
-            staged = self.buf["src_img"] = torch.zeros(img.shape, dtype=torch.uint8, device=self.device)
-        staged.copy_(torch.from_numpy(np.ascontiguousarray(img)), non_blocking=False)
+        staged = self._staging.get(img.shape)
+        if staged is None:
+            # One (pinned host, device) pair per image shape: a graph keeps the address it was captured with.
+            pinned = self.device.type == "cuda"
+            staged = self._staging[img.shape] = (
+                torch.empty(img.shape, dtype=torch.uint8, pin_memory=pinned),
+                torch.zeros(img.shape, dtype=torch.uint8, device=self.device))
+            if self.programs.use_graphs:
+                log.info("diffusion: new source shape %s; capturing its encode graph", img.shape)
+        host, dev_img = staged
+        host.copy_(torch.from_numpy(np.ascontiguousarray(img)))
+        dev_img.copy_(host, non_blocking=True)  # safe: the previous frame's readback synced the stream
         self.timer.mark("upload")
 
         def program() -> None:
-            x = self.buf["src_img"].permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+            x = dev_img.permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
             if x.shape[-2:] != (self.settings.height, self.settings.width):
                 x = F.interpolate(x, size=(self.settings.height, self.settings.width), mode="bilinear",
                                   align_corners=False, antialias=True)
@@ -749,7 +783,11 @@ class DiffusionDecoder:
             return self._last_frame.copy()
         self._skip_run = 0
 
-        b["z"].copy_(torch.from_numpy(z)[None] if use_z else b["fixed_noise"])
+        if use_z:
+            self._z_host.copy_(torch.from_numpy(z)[None])
+            b["z"].copy_(self._z_host, non_blocking=True)
+        else:
+            b["z"].copy_(b["fixed_noise"])
         self.timer.mark("upload")
         if img2img and strength <= 0.0:
             program, fn = ("recon",), self._program_recon
@@ -795,8 +833,9 @@ class DiffusionDecoder:
         self._prev_src_small = None
         self._src_key = None
         self._cond_key = None
-        if hasattr(self, "buf"):
-            self.buf["x"].zero_()
+        if getattr(self, "buf", None) is not None:
+            with torch.inference_mode():
+                self.buf["x"].zero_()
 
     def stats(self) -> dict[str, float]:
         """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""
@@ -810,7 +849,8 @@ class DiffusionDecoder:
         """Drop graphs, models and caches so the memory goes back (safe to call twice)."""
         if getattr(self, "programs", None) is not None:
             self.programs.clear()
-        for name in ("unet", "vae", "text_encoders", "tokenizers", "buf", "_unet_fn", "_vae_decode", "ref_latents"):
+        for name in ("unet", "vae", "text_encoders", "tokenizers", "buf", "_unet_fn", "_vae_decode", "ref_latents",
+                     "_staging", "lora_scales"):
             if hasattr(self, name):
                 setattr(self, name, None)
         self._cache.clear()

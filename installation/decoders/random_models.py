@@ -89,7 +89,7 @@ def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False) -
         scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
     else:
         scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                           timestep_spacing="trailing", prediction_type="epsilon")
+                                           timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
     pipe = StableDiffusionPipeline(vae=_vae(full, 0.18215), text_encoder=text, tokenizer=byte_level_clip_tokenizer(),
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -124,7 +124,7 @@ def make_sdxl(out: Path, full: bool = False, seed: int = 0) -> Path:
         te1 = CLIPTextModel(_text_config(None))
         te2 = CLIPTextModelWithProjection(_text_config(None))
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="trailing", prediction_type="epsilon")
+                                       timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
     pipe = StableDiffusionXLPipeline(vae=_vae(full, 0.13025), text_encoder=te1, text_encoder_2=te2,
                                      tokenizer=byte_level_clip_tokenizer(), tokenizer_2=byte_level_clip_tokenizer(),
                                      unet=unet, scheduler=scheduler)
@@ -151,6 +151,7 @@ def make_taesd(out: Path, full: bool = False, seed: int = 0) -> Path:
 def make_all(root: Path, full: bool = False, seed: int = 0) -> dict[str, str]:
     """Write sd-turbo/, sdxl-turbo/, lcm/ and taesd/ under ``root``; return their paths by name."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     paths = {
         "sd-turbo": make_sd21(root / "sd-turbo", full, seed),
         "sdxl-turbo": make_sdxl(root / "sdxl-turbo", full, seed),
