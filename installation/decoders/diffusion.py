@@ -128,15 +128,14 @@ def resolve_model_dir(settings: DiffusionSettings) -> Path:
             f"`huggingface-cli download {settings.model} --local-dir <folder>` and set model to that folder") from exc
 
 
-def _weights_variant(folder: Path) -> str | None | bool:
-    """None for plain weights, "fp16" when only fp16-variant weights exist, False when there are none."""
+def _weights_variant(folder: Path, prefer_fp16: bool = False) -> str | None | bool:
+    """None for plain weights, "fp16" for the fp16 variant (when preferred or the only one), False when none."""
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     plain = [n for n in names if n.endswith((".safetensors", ".bin")) and n.count(".") == 1]
-    if plain:
-        return None
-    if any(n.endswith((".fp16.safetensors", ".fp16.bin")) for n in names):
+    half = any(n.endswith((".fp16.safetensors", ".fp16.bin")) for n in names)
+    if half and (prefer_fp16 or not plain):
         return "fp16"
-    return False
+    return None if plain else False
 
 
 def detect_family(model_dir: Path) -> str:
@@ -152,7 +151,8 @@ def detect_family(model_dir: Path) -> str:
     return "sd21"
 
 
-def validate_model_dir(model_dir: Path, family: str, need_vae: bool, repo_hint: str) -> dict[str, str | None]:
+def validate_model_dir(model_dir: Path, family: str, need_vae: bool, repo_hint: str,
+                       prefer_fp16: bool = False) -> dict[str, str | None]:
     """Check every part the family needs exists; return {part: weights variant}. One message names what is missing."""
     how = f"get a complete copy with `huggingface-cli download {repo_hint} --local-dir {model_dir}`"
     if not model_dir.is_dir():
@@ -177,7 +177,7 @@ def validate_model_dir(model_dir: Path, family: str, need_vae: bool, repo_hint: 
         if not (folder / config).is_file():
             raise FileNotFoundError(f"{folder}: missing {config}; {how}")
         if part != "scheduler":
-            variant = _weights_variant(folder)
+            variant = _weights_variant(folder, prefer_fp16 and part != "vae")
             if variant is False:
                 raise FileNotFoundError(f"{folder}: no weights (*.safetensors or *.bin); {how}")
             variants[part] = variant
@@ -337,7 +337,8 @@ class DiffusionDecoder:
                 raise FileNotFoundError(f"TAESD folder {taesd_dir} not found; {how}")
             if not (taesd_dir / "config.json").is_file() or _weights_variant(taesd_dir) is False:
                 raise FileNotFoundError(f"TAESD folder {taesd_dir}: missing config.json or weights; {how}")
-        variants = validate_model_dir(model_dir, family, need_vae=taesd_dir is None, repo_hint=repo)
+        variants = validate_model_dir(model_dir, family, need_vae=taesd_dir is None, repo_hint=repo,
+                                      prefer_fp16=self.dtype == torch.float16)
         self.family, self.model_dir = family, model_dir
         log.info("diffusion: loading %s (family %s, %s, %s) ...", model_dir, family, self.device, self.dtype)
 
@@ -358,7 +359,8 @@ class DiffusionDecoder:
             sched_cls = diffusers.LCMScheduler
         self.scheduler = sched_cls.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
         if taesd_dir is not None:
-            self.vae = diffusers.AutoencoderTiny.from_pretrained(taesd_dir, variant=_weights_variant(taesd_dir), **kw)
+            self.vae = diffusers.AutoencoderTiny.from_pretrained(
+                taesd_dir, variant=_weights_variant(taesd_dir, self.dtype == torch.float16), **kw)
             self.tiny_vae = True
         else:
             vae_dtype = self.dtype

@@ -63,6 +63,7 @@ def test_registry_settings_and_shape(Diffusion, tiny_models):
     ("lcm", {"steps": 4}, "lcm"),
     ("sd-turbo", {"steps": 2, "use_taesd": True}, "sd21"),
     ("sd-turbo", {"guidance": 3.0, "negative_prompt": "blur"}, "sd21"),
+    ("sdxl-turbo", {"dtype": "bfloat16", "steps": 2, "use_taesd": True}, "sdxl"),
 ])
 def test_families_render(Diffusion, tiny_models, make_request, unit_z, model, kw, family):
     if kw.pop("use_taesd", False):
@@ -331,3 +332,18 @@ def test_bench_on_cpu(tiny_models):
     assert out["frames"] == 3 and out["fps"] > 0
     assert {"encode", "unet", "decode", "convert"} <= set(out["stages_ms"])
     assert set(out["memory_mib"]) == {"allocated_start", "reserved_start", "allocated_end", "reserved_end"}
+
+
+def test_weights_variant_choice(tmp_path):
+    from installation.decoders.diffusion import _weights_variant
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "diffusion_pytorch_model.safetensors").touch()
+    (tmp_path / "a" / "diffusion_pytorch_model.fp16.safetensors").touch()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.fp16.safetensors").touch()
+    (tmp_path / "c").mkdir()
+    assert _weights_variant(tmp_path / "a") is None
+    assert _weights_variant(tmp_path / "a", prefer_fp16=True) == "fp16"
+    assert _weights_variant(tmp_path / "b") == "fp16"
+    assert _weights_variant(tmp_path / "c") is False
