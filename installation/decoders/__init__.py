@@ -12,6 +12,7 @@ _REGISTRY: dict[str, type] = {}
 _BUILTINS = {
     "cppn": "installation.decoders.cppn",
     "faulty": "installation.decoders.faulty",
+    "diffusion": "installation.decoders.diffusion", "gan": "installation.decoders.gan",
 }
 
 

@@ -1,0 +1,163 @@
+"""Random-weight diffusers folders in the real layouts (SD 2.1 / SD-Turbo, SDXL-Turbo, LCM, TAESD).
+
+For tests (tiny shapes) and GPU benchmarks without downloads (``full=True``: the real configs). Everything is
+written with ``save_pretrained`` so it is loaded back through exactly the code path a user's folder takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def byte_level_clip_tokenizer(max_length: int = 77):
+    """A CLIPTokenizer whose vocabulary is the 256 byte symbols (+ end-of-word forms): any text, no download."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def _text_config(full: str | None, **overrides):
+    from transformers import CLIPTextConfig
+
+    presets = {
+        None: dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                   projection_dim=32),
+        "openclip_h": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                           projection_dim=512, hidden_act="gelu"),
+        "clip_l": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                       projection_dim=768, hidden_act="quick_gelu"),
+        "openclip_bigg": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+                              num_hidden_layers=32, projection_dim=1280, hidden_act="gelu"),
+    }
+    cfg = dict(vocab_size=49408 if full else 1000, max_position_embeddings=77, bos_token_id=514 - 2,
+               eos_token_id=514 - 1, pad_token_id=514 - 1, layer_norm_eps=1e-5, **presets[full])
+    cfg.update(overrides)
+    return CLIPTextConfig(**cfg)
+
+
+def _vae(full: bool, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    if full:
+        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                             layers_per_block=2, sample_size=768, scaling_factor=scaling_factor)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         layers_per_block=1, norm_num_groups=2, sample_size=64, scaling_factor=scaling_factor)
+
+
+def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False) -> Path:
+    """An SD 2.1 / SD-Turbo-shaped folder (``lcm=True``: SD 1.5-style with an LCMScheduler and guidance embedding)."""
+    from diffusers import (EulerDiscreteScheduler, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    if full:
+        cross = 768 if lcm else 1024
+        unet = UNet2DConditionModel(
+            sample_size=64 if lcm else 96, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=8 if lcm else (5, 10, 20, 20), use_linear_projection=not lcm,
+            cross_attention_dim=cross, time_cond_proj_dim=256 if lcm else None)
+        text = CLIPTextModel(_text_config("clip_l" if lcm else "openclip_h"))
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), norm_num_groups=4,
+            use_linear_projection=True, cross_attention_dim=32, time_cond_proj_dim=8 if lcm else None)
+        text = CLIPTextModel(_text_config(None))
+    if lcm:
+        scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    else:
+        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                           timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=_vae(full, 0.18215), text_encoder=text, tokenizer=byte_level_clip_tokenizer(),
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    log.info("wrote %s", out)
+    return out
+
+
+def make_sdxl(out: Path, full: bool = False, seed: int = 0) -> Path:
+    """An SDXL-Turbo-shaped folder: two text encoders, pooled + time-id added conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    if full:
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+            cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        te1 = CLIPTextModel(_text_config("clip_l"))
+        te2 = CLIPTextModelWithProjection(_text_config("openclip_bigg"))
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), norm_num_groups=4,
+            use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time",
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+        te1 = CLIPTextModel(_text_config(None))
+        te2 = CLIPTextModelWithProjection(_text_config(None))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=_vae(full, 0.13025), text_encoder=te1, text_encoder_2=te2,
+                                     tokenizer=byte_level_clip_tokenizer(), tokenizer_2=byte_level_clip_tokenizer(),
+                                     unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(out)
+    log.info("wrote %s", out)
+    return out
+
+
+def make_taesd(out: Path, full: bool = False, seed: int = 0) -> Path:
+    """A TAESD-shaped AutoencoderTiny folder (the default AutoencoderTiny config is TAESD's)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    if full:
+        vae = AutoencoderTiny()
+    else:
+        vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                              num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+    vae.save_pretrained(out)
+    log.info("wrote %s", out)
+    return out
+
+
+def make_all(root: Path, full: bool = False, seed: int = 0) -> dict[str, str]:
+    """Write sd-turbo/, sdxl-turbo/, lcm/ and taesd/ under ``root``; return their paths by name."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "sd-turbo": make_sd21(root / "sd-turbo", full, seed),
+        "sdxl-turbo": make_sdxl(root / "sdxl-turbo", full, seed),
+        "lcm": make_sd21(root / "lcm", full, seed, lcm=True),
+        "taesd": make_taesd(root / "taesd", full, seed),
+    }
+    out = {k: str(v) for k, v in paths.items()}
+    (root / "models.json").write_text(json.dumps(out, indent=2))
+    return out
