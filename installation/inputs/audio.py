@@ -257,6 +257,7 @@ class AudioInput:
         self._q: queue.Queue[np.ndarray] = queue.Queue(maxsize=64)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stream: Any = None  # owned by the worker; exposed only for fault-injection tests
         self._lock = threading.Lock()
         self._stats: dict[str, Any] = {
             "state": "stopped", "blocks": 0, "onsets": 0, "opens": 0, "open_failures": 0, "reopens": 0,
@@ -321,11 +322,13 @@ class AudioInput:
                 backoff = min(backoff * 2.0, self.settings.reopen_max)
                 continue
             backoff = self.settings.reopen_min
+            self._stream = stream
             try:
                 self._pump(stream, analyzer)
             except Exception as exc:  # noqa: BLE001 - the show goes on
                 log.warning("audio analysis failed: %s", exc, exc_info=True)
             finally:
+                self._stream = None
                 self._close(stream)
             if not self._stop.is_set():
                 self._bump("reopens")
