@@ -73,6 +73,9 @@ class OscSettings(BaseModel):
     prompt_weight: tuple[float, float] = Field(default=(0.0, 2.0), description="allowed weight range")
     prompt: PromptGuardSettings = PromptGuardSettings()
     allow_quit: bool = Field(default=False, description="map /quit (posts a 'quit' event)")
+    patterns: bool = Field(
+        default=False, description="accept OSC address patterns (* ? [] {}); off: '/*' could fire /panic"
+    )
     feedback_host: str | None = Field(default=None, description="feedback target host; None = no feedback")
     feedback_port: int = Field(default=9001, ge=1, le=65535)
     feedback_rate: float = Field(default=30.0, gt=0.0, le=1000.0, description="flushes per second, at most")
@@ -435,6 +438,9 @@ class OscServer:
         address = msg.address
         if len(address) > _MAX_ADDRESS:
             self._reject("malformed")
+            return
+        if not self.settings.patterns and any(c in address for c in "*?[]{}"):
+            self._reject("unknown_address")
             return
         handlers = list(self.dispatcher.handlers_for_address(address))
         if not handlers:

@@ -153,6 +153,7 @@ def test_hostile_packets_are_counted_and_server_keeps_serving(served):
     send(msg("/nope", 1.0))
     send(msg("/param/unknown", 1.0))
     send(msg("/param/audio.rms", 0.5))  # features are not settable over OSC
+    send(msg("/*"))  # patterns are off by default: this would otherwise fire /panic, /ping, /scene/next...
     send(msg("/prompt", "x" * 20000))  # huge string: refused by the guard
     send(msg("/param/speed", "y" * 60000))  # near the UDP limit, wrong type
     send(msg("/prompt", "bad\x07bell"))
@@ -162,7 +163,7 @@ def test_hostile_packets_are_counted_and_server_keeps_serving(served):
     assert r.get("malformed", 0) == 4
     assert r.get("bad_type", 0) == 3
     assert r.get("out_of_range", 0) == 8
-    assert r.get("unknown_address", 0) == 4
+    assert r.get("unknown_address", 0) == 5
     assert r.get("guard", 0) == 2
     assert server.stats()["guard"] == {"length": 1, "chars": 1}
     assert bus.tick(0.0).events == ()
@@ -193,6 +194,14 @@ def msg_obj(address, *args):
     for a in args:
         b.add_arg(a)
     return b.build()
+
+
+@pytest.mark.parametrize("served", [{"patterns": True}], indirect=True)
+def test_patterns_when_enabled(served):
+    server, bus, client, _ = served
+    client.send_message("/scene/{next,prev}", None)
+    assert applied(server, 2)
+    assert [e.kind for e in bus.tick(0.0).events] == ["scene.next", "scene.prev"]
 
 
 @pytest.mark.parametrize("served", [{"allow": ("10.0.0.0/8",)}], indirect=True)
