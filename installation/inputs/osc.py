@@ -1,0 +1,633 @@
+"""The OSC control surface: a UDP server that turns messages into bus writes and events, plus feedback out.
+
+Transport, decoding and routing stay apart: our own receive loop (so nothing raised ever reaches the thread's top
+and a bundle's timetag never makes the thread sleep), python-osc's parsers (``OscBundle``/``OscMessage``) and its
+``Dispatcher`` for address matching. Every packet passes the allow-list, then the per-sender token bucket, then the
+parser, then the handler's type and range checks; each drop is counted by reason (see :data:`REJECT_REASONS`).
+
+Address space (``installation osc-map`` prints it from :func:`address_map`)::
+
+    /param/<name> <f>            native range; out of range is dropped, not clamped
+    /param/<name>/norm <f>       0..1 across the range
+    /scene/next  /scene/prev  /scene/goto <s name | i index>
+    /prompt <s>  /prompt/<slot> <s> [f weight]      through the prompt guard
+    /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
+
+Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters and ``/scene/current s``,
+at most ``feedback_rate`` flushes per second, never the value a sender just set back to that same sender.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from installation.bus import Event, ParamBus, ParamSpec
+from installation.inputs.prompt_guard import PromptGuard, PromptGuardSettings
+
+log = logging.getLogger(__name__)
+
+REJECT_REASONS = (
+    "malformed", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited", "guard", "event_overflow",
+    "error",
+)
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_MAX_ADDRESS = 256
+_SEED_MAX = 2**32 - 1
+
+Scenes = Sequence[str] | Callable[[], Sequence[str]]
+
+
+class OscSettings(BaseModel):
+    """``[inputs.osc]``: where to listen, who may talk, how fast, and where feedback goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to listen on all interfaces")
+    port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port (tests)")
+    allow: tuple[str, ...] = Field(
+        default=(), description="sender IPs or CIDR networks; empty = loopback only; ['0.0.0.0/0', '::/0'] = all"
+    )
+    rate_limit: float = Field(default=500.0, gt=0.0, description="messages per second per sender host")
+    burst: int = Field(default=500, ge=1, description="token bucket size (messages)")
+    max_senders: int = Field(default=256, ge=1, description="rate-limit buckets kept (least recently used dropped)")
+    exclude_prefixes: tuple[str, ...] = Field(
+        default=("audio.", "camera."), description="parameters neither settable over OSC nor fed back"
+    )
+    prompt_slots: int = Field(default=4, ge=0, le=64, description="/prompt/0 .. /prompt/<n-1>")
+    prompt_weight: tuple[float, float] = Field(default=(0.0, 2.0), description="allowed weight range")
+    prompt: PromptGuardSettings = PromptGuardSettings()
+    allow_quit: bool = Field(default=False, description="map /quit (posts a 'quit' event)")
+    patterns: bool = Field(
+        default=False, description="accept OSC address patterns (* ? [] {}); off: '/*' could fire /panic"
+    )
+    feedback_host: str | None = Field(default=None, description="feedback target host; None = no feedback")
+    feedback_port: int = Field(default=9001, ge=1, le=65535)
+    feedback_rate: float = Field(default=30.0, gt=0.0, le=1000.0, description="flushes per second, at most")
+    feedback_max_messages: int = Field(default=64, ge=1, description="messages per flush; the rest wait")
+    feedback_norm: bool = Field(default=False, description="send /param/<name>/norm 0..1 instead of native")
+    echo_guard: float = Field(default=0.5, ge=0.0, description="seconds a sender's own value is not echoed")
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allow: {entry!r} is not an IP address or network ({exc})") from None
+        return v
+
+
+class _Reject(Exception):
+    """Raised inside a handler to drop the message, counted under ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _number(arg: Any) -> float:
+    """An OSC numeric argument (i, h, f, d, T, F) as a float; anything else is a bad type."""
+    if isinstance(arg, bool):
+        return 1.0 if arg else 0.0
+    if isinstance(arg, (int, float)):
+        return float(arg)
+    raise _Reject("bad_type")
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise _Reject("out_of_range")
+    return v
+
+
+def _scene_list(scenes: Scenes) -> list[str]:
+    return list(scenes() if callable(scenes) else scenes)
+
+
+def _specs_of(bus_specs: Mapping[str, ParamSpec] | Iterable[ParamSpec]) -> list[ParamSpec]:
+    return list(bus_specs.values()) if isinstance(bus_specs, Mapping) else list(bus_specs)
+
+
+def address_map(
+    bus_specs: Mapping[str, ParamSpec] | Iterable[ParamSpec],
+    scenes: Scenes,
+    settings: OscSettings | None = None,
+) -> list[tuple[str, str, str]]:
+    """The OSC address space as (address, argument types, doc) rows, for ``installation osc-map``."""
+    s = settings or OscSettings()
+    rows: list[tuple[str, str, str]] = []
+    for spec in sorted(_specs_of(bus_specs), key=lambda p: p.name):
+        if spec.name.startswith(s.exclude_prefixes):
+            continue
+        kind = {"float": "f", "int": "i|f", "bool": "i|f|T|F"}[spec.type]
+        doc = f"{spec.type} {spec.min:g}..{spec.max:g} (default {spec.default:g})" + (f": {spec.doc}" if spec.doc else "")
+        rows.append((f"/param/{spec.name}", kind, doc))
+        rows.append((f"/param/{spec.name}/norm", "f", f"0..1 across {spec.min:g}..{spec.max:g}"))
+    names = _scene_list(scenes)
+    rows += [
+        ("/scene/next", "", "go to the next scene"),
+        ("/scene/prev", "", "go to the previous scene"),
+        ("/scene/goto", "s|i", "scene by name or index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))),
+        ("/prompt", "s", f"replace the prompt (guarded, at most {s.prompt.max_length} characters)"),
+    ]
+    lo, hi = s.prompt_weight
+    rows += [(f"/prompt/{i}", "s [f]", f"prompt slot {i}, optional weight {lo:g}..{hi:g}") for i in range(s.prompt_slots)]
+    rows += [
+        ("/seed", "i", f"jump to seed 0..{_SEED_MAX}"),
+        ("/freeze", "i|f|T|F", "1 holds the current frame, 0 releases"),
+        ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
+        ("/panic", "", "blackout now and reset steering to the scene defaults"),
+        ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
+    ]
+    if s.allow_quit:
+        rows.append(("/quit", "", "stop the show"))
+    if s.feedback_host:
+        rows.append((f"-> {s.feedback_host}:{s.feedback_port} /param/<name>", "f", "feedback of changed parameters"))
+        rows.append((f"-> {s.feedback_host}:{s.feedback_port} /scene/current", "s", "feedback of the scene"))
+    return rows
+
+
+_FIXED = {"i": 4, "f": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8}
+
+
+def _pad4(n: int) -> int:
+    return n + (-n % 4)
+
+
+def _complete(msg: OscMessage) -> bool:
+    """True when the datagram holds exactly what its type tags promise (python-osc pads short floats)."""
+    dgram = msg.dgram
+    if len(dgram) % 4:
+        return False
+    end = dgram.find(b"\0")
+    i = _pad4(end + 1)
+    if i >= len(dgram):
+        return i == len(dgram)
+    tend = dgram.find(b"\0", i)
+    tags = dgram[i + 1 : tend].decode("ascii", "replace")
+    i = _pad4(tend + 1)
+    args = iter(_flat(msg.params))
+    for tag in tags:
+        if tag in _FIXED:
+            i += _FIXED[tag]
+            next(args, None)
+        elif tag == "s":
+            i += _pad4(len(str(next(args, "")).encode("utf-8")) + 1)
+        elif tag == "b":
+            i += 4 + _pad4(len(next(args, b"")))
+        elif tag in "TFN":
+            next(args, None)
+        elif tag not in "[]I":
+            return False  # a type python-osc skips silently: refuse rather than guess its size
+    return i == len(dgram)
+
+
+def _flat(params: list[Any]) -> Iterator[Any]:
+    for p in params:
+        if isinstance(p, list):
+            yield from _flat(p)
+        else:
+            yield p
+
+
+def _encode(address: str, *args: Any) -> bytes:
+    b = OscMessageBuilder(address=address)
+    for a in args:
+        b.add_arg(a)
+    return b.build().dgram
+
+
+class OscServer:
+    """UDP OSC input. ``start()`` binds and serves in a thread; ``feedback()`` is called by the loop each frame."""
+
+    def __init__(
+        self,
+        settings: OscSettings,
+        bus: ParamBus,
+        scenes: Scenes = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        base_dir: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self._scenes = scenes
+        self._clock = clock
+        self._guard = PromptGuard(settings.prompt, base_dir)
+        self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow] or list(_LOOPBACK)
+        self._allow_cache: OrderedDict[str, bool] = OrderedDict()
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # host -> [tokens, last time]; server thread
+        self._lock = threading.Lock()  # counters and the last-setter table, shared with the loop thread
+        self._counts: Counter[str] = Counter()
+        self._rejects: Counter[str] = Counter()
+        self._guard_reasons: Counter[str] = Counter()
+        self._setters: dict[str, tuple[str, float, float]] = {}  # param -> (host, time, value set)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fb_sock: socket.socket | None = None
+        self._fb_addr: tuple[Any, ...] | None = None
+        self._fb_host = ""
+        self._fb_next = -math.inf
+        self._fb_sent: dict[str, float] = {}
+        self._fb_scene: str | None = None
+        self.dispatcher = self._build_dispatcher()
+
+    # -- routing -----------------------------------------------------------------------------------------------
+    def _build_dispatcher(self) -> Dispatcher:
+        d = Dispatcher(strict_timing=False)
+        table: dict[str, Callable[..., None]] = {
+            "/param/*": self._h_param,
+            "/scene/next": lambda c, a, *args: self._post("scene.next", None, c),
+            "/scene/prev": lambda c, a, *args: self._post("scene.prev", None, c),
+            "/scene/goto": self._h_goto,
+            "/prompt": self._h_prompt,
+            "/prompt/*": self._h_prompt,
+            "/seed": self._h_seed,
+            "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
+            "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
+            "/panic": lambda c, a, *args: self._post("panic", None, c),
+            "/ping": self._h_ping,
+        }
+        if self.settings.allow_quit:
+            table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
+        for address, fn in table.items():
+            d.map(address, fn, needs_reply_address=True)
+        return d
+
+    def _post(self, kind: str, value: Any, client: tuple[Any, ...]) -> None:
+        if not self.bus.post(Event(kind, value, f"osc:{client[0]}")):
+            raise _Reject("event_overflow")  # the bus's event queue is full
+
+    def _h_param(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        rest = address[len("/param/"):]
+        norm = rest.endswith("/norm")
+        name = rest[: -len("/norm")] if norm else rest
+        spec = self.bus.spec(name)
+        if spec is None or name.startswith(self.settings.exclude_prefixes):
+            raise _Reject("unknown_address")
+        if len(args) != 1:
+            raise _Reject("bad_type")
+        v = _finite(_number(args[0]))
+        src = f"osc:{client[0]}"
+        if norm:
+            if not 0.0 <= v <= 1.0:
+                raise _Reject("out_of_range")
+            value = spec.from_norm(v)
+        else:
+            if not spec.min <= v <= spec.max:
+                raise _Reject("out_of_range")
+            value = v
+        if not self.bus.set(name, value, source=src):
+            raise _Reject("out_of_range")
+        with self._lock:
+            self._setters[name] = (client[0], self._clock(), value)
+
+    def _h_goto(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        if len(args) != 1:
+            raise _Reject("bad_type")
+        arg = args[0]
+        names = _scene_list(self._scenes)
+        if isinstance(arg, str):
+            if names and arg not in names:
+                raise _Reject("out_of_range")
+            self._post("scene.goto", arg, client)
+            return
+        v = _finite(_number(arg))
+        if v != int(v) or v < 0 or (names and v >= len(names)):
+            raise _Reject("out_of_range")
+        self._post("scene.goto", int(v), client)
+
+    def _h_prompt(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        slot: int | None = None
+        if address != "/prompt":
+            tail = address[len("/prompt/"):]
+            if not tail.isdigit() or int(tail) >= self.settings.prompt_slots:
+                raise _Reject("unknown_address")
+            slot = int(tail)
+        if not 1 <= len(args) <= (2 if slot is not None else 1) or not isinstance(args[0], str):
+            raise _Reject("bad_type")
+        weight: float | None = None
+        if len(args) == 2:
+            weight = _finite(_number(args[1]))
+            lo, hi = self.settings.prompt_weight
+            if not lo <= weight <= hi:
+                raise _Reject("out_of_range")
+        result = self._guard.check(args[0])
+        if not result.ok:
+            with self._lock:
+                self._guard_reasons[result.reason] += 1
+            raise _Reject("guard")
+        self._post("prompt", (slot, result.text, weight), client)
+
+    def _h_seed(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        if len(args) != 1 or isinstance(args[0], bool):
+            raise _Reject("bad_type")
+        v = _finite(_number(args[0]))
+        if v != int(v) or not 0 <= v <= _SEED_MAX:
+            raise _Reject("out_of_range")
+        self._post("seed", int(v), client)
+
+    def _h_gate(self, kind: str, args: tuple[Any, ...], client: tuple[Any, ...]) -> None:
+        if len(args) != 1:
+            raise _Reject("bad_type")
+        v = _finite(_number(args[0]))
+        if not 0.0 <= v <= 1.0:
+            raise _Reject("out_of_range")
+        self._post(kind, v >= 0.5, client)
+
+    def _h_ping(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
+        echo = [a for a in echo if not isinstance(a, str) or len(a) <= 64]
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendto(_encode("/pong", *echo), client[:2])
+            self._count("pongs")
+        except OSError:
+            self._count("pong_errors")
+
+    # -- packets -----------------------------------------------------------------------------------------------
+    def _allowed(self, host: str) -> bool:
+        ok = self._allow_cache.get(host)
+        if ok is None:
+            try:
+                ip = ipaddress.ip_address(host.split("%", 1)[0])
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                ok = any(ip in net for net in self._allow)
+            except ValueError:
+                ok = False
+            self._allow_cache[host] = ok
+            if len(self._allow_cache) > 1024:
+                self._allow_cache.popitem(last=False)
+        return ok
+
+    def _tokens(self, host: str, now: float) -> list[float]:
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            bucket = self._buckets[host] = [float(self.settings.burst), now]
+            if len(self._buckets) > self.settings.max_senders:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(host)
+            bucket[0] = min(float(self.settings.burst), bucket[0] + (now - bucket[1]) * self.settings.rate_limit)
+            bucket[1] = now
+        return bucket
+
+    @staticmethod
+    def _flatten(bundle: OscBundle) -> Iterator[OscMessage]:
+        """Messages of a bundle in datagram order, nested bundles included; timetags ignored on purpose."""
+        for content in bundle:
+            if isinstance(content, OscMessage):
+                yield content
+            else:
+                yield from OscServer._flatten(content)
+
+    def handle_datagram(self, data: bytes, client: tuple[Any, ...]) -> None:
+        """Apply one UDP datagram from ``client``; every outcome is counted, nothing is raised."""
+        host = str(client[0])
+        self._count("packets")
+        if not self._allowed(host):
+            self._reject("not_allowed")
+            return
+        bucket = self._tokens(host, time.monotonic())
+        if bucket[0] < 1.0:
+            self._reject("rate_limited")
+            return
+        try:
+            if OscBundle.dgram_is_bundle(data):
+                messages = list(self._flatten(OscBundle(data)))
+            elif OscMessage.dgram_is_message(data):
+                messages = [OscMessage(data)]
+            else:
+                raise ValueError("neither a message nor a bundle")
+        except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is a malformed packet
+            self._reject("malformed")
+            return
+        if not all(_complete(m) for m in messages):
+            self._reject("malformed")
+            return
+        for msg in messages:
+            if bucket[0] < 1.0:
+                self._reject("rate_limited")
+                continue
+            bucket[0] -= 1.0
+            self._dispatch(msg, client)
+
+    def _dispatch(self, msg: OscMessage, client: tuple[Any, ...]) -> None:
+        self._count("messages")
+        address = msg.address
+        if len(address) > _MAX_ADDRESS:
+            self._reject("malformed")
+            return
+        if not self.settings.patterns and any(c in address for c in "*?[]{}"):
+            self._reject("unknown_address")
+            return
+        handlers = list(self.dispatcher.handlers_for_address(address))
+        if not handlers:
+            self._reject("unknown_address")
+            return
+        for handler in handlers:
+            try:
+                handler.invoke(client, msg)
+                self._count("applied")
+            except _Reject as r:
+                self._reject(r.reason)
+            except Exception:  # noqa: BLE001 - a handler bug must not stop the server
+                self._reject("error")
+                log.debug("OSC handler for %r failed", address, exc_info=True)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _reject(self, reason: str) -> None:
+        with self._lock:
+            self._rejects[reason] += 1
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """tuple: the bound (host, port) while running, else None."""
+        sock = self._sock
+        return sock.getsockname()[:2] if sock is not None else None
+
+    def start(self) -> None:
+        """Bind the socket (fails fast with OSError if the port is taken) and start the receive thread."""
+        if self._thread is not None:
+            return
+        s = self.settings
+        info = socket.getaddrinfo(s.host, s.port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        try:
+            sock.bind(info[4])
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"OSC: cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
+        sock.settimeout(0.1)
+        self._sock = sock
+        if s.feedback_host:
+            try:
+                fb = socket.getaddrinfo(s.feedback_host, s.feedback_port, type=socket.SOCK_DGRAM)[0]
+                self._fb_sock = socket.socket(fb[0], socket.SOCK_DGRAM)
+                self._fb_sock.setblocking(False)
+                self._fb_addr = fb[4]
+                self._fb_host = str(fb[4][0])
+            except OSError as exc:
+                log.error("OSC feedback to %s:%s disabled: %s", s.feedback_host, s.feedback_port, exc)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="osc-server", daemon=True)
+        self._thread.start()
+        log.info("OSC listening on %s:%s", *self.address)
+
+    def stop(self) -> None:
+        """Stop the thread and close the sockets; safe to call twice."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        for sock in (self._sock, self._fb_sock):
+            if sock is not None:
+                sock.close()
+        self._sock = self._fb_sock = None
+        self._fb_addr = None
+
+    def _run(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while not self._stop.is_set():
+            try:
+                data, client = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                self._count("socket_errors")  # e.g. ICMP port unreachable surfacing on Windows
+                continue
+            try:
+                self.handle_datagram(data, client)
+            except Exception:  # noqa: BLE001 - belt and braces: the thread never dies
+                self._reject("error")
+                log.debug("OSC datagram failed", exc_info=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: packets, messages, applied, pongs, feedback_sent, rejects by reason, guard reasons."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+            out["rejects"] = dict(self._rejects)
+            out["guard"] = dict(self._guard_reasons)
+        for key in ("packets", "messages", "applied"):
+            out.setdefault(key, 0)
+        return out
+
+    # -- feedback (loop thread) --------------------------------------------------------------------------------
+    def feedback(self, values: Mapping[str, float], scene: str) -> None:
+        """Send changed parameters and the scene to the feedback target; never blocks, rate-bounded.
+
+        Pass the values the performer should see (the bus targets, or the modulated values). A parameter that a
+        sender on the feedback host set within ``echo_guard`` seconds is not sent back to it.
+        """
+        sock, addr = self._fb_sock, self._fb_addr
+        if sock is None or addr is None:
+            return
+        now = self._clock()
+        if now < self._fb_next:
+            return
+        self._fb_next = now + 1.0 / self.settings.feedback_rate
+        with self._lock:
+            setters = dict(self._setters)
+        s = self.settings
+        out: list[bytes] = []
+        if scene != self._fb_scene:
+            out.append(_encode("/scene/current", str(scene)))
+            self._fb_scene = scene
+        for name, v in values.items():
+            if len(out) >= s.feedback_max_messages:
+                break
+            if name.startswith(s.exclude_prefixes) or not math.isfinite(v):
+                continue
+            spec = self.bus.spec(name)
+            if spec is None:
+                continue
+            eps = 1e-6 * max(spec.max - spec.min, 1e-9)
+            who = setters.get(name)
+            if who is not None and who[0] == self._fb_host and now - who[1] < s.echo_guard:
+                self._fb_sent[name] = who[2]  # the sender already shows this value
+                continue
+            last = self._fb_sent.get(name)
+            if last is not None and abs(v - last) <= eps:
+                continue
+            self._fb_sent[name] = v
+            if s.feedback_norm:
+                u = (v - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
+                out.append(_encode(f"/param/{name}/norm", float(u)))
+            else:
+                out.append(_encode(f"/param/{name}", float(v)))
+        for dgram in out:
+            try:
+                sock.sendto(dgram, addr)
+                self._count("feedback_sent")
+            except BlockingIOError:
+                self._count("feedback_dropped")
+            except OSError:
+                self._count("feedback_errors")
+
+
+def bench_latency(n: int = 2000, warmup: int = 100) -> dict[str, float]:
+    """Print and return the send-to-bus latency of /param messages over loopback (p50, p99, max in ms)."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    bus = ParamBus([ParamSpec("bench", min=0.0, max=1e9)])
+    server = OscServer(OscSettings(port=0, rate_limit=1e9, burst=10**9), bus)
+    server.start()
+    try:
+        host, port = server.address  # type: ignore[misc]
+        client = SimpleUDPClient(host, port)
+        lat: list[float] = []
+        for i in range(1, n + warmup + 1):
+            t0 = time.perf_counter()
+            client.send_message("/param/bench", float(i))
+            while bus.targets()["bench"] != float(i):
+                if time.perf_counter() - t0 > 1.0:
+                    break
+                time.sleep(0)  # yield the GIL to the server thread
+            if i > warmup:
+                lat.append((time.perf_counter() - t0) * 1e3)
+        lat.sort()
+        figures = {
+            "n": float(len(lat)),
+            "p50_ms": lat[len(lat) // 2],
+            "p99_ms": lat[int(len(lat) * 0.99)],
+            "max_ms": lat[-1],
+            "mean_ms": sum(lat) / len(lat),
+        }
+    finally:
+        server.stop()
+    print(f"OSC /param -> bus latency over {n} messages: p50 {figures['p50_ms']:.3f} ms, "
+          f"p99 {figures['p99_ms']:.3f} ms, max {figures['max_ms']:.3f} ms")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    bench_latency()
