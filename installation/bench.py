@@ -16,6 +16,7 @@ from .clock import WallClock
 from .config import ShowSpec
 from .render.targets import HeadlessTarget
 from .render.worker import DecoderGuard
+from .render.process import default_threads
 from .runtime import Runtime, resolve_device, rss_mb
 from .show import Show
 from .bus import ParamBus
@@ -27,6 +28,9 @@ DISPLAY_HZ = 60
 
 def decoder_fps(spec: ShowSpec, seconds: float, device: str) -> float:
     """Frames per second of the guarded decoder alone, on the show's first scene's path."""
+    import torch
+
+    torch.set_num_threads(spec.config.decoder.threads or default_threads(device))  # as the runtime's decoder has
     bus = ParamBus(spec.params.values())
     show = Show(spec, bus)
     guard = DecoderGuard(device)

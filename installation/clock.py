@@ -11,10 +11,10 @@ class WallClock:
     fixed = False
 
     def __init__(self) -> None:
-        self._start = time.perf_counter()
+        self.origin = time.perf_counter()  # CLOCK_MONOTONIC: the same reading in a decoder process
 
     def now(self) -> float:
-        return time.perf_counter() - self._start
+        return time.perf_counter() - self.origin
 
     def advance(self) -> None:
         """Live time advances by itself."""

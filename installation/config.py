@@ -53,6 +53,7 @@ class OutputConfig(_Strict):
     display: Annotated[int, Field(ge=0, le=16)] = 0
     vsync: bool = True
     fit: Literal["cover", "contain", "stretch"] = "cover"
+    work_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     title: str = "installation"
     hide_cursor: bool = True
 
@@ -67,6 +68,7 @@ class ShowConfig(_Strict):
 
 class DecoderRuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    isolation: Literal["process", "thread"] = "process"
     max_fps: Annotated[float, Field(ge=0, le=1000)] = 0.0
     threads: Annotated[int, Field(ge=0, le=256)] = 0
     restart_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5

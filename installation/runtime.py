@@ -20,6 +20,7 @@ from .config import ShowSpec
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
+from .render.process import ProcessWorker, default_threads
 from .render.worker import DecoderGuard, DecoderWorker
 from .show import Show
 
@@ -74,18 +75,25 @@ class Runtime:
         self.recorder = recorder
         self.bus = ParamBus(spec.params.values())
         self.show = Show(spec, self.bus, order=show_order)
-        if cfg.decoder.threads:
-            import torch
-
-            torch.set_num_threads(cfg.decoder.threads)
         self.device = resolve_device(device or cfg.decoder.device)
-        self.guard = DecoderGuard(self.device, cfg.decoder.restart_backoff_s, cfg.decoder.restart_backoff_max_s)
+        threads = cfg.decoder.threads or default_threads(self.device)
+        backoff = (cfg.decoder.restart_backoff_s, cfg.decoder.restart_backoff_max_s)
+        self.guard = DecoderGuard(self.device, *backoff)
         self.slot = FrameSlot()
         # Decoding faster than the display is wasted work: cap at the output rate unless told otherwise (0 = none).
         cap = (cfg.decoder.max_fps or self.fps) if max_decoder_fps is None else max_decoder_fps
-        self.worker = None if self.lockstep else DecoderWorker(self.guard, self.slot, self.clock.now, cap)
+        self.worker: DecoderWorker | ProcessWorker | None = None
+        if self.lockstep or cfg.decoder.isolation == "thread":
+            import torch
+
+            torch.set_num_threads(threads)
+            if not self.lockstep:
+                self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap)
+        else:
+            self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
-        self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit)
+        self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
+                                   cfg.output.work_scale)
         self.frozen = False
         self.blackout = False
         self._master = Follower(1.0, BLACKOUT_FADE, BLACKOUT_FADE)
@@ -169,12 +177,10 @@ class Runtime:
         plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
         self.worker.submit(plan)
         self.worker.start()
+        # The show clock keeps running meanwhile; the path was extrapolated, so the first tick carries on from it.
         ok = self.slot.wait_newer(-1, first_frame_timeout) is not None
         if not ok:
             log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
-        if isinstance(self.clock, WallClock):
-            self.clock = WallClock()
-            self.worker._now = self.clock.now
         return ok
 
     def run(self, duration: float | None = None) -> Stats:
@@ -209,8 +215,14 @@ class Runtime:
             self.recorder.close()
             self.recorder = None
 
+    def decoder_stats(self) -> dict[str, Any]:
+        """Frames, faults by kind and restarts of the decoder, wherever it runs."""
+        if isinstance(self.worker, ProcessWorker):
+            return {**self.worker.remote, "process_crashes": self.worker.crashes}
+        return self.guard.stats()
+
     def health(self) -> dict[str, Any]:
-        g = self.guard.stats()
+        g = self.decoder_stats()
         return {"scene": self.show.scene.name, "frames_presented": self.stats.presented,
                 "frames_decoded": self.slot.published, "late_ticks": self.stats.late, "tick_faults":
                 self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "rss_mb": round(rss_mb(), 1)}

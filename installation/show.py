@@ -10,8 +10,7 @@ Scene changes between scenes on the same decoder slerp from the old path to the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,14 +29,52 @@ SEED_BLEND = 2.0  # seconds to glide to a new seed's path
 
 @dataclass(frozen=True)
 class PathPart:
-    """A trajectory and where on it we are at the plan's time, moving at ``rate`` path seconds per second."""
+    """A trajectory and where on it we are at the plan's time, moving at ``rate`` path seconds per second.
 
-    trajectory: Trajectory
+    Pickles without the trajectory object (only the key that rebuilds it), so plans cross to a decoder process in
+    a few hundred bytes; that process re-attaches its own cached trajectory with :class:`TrajectoryCache`.
+    """
+
+    key: tuple
     tau0: float
     rate: float
+    trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
 
     def at(self, dt: float, params: Mapping[str, float]) -> np.ndarray:
         return self.trajectory(self.tau0 + self.rate * dt, params)
+
+    def __getstate__(self) -> dict:
+        return {"key": self.key, "tau0": self.tau0, "rate": self.rate, "trajectory": None}
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+
+def part(trajectory: Trajectory, tau0: float, rate: float) -> PathPart:
+    return PathPart((trajectory.settings, trajectory.shape, trajectory.seed), tau0, rate, trajectory)
+
+
+class TrajectoryCache:
+    """Rebuilds trajectories from their keys, keeping the few most recent (a walk's checkpoints live on)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._items: dict[tuple, Trajectory] = {}
+        self._size = size
+
+    def get(self, key: tuple) -> Trajectory:
+        traj = self._items.pop(key, None) or build(*key)
+        self._items[key] = traj
+        while len(self._items) > self._size:
+            del self._items[next(iter(self._items))]
+        return traj
+
+    def attach(self, plan: "PathPlan") -> "PathPlan":
+        """The same plan with live trajectory objects (after unpickling in another process)."""
+        def fix(p: PathPart | None) -> PathPart | None:
+            return p if p is None or p.trajectory is not None else replace(p, trajectory=self.get(p.key))
+
+        return replace(plan, part=fix(plan.part), prior=fix(plan.prior))
 
 
 @dataclass(frozen=True)
@@ -183,11 +220,11 @@ class Show:
                 self._prior = (self._prior[0], self._prior[1] + rate * dt)
                 if t - self._blend[0] >= self._blend[1]:
                     self._prior = None
-        prior = PathPart(self._prior[0], self._prior[1], rate) if self._prior else None
-        plan = PathPlan(t0=t, part=PathPart(self.trajectory, self.tau, rate), decoder=scene.decoder,
-                        scene=scene.name, cut=self.cut, params=MappingProxyType(dict(tick.values)), prior=prior,
+        prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
+        plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
+                        scene=scene.name, cut=self.cut, params=dict(tick.values), prior=prior,
                         blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen,
-                        extras=MappingProxyType({"prompts": self.prompts}))
+                        extras={"prompts": self.prompts})
         return plan, rest
 
     def _set_prompt(self, slot: int | None, text: str, weight: float | None) -> None:

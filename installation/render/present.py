@@ -60,13 +60,16 @@ class Presenter:
     """Owns the GL resources of the chain at one output size; ``draw`` renders one display frame."""
 
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], chain: Sequence[ShaderFile],
-                 fit: str = "cover", work_scale: float = 0.5) -> None:
+                 fit: str = "cover", work_scale: float = 0.0) -> None:
         self.ctx = ctx
         self.size = (int(size[0]), int(size[1]))
-        # Passes before the last run at a reduced "work" size; the last pass upscales to the output. On a software
-        # rasteriser (llvmpipe) this is the difference between 25 and 60 presented frames a second at 1280x720.
-        self.work_size = (max(int(self.size[0] * work_scale), 8), max(int(self.size[1] * work_scale), 8))
+        # The chain runs at a reduced "work" size and one bilinear blit upscales it to the output. On a software
+        # rasteriser (llvmpipe) this is the difference between 25 and 60+ presented frames a second at 1280x720.
+        # Auto (0) matches the visible part of the decoder's frame, so no decoded detail is lost.
+        self.work_scale = work_scale
         self.fit = fit
+        self.work_size = self._work_size(None)
+        self._chain: list[ShaderFile] = []
         self._passes: list[_Pass] = []
         self.set_chain(chain)
         self._frames: dict[str, moderngl.Texture | None] = {"prev": None, "cur": None, "hold": None}
@@ -78,11 +81,23 @@ class Presenter:
         self._interval = 0.0
         self._hold_start = -math.inf
         self._hold_len = 0.0
-        self._black = self._build_black()
+        self._black = self._build_simple("uniform float alpha; void main() { fragColor = vec4(0.0, 0.0, 0.0, alpha); }")
+        self._blit = self._build_simple("uniform sampler2D src; in vec2 uv; void main() { fragColor = texture(src, uv); }")
         self.frames_drawn = 0
         self.frames_uploaded = 0
 
     # -- setup -------------------------------------------------------------------------------------------------
+    def _work_size(self, frame: tuple[int, int] | None) -> tuple[int, int]:
+        ow, oh = self.size
+        if self.work_scale > 0:
+            w = ow * self.work_scale
+        elif frame is None:
+            w = ow / 4
+        else:
+            w = frame[0] * fit_scale(frame, self.size, self.fit)[0]
+        w = int(round(min(max(w, ow / 4, 8), ow)))
+        return w, max(int(round(w * oh / ow)), 8)
+
     def set_chain(self, chain: Sequence[ShaderFile]) -> None:
         """Compile a new chain (all of it before releasing the old one, so a bad shader changes nothing)."""
         if not chain or chain[0].name != "present":
@@ -96,6 +111,7 @@ class Presenter:
             raise
         self._release_passes(self._passes)
         self._passes = passes
+        self._chain = list(chain)
 
     @staticmethod
     def _release_passes(passes: list[_Pass]) -> None:
@@ -123,12 +139,8 @@ class Presenter:
             targets.append((tex, fbo))
         return _Pass(shader, program, vao, targets)
 
-    def _build_black(self) -> tuple[moderngl.Program, moderngl.VertexArray]:
-        prog = self.ctx.program(vertex_shader=VERTEX, fragment_shader="""
-            #version 330
-            uniform float alpha;
-            out vec4 fragColor;
-            void main() { fragColor = vec4(0.0, 0.0, 0.0, alpha); }""")
+    def _build_simple(self, body: str) -> tuple[moderngl.Program, moderngl.VertexArray]:
+        prog = self.ctx.program(vertex_shader=VERTEX, fragment_shader="#version 330\nout vec4 fragColor;\n" + body)
         return prog, self.ctx.vertex_array(prog, [])
 
     def _upload(self, key: str, rgb: np.ndarray) -> None:
@@ -162,6 +174,10 @@ class Presenter:
             gap = now - self._arrived
             self._interval = gap if self._interval == 0.0 else 0.8 * self._interval + 0.2 * gap
         self._upload("cur", frame.rgb)
+        work = self._work_size((frame.rgb.shape[1], frame.rgb.shape[0]))
+        if work != self.work_size:
+            self.work_size = work
+            self.set_chain(self._chain)
         self._last_rgb = frame.rgb
         self._cut = frame.cut
         self._shown_seq = frame.seq
@@ -188,22 +204,19 @@ class Presenter:
             hold_mix = 1.0 - u * u * (3.0 - 2.0 * u)
         active = [p for p in self._passes if p is self._passes[0] or not self._at_identity(p, values)]
         src: moderngl.Texture | None = None
-        for i, p in enumerate(active):
-            last = i == len(active) - 1
+        for p in active:
             if "feedback" in p.program:
                 p.flip ^= 1
-                out_fbo = p.targets[p.flip][1] if not last else fbo
-            else:
-                out_fbo = fbo if last else p.targets[0][1]
-            self._bind(p, src, now, values, frame_mix, hold_mix if hold else 0.0, self.size if last else self.work_size)
-            out_fbo.use()
+            self._bind(p, src, now, values, frame_mix, hold_mix if hold else 0.0)
+            p.targets[p.flip][1].use()
             p.vao.render(moderngl.TRIANGLES, vertices=3)
-            if last and "feedback" in p.program:
-                # The final pass drew to the screen; keep its output for next frame's trail too.
-                p.targets[p.flip][1].use()
-                p.vao.render(moderngl.TRIANGLES, vertices=3)
-                fbo.use()
-            src = p.targets[p.flip][0] if "feedback" in p.program else p.targets[0][0]
+            src = p.targets[p.flip][0]
+        # Upscale (or copy) the chain's result to the output with one bilinear fetch per pixel.
+        prog, vao = self._blit
+        src.use(0)
+        prog["src"].value = 0
+        fbo.use()
+        vao.render(moderngl.TRIANGLES, vertices=3)
         if master < 1.0:
             prog, vao = self._black
             prog["alpha"].value = 1.0 - max(master, 0.0)
@@ -218,7 +231,7 @@ class Presenter:
         ident = p.shader.identity
         return bool(ident) and all(abs(values.get(p.shader.param(k), v) - v) < 1e-4 for k, v in ident.items())
 
-    def _bind(self, p: _Pass, src, now, values, frame_mix, hold_mix, size) -> None:
+    def _bind(self, p: _Pass, src, now, values, frame_mix, hold_mix) -> None:
         prog = p.program
         units = {"src": (0, src), "tex_prev": (1, self._frames["prev"]), "tex_cur": (2, self._frames["cur"]),
                  "tex_hold": (3, self._frames["hold"] or self._frames["cur"]),
@@ -227,7 +240,7 @@ class Presenter:
             if name in prog and tex is not None:
                 tex.use(unit)
                 prog[name].value = unit
-        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": size}
+        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": self.work_size}
         for key in ("cur", "prev", "hold"):
             size = self._frame_sizes.get(key) or self._frame_sizes.get("cur")
             scalars[f"{key}_scale"] = fit_scale(size, self.size, self.fit)

@@ -6,13 +6,34 @@ recorder, and report user actions (quit, next/previous scene) without blocking.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 
 import moderngl
 import numpy as np
 
+from .process import gl_threads
+
 log = logging.getLogger(__name__)
+
+
+def _prepare_gl_env() -> None:
+    """Bound llvmpipe's threads so a software-GL presenter leaves cores to the decoder (no effect on GPUs)."""
+    os.environ.setdefault("LP_NUM_THREADS", str(gl_threads()))
+
+
+def _gl_finish():
+    """glFinish through ctypes, which releases the GIL while the GL driver works (moderngl's finish does not)."""
+    for name in ("OpenGL", "GL"):
+        path = ctypes.util.find_library(name)
+        if path:
+            try:
+                return ctypes.CDLL(path).glFinish
+            except (OSError, AttributeError):
+                continue
+    return None
 
 
 class HeadlessTarget:
@@ -21,7 +42,9 @@ class HeadlessTarget:
     kind = "headless"
 
     def __init__(self, size: tuple[int, int]) -> None:
+        _prepare_gl_env()
         self.ctx = moderngl.create_context(standalone=True, backend="egl")
+        self._finish = _gl_finish() or self.ctx.finish
         self.size = (int(size[0]), int(size[1]))
         self._tex = self.ctx.texture(self.size, 3)
         self.framebuffer = self.ctx.framebuffer(color_attachments=[self._tex])
@@ -32,7 +55,7 @@ class HeadlessTarget:
         return self.framebuffer.read(components=3, alignment=1)
 
     def swap(self) -> None:
-        self.ctx.finish()
+        self._finish()
 
     def poll(self) -> list[str]:
         return []
@@ -52,6 +75,7 @@ class WindowTarget:
                  title: str = "installation", hide_cursor: bool = True) -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        _prepare_gl_env()
         import pygame
 
         self._pg = pygame

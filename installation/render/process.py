@@ -1,0 +1,215 @@
+"""The decoder in its own process.
+
+Why a process and not a thread: the presenter's GL calls hold Python's GIL (moderngl does not release it while a
+software rasteriser works), which starved a decoder thread to a quarter of its speed on a 2-core machine; and a
+decoder that segfaults or runs out of memory takes only its own process down. The child runs the same
+:class:`DecoderWorker` and :class:`DecoderGuard` as the thread mode. Plans go down a pipe (about 1 KB each: the
+trajectories travel as keys), frames come back up another; if the child dies it is restarted with backoff and
+the last good frame stays on screen.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from typing import Any
+
+from .slot import Frame, FrameSlot
+from .worker import DecoderGuard, DecoderWorker, Plan
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY = 0.5  # seconds between stats messages from the child
+
+
+def gl_threads() -> int:
+    """Rasteriser threads for software GL (llvmpipe): a quarter of the cores, at least one."""
+    return max(1, (os.cpu_count() or 2) // 4)
+
+
+def default_threads(device: str) -> int:
+    """Torch threads for a CPU decoder: the cores the presenter's software GL does not use."""
+    return max(1, (os.cpu_count() or 2) - gl_threads()) if device == "cpu" else 1
+
+
+class _PipeSlot:
+    """The child's side of the frame slot: publishing sends the frame to the parent."""
+
+    def __init__(self, conn, guard: DecoderGuard) -> None:
+        self._conn = conn
+        self._guard = guard
+        self._lock = threading.Lock()
+        self._stats_at = 0.0
+        self.published = 0
+
+    def publish(self, frame: Frame) -> None:
+        self.published += 1
+        now = time.monotonic()
+        stats = None
+        if now - self._stats_at >= STATS_EVERY:
+            self._stats_at = now
+            stats = self._guard.stats()
+        with self._lock:
+            self._conn.send(("frame", frame, stats))
+
+
+def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple) -> None:
+    """Entry point of the decoder process."""
+    import torch
+
+    from ..show import TrajectoryCache
+
+    torch.set_num_threads(threads or default_threads(device))
+    guard = DecoderGuard(device, *backoff)
+    slot = _PipeSlot(frames, guard)
+    worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps)
+    cache = TrajectoryCache()
+    worker.start()
+    try:
+        while True:
+            plan = plans.recv()
+            if plan is None:
+                break
+            # Drain: only the newest plan matters.
+            while plans.poll():
+                nxt = plans.recv()
+                if nxt is None:
+                    plan = None
+                    break
+                plan = nxt
+            if plan is None:
+                break
+            worker.submit(cache.attach(plan))
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        worker.stop()
+        try:
+            with slot._lock:
+                frames.send(("stats", None, guard.stats()))
+        except (OSError, ValueError):
+            pass
+
+
+class ProcessWorker:
+    """Same interface as :class:`DecoderWorker`, with the decoder in a child process."""
+
+    def __init__(self, slot: FrameSlot, device: str, origin: float, max_fps: float = 0.0, threads: int = 0,
+                 backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0) -> None:
+        self.slot = slot
+        self.device = device
+        self.origin = origin
+        self.max_fps = max_fps
+        self.threads = threads
+        self.backoff = backoff
+        self.restart_max = restart_max
+        self.crashes = 0
+        self.remote: dict[str, Any] = {"frames": 0, "faults": {}, "restarts": 0, "decoder": None}
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._plans = None
+        self._plan: Plan | None = None
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._restart_at = 0.0
+        self._streak = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        plans_r, plans_w = self._ctx.Pipe(duplex=False)
+        frames_r, frames_w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
+                                 args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
+                                       self.backoff))
+        proc.start()
+        plans_r.close()
+        frames_w.close()
+        self._proc, self._plans = proc, plans_w
+        self._reader = threading.Thread(target=self._read, args=(frames_r, proc), name="decoder-frames", daemon=True)
+        self._reader.start()
+        if self._plan is not None:
+            self._send(self._plan)
+
+    def _read(self, conn, proc) -> None:
+        """Receive frames and stats until the child ends; a crash schedules a restart."""
+        got_frame = False
+        while True:
+            try:
+                kind, frame, stats = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as e:  # noqa: BLE001 - a garbled message must not kill the reader
+                log.warning("bad message from the decoder process: %s", e)
+                continue
+            if stats is not None:
+                self.remote = stats
+            if kind == "frame":
+                got_frame = True
+                self._streak = 0
+                self.slot.publish(frame)
+        conn.close()
+        proc.join(5)
+        if self._stop.is_set():
+            return
+        self.crashes += 1
+        self._streak = 0 if got_frame else self._streak + 1
+        delay = min(self.backoff[0] * 2 ** self._streak, self.restart_max)
+        log.error("decoder process ended (exit code %s); restarting in %.1f s", proc.exitcode, delay)
+        self._restart_at = time.monotonic() + delay
+
+    def _maybe_restart(self) -> None:
+        if self._stop.is_set() or self.alive or self._restart_at == 0.0:
+            return
+        if time.monotonic() >= self._restart_at:
+            self._restart_at = 0.0
+            self._spawn()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._plans is not None:
+            try:
+                with self._send_lock:
+                    self._plans.send(None)
+            except (OSError, ValueError):
+                pass
+        if self._proc is not None:
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                log.warning("decoder process did not stop in %.0f s; terminating it", timeout)
+                self._proc.terminate()
+                self._proc.join(2)
+        if self._reader is not None:
+            self._reader.join(2)
+        if self._plans is not None:
+            self._plans.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- per tick ----------------------------------------------------------------------------------------------
+    def submit(self, plan: Plan) -> None:
+        self._plan = plan
+        if self.alive:
+            self._send(plan)
+        else:
+            self._maybe_restart()
+
+    def _send(self, plan: Plan) -> None:
+        try:
+            with self._send_lock:
+                self._plans.send(plan)
+        except (OSError, ValueError, BrokenPipeError):
+            pass  # the reader sees the child end and schedules the restart
