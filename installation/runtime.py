@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bus import Event, Follower, ParamBus
+from .bus import Event, ParamBus
 from .clock import FixedClock, WallClock
 from .config import ShowSpec
 from .render.present import Presenter
@@ -93,10 +93,10 @@ class Runtime:
             self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
-                                   cfg.output.work_scale)
+                                   cfg.output.work_scale, crossfade=not self.lockstep)
         self.frozen = False
         self.blackout = False
-        self._master = Follower(1.0, BLACKOUT_FADE, BLACKOUT_FADE)
+        self.master = 1.0  # output brightness, ramped linearly so a blackout really reaches black
         self._quit = False
         self._last_t = 0.0
         self._seq = 0
@@ -111,7 +111,7 @@ class Runtime:
             self.blackout = bool(ev.value)
         elif ev.kind == "panic":
             self.blackout = True
-            self._master.value = 0.0
+            self.master = 0.0
             self.frozen = False
             self.bus.reset(self.show.defaults())
         elif ev.kind == "quit":
@@ -162,8 +162,9 @@ class Runtime:
             self.worker.submit(plan)
         if not self.frozen:
             self.presenter.take(self.slot.latest(), t, transition=scene.transition)
-        master = self._master.step(0.0 if self.blackout else 1.0, dt)
-        self.presenter.draw(self.target.framebuffer, t, tick.values, master)
+        step = dt / BLACKOUT_FADE
+        self.master = min(max(self.master + (step if not self.blackout else -step), 0.0), 1.0)
+        self.presenter.draw(self.target.framebuffer, t, tick.values, self.master)
         if self.recorder is not None:
             self.recorder.write(self.target.read())
         self.target.swap()

@@ -71,6 +71,9 @@ class TrajectoryCache:
 
     def attach(self, plan: "PathPlan") -> "PathPlan":
         """The same plan with live trajectory objects (after unpickling in another process)."""
+        if not isinstance(plan, PathPlan):
+            return plan
+
         def fix(p: PathPart | None) -> PathPart | None:
             return p if p is None or p.trajectory is not None else replace(p, trajectory=self.get(p.key))
 

@@ -60,8 +60,9 @@ class Presenter:
     """Owns the GL resources of the chain at one output size; ``draw`` renders one display frame."""
 
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], chain: Sequence[ShaderFile],
-                 fit: str = "cover", work_scale: float = 0.0) -> None:
+                 fit: str = "cover", work_scale: float = 0.0, crossfade: bool = True) -> None:
         self.ctx = ctx
+        self.crossfade = crossfade  # off for offline (lockstep) renders: each frame is exactly its own
         self.size = (int(size[0]), int(size[1]))
         # The chain runs at a reduced "work" size and one bilinear blit upscales it to the output. On a software
         # rasteriser (llvmpipe) this is the difference between 25 and 60+ presented frames a second at 1280x720.
@@ -196,7 +197,8 @@ class Presenter:
             fbo.clear(0.0, 0.0, 0.0, 1.0)
             return
         interval = min(self._interval, 0.5)
-        frame_mix = 1.0 if interval <= 0.0 else min(max((now - self._arrived) / interval, 0.0), 1.0)
+        frame_mix = 1.0 if interval <= 0.0 or not self.crossfade else \
+            min(max((now - self._arrived) / interval, 0.0), 1.0)
         hold = self._hold_len > 0 and now - self._hold_start < self._hold_len
         hold_mix = 0.0
         if hold:

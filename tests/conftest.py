@@ -1,0 +1,19 @@
+"""Shared fixtures: one real headless GL context for every GL test."""
+
+from __future__ import annotations
+
+import os
+
+import moderngl
+import pytest
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
+@pytest.fixture(scope="session")
+def gl_ctx():
+    """One standalone EGL context (Mesa llvmpipe on CI) for every GL test."""
+    ctx = moderngl.create_context(standalone=True, backend="egl")
+    yield ctx
+    ctx.release()

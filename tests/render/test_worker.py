@@ -1,0 +1,113 @@
+"""The decoder guard, thread and process: faults never reach the slot, and the decoder comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from installation.decoders import DecoderSpec, LatentRequest
+from installation.decoders.cppn import CPPNSettings
+from installation.decoders.faulty import FaultySettings
+from installation.render.process import ProcessWorker
+from installation.render.slot import FrameSlot
+from installation.render.worker import DecoderGuard, DecoderWorker, to_rgb8
+from installation.sizes import SizeT
+
+SMALL = dict(resolution=SizeT(32, 20), width=8, depth=2)
+
+
+def request(spec: DecoderSpec, seq: int, z=None) -> LatentRequest:
+    z = np.full(8, 0.1 * seq, np.float32) if z is None else z
+    return LatentRequest(z=z, t=seq / 10, seq=seq, decoder=spec)
+
+
+class Plan:
+    """A minimal plan: a fixed decoder, a latent that moves with time."""
+
+    frozen = False
+    scene = "test"
+    cut = 0
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def request(self, t, seq):
+        return LatentRequest(z=np.full(8, np.sin(t), np.float32), t=t, seq=seq, decoder=self.spec)
+
+
+def test_to_rgb8_checks_shape_and_finiteness():
+    assert to_rgb8(np.ones((2, 3, 3), np.float32)).tolist() == [[[255] * 3] * 3] * 2
+    with pytest.raises(RuntimeError):
+        to_rgb8(np.ones((2, 3), np.float32))
+    bad = np.zeros((2, 2, 3), np.float32)
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(RuntimeError):
+        to_rgb8(bad)
+
+
+@pytest.mark.parametrize("fault,kind", [("raise_every", "exception"), ("nan_every", "nonfinite")])
+def test_guard_contains_exceptions_and_nans_and_restarts(fault, kind):
+    spec = DecoderSpec("faulty", FaultySettings(**{fault: 4}, **SMALL))
+    guard = DecoderGuard(backoff=0.0)
+    results = [guard.render(request(spec, i)) for i in range(1, 41)]
+    bad = [r is None for r in results]
+    assert bad == [i % 4 == 0 for i in range(1, 41)]  # every 4th frame of each fresh decoder
+    assert guard.faults[kind] == 10 and guard.restarts == 10
+    good = [r for r in results if r is not None]
+    assert all(r.dtype == np.uint8 and r.shape == (20, 32, 3) for r in good)
+    assert len({r.tobytes() for r in good}) > 5  # the frames move with the latent
+
+
+def test_guard_reports_a_decoder_that_cannot_prepare():
+    spec = DecoderSpec("cppn", CPPNSettings(latent_dim=4, **SMALL))
+    guard = DecoderGuard(backoff=0.0)
+    assert guard.render(request(spec, 1)) is None  # z of the wrong size: a render fault, not a crash
+    assert guard.faults["exception"] == 1
+    assert guard.render(request(spec, 2, z=np.zeros(4, np.float32))) is not None
+
+
+def test_thread_worker_publishes_frames():
+    slot = FrameSlot()
+    worker = DecoderWorker(DecoderGuard(), slot, time.monotonic, max_fps=100)
+    worker.submit(Plan(DecoderSpec("cppn", CPPNSettings(**SMALL))))
+    worker.start()
+    try:
+        first = slot.wait_newer(-1, 30)
+        assert first is not None
+        second = slot.wait_newer(first.seq, 10)
+        assert second is not None and second.seq > first.seq
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
+def test_process_worker_survives_its_process_being_killed():
+    slot = FrameSlot()
+    worker = ProcessWorker(slot, "cpu", time.perf_counter(), max_fps=50, threads=1, backoff=(0.1, 1.0))
+    worker.submit(Plan(DecoderSpec("cppn", CPPNSettings(**SMALL))))
+    worker.start()
+    try:
+        first = slot.wait_newer(-1, 60)
+        assert first is not None and first.rgb.shape == (20, 32, 3)
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while worker.crashes == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.crashes == 1
+        assert slot.latest() is not None  # the last good frame is still there meanwhile
+        # The runtime keeps submitting each tick; that is what brings the decoder back.
+        seen = slot.latest().seq
+        while time.monotonic() < deadline:
+            worker.submit(Plan(DecoderSpec("cppn", CPPNSettings(**SMALL))))
+            f = slot.wait_newer(seen, 0.1)
+            if f is not None and worker.alive:
+                break
+        assert worker.alive and slot.latest().seq != seen
+        assert worker.remote["frames"] > 0
+    finally:
+        worker.stop()
+    assert not worker.alive

@@ -1,0 +1,37 @@
+"""Helpers shared by tests: paths, small show configs written to tmp, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_show(tmp: Path, scenes: dict[str, str], extra: str = "") -> Path:
+    """A config in ``tmp`` playing the given scenes (name -> TOML text), with the shipped shaders."""
+    sdir = tmp / "scenes"
+    sdir.mkdir(exist_ok=True)
+    for name, text in scenes.items():
+        (sdir / f"{name}.toml").write_text(text)
+    cfg = tmp / "show.toml"
+    names = ", ".join(f'"{n}"' for n in scenes)
+    cfg.write_text(f'[show]\nscenes = [{names}]\nscenes_dir = "scenes"\nshaders_dir = "{ROOT / "shaders"}"\n'
+                   f'[output]\nsize = "160x96"\nfps = 20\n' + extra)
+    return cfg
+
+
+def scene_toml(decoder: str = 'type = "cppn"\nresolution = "64x40"\nwidth = 16\ndepth = 2', trajectory: str =
+               'kind = "loop"\nperiod = 2.0', params: str = "", duration: float = 0.0, shaders: str = "") -> str:
+    chain = f"shaders = {shaders}\n" if shaders else ""
+    return (f"duration = {duration}\ntransition = 0.5\nseed = 3\n{chain}[decoder]\n{decoder}\n"
+            f"[trajectory]\n{trajectory}\n[params]\n{params}\n")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m installation ...`` as a user would, capturing its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "installation", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
