@@ -1,0 +1,1 @@
+"""Unattended operation: state, opening hours, health, systemd notify, logs, display blanking."""
