@@ -232,3 +232,27 @@ def test_memory_on_this_machine():
     assert rss_mb() > 1
     v = vram_mb()
     assert v is None or v >= 0
+
+
+def test_memory_watch_vram_limit_from_the_gpu():
+    clock = Clock()
+    vram = {"v": 1000.0}
+    watch = MemoryWatch(3600, clock, limit_mb=64000, rss=lambda: 100.0, vram=lambda: vram["v"],
+                        vram_total=lambda: 8000.0)
+    for _ in range(30):
+        watch.sample()
+        clock.t += 60
+        vram["v"] += 10.0  # 600 MiB per hour
+    rep = watch.report()
+    assert rep["vram_limit_mb"] == 8000 and rep["vram_mb_per_h"] == pytest.approx(600, abs=0.01)
+    assert rep["rss_eta_to_limit_s"] is None  # flat RSS: no estimate
+    assert rep["oom_eta_s"] == rep["vram_eta_to_limit_s"] == pytest.approx((8000 - 1290) / 600 * 3600, abs=1)
+
+
+def test_client_hanging_up_is_quiet(server, capfd):
+    srv, _ = server
+    with socket.create_connection(("127.0.0.1", srv.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_RDWR)
+    assert get(srv.url)[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
