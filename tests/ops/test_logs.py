@@ -82,11 +82,13 @@ def test_unwritable_log_file_warns_and_keeps_stderr(tmp_path, logger):
 
 def test_warnings_are_captured(logger):
     stream = io.StringIO()
-    setup_logging(LogSettings(), logger=logger, stream=io.StringIO())
     h = logging.StreamHandler(stream)
     logging.getLogger("py.warnings").addHandler(h)
     try:
-        warnings.warn("old api", DeprecationWarning, stacklevel=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            setup_logging(LogSettings(), logger=logger, stream=io.StringIO())
+            warnings.warn("old api", DeprecationWarning, stacklevel=1)
     finally:
         logging.getLogger("py.warnings").removeHandler(h)
         logging.captureWarnings(False)

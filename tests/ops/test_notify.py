@@ -124,6 +124,7 @@ def test_socket_gone_never_raises_and_warns_once(tmp_path, caplog):
     assert n.errors == 3 and "FileNotFoundError" in n.last_error
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert n.stats()["errors"] == 3
+    n.close()
 
 
 def test_default_env_is_os_environ(monkeypatch, listener):
