@@ -1,0 +1,296 @@
+"""Show state on disk: saved atomically every few seconds and on exit, loaded once at start to resume the show.
+
+A power cut at any instant leaves either the previous file or the new one, never a mix: the new state is written to a
+temporary file in the same folder, flushed and fsynced, renamed over the old one, and the folder is fsynced so the
+rename itself survives. A state file is untrusted input: a corrupt, truncated or odd-shaped one is moved aside with a
+warning and the show starts from its beginning; one written by an older version is migrated or ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+MAX_STATE_BYTES = 1 << 20  # a show state is a few KiB; anything bigger is not ours
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+# from-version -> function returning the state at from-version + 1. Version 1 is the first, so nothing to migrate yet.
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
+
+
+class StateSettings(BaseModel):
+    """``[state]``: where the show position is kept and how often it is saved (seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = "state/show.json"  # relative paths are taken from the config file's folder
+    interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
+    enabled: bool = True
+
+
+class StateError(ValueError):
+    """A state file that cannot be used as it is."""
+
+
+# -- writing ---------------------------------------------------------------------------------------------------------
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; some platforms and file systems cannot open folders, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_state(path: Path | str, state: Mapping[str, Any], *, version: int = STATE_VERSION,
+               wall: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Write ``state`` plus ``version`` and ``saved_at`` (wall time) to ``path`` atomically; returns what was written.
+
+    Raises OSError (disk), TypeError or ValueError (state not JSON-serialisable, NaN); the old file is then untouched.
+    """
+    path = Path(path)
+    data = dict(state)
+    data["version"] = version
+    data["saved_at"] = wall()
+    # Serialise before touching the disk: a bad value must not cost us the previous good file.
+    payload = json.dumps(data, allow_nan=False, separators=(",", ":"), sort_keys=True).encode()
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return data
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_show_state(state: Mapping[str, Any]) -> str | None:
+    """What is wrong with the show keys of a loaded state (types and finiteness), or None when they are usable.
+
+    Only keys that are present are checked; whether the scene still exists is for the runtime to decide.
+    """
+    checks: dict[str, Callable[[Any], bool]] = {
+        "scene": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
+        "position": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1_000_000,
+        "scene_time": lambda v: _finite(v) and v >= 0,
+        "tau": _finite,
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64,
+        "prompts": lambda v: isinstance(v, list) and len(v) <= 64 and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and len(p[0]) <= 2000 and _finite(p[1])
+            for p in v),
+        "params": lambda v: isinstance(v, dict) and len(v) <= 10_000 and all(
+            isinstance(k, str) and _finite(x) for k, x in v.items()),
+        "saved_at": _finite,
+    }
+    for key, ok in checks.items():
+        if key in state and not ok(state[key]):
+            return f"key {key!r} has an unusable value {state[key]!r:.80}"
+    return None
+
+
+def _set_aside(path: Path, why: str, wall: Callable[[], float]) -> Path | None:
+    """Rename a bad state file to ``<name>.corrupt-<UTC time>`` so it can be inspected and no longer loads."""
+    stamp = datetime.fromtimestamp(wall(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        os.replace(path, target)
+    except OSError as e:
+        log.warning("state file %s is unusable (%s) and could not be moved aside (%s); starting from the beginning",
+                    path, why, e)
+        return None
+    _fsync_dir(path.parent)
+    log.warning("state file %s is unusable (%s); moved it to %s and starting the show from the beginning",
+                path, why, target.name)
+    return target
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files left by a crash in the middle of a save are never valid; drop them."""
+    try:
+        for p in path.parent.glob(f".{path.name}.*.tmp"):
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def load_state(path: Path | str, current_version: int = STATE_VERSION,
+               migrations: Mapping[int, Migration] | None = None, *,
+               wall: Callable[[], float] = time.time) -> dict[str, Any] | None:
+    """The saved state, migrated to ``current_version``, or None (missing, corrupt, too old or too new to use).
+
+    Never raises for a bad file: a corrupt one is moved aside with a warning; an unreadable one is left with a warning.
+    """
+    path = Path(path)
+    migrations = MIGRATIONS if migrations is None else migrations
+    _remove_stale_temps(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("cannot read state file %s (%s); starting the show from the beginning", path, e)
+        return None
+    try:
+        if len(raw) > MAX_STATE_BYTES:
+            raise StateError(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
+            state = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise StateError(f"not valid JSON: {e}") from None
+        if not isinstance(state, dict):
+            raise StateError(f"expected a JSON object, got {type(state).__name__}")
+        version = state.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise StateError(f"no usable 'version' (got {version!r:.40})")
+    except StateError as e:
+        _set_aside(path, str(e), wall)
+        return None
+    if version > current_version:
+        log.warning("state file %s was written by a newer version (%d > %d); ignoring it", path, version,
+                    current_version)
+        return None
+    while version < current_version:
+        step = migrations.get(version)
+        if step is None:
+            log.warning("state file %s has version %d and there is no migration to %d; ignoring it",
+                        path, version, current_version)
+            return None
+        try:
+            state = step(dict(state))
+        except Exception as e:  # noqa: BLE001 - a migration failing on odd old data means: start over
+            log.warning("migrating state file %s from version %d failed (%s); ignoring it", path, version, e)
+            return None
+        if not isinstance(state, dict):
+            log.warning("migration of %s from version %d returned %s; ignoring it", path, version,
+                        type(state).__name__)
+            return None
+        version += 1
+        state["version"] = version
+        log.info("migrated state file %s to version %d", path, version)
+    problem = check_show_state(state)
+    if problem:
+        _set_aside(path, problem, wall)
+        return None
+    return state
+
+
+# -- the keeper the loop calls ---------------------------------------------------------------------------------------
+
+class StateKeeper:
+    """Saves the show state every ``interval_s`` (monotonic) and on demand; failures are logged and counted, never raised.
+
+    ``maybe_save`` is cheap when nothing is due, so the loop may call it every tick.
+    """
+
+    def __init__(self, settings: StateSettings, now: Callable[[], float] = time.monotonic, *,
+                 base_dir: Path | str | None = None, version: int = STATE_VERSION) -> None:
+        self.settings = settings
+        p = Path(settings.path).expanduser()
+        self.path = p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+        self.version = version
+        self._now = now
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self.saves = 0
+        self.failures = 0
+        self.last_error = ""
+        self._failing = False
+
+    @property
+    def enabled(self) -> bool:
+        """bool: whether state is kept at all (``[state] enabled``)."""
+        return self.settings.enabled
+
+    def load(self, migrations: Mapping[int, Migration] | None = None) -> dict[str, Any] | None:
+        """The saved state to resume from, or None (disabled, missing, unusable)."""
+        if not self.enabled:
+            return None
+        return load_state(self.path, self.version, migrations)
+
+    def maybe_save(self, state_fn: Callable[[], Mapping[str, Any]]) -> bool:
+        """Save ``state_fn()`` if ``interval_s`` has passed since the last attempt; True when a file was written."""
+        if not self.enabled:
+            return False
+        t = self._now()
+        if self._last is not None and t - self._last < self.settings.interval_s:
+            return False
+        self._last = t  # also after a failure: retry next interval, not every frame against a broken disk
+        try:
+            state = state_fn()
+        except Exception as e:  # noqa: BLE001 - the loop must go on
+            self._failed(e, "collecting")
+            return False
+        return self._save(state)
+
+    def save_now(self, state: Mapping[str, Any]) -> bool:
+        """Save immediately (on exit, after a scene change); True when a file was written."""
+        if not self.enabled:
+            return False
+        self._last = self._now()
+        return self._save(state)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the health report."""
+        return {"saves": self.saves, "failures": self.failures, "last_error": self.last_error}
+
+    def _save(self, state: Mapping[str, Any]) -> bool:
+        try:
+            with self._lock:
+                save_state(self.path, state, version=self.version)
+        except Exception as e:  # noqa: BLE001 - OSError (disk), TypeError/ValueError (bad value): log, count, go on
+            self._failed(e, "saving")
+            return False
+        self.saves += 1
+        if self._failing:
+            log.info("saving show state to %s works again", self.path)
+            self._failing = False
+        return True
+
+    def _failed(self, e: Exception, what: str) -> None:
+        self.failures += 1
+        self.last_error = f"{type(e).__name__}: {e}"
+        # Warn on the first failure of a run of failures; the rest only at debug so a dead disk does not flood the log.
+        level = logging.DEBUG if self._failing else logging.WARNING
+        log.log(level, "%s show state for %s failed (%s); the show goes on (%d failures)", what, self.path,
+                self.last_error, self.failures)
+        self._failing = True
