@@ -252,6 +252,24 @@ def test_invalid_toml_in_a_scene(tmp_path):
     _expect(info.value, scenes_dir / "broken.toml", "", "not valid TOML")
 
 
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    """TOML must be UTF-8; a Latin-1 file (an easy mistake in a text editor) is a start-up error, not a crash."""
+    path = tmp_path / "show.toml"
+    path.write_bytes(b'[output]\ntitle = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_show(path)
+    _expect(info.value, path, "")
+
+
+def test_non_utf8_scene_is_a_config_error(tmp_path):
+    scenes_dir = _scene_dir(tmp_path, "broken", "")
+    (scenes_dir / "broken.toml").write_bytes(b'description = "caf\xe9"\n')
+    path = _config(tmp_path, "", scenes_dir=scenes_dir, scenes='["broken"]')
+    with pytest.raises(ConfigError) as info:
+        load_show(path)
+    _expect(info.value, scenes_dir / "broken.toml", "")
+
+
 def test_missing_config_file(tmp_path):
     path = tmp_path / "nope.toml"
     with pytest.raises(ConfigError) as info:
@@ -281,6 +299,22 @@ def test_bad_shader_in_the_shader_folder(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_show(path)
     _expect(info.value, path, "show.shaders_dir", "bad.frag", "reserved")
+
+
+@pytest.mark.parametrize("content", [
+    b'/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1, "default": 0}}, "identity": {"k": "off"}}*/\n',
+    b'/*{"uniforms": [{"name": "k"}]}*/\n',
+    b'/*{"description": "caf\xe9"}*/\n',
+], ids=["identity-not-number", "uniforms-not-object", "not-utf8"])
+def test_malformed_shader_in_the_folder_is_a_config_error_not_a_crash(tmp_path, content):
+    """Shader files are untrusted input: any malformed header must end as the one-line ConfigError (exit 2)."""
+    shaders = tmp_path / "shaders"
+    shutil.copytree(SHADERS, shaders)
+    (shaders / "odd.frag").write_bytes(content + b"#version 330\nvoid main() {}\n")
+    path = _config(tmp_path, "", shaders_dir=shaders)
+    with pytest.raises(ConfigError) as info:
+        load_show(path)
+    _expect(info.value, path, "show.shaders_dir", "odd.frag")
 
 
 def test_relative_dirs_resolve_from_the_config_file(tmp_path):
@@ -334,6 +368,15 @@ def test_cli_run_with_a_bad_config_exits_2_with_one_line(tmp_path, case):
     assert lines[0].startswith(f"installation: {path}"), lines[0]
     assert fragment in lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_cli_non_utf8_config_exits_2_without_a_traceback(tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes(b'[output]\ntitle = "caf\xe9"\n')
+    proc = _cli("run", "--config", str(path), "--headless", "--duration", "1")
+    assert "Traceback" not in proc.stderr, proc.stderr[-300:]
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"installation: {path}: ")
 
 
 def test_cli_missing_config_file_exits_2(tmp_path):
