@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,9 @@ class ParamSpec:
 
     def coerce(self, value: Any) -> tuple[float | None, str]:
         """(value, "") when valid, (clamped, "clamped") when out of range, (None, reason) when rejected."""
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np.bool_)):
             value = float(value)
-        if not isinstance(value, (int, float)):
+        if not isinstance(value, numbers.Real):
             return None, "type"
         v = float(value)
         if not math.isfinite(v):
@@ -153,7 +156,7 @@ class ParamBus:
         if spec is None:
             self.reject("unknown")
             return False
-        if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u):
+        if isinstance(u, bool) or not isinstance(u, numbers.Real) or not math.isfinite(u):
             self.reject("type")
             return False
         if not 0.0 <= u <= 1.0:

@@ -154,6 +154,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", f"not valid TOML ({e})") from None
     except OSError as e:
         raise ConfigError(path, "", f"cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple, data: Any) -> list[str] | None:

@@ -100,7 +100,7 @@ class PathPlan:
         dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
         z = self.part.at(dt, self.params)
         if self.prior is not None and self.blend_len > 0:
-            u = smoothstep((t - self.blend_start) / self.blend_len)
+            u = smoothstep(((self.t0 if self.frozen else t) - self.blend_start) / self.blend_len)
             if u < 1.0:
                 z = slerp(self.prior.at(dt, self.params).astype(np.float64), z.astype(np.float64), u)
         return np.asarray(z, dtype=np.float32)
@@ -108,6 +108,28 @@ class PathPlan:
     def request(self, t: float, seq: int) -> LatentRequest:
         return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
                              params=self.params, extras=self.extras)
+
+
+class FrozenParams(dict):
+    """A read-only dict that pickles: plans cross threads and processes, and no reader may change them."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("plan parameters are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenParams, (dict(self),))
+
+
+def _valid_seed(value: Any) -> int | None:
+    """An integral seed in 0..2**63-1, or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if isinstance(value, (float, np.floating)) and (not np.isfinite(value) or value != int(value)):
+        return None
+    value = int(value)
+    return value if 0 <= value < 2**63 else None
 
 
 class Show:
@@ -209,7 +231,11 @@ class Show:
             elif ev.kind == "scene.goto":
                 self.goto(ev.value, t)
             elif ev.kind == "seed":
-                self._jump_seed(int(ev.value), t)
+                seed = _valid_seed(ev.value)
+                if seed is None:
+                    self.bus.reject("seed")
+                else:
+                    self._jump_seed(seed, t)
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
         scene = self.scene
@@ -225,7 +251,7 @@ class Show:
                     self._prior = None
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
-                        scene=scene.name, cut=self.cut, params=dict(tick.values), prior=prior,
+                        scene=scene.name, cut=self.cut, params=FrozenParams(tick.values), prior=prior,
                         blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen,
                         extras={"prompts": self.prompts})
         return plan, rest

@@ -190,7 +190,10 @@ class Orbit(Trajectory):
     def __init__(self, settings, shape, seed):
         super().__init__(settings, shape, seed)
         self._c = sub_latent(seed, 0, self.shape)
-        self._u, self._v = orthonormal_pair(sub_latent(seed, 1, self.shape), sub_latent(seed, 2, self.shape))
+        # The circle's plane must be orthogonal to the centre, or the angle from it would swing around the lap.
+        c = self._c / np.linalg.norm(self._c)
+        a, b = sub_latent(seed, 1, self.shape), sub_latent(seed, 2, self.shape)
+        self._u, self._v = orthonormal_pair(a - np.sum(a * c) * c, b - np.sum(b * c) * c)
 
     @property
     def period(self):
@@ -276,8 +279,11 @@ class Walk(Trajectory):
         b1 = (3 * u**3 - 6 * u**2 + 4) / 6
         b2 = (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6
         b3 = u**3 / 6
-        # A cubic B-spline shrinks variance (sum of squared weights ~0.48-0.67); divide by the exact factor.
-        ou = (b0 * p[0] + b1 * p[1] + b2 * p[2] + b3 * p[3]) / math.sqrt(b0 * b0 + b1 * b1 + b2 * b2 + b3 * b3)
+        # A cubic B-spline of correlated knots (corr rho^|i-j|) shrinks the variance to w'Cw: divide it back out,
+        # so the deviation is exactly 1 per dimension everywhere along the knots (no wobble at the knot rate).
+        w = (b0, b1, b2, b3)
+        var = sum(w[i] * w[j] * self._rho ** abs(i - j) for i in range(4) for j in range(4))
+        ou = (b0 * p[0] + b1 * p[1] + b2 * p[2] + b3 * p[3]) / math.sqrt(var)
         ou = np.clip(ou, -4.0, 4.0)
         r = float(params.get("radius", 0.5))
         return _shell(self._home + r * ou, np.linalg.norm(self._home))

@@ -17,6 +17,7 @@ declared. Parsing needs no GL context, so configs and scenes are validated befor
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ def parse(path: Path) -> ShaderFile:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ShaderError(f"{path}: cannot read shader ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ShaderError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     m = _HEADER.match(text)
     if not m:
         raise ShaderError(f"{path}: missing the JSON header comment /*{{...}}*/ at the top")
@@ -69,6 +72,9 @@ def parse(path: Path) -> ShaderFile:
         raise ShaderError(f"{path}: unknown header key {sorted(unknown)[0]!r}; allowed: description, uniforms, identity")
     name = path.stem
     specs = []
+    for key in ("uniforms", "identity"):
+        if not isinstance(header.get(key) or {}, dict):
+            raise ShaderError(f"{path}: header key {key!r} must be an object")
     for uname, decl in (header.get("uniforms") or {}).items():
         where = f"{path}: uniform {uname!r}"
         if uname in BUILTINS:
@@ -94,9 +100,11 @@ def parse(path: Path) -> ShaderFile:
             raise ShaderError(f"{where}: {e}") from None
     identity = header.get("identity") or {}
     declared = {s.name.split(".", 1)[1] for s in specs}
-    for key in identity:
+    for key, value in identity.items():
         if key not in declared:
             raise ShaderError(f"{path}: identity names {key!r}, which is not a declared uniform")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ShaderError(f"{path}: identity value of {key!r} must be a number, got {value!r}")
     return ShaderFile(name, path, text[m.end():].lstrip("\n"), str(header.get("description", "")), tuple(specs),
                       {k: float(v) for k, v in identity.items()})
 
