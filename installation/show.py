@@ -238,6 +238,9 @@ class Show:
                     self._jump_seed(seed, t)
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
+        if frozen:  # a freeze pauses the show's own clocks too: the scene timer and any blend in progress
+            self.started += dt
+            self._blend = (self._blend[0] + dt, self._blend[1])
         scene = self.scene
         if scene.duration > 0 and t - self.started >= scene.duration and len(self.scenes) > 1:
             self._activate(self.position + 1, t)
