@@ -49,7 +49,7 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str) -> dict[str, Any]:
     """Run the real loop headless at the output size for ``seconds``; count decoded and presented frames."""
     target = HeadlessTarget(spec.config.output.size)
     try:
-        rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0)
+        rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=False)
         rt.start()
         decoded0 = rt.slot.published
         t0 = time.perf_counter()

@@ -21,9 +21,15 @@ log = logging.getLogger("installation")
 EXIT_CONFIG = 2
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, spec: ShowSpec | None = None) -> None:
+    """stderr always; plus the rotating log file that the config's [log] table names."""
+    from .ops import LogSettings, setup_logging
+
+    if spec is None:
+        settings, base = LogSettings(level=level), None
+    else:
+        settings, base = spec.config.log.model_copy(update={"level": level}), spec.path.resolve().parent
+    setup_logging(settings, base)
 
 
 def _fail(message: str) -> int:
@@ -64,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     out = spec.config.output
-    _setup_logging(args.log_level or spec.config.log.level)
+    _setup_logging(args.log_level or spec.config.log.level, spec)
     if args.record and (out.size.w % 2 or out.size.h % 2):
         return _fail(f"--record needs an even output size, got {out.size}")
     if args.headless:
@@ -89,13 +95,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             target.close()
             return _fail(str(e))
     clock = FixedClock(out.fps) if args.fixed_step else WallClock()
-    runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder)
+    runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder, inputs=not args.fixed_step)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.request_quit())
     log.info("running %s on %s at %s, %d fps (%s)", ", ".join(s.name for s in spec.scenes), target.kind,
              "x".join(map(str, target.size)), out.fps, "fixed step" if args.fixed_step else "live")
     try:
         stats = runtime.run(args.duration)
+    except OSError as e:  # an input's port is taken: a start-up error, reported like a config error
+        target.close()
+        return _fail(str(e))
     finally:
         target.close()
     h = runtime.health()
@@ -162,6 +171,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_osc_map(args: argparse.Namespace) -> int:
+    """Print every OSC address the show answers, with its argument types and what it does."""
+    from .inputs.osc import address_map
+
+    try:
+        spec = load_show(args.config)
+    except ConfigError as e:
+        return _fail(str(e))
+    osc = spec.config.inputs.osc
+    print(f"# OSC on udp://{osc.host}:{osc.port} ({'enabled' if osc.enabled else 'disabled'})")
+    for address, types, doc in address_map(spec.params, [s.name for s in spec.scenes], osc):
+        print(f"{address:<34} {types:<8} {doc}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
@@ -211,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0, help="seconds for each measurement")
     b.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
+
+    o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)
+    common(o)
+    o.set_defaults(func=cmd_osc_map)
 
     d = sub.add_parser("doctor", help="what this machine offers: GL, torch device, displays, audio, cameras",
                        description="Check GL, torch, displays, ffmpeg, audio and camera devices.")

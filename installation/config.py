@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import decoders
 from .bus import ParamSpec
 from .decoders import DecoderSpec
+from .inputs import InputsSettings
+from .inputs.audio import feature_specs as audio_features
+from .inputs.camera import feature_specs as camera_features
+from .modulation import ModMatrix, ModulationSettings
+from .ops import HealthSettings, LogSettings, ScheduleSettings, StateSettings
 from .latent.trajectories import AnyTrajectorySettings, LoopSettings
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
@@ -82,16 +87,17 @@ class RecordConfig(_Strict):
     crf: Annotated[int, Field(ge=0, le=51)] = 20
 
 
-class LogConfig(_Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
 class Config(_Strict):
     output: OutputConfig = OutputConfig()
     show: ShowConfig = ShowConfig()
     decoder: DecoderRuntimeConfig = DecoderRuntimeConfig()
     record: RecordConfig = RecordConfig()
-    log: LogConfig = LogConfig()
+    log: LogSettings = LogSettings()
+    inputs: InputsSettings = InputsSettings()
+    modulation: ModulationSettings = ModulationSettings()
+    state: StateSettings = StateSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    health: HealthSettings = HealthSettings()
     params: dict[str, float] = {}
 
 
@@ -109,6 +115,7 @@ class _SceneBody(_Strict):
     params: dict[str, float] = {}
     shaders: Annotated[list[str], Field(min_length=1)] = ["present", "feedback", "grade"]
     prompts: list[Prompt] = []
+    modulation: ModulationSettings = ModulationSettings()
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,11 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     specs = {s.name: s for s in CORE_PARAMS}
     for shader in shaders.values():
         specs.update({s.name: s for s in shader.uniforms})
+    # Input features are parameters too (zero while their input is off), so routes can name them anywhere.
+    specs.update({s.name: s for s in audio_features(config.inputs.audio)})
+    specs.update({s.name: s for s in camera_features(config.inputs.camera)})
     check_params(config.params, specs, path, "params")
+    check_modulation(config.modulation, specs, path)
     for scene in scenes:
         for i, sname in enumerate(scene.shaders):
             if sname not in shaders:
@@ -282,7 +293,25 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
         if scene.shaders[0] != "present":
             raise ConfigError(scene.path, "shaders[0]", "the chain must start with 'present'")
         check_params(scene.params, specs, scene.path, "params")
+        check_modulation(modulation_for(config, scene), specs, scene.path)
+    sched = config.schedule
+    if sched.enabled and sched.closed_action == "standby" and sched.standby_scene not in {s.name for s in scenes}:
+        raise ConfigError(path, "schedule.standby_scene", f"{sched.standby_scene!r} is not a scene of this show; "
+                          f"allowed: {', '.join(s.name for s in scenes)}")
     return ShowSpec(config, path, scenes, shaders, specs)
+
+
+def modulation_for(config: Config, scene: Scene) -> ModulationSettings:
+    """The config's LFOs and routes followed by the scene's own."""
+    return ModulationSettings(lfos=config.modulation.lfos + scene.modulation.lfos,
+                              routes=config.modulation.routes + scene.modulation.routes)
+
+
+def check_modulation(mod: ModulationSettings, specs: dict[str, ParamSpec], file: Path) -> None:
+    try:
+        ModMatrix.from_settings(mod, specs)
+    except ValueError as e:
+        raise ConfigError(file, "modulation", str(e)) from None
 
 
 def all_scene_files(show: ShowSpec) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 import shutil
@@ -62,21 +61,17 @@ def _ffmpeg() -> str:
 
 
 def _audio() -> str:
-    try:
-        import sounddevice as sd
-    except OSError as e:
-        return f"not found (PortAudio missing: {e}; sudo apt-get install libportaudio2)"
-    devices = [d for d in sd.query_devices() if d["max_input_channels"] > 0]
-    if not devices:
-        return "not found (no input devices)"
-    return "; ".join(f"{d['index']}: {d['name']} ({d['max_input_channels']} in)" for d in devices)
+    from .inputs.audio import probe_devices
+
+    devices, reason = probe_devices()
+    return "; ".join(devices) if devices else f"not found ({reason})"
 
 
 def _cameras() -> str:
-    nodes = sorted(glob.glob("/dev/video*"))
-    if not nodes:
-        return "not found (no /dev/video*; a file or URL source still works)"
-    return ", ".join(nodes)
+    from .inputs.camera import probe_cameras
+
+    cams, reason = probe_cameras()
+    return ", ".join(map(str, cams)) if cams else f"not found ({reason})"
 
 
 def _config(path: Path | None) -> str:

@@ -11,12 +11,13 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .bus import Event, ParamBus
+from .bus import Event, ParamBus, Tick
 from .clock import FixedClock, WallClock
-from .config import ShowSpec
+from .config import ShowSpec, modulation_for
+from .modulation import ModMatrix
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
@@ -65,7 +66,7 @@ class Runtime:
 
     def __init__(self, spec: ShowSpec, target: Any, clock: WallClock | FixedClock | None = None, *,
                  fps: float | None = None, recorder: Recorder | None = None, device: str | None = None,
-                 max_decoder_fps: float | None = None, show_order: str | None = None) -> None:
+                 max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True) -> None:
         cfg = spec.config
         self.spec = spec
         self.target = target
@@ -94,6 +95,10 @@ class Runtime:
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
                                    cfg.output.work_scale, crossfade=not self.lockstep)
+        self.use_inputs = inputs
+        self.osc = self.audio = self.camera = None
+        self._matrix: ModMatrix | None = None
+        self._matrix_scene: str | None = None
         self.frozen = False
         self.blackout = False
         self.master = 1.0  # output brightness, ramped linearly so a blackout really reaches black
@@ -116,7 +121,7 @@ class Runtime:
             self.bus.reset(self.show.defaults())
         elif ev.kind == "quit":
             self._quit = True
-        else:
+        elif ev.kind != "onset":  # onsets reach the show through modulation routes, not directly
             self.bus.reject("event")
 
     def request_quit(self) -> None:
@@ -145,11 +150,15 @@ class Runtime:
                 self._quit = True
             elif action in ("next", "prev"):
                 self.bus.post(Event(f"scene.{action}", source="keyboard"))
-        tick = self.bus.tick(dt)
+        tick = self._modulate(self.bus.tick(dt), t, dt)
         plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
         for ev in rest:
             self._handle(ev)
         scene = self.show.scene
+        if self.camera is not None and scene.decoder.type == "diffusion":
+            frame = self.camera.latest_frame()
+            if frame is not None:
+                plan = replace(plan, extras={**plan.extras, "source": frame})
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
             self.presenter.set_chain([self.spec.shaders[n] for n in self._chain])
@@ -169,10 +178,51 @@ class Runtime:
             self.recorder.write(self.target.read())
         self.target.swap()
         self.stats.presented += 1
+        if self.osc is not None:
+            self.osc.feedback(self.bus.targets(), scene.name)
+
+    def _modulate(self, tick: Tick, t: float, dt: float) -> Tick:
+        """Apply the scene's modulation matrix (config routes + scene routes) to this tick's values."""
+        scene = self.show.scene
+        if self._matrix_scene != scene.name:
+            self._matrix = ModMatrix.from_settings(modulation_for(self.spec.config, scene), self.spec.params,
+                                                   seed=scene.seed)
+            self._matrix_scene = scene.name
+        if not self._matrix.routes:
+            return tick
+        values = {**tick.values, **self._matrix.apply(tick.values, t, dt)}
+        return Tick(values, tick.events + tuple(self._matrix.take_events()), tick.changed)
+
+    # -- inputs ------------------------------------------------------------------------------------------------
+    def _start_inputs(self) -> None:
+        """Start the enabled inputs. A port that cannot be bound is a start-up error (raised); devices are not."""
+        from .inputs import AudioInput, CameraInput, OscServer
+
+        cfg = self.spec.config.inputs
+        if cfg.osc.enabled:
+            self.osc = OscServer(cfg.osc, self.bus, lambda: [s.name for s in self.spec.scenes],
+                                 base_dir=str(self.spec.path.resolve().parent))
+            self.osc.start()
+        if cfg.audio.enabled:
+            self.audio = AudioInput(cfg.audio, self.bus)
+            self.audio.start()
+        if cfg.camera.enabled:
+            self.camera = CameraInput(cfg.camera, self.bus)
+            self.camera.start()
+
+    def _stop_inputs(self) -> None:
+        for part in (self.osc, self.audio, self.camera):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # noqa: BLE001 - shutting down: log and go on
+                    log.exception("stopping an input failed")
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def start(self, first_frame_timeout: float = 60.0) -> bool:
-        """Start the decoder thread and wait for its first frame, so the show opens on an image, not black."""
+        """Start inputs and the decoder, and wait for its first frame, so the show opens on an image, not black."""
+        if self.use_inputs:
+            self._start_inputs()
         if self.worker is None:
             return True
         plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
@@ -208,6 +258,7 @@ class Runtime:
         return self.stats
 
     def close(self) -> None:
+        self._stop_inputs()
         if self.worker is not None:
             self.worker.stop()
         else:
@@ -224,6 +275,9 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         g = self.decoder_stats()
+        inputs = {name: part.stats() for name, part in (("osc", self.osc), ("audio", self.audio),
+                                                          ("camera", self.camera)) if part is not None}
         return {"scene": self.show.scene.name, "frames_presented": self.stats.presented,
                 "frames_decoded": self.slot.published, "late_ticks": self.stats.late, "tick_faults":
-                self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "rss_mb": round(rss_mb(), 1)}
+                self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "inputs": inputs,
+                "rss_mb": round(rss_mb(), 1)}

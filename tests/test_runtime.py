@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import cv2
 import numpy as np
@@ -149,3 +150,48 @@ def test_cli_live_headless_record(tmp_path):
     assert r.returncode == 0, r.stderr
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+
+
+def test_osc_from_another_process_steers_the_live_show(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present", "grade"]'), "b": scene_toml()})
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20)
+    result = {}
+
+    def send(port: int, *messages: str) -> None:
+        code = "from pythonosc.udp_client import SimpleUDPClient; c = SimpleUDPClient('127.0.0.1', %d); " % port
+        subprocess.run([sys.executable, "-c", code + "; ".join(messages)], check=True, timeout=60)
+
+    def performer():  # another process plays the show over OSC while the loop runs on this thread
+        try:
+            deadline = time.monotonic() + 60
+            while (rt.osc is None or rt.osc.address is None) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            port = rt.osc.address[1]
+            send(port, "c.send_message('/scene/goto', 'b')", "c.send_message('/nope', 1)")
+            while rt.show.scene.name != "b" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            result["scene"] = rt.show.scene.name
+            send(port, "c.send_message('/param/speed/norm', 0.5)", "c.send_message('/param/grade.saturation', 9.0)")
+            time.sleep(0.5)
+            result["targets"] = rt.bus.targets()
+            result["osc"] = rt.osc.stats()
+        finally:
+            rt.request_quit()
+
+    th = threading.Thread(target=performer)
+    th.start()
+    try:
+        rt.run(60.0)
+    finally:
+        th.join(60)
+        target.close()
+    assert result["scene"] == "b"
+    assert result["targets"]["speed"] == 5.0
+    assert result["targets"]["grade.saturation"] == 1.0  # 9 is out of range: dropped, not applied
+    assert result["osc"]["rejects"]["unknown_address"] == 1 and result["osc"]["rejects"]["out_of_range"] == 1
