@@ -88,3 +88,65 @@ def run_bench(spec: ShowSpec, seconds: float = 10.0) -> dict[str, Any]:
         "gl_renderer": loop["gl_renderer"],
         "cpu_count": os.cpu_count(),
     }
+
+
+def diffusion_show(spec: ShowSpec, model: str, taesd: str | None, size: int, steps: int) -> ShowSpec:
+    """The loaded show with one scene replaced: the diffusion model on a slow walk, presenter chain only."""
+    from dataclasses import replace as dc_replace
+
+    from .config import Scene, _SceneBody
+    from .decoders import DecoderSpec, decoder_class
+    from .latent.trajectories import WalkSettings
+
+    cls = decoder_class("diffusion")
+    device = resolve_device(spec.config.decoder.device)
+    settings = cls.Settings(model=str(model), taesd=taesd or "", width=size, height=size, steps=steps,
+                            local_files_only=True, cuda_graph=device == "cuda",
+                            prompts=(("a lighthouse at dusk, oil painting", 1.0),))
+    cls.check(settings)
+    scene = Scene("bench-diffusion", spec.path, DecoderSpec("diffusion", settings),
+                  _SceneBody(trajectory=WalkSettings(), shaders=["present"], duration=0))
+    return dc_replace(spec, scenes=[scene])
+
+
+def upload_ms(size: tuple[int, int], frames: int = 50) -> float:
+    """Milliseconds to upload one decoder frame of ``size`` into a GL texture (the presenter's share of a frame)."""
+    import numpy as np
+
+    target = HeadlessTarget((64, 64))
+    try:
+        tex = target.ctx.texture(size, 3, alignment=1)
+        rgb = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        tex.write(rgb.data)
+        target.swap()
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            tex.write(rgb.data)
+        target.swap()
+        return (time.perf_counter() - t0) / frames * 1000.0
+    finally:
+        target.close()
+
+
+def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int, steps: int, frames: int,
+                        seconds: float) -> dict[str, Any]:
+    """Decoder figures from the diffusion decoder's own bench, then the same model inside the full loop."""
+    from .decoders.diffusion_bench import bench
+
+    spec = diffusion_show(spec, model, taesd, size, steps)
+    device = resolve_device(spec.config.decoder.device)
+    rss_start = rss_mb()
+    dec = bench(model, size=size, steps=steps, frames=frames, device=device, taesd=taesd,
+                cuda_graph=device == "cuda")
+    dec["stages_ms"]["upload"] = round(upload_ms((size, size)), 3)
+    loop = runtime_fps(spec, seconds, device)
+    return {
+        "decoder": "diffusion", "model": str(model), "taesd": taesd, "device": dec["device"],
+        "device_name": dec["device_name"], "dtype": dec["dtype"], "decoder_size": f"{size}x{size}", "steps": steps,
+        "output_size": str(spec.config.output.size), "display_hz": DISPLAY_HZ, "seconds": seconds,
+        "decoder_fps": dec["fps"], "frame_ms": dec["frame_ms"], "stages_ms": dec["stages_ms"],
+        "runtime_fps": round(loop["runtime_fps"], 2), "present_fps": round(loop["present_fps"], 2),
+        "ratio": round(loop["runtime_fps"] / dec["fps"], 3) if dec["fps"] else None,
+        "memory_mib": dec["memory_mib"], "graph_captures": dec["graph_captures"], "prepare_s": dec["prepare_s"],
+        "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_mb(), 1), "gl_renderer": loop["gl_renderer"],
+    }

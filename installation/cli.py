@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, ShowSpec, all_scene_files, load_scene, load_show
+from .config import ConfigError, ShowSpec, all_scene_files, check_decoder_files, load_scene, load_show
 from .sizes import parse_size
 
 log = logging.getLogger("installation")
@@ -140,6 +140,10 @@ def cmd_scenes(args: argparse.Namespace) -> int:
         dur = "until told" if scene.duration == 0 else f"{scene.duration:g}s"
         print(f"{mark} {scene.name:<14} {scene.decoder.type:<10} {scene.trajectory.kind:<6} {dur:<10} "
               f"{scene.description}")
+        try:
+            check_decoder_files(scene)
+        except ConfigError as e:  # valid, but its model files are not on this machine
+            print(f"    needs files first: {e.message}")
     print("(* in the show's play list)")
     return EXIT_CONFIG if bad else 0
 
@@ -163,7 +167,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     _setup_logging(args.log_level or "warning")
-    result = run_bench(spec, seconds=args.seconds)
+    if args.decoder == "diffusion":
+        from .bench import run_diffusion_bench
+
+        if not args.model:
+            return _fail("--decoder diffusion needs --model DIR (a diffusers folder; see scripts/make_random_models.py)")
+        try:
+            result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
+                                         args.decoder_size, args.steps, args.frames, args.seconds)
+        except (FileNotFoundError, ValueError) as e:
+            return _fail(str(e))
+    else:
+        result = run_bench(spec, seconds=args.seconds)
     for key, value in result.items():
         print(f"{key:<16} {value}")
     if args.json:
@@ -234,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_size_arg, help="output size WxH (default: the config's)")
     b.add_argument("--seconds", type=float, default=10.0, help="seconds for each measurement")
     b.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    b.add_argument("--decoder", choices=["scene", "diffusion"], default="scene",
+                   help="'scene': the scene's own decoder (default); 'diffusion': the model in --model")
+    b.add_argument("--model", type=Path, help="diffusers model folder for --decoder diffusion")
+    b.add_argument("--taesd", type=Path, help="TAESD (AutoencoderTiny) folder used instead of the full VAE")
+    b.add_argument("--decoder-size", type=int, default=512, help="diffusion image size (square), default 512")
+    b.add_argument("--steps", type=int, default=1, help="denoising steps per frame")
+    b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

@@ -232,7 +232,24 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
         cls = decoders.decoder_class(name)
     except KeyError:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
+    base = Path(file).resolve().parent
+    for field_name in cls.Settings.path_fields:
+        value = table.get(field_name)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and \
+                ((base / value).exists() or value.startswith(("./", "../"))):
+            table[field_name] = str((base / value).resolve())
     return DecoderSpec(name, _validate(cls.Settings, table, file, key))
+
+
+def check_decoder_files(scene: "Scene") -> None:
+    """Ask the scene's decoder whether the files it names are there (no weights are loaded)."""
+    check = getattr(decoders.decoder_class(scene.decoder.type), "check", None)
+    if check is None:
+        return
+    try:
+        check(scene.decoder.settings)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ConfigError(scene.path, "decoder", str(e)) from None
 
 
 def load_scene(path: Path) -> Scene:
@@ -294,6 +311,7 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
             raise ConfigError(scene.path, "shaders[0]", "the chain must start with 'present'")
         check_params(scene.params, specs, scene.path, "params")
         check_modulation(modulation_for(config, scene), specs, scene.path)
+        check_decoder_files(scene)
     sched = config.schedule
     if sched.enabled and sched.closed_action == "standby" and sched.standby_scene not in {s.name for s in scenes}:
         raise ConfigError(path, "schedule.standby_scene", f"{sched.standby_scene!r} is not a scene of this show; "

@@ -103,6 +103,7 @@ class Runtime:
         self.blackout = False
         self.master = 1.0  # output brightness, ramped linearly so a blackout really reaches black
         self._quit = False
+        self._started = False
         self._last_t = 0.0
         self._seq = 0
         self._consecutive_faults = 0
@@ -221,6 +222,9 @@ class Runtime:
     # -- the loop ----------------------------------------------------------------------------------------------
     def start(self, first_frame_timeout: float = 60.0) -> bool:
         """Start inputs and the decoder, and wait for its first frame, so the show opens on an image, not black."""
+        if self._started:
+            return True
+        self._started = True
         if self.use_inputs:
             self._start_inputs()
         if self.worker is None:

@@ -20,9 +20,13 @@ class NonFiniteFrame(RuntimeError):
 
 
 class DecoderSettings(BaseModel):
-    """Base for each decoder's settings: strict keys, immutable, hashable (so equal settings share a decoder)."""
+    """Base for each decoder's settings: strict keys, immutable, hashable (so equal settings share a decoder).
+
+    ``path_fields`` names string settings that are file paths: relative ones are read from the scene file's folder.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class Decoder(Protocol):
     def latent_shape(cls, settings: DecoderSettings) -> tuple[int, ...]: ...
 
     def prepare(self) -> None: ...
+
+    # Optional: ``check(settings)`` classmethod, cheap, no weights loaded: raises FileNotFoundError/ValueError with
+    # one clear message when the files a scene names are missing, so a show fails at start-up, not mid-show.
 
     def render(self, request: LatentRequest) -> np.ndarray: ...
 

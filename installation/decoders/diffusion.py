@@ -20,7 +20,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ _MAX_PROMPT_CHARS = 2000
 
 class DiffusionSettings(DecoderSettings):
     """What a scene sets for the diffusion decoder (all hashable, so equal settings share one prepared model)."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("model", "taesd", "source")
 
     model: str = Field(description="local diffusers folder, or a hub id (used only when online)")
     local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
@@ -276,6 +278,20 @@ class DiffusionDecoder:
             pass
         return (channels, settings.height // 8, settings.width // 8)
 
+    @classmethod
+    def check(cls, settings: DiffusionSettings) -> None:
+        """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
+        path = Path(settings.model).expanduser()
+        if path.exists() or not _looks_like_hub_id(settings.model):
+            model_dir = resolve_model_dir(settings)
+            family = settings.family if settings.family != "auto" else (
+                detect_family(model_dir) if (model_dir / "model_index.json").is_file() else "sd21")
+            validate_model_dir(model_dir, family, need_vae=not settings.taesd, repo_hint=_EXAMPLE_REPO[family])
+        if settings.taesd and not (Path(settings.taesd).expanduser() / "config.json").is_file():
+            raise FileNotFoundError(f"TAESD folder {settings.taesd} not found or has no config.json; get it with "
+                                    f"`huggingface-cli download madebyollin/taesd --local-dir {settings.taesd}`")
+        cls._check_files(settings)
+
     def __init__(self, settings: DiffusionSettings, device: str = "cpu") -> None:
         if not isinstance(settings, DiffusionSettings):
             settings = DiffusionSettings.model_validate(settings)
@@ -300,9 +316,9 @@ class DiffusionDecoder:
             self.close()
             raise
 
-    def _check_files(self) -> None:
+    @staticmethod
+    def _check_files(s: DiffusionSettings) -> None:
         """Every file the settings name exists, checked before any weight is loaded."""
-        s = self.settings
         for path, name in s.loras:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"LoRA {name!r}: file {Path(path).expanduser()} not found "
@@ -319,7 +335,7 @@ class DiffusionDecoder:
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
         t0 = time.perf_counter()
-        self._check_files()
+        self._check_files(s)
         model_dir = resolve_model_dir(s)
         if not (model_dir / "model_index.json").is_file() and model_dir.is_dir():
             validate_model_dir(model_dir, "sd21", True, _EXAMPLE_REPO[s.family])  # raises with the message

@@ -15,7 +15,7 @@ import logging
 import math
 import zipfile
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ META_NAME = "installation.json"
 
 class GanSettings(DecoderSettings):
     """Which generator file to run and how."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("path",)
 
     path: str = Field(description="TorchScript (.pt/.ts) or torch.export (.pt2) generator file")
     latent_shape: tuple[int, ...] = Field((), description="z shape without batch; empty = from the file")
@@ -90,6 +92,13 @@ class GanDecoder:
         if "latent_shape" in meta:
             return tuple(int(v) for v in meta["latent_shape"])
         raise ValueError(f"gan: {settings.path} carries no latent_shape metadata; set latent_shape in the scene")
+
+    @classmethod
+    def check(cls, settings: GanSettings) -> None:
+        """Start-up check: the generator file exists and its latent shape is known."""
+        if not Path(settings.path).expanduser().is_file():
+            raise FileNotFoundError(f"gan: generator file {settings.path} not found")
+        cls.latent_shape(settings)
 
     def __init__(self, settings: GanSettings, device: str = "cpu") -> None:
         if not isinstance(settings, GanSettings):

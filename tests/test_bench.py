@@ -1,0 +1,47 @@
+"""The benchmark commands print figures and one JSON line with the documented keys (no speed asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+from support import run_cli, scene_toml, write_show
+
+CPPN_KEYS = {"decoder_fps", "runtime_fps", "present_fps", "ratio", "rss_mb_start", "rss_mb_end", "decoder_size",
+             "output_size"}
+
+
+def test_bench_cppn_json(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--seconds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert CPPN_KEYS <= set(result)
+    assert result["decoder_fps"] > 0 and result["runtime_fps"] > 0 and result["present_fps"] > 0
+
+
+def test_bench_diffusion_on_a_tiny_random_model(tmp_path):
+    from installation.decoders.random_models import make_sd21, make_taesd
+
+    model, taesd = make_sd21(tmp_path / "sd"), make_taesd(tmp_path / "taesd")
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--decoder", "diffusion", "--model", str(model), "--taesd",
+                str(taesd), "--decoder-size", "64", "--frames", "4", "--seconds", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"unet", "decode", "convert", "upload"} <= set(result["stages_ms"])
+    assert result["decoder_fps"] > 0 and result["runtime_fps"] > 0
+    assert {"allocated_start", "reserved_end"} <= set(result["memory_mib"])
+
+
+def test_bench_diffusion_missing_model_is_a_clear_error(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--decoder", "diffusion", "--model", str(tmp_path / "nope"))
+    assert r.returncode == 2
+    assert "not found" in r.stderr and "huggingface-cli download" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scene_with_missing_model_fails_fast(tmp_path):
+    dec = f'type = "diffusion"\nmodel = "{tmp_path / "models" / "sd"}"\nwidth = 64\nheight = 64'
+    cfg = write_show(tmp_path, {"a": scene_toml(decoder=dec)})
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1")
+    assert r.returncode == 2 and "huggingface-cli download" in r.stderr and "Traceback" not in r.stderr
