@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import threading
 import time
 from collections import deque
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from installation.inputs.base import ThreadedInput
 from installation.bus import Event, Follower, ParamBus, ParamSpec
 
 log = logging.getLogger(__name__)
@@ -235,10 +235,14 @@ class _Analyzer:
         self.anchor = float(intercept)
 
 
-class AudioInput:
+class AudioInput(ThreadedInput):
     """Microphone input: ``start()`` launches the worker that owns the stream; features land on the bus."""
 
+    thread_name = "audio-input"
+
     def __init__(self, settings: AudioSettings, bus: ParamBus) -> None:
+        super().__init__({"blocks": 0, "onsets": 0, "opens": 0, "open_failures": 0, "reopens": 0,
+                          "overflows": 0, "device": None, "samplerate": None, "error": ""})
         self.settings = settings
         self.bus = bus
         self._specs = {spec.name: spec for spec in feature_specs(settings)}
@@ -255,39 +259,12 @@ class AudioInput:
         }
         self._followers = {n: Follower(0.0, e.attack, e.release) for n, e in self._envs.items()}
         self._q: queue.Queue[np.ndarray] = queue.Queue(maxsize=64)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._stream: Any = None  # owned by the worker; exposed only for fault-injection tests
-        self._lock = threading.Lock()
-        self._stats: dict[str, Any] = {
-            "state": "stopped", "blocks": 0, "onsets": 0, "opens": 0, "open_failures": 0, "reopens": 0,
-            "overflows": 0, "device": None, "samplerate": None, "error": "",
-        }
         self._values = {n: 0.0 for n in FEATURES}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the worker (it opens the device, and keeps reopening it); returns at once."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="audio-input", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the worker, close the stream, zero the features; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            if self._thread.is_alive():
-                log.warning("audio worker did not stop within 5 s")
-            self._thread = None
+    def _stopped(self) -> None:
         self._set_state("stopped")
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and state: blocks, onsets, opens, open_failures, reopens, overflows, device, error."""
-        with self._lock:
-            return dict(self._stats)
 
     def values(self) -> dict[str, float]:
         """The latest smoothed features (the same values written to the bus)."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from installation.inputs.base import ThreadedInput
 from installation.bus import Follower, ParamBus, ParamSpec
 
 log = logging.getLogger(__name__)
@@ -174,10 +175,14 @@ class _Analyzer:
         return out
 
 
-class CameraInput:
+class CameraInput(ThreadedInput):
     """Camera input: ``start()`` launches the capture thread; features land on the bus, frames in a slot."""
 
+    thread_name = "camera-input"
+
     def __init__(self, settings: CameraSettings, bus: ParamBus) -> None:
+        super().__init__({"frames": 0, "opens": 0, "open_failures": 0, "reopens": 0, "loops": 0,
+                          "read_failures": 0, "size": None, "error": ""})
         self.settings = settings
         self.bus = bus
         self._specs = {spec.name: spec for spec in feature_specs(settings)}
@@ -185,48 +190,17 @@ class CameraInput:
             bus.declare(spec)
         self._followers = {n: Follower(0.0, settings.attack, settings.release) for n in FEATURES}
         self._gain = {n: (1.0 if n == "camera.brightness" else settings.gain) for n in FEATURES}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self._frame: np.ndarray | None = None
         self._frame_time = -math.inf
         self._values = {n: 0.0 for n in FEATURES}
-        self._stats: dict[str, Any] = {
-            "state": "stopped", "frames": 0, "opens": 0, "open_failures": 0, "reopens": 0, "loops": 0,
-            "read_failures": 0, "size": None, "error": "",
-        }
 
     # -- public ------------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the capture thread (it opens the source and keeps reopening it); returns at once."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="camera-input", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread and release the capture; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            if self._thread.is_alive():
-                log.warning("camera thread did not stop within 5 s (a blocking read?)")
-            self._thread = None
-        with self._lock:
-            self._stats["state"] = "stopped"
-
     def latest_frame(self) -> np.ndarray | None:
         """The newest frame as HxWx3 uint8 RGB (read-only, do not modify), or None if none is fresh."""
         with self._lock:
             if self._frame is None or time.monotonic() - self._frame_time > self.settings.stale_after:
                 return None
             return self._frame
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and state: frames, opens, open_failures, reopens, loops, read_failures, size, error."""
-        with self._lock:
-            return dict(self._stats)
 
     def values(self) -> dict[str, float]:
         """The latest smoothed features (the same values written to the bus)."""
