@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from installation import decoders
 from installation.config import (CORE_PARAMS, DEFAULT_CONFIG, Config, ConfigError, ShowSpec, all_scene_files,
-                                 check_params, load_config, load_scene, load_show)
+                                 check_decoder_files, check_params, load_config, load_scene, load_show)
 from installation.latent import TRAJECTORIES
 from installation.sizes import SizeT, parse_size
 
@@ -68,12 +69,17 @@ def test_every_shipped_scene_loads(path):
     scene = load_scene(path)
     assert scene.name == path.stem and scene.path == path
     assert scene.trajectory.kind in TRAJECTORIES
-    assert scene.decoder.type == "cppn"
+    assert scene.decoder.type in decoders.names()
     assert scene.description
     assert scene.duration > 0
     assert scene.shaders[0] == "present" and set(scene.shaders) <= set(spec.shaders)
     check_params(scene.params, spec.params, path, "params")
-    # and it plays alone, as `run --scene NAME` would
+    # and it plays alone, as `run --scene NAME` would, or says which model files it needs first
+    try:
+        check_decoder_files(scene)
+    except ConfigError as e:
+        assert scene.decoder.type != "cppn" and "huggingface-cli download" in str(e)
+        return
     only = load_show(only_scene=path.stem)
     assert [s.name for s in only.scenes] == [path.stem]
 
