@@ -150,3 +150,83 @@ def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int
         "memory_mib": dec["memory_mib"], "graph_captures": dec["graph_captures"], "prepare_s": dec["prepare_s"],
         "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_mb(), 1), "gl_renderer": loop["gl_renderer"],
     }
+
+
+def osc_latency(spec: ShowSpec, trials: int = 10, size: tuple[int, int] = (640, 360)) -> dict[str, Any]:
+    """Milliseconds from an OSC message leaving a client to the first presented frame that shows its effect.
+
+    Two paths: a presenter parameter (``grade.saturation``, one display frame at most) and a decoder parameter
+    (``temperature`` with the path stopped, so the only change on screen is the message's: one decoder frame plus
+    one display frame at most). The loop runs live, headless, paced at 60 Hz; each presented frame is read back.
+    """
+    import socket
+    import statistics
+
+    import numpy as np
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    from .render.targets import pixels
+
+    cfg = spec.config
+    osc = cfg.inputs.osc.model_copy(update={"enabled": True, "port": 0, "host": "127.0.0.1"})
+    config = cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"osc": osc}),
+                                    "params": {**cfg.params, "speed": 0.0}})
+    scene = spec.scenes[0]
+    scene = type(scene)(scene.name, scene.path, scene.decoder, scene.body.model_copy(
+        update={"params": {k: v for k, v in scene.params.items() if k != "speed"}, "duration": 0.0}))
+    from dataclasses import replace as dc_replace
+
+    spec = dc_replace(spec, config=config, scenes=[scene])
+    device = resolve_device(cfg.decoder.device)
+    target = HeadlessTarget(size)
+    rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    results: dict[str, list[float]] = {"presenter_ms": [], "decoder_ms": []}
+    try:
+        rt.start()
+        addr = rt.osc.address
+        period = 1.0 / DISPLAY_HZ
+        state = {"n": 0, "origin": time.perf_counter()}
+
+        def tick() -> np.ndarray:
+            deadline = state["origin"] + state["n"] * period
+            wait = deadline - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            state["n"] += 1
+            rt.step()
+            return pixels(target.read(), target.size)
+
+        def settle(frames: int = 90) -> np.ndarray:
+            for _ in range(frames):
+                img = tick()
+            return img
+
+        def measure(address: str, value: float, key: str) -> None:
+            before = settle()
+            msg = OscMessageBuilder(address)
+            msg.add_arg(float(value))
+            sent = time.perf_counter()
+            client.sendto(msg.build().dgram, addr)
+            for _ in range(DISPLAY_HZ * 5):
+                img = tick()
+                if np.abs(img.astype(np.int16) - before.astype(np.int16)).max() > 1:
+                    results[key].append((time.perf_counter() - sent) * 1000.0)
+                    return
+
+        for i in range(trials):
+            measure("/param/grade.saturation", 0.2 if i % 2 == 0 else 1.0, "presenter_ms")
+            measure("/param/temperature", 1.6 if i % 2 == 0 else 1.0, "decoder_ms")
+        decoder_frame_ms = 1000.0 / max(rt.decoder_stats().get("frames", 1) / max(time.perf_counter()
+                                                                                   - state["origin"], 1e-9), 1e-9)
+    finally:
+        client.close()
+        rt.close()
+        target.close()
+    out: dict[str, Any] = {"trials": trials, "output_size": f"{size[0]}x{size[1]}", "display_hz": DISPLAY_HZ,
+                           "decoder_frame_ms": round(decoder_frame_ms, 1),
+                           "target_ms": round(decoder_frame_ms + 1000.0 / DISPLAY_HZ, 1)}
+    for key, values in results.items():
+        if values:
+            out[key] = {"p50": round(statistics.median(values), 1), "max": round(max(values), 1), "n": len(values)}
+    return out

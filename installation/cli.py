@@ -167,7 +167,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     _setup_logging(args.log_level or "warning")
-    if args.decoder == "diffusion":
+    if args.osc_latency:
+        from .bench import osc_latency
+
+        result = osc_latency(spec, trials=args.trials)
+    elif args.decoder == "diffusion":
         from .bench import run_diffusion_bench
 
         if not args.model:
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--decoder-size", type=int, default=512, help="diffusion image size (square), default 512")
     b.add_argument("--steps", type=int, default=1, help="denoising steps per frame")
     b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement")
+    b.add_argument("--osc-latency", action="store_true",
+                   help="measure OSC message -> first presented frame that shows it, instead")
+    b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

@@ -45,3 +45,12 @@ def test_scene_with_missing_model_fails_fast(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml(decoder=dec)})
     r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1")
     assert r.returncode == 2 and "huggingface-cli download" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_osc_latency_json(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--osc-latency", "--trials", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["presenter_ms"]["n"] == 1 and result["decoder_ms"]["n"] == 1
+    assert 0 < result["presenter_ms"]["p50"] < 5000
