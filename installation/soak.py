@@ -1,4 +1,4 @@
-"""The soak run: the show headless for N minutes with faults injected, and figures that say whether it held up.
+"""The soak run: the show headless for N minutes (scenes changing every 15 s at most) with faults injected, and figures that say whether it held up.
 
 Faults injected, each at its own rate: decoder exceptions and NaN frames (every CPPN scene runs through the
 ``faulty`` decoder), the decoder process killed with SIGKILL, a shader that does not compile swapped in, and the
@@ -28,24 +28,35 @@ from .render.shaders import ShaderFile
 
 log = logging.getLogger(__name__)
 
+SCENE_S = 15.0  # longest a scene plays during a soak
 WARMUP = 0.2  # fraction of the run (at most 60 s) before the RSS slope is measured
 BROKEN_SHADER = ShaderFile("present", Path("<soak: broken shader>"), "#version 330\nvoid main() { not glsl; }\n")
 
 
 def faulty_spec(spec: ShowSpec, raise_every: int, nan_every: int) -> ShowSpec:
-    """The same show with every CPPN scene decoded by the ``faulty`` CPPN (same weights, faults on schedule)."""
+    """The same show with every CPPN scene decoded by the ``faulty`` CPPN (same weights, faults on schedule).
+
+    A fault rebuilds the decoder and so restarts its frame count: the smaller of two rates would always fire first.
+    So scenes alternate: even ones raise, odd ones return NaNs (a show of one scene gets both, the smaller first).
+    The fallback to the safe scene is off, so faults keep coming for the whole run (it has its own test).
+    """
     scenes = []
-    for scene in spec.scenes:
+    for i, scene in enumerate(spec.scenes):
         if scene.decoder.type == "cppn":
-            settings = FaultySettings(**scene.decoder.settings.model_dump(), raise_every=raise_every,
-                                      nan_every=nan_every)
+            both = len(spec.scenes) == 1
+            settings = FaultySettings(**scene.decoder.settings.model_dump(),
+                                      raise_every=raise_every if both or i % 2 == 0 else 0,
+                                      nan_every=nan_every if both or i % 2 == 1 else 0)
             scene = replace(scene, decoder=DecoderSpec("faulty", settings))
-        scenes.append(scene)
+        # Scenes change every SCENE_S at most, so a short soak passes through all of them (and their faults).
+        duration = min(scene.duration or SCENE_S, SCENE_S)
+        scenes.append(replace(scene, body=scene.body.model_copy(update={"duration": duration})))
     state = spec.config.state.model_copy(update={"enabled": False})
     health = spec.config.health.model_copy(update={"enabled": False})
     osc = spec.config.inputs.osc.model_copy(update={"port": 0, "host": "127.0.0.1", "feedback_host": ""})
     inputs = spec.config.inputs.model_copy(update={"osc": osc})
-    config = spec.config.model_copy(update={"state": state, "health": health, "inputs": inputs})
+    decoder = spec.config.decoder.model_copy(update={"fallback_faults": 0})
+    config = spec.config.model_copy(update={"state": state, "health": health, "inputs": inputs, "decoder": decoder})
     return ShowSpec(config, spec.path, scenes, spec.shaders, spec.params, spec.safe)
 
 
