@@ -95,14 +95,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             target.close()
             return _fail(str(e))
     clock = FixedClock(out.fps) if args.fixed_step else WallClock()
-    runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder, inputs=not args.fixed_step)
+    live = not args.fixed_step
+    from .ops import Notifier
+
+    notifier = Notifier()
+    try:
+        # A fixed-step render is offline: no state, no opening hours, no health endpoint, no inputs.
+        runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder, inputs=live, notifier=notifier,
+                          keep_state=live, resume=live and not args.no_resume, serve_health=live, schedule=live,
+                          only_scene=args.scene)
+    except Exception:
+        target.close()
+        raise
+    # Signal handlers only set flags; the loop does the work at its next tick (fade out and save, or reload).
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: runtime.request_quit())
+        signal.signal(sig, lambda *_: runtime.request_stop())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
+    if not args.headless:
+        from .ops import inhibit_blanking
+
+        inhibit_blanking()
     log.info("running %s on %s at %s, %d fps (%s)", ", ".join(s.name for s in spec.scenes), target.kind,
              "x".join(map(str, target.size)), out.fps, "fixed step" if args.fixed_step else "live")
     try:
         stats = runtime.run(args.duration)
-    except OSError as e:  # an input's port is taken: a start-up error, reported like a config error
+    except OSError as e:  # an input's or the health endpoint's port is taken: a start-up error
         target.close()
         return _fail(str(e))
     finally:
@@ -113,6 +131,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.record:
         log.info("recorded %s", args.record)
     return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Run the show headless with faults injected; print figures (and JSON); exit 1 if anything crashed."""
+    from .soak import run_soak
+
+    try:
+        spec = _with_output(load_show(args.config), args)
+    except ConfigError as e:
+        return _fail(str(e))
+    _setup_logging(args.log_level or "warning")
+    result = run_soak(spec, minutes=args.minutes, raise_every=args.raise_every, nan_every=args.nan_every,
+                      kill_every_s=args.kill_every, shader_every_s=args.shader_every,
+                      input_every_s=args.input_every)
+    for key, value in result.items():
+        print(f"{key:<28} {value}")
+    if args.json:
+        print(json.dumps(result))
+    return 0 if result["crashes"] == 0 else 1
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
@@ -234,7 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", type=_size_arg, help="output size WxH, e.g. 1280x720")
     r.add_argument("--display", type=int, help="display index for the window")
     r.add_argument("--fullscreen", action="store_true", help="borderless fullscreen")
+    r.add_argument("--no-resume", action="store_true",
+                   help="start the show from its beginning instead of the saved state (it is still saved)")
     r.set_defaults(func=cmd_run)
+
+    so = sub.add_parser("soak", help="run headless with faults injected and report whether anything crashed",
+                        description="Run the show headless at a small size with faults injected (decoder "
+                                    "exceptions and NaN frames, decoder process kills, broken shader reloads, input "
+                                    "thread deaths); report fps, faults contained, crashes, RSS slope and the "
+                                    "longest wait for a new decoder frame.")
+    common(so)
+    so.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    so.add_argument("--size", type=_size_arg, default="320x180", help="output size WxH (default 320x180)")
+    so.add_argument("--fps", type=int, default=30, help="presenter fps (default 30)")
+    so.add_argument("--raise-every", type=int, default=50, help="decoder raises on every Nth frame (0 = never)")
+    so.add_argument("--nan-every", type=int, default=37, help="decoder returns NaNs on every Nth frame (0 = never)")
+    so.add_argument("--kill-every", type=float, default=20.0, help="SIGKILL the decoder process every N s (0 = never)")
+    so.add_argument("--shader-every", type=float, default=30.0,
+                    help="reload a shader that does not compile every N s (0 = never)")
+    so.add_argument("--input-every", type=float, default=25.0,
+                    help="kill a running input's thread every N s (0 = never)")
+    so.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    so.set_defaults(func=cmd_soak, display=None)
 
     s = sub.add_parser("scenes", help="list and validate the scene files", description=cmd_scenes.__doc__)
     common(s)

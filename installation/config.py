@@ -69,6 +69,7 @@ class ShowConfig(_Strict):
     shuffle_seed: Annotated[int, Field(ge=0)] = 0
     scenes_dir: str = "../scenes"
     shaders_dir: str = "../shaders"
+    safe_scene: str = ""  # scene played after repeated decoder faults; "" = the built-in CPPN scene
 
 
 class DecoderRuntimeConfig(_Strict):
@@ -78,6 +79,8 @@ class DecoderRuntimeConfig(_Strict):
     threads: Annotated[int, Field(ge=0, le=256)] = 0
     restart_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    fallback_faults: Annotated[int, Field(ge=0, le=100_000)] = 20  # 0 = never fall back
+    fallback_window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
 
 class RecordConfig(_Strict):
@@ -140,6 +143,7 @@ class ShowSpec:
     scenes: list[Scene]
     shaders: dict[str, ShaderFile]
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    safe: Scene | None = None  # the configured safe scene (None: the built-in one, see :func:`builtin_safe_scene`)
 
     def scene(self, name: str) -> Scene:
         for s in self.scenes:
@@ -303,20 +307,47 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     check_params(config.params, specs, path, "params")
     check_modulation(config.modulation, specs, path)
     for scene in scenes:
-        for i, sname in enumerate(scene.shaders):
-            if sname not in shaders:
-                raise ConfigError(scene.path, f"shaders[{i}]",
-                                  f"no shader {sname!r} in {shaders_dir}; available: {', '.join(sorted(shaders))}")
-        if scene.shaders[0] != "present":
-            raise ConfigError(scene.path, "shaders[0]", "the chain must start with 'present'")
-        check_params(scene.params, specs, scene.path, "params")
-        check_modulation(modulation_for(config, scene), specs, scene.path)
-        check_decoder_files(scene)
+        _check_scene(scene, shaders, shaders_dir, specs, config)
     sched = config.schedule
     if sched.enabled and sched.closed_action == "standby" and sched.standby_scene not in {s.name for s in scenes}:
         raise ConfigError(path, "schedule.standby_scene", f"{sched.standby_scene!r} is not a scene of this show; "
                           f"allowed: {', '.join(s.name for s in scenes)}")
-    return ShowSpec(config, path, scenes, shaders, specs)
+    safe = None
+    if config.show.safe_scene:
+        name = config.show.safe_scene
+        safe = next((s for s in scenes if s.name == name), None)
+        if safe is None:
+            file = scenes_dir / f"{name}.toml"
+            if not file.is_file():
+                raise ConfigError(path, "show.safe_scene", f"no scene {name!r} ({file}); available: "
+                                  f"{', '.join(available) or 'none'}")
+            safe = load_scene(file)
+            _check_scene(safe, shaders, shaders_dir, specs, config)
+    return ShowSpec(config, path, scenes, shaders, specs, safe)
+
+
+def _check_scene(scene: Scene, shaders: dict[str, ShaderFile], shaders_dir: Path, specs: dict[str, ParamSpec],
+                 config: Config) -> None:
+    """A scene's shader chain, parameters and modulation must fit the show."""
+    for i, sname in enumerate(scene.shaders):
+        if sname not in shaders:
+            raise ConfigError(scene.path, f"shaders[{i}]",
+                              f"no shader {sname!r} in {shaders_dir}; available: {', '.join(sorted(shaders))}")
+    if scene.shaders[0] != "present":
+        raise ConfigError(scene.path, "shaders[0]", "the chain must start with 'present'")
+    check_params(scene.params, specs, scene.path, "params")
+    check_modulation(modulation_for(config, scene), specs, scene.path)
+    check_decoder_files(scene)
+
+
+def builtin_safe_scene() -> Scene:
+    """The embedded safe scene: a small CPPN on a slow loop, no files, nothing that can fail to load."""
+    from .decoders.cppn import CPPNSettings
+
+    body = _SceneBody(description="built-in safe scene (after repeated decoder faults)", duration=0.0,
+                      shaders=["present"], trajectory=LoopSettings(period=60.0))
+    settings = CPPNSettings(resolution=SizeT(256, 144), width=24, depth=3)
+    return Scene("safe", Path("<built-in>"), DecoderSpec("cppn", settings), body)
 
 
 def modulation_for(config: Config, scene: Scene) -> ModulationSettings:

@@ -8,20 +8,26 @@ display never waits for the decoder; a fault in a tick is logged and counted and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
+import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Callable
 
 from .bus import Event, ParamBus, Tick
 from .clock import FixedClock, WallClock
-from .config import ShowSpec, modulation_for
+from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .modulation import ModMatrix
+from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
 from .render.process import ProcessWorker, default_threads
+from .render.shaders import ShaderError
 from .render.worker import DecoderGuard, DecoderWorker
 from .show import Show
 
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 
 BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
+OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
+DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
+INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting an input whose thread died
 
 
 def resolve_device(choice: str) -> str:
@@ -58,15 +67,24 @@ class Stats:
     presented: int = 0
     late: int = 0
     tick_faults: int = 0
+    max_frame_gap: float = 0.0  # longest wait (seconds, monotonic) between two new decoder frames while open
     started: float = field(default_factory=time.monotonic)
 
 
 class Runtime:
-    """A show running on a target. ``run()`` plays until the duration, a quit, or forever."""
+    """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
+
+    Unattended parts, all optional: opening hours (``[schedule]``, checked against the injected ``wall`` clock),
+    the show state on disk (``keep_state``, ``resume``), the health endpoint (``serve_health``) and systemd
+    notifications (``notifier``). Their periodic work runs once a second of show time, from the loop thread.
+    """
 
     def __init__(self, spec: ShowSpec, target: Any, clock: WallClock | FixedClock | None = None, *,
                  fps: float | None = None, recorder: Recorder | None = None, device: str | None = None,
-                 max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True) -> None:
+                 max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True,
+                 wall: Callable[[], datetime] | None = None, notifier: Notifier | None = None,
+                 keep_state: bool = False, resume: bool = False, serve_health: bool = False,
+                 schedule: bool = True, only_scene: str | None = None) -> None:
         cfg = spec.config
         self.spec = spec
         self.target = target
@@ -75,6 +93,8 @@ class Runtime:
         self.lockstep = bool(getattr(self.clock, "fixed", False))
         self.recorder = recorder
         self.bus = ParamBus(spec.params.values())
+        self._order = show_order
+        self._only_scene = only_scene
         self.show = Show(spec, self.bus, order=show_order)
         self.device = resolve_device(device or cfg.decoder.device)
         threads = cfg.decoder.threads or default_threads(self.device)
@@ -102,12 +122,57 @@ class Runtime:
         self.frozen = False
         self.blackout = False
         self.master = 1.0  # output brightness, ramped linearly so a blackout really reaches black
+        self._fade_s = BLACKOUT_FADE  # length of the current ramp (a blackout, a stop, or the schedule's fade)
         self._quit = False
         self._started = False
+        self._stopping = False
+        self._reload = False
         self._last_t = 0.0
         self._seq = 0
         self._consecutive_faults = 0
         self.stats = Stats()
+        # -- unattended operation --
+        self.wall = wall or (lambda: datetime.now(timezone.utc))
+        self.notifier = notifier or Notifier(env={})  # no socket: every call is a no-op
+        self._use_schedule = schedule
+        self.schedule = Schedule(cfg.schedule if schedule else ScheduleSettings())
+        self.open = True
+        self.released = False  # the decoder was stopped while closed
+        self._await_frame: int | None = None  # after reopening: stay dark until a frame newer than this arrives
+        self._scene_before_close: str | None = None
+        state_settings = cfg.state if keep_state else cfg.state.model_copy(update={"enabled": False})
+        self.keeper = StateKeeper(state_settings, base_dir=spec.path.resolve().parent)
+        self.health_server = HealthServer(cfg.health, self.health_snapshot) \
+            if serve_health and cfg.health.enabled else None
+        self.memory = MemoryWatch()
+        self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
+        self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
+        self._decoder_seen: dict[str, int] = {}
+        self._recent: deque[tuple[float, int]] = deque()  # (show time, decoder faults) in the current scene
+        self._recent_scene = ""
+        self._last_fault_t: float | None = None
+        self._fault_total = 0
+        self._input_retry: dict[str, tuple[float, int]] = {}  # name -> (retry at, deaths in a row)
+        self._recorder_failed = False
+        self._ops_at: float | None = None
+        self._marks = (0.0, 0, 0)  # (show time, presented, published) at the last ops tick
+        self.present_fps = self.decoder_fps = 0.0
+        self._frame_mark = (0, time.monotonic())  # (published, when) of the newest decoder frame seen
+        self.ready_sent = False
+        self._born = time.monotonic()
+        self._health_lock = threading.Lock()
+        self._health: dict[str, Any] = {"status": "starting"}
+        self._closed = False
+        self._safe = spec.safe or builtin_safe_scene()
+        self.resumed = False
+        if resume:
+            saved = self.keeper.load()
+            if saved is not None:
+                self.resumed = self.show.restore(saved, 0.0)
+                if not self.resumed:
+                    log.warning("saved scene %r is not in this show; starting from the beginning", saved.get("scene"))
+                self._chain = tuple(self.show.scene.shaders)
+                self.set_chain(self._chain)
 
     # -- events ------------------------------------------------------------------------------------------------
     def _handle(self, ev: Event) -> None:
@@ -115,6 +180,7 @@ class Runtime:
             self.frozen = bool(ev.value)
         elif ev.kind == "blackout":
             self.blackout = bool(ev.value)
+            self._fade_s = BLACKOUT_FADE
         elif ev.kind == "panic":
             self.blackout = True
             self.master = 0.0
@@ -126,7 +192,16 @@ class Runtime:
             self.bus.reject("event")
 
     def request_quit(self) -> None:
+        """Stop at the next tick, without a fade."""
         self._quit = True
+
+    def request_stop(self) -> None:
+        """Fade out (the blackout ramp, at most BLACKOUT_FADE seconds) and then stop; safe from a signal handler."""
+        self._stopping = True
+
+    def request_reload(self) -> None:
+        """Reload config, scenes and shaders from disk at the next tick; safe from a signal handler."""
+        self._reload = True
 
     # -- one tick ----------------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -135,6 +210,9 @@ class Runtime:
         self._last_t = t
         self.stats.ticks += 1
         try:
+            if self._reload:
+                self._reload = False
+                self.reload(t)
             self._step(t, dt)
             self._consecutive_faults = 0
         except Exception:  # noqa: BLE001 - fail soft: the next tick tries again
@@ -143,6 +221,11 @@ class Runtime:
             log.exception("tick failed (%d in a row)", self._consecutive_faults)
             if self._consecutive_faults >= MAX_TICK_FAULTS:
                 raise
+        try:
+            self._ops(t)
+        except Exception:  # noqa: BLE001 - health, state and schedule never stop the show
+            self.faults["ops"] += 1
+            log.exception("periodic unattended-operation work failed")
         self.clock.advance()
 
     def _step(self, t: float, dt: float) -> None:
@@ -162,25 +245,68 @@ class Runtime:
                 plan = replace(plan, extras={**plan.extras, "source": frame})
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
-            self.presenter.set_chain([self.spec.shaders[n] for n in self._chain])
-        if self.lockstep:
+            self.set_chain(self._chain)
+        if self.released:
+            pass  # closed: no decoding; black frames keep the watchdog fed
+        elif self.lockstep:
             self._seq += 1
             rgb = self.guard.render(plan.request(t, self._seq))
             if rgb is not None:
                 self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))
         else:
             self.worker.submit(plan)
-        if not self.frozen:
+        self._track_frames()
+        if not self.frozen and not self.released:
             self.presenter.take(self.slot.latest(), t, transition=scene.transition)
-        step = dt / BLACKOUT_FADE
-        self.master = min(max(self.master + (step if not self.blackout else -step), 0.0), 1.0)
+        if self._await_frame is not None and self.slot.published > self._await_frame:
+            self._await_frame = None
+        dark = self.blackout or self._stopping or (not self.open and self._standby() is None) or \
+            self._await_frame is not None
+        step = dt / self._fade_s if self._fade_s > 0 else 1.0
+        self.master = min(max(self.master + (step if not dark else -step), 0.0), 1.0)
         self.presenter.draw(self.target.framebuffer, t, tick.values, self.master)
         if self.recorder is not None:
             self.recorder.write(self.target.read())
         self.target.swap()
         self.stats.presented += 1
+        self._presented()
         if self.osc is not None:
             self.osc.feedback(self.bus.targets(), scene.name)
+
+    def _track_frames(self) -> None:
+        """The longest time without a new decoder frame while the decoder should be producing (open, not frozen)."""
+        now = time.monotonic()
+        published, since = self._frame_mark
+        if self.slot.published != published or self.released or self.frozen:
+            self._frame_mark = (self.slot.published, now)
+        elif published > 0:
+            self.stats.max_frame_gap = max(self.stats.max_frame_gap, now - since)
+
+    def _presented(self) -> None:
+        """systemd: READY=1 once a decoder frame is on screen, WATCHDOG=1 after every presented frame."""
+        if not self.ready_sent and (self.presenter.has_frame or self.released):
+            self.ready_sent = True
+            self.notifier.ready(self._status_line())
+        self.notifier.watchdog()
+
+    def set_chain(self, names: tuple[str, ...] | list[str]) -> bool:
+        """Switch the shader chain by names; see :meth:`set_chain_files`."""
+        missing = [n for n in names if n not in self.spec.shaders]
+        if missing:
+            self.faults["shader"] += 1
+            log.error("shader chain %s not changed: no shader %r", list(names), missing[0])
+            return False
+        return self.set_chain_files([self.spec.shaders[n] for n in names])
+
+    def set_chain_files(self, shaders: list) -> bool:
+        """Switch the shader chain; one that does not compile keeps the previous program (logged, counted)."""
+        try:
+            self.presenter.set_chain(shaders)
+        except ShaderError as e:
+            self.faults["shader"] += 1
+            log.error("shader chain not changed, keeping the previous program: %s", e)
+            return False
+        return True
 
     def _modulate(self, tick: Tick, t: float, dt: float) -> Tick:
         """Apply the scene's modulation matrix (config routes + scene routes) to this tick's values."""
@@ -193,6 +319,178 @@ class Runtime:
             return tick
         values = {**tick.values, **self._matrix.apply(tick.values, t, dt)}
         return Tick(values, tick.events + tuple(self._matrix.take_events()), tick.changed)
+
+    # -- reload ------------------------------------------------------------------------------------------------
+    def reload(self, t: float) -> bool:
+        """Load config, scenes and shaders again (SIGHUP). A bad config keeps the running show; a good one
+        replaces scenes, shaders and parameters and keeps the current scene (and its position) if it still exists.
+        Output size, inputs, health and state settings need a restart.
+        """
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_show(self.spec.path, only_scene=self._only_scene)
+            except ConfigError as e:
+                self.faults["reload"] += 1
+                log.error("reload failed, the show goes on with the old config: %s", e)
+                return False
+            new.config = new.config.model_copy(update={"output": self.spec.config.output})
+            for name, p in new.params.items():
+                if self.bus.spec(name) != p:
+                    self.bus.declare(p)
+            state = self.state()
+            show = Show(new, self.bus, order=self._order)
+            show.cut = self.show.cut + 1  # a clean cut, never a blend between the old and the new path objects
+            if not show.restore(state, t):
+                show.started = t
+                log.warning("reload: scene %r is gone; playing %s", state["scene"], show.scene.name)
+            self.spec, self.show = new, show
+            self._safe = new.safe or builtin_safe_scene()
+            self._matrix_scene = None
+            self._chain = tuple(show.scene.shaders)
+            self.set_chain(self._chain)
+            if self._use_schedule:
+                self.schedule = Schedule(new.config.schedule)
+            log.info("reloaded %s: %s", new.path, ", ".join(s.name for s in new.scenes))
+            return True
+        finally:
+            self.notifier.ready(self._status_line())
+
+    # -- periodic unattended work ------------------------------------------------------------------------------
+    def _ops(self, t: float) -> None:
+        """Every tick: save state when due. Once a second: schedule, fault tallies, inputs, health, STATUS."""
+        self.keeper.maybe_save(self.state)
+        if self._ops_at is not None and t - self._ops_at < OPS_EVERY:
+            return
+        self._ops_at = t
+        self._check_schedule(t)
+        self._tally_faults(t)
+        self._supervise_inputs(t)
+        t0, presented0, published0 = self._marks
+        if t > t0:
+            self.present_fps = (self.stats.presented - presented0) / (t - t0)
+            self.decoder_fps = (self.slot.published - published0) / (t - t0)
+        self._marks = (t, self.stats.presented, self.slot.published)
+        self.memory.sample()
+        snapshot = self._snapshot(t)
+        with self._health_lock:
+            self._health = snapshot
+        self.notifier.status(self._status_line())
+
+    def _standby(self) -> str | None:
+        s = self.schedule.settings
+        return s.standby_scene if s.enabled and s.closed_action == "standby" else None
+
+    def _check_schedule(self, t: float) -> None:
+        try:
+            is_open = self.schedule.is_open(self.wall())
+        except Exception as e:  # noqa: BLE001 - a broken clock never closes the show
+            self.faults["schedule"] += 1
+            log.warning("schedule check failed (%s); staying %s", e, "open" if self.open else "closed")
+            return
+        standby = self._standby()
+        if self.open and not is_open:
+            self.open = False
+            self._fade_s = self.schedule.settings.fade_s
+            log.info("closing: %s", self.schedule.describe(self.wall()))
+            if standby is not None:
+                self._scene_before_close = self.show.scene.name
+                self.show.goto(standby, t)
+        elif not self.open and is_open:
+            self.open = True
+            self._fade_s = self.schedule.settings.fade_s
+            log.info("opening: %s", self.schedule.describe(self.wall()))
+            if self.released:
+                self._acquire_decoder()
+            if standby is not None and self._scene_before_close:
+                self.show.goto(self._scene_before_close, t)
+        if not self.open and standby is None and not self.released and self.master <= 0.0:
+            self._release_decoder()
+
+    def _release_decoder(self) -> None:
+        """Closed and faded out: stop decoding and free its memory (the decoder process ends)."""
+        self.released = True
+        if self.worker is not None:
+            self.worker.stop()
+        self.guard.close()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        log.info("decoder released while closed")
+
+    def _acquire_decoder(self) -> None:
+        self.released = False
+        self._await_frame = self.slot.published
+        if self.worker is not None:
+            self.worker.start()  # with the last plan it had; the next tick submits a fresh one
+        log.info("decoder started again")
+
+    def _tally_faults(self, t: float) -> None:
+        """Accumulate decoder faults across restarts; too many in one scene -> the safe scene."""
+        d = self.decoder_stats()
+        counts = {**d.get("faults", {}), "process_crash": d.get("process_crashes", 0)}
+        new = 0
+        for kind, n in counts.items():
+            last = self._decoder_seen.get(kind, 0)
+            delta = n - last if n >= last else n  # a restarted decoder process counts from zero again
+            self._decoder_seen[kind] = n
+            if delta > 0:
+                self.decoder_faults[kind] += delta
+                new += delta
+        rec = self.recorder
+        if rec is not None and rec.failed and not self._recorder_failed:
+            self._recorder_failed = True
+            self.faults["recorder"] += 1
+        total = sum(self.decoder_faults.values()) + sum(self.faults.values()) + self.stats.tick_faults + \
+            self.keeper.failures
+        if total > self._fault_total:
+            self._last_fault_t = t
+        self._fault_total = total
+        scene = self.show.scene.name
+        if scene != self._recent_scene:
+            self._recent.clear()
+            self._recent_scene = scene
+        cfg = self.spec.config.decoder
+        if new:
+            self._recent.append((t, new))
+        while self._recent and self._recent[0][0] < t - cfg.fallback_window_s:
+            self._recent.popleft()
+        safe = self._safe
+        if cfg.fallback_faults and scene != safe.name and sum(n for _, n in self._recent) >= cfg.fallback_faults:
+            log.error("%d decoder faults in scene %s within %.0f s; falling back to the safe scene %r",
+                      sum(n for _, n in self._recent), scene, cfg.fallback_window_s, safe.name)
+            self.faults["fallback"] += 1
+            if safe.name not in [s.name for s in self.show.scenes]:
+                self.show.scenes = [*self.show.scenes, safe]
+            self.show.goto(safe.name, t)
+            self._recent.clear()
+
+    def _supervise_inputs(self, t: float) -> None:
+        """An input whose thread died is counted and restarted, with a backoff that doubles up to a minute."""
+        for name in ("osc", "audio", "camera"):
+            part = getattr(self, name)
+            thread = getattr(part, "_thread", None)
+            if thread is None or thread.is_alive():
+                continue
+            retry_at, streak = self._input_retry.get(name, (None, 0))
+            if retry_at is None:
+                self.faults[f"input.{name}"] += 1
+                delay = min(2.0 ** streak, INPUT_BACKOFF_MAX) if streak else 0.0
+                log.error("input %s stopped unexpectedly; restarting in %.0f s", name, delay)
+                self._input_retry[name] = retry_at, streak = (t + delay, streak + 1)
+            if t >= retry_at:
+                try:
+                    part.stop()
+                    part.start()
+                    self._input_retry[name] = (None, streak)
+                except Exception as e:  # noqa: BLE001 - try again later
+                    log.warning("restarting input %s failed: %s", name, e)
+                    self._input_retry[name] = (None, streak)
+
+    def _status_line(self) -> str:
+        return (f"{'open' if self.open else 'closed'}; scene {self.show.scene.name}; {self.present_fps:.0f} fps; "
+                f"decoder {self.decoder_fps:.1f} fps")
 
     # -- inputs ------------------------------------------------------------------------------------------------
     def _start_inputs(self) -> None:
@@ -221,10 +519,13 @@ class Runtime:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def start(self, first_frame_timeout: float = 60.0) -> bool:
-        """Start inputs and the decoder, and wait for its first frame, so the show opens on an image, not black."""
+        """Start the health endpoint, inputs and the decoder, and wait for its first frame, so the show opens on an
+        image, not black. A port that cannot be bound raises OSError (a start-up error)."""
         if self._started:
             return True
         self._started = True
+        if self.health_server is not None:
+            self.health_server.start()
         if self.use_inputs:
             self._start_inputs()
         if self.worker is None:
@@ -238,16 +539,25 @@ class Runtime:
             log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
         return ok
 
-    def run(self, duration: float | None = None) -> Stats:
-        """Present at ``fps`` until ``duration`` seconds of show time (n = duration * fps frames) or a quit."""
+    def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
+        """Present at ``fps`` until ``duration`` seconds of show time (n = duration * fps frames), a quit, or a stop
+        request (after its fade). ``on_tick`` is called after every tick (the soak run injects faults there)."""
         frames = None if duration is None else max(int(round(duration * self.fps)), 1)
-        self.start()
         self.stats = Stats()
+        self.start()
         period = 1.0 / self.fps
         origin = time.perf_counter()
         n = 0
+        stop_by: float | None = None
         try:
             while not self._quit and (frames is None or n < frames):
+                if self._stopping:
+                    if stop_by is None:
+                        stop_by = self.clock.now() + BLACKOUT_FADE + 0.1
+                        self._fade_s = BLACKOUT_FADE
+                        log.info("stopping: fading out")
+                    if self.master <= 0.0 or self.clock.now() >= stop_by:
+                        break
                 if not self.lockstep:
                     deadline = origin + n * period
                     wait = deadline - time.perf_counter()
@@ -256,12 +566,26 @@ class Runtime:
                     elif wait < -period:
                         self.stats.late += 1
                 self.step()
+                if on_tick is not None:
+                    on_tick(self)
                 n += 1
         finally:
             self.close()
         return self.stats
 
     def close(self) -> None:
+        """Save the state, tell systemd, stop health, inputs, decoder and recorder; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.notifier.stopping()
+        if self.keeper.enabled:
+            try:
+                self.keeper.save_now(self.state())
+            except Exception:  # noqa: BLE001 - state() itself failing must not stop the shutdown
+                log.exception("collecting the show state failed")
+        if self.health_server is not None:
+            self.health_server.stop()
         self._stop_inputs()
         if self.worker is not None:
             self.worker.stop()
@@ -271,11 +595,60 @@ class Runtime:
             self.recorder.close()
             self.recorder = None
 
+    # -- state and health --------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The show position to resume from: scene, time in scene, path time, seed, prompts, parameter targets."""
+        state = self.show.state(self._last_t)
+        state["params"] = {k: v for k, v in self.bus.targets().items() if math.isfinite(v)}
+        return state
+
     def decoder_stats(self) -> dict[str, Any]:
         """Frames, faults by kind and restarts of the decoder, wherever it runs."""
         if isinstance(self.worker, ProcessWorker):
             return {**self.worker.remote, "process_crashes": self.worker.crashes}
         return self.guard.stats()
+
+    def health_snapshot(self) -> dict[str, Any]:
+        """The latest health report (refreshed by the loop about once a second); safe from any thread."""
+        with self._health_lock:
+            return self._health
+
+    def _snapshot(self, t: float) -> dict[str, Any]:
+        if not self.open:
+            status = "closed"
+        elif self._last_fault_t is not None and t - self._last_fault_t < DEGRADED_FOR:
+            status = "degraded"
+        else:
+            status = "ok"
+        pos = self.show.state(t)
+        inputs = {name: part.stats() for name, part in (("osc", self.osc), ("audio", self.audio),
+                                                          ("camera", self.camera)) if part is not None}
+        rejects = {name: sum(s.get("rejects", {}).values()) for name, s in inputs.items()}
+        rejects["bus"] = sum(self.bus.stats()["rejects"].values())
+        dropped = self.stats.late + (self.recorder.frames_dropped if self.recorder is not None else 0)
+        faults = {
+            "decoder": {k: v for k, v in self.decoder_faults.items() if k != "process_crash"},
+            "decoder_process_crashes": self.decoder_faults.get("process_crash", 0),
+            "tick": self.stats.tick_faults,
+            "shader": self.faults.get("shader", 0),
+            "inputs_rejects": rejects,
+            "input_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("input.")},
+            "recorder": self.faults.get("recorder", 0),
+            "state_save": self.keeper.failures,
+            "fallbacks": self.faults.get("fallback", 0),
+            "reload": self.faults.get("reload", 0),
+        }
+        return {
+            "status": status, "uptime_s": round(time.monotonic() - self._born, 1), "scene": pos["scene"],
+            "show_time_s": round(pos["scene_time"], 2),
+            "position": {"scene": pos["scene"], "scene_time_s": round(pos["scene_time"], 2),
+                         "tau": round(pos["tau"], 3), "seed": pos["seed"]},
+            "open": self.open, "schedule": self.schedule.describe(self.wall()), "decoder_released": self.released,
+            "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
+            "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,
+            "frames_dropped": dropped, "faults": faults, **self.memory.report(),
+            "state": self.keeper.stats(), "notify": self.notifier.stats(),
+        }
 
     def health(self) -> dict[str, Any]:
         g = self.decoder_stats()

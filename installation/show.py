@@ -277,3 +277,35 @@ class Show:
         """Where the show is: enough to resume it (scene, time in scene, path time, seed, prompts)."""
         return {"scene": self.scene.name, "position": self.position, "scene_time": t - self.started,
                 "tau": self.tau, "seed": self.seed, "prompts": [list(p) for p in self.prompts]}
+
+    def restore(self, state: Mapping[str, Any], t: float) -> bool:
+        """Resume from a saved :meth:`state` (plus ``params``, the bus targets) at clock time ``t``.
+
+        Returns False, changing nothing, when the saved scene is not in this show (a stale state file).
+        """
+        names = [s.name for s in self.scenes]
+        name = state.get("scene")
+        if name not in names:
+            return False
+        idx = names.index(name)
+        pos = state.get("position")
+        if not isinstance(pos, int) or pos < 0 or self.scene_index(pos) != idx:
+            pos = next(p for p in range(len(names)) if self.scene_index(p) == idx)
+        seed = _valid_seed(state.get("seed"))
+        self._activate(pos, t, seed=seed)
+        self._prior = None
+        self.started = t - float(state.get("scene_time", 0.0))
+        self.tau = float(state.get("tau", 0.0))
+        prompts = state.get("prompts")
+        self.prompts = tuple((str(p), float(w)) for p, w in prompts)[:16] if prompts else \
+            tuple((p.text, p.weight) for p in self.scene.prompts)
+        values = dict(self.defaults())
+        for key, value in (state.get("params") or {}).items():
+            spec = self.bus.spec(key)
+            v = spec.coerce(value)[0] if spec is not None else None
+            if v is not None:
+                values[key] = v
+        self.bus.reset(values, snap=True)
+        log.info("resumed scene %s at %.1f s in scene, path time %.2f, seed %d", name, t - self.started, self.tau,
+                 self.seed)
+        return True

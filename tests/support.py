@@ -19,7 +19,8 @@ def write_show(tmp: Path, scenes: dict[str, str], extra: str = "") -> Path:
     cfg = tmp / "show.toml"
     names = ", ".join(f'"{n}"' for n in scenes)
     cfg.write_text(f'[show]\nscenes = [{names}]\nscenes_dir = "scenes"\nshaders_dir = "{ROOT / "shaders"}"\n'
-                   f'[output]\nsize = "160x96"\nfps = 20\n[inputs.osc]\nport = 0\n' + extra)
+                   f'[output]\nsize = "160x96"\nfps = 20\n[inputs.osc]\nport = 0\n'
+                   + ("" if "[health]" in extra else "[health]\nport = 0\n") + extra)
     return cfg
 
 

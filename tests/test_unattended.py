@@ -1,0 +1,391 @@
+"""Unattended operation end to end: sd_notify, health over HTTP, opening hours, state resume after SIGKILL, SIGHUP
+reloads, SIGTERM fade-out, fault containment (decoder fallback, broken shaders, dead inputs) and the soak command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from installation.clock import FixedClock, WallClock
+from installation.config import ConfigError, load_show
+from installation.ops import Notifier
+from installation.render.targets import HeadlessTarget, pixels
+from installation.runtime import Runtime
+from installation.soak import BROKEN_SHADER
+from support import ROOT, run_cli, scene_toml, write_show
+
+NO_POST = '["present"]'
+SCHEDULE = ('[schedule]\nenabled = true\ntimezone = "UTC"\nfade_s = 0.3\n'
+            'hours = { mon = ["10:00-18:00"], tue = ["10:00-18:00"], wed = ["10:00-18:00"], thu = ["10:00-18:00"], '
+            'fri = ["10:00-18:00"], sat = ["10:00-18:00"], sun = ["10:00-18:00"] }\n')
+NOON = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc)
+
+
+def frame(rt: Runtime, target: HeadlessTarget) -> np.ndarray:
+    rt.step()
+    return pixels(target.read(), target.size).copy()
+
+
+def cli_env() -> dict:
+    return {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def popen_cli(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "installation", *args], stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"), cwd=ROOT, env={**os.environ, **cli_env(), **(env or {})})
+
+
+def wait_for(pred, timeout: float = 60.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- supervision -------------------------------------------------------------------------------------------------
+
+def test_sd_notify_messages_on_a_test_socket(tmp_path):
+    folder = Path(tempfile.mkdtemp(prefix="notify", dir="/tmp"))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(folder / "s"))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+    done = threading.Event()
+
+    def drain():  # a datagram socket queues only ~10 messages: read them as they come, as systemd does
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except (TimeoutError, socket.timeout):
+                if done.is_set():
+                    return
+
+    reader = threading.Thread(target=drain)
+    try:
+        reader.start()
+        cfg = write_show(tmp_path, {"a": scene_toml()})
+        spec = load_show(cfg)
+        target = HeadlessTarget(spec.config.output.size)
+        notifier = Notifier(env={"NOTIFY_SOCKET": str(folder / "s"), "WATCHDOG_USEC": "200000"})
+        rt = Runtime(spec, target, WallClock(), fps=20, notifier=notifier, inputs=False)
+        try:
+            rt.run(2.5)
+        finally:
+            target.close()
+        done.set()
+        reader.join(30)
+    finally:
+        sock.close()
+        shutil.rmtree(folder)
+    assert messages[0].startswith("READY=1\nSTATUS=open; scene a")
+    assert messages.count("WATCHDOG=1") >= 10  # every 0.1 s (half the interval) while frames are presented
+    assert any(m.startswith("STATUS=open; scene a;") for m in messages[1:])
+    assert messages[-1] == "STOPPING=1"
+
+
+# -- health --------------------------------------------------------------------------------------------------------
+
+def test_health_endpoint_over_http_while_the_show_runs(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True, inputs=False)
+    result = {}
+
+    def client():
+        try:
+            wait_for(lambda: rt.health_server.running and rt.stats.presented > 50)
+            with urllib.request.urlopen(rt.health_server.url, timeout=10) as r:
+                result["code"] = r.status
+                result["body"] = json.loads(r.read())
+        finally:
+            rt.request_quit()
+
+    th = threading.Thread(target=client)
+    th.start()
+    try:
+        rt.run(60.0)
+    finally:
+        th.join(60)
+        target.close()
+    body = result["body"]
+    assert result["code"] == 200
+    for key in ("status", "uptime_s", "scene", "show_time_s", "present_fps", "decoder_fps", "frames_presented",
+                "frames_dropped", "faults", "rss_mb", "vram_mb", "rss_mb_per_h", "vram_mb_per_h", "oom_eta_s"):
+        assert key in body, key
+    assert body["status"] == "ok" and body["scene"] == "a"
+    assert body["frames_presented"] > 20 and 10 < body["present_fps"] < 30 and body["decoder_fps"] > 0
+    assert body["show_time_s"] > 1 and body["position"]["tau"] > 1
+    assert body["rss_mb"] > 10
+    for part in ("decoder", "decoder_process_crashes", "tick", "shader", "inputs_rejects", "input_deaths",
+                 "recorder", "state_save"):
+        assert part in body["faults"], part
+
+
+def test_health_port_taken_is_a_start_up_error(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        cfg = write_show(tmp_path, {"a": scene_toml()}, extra=f"[health]\nport = {busy.getsockname()[1]}\n")
+        r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", env=cli_env())
+    finally:
+        busy.close()
+    assert r.returncode == 2
+    assert "health endpoint cannot listen on 127.0.0.1" in r.stderr
+
+
+# -- opening hours -------------------------------------------------------------------------------------------------
+
+def test_schedule_fixed_step_closes_to_black_and_opens_again(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders=NO_POST)}, extra=SCHEDULE)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    now = {"t": NOON}
+    rt = Runtime(spec, target, FixedClock(20), fps=20, wall=lambda: now["t"], inputs=False)
+    try:
+        assert frame(rt, target).mean() > 10
+        now["t"] = NOON.replace(hour=19)
+        for _ in range(40):  # the check runs once a second of show time, then a 0.3 s fade
+            last = frame(rt, target)
+        assert last.max() <= 1 and not rt.open and rt.released
+        assert rt.guard._decoder is None  # the model is gone while closed
+        assert rt.health_snapshot()["status"] == "closed"
+        assert frame(rt, target).max() <= 1
+        now["t"] = NOON + timedelta(days=1, hours=-1)  # 11:00 the next day
+        for _ in range(40):
+            last = frame(rt, target)
+        assert rt.open and not rt.released and last.mean() > 10
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_schedule_live_releases_the_decoder_process_and_takes_it_back(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders=NO_POST)}, extra=SCHEDULE)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    now = {"t": NOON}
+    rt = Runtime(spec, target, WallClock(), fps=20, wall=lambda: now["t"], inputs=False)
+
+    def live(seconds: float) -> np.ndarray:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            last = frame(rt, target)
+            time.sleep(0.03)
+        return last
+
+    try:
+        rt.start()
+        assert live(1.0).mean() > 10 and rt.worker.alive
+        now["t"] = NOON.replace(hour=19)
+        assert live(2.5).max() <= 1
+        assert rt.released and not rt.worker.alive  # the decoder process ended: its memory is free
+        presented = rt.stats.presented
+        assert live(0.5).max() <= 1 and rt.stats.presented > presented  # black frames keep coming
+        now["t"] = NOON + timedelta(days=1)
+        wait_for(lambda: frame(rt, target).mean() > 10, timeout=60, every=0.03)
+        assert rt.worker.alive and rt.open
+    finally:
+        rt.close()
+        target.close()
+
+
+# -- state and resume ------------------------------------------------------------------------------------------------
+
+def test_sigkill_then_restart_resumes_within_five_seconds_of_path_time(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(duration=3.0), "b": scene_toml(duration=0.0)},
+                     extra="[state]\ninterval_s = 1.0\n")
+    state_file = tmp_path / "state" / "show.json"
+    proc = popen_cli("run", "--config", str(cfg), "--headless", log=tmp_path / "first.log")
+    try:
+        saved = wait_for(lambda: (s := read_state(state_file)) and s["scene"] == "b" and s["tau"] > 2.0 and s,
+                         timeout=90)
+        time.sleep(0.5)
+        saved = read_state(state_file)
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.time()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    tau_at_kill = saved["tau"] + (killed_at - saved["saved_at"])  # speed 1: path seconds per second
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"resumed scene (\w+) at ([\d.]+) s in scene, path time ([\d.]+)", r.stderr)
+    assert m, r.stderr
+    assert m[1] == "b" and abs(float(m[3]) - tau_at_kill) < 5.0
+    after = read_state(state_file)
+    assert after["scene"] == "b" and after["tau"] > float(m[3])
+    # --no-resume starts from the beginning but still saves
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", "--no-resume", env=cli_env())
+    assert r.returncode == 0 and "resumed" not in r.stderr
+    assert read_state(state_file)["scene"] == "a"
+
+
+def test_corrupt_or_stale_state_starts_from_the_beginning(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()})
+    state_file = tmp_path / "state" / "show.json"
+    state_file.parent.mkdir()
+    state_file.write_text('{"version": 1, "scene": "b", "tau": 3')  # truncated by a power cut
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert "is unusable" in r.stderr and list(state_file.parent.glob("show.json.corrupt-*"))
+    assert read_state(state_file)["scene"] == "a"
+    state_file.write_text(json.dumps({"version": 1, "scene": "gone", "tau": 3.0}))
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", env=cli_env())
+    assert r.returncode == 0 and "saved scene 'gone' is not in this show" in r.stderr
+    assert read_state(state_file)["scene"] == "a"
+
+
+def test_fixed_step_renders_keep_no_state(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("run", "--config", str(cfg), "--headless", "--fixed-step", "--duration", "0.5", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "state").exists()
+
+
+# -- signals -------------------------------------------------------------------------------------------------------
+
+def test_sighup_reloads_a_good_config_keeps_the_old_on_a_bad_one_and_sigterm_fades_out(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()}, extra="[state]\ninterval_s = 1.0\n")
+    good = cfg.read_text()
+    log = tmp_path / "run.log"
+    proc = popen_cli("run", "--config", str(cfg), "--headless", log=log)
+    try:
+        wait_for(lambda: read_state(tmp_path / "state" / "show.json"), timeout=90)
+        cfg.write_text(good.replace('scenes = ["a", "b"]', 'scenes = ["a", "nope"]'))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for(lambda: "reload failed, the show goes on with the old config" in log.read_text())
+        assert "key 'show.scenes': no scene 'nope'" in log.read_text()
+        (tmp_path / "scenes" / "c.toml").write_text(scene_toml())
+        cfg.write_text(good.replace('scenes = ["a", "b"]', 'scenes = ["c", "a"]'))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for(lambda: "reloaded" in log.read_text())
+        assert proc.poll() is None
+        assert "resumed scene a" in log.read_text()  # the current scene is kept by name
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "stopping: fading out" in text and "Traceback" not in text
+    assert read_state(tmp_path / "state" / "show.json")["scene"] == "a"
+
+
+# -- fault containment ---------------------------------------------------------------------------------------------
+
+def test_repeated_decoder_faults_fall_back_to_the_builtin_safe_scene(tmp_path):
+    dec = 'type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nraise_every = 2'
+    cfg = write_show(tmp_path, {"a": scene_toml(decoder=dec, shaders=NO_POST)},
+                     extra="[decoder]\nrestart_backoff_s = 0.0\nfallback_faults = 5\nfallback_window_s = 10\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+    try:
+        for _ in range(30):
+            last = frame(rt, target)
+        assert rt.show.scene.name == "safe" and rt.faults["fallback"] == 1
+        for _ in range(40):
+            last = frame(rt, target)
+        assert last.mean() > 10
+        assert rt.health_snapshot()["status"] == "degraded"
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_safe_scene_is_validated(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra="")
+    cfg.write_text(cfg.read_text().replace("[show]\n", '[show]\nsafe_scene = "missing"\n'))
+    with pytest.raises(ConfigError, match="show.safe_scene"):
+        load_show(cfg)
+    (tmp_path / "scenes" / "calm.toml").write_text(scene_toml())
+    cfg.write_text(cfg.read_text().replace('"missing"', '"calm"'))
+    assert load_show(cfg).safe.name == "calm"
+
+
+def test_a_shader_that_does_not_compile_keeps_the_previous_program(tmp_path):
+    shaders = tmp_path / "shaders"
+    shutil.copytree(ROOT / "shaders", shaders)
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present", "grade"]')})
+    cfg.write_text(cfg.read_text().replace(str(ROOT / "shaders"), "shaders"))
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+    try:
+        frame(rt, target)
+        assert not rt.set_chain_files([BROKEN_SHADER]) and rt.faults["shader"] == 1
+        grade = (shaders / "grade.frag").read_text()
+        (shaders / "grade.frag").write_text(grade.replace("void main", "void main() { broken; }\nvoid nope"))
+        rt.request_reload()
+        for _ in range(5):
+            last = frame(rt, target)
+        assert rt.faults["shader"] == 2 and rt.stats.tick_faults == 0
+        assert last.mean() > 10  # still presenting through the previous chain
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_a_dead_input_thread_is_counted_and_restarted(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    try:
+        rt.start()
+        frame(rt, target)
+        rt.osc._stop.set()  # the thread ends without stop(): it died
+        wait_for(lambda: not rt.osc._thread.is_alive(), timeout=5, every=0.05)
+        for _ in range(25):
+            frame(rt, target)
+        assert rt.faults["input.osc"] == 1 and rt.osc._thread.is_alive()
+        assert rt.health_snapshot()["faults"]["input_deaths"] == {"osc": 1}
+    finally:
+        rt.close()
+        target.close()
+
+
+# -- soak ------------------------------------------------------------------------------------------------------------
+
+def test_soak_command_reports_and_never_crashes():
+    r = run_cli("soak", "--minutes", "0.3", "--json", "--kill-every", "6", "--shader-every", "5",
+                "--input-every", "4", env=cli_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("presented_fps", "frames", "faults_contained", "crashes", "rss_mb_start", "rss_mb_end",
+                "rss_mb_per_h_after_warmup", "longest_without_new_frame_s", "injected"):
+        assert key in result, key
+    assert result["crashes"] == 0
+    assert result["frames"] > 100
+    assert result["injected"]["decoder_kills"] >= 1 and result["injected"]["shader_errors"] >= 1
+    faults = result["faults_contained"]
+    assert faults["decoder_process_crashes"] >= 1 and faults["shader"] >= 1
+    assert sum(faults["decoder"].values()) >= 1
