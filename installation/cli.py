@@ -73,6 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or spec.config.log.level, spec)
     if args.record and (out.size.w % 2 or out.size.h % 2):
         return _fail(f"--record needs an even output size, got {out.size}")
+    from .render.targets import preload_decoders
+
+    preload_decoders(s.decoder.type for s in spec.scenes)
     if args.headless:
         from .render.targets import HeadlessTarget
 

@@ -68,6 +68,7 @@ class Stats:
     late: int = 0
     tick_faults: int = 0
     max_frame_gap: float = 0.0  # longest wait (seconds, monotonic) between two new decoder frames while open
+    loop_s: float = 0.0  # seconds the presenting loop ran (set when it ends, before shutdown)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -84,7 +85,7 @@ class Runtime:
                  max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True,
                  wall: Callable[[], datetime] | None = None, notifier: Notifier | None = None,
                  keep_state: bool = False, resume: bool = False, serve_health: bool = False,
-                 schedule: bool = True, only_scene: str | None = None) -> None:
+                 schedule: bool = False, only_scene: str | None = None) -> None:
         cfg = spec.config
         self.spec = spec
         self.target = target
@@ -546,7 +547,7 @@ class Runtime:
         self.stats = Stats()
         self.start()
         period = 1.0 / self.fps
-        origin = time.perf_counter()
+        origin = started = time.perf_counter()
         n = 0
         stop_by: float | None = None
         try:
@@ -564,11 +565,15 @@ class Runtime:
                     if wait > 0:
                         time.sleep(wait)
                     elif wait < -period:
+                        # Behind by more than a frame (a stall, or a display slower than fps): count it and
+                        # resynchronise, rather than bursting ticks to catch up.
                         self.stats.late += 1
+                        origin = time.perf_counter() - n * period
                 self.step()
                 if on_tick is not None:
                     on_tick(self)
                 n += 1
+            self.stats.loop_s = time.perf_counter() - started
         finally:
             self.close()
         return self.stats

@@ -144,6 +144,7 @@ class Show:
         self.position = 0  # index into the (possibly shuffled) play order, growing without bound
         self.cut = 0
         self.tau = 0.0
+        self._rate = 0.0  # path seconds per second promised by the last plan
         self.seed = 0
         self.started = 0.0
         self.trajectory: Trajectory | None = None
@@ -247,11 +248,14 @@ class Show:
             scene = self.scene
         rate = 0.0 if frozen else float(tick.values.get("speed", 1.0))
         if not frozen:
-            self.tau += rate * dt
+            # The interval that just passed was walked at the rate the last plan promised (the decoder extrapolated
+            # with it); the new rate applies from now. Otherwise a jump in speed would pull the path backwards.
+            self.tau += self._rate * dt
             if self._prior is not None:
-                self._prior = (self._prior[0], self._prior[1] + rate * dt)
+                self._prior = (self._prior[0], self._prior[1] + self._rate * dt)
                 if t - self._blend[0] >= self._blend[1]:
                     self._prior = None
+        self._rate = rate
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
                         scene=scene.name, cut=self.cut, params=FrozenParams(tick.values), prior=prior,

@@ -6,6 +6,7 @@ import os
 
 import moderngl
 import pytest
+import torch._dynamo  # noqa: F401  - Triton's LLVM must load before Mesa's llvmpipe (see preload_decoders)
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")

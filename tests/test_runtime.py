@@ -11,7 +11,7 @@ import pytest
 
 from installation.clock import FixedClock, WallClock
 from installation.config import load_show
-from installation.render.targets import HeadlessTarget, pixels
+from installation.render.targets import HeadlessTarget, pixels, preload_decoders
 from installation.runtime import Runtime
 from support import run_cli, scene_toml, write_show
 
@@ -21,6 +21,7 @@ NO_POST = 'shaders = ["present"]'
 def render(cfg, frames: int, fps: int = 20, **kw) -> list[np.ndarray]:
     """Frames of a fixed-step run, read back after each tick."""
     spec = load_show(cfg)
+    preload_decoders(s.decoder.type for s in spec.scenes)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, FixedClock(fps), fps=fps, **kw)
     out = []

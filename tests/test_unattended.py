@@ -167,7 +167,7 @@ def test_schedule_fixed_step_closes_to_black_and_opens_again(tmp_path):
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     now = {"t": NOON}
-    rt = Runtime(spec, target, FixedClock(20), fps=20, wall=lambda: now["t"], inputs=False)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, wall=lambda: now["t"], inputs=False, schedule=True)
     try:
         assert frame(rt, target).mean() > 10
         now["t"] = NOON.replace(hour=19)
@@ -191,7 +191,7 @@ def test_schedule_live_releases_the_decoder_process_and_takes_it_back(tmp_path):
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     now = {"t": NOON}
-    rt = Runtime(spec, target, WallClock(), fps=20, wall=lambda: now["t"], inputs=False)
+    rt = Runtime(spec, target, WallClock(), fps=20, wall=lambda: now["t"], inputs=False, schedule=True)
 
     def live(seconds: float) -> np.ndarray:
         end = time.monotonic() + seconds

@@ -10,7 +10,6 @@ Live parameters read here: ``radius`` (how far orbits and walks stray, 0..2) and
 from __future__ import annotations
 
 import math
-import threading
 from typing import Annotated, ClassVar, Literal, Mapping
 
 import numpy as np
@@ -208,82 +207,40 @@ class Orbit(Trajectory):
 class WalkSettings(TrajectorySettings):
     kind: Literal["walk"] = "walk"
     theta: Annotated[float, Field(gt=0, le=10, description="mean reversion rate per path second")] = 0.15
-    knot: Annotated[float, Field(gt=0, le=10, description="path seconds between random knots")] = 0.5
+    knot: Annotated[float, Field(gt=0, le=10, description="smoothness: no wiggle faster than one per 2 knots")] = 0.5
 
 
 class Walk(Trajectory):
-    """A bounded random walk: a seeded Ornstein-Uhlenbeck process around a home seed, smoothed by a cubic B-spline.
+    """A bounded random walk around a home seed: an Ornstein-Uhlenbeck-like process, evaluated in O(1).
 
-    The process is sampled at knots from counter-based noise (block b of knots comes from rng([seed, 7, b])), so any
-    path time can be evaluated, in any order, with the same result; checkpoints make forward play O(1) per frame.
-    Its stationary deviation is 1 per dimension, scaled by ``radius`` and projected back to the shell: bounded.
+    Each latent dimension is a sum of seeded random cosines whose frequencies are drawn from the OU spectrum (a
+    Cauchy distribution of scale ``theta``), cut off above pi / ``knot`` so the motion stays smooth; the frequencies
+    are shared and the phases are per dimension, so a frame is one small matrix product. That gives the
+    OU's exponential correlation exp(-theta * |dt|) at the time scales that show, stationary deviation 1 per
+    dimension, and a pure function of path time: any time, weeks into a show, costs the same to evaluate, needs no
+    history and no memory that grows. The deviation is scaled by ``radius`` and projected back to the shell.
     """
 
     kind = "walk"
     Settings = WalkSettings
-    _BLOCK = 64
+    _COMPONENTS = 24
 
     def __init__(self, settings, shape, seed):
         super().__init__(settings, shape, seed)
         self._home = sub_latent(seed, 0, self.shape)
-        self._rho = math.exp(-settings.theta * settings.knot)
-        self._lock = threading.Lock()
-        self._checkpoints: dict[int, np.ndarray] = {0: sub_latent(seed, 1, self.shape)}
-        self._recent: dict[int, np.ndarray] = {}
-        self._block: tuple[int, np.ndarray] | None = None
-
-    def _noise(self, j: int) -> np.ndarray:
-        """The innovation that takes knot j to knot j + 1 (blocks of knots share one generator call)."""
-        block = j // self._BLOCK
-        if self._block is None or self._block[0] != block:
-            self._block = (block, np.random.default_rng([self.seed, 7, block]).standard_normal((self._BLOCK, *self.shape)))
-        return self._block[1][j % self._BLOCK]
-
-    def _step(self, x: np.ndarray, j: int) -> np.ndarray:
-        return self._rho * x + math.sqrt(1.0 - self._rho * self._rho) * self._noise(j)
-
-    def _knot(self, k: int) -> np.ndarray:
-        k = abs(k)  # mirrored before the start so the spline is defined at tau = 0
-        if k in self._recent:
-            return self._recent[k]
-        if k - 1 in self._recent:
-            x = self._step(self._recent[k - 1], k - 1)
-        else:
-            start = max(b for b in self._checkpoints if b * self._BLOCK <= k)
-            x = self._checkpoints[start]
-            for j in range(start * self._BLOCK, k):
-                x = self._step(x, j)
-                if (j + 1) % self._BLOCK == 0:
-                    self._remember((j + 1) // self._BLOCK, x)
-        if k % self._BLOCK == 0:
-            self._remember(k // self._BLOCK, x)
-        self._recent[k] = x
-        while len(self._recent) > 8:
-            del self._recent[min(self._recent)]
-        return x
-
-    def _remember(self, block: int, x: np.ndarray) -> None:
-        self._checkpoints[block] = x
-        if len(self._checkpoints) > 96:  # keep the recent past and a sparse skeleton of the rest
-            newest = max(self._checkpoints)
-            for b in [b for b in self._checkpoints if b % 64 and b < newest - 16]:
-                del self._checkpoints[b]
+        rng = np.random.default_rng([self.seed, 7])
+        cutoff = math.pi / settings.knot
+        # Cauchy(0, theta) by its inverse CDF, restricted to |omega| < cutoff (drawn inside the cut, not clipped).
+        edge = math.atan(cutoff / settings.theta) / math.pi
+        self._omega = settings.theta * np.tan(math.pi * rng.uniform(-edge, edge, self._COMPONENTS))
+        phase = rng.uniform(0.0, 2.0 * math.pi, (self._COMPONENTS, self.dim))
+        amp = math.sqrt(2.0 / self._COMPONENTS)
+        # cos(w t + p) = cos(w t) cos(p) - sin(w t) sin(p): one (2K x dim) matrix, one product per frame.
+        self._basis = np.concatenate([amp * np.cos(phase), -amp * np.sin(phase)])
 
     def _at(self, tau, params):
-        x = max(tau, 0.0) / self.settings.knot
-        k = int(math.floor(x))
-        u = x - k
-        with self._lock:
-            p = [self._knot(k + j) for j in (-1, 0, 1, 2)]
-        b0 = (1 - u) ** 3 / 6
-        b1 = (3 * u**3 - 6 * u**2 + 4) / 6
-        b2 = (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6
-        b3 = u**3 / 6
-        # A cubic B-spline of correlated knots (corr rho^|i-j|) shrinks the variance to w'Cw: divide it back out,
-        # so the deviation is exactly 1 per dimension everywhere along the knots (no wobble at the knot rate).
-        w = (b0, b1, b2, b3)
-        var = sum(w[i] * w[j] * self._rho ** abs(i - j) for i in range(4) for j in range(4))
-        ou = (b0 * p[0] + b1 * p[1] + b2 * p[2] + b3 * p[3]) / math.sqrt(var)
+        wt = self._omega * max(tau, 0.0)
+        ou = (np.concatenate([np.cos(wt), np.sin(wt)]) @ self._basis).reshape(self.shape)
         ou = np.clip(ou, -4.0, 4.0)
         r = float(params.get("radius", 0.5))
         return _shell(self._home + r * ou, np.linalg.norm(self._home))

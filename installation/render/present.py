@@ -172,7 +172,7 @@ class Presenter:
         else:
             self._frames["prev"], self._frames["cur"] = self._frames["cur"], self._frames["prev"]
             self._frame_sizes["prev"] = self._frame_sizes["cur"]
-            gap = now - self._arrived
+            gap = min(now - self._arrived, 0.5)  # a pause (freeze, restart) must not stretch the next fades
             self._interval = gap if self._interval == 0.0 else 0.8 * self._interval + 0.2 * gap
         self._upload("cur", frame.rgb)
         work = self._work_size((frame.rgb.shape[1], frame.rgb.shape[0]))

@@ -24,6 +24,16 @@ def _prepare_gl_env() -> None:
     os.environ.setdefault("LP_NUM_THREADS", str(gl_threads()))
 
 
+def preload_decoders(types) -> None:
+    """Import torch's compiler stack (and so Triton) before a GL context exists, when a decoder will need it.
+
+    Triton bundles its own LLVM; importing it after Mesa's llvmpipe has loaded LLVM 15 into the process segfaults.
+    Decoders in their own process are safe; an in-process decoder (fixed-step renders, thread isolation) is not.
+    """
+    if any(t not in ("cppn", "faulty") for t in types):
+        import torch._dynamo  # noqa: F401
+
+
 def _gl_finish():
     """glFinish through ctypes, which releases the GIL while the GL driver works (moderngl's finish does not)."""
     for name in ("OpenGL", "GL"):

@@ -52,6 +52,7 @@ class DecoderGuard:
         self._retry_at = 0.0
         self._streak = 0  # consecutive faults
         self._good = 0
+        self._nonfinite_run = 0
         self.faults: Counter[str] = Counter()
         self.restarts = 0
         self.frames = 0
@@ -79,25 +80,30 @@ class DecoderGuard:
         try:
             rgb = to_rgb8(decoder.render(request))
         except NonFiniteFrame as e:
-            self._fault("nonfinite", e)
+            # A decoder that raises this has reset its own state; rebuilding (a model reload) is for repeats only.
+            self._fault("nonfinite", e, rebuild=self._nonfinite_run >= 2)
+            self._nonfinite_run += 1
             return None
         except Exception as e:  # noqa: BLE001
             self._fault("exception", e)
             return None
         self.frames += 1
         self._good += 1
+        self._nonfinite_run = 0
         if self._good >= 30:
             self._streak = 0
         return rgb
 
-    def _fault(self, kind: str, err: BaseException) -> None:
+    def _fault(self, kind: str, err: BaseException, rebuild: bool = True) -> None:
         self.faults[kind] += 1
         self._streak += 1
         self._good = 0
         n = self.faults[kind]
         if n <= 3 or n % 100 == 0:
             log.warning("decoder fault (%s #%d): %s", kind, n, err, exc_info=n <= 1 and kind != "nonfinite")
-        # Throw the decoder away: a NaN or an exception may have latched into its state.
+        if not rebuild:
+            return
+        # Throw the decoder away: an exception may have left it in any state.
         self.close()
         if self._spec is not None or kind == "prepare":
             self.restarts += 1
