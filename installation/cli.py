@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import signal
 import sys
 from pathlib import Path
 
 from .config import ConfigError, ShowSpec, all_scene_files, check_decoder_files, load_scene, load_show
+from .render.shaders import ShaderError
 from .sizes import parse_size
 
 log = logging.getLogger("installation")
@@ -53,7 +55,15 @@ def _with_output(spec: ShowSpec, args: argparse.Namespace) -> ShowSpec:
     if getattr(args, "fullscreen", False):
         update["fullscreen"] = True
     if update:
-        output = spec.config.output.model_copy(update=update)
+        from pydantic import ValidationError
+
+        from .config import OutputConfig
+
+        try:  # validated like the file's own values: --fps 0 gets the same message as fps = 0
+            output = OutputConfig.model_validate({**spec.config.output.model_dump(), **update})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError("command line", f"--{err['loc'][0]}", f"{err['msg']} (got {err['input']!r})") from None
         spec.config = spec.config.model_copy(update={"output": output})
     return spec
 
@@ -63,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .render.record import Recorder, RecorderError
     from .runtime import Runtime
 
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        return _fail(f"--duration must be a positive number of seconds, got {args.duration}")
     if args.fixed_step and args.duration is None:
         return _fail("--fixed-step renders offline: give --duration (seconds of show time)")
     try:
@@ -107,6 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         runtime = Runtime(spec, target, clock, fps=out.fps, recorder=recorder, inputs=live, notifier=notifier,
                           keep_state=live, resume=live and not args.no_resume, serve_health=live, schedule=live,
                           only_scene=args.scene)
+    except ShaderError as e:  # a shader that does not compile on this GL: a start-up error, not a traceback
+        target.close()
+        if recorder is not None:
+            recorder.close()
+        return _fail(str(e))
     except Exception:
         target.close()
         raise

@@ -112,12 +112,16 @@ class Runtime:
             if not self.lockstep:
                 self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap)
         else:
-            self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff)
+            self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff,
+                                        hang_s=cfg.decoder.hang_s, log_level=cfg.log.level)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
                                    cfg.output.work_scale, crossfade=not self.lockstep)
+        for chain in {tuple(sc.shaders) for sc in spec.scenes} - {self._chain}:
+            self.presenter.check([spec.shaders[n] for n in chain])  # every scene's chain compiles, or fail at start
         self.use_inputs = inputs
         self.osc = self.audio = self.camera = None
+        self._last_source = None
         self._matrix: ModMatrix | None = None
         self._matrix_scene: str | None = None
         self.frozen = False
@@ -243,7 +247,11 @@ class Runtime:
         if self.camera is not None and scene.decoder.type == "diffusion":
             frame = self.camera.latest_frame()
             if frame is not None:
-                plan = replace(plan, extras={**plan.extras, "source": frame})
+                # To a decoder process the frame travels only when it is a new one (not at every display tick).
+                fresh = frame is not self._last_source or not isinstance(self.worker, ProcessWorker)
+                self._last_source = frame
+                plan = replace(plan, wants_source=True, extras={**plan.extras, "source": frame} if fresh else
+                               plan.extras)
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
             self.set_chain(self._chain)

@@ -95,6 +95,7 @@ class PathPlan:
     blend_len: float = 0.0
     frozen: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
+    wants_source: bool = False  # an img2img source is in play (a decoder process keeps the last one it received)
 
     def latent(self, t: float) -> np.ndarray:
         dt = max(t - self.t0, 0.0) if not self.frozen else 0.0

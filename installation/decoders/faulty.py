@@ -1,12 +1,14 @@
 """A CPPN that fails on purpose: for fault-injection tests and the soak run.
 
-Every ``raise_every``-th frame raises and every ``nan_every``-th frame comes back with NaNs in it: the faults a
-real backend shows (driver errors, fp16 overflow) made reproducible, so the guard that keeps them off the screen
+Every ``raise_every``-th frame raises, every ``nan_every``-th frame comes back with NaNs in it and every
+``stall_every``-th frame hangs for ``stall_s``: the faults a real backend shows (driver errors, fp16 overflow, a
+wedged driver) made reproducible, so the guard that keeps them off the screen
 is tested with the real runtime.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import numpy as np
@@ -23,6 +25,8 @@ class InjectedFault(RuntimeError):
 class FaultySettings(CPPNSettings):
     raise_every: Annotated[int, Field(ge=0, description="raise on every Nth frame (0 = never)")] = 0
     nan_every: Annotated[int, Field(ge=0, description="return NaNs on every Nth frame (0 = never)")] = 0
+    stall_every: Annotated[int, Field(ge=0, description="hang for stall_s seconds on every Nth frame (0 = never)")] = 0
+    stall_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
 
 @register("faulty")
@@ -36,6 +40,8 @@ class FaultyCPPN(CPPN):
     def render(self, request):
         self.frames += 1
         s = self.settings
+        if s.stall_every and self.frames % s.stall_every == 0:
+            time.sleep(s.stall_s)
         if s.raise_every and self.frames % s.raise_every == 0:
             raise InjectedFault(f"injected exception at frame {self.frames}")
         frame = super().render(request)

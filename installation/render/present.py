@@ -114,6 +114,10 @@ class Presenter:
         self._passes = passes
         self._chain = list(chain)
 
+    def check(self, chain: Sequence[ShaderFile]) -> None:
+        """Compile a chain and throw it away: raises ShaderError naming the file when one does not compile here."""
+        self._release_passes([self._build(s) for s in chain])
+
     @staticmethod
     def _release_passes(passes: list[_Pass]) -> None:
         for p in passes:

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from .slot import Frame, FrameSlot
@@ -55,12 +56,25 @@ class _PipeSlot:
         with self._lock:
             self._conn.send(("frame", frame, stats))
 
+    def send_stats(self) -> None:
+        """Stats on a timer too: a decoder that produces no frames (failing, preparing, hung) must still report."""
+        now = time.monotonic()
+        if now - self._stats_at < STATS_EVERY:
+            return
+        self._stats_at = now
+        with self._lock:
+            self._conn.send(("stats", None, self._guard.stats()))
 
-def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple) -> None:
+
+def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple,
+           log_level: str = "info") -> None:
     """Entry point of the decoder process."""
     import torch
 
+    from ..ops.logs import LogSettings, setup_logging
     from ..show import TrajectoryCache
+
+    setup_logging(LogSettings(level=log_level))  # stderr, which the service's journal collects with the parent's
 
     torch.set_num_threads(threads or default_threads(device))
     guard = DecoderGuard(device, *backoff)
@@ -68,8 +82,12 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
     worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps)
     cache = TrajectoryCache()
     worker.start()
+    source = None
     try:
         while True:
+            if not plans.poll(STATS_EVERY):
+                slot.send_stats()
+                continue
             plan = plans.recv()
             if plan is None:
                 break
@@ -82,7 +100,15 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
                 plan = nxt
             if plan is None:
                 break
-            worker.submit(cache.attach(plan))
+            plan = cache.attach(plan)
+            # The camera frame travels only when it changed; plans in between reuse the last one received.
+            extras = getattr(plan, "extras", None)
+            if extras is not None and "source" in extras:
+                source = extras["source"]
+            elif extras is not None and source is not None and getattr(plan, "wants_source", False):
+                plan = replace(plan, extras={**extras, "source": source})
+            worker.submit(plan)
+            slot.send_stats()
     except (EOFError, OSError):
         pass  # the parent is gone
     finally:
@@ -98,7 +124,8 @@ class ProcessWorker:
     """Same interface as :class:`DecoderWorker`, with the decoder in a child process."""
 
     def __init__(self, slot: FrameSlot, device: str, origin: float, max_fps: float = 0.0, threads: int = 0,
-                 backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0) -> None:
+                 backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0, hang_s: float = 120.0,
+                 log_level: str = "info") -> None:
         self.slot = slot
         self.device = device
         self.origin = origin
@@ -106,6 +133,9 @@ class ProcessWorker:
         self.threads = threads
         self.backoff = backoff
         self.restart_max = restart_max
+        self.hang_s = hang_s  # a prepare or render call longer than this is a hang: the process is killed
+        self.log_level = log_level
+        self.hangs = 0
         self.crashes = 0
         self.remote: dict[str, Any] = {"frames": 0, "faults": {}, "restarts": 0, "decoder": None}
         self._ctx = mp.get_context("spawn")
@@ -128,7 +158,7 @@ class ProcessWorker:
         frames_r, frames_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
                                  args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
-                                       self.backoff))
+                                       self.backoff, self.log_level))
         proc.start()
         plans_r.close()
         frames_w.close()
@@ -203,6 +233,12 @@ class ProcessWorker:
     def submit(self, plan: Plan) -> None:
         self._plan = plan
         if self.alive:
+            if self.remote.get("busy_s", 0.0) > self.hang_s:
+                self.hangs += 1
+                log.error("decoder call running for %.0f s: killing the decoder process", self.remote["busy_s"])
+                self.remote = {**self.remote, "busy_s": 0.0}
+                self._proc.kill()
+                return
             self._send(plan)
         else:
             self._maybe_restart()

@@ -86,7 +86,11 @@ class Recorder:
 
     def close(self, timeout: float = 60.0) -> bool:
         """Flush, finish the file; True when ffmpeg wrote it cleanly."""
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:  # ffmpeg stopped reading: do not hang the shutdown on it
+            log.error("ffmpeg is not taking frames; stopping it")
+            self._proc.kill()
         self._thread.join(timeout)
         try:
             self._proc.stdin.close()

@@ -53,6 +53,7 @@ class DecoderGuard:
         self._streak = 0  # consecutive faults
         self._good = 0
         self._nonfinite_run = 0
+        self._busy_since: float | None = None  # when the call in progress (prepare or render) began
         self.faults: Counter[str] = Counter()
         self.restarts = 0
         self.frames = 0
@@ -74,6 +75,13 @@ class DecoderGuard:
 
     def render(self, request: LatentRequest) -> np.ndarray | None:
         """A checked uint8 frame, or None when there is none to show (fault or backoff)."""
+        self._busy_since = time.monotonic()
+        try:
+            return self._render(request)
+        finally:
+            self._busy_since = None
+
+    def _render(self, request: LatentRequest) -> np.ndarray | None:
         decoder = self._ensure(request.decoder)
         if decoder is None:
             return None
@@ -111,8 +119,10 @@ class DecoderGuard:
         self._retry_at = self._clock() + delay
 
     def stats(self) -> dict:
+        busy = self._busy_since
         return {"frames": self.frames, "faults": dict(self.faults), "restarts": self.restarts,
-                "decoder": self._spec.type if self._spec else None}
+                "decoder": self._spec.type if self._spec else None,
+                "busy_s": 0.0 if busy is None else round(time.monotonic() - busy, 3)}
 
     def close(self) -> None:
         if self._decoder is not None:

@@ -116,7 +116,47 @@ def test_process_worker_survives_its_process_being_killed():
             if f is not None and worker.alive:
                 break
         assert worker.alive and slot.latest().seq != seen
-        assert worker.remote["frames"] > 0
+        assert _wait(lambda: worker.remote["frames"] > 0, 10)  # stats from the new process arrive too
     finally:
         worker.stop()
     assert not worker.alive
+
+
+def _wait(cond, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_process_worker_reports_a_decoder_that_never_renders(tmp_path):
+    from installation.decoders.diffusion import DiffusionSettings
+
+    slot = FrameSlot()
+    worker = ProcessWorker(slot, "cpu", time.perf_counter(), threads=1, backoff=(0.1, 0.5))
+    plan = Plan(DecoderSpec("diffusion", DiffusionSettings(model=str(tmp_path / "missing"), width=64, height=64)))
+    worker.submit(plan)
+    worker.start()
+    try:
+        # No frame ever comes, but the faults still reach the parent (stats on a timer, not only with frames).
+        assert _wait(lambda: worker.remote.get("faults", {}).get("prepare", 0) >= 2, 90)
+        assert slot.latest() is None
+    finally:
+        worker.stop()
+
+
+def test_process_worker_kills_a_hung_decoder():
+    slot = FrameSlot()
+    spec = DecoderSpec("faulty", FaultySettings(stall_every=5, stall_s=600, **SMALL))
+    worker = ProcessWorker(slot, "cpu", time.perf_counter(), max_fps=50, threads=1, backoff=(0.1, 0.5), hang_s=1.0)
+    worker.submit(Plan(spec))
+    worker.start()
+    try:
+        assert _wait(lambda: (worker.submit(Plan(spec)), worker.hangs >= 1)[1], 90)
+        assert _wait(lambda: worker.crashes >= 1, 30)
+        seen = slot.latest().seq
+        assert _wait(lambda: (worker.submit(Plan(spec)), worker.alive and slot.latest().seq != seen)[1], 90)
+    finally:
+        worker.stop()
