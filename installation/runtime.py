@@ -368,7 +368,7 @@ class Runtime:
     # -- periodic unattended work ------------------------------------------------------------------------------
     def _ops(self, t: float) -> None:
         """Every tick: save state when due. Once a second: schedule, fault tallies, inputs, health, STATUS."""
-        self.keeper.maybe_save(self.state)
+        self.keeper.maybe_save(self.state, background=True)  # fsyncs off the render thread
         if self._ops_at is not None and t - self._ops_at < OPS_EVERY:
             return
         self._ops_at = t
@@ -594,6 +594,7 @@ class Runtime:
         self.notifier.stopping()
         if self.keeper.enabled:
             try:
+                self.keeper.flush()
                 self.keeper.save_now(self.state())
             except Exception:  # noqa: BLE001 - state() itself failing must not stop the shutdown
                 log.exception("collecting the show state failed")

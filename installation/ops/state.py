@@ -231,6 +231,10 @@ class StateKeeper:
         self._now = now
         self._lock = threading.Lock()
         self._last: float | None = None
+        self._pending_cond = threading.Condition()
+        self._pending: dict[str, Any] | None = None
+        self._writing = False
+        self._writer: threading.Thread | None = None
         self.saves = 0
         self.failures = 0
         self.last_error = ""
@@ -247,8 +251,12 @@ class StateKeeper:
             return None
         return load_state(self.path, self.version, migrations)
 
-    def maybe_save(self, state_fn: Callable[[], Mapping[str, Any]]) -> bool:
-        """Save ``state_fn()`` if ``interval_s`` has passed since the last attempt; True when a file was written."""
+    def maybe_save(self, state_fn: Callable[[], Mapping[str, Any]], background: bool = False) -> bool:
+        """Save ``state_fn()`` if ``interval_s`` has passed since the last attempt; True when a file was written.
+
+        With ``background`` the state is collected here but written (with its fsyncs) by a writer thread, so a
+        slow or stuck disk never stalls the caller (the render loop); True then means "handed to the writer".
+        """
         if not self.enabled:
             return False
         t = self._now()
@@ -260,7 +268,34 @@ class StateKeeper:
         except Exception as e:  # noqa: BLE001 - the loop must go on
             self._failed(e, "collecting")
             return False
-        return self._save(state)
+        if not background:
+            return self._save(state)
+        with self._pending_cond:
+            self._pending = dict(state)  # latest wins: a write still in progress just gets the newer state next
+            self._pending_cond.notify()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="state-writer", daemon=True)
+                self._writer.start()
+        return True
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._pending_cond:
+                while self._pending is None:
+                    self._pending_cond.wait()
+                state, self._pending = self._pending, None
+                self._writing = True
+            try:
+                self._save(state)
+            finally:
+                with self._pending_cond:
+                    self._writing = False
+                    self._pending_cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the background writer has written what it was given; False on timeout."""
+        with self._pending_cond:
+            return self._pending_cond.wait_for(lambda: self._pending is None and not self._writing, timeout)
 
     def save_now(self, state: Mapping[str, Any]) -> bool:
         """Save immediately (on exit, after a scene change); True when a file was written."""

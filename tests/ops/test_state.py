@@ -213,3 +213,15 @@ def test_save_fsyncs(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     save_state(tmp_path / "show.json", STATE)
     assert events == ["fsync", "replace", "fsync"]
+
+
+def test_keeper_background_writes_off_the_calling_thread(tmp_path):
+    clock = FakeClock()
+    keeper = StateKeeper(StateSettings(path=str(tmp_path / "show.json"), interval_s=5.0), clock)
+    assert keeper.maybe_save(lambda: {**STATE, "scene_time": 1.0}, background=True)
+    assert keeper.flush(10)
+    assert keeper.load()["scene_time"] == 1.0
+    clock.t += 5.0
+    assert keeper.maybe_save(lambda: {**STATE, "scene_time": 2.0}, background=True)
+    assert keeper.flush(10) and keeper.saves == 2
+    assert keeper.load()["scene_time"] == 2.0
