@@ -17,7 +17,8 @@ from .config import ShowSpec
 from .render.targets import HeadlessTarget
 from .render.worker import DecoderGuard
 from .render.process import default_threads
-from .runtime import Runtime, resolve_device, rss_mb
+from .ops.health import rss_mb
+from .runtime import Runtime, resolve_device
 from .show import Show
 from .bus import ParamBus
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import resource
 import threading
 import time
 from collections import Counter, deque
@@ -22,6 +20,7 @@ from .bus import Event, ParamBus, Tick
 from .clock import FixedClock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .modulation import ModMatrix
+from .ops.health import rss_mb
 from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
 from .render.present import Presenter
 from .render.record import Recorder
@@ -50,15 +49,6 @@ def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
-
-
-def rss_mb() -> float:
-    """Resident memory of this process now, in MiB."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -671,4 +661,4 @@ class Runtime:
         return {"scene": self.show.scene.name, "frames_presented": self.stats.presented,
                 "frames_decoded": self.slot.published, "late_ticks": self.stats.late, "tick_faults":
                 self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "inputs": inputs,
-                "rss_mb": round(rss_mb(), 1)}
+                "rss_mb": round(rss_mb() or 0.0, 1)}

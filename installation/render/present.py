@@ -262,6 +262,9 @@ class Presenter:
     def release(self) -> None:
         self._release_passes(self._passes)
         self._passes = []
+        for prog, vao in (self._black, self._blit):
+            vao.release()
+            prog.release()
         for tex in self._frames.values():
             if tex is not None:
                 tex.release()
