@@ -80,6 +80,7 @@ class DecoderRuntimeConfig(_Strict):
     restart_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.5
     restart_backoff_max_s: Annotated[float, Field(ge=0, le=600)] = 10.0
     hang_s: Annotated[float, Field(ge=5, le=3600)] = 120.0
+    fallback_retry_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
     fallback_faults: Annotated[int, Field(ge=0, le=100_000)] = 20  # 0 = never fall back
     fallback_window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
 

@@ -159,6 +159,7 @@ class Runtime:
         self._health: dict[str, Any] = {"status": "starting"}
         self._closed = False
         self._safe = spec.safe or builtin_safe_scene()
+        self._fallbacks_by_scene: Counter[str] = Counter()
         self.resumed = False
         if resume:
             saved = self.keeper.load()
@@ -460,9 +461,12 @@ class Runtime:
             log.error("%d decoder faults in scene %s within %.0f s; falling back to the safe scene %r",
                       sum(n for _, n in self._recent), scene, cfg.fallback_window_s, safe.name)
             self.faults["fallback"] += 1
-            if safe.name not in [s.name for s in self.show.scenes]:
-                self.show.scenes = [*self.show.scenes, safe]
-            self.show.goto(safe.name, t)
+            # Play the safe scene for a while, then retry the failing one; each repeat waits twice as long.
+            k = self._fallbacks_by_scene[scene]
+            self._fallbacks_by_scene[scene] += 1
+            retry = min(cfg.fallback_retry_s * 2 ** k, 86400.0)
+            log.error("retrying scene %s in %.0f s", scene, retry)
+            self.show.play_detour(safe, t, retry)
             self._recent.clear()
 
     def _supervise_inputs(self, t: float) -> None:

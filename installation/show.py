@@ -149,6 +149,8 @@ class Show:
         self.seed = 0
         self.started = 0.0
         self.trajectory: Trajectory | None = None
+        self.detour: Scene | None = None
+        self._detour_until = 0.0
         self.prompts: tuple[tuple[str, float], ...] = ()
         self._prior: tuple[Trajectory, float] | None = None
         self._blend = (0.0, 0.0)
@@ -164,7 +166,13 @@ class Show:
 
     @property
     def scene(self) -> Scene:
-        return self.scenes[self.scene_index(self.position)]
+        """The scene playing: a detour (the safe scene after faults) or the show's scene at ``position``."""
+        return self.detour if self.detour is not None else self.scenes[self.scene_index(self.position)]
+
+    def play_detour(self, scene: Scene, t: float, seconds: float) -> None:
+        """Play a scene outside the show's list for ``seconds``, then retry the scene at the current position."""
+        self._activate(self.position, t, detour=scene)
+        self._detour_until = t + seconds
 
     def defaults(self, scene: Scene | None = None) -> dict[str, float]:
         """Parameter targets a scene starts from: declared defaults, then the config's, then the scene's."""
@@ -174,10 +182,12 @@ class Show:
         values.update(scene.params)
         return values
 
-    def _activate(self, position: int, t: float, first: bool = False, seed: int | None = None) -> None:
+    def _activate(self, position: int, t: float, first: bool = False, seed: int | None = None,
+                  detour: Scene | None = None) -> None:
         old_scene = None if first else self.scene
         old = (self.trajectory, self.tau) if self.trajectory is not None else None
         self.position = position
+        self.detour = detour
         scene = self.scene
         shape = decoder_class(scene.decoder.type).latent_shape(scene.decoder.settings)
         self.seed = scene.seed if seed is None else seed
@@ -240,6 +250,9 @@ class Show:
                     self._jump_seed(seed, t)
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
+        if self.detour is not None and t >= self._detour_until and not frozen:
+            log.info("detour over: trying scene %s again", self.scenes[self.scene_index(self.position)].name)
+            self._activate(self.position, t)
         if frozen:  # a freeze pauses the show's own clocks too: the scene timer and any blend in progress
             self.started += dt
             self._blend = (self._blend[0] + dt, self._blend[1])
@@ -280,6 +293,10 @@ class Show:
 
     def state(self, t: float) -> dict[str, Any]:
         """Where the show is: enough to resume it (scene, time in scene, path time, seed, prompts)."""
+        # On a detour, the scene to come back to is what a restart should resume.
+        if self.detour is not None:
+            return {"scene": self.scenes[self.scene_index(self.position)].name, "position": self.position,
+                    "scene_time": 0.0, "tau": 0.0, "seed": self.scene.seed, "prompts": []}
         return {"scene": self.scene.name, "position": self.position, "scene_time": t - self.started,
                 "tau": self.tau, "seed": self.seed, "prompts": [list(p) for p in self.prompts]}
 

@@ -304,7 +304,8 @@ def test_sighup_reloads_a_good_config_keeps_the_old_on_a_bad_one_and_sigterm_fad
 def test_repeated_decoder_faults_fall_back_to_the_builtin_safe_scene(tmp_path):
     dec = 'type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nraise_every = 2'
     cfg = write_show(tmp_path, {"a": scene_toml(decoder=dec, shaders=NO_POST)},
-                     extra="[decoder]\nrestart_backoff_s = 0.0\nfallback_faults = 5\nfallback_window_s = 10\n")
+                     extra="[decoder]\nrestart_backoff_s = 0.0\nfallback_faults = 5\nfallback_window_s = 10\n"
+                           "fallback_retry_s = 4\n")
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
@@ -316,6 +317,14 @@ def test_repeated_decoder_faults_fall_back_to_the_builtin_safe_scene(tmp_path):
             last = frame(rt, target)
         assert last.mean() > 10
         assert rt.health_snapshot()["status"] == "degraded"
+        assert rt.state()["scene"] == "a"  # a restart now would retry the real scene, not the detour
+        assert [s.name for s in rt.show.scenes] == ["a"]  # the safe scene is a detour, not added to the show
+        for _ in range(50):  # 4 s later the failing scene is tried again ...
+            frame(rt, target)
+        assert rt.faults["fallback"] >= 1 and (rt.show.scene.name == "a" or rt.faults["fallback"] == 2)
+        for _ in range(60):  # ... it fails again: back on the safe scene, now for 8 s
+            frame(rt, target)
+        assert rt.faults["fallback"] == 2 and rt.show.scene.name == "safe"
     finally:
         rt.close()
         target.close()
