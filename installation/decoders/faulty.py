@@ -12,6 +12,7 @@ import time
 from typing import Annotated
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from . import register
@@ -27,6 +28,7 @@ class FaultySettings(CPPNSettings):
     nan_every: Annotated[int, Field(ge=0, description="return NaNs on every Nth frame (0 = never)")] = 0
     stall_every: Annotated[int, Field(ge=0, description="hang for stall_s seconds on every Nth frame (0 = never)")] = 0
     stall_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
+    oom_above: Annotated[int, Field(ge=0, description="raise out-of-memory while the frame is wider (0 = never)")] = 0
 
 
 @register("faulty")
@@ -42,6 +44,8 @@ class FaultyCPPN(CPPN):
         s = self.settings
         if s.stall_every and self.frames % s.stall_every == 0:
             time.sleep(s.stall_s)
+        if s.oom_above and s.resolution[0] > s.oom_above:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: width {s.resolution[0]})")
         if s.raise_every and self.frames % s.raise_every == 0:
             raise InjectedFault(f"injected exception at frame {self.frames}")
         frame = super().render(request)

@@ -38,6 +38,40 @@ def to_rgb8(frame: np.ndarray) -> np.ndarray:
     return np.clip(frame * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
+def _is_oom(err: BaseException) -> bool:
+    return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
+def _free_cuda_cache() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001 - best effort
+        log.warning("could not free the CUDA cache: %s", e)
+
+
+def _scaled(spec: DecoderSpec, halvings: int) -> DecoderSpec:
+    """The spec at 1/2**halvings of its resolution (width/height or resolution settings), multiples of 8."""
+    if halvings <= 0:
+        return spec
+    s = spec.settings
+    f = 2 ** halvings
+    if hasattr(s, "width") and hasattr(s, "height"):
+        update = {"width": max(64, s.width // f // 8 * 8), "height": max(64, s.height // f // 8 * 8)}
+    elif hasattr(s, "resolution"):
+        w, h = s.resolution
+        update = {"resolution": (max(16, w // f // 8 * 8), max(16, h // f // 8 * 8))}
+    else:
+        return spec
+    log.warning("decoder %s at reduced resolution after running out of memory: %s", spec.type, update)
+    return DecoderSpec(spec.type, type(s).model_validate({**s.model_dump(), **update}))
+
+
 class DecoderGuard:
     """Builds, prepares, renders and restarts decoders so that no fault reaches the presenter."""
 
@@ -54,6 +88,7 @@ class DecoderGuard:
         self._good = 0
         self._nonfinite_run = 0
         self._busy_since: float | None = None  # when the call in progress (prepare or render) began
+        self._oom_steps: dict[DecoderSpec, int] = {}  # halvings of resolution after out-of-memory errors
         self.faults: Counter[str] = Counter()
         self.restarts = 0
         self.frames = 0
@@ -65,10 +100,10 @@ class DecoderGuard:
             return None
         self.close()
         try:
-            decoder = create(spec, device=self.device)
+            decoder = create(_scaled(spec, self._oom_steps.get(spec, 0)), device=self.device)
             decoder.prepare()
         except Exception as e:  # noqa: BLE001 - any backend failure is contained here
-            self._fault("prepare", e)
+            self._fault("prepare", e, spec=spec)
             return None
         self._decoder, self._spec = decoder, spec
         return decoder
@@ -93,7 +128,7 @@ class DecoderGuard:
             self._nonfinite_run += 1
             return None
         except Exception as e:  # noqa: BLE001
-            self._fault("exception", e)
+            self._fault("exception", e, spec=request.decoder)
             return None
         self.frames += 1
         self._good += 1
@@ -102,7 +137,13 @@ class DecoderGuard:
             self._streak = 0
         return rgb
 
-    def _fault(self, kind: str, err: BaseException, rebuild: bool = True) -> None:
+    def _fault(self, kind: str, err: BaseException, rebuild: bool = True, spec: DecoderSpec | None = None) -> None:
+        if _is_oom(err) and spec is not None:
+            # Out of GPU memory: free the caches and come back at a lower resolution (down to a quarter).
+            self.faults["oom"] += 1
+            self._oom_steps[spec] = min(self._oom_steps.get(spec, 0) + 1, 2)
+            self.close()
+            _free_cuda_cache()
         self.faults[kind] += 1
         self._streak += 1
         self._good = 0

@@ -160,3 +160,14 @@ def test_process_worker_kills_a_hung_decoder():
         assert _wait(lambda: (worker.submit(Plan(spec)), worker.alive and slot.latest().seq != seen)[1], 90)
     finally:
         worker.stop()
+
+
+def test_out_of_memory_frees_and_retries_at_a_lower_resolution():
+    # The real fault (CUDA running out of memory) cannot happen on a CPU machine; the faulty decoder raises the same
+    # torch.cuda.OutOfMemoryError while its frames are wider than 20 pixels.
+    spec = DecoderSpec("faulty", FaultySettings(oom_above=20, resolution=SizeT(64, 40), width=8, depth=2))
+    guard = DecoderGuard(backoff=0.0)
+    frames = [guard.render(request(spec, i)) for i in range(1, 6)]
+    good = [f for f in frames if f is not None]
+    assert guard.faults["oom"] == 2  # 64 -> 32 -> 16 wide
+    assert good and good[-1].shape[1] == 16
