@@ -36,3 +36,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "installation", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def play_while(runtime, target, actor, seconds: float = 60.0) -> None:
+    """Run the live loop on this thread (GL contexts are thread-bound) while ``actor()`` plays it from another
+    thread, as a performer or a monitoring script would; the loop stops when the actor is done."""
+    import threading
+
+    def act():
+        try:
+            actor()
+        finally:
+            runtime.request_quit()
+
+    th = threading.Thread(target=act)
+    th.start()
+    try:
+        runtime.run(seconds)
+    finally:
+        th.join(60)
+        target.close()

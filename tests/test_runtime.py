@@ -13,7 +13,7 @@ from installation.clock import FixedClock, WallClock
 from installation.config import load_show
 from installation.render.targets import HeadlessTarget, pixels, preload_decoders
 from installation.runtime import Runtime
-from support import run_cli, scene_toml, write_show
+from support import play_while, run_cli, scene_toml, write_show
 
 NO_POST = 'shaders = ["present"]'
 
@@ -156,7 +156,6 @@ def test_cli_live_headless_record(tmp_path):
 def test_osc_from_another_process_steers_the_live_show(tmp_path):
     import subprocess
     import sys
-    import threading
 
     cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present", "grade"]'), "b": scene_toml()})
     spec = load_show(cfg)
@@ -169,29 +168,20 @@ def test_osc_from_another_process_steers_the_live_show(tmp_path):
         subprocess.run([sys.executable, "-c", code + "; ".join(messages)], check=True, timeout=60)
 
     def performer():  # another process plays the show over OSC while the loop runs on this thread
-        try:
-            deadline = time.monotonic() + 60
-            while (rt.osc is None or rt.osc.address is None) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            port = rt.osc.address[1]
-            send(port, "c.send_message('/scene/goto', 'b')", "c.send_message('/nope', 1)")
-            while rt.show.scene.name != "b" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            result["scene"] = rt.show.scene.name
-            send(port, "c.send_message('/param/speed/norm', 0.5)", "c.send_message('/param/grade.saturation', 9.0)")
-            time.sleep(0.5)
-            result["targets"] = rt.bus.targets()
-            result["osc"] = rt.osc.stats()
-        finally:
-            rt.request_quit()
+        deadline = time.monotonic() + 60
+        while (rt.osc is None or rt.osc.address is None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = rt.osc.address[1]
+        send(port, "c.send_message('/scene/goto', 'b')", "c.send_message('/nope', 1)")
+        while rt.show.scene.name != "b" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result["scene"] = rt.show.scene.name
+        send(port, "c.send_message('/param/speed/norm', 0.5)", "c.send_message('/param/grade.saturation', 9.0)")
+        time.sleep(0.5)
+        result["targets"] = rt.bus.targets()
+        result["osc"] = rt.osc.stats()
 
-    th = threading.Thread(target=performer)
-    th.start()
-    try:
-        rt.run(60.0)
-    finally:
-        th.join(60)
-        target.close()
+    play_while(rt, target, performer)
     assert result["scene"] == "b"
     assert result["targets"]["speed"] == 5.0
     assert result["targets"]["grade.saturation"] == 1.0  # 9 is out of range: dropped, not applied

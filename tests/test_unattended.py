@@ -27,7 +27,7 @@ from installation.ops import Notifier
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
 from installation.soak import BROKEN_SHADER
-from support import ROOT, run_cli, scene_toml, write_show
+from support import ROOT, play_while, run_cli, scene_toml, write_show
 
 NO_POST = '["present"]'
 SCHEDULE = ('[schedule]\nenabled = true\ntimezone = "UTC"\nfade_s = 0.3\n'
@@ -118,21 +118,12 @@ def test_health_endpoint_over_http_while_the_show_runs(tmp_path):
     result = {}
 
     def client():
-        try:
-            wait_for(lambda: rt.health_server.running and rt.stats.presented > 50)
-            with urllib.request.urlopen(rt.health_server.url, timeout=10) as r:
-                result["code"] = r.status
-                result["body"] = json.loads(r.read())
-        finally:
-            rt.request_quit()
+        wait_for(lambda: rt.health_server.running and rt.stats.presented > 50)
+        with urllib.request.urlopen(rt.health_server.url, timeout=10) as r:
+            result["code"] = r.status
+            result["body"] = json.loads(r.read())
 
-    th = threading.Thread(target=client)
-    th.start()
-    try:
-        rt.run(60.0)
-    finally:
-        th.join(60)
-        target.close()
+    play_while(rt, target, client)
     body = result["body"]
     assert result["code"] == 200
     for key in ("status", "uptime_s", "scene", "show_time_s", "present_fps", "decoder_fps", "frames_presented",
