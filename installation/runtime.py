@@ -112,6 +112,7 @@ class Runtime:
         self.use_inputs = inputs
         self.osc = self.audio = self.camera = None
         self._last_source = None
+        self._input_started: dict[str, float] = {}
         self._matrix: ModMatrix | None = None
         self._matrix_scene: str | None = None
         self.frozen = False
@@ -474,9 +475,11 @@ class Runtime:
         for name in ("osc", "audio", "camera"):
             part = getattr(self, name)
             thread = getattr(part, "_thread", None)
-            if thread is None or thread.is_alive():
-                continue
             retry_at, streak = self._input_retry.get(name, (None, 0))
+            if thread is None or thread.is_alive():
+                if streak and retry_at is None and t - self._input_started.get(name, t) > INPUT_BACKOFF_MAX:
+                    self._input_retry[name] = (None, 0)  # it has run a good while since: forget the old deaths
+                continue
             if retry_at is None:
                 self.faults[f"input.{name}"] += 1
                 delay = min(2.0 ** streak, INPUT_BACKOFF_MAX) if streak else 0.0
@@ -487,6 +490,7 @@ class Runtime:
                     part.stop()
                     part.start()
                     self._input_retry[name] = (None, streak)
+                    self._input_started[name] = t
                 except Exception as e:  # noqa: BLE001 - try again later
                     log.warning("restarting input %s failed: %s", name, e)
                     self._input_retry[name] = (None, streak)
