@@ -112,7 +112,7 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
     except (EOFError, OSError):
         pass  # the parent is gone
     finally:
-        worker.stop()
+        worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
         try:
             with slot._lock:
                 frames.send(("stats", None, guard.stats()))
@@ -202,7 +202,7 @@ class ProcessWorker:
             self._restart_at = 0.0
             self._spawn()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 6.0) -> None:
         self._stop.set()
         if self._plans is not None:
             try:
@@ -216,6 +216,9 @@ class ProcessWorker:
                 log.warning("decoder process did not stop in %.0f s; terminating it", timeout)
                 self._proc.terminate()
                 self._proc.join(2)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                    self._proc.join(2)
         if self._reader is not None:
             self._reader.join(2)
         if self._plans is not None:
