@@ -82,7 +82,7 @@ class WindowTarget:
     kind = "window"
 
     def __init__(self, size: tuple[int, int], fullscreen: bool = False, display: int = 0, vsync: bool = True,
-                 title: str = "installation", hide_cursor: bool = True) -> None:
+                 title: str = "installation", hide_cursor: bool = True, keyboard_quit: bool | None = None) -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         _prepare_gl_env()
@@ -109,6 +109,8 @@ class WindowTarget:
         self.size = tuple(pygame.display.get_surface().get_size())
         self.framebuffer = self.ctx.screen
         self.vsync = vsync
+        # A fullscreen piece in a public room must not close on a visitor's Esc; a window on a desk may.
+        self.keyboard_quit = (not fullscreen) if keyboard_quit is None else keyboard_quit
 
     def read(self) -> bytes:
         return self.framebuffer.read(components=3, alignment=1)
@@ -124,7 +126,7 @@ class WindowTarget:
             if ev.type == pg.QUIT:
                 actions.append("quit")
             elif ev.type == pg.KEYDOWN:
-                if ev.key in (pg.K_ESCAPE, pg.K_q):
+                if ev.key in (pg.K_ESCAPE, pg.K_q) and self.keyboard_quit:
                     actions.append("quit")
                 elif ev.key in (pg.K_RIGHT, pg.K_SPACE):
                     actions.append("next")
