@@ -77,7 +77,7 @@ class TrajectoryCache:
         def fix(p: PathPart | None) -> PathPart | None:
             return p if p is None or p.trajectory is not None else replace(p, trajectory=self.get(p.key))
 
-        return replace(plan, part=fix(plan.part), prior=fix(plan.prior))
+        return replace(plan, part=fix(plan.part), prior=fix(plan.prior), prior2=fix(plan.prior2))
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,25 @@ class PathPlan:
     frozen: bool = False
     extras: Mapping[str, Any] = field(default_factory=dict)
     wants_source: bool = False  # an img2img source is in play (a decoder process keeps the last one it received)
+    # A blend still running when the next one began: the prior is itself on its way from ``prior2``, so a second
+    # seed jump within the blend time starts from what is on screen, not from an unblended path.
+    prior2: PathPart | None = None
+    prior2_start: float = 0.0
+    prior2_len: float = 0.0
 
     def latent(self, t: float) -> np.ndarray:
         dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
+        when = self.t0 if self.frozen else t
         z = self.part.at(dt, self.params)
         if self.prior is not None and self.blend_len > 0:
-            u = smoothstep(((self.t0 if self.frozen else t) - self.blend_start) / self.blend_len)
+            u = smoothstep((when - self.blend_start) / self.blend_len)
             if u < 1.0:
-                z = slerp(self.prior.at(dt, self.params).astype(np.float64), z.astype(np.float64), u)
+                zp = self.prior.at(dt, self.params).astype(np.float64)
+                if self.prior2 is not None and self.prior2_len > 0:
+                    u2 = smoothstep((when - self.prior2_start) / self.prior2_len)
+                    if u2 < 1.0:
+                        zp = slerp(self.prior2.at(dt, self.params).astype(np.float64), zp, u2)
+                z = slerp(zp, z.astype(np.float64), u)
         return np.asarray(z, dtype=np.float32)
 
     def request(self, t: float, seq: int) -> LatentRequest:
@@ -154,6 +165,8 @@ class Show:
         self.prompts: tuple[tuple[str, float], ...] = ()
         self._prior: tuple[Trajectory, float] | None = None
         self._blend = (0.0, 0.0)
+        self._prior2: tuple[Trajectory, float] | None = None
+        self._blend2 = (0.0, 0.0)
         self._activate(0, 0.0, first=True)
 
     # -- the play order ----------------------------------------------------------------------------------------
@@ -201,12 +214,17 @@ class Show:
             self._prior = None
             if old_scene is not None:
                 self.cut += 1
+        self._prior2 = None
         if seed is None:
             self.prompts = tuple((p.text, p.weight) for p in scene.prompts)
             self.bus.reset(self.defaults(scene), snap=first)
         log.info("scene %s (%s, %s, seed %d)", scene.name, scene.decoder.type, scene.trajectory.kind, self.seed)
 
     def _jump_seed(self, seed: int, t: float) -> None:
+        if self._prior is not None and t - self._blend[0] < self._blend[1]:
+            self._prior2, self._blend2 = self._prior, self._blend  # keep the blend on screen going
+        else:
+            self._prior2 = None
         self._prior = (self.trajectory, self.tau)
         shape = self.trajectory.shape
         self.seed = seed
@@ -256,6 +274,7 @@ class Show:
         if frozen:  # a freeze pauses the show's own clocks too: the scene timer and any blend in progress
             self.started += dt
             self._blend = (self._blend[0] + dt, self._blend[1])
+            self._blend2 = (self._blend2[0] + dt, self._blend2[1])
         scene = self.scene
         if scene.duration > 0 and t - self.started >= scene.duration and len(self.scenes) > 1:
             self._activate(self.position + 1, t)
@@ -269,11 +288,17 @@ class Show:
                 self._prior = (self._prior[0], self._prior[1] + self._rate * dt)
                 if t - self._blend[0] >= self._blend[1]:
                     self._prior = None
+            if self._prior2 is not None:
+                self._prior2 = (self._prior2[0], self._prior2[1] + self._rate * dt)
+                if self._prior is None or t - self._blend2[0] >= self._blend2[1]:
+                    self._prior2 = None
         self._rate = rate
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
+        prior2 = part(self._prior2[0], self._prior2[1], rate) if self._prior2 else None
         plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
                         scene=scene.name, cut=self.cut, params=FrozenParams(tick.values), prior=prior,
-                        blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen,
+                        blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen, prior2=prior2,
+                        prior2_start=self._blend2[0], prior2_len=self._blend2[1],
                         extras={"prompts": self.prompts})
         return plan, rest
 

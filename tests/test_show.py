@@ -526,3 +526,20 @@ def test_bad_seed_event_is_counted_not_raised(still_spec, value):
     assert show.seed == still_spec.scene("alpha").seed and show.seed != seed  # the bad seed changed nothing
     assert sum(bus.rejects.values()) == 1
     assert plan.scene == "alpha"
+
+
+def test_a_second_seed_jump_mid_blend_starts_from_what_is_on_screen(still_spec):
+    show, bus = _show(still_spec)
+    r = Runner(show, bus)
+    r.run(1.0)
+    _post_and_step(r, Event("seed", 77))
+    r.run(1.0)  # half way through the 2 s blend towards seed 77
+    before = r.plan.latent(r.plan.t0)
+    plan = _post_and_step(r, Event("seed", 78))
+    after = plan.latent(plan.t0)
+    # The screen moves on smoothly: one tick's change, not a jump to the unblended seed-77 path.
+    step = np.linalg.norm(after - before)
+    unblended = np.linalg.norm(show.trajectory(show.tau, plan.params) - before)
+    assert step < 0.2 * unblended
+    r.run(3.0)
+    assert np.allclose(r.plan.latent(r.plan.t0), show.trajectory(show.tau, r.plan.params), atol=1e-6)
