@@ -141,13 +141,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         stats = runtime.run(args.duration)
     except OSError as e:  # an input's or the health endpoint's port is taken: a start-up error
-        target.close()
         return _fail(str(e))
     finally:
         target.close()
-    h = runtime.health()
-    log.info("presented %d frames, decoded %d, late %d, decoder faults %s", stats.presented, h["frames_decoded"],
-             stats.late, h["decoder"]["faults"] or "none")
+    log.info("presented %d frames, decoded %d, late %d, decoder faults %s", stats.presented, runtime.slot.published,
+             stats.late, runtime.decoder_stats()["faults"] or "none")
     if args.record:
         log.info("recorded %s", args.record)
     return 0

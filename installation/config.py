@@ -23,7 +23,7 @@ from .inputs.audio import feature_specs as audio_features
 from .inputs.camera import feature_specs as camera_features
 from .modulation import ModMatrix, ModulationSettings
 from .ops import HealthSettings, LogSettings, ScheduleSettings, StateSettings
-from .latent.trajectories import AnyTrajectorySettings, LoopSettings
+from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
 
@@ -196,8 +196,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple, data: Any) -> list[str] | 
 def _describe(e: ValidationError, model: type[BaseModel], data: Any, prefix: str = "") -> tuple[str, str]:
     """(dotted key, message) for the first error, phrased for someone editing the file."""
     err = e.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in {"still", "slerp", "tour", "loop",
-                                                                             "orbit", "walk"}))
+    # pydantic puts the union member's tag (the trajectory kind) in the path; the file has no such key.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in TRAJECTORIES))
     key = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(loc))
     kind = err["type"]
     if kind == "extra_forbidden":

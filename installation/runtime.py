@@ -20,7 +20,6 @@ from .bus import Event, ParamBus, Tick
 from .clock import FixedClock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .modulation import ModMatrix
-from .ops.health import rss_mb
 from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
 from .render.present import Presenter
 from .render.record import Recorder
@@ -661,12 +660,3 @@ class Runtime:
             "frames_dropped": dropped, "faults": faults, **self.memory.report(),
             "state": self.keeper.stats(), "notify": self.notifier.stats(),
         }
-
-    def health(self) -> dict[str, Any]:
-        g = self.decoder_stats()
-        inputs = {name: part.stats() for name, part in (("osc", self.osc), ("audio", self.audio),
-                                                          ("camera", self.camera)) if part is not None}
-        return {"scene": self.show.scene.name, "frames_presented": self.stats.presented,
-                "frames_decoded": self.slot.published, "late_ticks": self.stats.late, "tick_faults":
-                self.stats.tick_faults, "decoder": g, "bus": self.bus.stats(), "inputs": inputs,
-                "rss_mb": round(rss_mb() or 0.0, 1)}

@@ -54,8 +54,8 @@ class Trajectory:
 
     @property
     def period(self) -> float | None:
-        """Path-time period for closed paths, None otherwise."""
-        return None
+        """Path-time period for closed paths (a ``period`` setting, unless a subclass derives it), None otherwise."""
+        return getattr(self.settings, "period", None)
 
     def __call__(self, tau: float, params: Mapping[str, float] | None = None) -> np.ndarray:
         params = params or {}
@@ -99,10 +99,6 @@ class Slerp(Trajectory):
         super().__init__(settings, shape, seed)
         self._a = sub_latent(seed, 0, self.shape)
         self._b = sub_latent(seed, 1, self.shape)
-
-    @property
-    def period(self):
-        return self.settings.period
 
     def _at(self, tau, params):
         u = 0.5 - 0.5 * math.cos(_TAU * _phase(tau, self.settings.period))
@@ -164,10 +160,6 @@ class Loop(Trajectory):
         self._coef = [(sub_latent(seed, 2 * j, self.shape), sub_latent(seed, 2 * j + 1, self.shape), 1.0 / (j + 1))
                       for j in range(k)]
 
-    @property
-    def period(self):
-        return self.settings.period
-
     def _at(self, tau, params):
         theta = _TAU * _phase(tau, self.settings.period)
         z = sum(w * (a * math.cos((j + 1) * theta) + b * math.sin((j + 1) * theta))
@@ -193,10 +185,6 @@ class Orbit(Trajectory):
         c = self._c / np.linalg.norm(self._c)
         a, b = sub_latent(seed, 1, self.shape), sub_latent(seed, 2, self.shape)
         self._u, self._v = orthonormal_pair(a - np.sum(a * c) * c, b - np.sum(b * c) * c)
-
-    @property
-    def period(self):
-        return self.settings.period
 
     def _at(self, tau, params):
         theta = _TAU * _phase(tau, self.settings.period)
