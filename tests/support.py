@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +57,14 @@ def play_while(runtime, target, actor, seconds: float = 60.0) -> None:
     finally:
         th.join(60)
         target.close()
+
+
+def wait_until(pred, timeout: float = 5.0, every: float = 0.01):
+    """Poll ``pred`` until it is truthy or ``timeout`` seconds pass; returns its last value (falsy on time-out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    return pred()

@@ -27,7 +27,7 @@ from installation.ops import Notifier
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
 from installation.soak import BROKEN_SHADER
-from support import ROOT, play_while, run_cli, scene_toml, write_show
+from support import ROOT, play_while, run_cli, scene_toml, wait_until, write_show
 
 NO_POST = '["present"]'
 SCHEDULE = ('[schedule]\nenabled = true\ntimezone = "UTC"\nfade_s = 0.3\n'
@@ -51,13 +51,10 @@ def popen_cli(*args: str, log: Path, env: dict | None = None) -> subprocess.Pope
 
 
 def wait_for(pred, timeout: float = 60.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
+    value = wait_until(pred, timeout, every)
+    if not value:
+        raise AssertionError("timed out waiting")
+    return value
 
 
 def read_state(path: Path) -> dict | None:

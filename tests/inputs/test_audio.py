@@ -8,15 +8,7 @@ import pytest
 
 from installation.bus import ParamBus
 from installation.inputs.audio import AudioInput, AudioSettings, feature_specs, list_devices
-
-
-def wait_until(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
+from support import wait_until
 
 
 def running(inp: AudioInput, feeder, blocks: int = 10) -> None:

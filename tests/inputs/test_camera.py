@@ -9,6 +9,7 @@ import pytest
 
 from installation.bus import ParamBus
 from installation.inputs.camera import CameraInput, CameraSettings, feature_specs, list_cameras
+from support import wait_until
 
 W, H, FPS, FRAMES, STEP = 160, 120, 30, 24, 3
 
@@ -33,15 +34,6 @@ def moving_square(tmp_path_factory) -> str:
         writer.write(frame)
     writer.release()
     return path
-
-
-def wait_until(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def sample(cam: CameraInput, seconds: float) -> list[dict[str, float]]:

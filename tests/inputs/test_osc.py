@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import socket
 import struct
 import time
@@ -15,6 +17,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from installation.bus import ParamBus, ParamSpec
 from installation.inputs.osc import OscServer, OscSettings, address_map, bench_latency
 from installation.inputs.prompt_guard import PromptGuard, PromptGuardSettings
+from support import wait_until
 
 SCENES = ["intro", "storm", "calm"]
 
@@ -30,13 +33,7 @@ def make_bus() -> ParamBus:
     )
 
 
-def wait_for(pred, timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.002)
-    return pred()
+wait_for = partial(wait_until, timeout=3.0, every=0.002)
 
 
 def msg(address: str, *args) -> bytes:

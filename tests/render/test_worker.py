@@ -16,6 +16,7 @@ from installation.render.process import ProcessWorker
 from installation.render.slot import FrameSlot
 from installation.render.worker import DecoderGuard, DecoderWorker, to_rgb8
 from installation.sizes import SizeT
+from support import wait_until
 
 SMALL = dict(resolution=SizeT(32, 20), width=8, depth=2)
 
@@ -116,19 +117,10 @@ def test_process_worker_survives_its_process_being_killed():
             if f is not None and worker.alive:
                 break
         assert worker.alive and slot.latest().seq != seen
-        assert _wait(lambda: worker.remote["frames"] > 0, 10)  # stats from the new process arrive too
+        assert wait_until(lambda: worker.remote["frames"] > 0, 10, every=0.05)  # stats from the new process arrive too
     finally:
         worker.stop()
     assert not worker.alive
-
-
-def _wait(cond, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_process_worker_reports_a_decoder_that_never_renders(tmp_path):
@@ -141,7 +133,7 @@ def test_process_worker_reports_a_decoder_that_never_renders(tmp_path):
     worker.start()
     try:
         # No frame ever comes, but the faults still reach the parent (stats on a timer, not only with frames).
-        assert _wait(lambda: worker.remote.get("faults", {}).get("prepare", 0) >= 2, 90)
+        assert wait_until(lambda: worker.remote.get("faults", {}).get("prepare", 0) >= 2, 90, every=0.05)
         assert slot.latest() is None
     finally:
         worker.stop()
@@ -154,10 +146,11 @@ def test_process_worker_kills_a_hung_decoder():
     worker.submit(Plan(spec))
     worker.start()
     try:
-        assert _wait(lambda: (worker.submit(Plan(spec)), worker.hangs >= 1)[1], 90)
-        assert _wait(lambda: worker.crashes >= 1, 30)
+        assert wait_until(lambda: (worker.submit(Plan(spec)), worker.hangs >= 1)[1], 90, every=0.05)
+        assert wait_until(lambda: worker.crashes >= 1, 30, every=0.05)
         seen = slot.latest().seq
-        assert _wait(lambda: (worker.submit(Plan(spec)), worker.alive and slot.latest().seq != seen)[1], 90)
+        assert wait_until(lambda: (worker.submit(Plan(spec)), worker.alive and slot.latest().seq != seen)[1], 90,
+                          every=0.05)
     finally:
         worker.stop()
 
