@@ -135,8 +135,11 @@ def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int
     """Decoder figures from the diffusion decoder's own bench, then the same model inside the full loop."""
     from .decoders.diffusion_bench import bench
 
+    import torch
+
     spec = diffusion_show(spec, model, taesd, size, steps)
     device = resolve_device(spec.config.decoder.device)
+    torch.set_num_threads(spec.config.decoder.threads or default_threads(device))  # as the runtime's decoder has
     rss_start = rss_mb()
     dec = bench(model, size=size, steps=steps, frames=frames, device=device, taesd=taesd,
                 cuda_graph=device == "cuda")

@@ -54,10 +54,42 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, cache_dir: str, use_gr
         # Inductor reads its cache location from the environment; set it only if the user has not.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
         os.makedirs(cache_dir, exist_ok=True)
-    mode = "max-autotune-no-cudagraphs" if use_graphs else "default"
-    log.info("compiling %s (mode=%s, cache=%s)", type(module).__name__, mode,
-             os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"))
-    return torch.compile(module, mode=mode, fullgraph=False)
+    # "default" mode: inductor kernels without inductor's own cudagraphs (we capture the whole frame ourselves),
+    # and without max-autotune, whose benchmarking would make a UNet's prepare() take many minutes.
+    log.info("compiling %s (cache=%s, graphs=%s)", type(module).__name__,
+             os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default"), use_graphs)
+    return torch.compile(module, mode="default", fullgraph=False)
+
+
+class PrepareProgress:
+    """The steps of a long ``prepare()``: a tqdm bar on a terminal, one log line per step otherwise (a journal).
+
+    Compilation and graph capture happen here, before the show, so a technician sees how far start-up has got.
+    """
+
+    def __init__(self, name: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.name = name
+        self.done = 0
+        self.total = total
+        self._bar = tqdm(total=total, desc=name, unit="step", disable=None, leave=False, dynamic_ncols=True)
+        self._t0 = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        """Announce the step about to run (the previous one is complete)."""
+        if self._bar.disable:
+            log.info("%s: [%d/%d] %s", self.name, self.done + 1, self.total, what)
+        else:
+            self._bar.update(self.done - self._bar.n)
+            self._bar.set_postfix_str(what)  # redraws the bar
+        self.done += 1
+
+    def close(self) -> float:
+        """Finish the bar; the seconds since it began."""
+        self._bar.update(self.total - self._bar.n)
+        self._bar.close()
+        return time.perf_counter() - self._t0
 
 
 class Programs:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from . import register
-from ._accel import Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype, to_uint8_hwc
+from ._accel import (PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype,
+                     to_uint8_hwc)
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
 
 log = logging.getLogger(__name__)
@@ -328,13 +329,22 @@ class DiffusionDecoder:
                 raise FileNotFoundError(f"image {Path(path).expanduser()} not found (img2img source / reference)")
 
     def _prepare(self) -> None:
-        import diffusers
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
-
         s = self.settings
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
         t0 = time.perf_counter()
+        progress = PrepareProgress(f"diffusion {Path(s.model).name} {s.width}x{s.height}", 6 + len(self._warm_plan()))
+        try:
+            self._prepare_steps(progress, t0)
+        finally:
+            progress.close()
+
+    def _prepare_steps(self, progress: PrepareProgress, t0: float) -> None:
+        import diffusers
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        s = self.settings
+        progress.step("checking folders")
         self._check_files(s)
         model_dir = resolve_model_dir(s)
         if not (model_dir / "model_index.json").is_file() and model_dir.is_dir():
@@ -357,10 +367,12 @@ class DiffusionDecoder:
                                       prefer_fp16=self.dtype == torch.float16)
         self.family, self.model_dir = family, model_dir
         log.info("diffusion: loading %s (family %s, %s, %s) ...", model_dir, family, self.device, self.dtype)
+        progress.step("loading the UNet")
 
         kw: dict[str, Any] = {"local_files_only": True, "torch_dtype": self.dtype}
         self.unet = diffusers.UNet2DConditionModel.from_pretrained(
             model_dir, subfolder="unet", variant=variants["unet"], **kw)
+        progress.step("loading the text encoders")
         self.tokenizers = [AutoTokenizer.from_pretrained(model_dir, subfolder="tokenizer", local_files_only=True)]
         self.text_encoders = [CLIPTextModel.from_pretrained(
             model_dir, subfolder="text_encoder", variant=variants["text_encoder"], **kw)]
@@ -369,6 +381,7 @@ class DiffusionDecoder:
                                                                  local_files_only=True))
             self.text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
                 model_dir, subfolder="text_encoder_2", variant=variants["text_encoder_2"], **kw))
+        progress.step("loading the scheduler and the VAE")
         sched_cfg = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
         sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
         if family == "lcm" and sched_cls is not diffusers.LCMScheduler:
@@ -402,6 +415,8 @@ class DiffusionDecoder:
 
         from ._lora import apply_loras
 
+        progress.step(f"moving to {self.device}, LoRAs" + (", compile set-up" if s.compile else ""))
+
         self.lora_scales = apply_loras(self.unet, s.loras, self.device, self.dtype)
         self._lora_values = {name: 1.0 for name in self.lora_scales}
         self.use_graphs = bool(s.cuda_graph and self.device.type == "cuda")
@@ -412,12 +427,13 @@ class DiffusionDecoder:
         self.readback = Readback(self.device)
         self.timer = StageTimer(self.device)
         with torch.inference_mode():
+            progress.step("static buffers, negative prompt, reference images")
             self._make_buffers()
             self._load_references()
             self.prepared = True
-            log.info("diffusion: loaded in %.1f s; warming up%s", time.perf_counter() - t0,
-                     " and capturing CUDA graphs" if self.use_graphs else "")
-            self._warm_up()
+            log.info("diffusion: loaded in %.1f s; warming up%s%s", time.perf_counter() - t0,
+                     ", compiling" if s.compile else "", " and capturing CUDA graphs" if self.use_graphs else "")
+            self._warm_up(progress)
         log.info("diffusion: ready in %.1f s (graphs=%s, captures=%d)", time.perf_counter() - t0, self.use_graphs,
                  self.programs.captures)
 
@@ -460,7 +476,11 @@ class DiffusionDecoder:
             b["tcond"] = guidance_embedding(w_scale, int(tcd), self.dtype, dev).repeat(batch, 1)
             self._tcond_w = w_scale
         self.buf = b
-        self._staging: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Source images are resized to the frame on the host, so one (pinned host, device) pair serves every camera
+        # and the encode program captured in prepare() is the only one (a graph keeps the addresses it captured).
+        shape = (s.height, s.width, 3)
+        self._staging = (torch.empty(shape, dtype=torch.uint8, pin_memory=dev.type == "cuda"),
+                         torch.zeros(shape, dtype=torch.uint8, device=dev))
         self._z_host = torch.empty((1, c, h, w), dtype=torch.float32, pin_memory=dev.type == "cuda")
         self._tab_key: float | None = None
         self._em_index = 0
@@ -488,22 +508,27 @@ class DiffusionDecoder:
             self.ref_latents.append(self.buf["src"].clone())
         self._src_key = None
 
-    def _warm_up(self) -> None:
+    def _warm_plan(self) -> list[tuple[str, dict, dict]]:
+        """The warm-up frames (label, params, extras) that reach every program a show can use."""
+        s = self.settings
+        plan: list[tuple[str, dict, dict]] = []
+        steps = s.steps if s.emergence else 1
+        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", {}, {})
+                 for i in range(steps)]
+        # Always the source encode (a camera may feed any diffusion scene) and the strength-0 reconstruction.
+        src = {"source": np.zeros((s.height, s.width, 3), np.uint8)}
+        plan.append(("source encode", {}, src))
+        plan.append(("strength-0 reconstruction", {"diffusion.strength": 0.0}, src))
+        return plan
+
+    def _warm_up(self, progress: PrepareProgress) -> None:
         """Render a first frame for every program a show can use, so compile and capture never happen mid-show."""
-        c, h, w = self.lat_shape
-        req_z = np.zeros((c, h, w), np.float32)
-        extras_variants: list[dict] = [{}]
-        if self.ref_latents:
-            extras_variants = [{}]  # references are the default source: the same path exercises encode + steps
-        if self.settings.source or self.settings.references:
-            # Capture the camera-sized encode and the strength-0 reconstruction too.
-            extras_variants.append({"source": np.zeros((self.settings.height, self.settings.width, 3), np.uint8)})
-        steps = self.settings.steps if self.settings.emergence else 1
-        for extras in extras_variants:
-            for _ in range(steps):
-                self._render(req_z, {}, extras, force=True)
-        if self.ref_latents:
-            self._render(req_z, {"diffusion.strength": 0.0}, {}, force=True)
+        req_z = np.zeros(self.lat_shape, np.float32)
+        what = "compile + capture" if self.settings.compile and self.use_graphs else (
+            "compile" if self.settings.compile else "capture" if self.use_graphs else "warm-up")
+        for label, params, extras in self._warm_plan():
+            progress.step(f"{what}: {label}")
+            self._render(req_z, params, extras, force=True)
         self.reset()
         for k in ("frames", "skipped", "nonfinite"):
             self._counters[k] = 0
@@ -678,35 +703,26 @@ class DiffusionDecoder:
         self._decode_into_rgb(self.buf["src"])
 
     def _encode_source(self, img: np.ndarray) -> None:
-        """Upload an RGB uint8 image and encode it (captured per image shape) into the static source latent."""
-        key = ("encode", img.shape)
-        staged = self._staging.get(img.shape)
-        if staged is None:
-            # One (pinned host, device) pair per image shape: a graph keeps the address it was captured with.
-            pinned = self.device.type == "cuda"
-            staged = self._staging[img.shape] = (
-                torch.empty(img.shape, dtype=torch.uint8, pin_memory=pinned),
-                torch.zeros(img.shape, dtype=torch.uint8, device=self.device))
-            if self.programs.use_graphs:
-                log.info("diffusion: new source shape %s; capturing its encode graph", img.shape)
-        host, dev_img = staged
+        """Upload an RGB uint8 image (resized to the frame on the host) and encode it into the static source latent."""
+        s = self.settings
+        if img.shape[:2] != (s.height, s.width):
+            import cv2
+
+            img = cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
+        host, dev_img = self._staging
         host.copy_(torch.from_numpy(np.ascontiguousarray(img)))
         dev_img.copy_(host, non_blocking=True)  # safe: the previous frame's readback synced the stream
         self.timer.mark("upload")
 
         def program() -> None:
-            x = dev_img.permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
-            if x.shape[-2:] != (self.settings.height, self.settings.width):
-                x = F.interpolate(x, size=(self.settings.height, self.settings.width), mode="bilinear",
-                                  align_corners=False, antialias=True)
-            x = x.to(self.vae_dtype)
+            x = dev_img.permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(self.vae_dtype)
             if self.tiny_vae:
                 lat = self.vae.encode(x, return_dict=False)[0]
             else:
                 lat = self.vae.encode(x).latent_dist.mode()
             self.buf["src"].copy_((lat.float() * self.vae_scale).to(self.dtype))
 
-        self.programs.run(key, program)
+        self.programs.run(("encode",), program)
         self.timer.mark("encode")
 
     # -- render -------------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ def bench(model_dir: str, size: int = 512, steps: int = 1, frames: int = 100, de
     shape = cls.latent_shape(settings)
     zs = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
     spec = DecoderSpec("diffusion", settings)
+    for n in range(3):  # untimed: allocator growth and first-call effects are start-up, not a frame's cost
+        dec.render(LatentRequest(z=zs[n], t=0.0, seq=n, decoder=spec))
     times = []
     for n in range(frames):
         req = LatentRequest(z=zs[n % len(zs)], t=n / 30.0, seq=n, decoder=spec)

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from . import register
-from ._accel import Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype, to_uint8_hwc
+from ._accel import PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype, to_uint8_hwc
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,15 @@ class GanDecoder:
                                     f"installation.decoders.gan.save_generator (TorchScript or torch.export)")
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
+        progress = PrepareProgress(f"gan {path.name}", 3)
+        try:
+            self._prepare_steps(path, progress)
+        finally:
+            progress.close()
+
+    def _prepare_steps(self, path: Path, progress: PrepareProgress) -> None:
+        s = self.settings
+        progress.step("loading the generator")
         meta = read_metadata(path)
         self.lat_shape = self.latent_shape(s)
         self.class_dim = s.class_dim if s.class_dim >= 0 else int(meta.get("class_dim", 0))
@@ -138,6 +147,7 @@ class GanDecoder:
             if s.class_index >= self.class_dim:
                 raise ValueError(f"gan: class_index {s.class_index} >= class_dim {self.class_dim}")
             self.buf["c"] = torch.zeros((1, self.class_dim), device=self.device, dtype=self.dtype)
+        progress.step("probing its output" + (" (compiling)" if s.compile else ""))
         with torch.inference_mode():
             probe = self._generate()
         if probe.ndim != 4 or probe.shape[1] != 3:
@@ -146,6 +156,7 @@ class GanDecoder:
         self._psi = s.truncation
         self._class_key: Any = None
         self.prepared = True
+        progress.step("first frame" + (" and CUDA graph capture" if self.programs.use_graphs else ""))
         self._render(np.zeros(self.lat_shape, np.float32), {}, {})
         self._counters["frames"] = 0
         log.info("gan: %s ready (latent %s, class_dim %d, graphs=%s)", path, self.lat_shape, self.class_dim,

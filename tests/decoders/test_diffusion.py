@@ -195,6 +195,35 @@ def test_img2img_fixed_noise_and_similarity_filter(Diffusion, tiny_models, make_
     h1.remove(), h2.remove()
 
 
+def test_camera_sized_source_is_resized_on_the_host(Diffusion, tiny_models, make_request, unit_z):
+    """A 4:3 camera frame gives the same frame as the same image resized to the frame first (one encode program)."""
+    import cv2
+
+    s, d = _decoder(Diffusion, tiny_models, strength=0.5)
+    cam = np.random.default_rng(5).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    z = unit_z(Diffusion.latent_shape(s))
+    f = d.render(make_request(s, z, extras={"source": cam}))
+    d.reset()
+    g = d.render(make_request(s, z, extras={"source": cv2.resize(cam, (W, H), interpolation=cv2.INTER_AREA)}))
+    assert np.array_equal(f, g)
+    _valid_frame(f)
+
+
+def test_prepare_reports_every_step(Diffusion, tiny_models, caplog):
+    """Off a terminal (a service's journal) prepare() logs numbered steps, ending with the last warm-up program."""
+    import re
+
+    caplog.set_level("INFO", logger="installation.decoders._accel")
+    _decoder(Diffusion, tiny_models, steps=2, emergence=True)
+    steps = [re.search(r"\[(\d+)/(\d+)\] (.*)", r.getMessage()) for r in caplog.records]
+    steps = [m for m in steps if m]
+    total = int(steps[0].group(2))
+    assert [int(m.group(1)) for m in steps] == list(range(1, total + 1))
+    labels = [m.group(3) for m in steps]
+    assert labels[0] == "checking folders" and "warm-up: frame program, step 2/2" in labels
+    assert labels[-1] == "warm-up: strength-0 reconstruction"
+
+
 def test_reference_blend(Diffusion, tiny_models, make_request, unit_z, tmp_path):
     from PIL import Image
 
