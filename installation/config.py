@@ -23,6 +23,7 @@ from .inputs.audio import feature_specs as audio_features
 from .inputs.camera import feature_specs as camera_features
 from .modulation import ModMatrix, ModulationSettings
 from .ops import HealthSettings, LogSettings, ScheduleSettings, StateSettings
+from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
@@ -120,6 +121,7 @@ class _SceneBody(_Strict):
     params: dict[str, float] = {}
     shaders: Annotated[list[str], Field(min_length=1)] = ["present", "feedback", "grade"]
     prompts: list[Prompt] = []
+    prompt_motion: PromptMotionSettings = PromptMotionSettings()
     modulation: ModulationSettings = ModulationSettings()
 
 

@@ -19,6 +19,7 @@ from .bus import Event, ParamBus, Tick
 from .config import Scene, ShowSpec
 from .decoders import DecoderSpec, LatentRequest, decoder_class
 from .latent import build, slerp, smoothstep
+from .latent.prompts import PromptMotionSettings, moved_prompts
 from .latent.trajectories import Trajectory
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class PathPlan:
     prior2: PathPart | None = None
     prior2_start: float = 0.0
     prior2_len: float = 0.0
+    # Prompt weights as functions of path time (None: as written); with the seed that shapes a drift.
+    prompt_motion: tuple[PromptMotionSettings, int] | None = None
 
     def latent(self, t: float) -> np.ndarray:
         dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
@@ -118,8 +121,14 @@ class PathPlan:
         return np.asarray(z, dtype=np.float32)
 
     def request(self, t: float, seq: int) -> LatentRequest:
+        extras = self.extras
+        if self.prompt_motion is not None and extras.get("prompts"):
+            dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
+            tau = self.part.tau0 + self.part.rate * dt
+            settings, seed = self.prompt_motion
+            extras = {**extras, "prompts": moved_prompts(extras["prompts"], settings, tau, seed)}
         return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
-                             params=self.params, extras=self.extras)
+                             params=self.params, extras=extras)
 
 
 class FrozenParams(dict):
@@ -216,9 +225,16 @@ class Show:
                 self.cut += 1
         self._prior2 = None
         if seed is None:
-            self.prompts = tuple((p.text, p.weight) for p in scene.prompts)
+            self.prompts = self._scene_prompts(scene)
             self.bus.reset(self.defaults(scene), snap=first)
         log.info("scene %s (%s, %s, seed %d)", scene.name, scene.decoder.type, scene.trajectory.kind, self.seed)
+
+    @staticmethod
+    def _scene_prompts(scene: Scene) -> tuple[tuple[str, float], ...]:
+        """The scene's prompts, else its decoder's (so /prompt/<slot> edits the set that is on screen)."""
+        if scene.prompts:
+            return tuple((p.text, p.weight) for p in scene.prompts)
+        return tuple((str(t), float(w)) for t, w in getattr(scene.decoder.settings, "prompts", ()))
 
     def _jump_seed(self, seed: int, t: float) -> None:
         if self._prior is not None and t - self._blend[0] < self._blend[1]:
@@ -295,11 +311,12 @@ class Show:
         self._rate = rate
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         prior2 = part(self._prior2[0], self._prior2[1], rate) if self._prior2 else None
+        motion = None if scene.prompt_motion.kind == "fixed" else (scene.prompt_motion, self.seed)
         plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
                         scene=scene.name, cut=self.cut, params=FrozenParams(tick.values), prior=prior,
                         blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen, prior2=prior2,
                         prior2_start=self._blend2[0], prior2_len=self._blend2[1],
-                        extras={"prompts": self.prompts})
+                        extras={"prompts": self.prompts}, prompt_motion=motion)
         return plan, rest
 
     def _set_prompt(self, slot: int | None, text: str, weight: float | None) -> None:
@@ -345,7 +362,7 @@ class Show:
         self.tau = float(state.get("tau", 0.0))
         prompts = state.get("prompts")
         self.prompts = tuple((str(p), float(w)) for p, w in prompts)[:16] if prompts else \
-            tuple((p.text, p.weight) for p in self.scene.prompts)
+            self._scene_prompts(self.scene)
         values = dict(self.defaults())
         for key, value in (state.get("params") or {}).items():
             spec = self.bus.spec(key)

@@ -199,3 +199,20 @@ def test_a_diffusion_scene_walks_a_real_model_end_to_end(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(one, two))  # a fixed-step render repeats exactly
     assert len({f.tobytes() for f in one}) == 6  # the walk moves the noise, the image follows
     assert all(f.std() > 1 for f in one)
+
+
+def test_a_prompt_tour_moves_the_image_while_the_noise_stands_still(tmp_path):
+    from installation.decoders.random_models import make_sd21, make_taesd
+
+    model, taesd = make_sd21(tmp_path / "sd"), make_taesd(tmp_path / "taesd")
+    dec = (f'type = "diffusion"\nmodel = "{model}"\ntaesd = "{taesd}"\nwidth = 64\nheight = 64\n'
+           f'prompts = [["a red fox", 1.0], ["blue sea", 1.0], ["a green hill", 1.0]]')
+    still = scene_toml(decoder=dec, trajectory='kind = "still"', shaders='["present"]')
+    toured = still + '[prompt_motion]\nkind = "tour"\nperiod = 1.0\nhold = 0.0\n'
+    cfg = write_show(tmp_path, {"a": toured})
+    one, two = render(cfg, 8, fps=4), render(cfg, 8, fps=4)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))  # path time, not wall time, moves the prompts
+    assert len({f.tobytes() for f in one}) >= 6  # the blend moves every frame except where it lands on a prompt
+    (tmp_path / "scenes" / "a.toml").write_text(still)
+    fixed = render(cfg, 4, fps=4)
+    assert len({f.tobytes() for f in fixed}) == 1  # same noise, same prompts: the same image

@@ -222,6 +222,32 @@ def test_prompt_events_set_the_plan_prompts(spec3):
     assert bus.rejects["prompt_slot"] == 1
 
 
+def test_a_prompt_slot_edits_the_decoders_own_prompts_and_the_tour_follows_path_time(tmp_path):
+    from installation.decoders.random_models import make_sd21
+
+    model = make_sd21(tmp_path / "sd")
+    SCENES["diff"] = (f'duration = 0\nseed = 1\n[decoder]\ntype = "diffusion"\nmodel = "{model}"\nwidth = 64\n'
+                      f'height = 64\nprompts = [["fox", 1.0], ["sea", 0.5]]\n[trajectory]\nkind = "still"\n'
+                      f'[prompt_motion]\nkind = "tour"\nperiod = 2.0\nhold = 0.5\n')
+    try:
+        show, bus = _show(_spec(tmp_path, ["diff"]))
+    finally:
+        del SCENES["diff"]
+    r = Runner(show, bus)
+    plan = _post_and_step(r, Event("prompt", (1, "fog", None)))
+    assert plan.extras["prompts"] == (("fox", 1.0), ("fog", 0.5))  # slot 1 of what is on screen, weight kept
+    assert plan.request(plan.t0, 0).extras["prompts"] == (("fox", 1.0), ("fog", 0.0))  # the tour starts on fox
+    # 2 path seconds later the tour has reached fog: in wall time that is 2 s at speed 1, 4 s at speed 0.5.
+    assert plan.request(plan.t0 + 2.0, 0).extras["prompts"] == (("fox", 0.0), ("fog", 0.5))
+    bus.set("speed", 0.5)
+    plan = r.run(1.0)[-1]
+    assert plan.part.rate < 0.9 and plan.part.tau0 < 1.0
+    later = plan.request(plan.t0 + (2.0 - plan.part.tau0) / plan.part.rate, 0).extras["prompts"]
+    assert later[0][1] == pytest.approx(0.0, abs=1e-6) and later[1][1] == pytest.approx(0.5)
+    frozen = r.step(frozen=True)
+    assert frozen.request(frozen.t0 + 10.0, 0).extras == frozen.request(frozen.t0, 0).extras
+
+
 # -- shuffle -------------------------------------------------------------------------------------------------------
 
 def _order(show: Show, cycles: int) -> list[list[int]]:
