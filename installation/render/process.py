@@ -37,33 +37,72 @@ def default_threads(device: str) -> int:
 
 
 class _PipeSlot:
-    """The child's side of the frame slot: publishing sends the frame to the parent."""
+    """The child's side of the frame slot: a sender thread ships the newest frame up the pipe.
+
+    The decoder thread only hands the frame over, so it never waits on the pipe (writing a 512x512 frame took about
+    0.6 ms here, 6% of a frame at 110 fps; a 1024x1024 one about 5 ms). Latest wins: a frame not yet sent when a
+    newer one arrives is dropped (the presenter would only have shown the newer one) and counted.
+    """
 
     def __init__(self, conn, guard: DecoderGuard) -> None:
         self._conn = conn
         self._guard = guard
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one writer on the pipe at a time
+        self._cond = threading.Condition()
+        self._pending: tuple[Frame, dict | None] | None = None
+        self._closed = False
         self._stats_at = 0.0
         self.published = 0
+        self.superseded = 0
+        self._sender = threading.Thread(target=self._send_loop, name="frame-sender", daemon=True)
+        self._sender.start()
 
     def publish(self, frame: Frame) -> None:
         self.published += 1
+        stats = self._due_stats()
+        with self._cond:
+            if self._pending is not None:
+                self.superseded += 1
+                stats = stats or self._pending[1]
+            self._pending = (frame, stats)
+            self._cond.notify()
+
+    def _due_stats(self) -> dict | None:
         now = time.monotonic()
-        stats = None
-        if now - self._stats_at >= STATS_EVERY:
-            self._stats_at = now
-            stats = self._guard.stats()
+        if now - self._stats_at < STATS_EVERY:
+            return None
+        self._stats_at = now
+        return {**self._guard.stats(), "superseded": self.superseded}
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return  # closed, and everything handed over has been sent
+                frame, stats = self._pending
+                self._pending = None
+            try:
+                self.send("frame", frame, stats)
+            except (OSError, ValueError):
+                return  # the parent is gone
+
+    def send(self, kind: str, frame: Frame | None, stats: dict | None) -> None:
         with self._lock:
-            self._conn.send(("frame", frame, stats))
+            self._conn.send((kind, frame, stats))
 
     def send_stats(self) -> None:
         """Stats on a timer too: a decoder that produces no frames (failing, preparing, hung) must still report."""
-        now = time.monotonic()
-        if now - self._stats_at < STATS_EVERY:
-            return
-        self._stats_at = now
-        with self._lock:
-            self._conn.send(("stats", None, self._guard.stats()))
+        stats = self._due_stats()
+        if stats is not None:
+            self.send("stats", None, stats)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is pending, then stop the sender."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._sender.join(timeout)
 
 
 def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple,
@@ -113,9 +152,9 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
         pass  # the parent is gone
     finally:
         worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
+        slot.close()
         try:
-            with slot._lock:
-                frames.send(("stats", None, guard.stats()))
+            slot.send("stats", None, {**guard.stats(), "superseded": slot.superseded})
         except (OSError, ValueError):
             pass
 

@@ -12,8 +12,8 @@ import pytest
 from installation.decoders import DecoderSpec, LatentRequest
 from installation.decoders.cppn import CPPNSettings
 from installation.decoders.faulty import FaultySettings
-from installation.render.process import ProcessWorker
-from installation.render.slot import FrameSlot
+from installation.render.process import ProcessWorker, _PipeSlot
+from installation.render.slot import Frame, FrameSlot
 from installation.render.worker import DecoderGuard, DecoderWorker, to_rgb8
 from installation.sizes import SizeT
 from support import wait_until
@@ -93,6 +93,41 @@ def test_thread_worker_publishes_frames():
     finally:
         worker.stop()
     assert not worker.alive
+
+
+def test_the_decoder_process_sends_frames_from_its_own_thread_newest_first():
+    """publish() hands over and returns; a reader slower than the decoder gets the newest frame, never a backlog."""
+    import multiprocessing as mp
+    import threading
+
+    reader, writer = mp.Pipe(duplex=False)
+    gate = threading.Event()
+    got = []
+
+    def read():
+        gate.wait(10)
+        while True:
+            kind, frame, stats = reader.recv()
+            if kind == "stats":
+                got.append(stats)
+                return
+            got.append(frame.seq)
+
+    th = threading.Thread(target=read)
+    th.start()
+    slot = _PipeSlot(writer, DecoderGuard("cpu"))
+    rgb = np.zeros((256, 256, 3), np.uint8)  # over the pipe's buffer: a send blocks until the reader drains it
+    t0 = time.perf_counter()
+    for seq in range(50):
+        slot.publish(Frame(rgb, seq, 0.0, 0.0))
+    handed_over = time.perf_counter() - t0
+    gate.set()  # the reader wakes only now: every frame but the one in the pipe and the newest was superseded
+    slot.close()
+    slot.send("stats", None, {"superseded": slot.superseded})
+    th.join(10)
+    assert handed_over < 1.0  # never waited for the reader
+    assert got[-2] == 49 and len(got) - 1 + got[-1]["superseded"] == 50
+    assert got[-1]["superseded"] >= 47
 
 
 def test_process_worker_survives_its_process_being_killed():
