@@ -1,8 +1,9 @@
 """One-shot GPU check of the diffusion decoder, sized for a 15-minute device lease (issue 3's benchmark).
 
 Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (SD 2.1 config) + TAESD at 512,
-768 and 1024, one step, fp16, captured CUDA graph; the same at 512 eager as the baseline from the same run; and
-SDXL-Turbo-shaped at 512. Prints a table last and writes gpu_check.json into $OUT (or --out).
+768 and 1024, one step, fp16, captured CUDA graph; the same at 512 eager as the baseline from the same run; the
+512 model inside the full runtime loop (runtime_fps and its ratio to the decoder alone); SDXL-Turbo-shaped at 512;
+with --compile, torch.compile + graph at 512. Prints a table last and writes gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
     python scripts/gpu_check.py --tiny --device cpu --frames 3    # the same path here, tiny, to check the script
@@ -23,48 +24,84 @@ from installation.decoders.diffusion_bench import bench  # noqa: E402
 from installation.decoders.random_models import make_sd21, make_sdxl, make_taesd  # noqa: E402
 
 
+def loop_fps(model: Path, taesd: Path, size: int, seconds: float) -> dict:
+    """The same model inside the full runtime (decoder process, presenter on a headless EGL context)."""
+    from installation.bench import diffusion_show, runtime_fps
+    from installation.config import load_show
+
+    spec = diffusion_show(load_show(Path(__file__).resolve().parent.parent / "config" / "default.toml"),
+                          str(model), str(taesd), size, 1)
+    return runtime_fps(spec, seconds, "cuda" if torch_cuda() else "cpu")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models (checks the script, not the speed)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long the full-loop run lasts")
     ap.add_argument("--models", type=Path, default=Path("/tmp/gpu-check-models"))
-    ap.add_argument("--no-sdxl", action="store_true", help="skip SDXL-Turbo (its random weights take minutes)")
+    ap.add_argument("--no-sdxl", action="store_true", help="skip SDXL-Turbo")
+    ap.add_argument("--no-loop", action="store_true", help="skip the full-loop run (needs EGL and moderngl)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile + graph at the first size (minutes)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-check-out")))
     args = ap.parse_args()
     full = not args.tiny
     t0 = time.perf_counter()
-    sd = make_sd21(args.models / "sd-turbo", full=full)
-    taesd = make_taesd(args.models / "taesd", full=full)
-    sdxl = None if args.no_sdxl else make_sdxl(args.models / "sdxl-turbo", full=full)
+    init = args.device if args.device == "cuda" else None  # random initialisation on the GPU: seconds, not minutes
+    sd = make_sd21(args.models / "sd-turbo", full=full, device=init, fp16=full)
+    taesd = make_taesd(args.models / "taesd", full=full, device=init, fp16=full)
+    sdxl = None if args.no_sdxl else make_sdxl(args.models / "sdxl-turbo", full=full, device=init, fp16=full)
     print(f"models written in {time.perf_counter() - t0:.0f} s", flush=True)
     sizes = (512, 768, 1024) if full else (64,)
     dtype = "float16" if args.device == "cuda" else "float32"
-    runs = [("sd-turbo eager (baseline)", sd, sizes[0], False)]
-    runs += [(f"sd-turbo graph {s}", sd, s, True) for s in sizes]
-    runs += [("sdxl-turbo graph", sdxl, sizes[0], True)] if sdxl else []
-    rows = []
-    for name, model, size, graph in runs:
+    runs = [("sd-turbo eager (baseline)", sd, sizes[0], False, False)]
+    runs += [(f"sd-turbo graph {s}", sd, s, True, False) for s in sizes]
+    runs += [("sdxl-turbo graph", sdxl, sizes[0], True, False)] if sdxl else []
+    runs += [("sd-turbo compile+graph", sd, sizes[0], True, True)] if args.compile else []
+    rows: list[dict] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def keep(row: dict) -> None:  # written after every run: a lease that ends early still returns the figures
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=1))
+
+    for name, model, size, graph, comp in runs:
         try:
             r = bench(str(model), size=size, steps=1, frames=args.frames, device=args.device, taesd=str(taesd),
-                      dtype=dtype, cuda_graph=graph)
+                      dtype=dtype, cuda_graph=graph, compile=comp)
         except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others' figures
             r = {"error": f"{type(e).__name__}: {e}"}
         r["name"] = name
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n{'run':<28} {'device':<26} {'size':>5} {'fps':>8} {'p95 ms':>8} {'unet ms':>8} {'decode ms':>9} "
+        keep(r)
+        if name == f"sd-turbo graph {sizes[0]}" and not args.no_loop:
+            try:
+                loop = loop_fps(sd, taesd, sizes[0], args.seconds)
+                loop["ratio"] = round(loop["runtime_fps"] / r["fps"], 3) if r.get("fps") else None
+            except Exception as e:  # noqa: BLE001
+                loop = {"error": f"{type(e).__name__}: {e}"}
+            loop["name"] = f"full loop {sizes[0]} (runtime_fps)"
+            keep(loop)
+    print(f"\n{'run':<30} {'device':<22} {'size':>5} {'fps':>8} {'p95 ms':>8} {'unet ms':>8} {'decode ms':>9} "
           f"{'alloc MiB start/end':>20}")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<28} ERROR {r['error'][:90]}")
-            continue
-        m = r["memory_mib"]
-        print(f"{r['name']:<28} {r['device_name'][:26]:<26} {r['size']:>5} {r['fps']:>8.1f} "
-              f"{r['frame_ms']['p95']:>8.2f} {r['stages_ms'].get('unet', 0):>8.2f} "
-              f"{r['stages_ms'].get('decode', 0):>9.2f} {m['allocated_start']:>9.0f}/{m['allocated_end']:<9.0f}")
+            print(f"{r['name']:<30} ERROR {r['error'][:90]}")
+        elif "runtime_fps" in r:
+            print(f"{r['name']:<30} {r.get('gl_renderer', '?')[:22]:<22} {sizes[0]:>5} {r['runtime_fps']:>8.1f} "
+                  f"ratio {r['ratio']}  present {r['present_fps']:.1f} fps")
+        else:
+            m = r["memory_mib"]
+            print(f"{r['name']:<30} {r['device_name'][:22]:<22} {r['size']:>5} {r['fps']:>8.1f} "
+                  f"{r['frame_ms']['p95']:>8.2f} {r['stages_ms'].get('unet', 0):>8.2f} "
+                  f"{r['stages_ms'].get('decode', 0):>9.2f} {m['allocated_start']:>9.0f}/{m['allocated_end']:<9.0f}")
     return 0
 
 

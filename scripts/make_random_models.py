@@ -27,15 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("random-models"), help="folder to write into")
     ap.add_argument("--full", action="store_true", help="real model shapes instead of tiny ones")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="run the random initialisation here (cuda: seconds, not minutes)")
+    ap.add_argument("--fp16", action="store_true", help="write float16 'fp16' variant files (half the bytes)")
     ap.add_argument("--only", choices=["sd-turbo", "sdxl-turbo", "lcm", "taesd"], action="append",
                     help="write only these (repeatable); default all")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kw = {"device": args.device, "fp16": args.fp16}
     makers = {
-        "sd-turbo": lambda p: random_models.make_sd21(p, args.full, args.seed),
-        "sdxl-turbo": lambda p: random_models.make_sdxl(p, args.full, args.seed),
-        "lcm": lambda p: random_models.make_sd21(p, args.full, args.seed, lcm=True),
-        "taesd": lambda p: random_models.make_taesd(p, args.full, args.seed),
+        "sd-turbo": lambda p: random_models.make_sd21(p, args.full, args.seed, **kw),
+        "sdxl-turbo": lambda p: random_models.make_sdxl(p, args.full, args.seed, **kw),
+        "lcm": lambda p: random_models.make_sd21(p, args.full, args.seed, lcm=True, **kw),
+        "taesd": lambda p: random_models.make_taesd(p, args.full, args.seed, **kw),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -62,12 +62,32 @@ def _vae(full: bool, scaling_factor: float):
                          layers_per_block=1, norm_num_groups=2, sample_size=64, scaling_factor=scaling_factor)
 
 
-def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False) -> Path:
-    """An SD 2.1 / SD-Turbo-shaped folder (``lcm=True``: SD 1.5-style with an LCMScheduler and guidance embedding)."""
+def _save(model, out: Path, fp16: bool) -> None:
+    """save_pretrained, as float16 ``fp16`` variant files when asked (half the bytes to write and to load)."""
+    if fp16:
+        model.to(torch.float16)
+        model.save_pretrained(out, variant="fp16")
+    else:
+        model.save_pretrained(out)
+    log.info("wrote %s", out)
+
+
+def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False, device: str | None = None,
+              fp16: bool = False) -> Path:
+    """An SD 2.1 / SD-Turbo-shaped folder (``lcm=True``: SD 1.5-style with an LCMScheduler and guidance embedding).
+
+    ``device="cuda"`` runs the random initialisation on the GPU (seconds instead of a minute for full shapes);
+    ``fp16`` writes float16 variant files.
+    """
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        return _sd21_pipe(out, full, lcm, fp16)
+
+
+def _sd21_pipe(out: Path, full: bool, lcm: bool, fp16: bool) -> Path:
     from diffusers import (EulerDiscreteScheduler, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel)
     from transformers import CLIPTextModel
 
-    torch.manual_seed(seed)
     if full:
         cross = 768 if lcm else 1024
         unet = UNet2DConditionModel(
@@ -93,17 +113,21 @@ def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False) -
     pipe = StableDiffusionPipeline(vae=_vae(full, 0.18215), text_encoder=text, tokenizer=byte_level_clip_tokenizer(),
                                    unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(out)
-    log.info("wrote %s", out)
+    _save(pipe, out, fp16)
     return out
 
 
-def make_sdxl(out: Path, full: bool = False, seed: int = 0) -> Path:
+def make_sdxl(out: Path, full: bool = False, seed: int = 0, device: str | None = None, fp16: bool = False) -> Path:
     """An SDXL-Turbo-shaped folder: two text encoders, pooled + time-id added conditioning."""
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        return _sdxl_pipe(out, full, fp16)
+
+
+def _sdxl_pipe(out: Path, full: bool, fp16: bool) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
     if full:
         unet = UNet2DConditionModel(
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -128,35 +152,35 @@ def make_sdxl(out: Path, full: bool = False, seed: int = 0) -> Path:
     pipe = StableDiffusionXLPipeline(vae=_vae(full, 0.13025), text_encoder=te1, text_encoder_2=te2,
                                      tokenizer=byte_level_clip_tokenizer(), tokenizer_2=byte_level_clip_tokenizer(),
                                      unet=unet, scheduler=scheduler)
-    pipe.save_pretrained(out)
-    log.info("wrote %s", out)
+    _save(pipe, out, fp16)
     return out
 
 
-def make_taesd(out: Path, full: bool = False, seed: int = 0) -> Path:
+def make_taesd(out: Path, full: bool = False, seed: int = 0, device: str | None = None, fp16: bool = False) -> Path:
     """A TAESD-shaped AutoencoderTiny folder (the default AutoencoderTiny config is TAESD's)."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    if full:
-        vae = AutoencoderTiny()
-    else:
-        vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                              num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
-    vae.save_pretrained(out)
-    log.info("wrote %s", out)
+    with torch.device(device or "cpu"):
+        if full:
+            vae = AutoencoderTiny()
+        else:
+            vae = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                  num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+    _save(vae, out, fp16)
     return out
 
 
-def make_all(root: Path, full: bool = False, seed: int = 0) -> dict[str, str]:
+def make_all(root: Path, full: bool = False, seed: int = 0, device: str | None = None,
+             fp16: bool = False) -> dict[str, str]:
     """Write sd-turbo/, sdxl-turbo/, lcm/ and taesd/ under ``root``; return their paths by name."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     paths = {
-        "sd-turbo": make_sd21(root / "sd-turbo", full, seed),
-        "sdxl-turbo": make_sdxl(root / "sdxl-turbo", full, seed),
-        "lcm": make_sd21(root / "lcm", full, seed, lcm=True),
-        "taesd": make_taesd(root / "taesd", full, seed),
+        "sd-turbo": make_sd21(root / "sd-turbo", full, seed, device=device, fp16=fp16),
+        "sdxl-turbo": make_sdxl(root / "sdxl-turbo", full, seed, device=device, fp16=fp16),
+        "lcm": make_sd21(root / "lcm", full, seed, lcm=True, device=device, fp16=fp16),
+        "taesd": make_taesd(root / "taesd", full, seed, device=device, fp16=fp16),
     }
     out = {k: str(v) for k, v in paths.items()}
     (root / "models.json").write_text(json.dumps(out, indent=2))
