@@ -21,6 +21,7 @@ from .clock import FixedClock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .modulation import ModMatrix
 from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
+from .ops.health import rss_mb, vram_mb, vram_total_mb
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
@@ -139,7 +140,7 @@ class Runtime:
         self.keeper = StateKeeper(state_settings, base_dir=spec.path.resolve().parent)
         self.health_server = HealthServer(cfg.health, self.health_snapshot) \
             if serve_health and cfg.health.enabled else None
-        self.memory = MemoryWatch()
+        self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
         self._decoder_seen: dict[str, int] = {}
@@ -612,6 +613,22 @@ class Runtime:
         state = self.show.state(self._last_t)
         state["params"] = {k: v for k, v in self.bus.targets().items() if math.isfinite(v)}
         return state
+
+    # Memory for /health: this process plus the decoder process (the GPU memory is all there) when it has one.
+    def _remote(self, key: str) -> float | None:
+        worker = getattr(self, "worker", None)
+        return worker.remote.get(key) if isinstance(worker, ProcessWorker) else None
+
+    def _rss_mb(self) -> float | None:
+        own = rss_mb()
+        return None if own is None else own + (self._remote("rss_mb") or 0.0)
+
+    def _vram_mb(self) -> float | None:
+        return self._remote("vram_mb") if isinstance(getattr(self, "worker", None), ProcessWorker) else vram_mb()
+
+    def _vram_total_mb(self) -> float | None:
+        return self._remote("vram_total_mb") if isinstance(getattr(self, "worker", None), ProcessWorker) \
+            else vram_total_mb()
 
     def decoder_stats(self) -> dict[str, Any]:
         """Frames, faults by kind and restarts of the decoder, wherever it runs."""

@@ -36,6 +36,13 @@ def default_threads(device: str) -> int:
     return max(1, (os.cpu_count() or 2) - gl_threads()) if device == "cpu" else 1
 
 
+def process_memory() -> dict[str, float | None]:
+    """This (decoder) process's resident memory and GPU memory, for the parent's health report."""
+    from ..ops.health import rss_mb, vram_mb, vram_total_mb
+
+    return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb()}
+
+
 class _PipeSlot:
     """The child's side of the frame slot: a sender thread ships the newest frame up the pipe.
 
@@ -72,7 +79,10 @@ class _PipeSlot:
         if now - self._stats_at < STATS_EVERY:
             return None
         self._stats_at = now
-        return {**self._guard.stats(), "superseded": self.superseded}
+        return self.stats()
+
+    def stats(self) -> dict:
+        return {**self._guard.stats(), "superseded": self.superseded, **process_memory()}
 
     def _send_loop(self) -> None:
         while True:
@@ -154,7 +164,7 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
         worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
         slot.close()
         try:
-            slot.send("stats", None, {**guard.stats(), "superseded": slot.superseded})
+            slot.send("stats", None, slot.stats())
         except (OSError, ValueError):
             pass
 
