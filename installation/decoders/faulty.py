@@ -1,7 +1,7 @@
 """A CPPN that fails on purpose: for fault-injection tests and the soak run.
 
-Every ``raise_every``-th frame raises, every ``nan_every``-th frame comes back with NaNs in it and every
-``stall_every``-th frame hangs for ``stall_s``: the faults a real backend shows (driver errors, fp16 overflow, a
+Every ``raise_every``-th frame raises, every ``nan_every``-th frame comes back with NaNs in it, every
+``stall_every``-th frame hangs for ``stall_s`` and ``prepare_s`` makes prepare() slow: the faults a real backend shows (driver errors, fp16 overflow, a
 wedged driver) made reproducible, so the guard that keeps them off the screen
 is tested with the real runtime.
 """
@@ -29,6 +29,7 @@ class FaultySettings(CPPNSettings):
     stall_every: Annotated[int, Field(ge=0, description="hang for stall_s seconds on every Nth frame (0 = never)")] = 0
     stall_s: Annotated[float, Field(ge=0, le=3600)] = 0.0
     oom_above: Annotated[int, Field(ge=0, description="raise out-of-memory while the frame is wider (0 = never)")] = 0
+    prepare_s: Annotated[float, Field(ge=0, le=3600, description="prepare() takes this long (a model load)")] = 0.0
 
 
 @register("faulty")
@@ -38,6 +39,10 @@ class FaultyCPPN(CPPN):
     def __init__(self, settings: FaultySettings, device: str = "cpu") -> None:
         super().__init__(settings, device)
         self.frames = 0
+
+    def prepare(self) -> None:
+        time.sleep(self.settings.prepare_s)
+        super().prepare()
 
     def render(self, request):
         self.frames += 1

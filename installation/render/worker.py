@@ -92,6 +92,7 @@ class DecoderGuard:
         self.faults: Counter[str] = Counter()
         self.restarts = 0
         self.frames = 0
+        self.shut = False  # set by shutdown(): a prepare() that finishes afterwards releases what it built
 
     def _ensure(self, spec: DecoderSpec) -> Decoder | None:
         if self._decoder is not None and self._spec == spec:
@@ -104,6 +105,9 @@ class DecoderGuard:
             decoder.prepare()
         except Exception as e:  # noqa: BLE001 - any backend failure is contained here
             self._fault("prepare", e, spec=spec)
+            return None
+        if self.shut:  # stopped while this prepare ran (the stop did not wait for it): nothing may keep it
+            decoder.close()
             return None
         self._decoder, self._spec = decoder, spec
         return decoder
@@ -165,6 +169,11 @@ class DecoderGuard:
                 "decoder": self._spec.type if self._spec else None,
                 "busy_s": 0.0 if busy is None else round(time.monotonic() - busy, 3)}
 
+    def shutdown(self) -> None:
+        """Close for good (until ``shut`` is cleared): also a decoder still being prepared on another thread."""
+        self.shut = True
+        self.close()
+
     def close(self) -> None:
         if self._decoder is not None:
             try:
@@ -206,6 +215,7 @@ class DecoderWorker:
 
     def start(self) -> None:
         self._stop.clear()
+        self.guard.shut = False
         self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
         self._thread.start()
 
@@ -214,7 +224,7 @@ class DecoderWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.guard.close()
+        self.guard.shutdown()
 
     @property
     def alive(self) -> bool:

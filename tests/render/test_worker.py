@@ -95,6 +95,25 @@ def test_thread_worker_publishes_frames():
     assert not worker.alive
 
 
+def test_a_stop_during_a_long_prepare_leaves_no_decoder_behind():
+    """Thread isolation: stop() does not wait out a slow model load, and the load that finishes later is released."""
+    slot = FrameSlot()
+    guard = DecoderGuard()
+    worker = DecoderWorker(guard, slot, time.monotonic, max_fps=100)
+    worker.submit(Plan(DecoderSpec("faulty", FaultySettings(**SMALL, prepare_s=1.0))))
+    worker.start()
+    wait_until(lambda: guard.stats()["busy_s"] > 0.1, 10)
+    worker.stop(timeout=0.1)
+    assert worker.alive  # still inside prepare()
+    wait_until(lambda: not worker.alive, 10)
+    assert guard._decoder is None and slot.latest() is None
+    worker.start()  # the worker is usable again afterwards (opening hours reopen it)
+    try:
+        assert slot.wait_newer(-1, 30) is not None and guard._decoder is not None
+    finally:
+        worker.stop()
+
+
 def test_the_decoder_process_sends_frames_from_its_own_thread_newest_first():
     """publish() hands over and returns; a reader slower than the decoder gets the newest frame, never a backlog."""
     import multiprocessing as mp
