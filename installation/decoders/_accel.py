@@ -50,6 +50,10 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, cache_dir: str, use_gr
     """torch.compile ``module`` when asked; inductor's own cudagraphs stay off when we capture our own graph."""
     if not enabled:
         return module
+    if isinstance(module, torch.jit.ScriptModule):
+        log.warning("compile: %s is TorchScript, which torch.compile does not take; running it as it is",
+                    type(module).__name__)
+        return module
     if cache_dir:
         # Inductor reads its cache location from the environment; set it only if the user has not.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
@@ -102,6 +106,9 @@ class Programs:
         self.device = device
         self.use_graphs = bool(use_graphs and device.type == "cuda")
         self._graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
+        # One memory pool for every program: they run one at a time and leave their results in static buffers
+        # allocated outside the graphs, so their intermediates may share memory (one UNet's activations, not N).
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.captures = 0
 
     def has(self, key: Hashable) -> bool:
@@ -128,7 +135,8 @@ class Programs:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's CUDA calls (a thread-isolated runtime freeing caches) cannot break it.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             fn()
         torch.cuda.synchronize(self.device)
         self._graphs[key] = graph
@@ -136,7 +144,17 @@ class Programs:
         log.info("captured CUDA graph %r in %.1f s", key, time.perf_counter() - t0)
         return graph
 
+    def sync(self) -> None:
+        """Wait for the device (before graphs or the buffers they use are freed)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def clear(self) -> None:
+        """Drop the graphs once the device is done with them (a failed sync is logged: freeing must go on)."""
+        try:
+            self.sync()
+        except Exception as e:  # noqa: BLE001 - a broken context is why we are closing
+            log.warning("device sync before freeing graphs failed: %s", e)
         self._graphs.clear()
 
 

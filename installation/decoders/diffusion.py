@@ -506,6 +506,7 @@ class DiffusionDecoder:
             img = _load_image(p, s.width, s.height)
             self._encode_source(img)
             self.ref_latents.append(self.buf["src"].clone())
+            self.programs.sync()  # the next image reuses the pinned staging buffer this upload reads from
         self._src_key = None
 
     def _warm_plan(self) -> list[tuple[str, dict, dict]]:
@@ -513,7 +514,8 @@ class DiffusionDecoder:
         s = self.settings
         plan: list[tuple[str, dict, dict]] = []
         steps = s.steps if s.emergence else 1
-        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", {}, {})
+        full = {"diffusion.strength": s.strength or 1.0}  # strength 0 would take the reconstruction path instead
+        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", full, {})
                  for i in range(steps)]
         # Always the source encode (a camera may feed any diffusion scene) and the strength-0 reconstruction.
         src = {"source": np.zeros((s.height, s.width, 3), np.uint8)}
@@ -640,7 +642,8 @@ class DiffusionDecoder:
         b, row = self.buf, self.buf["tab"][i]
         t, sa, s1a, c_skip, c_out, sa_n, s1a_n = (row[k] for k in range(7))
         model_in = torch.cat([x, x]) if self.cfg else x
-        out = self._unet_fn(model_in, row[0:1].to(self.dtype).expand(model_in.shape[0]), return_dict=False,
+        # The timestep stays float32 (bfloat16 would round 999 to 1000); the UNet embeds it in float32 anyway.
+        out = self._unet_fn(model_in, row[0:1].clone().expand(model_in.shape[0]), return_dict=False,
                             **self._unet_kwargs())[0]
         if self.cfg:
             uncond, cond = out.float().chunk(2)
@@ -664,7 +667,11 @@ class DiffusionDecoder:
         return x_next.to(self.dtype), x0
 
     def _decode_into_rgb(self, x0: torch.Tensor) -> None:
-        """Decode latents, convert to uint8 RGB in the static buffer and store the finite flag."""
+        """Decode latents, convert to uint8 RGB in the static buffer and store the finite flag.
+
+        The flag checks the latents too: TAESD's input clamp (tanh) would turn an fp16 overflow in the UNet into a
+        finite but meaningless image.
+        """
         lat = (x0.float() / self.vae_scale).to(self.vae_dtype)
         t0 = self.timer
         if self._vae_decode is not None and self.tiny_vae:
@@ -675,7 +682,7 @@ class DiffusionDecoder:
         else:
             img = self.vae.decode(lat, return_dict=False)[0]
         t0.mark("decode")
-        self.buf["ok"].copy_(torch.isfinite(img).all())
+        self.buf["ok"].copy_(torch.isfinite(img).all() & torch.isfinite(x0).all())
         self.buf["rgb"].copy_(to_uint8_hwc(img))
         t0.mark("convert")
 
@@ -697,6 +704,7 @@ class DiffusionDecoder:
         self.buf["x"].copy_(x_next)
         self.timer.mark("unet")
         self._decode_into_rgb(x0)
+        self.buf["ok"].logical_and_(torch.isfinite(x_next).all())  # a carried Inf would poison the next steps
 
     def _program_recon(self) -> None:
         self.timer.mark("unet")
@@ -881,7 +889,7 @@ class DiffusionDecoder:
 
     def close(self) -> None:
         """Drop graphs, models and caches so the memory goes back (safe to call twice)."""
-        if getattr(self, "programs", None) is not None:
+        if getattr(self, "programs", None) is not None:  # clear() waits for a replay still in flight
             self.programs.clear()
         for name in ("unet", "vae", "text_encoders", "tokenizers", "buf", "_unet_fn", "_vae_decode", "ref_latents",
                      "_staging", "lora_scales"):

@@ -179,8 +179,12 @@ class GanDecoder:
         return mod.to(self.dtype).eval()
 
     def _load_export(self, path: Path) -> torch.nn.Module:
-        mod = torch.export.load(str(path)).module()
-        return mod.to(self.device).to(self.dtype)
+        from torch.export.passes import move_to_device_pass
+
+        # An exported program records the device of every tensor its forward creates (saved on the CPU, it would
+        # build them there); the pass rewrites those too, which .to(device) on the module does not.
+        ep = move_to_device_pass(torch.export.load(str(path)), self.device)
+        return ep.module().to(self.dtype)
 
     def _generate(self) -> torch.Tensor:
         z = self.buf["z"] * self.buf["psi"]

@@ -243,11 +243,13 @@ def test_reference_blend(Diffusion, tiny_models, make_request, unit_z, tmp_path)
     _valid_frame(g)
 
 
-def test_nan_never_reaches_the_frame(Diffusion, tiny_models, make_request, unit_z):
-    s, d = _decoder(Diffusion, tiny_models, steps=2, taesd=str(tiny_models["taesd"]))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_never_reaches_the_frame(Diffusion, tiny_models, make_request, unit_z, bad):
+    """NaN, and an Inf (fp16 overflow) that TAESD's input clamp would turn into a finite but meaningless image."""
+    s, d = _decoder(Diffusion, tiny_models, steps=1, taesd=str(tiny_models["taesd"]))
     z = unit_z(Diffusion.latent_shape(s))
     good = d.render(make_request(s, z))
-    handle = d.unet.register_forward_hook(lambda m, i, o: (o[0] * float("nan"),) + tuple(o[1:]))
+    handle = d.unet.register_forward_hook(lambda m, i, o: (o[0] * bad,) + tuple(o[1:]))
     with pytest.raises(NonFiniteFrame):
         d.render(make_request(s, unit_z(z.shape, 1)))
     handle.remove()

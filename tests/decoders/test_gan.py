@@ -90,3 +90,16 @@ def test_missing_file_and_missing_metadata(Gan, tmp_path):
     with pytest.raises(ValueError, match="latent_shape"):
         Gan.latent_shape(Gan.Settings(path=str(plain)))
     assert Gan.latent_shape(Gan.Settings(path=str(plain), latent_shape=(16,))) == (16,)
+
+
+def test_compile_on_a_torchscript_file_runs_it_as_it_is(Gan, tmp_path, make_request, unit_z, caplog):
+    """torch.compile refuses TorchScript: the decoder says so and renders uncompiled instead of failing to start."""
+    torch.manual_seed(0)
+    gen = TinyGenerator().eval()
+    path = save_generator(gen, tmp_path / "g.pt", (16,), export=False)
+    s = Gan.Settings(path=str(path), compile=True)
+    d = create(DecoderSpec("gan", s))
+    d.prepare()
+    z = unit_z((16,))
+    assert np.array_equal(d.render(make_request(s, z, kind="gan")), _expected(gen, z))
+    assert "TorchScript" in caplog.text
