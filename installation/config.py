@@ -308,6 +308,8 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     # Input features are parameters too (zero while their input is off), so routes can name them anywhere.
     specs.update({s.name: s for s in audio_features(config.inputs.audio)})
     specs.update({s.name: s for s in camera_features(config.inputs.camera)})
+    for scene in scenes:
+        _add_decoder_params(specs, scene)
     check_params(config.params, specs, path, "params")
     check_modulation(config.modulation, specs, path)
     for scene in scenes:
@@ -326,8 +328,18 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
                 raise ConfigError(path, "show.safe_scene", f"no scene {name!r} ({file}); available: "
                                   f"{', '.join(available) or 'none'}")
             safe = load_scene(file)
+            _add_decoder_params(specs, safe)
             _check_scene(safe, shaders, shaders_dir, specs, config)
     return ShowSpec(config, path, scenes, shaders, specs, safe)
+
+
+def _add_decoder_params(specs: dict[str, ParamSpec], scene: Scene) -> None:
+    """Declare the live parameters a scene's decoder reads (the first scene to declare a name sets its range).
+
+    Each scene's own defaults for them (e.g. its img2img strength) apply when it starts: see ``Show.defaults``.
+    """
+    for spec in decoders.param_specs(scene.decoder):
+        specs.setdefault(spec.name, spec)
 
 
 def _check_scene(scene: Scene, shaders: dict[str, ShaderFile], shaders_dir: Path, specs: dict[str, ParamSpec],

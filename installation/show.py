@@ -17,7 +17,7 @@ import numpy as np
 
 from .bus import Event, ParamBus, Tick
 from .config import Scene, ShowSpec
-from .decoders import DecoderSpec, LatentRequest, decoder_class
+from .decoders import DecoderSpec, LatentRequest, decoder_class, param_specs
 from .latent import build, slerp, smoothstep
 from .latent.prompts import PromptMotionSettings, moved_prompts
 from .latent.trajectories import Trajectory
@@ -197,10 +197,12 @@ class Show:
         self._detour_until = t + seconds
 
     def defaults(self, scene: Scene | None = None) -> dict[str, float]:
-        """Parameter targets a scene starts from: declared defaults, then the config's, then the scene's."""
+        """Parameter targets a scene starts from: declared defaults, the config's, the scene's decoder settings
+        (its img2img strength, say), then the scene's own [params]."""
         scene = scene or self.scene
         values = {name: spec.default for name, spec in self.spec.params.items()}
         values.update(self.spec.config.params)
+        values.update({p.name: p.default for p in param_specs(scene.decoder) if p.name in self.spec.params})
         values.update(scene.params)
         return values
 

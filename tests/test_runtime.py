@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from installation.clock import FixedClock, WallClock
-from installation.config import load_show
+from installation.config import ConfigError, load_show
 from installation.render.targets import HeadlessTarget, pixels, preload_decoders
 from installation.runtime import Runtime
 from support import play_while, run_cli, scene_toml, write_show
@@ -216,3 +216,40 @@ def test_a_prompt_tour_moves_the_image_while_the_noise_stands_still(tmp_path):
     (tmp_path / "scenes" / "a.toml").write_text(still)
     fixed = render(cfg, 4, fps=4)
     assert len({f.tobytes() for f in fixed}) == 1  # same noise, same prompts: the same image
+
+
+def test_a_diffusion_scene_declares_its_live_parameters_on_the_bus(tmp_path):
+    """prompt.<i>.gain, diffusion.strength, lora.<name>.scale... are show parameters: a scene may set them, the
+    bus (OSC, modulation) moves them, and the decoder follows."""
+    import torch
+
+    from installation.decoders.random_models import make_sd21, make_taesd
+
+    model, taesd = make_sd21(tmp_path / "sd"), make_taesd(tmp_path / "taesd")
+    dec = f'type = "diffusion"\nmodel = "{model}"\ntaesd = "{taesd}"\nwidth = 64\nheight = 64\nstrength = 0.7\n'
+    two = scene_toml(decoder=dec + 'prompts = [["a red fox", 1.0], ["blue sea", 1.0]]', trajectory='kind = "still"',
+                     shaders='["present"]', params='"prompt.0.gain" = 1.5')
+    cfg = write_show(tmp_path, {"two": two})
+    spec = load_show(cfg)
+    assert spec.params["diffusion.strength"].default == 0.7 and "prompt.7.gain" in spec.params
+    preload_decoders(["diffusion"])
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(4), fps=4)  # fixed step: the decoder runs in this process, in lockstep
+    try:
+        rt.step()
+        assert rt.bus.targets()["prompt.0.gain"] == 1.5 and rt.bus.targets()["diffusion.strength"] == 0.7
+        d = rt.guard._decoder
+        fox, sea = d._encode("a red fox")[0], d._encode("blue sea")[0]
+        torch.testing.assert_close(d.buf["emb"][-1:], (1.5 * fox + sea) / 2.5)
+        mixed = pixels(target.read(), target.size).copy()
+        assert rt.bus.set("prompt.1.gain", 0.0)  # a fader down, as /param/prompt.1.gain 0 does
+        for _ in range(16):
+            rt.step()
+        torch.testing.assert_close(d.buf["emb"][-1:], fox, atol=1e-3, rtol=1e-3)  # the release glides to 0
+        assert not np.array_equal(pixels(target.read(), target.size), mixed)
+    finally:
+        rt.close()
+        target.close()
+    (tmp_path / "scenes" / "two.toml").write_text(two.replace('"prompt.0.gain"', '"lora.ink.scale"'))
+    with pytest.raises(ConfigError, match="lora.ink.scale.*unknown parameter"):
+        load_show(cfg)  # no LoRA named ink in this scene: not a parameter

@@ -248,6 +248,23 @@ def test_a_prompt_slot_edits_the_decoders_own_prompts_and_the_tour_follows_path_
     assert frozen.request(frozen.t0 + 10.0, 0).extras == frozen.request(frozen.t0, 0).extras
 
 
+def test_each_scene_starts_from_its_own_decoder_settings(tmp_path):
+    """Two diffusion scenes with different img2img strengths: the bus's diffusion.strength follows the scene."""
+    from installation.decoders.random_models import make_sd21
+
+    model = make_sd21(tmp_path / "sd")
+    body = f'duration = 1\n[decoder]\ntype = "diffusion"\nmodel = "{model}"\nwidth = 64\nheight = 64\n'
+    SCENES.update(soft=body + "strength = 0.2\n", hard=body + "strength = 0.8\n")
+    try:
+        show, bus = _show(_spec(tmp_path, ["soft", "hard"]))
+    finally:
+        del SCENES["soft"], SCENES["hard"]
+    r = Runner(show, bus)
+    assert r.step().params["diffusion.strength"] == 0.2
+    plan = _post_and_step(r, Event("scene.next"))
+    assert plan.scene == "hard" and bus.targets()["diffusion.strength"] == 0.8
+
+
 # -- shuffle -------------------------------------------------------------------------------------------------------
 
 def _order(show: Show, cycles: int) -> list[list[int]]:

@@ -41,10 +41,16 @@ def decoder_class(name: str) -> type:
     return _REGISTRY[name]
 
 
+def param_specs(spec: DecoderSpec) -> list:
+    """The live bus parameters a decoder reads for these settings (``param_specs`` classmethod; none if absent)."""
+    fn = getattr(decoder_class(spec.type), "param_specs", None)
+    return list(fn(spec.settings)) if fn is not None else []
+
+
 def create(spec: DecoderSpec, device: str = "cpu") -> Decoder:
     """Build (not prepare) the decoder a spec names."""
     return decoder_class(spec.type)(spec.settings, device=device)
 
 
 __all__ = ["Decoder", "DecoderSettings", "DecoderSpec", "LatentRequest", "NonFiniteFrame", "register",
-           "names", "decoder_class", "create"]
+           "names", "decoder_class", "create", "param_specs"]

@@ -62,6 +62,8 @@ class Decoder(Protocol):
 
     def prepare(self) -> None: ...
 
+    # Optional: ``param_specs(settings)`` classmethod: the live bus parameters (ParamSpec) it reads from
+    # request.params, with defaults taken from the settings; the show declares them so OSC and modulation reach them.
     # Optional: ``check(settings)`` classmethod, cheap, no weights loaded: raises FileNotFoundError/ValueError with
     # one clear message when the files a scene names are missing, so a show fails at start-up, not mid-show.
 

@@ -5,9 +5,10 @@ once each (LRU cache) and blended by weight; img2img, reference-image blends, em
 live-scaled LoRAs are supported. On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8
 conversion + finite flag) is one captured graph over static buffers; float32 eager on the CPU always works.
 
-Live values read from ``request.params``: ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance``
-(CFG scale when CFG is on, LCM guidance embedding), ``lora.<name>.scale``, ``prompt.<i>.weight`` (overrides the
-weight of prompt i), ``reference.<i>.weight`` (weight of reference image i).
+Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
+``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
+embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
+``reference.<i>.weight`` (weight of reference image i).
 From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img).
 """
 
@@ -30,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 from . import register
 from ._accel import (PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype,
                      to_uint8_hwc)
+from ..bus import ParamSpec
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ _STEP_RANGE = {"sd21": (1, 4), "sdxl": (1, 4), "lcm": (2, 8)}
 _EXAMPLE_REPO = {"sd21": "stabilityai/sd-turbo", "sdxl": "stabilityai/sdxl-turbo",
                  "lcm": "SimianLuo/LCM_Dreamshaper_v7", "auto": "stabilityai/sd-turbo"}
 _MAX_PROMPT_CHARS = 2000
+PROMPT_GAINS = 8  # prompt.0.gain .. prompt.7.gain on the bus (more when a scene's decoder lists more prompts)
 
 
 class DiffusionSettings(DecoderSettings):
@@ -278,6 +281,25 @@ class DiffusionDecoder:
         except (OSError, ValueError):
             pass
         return (channels, settings.height // 8, settings.width // 8)
+
+    @classmethod
+    def param_specs(cls, settings: DiffusionSettings) -> list[ParamSpec]:
+        """The live parameters this decoder reads, with the scene's settings as their defaults."""
+        specs = [
+            ParamSpec("diffusion.strength", "float", 0.0, 1.0, settings.strength, 0.3, 0.3,
+                      "img2img strength: 0 shows the source (camera, image), 1 ignores it"),
+            ParamSpec("diffusion.guidance", "float", 0.0, 30.0, settings.guidance, 0.3, 0.3,
+                      "guidance scale (CFG when the scene's guidance > 1; LCM's guidance embedding)"),
+        ]
+        specs += [ParamSpec(f"prompt.{i}.gain", "float", 0.0, 4.0, 1.0, 0.5, 0.5,
+                            f"multiplies prompt {i}'s weight in the blend (0 mutes it)")
+                  for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
+        specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
+                  for _, name in settings.loras]
+        specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
+                            f"weight of img2img reference image {i} in the source blend")
+                  for i in range(len(settings.references) + bool(settings.source))]
+        return specs
 
     @classmethod
     def check(cls, settings: DiffusionSettings) -> None:
@@ -581,8 +603,8 @@ class DiffusionDecoder:
             pairs = list(self.settings.prompts) or [("", 1.0)]
         out = []
         for i, (text, weight) in enumerate(pairs):
-            w = _param(params, f"prompt.{i}.weight", weight if math.isfinite(weight) else 0.0, 0.0, 1e6)
-            out.append((text, w))
+            w = max(weight, 0.0) if math.isfinite(weight) else 0.0
+            out.append((text, w * _param(params, f"prompt.{i}.gain", 1.0, 0.0, 1e6)))
         return tuple(out)
 
     def _set_condition(self, prompts: tuple[tuple[str, float], ...]) -> None:

@@ -5,7 +5,8 @@ The file may carry its own metadata as an extra file ``installation.json`` (``la
 float32 eager on the CPU always works; on CUDA fp16/bf16, optional torch.compile and one captured graph.
 
 Live values: ``request.extras["class_vector"]`` (class_dim floats) or the bus ``gan.class.<i>.weight`` mixed onto
-the settings' class; ``gan.truncation`` (psi, scales z).
+the settings' class; ``gan.truncation`` (psi, scales z). :meth:`GanDecoder.param_specs` declares them on the bus
+(class weights for the first 16 classes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from pydantic import Field
 
 from . import register
+from ..bus import ParamSpec
 from ._accel import PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype, to_uint8_hwc
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
 
@@ -92,6 +94,21 @@ class GanDecoder:
         if "latent_shape" in meta:
             return tuple(int(v) for v in meta["latent_shape"])
         raise ValueError(f"gan: {settings.path} carries no latent_shape metadata; set latent_shape in the scene")
+
+    @classmethod
+    def param_specs(cls, settings: GanSettings) -> list[ParamSpec]:
+        """gan.truncation, and gan.class.<i>.weight for the first 16 classes (the settings' class starts at 1)."""
+        specs = [ParamSpec("gan.truncation", "float", 0.0, 2.0, settings.truncation, 0.3, 0.3,
+                           "psi: scales z toward the mean image (0) or past it (above 1)")]
+        class_dim = settings.class_dim
+        if class_dim < 0:
+            try:
+                class_dim = int(read_metadata(settings.path).get("class_dim", 0))
+            except (OSError, ValueError):
+                class_dim = 0
+        specs += [ParamSpec(f"gan.class.{i}.weight", "float", -4.0, 4.0, float(i == settings.class_index), 0.3,
+                            0.3, f"weight of class {i} in the class vector") for i in range(min(class_dim, 16))]
+        return specs
 
     @classmethod
     def check(cls, settings: GanSettings) -> None:

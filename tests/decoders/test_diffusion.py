@@ -123,12 +123,15 @@ def test_blend_weights_move_embedding_and_frame(Diffusion, tiny_models, make_req
     ea, eb = d._encode("a red cat")[0], d._encode("a blue sea")[0]
     pair = {"prompts": (("a red cat", 1.0), ("a blue sea", 1.0))}
     only_a = d.render(make_request(s, z, extras={"prompts": (("a red cat", 1.0),)}))
-    # Bus weights override the extras' weights by index.
-    fa = d.render(make_request(s, z, params={"prompt.1.weight": 0.0}, extras=pair))
+    # The bus's gains multiply the extras' weights by index (a fader per prompt).
+    fa = d.render(make_request(s, z, params={"prompt.1.gain": 0.0}, extras=pair))
     assert np.array_equal(fa, only_a)
-    fmix = d.render(make_request(s, z, params={"prompt.0.weight": 0.25, "prompt.1.weight": 0.75}, extras=pair))
+    fmix = d.render(make_request(s, z, params={"prompt.0.gain": 0.5, "prompt.1.gain": 1.5}, extras=pair))
     torch.testing.assert_close(d.buf["emb"][-1:], 0.25 * ea + 0.75 * eb)
-    fb = d.render(make_request(s, z, params={"prompt.0.weight": 0.0}, extras=pair))
+    uneven = {"prompts": (("a red cat", 2.0), ("a blue sea", 6.0))}
+    d.render(make_request(s, z, params={"prompt.0.gain": 1.0}, extras=uneven))
+    torch.testing.assert_close(d.buf["emb"][-1:], 0.25 * ea + 0.75 * eb)
+    fb = d.render(make_request(s, z, params={"prompt.0.gain": 0.0}, extras=pair))
     assert not np.array_equal(fmix, fa) and not np.array_equal(fmix, fb)
     # slerp differs from lerp in the middle and keeps the norm between the two ends.
     s2, d2 = _decoder(Diffusion, tiny_models, blend="slerp")
