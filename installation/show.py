@@ -197,12 +197,12 @@ class Show:
         self._detour_until = t + seconds
 
     def defaults(self, scene: Scene | None = None) -> dict[str, float]:
-        """Parameter targets a scene starts from: declared defaults, the config's, the scene's decoder settings
-        (its img2img strength, say), then the scene's own [params]."""
+        """Parameter targets a scene starts from: declared defaults, the scene's decoder settings (its img2img
+        strength, say), then the config's [params], then the scene's own [params]."""
         scene = scene or self.scene
         values = {name: spec.default for name, spec in self.spec.params.items()}
-        values.update(self.spec.config.params)
         values.update({p.name: p.default for p in param_specs(scene.decoder) if p.name in self.spec.params})
+        values.update(self.spec.config.params)
         values.update(scene.params)
         return values
 
@@ -313,7 +313,8 @@ class Show:
         self._rate = rate
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         prior2 = part(self._prior2[0], self._prior2[1], rate) if self._prior2 else None
-        motion = None if scene.prompt_motion.kind == "fixed" else (scene.prompt_motion, self.seed)
+        # Seeded by the scene, not the live seed: a /seed jump glides the noise and must not snap the prompts.
+        motion = None if scene.prompt_motion.kind == "fixed" else (scene.prompt_motion, scene.seed)
         plan = PathPlan(t0=t, part=part(self.trajectory, self.tau, rate), decoder=scene.decoder,
                         scene=scene.name, cut=self.cut, params=FrozenParams(tick.values), prior=prior,
                         blend_start=self._blend[0], blend_len=self._blend[1], frozen=frozen, prior2=prior2,
@@ -342,7 +343,9 @@ class Show:
             return {"scene": self.scenes[self.scene_index(self.position)].name, "position": self.position,
                     "scene_time": 0.0, "tau": 0.0, "seed": self.scene.seed, "prompts": []}
         return {"scene": self.scene.name, "position": self.position, "scene_time": t - self.started,
-                "tau": self.tau, "seed": self.seed, "prompts": [list(p) for p in self.prompts]}
+                "tau": self.tau, "seed": self.seed,
+                # Only prompts set live: a scene's own (edited in its file, then reloaded) must not be shadowed.
+                "prompts": [list(p) for p in self.prompts] if self.prompts != self._scene_prompts(self.scene) else []}
 
     def restore(self, state: Mapping[str, Any], t: float) -> bool:
         """Resume from a saved :meth:`state` (plus ``params``, the bus targets) at clock time ``t``.

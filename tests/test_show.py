@@ -246,6 +246,11 @@ def test_a_prompt_slot_edits_the_decoders_own_prompts_and_the_tour_follows_path_
     assert later[0][1] == pytest.approx(0.0, abs=1e-6) and later[1][1] == pytest.approx(0.5)
     frozen = r.step(frozen=True)
     assert frozen.request(frozen.t0 + 10.0, 0).extras == frozen.request(frozen.t0, 0).extras
+    assert show.state(r.t)["prompts"] == [["fox", 1.0], ["fog", 0.5]]  # set live: saved for a restart
+    plan = _post_and_step(r, Event("seed", 99))
+    assert plan.prompt_motion[1] == 1  # the scene's seed: a seed jump glides the noise, the prompts keep moving
+    _post_and_step(r, Event("prompt", (1, "sea", None)))
+    assert show.state(r.t)["prompts"] == []  # back to the scene's own: nothing to save
 
 
 def test_each_scene_starts_from_its_own_decoder_settings(tmp_path):
@@ -256,13 +261,15 @@ def test_each_scene_starts_from_its_own_decoder_settings(tmp_path):
     body = f'duration = 1\n[decoder]\ntype = "diffusion"\nmodel = "{model}"\nwidth = 64\nheight = 64\n'
     SCENES.update(soft=body + "strength = 0.2\n", hard=body + "strength = 0.8\n")
     try:
-        show, bus = _show(_spec(tmp_path, ["soft", "hard"]))
+        show, bus = _show(_spec(tmp_path, ["soft", "hard"], params='"prompt.0.gain" = 0.25'))
     finally:
         del SCENES["soft"], SCENES["hard"]
     r = Runner(show, bus)
-    assert r.step().params["diffusion.strength"] == 0.2
+    plan = r.step()
+    assert plan.params["diffusion.strength"] == 0.2 and plan.params["prompt.0.gain"] == 0.25  # the show's [params]
     plan = _post_and_step(r, Event("scene.next"))
     assert plan.scene == "hard" and bus.targets()["diffusion.strength"] == 0.8
+    assert bus.targets()["prompt.0.gain"] == 0.25
 
 
 # -- shuffle -------------------------------------------------------------------------------------------------------

@@ -144,15 +144,30 @@ class Programs:
         log.info("captured CUDA graph %r in %.1f s", key, time.perf_counter() - t0)
         return graph
 
-    def sync(self) -> None:
-        """Wait for the device (before graphs or the buffers they use are freed)."""
-        if self.device.type == "cuda":
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait for the device's work so far (before graphs or the buffers they use are freed, or reused).
+
+        With ``timeout``, give up after that many seconds (a wedged GPU must not block the caller) and return False.
+        """
+        if self.device.type != "cuda":
+            return True
+        if timeout is None:
             torch.cuda.synchronize(self.device)
+            return True
+        done = torch.cuda.Event()
+        done.record()
+        deadline = time.monotonic() + timeout
+        while not done.query():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def clear(self) -> None:
-        """Drop the graphs once the device is done with them (a failed sync is logged: freeing must go on)."""
+        """Drop the graphs once the device is done with them (a failed or timed-out wait is logged; freeing goes on)."""
         try:
-            self.sync()
+            if not self.sync(timeout=2.0):
+                log.warning("the device did not finish its work within 2 s; freeing the graphs anyway")
         except Exception as e:  # noqa: BLE001 - a broken context is why we are closing
             log.warning("device sync before freeing graphs failed: %s", e)
         self._graphs.clear()

@@ -8,7 +8,7 @@ conversion + finite flag) is one captured graph over static buffers; float32 eag
 Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
 embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
-``reference.<i>.weight`` (weight of reference image i).
+``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order).
 From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img).
 """
 
@@ -41,7 +41,7 @@ _STEP_RANGE = {"sd21": (1, 4), "sdxl": (1, 4), "lcm": (2, 8)}
 _EXAMPLE_REPO = {"sd21": "stabilityai/sd-turbo", "sdxl": "stabilityai/sdxl-turbo",
                  "lcm": "SimianLuo/LCM_Dreamshaper_v7", "auto": "stabilityai/sd-turbo"}
 _MAX_PROMPT_CHARS = 2000
-PROMPT_GAINS = 8  # prompt.0.gain .. prompt.7.gain on the bus (more when a scene's decoder lists more prompts)
+PROMPT_GAINS = 16  # prompt.0.gain .. prompt.15.gain on the bus: as many as a show's live prompt set may hold
 
 
 class DiffusionSettings(DecoderSettings):
@@ -296,9 +296,9 @@ class DiffusionDecoder:
                   for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
         specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
                   for _, name in settings.loras]
+        images = ([settings.source] if settings.source else []) + list(settings.references)
         specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
-                            f"weight of img2img reference image {i} in the source blend")
-                  for i in range(len(settings.references) + bool(settings.source))]
+                            f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
         return specs
 
     @classmethod

@@ -9,11 +9,13 @@ all move the prompts exactly as they move the noise:
   then crossfades into the next; the tour is closed (the last prompt fades back into the first);
 - ``drift``: every weight wanders smoothly and independently between ``floor`` and 1 (seeded, never periodic).
 
-The bus still has the last word: a ``prompt.<i>.weight`` parameter overrides prompt i's moved weight.
+On top, the bus's ``prompt.<i>.gain`` multiplies prompt i's moved weight (a fader per prompt). Each prompt's drift
+is seeded by its index, so adding a prompt leaves the others' motion as it was.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Literal
 
@@ -46,12 +48,23 @@ def prompt_shares(settings: PromptMotionSettings, n: int, tau: float, seed: int)
         out[(i + 1) % n] += u
         return tuple(out)
     # drift: two incommensurate seeded sines per prompt, mapped to floor..1
-    rng = np.random.default_rng([int(seed), 0x9E37, n])
-    freqs = rng.uniform(0.6, 1.4, (n, 2)) * np.array([1.0, math.sqrt(2.0)])
-    phases = rng.uniform(0.0, 2.0 * math.pi, (n, 2))
-    wave = np.sin(2.0 * math.pi * freqs * (tau / settings.period) + phases).mean(axis=1)  # -1..1
     lo = settings.floor
-    return tuple(float(lo + (1.0 - lo) * 0.5 * (1.0 + w)) for w in wave)
+    return tuple(lo + (1.0 - lo) * 0.5 * (1.0 + _drift(int(seed), i, tau / settings.period)) for i in range(n))
+
+
+@functools.lru_cache(maxsize=256)
+def _drift_terms(seed: int, index: int) -> tuple[float, float, float, float]:
+    """Prompt ``index``'s two frequencies and phases (its own generator, so they do not depend on the count)."""
+    rng = np.random.default_rng([seed, 0x9E37, index])
+    f1, f2 = rng.uniform(0.6, 1.4, 2)
+    p1, p2 = rng.uniform(0.0, 2.0 * math.pi, 2)
+    return float(f1), float(f2), float(p1), float(p2)
+
+
+def _drift(seed: int, index: int, x: float) -> float:
+    """-1..1: prompt ``index``'s wave at ``x`` periods."""
+    f1, f2, p1, p2 = _drift_terms(seed, index)
+    return 0.5 * (math.sin(2.0 * math.pi * f1 * x + p1) + math.sin(2.0 * math.pi * f2 * math.sqrt(2.0) * x + p2))
 
 
 def moved_prompts(prompts: tuple[tuple[str, float], ...], settings: PromptMotionSettings, tau: float,

@@ -61,6 +61,7 @@ class _PipeSlot:
         self._stats_at = 0.0
         self.published = 0
         self.superseded = 0
+        self.send_errors = 0
         self._sender = threading.Thread(target=self._send_loop, name="frame-sender", daemon=True)
         self._sender.start()
 
@@ -82,7 +83,8 @@ class _PipeSlot:
         return self.stats()
 
     def stats(self) -> dict:
-        return {**self._guard.stats(), "superseded": self.superseded, **process_memory()}
+        return {**self._guard.stats(), "superseded": self.superseded, "send_errors": self.send_errors,
+                **process_memory()}
 
     def _send_loop(self) -> None:
         while True:
@@ -94,8 +96,12 @@ class _PipeSlot:
                 self._pending = None
             try:
                 self.send("frame", frame, stats)
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):
                 return  # the parent is gone
+            except Exception as e:  # noqa: BLE001 - a frame that cannot be sent is dropped, never the sender
+                self.send_errors += 1
+                if self.send_errors in (1, 100, 10000):
+                    log.warning("could not send a frame to the presenter (%s), %d so far", e, self.send_errors)
 
     def send(self, kind: str, frame: Frame | None, stats: dict | None) -> None:
         with self._lock:
@@ -235,6 +241,7 @@ class ProcessWorker:
                 self._streak = 0
                 self.slot.publish(frame)
         conn.close()
+        self._forget_memory()
         proc.join(5)
         if self._stop.is_set():
             return
@@ -243,6 +250,10 @@ class ProcessWorker:
         delay = min(self.backoff[0] * 2 ** self._streak, self.restart_max)
         log.error("decoder process ended (exit code %s); restarting in %.1f s", proc.exitcode, delay)
         self._restart_at = time.monotonic() + delay
+
+    def _forget_memory(self) -> None:
+        """The process is gone and its memory with it: /health must not keep counting it."""
+        self.remote = {k: v for k, v in self.remote.items() if k not in ("rss_mb", "vram_mb", "vram_total_mb")}
 
     def _maybe_restart(self) -> None:
         if self._stop.is_set() or self.alive or self._restart_at == 0.0:

@@ -92,7 +92,9 @@ class DecoderGuard:
         self.faults: Counter[str] = Counter()
         self.restarts = 0
         self.frames = 0
-        self.shut = False  # set by shutdown(): a prepare() that finishes afterwards releases what it built
+        # shutdown() moves the generation on: a prepare() begun before it releases what it built when it ends.
+        self._generation = 0
+        self._lock = threading.Lock()
 
     def _ensure(self, spec: DecoderSpec) -> Decoder | None:
         if self._decoder is not None and self._spec == spec:
@@ -100,17 +102,19 @@ class DecoderGuard:
         if self._clock() < self._retry_at:
             return None
         self.close()
+        generation = self._generation
         try:
             decoder = create(_scaled(spec, self._oom_steps.get(spec, 0)), device=self.device)
             decoder.prepare()
         except Exception as e:  # noqa: BLE001 - any backend failure is contained here
             self._fault("prepare", e, spec=spec)
             return None
-        if self.shut:  # stopped while this prepare ran (the stop did not wait for it): nothing may keep it
-            decoder.close()
-            return None
-        self._decoder, self._spec = decoder, spec
-        return decoder
+        with self._lock:
+            if generation == self._generation:
+                self._decoder, self._spec = decoder, spec
+                return decoder
+        decoder.close()  # shut down while this prepare ran (the stop did not wait for it): nothing may keep it
+        return None
 
     def render(self, request: LatentRequest) -> np.ndarray | None:
         """A checked uint8 frame, or None when there is none to show (fault or backoff)."""
@@ -170,9 +174,10 @@ class DecoderGuard:
                 "busy_s": 0.0 if busy is None else round(time.monotonic() - busy, 3)}
 
     def shutdown(self) -> None:
-        """Close for good (until ``shut`` is cleared): also a decoder still being prepared on another thread."""
-        self.shut = True
-        self.close()
+        """Close, including a decoder still being prepared on another thread (it is released when it is ready)."""
+        with self._lock:
+            self._generation += 1
+            self.close()
 
     def close(self) -> None:
         if self._decoder is not None:
@@ -214,9 +219,10 @@ class DecoderWorker:
         self._wake.set()
 
     def start(self) -> None:
-        self._stop.clear()
-        self.guard.shut = False
-        self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
+        # A fresh stop event per thread: one left over from a stop() that timed out keeps its own (set) event and
+        # ends once its current call returns, instead of running on beside the new one.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="decoder", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -230,18 +236,18 @@ class DecoderWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                self._loop()
+                self._loop(stop)
             except Exception:  # noqa: BLE001 - the thread itself must never die silently
                 self.crashes += 1
                 log.exception("decoder thread error; continuing")
                 time.sleep(0.1)
 
-    def _loop(self) -> None:
+    def _loop(self, stop: threading.Event) -> None:
         next_at = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             plan = self._plan
             if plan is None or plan.frozen:
                 self._wake.wait(0.05)
@@ -250,12 +256,14 @@ class DecoderWorker:
             if self.max_fps > 0:
                 wait = next_at - time.monotonic()
                 if wait > 0:
-                    self._stop.wait(wait)
+                    stop.wait(wait)
                 next_at = max(next_at + 1.0 / self.max_fps, time.monotonic())
             self._seq += 1
             t = self._now()
             rgb = self.guard.render(plan.request(t, self._seq))
             if rgb is None:
-                self._stop.wait(0.01)
+                stop.wait(0.01)
                 continue
+            if stop.is_set():
+                return  # stopped during this frame: a newer thread may own the slot now
             self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))

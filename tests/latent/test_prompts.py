@@ -56,3 +56,9 @@ def test_settings_are_checked():
     with pytest.raises(ValidationError):
         PromptMotionSettings(bogus=1)
     assert prompt_shares(PromptMotionSettings(kind="tour"), 1, 3.0, 0) == (1.0,)
+
+
+def test_adding_a_prompt_leaves_the_others_drift_alone():
+    s = PromptMotionSettings(kind="drift", period=4.0)
+    for tau in (0.0, 3.3, 55.0):
+        assert prompt_shares(s, 4, tau, 9)[:3] == prompt_shares(s, 3, tau, 9)

@@ -149,6 +149,20 @@ def test_the_decoder_process_sends_frames_from_its_own_thread_newest_first():
     assert got[-1]["superseded"] >= 47
 
 
+def test_a_frame_that_cannot_be_sent_is_dropped_and_counted_not_the_sender():
+    import multiprocessing as mp
+
+    reader, writer = mp.Pipe(duplex=False)
+    slot = _PipeSlot(writer, DecoderGuard("cpu"))
+    slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 1, 0.0, 0.0, scene=lambda: None))  # cannot be pickled
+    wait_until(lambda: slot.send_errors == 1, 5)
+    slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 2, 0.0, 0.0))
+    assert reader.poll(5)
+    kind, frame, _ = reader.recv()
+    assert kind == "frame" and frame.seq == 2 and slot.stats()["send_errors"] == 1
+    slot.close()
+
+
 def test_process_worker_survives_its_process_being_killed():
     slot = FrameSlot()
     worker = ProcessWorker(slot, "cpu", time.perf_counter(), max_fps=50, threads=1, backoff=(0.1, 1.0))
