@@ -11,6 +11,7 @@ Address space (``installation osc-map`` prints it from :func:`address_map`)::
     /param/<name>/norm <f>       0..1 across the range
     /scene/next  /scene/prev  /scene/goto <s name | i index>
     /prompt <s>  /prompt/<slot> <s> [f weight]      through the prompt guard
+    /blend <f> [<f> ...]         img2img reference image weights, all at once
     /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
 
 Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters and ``/scene/current s``,
@@ -48,6 +49,7 @@ REJECT_REASONS = (
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _MAX_ADDRESS = 256
 _SEED_MAX = 2**32 - 1
+_MAX_BLEND = 16  # reference images one /blend message may weigh
 
 Scenes = Sequence[str] | Callable[[], Sequence[str]]
 
@@ -151,6 +153,7 @@ def address_map(
     rows += [(f"/prompt/{i}", "s [f]", f"prompt slot {i}, optional weight {lo:g}..{hi:g}") for i in range(s.prompt_slots)]
     rows += [
         ("/seed", "i", f"jump to seed 0..{_SEED_MAX}"),
+        ("/blend", "f [f ...]", "img2img reference image weights at once (reference.<i>.weight), all or none"),
         ("/freeze", "i|f|T|F", "1 holds the current frame, 0 releases"),
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
         ("/panic", "", "blackout now and reset steering to the scene defaults"),
@@ -261,6 +264,7 @@ class OscServer:
             "/prompt": self._h_prompt,
             "/prompt/*": self._h_prompt,
             "/seed": self._h_seed,
+            "/blend": self._h_blend,
             "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
             "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
             "/panic": lambda c, a, *args: self._post("panic", None, c),
@@ -344,6 +348,20 @@ class OscServer:
         if v != int(v) or not 0 <= v <= _SEED_MAX:
             raise _Reject("out_of_range")
         self._post("seed", int(v), client)
+
+    def _h_blend(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        """All img2img reference weights in one message (reference.0.weight, reference.1.weight, ...), all or none."""
+        if not 1 <= len(args) <= _MAX_BLEND or any(isinstance(a, (str, bytes)) for a in args):
+            raise _Reject("bad_type")
+        values = [_finite(_number(a)) for a in args]
+        specs = [self.bus.spec(f"reference.{i}.weight") for i in range(len(values))]
+        if any(spec is None for spec in specs):
+            raise _Reject("unknown_address")  # no scene of this show blends that many images
+        if any(not spec.min <= v <= spec.max for spec, v in zip(specs, values)):
+            raise _Reject("out_of_range")
+        src = f"osc:{client[0]}"
+        for spec, v in zip(specs, values):
+            self.bus.set(spec.name, v, source=src)
 
     def _h_gate(self, kind: str, args: tuple[Any, ...], client: tuple[Any, ...]) -> None:
         if len(args) != 1:

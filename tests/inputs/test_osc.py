@@ -88,6 +88,29 @@ def test_param_native_and_norm(served):
     assert wait_for(lambda: bus.targets()["speed"] == pytest.approx(2.0))
 
 
+def test_blend_sets_every_reference_weight_at_once_or_none():
+    bus = ParamBus([ParamSpec(f"reference.{i}.weight", min=0.0, max=10.0, default=1.0) for i in range(2)])
+    server = OscServer(OscSettings(port=0), bus, SCENES)
+    server.start()
+    try:
+        _blend_checks(server, bus, SimpleUDPClient(*server.address))
+    finally:
+        server.stop()
+
+
+def _blend_checks(server, bus, client):
+    client.send_message("/blend", [0.25, 3.0])
+    assert wait_for(lambda: bus.targets()["reference.1.weight"] == 3.0)
+    assert bus.targets()["reference.0.weight"] == 0.25
+    client.send_message("/blend", [0.5, 0.5, 0.5])  # three images: no scene has a third
+    assert rejected(server, "unknown_address")
+    client.send_message("/blend", [0.5, 11.0])  # the second is out of range: the first is not applied either
+    assert rejected(server, "out_of_range")
+    client.send_message("/blend", ["a", 1.0])
+    assert rejected(server, "bad_type")
+    assert bus.targets()["reference.0.weight"] == 0.25 and bus.targets()["reference.1.weight"] == 3.0
+
+
 def test_events(served):
     server, bus, client, _ = served
     client.send_message("/scene/next", None)
