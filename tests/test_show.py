@@ -251,6 +251,15 @@ def test_a_prompt_slot_edits_the_decoders_own_prompts_and_the_tour_follows_path_
     assert plan.prompt_motion[1] == 1  # the scene's seed: a seed jump glides the noise, the prompts keep moving
     _post_and_step(r, Event("prompt", (1, "sea", None)))
     assert show.state(r.t)["prompts"] == []  # back to the scene's own: nothing to save
+    # The plan crosses to the decoder process by pickle and moves the prompts there exactly as here.
+    import pickle
+
+    from installation.show import TrajectoryCache
+
+    plan = r.step()
+    there = TrajectoryCache().attach(pickle.loads(pickle.dumps(plan)))
+    for dt in (0.0, 0.7, 3.1):
+        assert there.request(plan.t0 + dt, 0).extras == plan.request(plan.t0 + dt, 0).extras
 
 
 def test_each_scene_starts_from_its_own_decoder_settings(tmp_path):
