@@ -52,17 +52,25 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str) -> dict[str, Any]:
     target = HeadlessTarget(spec.config.output.size)
     try:
         rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=False)
-        counts = {"decoded": 0}
+        counts: dict[str, Any] = {"decoded": 0}
+
+        def on_tick(r: Runtime) -> None:
+            counts["decoded"] = r.slot.published
+            vram = r.decoder_stats().get("vram_mb")  # the decoder process's GPU memory, from its stats
+            if vram is not None:
+                counts.setdefault("vram_first", vram)
+                counts["vram_last"] = vram
+
         rt.start()
         decoded0 = rt.slot.published
-        stats = rt.run(seconds, on_tick=lambda r: counts.__setitem__("decoded", r.slot.published))
+        stats = rt.run(seconds, on_tick=on_tick)
         elapsed = stats.loop_s  # the loop alone: shutdown (joining the decoder process) is not part of it
         decoded = counts["decoded"] - decoded0
         renderer = target.ctx.info.get("GL_RENDERER", "?")
     finally:
         target.close()
     return {"runtime_fps": decoded / elapsed, "present_fps": stats.presented / elapsed, "late_ticks": stats.late,
-            "gl_renderer": renderer}
+            "gl_renderer": renderer, "loop_vram_mb": [counts.get("vram_first"), counts.get("vram_last")]}
 
 
 def run_bench(spec: ShowSpec, seconds: float = 10.0) -> dict[str, Any]:
@@ -153,6 +161,7 @@ def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int
         "runtime_fps": round(loop["runtime_fps"], 2), "present_fps": round(loop["present_fps"], 2),
         "ratio": round(loop["runtime_fps"] / dec["fps"], 3) if dec["fps"] else None,
         "memory_mib": dec["memory_mib"], "graph_captures": dec["graph_captures"], "prepare_s": dec["prepare_s"],
+        "loop_vram_mb_first_last": loop["loop_vram_mb"],
         "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_mb(), 1), "gl_renderer": loop["gl_renderer"],
     }
 

@@ -96,7 +96,8 @@ def main() -> int:
             print(f"{r['name']:<30} ERROR {r['error'][:90]}")
         elif "runtime_fps" in r:
             print(f"{r['name']:<30} {r.get('gl_renderer', '?')[:22]:<22} {sizes[0]:>5} {r['runtime_fps']:>8.1f} "
-                  f"ratio {r['ratio']}  present {r['present_fps']:.1f} fps")
+                  f"ratio {r['ratio']}  present {r['present_fps']:.1f} fps  decoder-process VRAM MiB first/last "
+                  f"{r.get('loop_vram_mb')}")
         else:
             m = r["memory_mib"]
             print(f"{r['name']:<30} {r['device_name'][:22]:<22} {r['size']:>5} {r['fps']:>8.1f} "
