@@ -79,6 +79,18 @@ def test_class_conditional_and_nan_guard(Gan, tmp_path, make_request, unit_z):
         d.render(make_request(s, bad, kind="gan"))
     assert np.array_equal(d.render(make_request(s, z, kind="gan")), f1)
     assert d.stats()["nonfinite"] == 1
+    # The bus parameters it declares (class_dim read from the file) start at the settings' class.
+    from installation.decoders import param_specs
+
+    specs = {p.name: p for p in param_specs(DecoderSpec("gan", s))}
+    assert sorted(specs) == ["gan.class.0.weight", "gan.class.1.weight", "gan.class.2.weight", "gan.truncation"]
+    defaults = {name: p.default for name, p in specs.items()}
+    assert [defaults[f"gan.class.{i}.weight"] for i in range(3)] == [0.0, 1.0, 0.0]
+    assert np.array_equal(d.render(make_request(s, z, params=defaults, kind="gan")), f1)
+    mixed = {**defaults, "gan.class.2.weight": 1.0}
+    c12 = torch.tensor([[0.0, 1.0, 1.0]])
+    f3 = d.render(make_request(s, z, params=mixed, kind="gan"))
+    assert np.abs(f3.astype(int) - _expected(gen, z, c12).astype(int)).max() <= 1
 
 
 def test_missing_file_and_missing_metadata(Gan, tmp_path):
