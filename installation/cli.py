@@ -206,7 +206,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     """List every parameter a show declares: name, range, default, what it does."""
     try:
-        spec = load_show(args.config)
+        spec = load_show(args.config, only_scene=args.scene)
     except ConfigError as e:
         return _fail(str(e))
     for name, p in sorted(spec.params.items()):
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("params", help="list the parameters (bus names, ranges, defaults)",
                         description=cmd_params.__doc__)
     common(pa)
+    pa.add_argument("--scene", help="the parameters when only this scene plays (its decoder's live ones included)")
     pa.set_defaults(func=cmd_params)
 
     b = sub.add_parser("bench", help="measure decoder, runtime and presenter speed",

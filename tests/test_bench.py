@@ -54,3 +54,17 @@ def test_bench_osc_latency_json(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["presenter_ms"]["n"] == 1 and result["decoder_ms"]["n"] == 1
     assert 0 < result["presenter_ms"]["p50"] < 5000
+
+
+def test_params_lists_the_live_parameters_of_the_shows_decoders(tmp_path):
+    from installation.decoders.random_models import make_sd21
+
+    model = make_sd21(tmp_path / "sd")
+    dec = f'type = "diffusion"\nmodel = "{model}"\nwidth = 64\nheight = 64\nstrength = 0.3'
+    cfg = write_show(tmp_path, {"a": scene_toml(), "d": scene_toml(decoder=dec)})
+    both = run_cli("params", "--config", str(cfg))
+    assert both.returncode == 0, both.stderr
+    line = next(ln for ln in both.stdout.splitlines() if ln.startswith("diffusion.strength"))
+    assert "default 0.3" in line and "prompt.15.gain" in both.stdout
+    cppn_only = run_cli("params", "--config", str(cfg), "--scene", "a")
+    assert cppn_only.returncode == 0 and "speed" in cppn_only.stdout and "diffusion." not in cppn_only.stdout
