@@ -73,6 +73,7 @@ class PrepareProgress:
     """The steps of a long ``prepare()``: a tqdm bar on a terminal, one log line per step otherwise (a journal).
 
     Compilation and graph capture happen here, before the show, so a technician sees how far start-up has got.
+    Used as ``with PrepareProgress(name, total) as progress:``; the bar is closed however the block ends.
     """
 
     def __init__(self, name: str, total: int) -> None:
@@ -82,7 +83,13 @@ class PrepareProgress:
         self.done = 0
         self.total = total
         self._bar = tqdm(total=total, desc=name, unit="step", disable=None, leave=False, dynamic_ncols=True)
-        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> "PrepareProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.update(self.total - self._bar.n)
+        self._bar.close()
 
     def step(self, what: str) -> None:
         """Announce the step about to run (the previous one is complete)."""
@@ -92,12 +99,6 @@ class PrepareProgress:
             self._bar.update(self.done - self._bar.n)
             self._bar.set_postfix_str(what)  # redraws the bar
         self.done += 1
-
-    def close(self) -> float:
-        """Finish the bar; the seconds since it began."""
-        self._bar.update(self.total - self._bar.n)
-        self._bar.close()
-        return time.perf_counter() - self._t0
 
 
 class Programs:

@@ -355,11 +355,9 @@ class DiffusionDecoder:
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
         t0 = time.perf_counter()
-        progress = PrepareProgress(f"diffusion {Path(s.model).name} {s.width}x{s.height}", 6 + len(self._warm_plan()))
-        try:
+        with PrepareProgress(f"diffusion {Path(s.model).name} {s.width}x{s.height}",
+                             6 + len(self._warm_plan())) as progress:
             self._prepare_steps(progress, t0)
-        finally:
-            progress.close()
 
     def _prepare_steps(self, progress: PrepareProgress, t0: float) -> None:
         import diffusers

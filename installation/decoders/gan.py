@@ -24,7 +24,8 @@ from pydantic import Field
 
 from . import register
 from ..bus import ParamSpec
-from ._accel import PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype, to_uint8_hwc
+from ._accel import (PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype,
+                     to_uint8_hwc)
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,8 @@ class GanDecoder:
                                     f"installation.decoders.gan.save_generator (TorchScript or torch.export)")
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
-        progress = PrepareProgress(f"gan {path.name}", 3)
-        try:
+        with PrepareProgress(f"gan {path.name}", 3) as progress:
             self._prepare_steps(path, progress)
-        finally:
-            progress.close()
 
     def _prepare_steps(self, path: Path, progress: PrepareProgress) -> None:
         s = self.settings
