@@ -615,20 +615,20 @@ class Runtime:
         return state
 
     # Memory for /health: this process plus the decoder process (the GPU memory is all there) when it has one.
-    def _remote(self, key: str) -> float | None:
+    def _decoder_memory(self, key: str, here: Callable[[], float | None]) -> float | None:
+        """``key`` as the decoder process reported it, or ``here()`` when the decoder runs in this process."""
         worker = getattr(self, "worker", None)
-        return worker.remote.get(key) if isinstance(worker, ProcessWorker) else None
+        return worker.remote.get(key) if isinstance(worker, ProcessWorker) else here()
 
     def _rss_mb(self) -> float | None:
         own = rss_mb()
-        return None if own is None else own + (self._remote("rss_mb") or 0.0)
+        return None if own is None else own + (self._decoder_memory("rss_mb", lambda: 0.0) or 0.0)
 
     def _vram_mb(self) -> float | None:
-        return self._remote("vram_mb") if isinstance(getattr(self, "worker", None), ProcessWorker) else vram_mb()
+        return self._decoder_memory("vram_mb", vram_mb)
 
     def _vram_total_mb(self) -> float | None:
-        return self._remote("vram_total_mb") if isinstance(getattr(self, "worker", None), ProcessWorker) \
-            else vram_total_mb()
+        return self._decoder_memory("vram_total_mb", vram_total_mb)
 
     def decoder_stats(self) -> dict[str, Any]:
         """Frames, faults by kind and restarts of the decoder, wherever it runs."""

@@ -41,8 +41,12 @@ class PathPart:
     rate: float
     trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
 
+    def tau(self, dt: float) -> float:
+        """Path time ``dt`` seconds after the plan's time."""
+        return self.tau0 + self.rate * dt
+
     def at(self, dt: float, params: Mapping[str, float]) -> np.ndarray:
-        return self.trajectory(self.tau0 + self.rate * dt, params)
+        return self.trajectory(self.tau(dt), params)
 
     def __getstate__(self) -> dict:
         return {"key": self.key, "tau0": self.tau0, "rate": self.rate, "trajectory": None}
@@ -105,8 +109,12 @@ class PathPlan:
     # Prompt weights as functions of path time (None: as written); with the seed that shapes a drift.
     prompt_motion: tuple[PromptMotionSettings, int] | None = None
 
+    def _dt(self, t: float) -> float:
+        """Seconds since the plan's time that the path has moved (none while frozen)."""
+        return max(t - self.t0, 0.0) if not self.frozen else 0.0
+
     def latent(self, t: float) -> np.ndarray:
-        dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
+        dt = self._dt(t)
         when = self.t0 if self.frozen else t
         z = self.part.at(dt, self.params)
         if self.prior is not None and self.blend_len > 0:
@@ -123,9 +131,8 @@ class PathPlan:
     def request(self, t: float, seq: int) -> LatentRequest:
         extras = self.extras
         if self.prompt_motion is not None and extras.get("prompts"):
-            dt = max(t - self.t0, 0.0) if not self.frozen else 0.0
-            tau = self.part.tau0 + self.part.rate * dt
             settings, seed = self.prompt_motion
+            tau = self.part.tau(self._dt(t))
             extras = {**extras, "prompts": moved_prompts(extras["prompts"], settings, tau, seed)}
         return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
                              params=self.params, extras=extras)
