@@ -1,9 +1,9 @@
 """A CPPN that fails on purpose: for fault-injection tests and the soak run.
 
 Every ``raise_every``-th frame raises, every ``nan_every``-th frame comes back with NaNs in it, every
-``stall_every``-th frame hangs for ``stall_s`` and ``prepare_s`` makes prepare() slow: the faults a real backend shows (driver errors, fp16 overflow, a
-wedged driver) made reproducible, so the guard that keeps them off the screen
-is tested with the real runtime.
+``stall_every``-th frame hangs for ``stall_s`` and ``prepare_s`` makes prepare() slow: the faults a real backend
+shows (driver errors, fp16 overflow, a wedged driver) made reproducible, so the guard that keeps them off the
+screen is tested with the real runtime.
 """
 
 from __future__ import annotations
