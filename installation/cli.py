@@ -7,6 +7,7 @@ key and what is allowed. Nothing is opened or loaded before everything has been 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import logging
@@ -68,7 +69,39 @@ def _with_output(spec: ShowSpec, args: argparse.Namespace) -> ShowSpec:
     return spec
 
 
+class _Signals:
+    """Signal handlers installed before any slow start-up work: a stop or reload that arrives while the show is
+    still loading is remembered and handed to the runtime once it exists (a stop then ends the start-up early)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.runtime = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, *_) -> None:
+        self.stop = True
+        if self.runtime is not None:
+            self.runtime.request_stop()
+
+    def _on_reload(self, *_) -> None:
+        # Before the runtime exists the files are being read right now: nothing older to reload.
+        if self.runtime is not None:
+            self.runtime.request_reload()
+
+    def attach(self, runtime) -> None:
+        self.runtime = runtime
+        if self.stop:
+            runtime.request_stop()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    signals = _Signals()
+    signals.install()  # first: a stop during the slow start-up below must exit cleanly, not kill the process
     from .clock import FixedClock, WallClock
     from .render.record import Recorder, RecorderError
     from .runtime import Runtime
@@ -88,24 +121,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .render.targets import preload_decoders
 
     preload_decoders(s.decoder.type for s in spec.scenes)
+    if signals.stop:
+        log.info("stopped during start-up")
+        return 0
     if args.headless:
         from .render.targets import HeadlessTarget
 
         target = HeadlessTarget(out.size)
     else:
-        from .render.targets import WindowTarget
+        from .render.targets import NoDisplay, WindowTarget
 
         try:
             target = WindowTarget(out.size, out.fullscreen, out.display, out.vsync and not args.fixed_step,
                                   out.title, out.hide_cursor)
+        except NoDisplay as e:
+            return _fail(str(e))
         except Exception as e:  # noqa: BLE001 - no display is a start-up error, not a crash
             return _fail(f"cannot open a window ({e}); use --headless, or set DISPLAY / SDL_VIDEODRIVER")
     recorder = None
     if args.record:
         rec = spec.config.record
         try:
+            # Offline every frame is written; live, frames are written at the recording rate from the wall clock
+            # (repeated or skipped as the show keeps up or not), so the video plays in real time.
             recorder = Recorder(args.record, target.size, out.fps, rec.ffmpeg, rec.codec, rec.preset, rec.crf,
-                                blocking=args.headless or args.fixed_step)
+                                blocking=args.fixed_step)
         except RecorderError as e:
             target.close()
             return _fail(str(e))
@@ -128,16 +168,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         target.close()
         raise
     # Signal handlers only set flags; the loop does the work at its next tick (fade out and save, or reload).
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: runtime.request_stop())
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: runtime.request_reload())
+    signals.attach(runtime)
     if not args.headless:
         from .ops import inhibit_blanking
 
         inhibit_blanking()
     log.info("running %s on %s at %s, %d fps (%s)", ", ".join(s.name for s in spec.scenes), target.kind,
-             "x".join(map(str, target.size)), out.fps, "fixed step" if args.fixed_step else "live")
+             "x".join(map(str, target.size)), out.fps,
+             "fixed step, from the start: no saved state is resumed or written" if args.fixed_step else
+             "live, resumed from the saved state" if runtime.resumed else "live")
     try:
         stats = runtime.run(args.duration)
     except OSError as e:  # an input's or the health endpoint's port is taken: a start-up error
@@ -146,8 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         target.close()
     log.info("presented %d frames, decoded %d, late %d, decoder faults %s", stats.presented, runtime.slot.published,
              stats.late, runtime.decoder_stats()["faults"] or "none")
-    if args.record:
-        log.info("recorded %s", args.record)
+    if recorder is not None:
+        log.info("recorded %s: %d frames at %d fps (%d repeated and %d skipped to keep real time, %d dropped)",
+                 args.record, recorder.frames_written, out.fps, recorder.frames_repeated, recorder.frames_skipped,
+                 recorder.frames_dropped)
     return 0
 
 
@@ -281,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--scene", help="play only this scene (a name from `installation scenes`)")
     r.add_argument("--headless", action="store_true", help="render offscreen through EGL, no window")
-    r.add_argument("--duration", type=float, help="stop after this many seconds of show time")
+    r.add_argument("--duration", type=float,
+                   help="stop after this many seconds: wall-clock seconds live, show time with --fixed-step "
+                        "(duration x fps frames)")
     r.add_argument("--fps", type=int, help="presenter (and recording) frames per second")
     r.add_argument("--fixed-step", action="store_true",
                    help="offline: frame n is rendered at t = n / fps, not in real time; deterministic")
@@ -354,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A native crash (a GL driver, a C extension) leaves every thread's Python stack on stderr, i.e. in the journal.
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -164,13 +164,30 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, "", "file not found")
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML ({e})") from None
     except OSError as e:
         raise ConfigError(path, "", f"cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    key = _non_finite(doc)
+    if key is not None:
+        raise ConfigError(path, key, "must be a finite number (TOML's inf and nan are not allowed)")
+    return doc
+
+
+def _non_finite(value: Any, key: str = "") -> str | None:
+    """The dotted key of the first inf or nan in a TOML document, or None: such a value would stop a path, a fade or
+    a timer for good, so no file may carry one."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple, data: Any) -> list[str] | None:

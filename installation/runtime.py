@@ -14,6 +14,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 from .bus import Event, ParamBus, Tick
@@ -137,6 +138,10 @@ class Runtime:
         self._await_frame: int | None = None  # after reopening: stay dark until a frame newer than this arrives
         self._scene_before_close: str | None = None
         state_settings = cfg.state if keep_state else cfg.state.model_copy(update={"enabled": False})
+        if only_scene:  # a one-scene run keeps its own position and never overwrites the whole show's
+            saved_at = Path(state_settings.path)
+            state_settings = state_settings.model_copy(
+                update={"path": str(saved_at.with_name(f"{saved_at.stem}.{only_scene}{saved_at.suffix}"))})
         self.keeper = StateKeeper(state_settings, base_dir=spec.path.resolve().parent)
         self.health_server = HealthServer(cfg.health, self.health_snapshot) \
             if serve_health and cfg.health.enabled else None
@@ -164,7 +169,11 @@ class Runtime:
         self.resumed = False
         if resume:
             saved = self.keeper.load()
-            if saved is not None:
+            other = None if saved is None else self._other_show(saved.get("show"))
+            if other:
+                log.warning("not resuming %s: it was saved by another show (%s); starting from the beginning",
+                            self.keeper.path, other)
+            elif saved is not None:
                 self.resumed = self.show.restore(saved, 0.0)
                 if not self.resumed:
                     log.warning("saved scene %r is not in this show; starting from the beginning", saved.get("scene"))
@@ -267,7 +276,7 @@ class Runtime:
         self.master = min(max(self.master + (step if not dark else -step), 0.0), 1.0)
         self.presenter.draw(self.target.framebuffer, t, tick.values, self.master)
         if self.recorder is not None:
-            self.recorder.write(self.target.read())
+            self.recorder.write(self.target.read(), None if self.lockstep else t)
         self.target.swap()
         self.stats.presented += 1
         self._presented()
@@ -541,24 +550,33 @@ class Runtime:
         self.worker.submit(plan)
         self.worker.start()
         # The show clock keeps running meanwhile; the path was extrapolated, so the first tick carries on from it.
-        ok = self.slot.wait_newer(-1, first_frame_timeout) is not None
-        if not ok:
-            log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
-        return ok
+        # The wait is sliced so that a stop (a signal) ends it at once.
+        deadline = time.monotonic() + first_frame_timeout
+        while self.slot.wait_newer(-1, 0.1) is None:
+            if self._stopping or self._quit:
+                return False
+            if time.monotonic() >= deadline:
+                log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
+                return False
+        return True
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
-        """Present at ``fps`` until ``duration`` seconds of show time (n = duration * fps frames), a quit, or a stop
-        request (after its fade). ``on_tick`` is called after every tick (the soak run injects faults there)."""
-        frames = None if duration is None else max(int(round(duration * self.fps)), 1)
+        """Present at ``fps`` until ``duration`` seconds, a quit, or a stop request (after its fade). Live, the
+        duration is wall-clock seconds of presenting; with a fixed-step clock it is show time (n = duration * fps
+        frames). ``on_tick`` is called after every tick (the soak run injects faults there)."""
+        frames = None if duration is None or not self.lockstep else max(int(round(duration * self.fps)), 1)
         self.stats = Stats()
         self.start()
         period = 1.0 / self.fps
         origin = started = time.perf_counter()
+        end = None if duration is None or self.lockstep else started + duration
         n = 0
         stop_by: float | None = None
         try:
-            while not self._quit and (frames is None or n < frames):
+            while not self._quit and (frames is None or n < frames) and (end is None or time.perf_counter() < end):
                 if self._stopping:
+                    if not self.presenter.has_frame:
+                        break  # nothing on screen yet: nothing to fade
                     if stop_by is None:
                         stop_by = self.clock.now() + BLACKOUT_FADE + 0.1
                         self._fade_s = BLACKOUT_FADE
@@ -609,10 +627,27 @@ class Runtime:
 
     # -- state and health --------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The show position to resume from: scene, time in scene, path time, seed, prompts, parameter targets."""
+        """The show position to resume from: scene, time in scene, path time, seed, prompts, parameter targets, and
+        which show this is (its config and scene list), so that another show never resumes from it."""
         state = self.show.state(self._last_t)
         state["params"] = {k: v for k, v in self.bus.targets().items() if math.isfinite(v)}
+        state["show"] = self._identity()
         return state
+
+    def _identity(self) -> dict[str, Any]:
+        return {"config": str(self.spec.path.resolve()), "scenes": [s.name for s in self.spec.scenes]}
+
+    def _other_show(self, saved: Any) -> str | None:
+        """Why a saved state's show is not this one (config file, scene list), or None when it is (or predates
+        the identity: such a file is trusted by its scene name, as before)."""
+        if saved is None:
+            return None
+        mine = self._identity()
+        if saved.get("config") != mine["config"]:
+            return f"config {saved.get('config')}"
+        if saved.get("scenes") != mine["scenes"]:
+            return f"scenes {', '.join(saved.get('scenes') or [])}"
+        return None
 
     # Memory for /health: this process plus the decoder process (the GPU memory is all there) when it has one.
     def _decoder_memory(self, key: str, here: Callable[[], float | None]) -> float | None:

@@ -33,8 +33,8 @@ def scene_toml(decoder: str = 'type = "cppn"\nresolution = "64x40"\nwidth = 16\n
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``python -m installation ...`` as a user would, capturing its output."""
-    full_env = {**os.environ, **(env or {})}
+    """Run ``python -m installation ...`` as a user would, capturing its output (``env`` values of None unset)."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, "-m", "installation", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
 

@@ -171,7 +171,10 @@ CONFIG_CASES = {
     "unknown-param": ('[params]\nwarp = 1.0\n', "params.warp",
                       ["unknown parameter", "allowed:", "speed", "radius", "feedback.amount", "grade.contrast"]),
     "param-out-of-range": ('[params]\nspeed = 50\n', "params.speed", ["outside [0.0, 10.0]"]),
-    "param-nan": ('[params]\nradius = nan\n', "params.radius", ["outside [0.0, 2.0]"]),
+    "param-nan": ('[params]\nradius = nan\n', "params.radius", ["must be a finite number"]),
+    "infinite-fade": ('[schedule]\nfade_s = inf\n', "schedule.fade_s", ["must be a finite number", "inf"]),
+    "infinite-in-a-list": ('[modulation]\nlfos = [{ name = "a", rate = -inf }]\n', "modulation.lfos[0].rate",
+                           ["must be a finite number"]),
     "param-wrong-type": ('[params]\nspeed = "fast"\n', "params.speed", ["number", "'fast'"]),
     "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: aurora, halo, lattice, tide"]),
 }
@@ -205,6 +208,8 @@ SCENE_CASES = {
                                 ["greater than or equal to 2"]),
     "unknown-scene-key": ('colour = "red"\n', "colour", ["unknown key", "allowed:", "duration", "trajectory"]),
     "negative-duration": ('duration = -1.0\n', "duration", ["greater than or equal to 0"]),
+    "infinite-period": ('[trajectory]\nkind = "loop"\nperiod = inf\n', "trajectory.period",
+                        ["must be a finite number"]),  # accepted before: it stopped the walk for good
     "unknown-param": ('[params]\nspeeed = 1.0\n', "params.speeed", ["unknown parameter", "allowed:", "speed"]),
     "param-out-of-range": ('[params]\n"grade.contrast" = 9.0\n', "params.grade.contrast", ["outside [0.0, 3.0]"]),
     "chain-not-present-first": ('shaders = ["grade", "present"]\n', "shaders[0]", ["must start with 'present'"]),

@@ -290,6 +290,73 @@ def test_sighup_reloads_a_good_config_keeps_the_old_on_a_bad_one_and_sigterm_fad
     assert read_state(tmp_path / "state" / "show.json")["scene"] == "a"
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler installed for ``sig`` (the SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M)[1], 16)
+    return bool(mask >> (sig - 1) & 1)
+
+
+SLOW_START = scene_toml(decoder='type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nprepare_s = 60.0')
+
+
+@pytest.mark.parametrize("when", ["loading", "waiting for the first frame"])
+def test_a_stop_or_reload_at_start_up_exits_cleanly_within_seconds(tmp_path, when):
+    """Handlers come first: SIGHUP during start-up must not kill the process (it did, exit 129), and SIGTERM before
+    the first frame exits 0 within a few seconds with the state saved (it took 17 s, or died with 143)."""
+    cfg = write_show(tmp_path, {"slow": SLOW_START})
+    log = tmp_path / "run.log"
+    proc = popen_cli("run", "--config", str(cfg), "--headless", log=log)
+    try:
+        if when == "loading":  # as soon as the handler is there; the show is still being loaded then
+            wait_for(lambda: _catches(proc.pid, signal.SIGHUP), timeout=30, every=0.01)
+            assert "running slow" not in log.read_text()
+        else:
+            wait_for(lambda: "running slow on headless" in log.read_text(), timeout=90)
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        assert proc.wait(30) == 0, log.read_text()
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert took < 15.0, (took, text)  # the unit's TimeoutStopSec is 20; a busy machine gets some slack
+    if when != "loading":
+        assert read_state(tmp_path / "state" / "show.json")["scene"] == "slow"
+
+
+def test_a_saved_state_resumes_only_the_show_that_saved_it(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(duration=1.0), "b": scene_toml(duration=0.0)},
+                     extra="[state]\ninterval_s = 0.5\n")
+    state_file = tmp_path / "state" / "show.json"
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "2.5", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert read_state(state_file)["scene"] == "b"
+    before = state_file.read_text()
+    # A one-scene run of the same config neither resumes the show's position nor overwrites it.
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", "--scene", "a", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert "resumed" not in r.stderr
+    assert state_file.read_text() == before
+    assert read_state(tmp_path / "state" / "show.a.json")["scene"] == "a"
+    # Another config with the same state file and scene names is another show: not resumed.
+    other = tmp_path / "other.toml"
+    other.write_text(cfg.read_text().replace('scenes = ["a", "b"]', 'scenes = ["b", "a"]'))
+    r = run_cli("run", "--config", str(other), "--headless", "--duration", "1", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert "not resuming" in r.stderr and "saved by another show" in r.stderr and "resumed scene" not in r.stderr
+    # The show that saved it resumes, and says so.
+    state_file.write_text(before)
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", env=cli_env())
+    assert r.returncode == 0, r.stderr
+    assert "resumed scene b" in r.stderr and "live, resumed from the saved state" in r.stderr
+
+
 # -- fault containment ---------------------------------------------------------------------------------------------
 
 def test_repeated_decoder_faults_fall_back_to_the_builtin_safe_scene(tmp_path):

@@ -116,6 +116,8 @@ def check_show_state(state: Mapping[str, Any]) -> str | None:
         "params": lambda v: isinstance(v, dict) and len(v) <= 10_000 and all(
             isinstance(k, str) and _finite(x) for k, x in v.items()),
         "saved_at": _finite,
+        "show": lambda v: isinstance(v, dict) and isinstance(v.get("config"), str) and isinstance(v.get("scenes"), list)
+        and len(v["scenes"]) <= 10_000 and all(isinstance(n, str) for n in v["scenes"]),
     }
     for key, ok in checks.items():
         if key in state and not ok(state[key]):

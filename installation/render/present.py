@@ -131,7 +131,8 @@ class Presenter:
         try:
             program = self.ctx.program(vertex_shader=VERTEX, fragment_shader=shader.source)
         except moderngl.Error as e:
-            raise ShaderError(f"{shader.path}: does not compile:\n{e}") from None
+            log.debug("GLSL compiler log for %s:\n%s", shader.path, e)
+            raise ShaderError(shader.compile_error(str(e))) from None
         vao = self.ctx.vertex_array(program, [])
         n = 2 if "feedback" in program else 1
         targets = []

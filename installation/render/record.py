@@ -1,8 +1,11 @@
 """Recording the presented output to a video file through an ffmpeg subprocess.
 
 Frames are read back from the output framebuffer and queued to a writer thread that pipes raw RGB into ffmpeg.
-Offline (``blocking``) every frame is written; live, a full queue drops the frame (counted) rather than stall the
-display. If ffmpeg dies, recording stops with a logged error and the show goes on.
+Offline (``blocking``) every frame is written once. Live, each frame comes with its wall-clock time and is written as
+many times as the recording rate asks for by then: repeated when the show presents slower than the rate, skipped when
+faster, so the video always plays in real time (both counted); a full queue drops the frame (counted) rather than
+stall the display, and the next frame written fills its place. If ffmpeg dies, recording stops with a logged error
+and the show goes on.
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ class Recorder:
             raise RecorderError(f"recording needs an even width and height, got {w}x{h}")
         self.size = (w, h)
         self.blocking = blocking
+        self.fps = float(fps)
         self.frames_written = 0
-        self.frames_dropped = 0
+        self.frames_dropped = 0  # live: not taken (the queue was full); its time is filled by the next frame
+        self.frames_repeated = 0  # live: extra copies written to keep real time (the show presented slower)
+        self.frames_skipped = 0  # live: presented faster than the recording rate, not needed
+        self._t0: float | None = None
+        self._due = 0  # live: frames the video holds (or has queued) so far
         self.failed = False
         self._log = tempfile.TemporaryFile()
         cmd = [exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
@@ -46,32 +54,47 @@ class Recorder:
             cmd += ["-preset", preset, "-crf", str(crf)]
         cmd += ["-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._pump, name="recorder", daemon=True)
         self._thread.start()
 
-    def write(self, rgb: bytes) -> None:
-        """Queue one frame (RGB bytes, bottom row first, as read back from GL)."""
+    def write(self, rgb: bytes, at: float | None = None) -> None:
+        """Queue one frame (RGB bytes, bottom row first, as read back from GL) presented at wall-clock time ``at``
+        (seconds, any origin); without ``at`` the frame is simply the next one of the video."""
         if self.failed:
             return
         if self.blocking:
-            self._queue.put(rgb)
+            self._queue.put((rgb, 1))
             return
+        copies = 1
+        if at is not None:
+            if self._t0 is None:
+                self._t0 = at
+            due = int(round((at - self._t0) * self.fps)) + 1  # frames the video holds once this one is in
+            copies = due - self._due
+            if copies <= 0:
+                self.frames_skipped += 1
+                return
         try:
-            self._queue.put_nowait(rgb)
+            self._queue.put_nowait((rgb, copies))
         except queue.Full:
             self.frames_dropped += 1
+            return
+        self._due += copies
+        self.frames_repeated += copies - 1
 
     def _pump(self) -> None:
         while True:
-            data = self._queue.get()
-            if data is None:
+            item = self._queue.get()
+            if item is None:
                 return
             if self.failed:
                 continue
+            data, copies = item
             try:
-                self._proc.stdin.write(data)
-                self.frames_written += 1
+                for _ in range(copies):
+                    self._proc.stdin.write(data)
+                    self.frames_written += 1
             except (BrokenPipeError, OSError, ValueError) as e:
                 self.failed = True
                 log.error("recording to %s stopped: ffmpeg is gone (%s)%s", self.path, e, self._stderr())

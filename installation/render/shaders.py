@@ -25,6 +25,7 @@ from pathlib import Path
 from ..bus import ParamSpec
 
 _HEADER = re.compile(r"\A\s*/\*(\{.*?\})\*/", re.S)
+_GLSL_ERROR = re.compile(r"^\s*\d+:(\d+)\(\d+\): error: (.*)$", re.M)  # Mesa's "0:LINE(COL): error: ..."
 UNIFORM_TYPES = ("float", "int", "bool")
 BUILTINS = frozenset({"src", "time", "resolution", "tex_prev", "tex_cur", "tex_hold", "frame_mix", "hold_mix",
                       "cur_scale", "prev_scale", "hold_scale", "feedback"})
@@ -44,9 +45,20 @@ class ShaderFile:
     description: str = ""
     uniforms: tuple[ParamSpec, ...] = ()
     identity: dict[str, float] = field(default_factory=dict)
+    first_line: int = 1  # the file's line number of the source's first line (after the header)
 
     def param(self, uniform: str) -> str:
         return f"{self.name}.{uniform}"
+
+    def compile_error(self, log_text: str) -> str:
+        """One line from a GLSL compiler log: the file, the file's line of the first error, and its message."""
+        errors = _GLSL_ERROR.findall(log_text)
+        if not errors:
+            first = next((ln.strip() for ln in log_text.splitlines() if ln.strip()), "unknown error")
+            return f"{self.path}: does not compile: {first}"
+        line, message = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"{self.path}:{int(line) + self.first_line - 1}: does not compile: {message.strip()}{more}"
 
 
 def parse(path: Path) -> ShaderFile:
@@ -62,9 +74,11 @@ def parse(path: Path) -> ShaderFile:
     if not m:
         raise ShaderError(f"{path}: missing the JSON header comment /*{{...}}*/ at the top")
     try:
-        header = json.loads(m.group(1))
+        header = json.loads(m.group(1), parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise ShaderError(f"{path}: header is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:  # Infinity or NaN
+        raise ShaderError(f"{path}: header: {e}") from None
     if not isinstance(header, dict):
         raise ShaderError(f"{path}: header must be a JSON object")
     unknown = set(header) - {"description", "uniforms", "identity"}
@@ -105,8 +119,16 @@ def parse(path: Path) -> ShaderFile:
             raise ShaderError(f"{path}: identity names {key!r}, which is not a declared uniform")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ShaderError(f"{path}: identity value of {key!r} must be a number, got {value!r}")
-    return ShaderFile(name, path, text[m.end():].lstrip("\n"), str(header.get("description", "")), tuple(specs),
-                      {k: float(v) for k, v in identity.items()})
+    body = text[m.end():]
+    source = body.lstrip("\n")
+    first_line = text[:m.end()].count("\n") + (len(body) - len(source)) + 1
+    return ShaderFile(name, path, source, str(header.get("description", "")), tuple(specs),
+                      {k: float(v) for k, v in identity.items()}, first_line)
+
+
+def _no_constant(name: str):
+    """JSON's Infinity and NaN are no numbers a uniform can have."""
+    raise ValueError(f"{name} is not allowed (numbers must be finite)")
 
 
 def load_dir(directory: Path) -> dict[str, ShaderFile]:

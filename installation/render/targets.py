@@ -76,6 +76,13 @@ class HeadlessTarget:
         self.ctx.release()
 
 
+_NO_SCREEN = ("offscreen", "dummy")  # SDL video drivers that put nothing on a screen
+
+
+class NoDisplay(RuntimeError):
+    """A window was asked for where there is no display to show it."""
+
+
 class WindowTarget:
     """A pygame OPENGL window (windowed or fullscreen, on a chosen display, with or without vsync)."""
 
@@ -90,6 +97,13 @@ class WindowTarget:
 
         self._pg = pygame
         pygame.display.init()
+        driver = pygame.display.get_driver()
+        if driver in _NO_SCREEN and os.environ.get("SDL_VIDEODRIVER", "").lower() != driver:
+            # SDL fell back to a driver that shows nothing: "running on a window" would be a lie.
+            pygame.display.quit()
+            raise NoDisplay(f"no display to open a window on (DISPLAY is {os.environ.get('DISPLAY') or 'not set'}; "
+                            f"SDL found only its {driver!r} driver). Use --headless to render offscreen, or start "
+                            "an X server first (e.g. `Xvfb :99 &` and DISPLAY=:99)")
         count = pygame.display.get_num_displays()
         if display >= count:
             log.warning("display %d not found (%d available); using display 0", display, count)

@@ -125,7 +125,10 @@ BAD = {
     "default-above": (U(default=2), "outside"),
     "default-below": (U(min=0.5, default=0.1), "outside"),
     "min-above-max": (U(min=2, max=1, default=1.5), "outside"),
-    "default-nan": ('/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1, "default": NaN}}}*/\n', "outside"),
+    "default-nan": ('/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1, "default": NaN}}}*/\n',
+                    "NaN is not allowed"),
+    "max-infinity": ('/*{"uniforms": {"k": {"type": "float", "min": 0, "max": Infinity, "default": 0}}}*/\n',
+                     "Infinity is not allowed"),
     "identity-undeclared": ({**U(), "identity": {"amount": 0}}, "identity names 'amount', which is not a declared uniform"),
     "identity-not-number": ({**U(), "identity": {"k": "zero"}}, "identity"),
     "identity-null": ({**U(), "identity": {"k": None}}, "identity"),
@@ -182,3 +185,20 @@ def test_load_dir_missing_folder_and_bad_file(tmp_path):
     _write(tmp_path, U(default=5), name="bad")
     with pytest.raises(ShaderError, match="bad.frag"):
         load_dir(tmp_path)
+
+
+def test_a_compile_error_is_one_line_naming_the_file_line_and_first_error(tmp_path, gl_ctx):
+    from installation.render.present import Presenter
+
+    header = '/*{\n  "description": "broken on purpose"\n}*/\n\n'
+    body = BODY.replace("fragColor = texture(src, uv);", "fragColor = vec4(nothing_here); also_missing();")
+    path = _write(tmp_path, header, name="broken", body=body)
+    shader = parse(path)
+    good = parse(SHADERS / "present.frag")
+    with pytest.raises(ShaderError) as info:
+        Presenter(gl_ctx, (64, 36), [good, shader])
+    msg = str(info.value)
+    assert "\n" not in msg
+    line = path.read_text().splitlines().index(next(ln for ln in path.read_text().splitlines() if "nothing_here" in ln))
+    assert msg.startswith(f"{path}:{line + 1}: does not compile: "), msg
+    assert "nothing_here" in msg and "more)" in msg, msg
