@@ -1,9 +1,13 @@
 """The OSC control surface: a UDP server that turns messages into bus writes and events, plus feedback out.
 
-Transport, decoding and routing stay apart: our own receive loop (so nothing raised ever reaches the thread's top
-and a bundle's timetag never makes the thread sleep), python-osc's parsers (``OscBundle``/``OscMessage``) and its
-``Dispatcher`` for address matching. Every packet passes the allow-list, then the per-sender token bucket, then the
-parser, then the handler's type and range checks; each drop is counted by reason (see :data:`REJECT_REASONS`).
+Transport, decoding and routing stay apart: the UDP transport (``inputs/udp.py``: socket, receive buffer, drain,
+kernel drop counter, fair limiter; nothing raised reaches its thread's top and a bundle's timetag never makes it
+sleep), python-osc's ``OscMessage`` parser behind our own bundle splitter and type-tag check, and its ``Dispatcher``
+for address matching. Every packet passes the allow-list, then the limiter (its host's budget, with a fair share for
+each of the host's ports; a datagram costs one message, a bundle one per message), then the parser, then the
+handler's type and range checks; each drop is counted by reason (see :data:`REJECT_REASONS`). Structural events
+(scene changes, seed jumps, prompts) are coalesced: at most one per ``structural_interval`` per kind (per prompt
+slot), the first at once, the newest of the rest when the interval ends (``coalesced`` counts those superseded).
 
 Address space (``installation osc-map`` prints it from :func:`address_map`)::
 
@@ -33,23 +37,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pythonosc.dispatcher import Dispatcher
-from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from installation.bus import Event, ParamBus, ParamSpec
 from installation.inputs.prompt_guard import PromptGuard, PromptGuardSettings
+from installation.inputs.udp import FairLimiter, UdpReceiver, host_key
 
 log = logging.getLogger(__name__)
 
 REJECT_REASONS = (
-    "malformed", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited", "guard", "event_overflow",
-    "error",
+    "malformed", "unknown_type_tag", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited",
+    "guard", "event_overflow", "error",
 )
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 _MAX_ADDRESS = 256
 _SEED_MAX = 2**32 - 1
 _MAX_BLEND = 16  # reference images one /blend message may weigh
+_MAX_NESTING = 8  # bundles inside bundles
+_KNOWN_TAGS = b"ifsbhdtrmTFN[]"  # the argument types python-osc parses; any other is refused before parsing
+_STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
 
 Scenes = Sequence[str] | Callable[[], Sequence[str]]
 
@@ -65,9 +72,25 @@ class OscSettings(BaseModel):
     allow: tuple[str, ...] = Field(
         default=(), description="sender IPs or CIDR networks; empty = loopback only; ['0.0.0.0/0', '::/0'] = all"
     )
-    rate_limit: float = Field(default=500.0, gt=0.0, description="messages per second per sender host")
-    burst: int = Field(default=500, ge=1, description="token bucket size (messages)")
-    max_senders: int = Field(default=256, ge=1, description="rate-limit buckets kept (least recently used dropped)")
+    rate_limit: float = Field(
+        default=500.0, gt=0.0,
+        description="messages per second per sender host (all of 127.0.0.0/8 and ::1 are one host), shared evenly "
+                    "by the host's ports active in the last 10 s",
+    )
+    burst: int = Field(default=500, ge=1, description="token bucket size per host (messages), shared like the rate")
+    max_senders: int = Field(default=256, ge=1, description="sender hosts kept by the limiter (least recent dropped)")
+    ports_per_host: int = Field(
+        default=16, ge=1, le=1024, description="ports of one host with their own share; further ports share one"
+    )
+    rcvbuf: int = Field(
+        default=4 << 20, ge=4096, le=1 << 30,
+        description="kernel receive buffer asked for (bytes); Linux grants at most net.core.rmem_max",
+    )
+    structural_interval: float = Field(
+        default=0.25, ge=0.0, le=10.0,
+        description="seconds between two scene changes, two seed jumps or two prompts of one slot from OSC; the "
+                    "newest in between is applied when the interval ends; 0 = no limit",
+    )
     exclude_prefixes: tuple[str, ...] = Field(
         default=("audio.", "camera."), description="parameters neither settable over OSC nor fed back"
     )
@@ -197,9 +220,83 @@ def _complete(msg: OscMessage) -> bool:
             i += 4 + _pad4(len(next(args, b"")))
         elif tag in "TFN":
             next(args, None)
-        elif tag not in "[]I":
-            return False  # a type python-osc skips silently: refuse rather than guess its size
+        elif tag not in "[]":
+            return False  # a type python-osc skips: refuse rather than guess its size
     return i == len(dgram)
+
+
+def _elements(data: bytes, depth: int = 0) -> Iterator[bytes]:
+    """The message datagrams of a packet in order, bundles unpacked (timetags ignored); ValueError when malformed.
+
+    Our own walk instead of ``OscBundle``: it bounds nesting, refuses an element that is neither a message nor a
+    bundle (python-osc logs a root WARNING for each and skips it) and is lazy, so a bundle of thousands of messages
+    costs no more than the messages its sender may still spend.
+    """
+    if data.startswith(b"/"):
+        yield data
+        return
+    if not data.startswith(b"#bundle\0") or len(data) < 16 or depth >= _MAX_NESTING:
+        raise ValueError("neither a message nor a bundle")
+    i, n = 16, len(data)
+    while i < n:
+        if i + 4 > n:
+            raise ValueError("bundle element size cut")
+        size = int.from_bytes(data[i : i + 4], "big", signed=True)
+        i += 4
+        if size <= 0 or size % 4 or i + size > n:
+            raise ValueError("bad bundle element size")
+        yield from _elements(data[i : i + size], depth + 1)
+        i += size
+
+
+def _tags_known(dgram: bytes) -> bool:
+    """False when the type tag string names a type python-osc does not parse (it would log a root WARNING)."""
+    end = dgram.find(b"\0")
+    if end < 0:
+        return True  # no address terminator: the parser calls it malformed
+    i = _pad4(end + 1)
+    if i >= len(dgram):
+        return True
+    tend = dgram.find(b"\0", i)
+    tags = dgram[i : tend if tend >= 0 else len(dgram)]
+    return not tags.startswith(b",") or not tags[1:].translate(None, _KNOWN_TAGS)
+
+
+class _Coalescer:
+    """At most one structural event per group per ``interval``: the first passes at once, later ones are held (the
+    newest replaces an older held one) and the held one is released when the interval since the last ends."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[Any, float] = {}
+        self._held: dict[Any, Event] = {}
+
+    def offer(self, group: Any, event: Event, now: float) -> str:
+        """``"post"`` (post it now), ``"held"`` (kept for later) or ``"replaced"`` (kept; an older held one dropped)."""
+        with self._lock:
+            last = self._last.get(group)
+            if group not in self._held and (last is None or now - last >= self.interval):
+                self._last[group] = now
+                return "post"
+            replaced = group in self._held
+            self._held[group] = event
+            return "replaced" if replaced else "held"
+
+    def due(self, now: float) -> tuple[list[Event], float | None]:
+        """The held events whose interval has ended (now marked posted) and the seconds until the next is due."""
+        out: list[Event] = []
+        wait: float | None = None
+        with self._lock:
+            for group, event in list(self._held.items()):
+                at = self._last.get(group, -math.inf) + self.interval
+                if now >= at:
+                    out.append(event)
+                    del self._held[group]
+                    self._last[group] = now
+                else:
+                    wait = at - now if wait is None else min(wait, at - now)
+        return out, wait
 
 
 def _flat(params: list[Any]) -> Iterator[Any]:
@@ -235,16 +332,20 @@ class OscServer:
         self._clock = clock
         self._guard = PromptGuard(settings.prompt, base_dir)
         self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow] or list(_LOOPBACK)
-        self._allow_cache: OrderedDict[str, bool] = OrderedDict()
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # host -> [tokens, last time]; server thread
-        self._lock = threading.Lock()  # counters and the last-setter table, shared with the loop thread
+        self._senders: OrderedDict[str, tuple[bool, str]] = OrderedDict()  # host -> (allowed, limiter host key)
+        self._limiter = FairLimiter(settings.rate_limit, settings.burst, max_hosts=settings.max_senders,
+                                    ports_per_host=settings.ports_per_host)
+        self._coalescer = _Coalescer(settings.structural_interval)
+        # _rx_lock serialises packet handling (the receive thread, or a caller of handle_datagram: the limiter and the
+        # coalescer are not thread-safe); _lock, never held across a handler, guards the counters and the last-setter
+        # table, so the loop's stats() and feedback() never wait for a packet being handled.
+        self._rx_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._rejects: Counter[str] = Counter()
         self._guard_reasons: Counter[str] = Counter()
         self._setters: dict[str, tuple[str, float, float]] = {}  # param -> (host, time, value set)
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._rx: UdpReceiver | None = None
         self._fb_sock: socket.socket | None = None
         self._fb_addr: tuple[Any, ...] | None = None
         self._fb_host = ""
@@ -276,9 +377,25 @@ class OscServer:
             d.map(address, fn, needs_reply_address=True)
         return d
 
-    def _post(self, kind: str, value: Any, client: tuple[Any, ...]) -> None:
-        if not self.bus.post(Event(kind, value, f"osc:{client[0]}")):
+    def _post(self, kind: str, value: Any, client: tuple[Any, ...], group: Any = None) -> None:
+        event = Event(kind, value, f"osc:{client[0]}")
+        group = _STRUCTURAL.get(kind, group)
+        if group is not None and self._coalescer.interval > 0:
+            outcome = self._coalescer.offer(group, event, time.monotonic())
+            if outcome == "replaced":
+                self._count("coalesced")  # the older held one is superseded: its intent merges into this one
+            if outcome != "post":
+                return
+        if not self.bus.post(event):
             raise _Reject("event_overflow")  # the bus's event queue is full
+
+    def _release_held(self) -> float | None:
+        """Post the held structural events that are due (receive thread); seconds until the next one is."""
+        events, wait = self._coalescer.due(time.monotonic())
+        for event in events:
+            if not self.bus.post(event):
+                self._reject("event_overflow")
+        return wait
 
     def _h_param(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
         rest = address[len("/param/"):]
@@ -339,7 +456,7 @@ class OscServer:
             with self._lock:
                 self._guard_reasons[result.reason] += 1
             raise _Reject("guard")
-        self._post("prompt", (slot, result.text, weight), client)
+        self._post("prompt", (slot, result.text, weight), client, group=("prompt", slot))
 
     def _h_seed(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
         if len(args) != 1 or isinstance(args[0], bool):
@@ -384,9 +501,10 @@ class OscServer:
             self._count("pong_errors")
 
     # -- packets -----------------------------------------------------------------------------------------------
-    def _allowed(self, host: str) -> bool:
-        ok = self._allow_cache.get(host)
-        if ok is None:
+    def _sender(self, host: str) -> tuple[bool, str]:
+        """(allowed, limiter host key) of a sender address, cached."""
+        entry = self._senders.get(host)
+        if entry is None:
             try:
                 ip = ipaddress.ip_address(host.split("%", 1)[0])
                 if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -394,61 +512,48 @@ class OscServer:
                 ok = any(ip in net for net in self._allow)
             except ValueError:
                 ok = False
-            self._allow_cache[host] = ok
-            if len(self._allow_cache) > 1024:
-                self._allow_cache.popitem(last=False)
-        return ok
-
-    def _tokens(self, host: str, now: float) -> list[float]:
-        bucket = self._buckets.get(host)
-        if bucket is None:
-            bucket = self._buckets[host] = [float(self.settings.burst), now]
-            if len(self._buckets) > self.settings.max_senders:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(host)
-            bucket[0] = min(float(self.settings.burst), bucket[0] + (now - bucket[1]) * self.settings.rate_limit)
-            bucket[1] = now
-        return bucket
-
-    @staticmethod
-    def _flatten(bundle: OscBundle) -> Iterator[OscMessage]:
-        """Messages of a bundle in datagram order, nested bundles included; timetags ignored on purpose."""
-        for content in bundle:
-            if isinstance(content, OscMessage):
-                yield content
-            else:
-                yield from OscServer._flatten(content)
+            entry = self._senders[host] = (ok, host_key(host))
+            if len(self._senders) > 1024:
+                self._senders.popitem(last=False)
+        return entry
 
     def handle_datagram(self, data: bytes, client: tuple[Any, ...]) -> None:
         """Apply one UDP datagram from ``client``; every outcome is counted, nothing is raised."""
-        host = str(client[0])
-        self._count("packets")
-        if not self._allowed(host):
-            self._reject("not_allowed")
+        with self._rx_lock:
+            self._handle(data, client)
+
+    def _handle(self, data: bytes, client: tuple[Any, ...]) -> None:
+        allowed, key = self._sender(str(client[0]))
+        if not allowed:
+            self._reject("not_allowed", packet=True)
             return
-        bucket = self._tokens(host, time.monotonic())
-        if bucket[0] < 1.0:
-            self._reject("rate_limited")
+        port = client[1] if len(client) > 1 else None
+        if not self._limiter.take(key, port):  # every datagram costs a token, a malformed one too
+            self._reject("rate_limited", packet=True)
+            return
+        parts: list[bytes] = []
+        try:
+            for part in _elements(data):
+                if parts and not self._limiter.take(key, port):  # a bundle costs one token per message
+                    self._reject("rate_limited")  # this message and the rest of the bundle (not looked at)
+                    break
+                parts.append(part)
+        except ValueError:
+            self._reject("malformed", packet=True)
+            return
+        if not all(_tags_known(p) for p in parts):
+            self._reject("unknown_type_tag", packet=True)  # python-osc would skip the argument, log a root WARNING
             return
         try:
-            if OscBundle.dgram_is_bundle(data):
-                messages = list(self._flatten(OscBundle(data)))
-            elif OscMessage.dgram_is_message(data):
-                messages = [OscMessage(data)]
-            else:
-                raise ValueError("neither a message nor a bundle")
-        except Exception:  # noqa: BLE001 - any parser failure (incl. RecursionError) is a malformed packet
-            self._reject("malformed")
+            messages = [OscMessage(p) for p in parts]
+        except Exception:  # noqa: BLE001 - any parser failure is a malformed packet
+            self._reject("malformed", packet=True)
             return
         if not all(_complete(m) for m in messages):
-            self._reject("malformed")
+            self._reject("malformed", packet=True)
             return
+        self._count("packets")
         for msg in messages:
-            if bucket[0] < 1.0:
-                self._reject("rate_limited")
-                continue
-            bucket[0] -= 1.0
             self._dispatch(msg, client)
 
     def _dispatch(self, msg: OscMessage, client: tuple[Any, ...]) -> None:
@@ -478,31 +583,52 @@ class OscServer:
         with self._lock:
             self._counts[key] += n
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, packet: bool = False) -> None:
+        """Count a dropped message (or, with ``packet``, a whole datagram: counted as a packet too, one lock)."""
         with self._lock:
             self._rejects[reason] += 1
+            if packet:
+                self._counts["packets"] += 1
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
+    def _sock(self) -> socket.socket | None:
+        rx = self._rx
+        return rx.sock if rx is not None else None
+
+    @property
     def address(self) -> tuple[str, int] | None:
         """tuple: the bound (host, port) while running, else None."""
-        sock = self._sock
-        return sock.getsockname()[:2] if sock is not None else None
+        rx = self._rx
+        return rx.address if rx is not None else None  # type: ignore[return-value]
+
+    @property
+    def running(self) -> bool:
+        """bool: whether the receive thread is serving."""
+        return self._rx is not None and self._rx.alive
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The receive thread, for the runtime's input supervision (it restarts an input whose thread died)."""
+        rx = self._rx
+        return rx._thread if rx is not None else None
+
+    @property
+    def _stop(self) -> threading.Event | None:
+        rx = self._rx
+        return rx._stop if rx is not None else None
 
     def start(self) -> None:
         """Bind the socket (fails fast with OSError if the port is taken) and start the receive thread."""
-        if self._thread is not None:
+        if self._rx is not None:
             return
         s = self.settings
-        info = socket.getaddrinfo(s.host, s.port, type=socket.SOCK_DGRAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        rx = UdpReceiver(s.host, s.port, self.handle_datagram, rcvbuf=s.rcvbuf, on_idle=self._release_held,
+                         name="osc-server")
         try:
-            sock.bind(info[4])
+            rx.bind()
         except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"OSC: cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
-        sock.settimeout(0.1)
-        self._sock = sock
+            raise OSError(exc.errno, f"OSC: {exc.strerror}") from exc
         if s.feedback_host:
             try:
                 fb = socket.getaddrinfo(s.feedback_host, s.feedback_port, type=socket.SOCK_DGRAM)[0]
@@ -512,50 +638,37 @@ class OscServer:
                 self._fb_host = str(fb[4][0])
             except OSError as exc:
                 log.error("OSC feedback to %s:%s disabled: %s", s.feedback_host, s.feedback_port, exc)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="osc-server", daemon=True)
-        self._thread.start()
-        log.info("OSC listening on %s:%s", *self.address)
+        self._rx = rx
+        rx.start()
+        log.info("OSC listening on %s:%s (receive buffer %s KiB)", *self.address, (rx.rcvbuf_bytes() or 0) // 1024)
 
     def stop(self) -> None:
         """Stop the thread and close the sockets; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        for sock in (self._sock, self._fb_sock):
-            if sock is not None:
-                sock.close()
-        self._sock = self._fb_sock = None
+        rx, self._rx = self._rx, None
+        if rx is not None:
+            rx.stop()
+        if self._fb_sock is not None:
+            self._fb_sock.close()
+        self._fb_sock = None
         self._fb_addr = None
 
-    def _run(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        while not self._stop.is_set():
-            try:
-                data, client = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    break
-                self._count("socket_errors")  # e.g. ICMP port unreachable surfacing on Windows
-                continue
-            try:
-                self.handle_datagram(data, client)
-            except Exception:  # noqa: BLE001 - belt and braces: the thread never dies
-                self._reject("error")
-                log.debug("OSC datagram failed", exc_info=True)
-
     def stats(self) -> dict[str, Any]:
-        """Counters: packets, messages, applied, pongs, feedback_sent, rejects by reason, guard reasons."""
+        """Counters: packets, messages, applied, coalesced, pongs, feedback_sent, rejects by reason, guard reasons,
+        and the transport's: kernel_drops (datagrams the kernel dropped, buffer full), rx_queue_bytes, rcvbuf_bytes."""
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
             out["rejects"] = dict(self._rejects)
             out["guard"] = dict(self._guard_reasons)
-        for key in ("packets", "messages", "applied"):
+        for key in ("packets", "messages", "applied", "coalesced"):
             out.setdefault(key, 0)
+        rx = self._rx
+        if rx is not None:
+            t = rx.stats()
+            out.update(kernel_drops=t["kernel_drops"], rx_queue_bytes=t["rx_queue_bytes"],
+                       rcvbuf_bytes=t["rcvbuf_bytes"])
+            for key in ("socket_errors", "callback_errors"):
+                if t[key]:
+                    out[key] = t[key]
         return out
 
     # -- feedback (loop thread) --------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -13,6 +16,7 @@ from pydantic import ValidationError
 
 from installation.ops.health import (HealthServer, HealthSettings, MemoryWatch, Trend, eta_to_limit_s,
                                      memory_limit_mb, rss_mb, vram_mb)
+from support import ROOT, wait_until
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -256,3 +260,174 @@ def test_client_hanging_up_is_quiet(server, capfd):
         s.shutdown(socket.SHUT_RDWR)
     assert get(srv.url)[0] == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+# -- connection cap, whole-request deadline, JSON errors, descriptors -------------------------------------------------
+
+def raw_request(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict]:
+    """Send ``data`` on a fresh connection and read the whole answer: (status, JSON body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return parse_answer(read_all(s))
+
+
+def read_all(s: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"application/json" in head, raw[:300]
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("request_bytes, code", [
+    (b"BREW /health HTTP/1.0\r\n\r\n", 501),  # unsupported method
+    (b"garbage\r\n\r\n", 400),
+    (b"GET /health HTTP/9.9\r\n\r\n", 505),
+    (b"GET /" + b"x" * 70000 + b" HTTP/1.0\r\n\r\n", 414),
+    (b"GET /health HTTP/1.0\r\n" + b"X-A: b\r\n" * 120 + b"\r\n", 431),  # too many headers
+])
+def test_error_answers_are_json(server, request_bytes, code):
+    srv, _ = server
+    status, body = raw_request(srv.port, request_bytes)
+    assert status == code and body["code"] == code and isinstance(body["error"], str)
+
+
+def test_a_trickling_request_is_cut_off_at_the_deadline():
+    """Slowloris: one byte every 0.2 s, each read well within any per-read timeout; the whole request must fit 1 s."""
+    srv = HealthServer(HealthSettings(port=0, request_timeout_s=1.0), lambda: {"status": "ok"})
+    with srv:
+        request = b"GET /health HTTP/1.0\r\nHost: x\r\nUser-Agent: slow\r\n\r\n"  # 52 bytes: 10 s at this pace
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            t0 = time.monotonic()
+            answer = b""
+            for byte in request:
+                try:
+                    s.sendall(bytes([byte]))
+                except OSError:  # the server has closed it: fine
+                    break
+                s.settimeout(0.2)
+                try:
+                    answer = s.recv(65536)
+                except TimeoutError:
+                    continue
+                break
+            s.settimeout(10)
+            answer += read_all(s)
+            elapsed = time.monotonic() - t0
+        assert elapsed < 8, f"the connection was held for {elapsed:.1f} s"
+        status, body = parse_answer(answer)
+        assert status == 408 and body["code"] == 408
+        assert srv.stats()["timed_out"] == 1
+        assert get(srv.url)[0] == 200  # and the server goes on
+
+
+def test_connections_are_capped_and_slow_ones_make_room():
+    """More idle connections than the cap: the server holds at most the cap, and /health still answers."""
+    srv = HealthServer(HealthSettings(port=0, max_connections=4, request_timeout_s=5.0), lambda: {"status": "ok"})
+    threads_before = threading.active_count()
+    with srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(12)]
+        try:
+            assert wait_until(lambda: srv.stats()["accepted"] >= 12, timeout=10)
+            assert srv.stats()["open"] <= 4 and threading.active_count() - threads_before <= 4 + 1
+            assert srv.stats()["evicted"] == 8  # each newcomer took the place of the oldest one still silent
+            assert idle[0].recv(100) == b""  # the first ones were closed
+            assert get(srv.url) == (200, {"status": "ok"})  # takes the place of the oldest silent one
+            assert srv.stats()["evicted"] == 9 and srv.stats()["open"] <= 4
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_busy_answers_503_when_every_slot_is_answering():
+    gate = threading.Event()
+
+    def snapshot():
+        gate.wait(10)
+        return {"status": "ok"}
+
+    srv = HealthServer(HealthSettings(port=0, max_connections=2), snapshot)
+    with srv:
+        results = []
+        workers = [threading.Thread(target=lambda: results.append(get(srv.url))) for _ in range(2)]
+        for w in workers:
+            w.start()
+        try:
+            assert wait_until(lambda: srv.stats()["open"] == 2, timeout=5)
+            code, body = get(srv.url)  # both slots are answering (their snapshot waits): no one to evict
+            assert code == 503 and body["error"] == "busy"
+        finally:
+            gate.set()
+            for w in workers:
+                w.join(10)
+        assert results == [(200, {"status": "ok"})] * 2
+        assert srv.stats()["refused_busy"] == 1 and srv.stats()["evicted"] == 0
+
+
+SERVE_WITH_FEW_DESCRIPTORS = r"""
+import json, resource, sys, time
+from installation.ops.health import HealthServer, HealthSettings
+from installation.ops.state import StateKeeper, StateSettings
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))  # the 1024 of a systemd service, scaled down
+srv = HealthServer(HealthSettings(port=0, max_connections=16, request_timeout_s=2.0), lambda: {"status": "ok"})
+srv.start()
+keeper = StateKeeper(StateSettings(path=sys.argv[1]))
+print(srv.port, flush=True)
+sys.stdin.readline()  # the test's slow clients are connected and trickling
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    keeper.save_now({"scene": "a", "position": 1})
+    time.sleep(0.05)
+print(json.dumps({"state": keeper.stats(), "http": srv.stats()}), flush=True)
+"""
+
+
+def test_slow_clients_cannot_starve_the_process_of_descriptors(tmp_path):
+    """100 slow connections against a process allowed 64 descriptors: state saves and /health keep working."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_WITH_FEW_DESCRIPTORS, str(tmp_path / "show.json"), "4"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    slow: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        for _ in range(100):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            slow.append(s)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        answers = []
+        end = time.monotonic() + 3.5
+        while time.monotonic() < end:
+            for s in slow:
+                try:
+                    s.send(b"G")  # one byte now and then: each read is quick, the request never completes
+                except OSError:
+                    pass
+            try:
+                answers.append(get(f"http://127.0.0.1:{port}/health")[0])
+            except OSError:
+                answers.append(None)
+            time.sleep(0.3)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        for s in slow:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["state"]["failures"] == 0 and report["state"]["saves"] > 10, report
+    assert report["http"]["open"] <= 16 and report["http"]["accept_errors"] == 0, report
+    assert answers.count(200) >= len(answers) - 1, answers  # slow clients make room for a quick one

@@ -39,6 +39,7 @@ def test_unit_keys():
     assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main"
     assert svc["WatchdogSec"] == "30"
     assert svc["Restart"] == "always" and svc["RestartSec"] == "5"
+    assert svc["LimitNOFILE"] == "65536"  # not systemd's soft 1024
     assert svc["KillSignal"] == "SIGTERM" and svc["TimeoutStopSec"] == "20"
     assert svc["ExecStart"] == ("/opt/installation/.venv/bin/installation run --fullscreen "
                                 "--config /opt/installation/config/default.toml")
