@@ -1,9 +1,11 @@
 """Diffusion decoder: SD-Turbo / SDXL-Turbo / LCM (+ optional TAESD) with an own 1-8 step loop per frame.
 
-The model is built from its diffusers components (never a pipeline ``__call__`` per frame). Prompts are encoded
-once each (LRU cache) and blended by weight; img2img, reference-image blends, emergence (seeing x0 develop) and
-live-scaled LoRAs are supported. On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8
-conversion + finite flag) is one captured graph over static buffers; float32 eager on the CPU always works.
+The model is built from its diffusers components (never a pipeline ``__call__`` per frame); the timesteps and the
+starting latent are the ones the folder's scheduler gives a diffusers pipeline, so a frame is the pipeline's for the
+same noise and prompt (tests/decoders/test_diffusion_parity.py). Prompts are encoded once each (LRU cache) and
+blended by weight; img2img, reference-image blends, emergence (seeing x0 develop) and live-scaled LoRAs are
+supported. On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8 conversion + finite flag) is one
+captured graph over static buffers; float32 eager on the CPU always works.
 
 Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
@@ -14,6 +16,7 @@ From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -53,7 +56,8 @@ class DiffusionSettings(DecoderSettings):
     local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
     family: Literal["auto", "sd21", "sdxl", "lcm"] = "auto"
     steps: int = Field(1, ge=1, le=8, description="denoising steps per frame: 1-4 (LCM 2-8)")
-    timesteps: tuple[int, ...] = Field((), description="explicit timesteps (descending); empty = trailing spacing")
+    timesteps: tuple[int, ...] = Field((), description="explicit timesteps (descending); empty = as the folder's "
+                                                      "scheduler sets them")
     taesd: str = Field("", description="folder of an AutoencoderTiny (TAESD) used instead of the full VAE")
     width: int = Field(512, ge=64, le=2048)
     height: int = Field(512, ge=64, le=2048)
@@ -142,6 +146,32 @@ def _weights_variant(folder: Path, prefer_fp16: bool = False) -> str | None | bo
     if half and (prefer_fp16 or not plain):
         return "fp16"
     return None if plain else False
+
+
+def vae_factor(config: Mapping[str, Any]) -> int:
+    """Pixels per latent cell of a VAE config, as diffusers' pipelines derive it: 2 ** (len(block_out_channels) - 1).
+
+    An AutoencoderTiny (TAESD) file may only name ``decoder_block_out_channels``; diffusers registers those as
+    ``block_out_channels`` when it loads one.
+    """
+    blocks = config.get("block_out_channels") or config.get("decoder_block_out_channels")
+    return 2 ** (len(blocks) - 1) if blocks else 8
+
+
+def _vae_config(settings: "DiffusionSettings") -> dict[str, Any]:
+    """The config.json of the VAE a scene decodes with (its TAESD, else the folder's vae/), or {} when not local."""
+    folder = Path(settings.taesd).expanduser() if settings.taesd else Path(settings.model).expanduser() / "vae"
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_vae_factor(settings: "DiffusionSettings", factor: int) -> None:
+    if settings.width % factor or settings.height % factor:
+        vae = settings.taesd or str(Path(settings.model) / "vae")
+        raise ValueError(f"{vae}: this VAE turns {factor}x{factor} pixels into one latent, so width and height must "
+                         f"be multiples of {factor}, not {settings.width}x{settings.height}")
 
 
 def detect_family(model_dir: Path) -> str:
@@ -272,7 +302,7 @@ class DiffusionDecoder:
 
     @classmethod
     def latent_shape(cls, settings: DiffusionSettings) -> tuple[int, ...]:
-        """(C, H/8, W/8); C is read from a local UNet config when there is one (4 for every SD family)."""
+        """(C, H/f, W/f): C from a local UNet config, f from the VAE's (or TAESD's) config; 4 and 8 for SD models."""
         channels = 4
         cfg = Path(settings.model).expanduser() / "unet" / "config.json"
         try:
@@ -280,7 +310,8 @@ class DiffusionDecoder:
                 channels = int(json.loads(cfg.read_text()).get("in_channels", 4))
         except (OSError, ValueError):
             pass
-        return (channels, settings.height // 8, settings.width // 8)
+        f = vae_factor(_vae_config(settings))
+        return (channels, settings.height // f, settings.width // f)
 
     @classmethod
     def param_specs(cls, settings: DiffusionSettings) -> list[ParamSpec]:
@@ -313,6 +344,7 @@ class DiffusionDecoder:
         if settings.taesd and not (Path(settings.taesd).expanduser() / "config.json").is_file():
             raise FileNotFoundError(f"TAESD folder {settings.taesd} not found or has no config.json; get it with "
                                     f"`huggingface-cli download madebyollin/taesd --local-dir {settings.taesd}`")
+        _check_vae_factor(settings, vae_factor(_vae_config(settings)))
         cls._check_files(settings)
 
     def __init__(self, settings: DiffusionSettings, device: str = "cpu") -> None:
@@ -402,11 +434,16 @@ class DiffusionDecoder:
             self.text_encoders.append(CLIPTextModelWithProjection.from_pretrained(
                 model_dir, subfolder="text_encoder_2", variant=variants["text_encoder_2"], **kw))
         progress.step("loading the scheduler and the VAE")
+        # The class a pipeline loads: model_index.json's entry, else the one the scheduler's config names.
+        sched_entry = json.loads((model_dir / "model_index.json").read_text()).get("scheduler") or [None, None]
+        sched_name = sched_entry[1] if isinstance(sched_entry, list) and len(sched_entry) == 2 else None
         sched_cfg = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
-        sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
+        sched_name = sched_name or sched_cfg.get("_class_name", "DDPMScheduler")
+        sched_cls = getattr(diffusers, sched_name, diffusers.DDPMScheduler)
         if family == "lcm" and sched_cls is not diffusers.LCMScheduler:
             sched_cls = diffusers.LCMScheduler
-        self.scheduler = sched_cls.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True)
+        self.scheduler = self._loop_scheduler(
+            sched_cls.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True), model_dir)
         if taesd_dir is not None:
             self.vae = diffusers.AutoencoderTiny.from_pretrained(
                 taesd_dir, variant=_weights_variant(taesd_dir, self.dtype == torch.float16), **kw)
@@ -424,14 +461,18 @@ class DiffusionDecoder:
         for m in [self.unet, self.vae, *self.text_encoders]:
             m.to(self.device).eval().requires_grad_(False)
         self.vae_scale = float(self.vae.config.get("scaling_factor", 1.0) or 1.0)
-        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if not self.tiny_vae else 8
-        if scale != 8:
-            raise ValueError(f"{model_dir}: VAE downsamples by {scale}, expected 8 (latent_shape assumes H/8 x W/8)")
+        self.vae_factor = vae_factor(self.vae.config)
+        _check_vae_factor(s, self.vae_factor)
+        vae_dir = taesd_dir if taesd_dir is not None else model_dir / "vae"
+        lat_ch, unet_ch = int(self.vae.config.latent_channels), int(self.unet.config.in_channels)
+        if lat_ch != unet_ch:
+            raise ValueError(f"{vae_dir}: the VAE has {lat_ch} latent channels but the UNet takes {unet_ch}")
         self.prediction = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"{model_dir}: unsupported prediction_type {self.prediction!r}")
         self.alphas_cumprod = self.scheduler.alphas_cumprod.double().cpu()
         self.num_train = int(self.scheduler.config.num_train_timesteps)
+        self.full_schedule, self.z_coef = self._full_schedule()
 
         from ._lora import apply_loras
 
@@ -460,9 +501,8 @@ class DiffusionDecoder:
     def _make_buffers(self) -> None:
         """Static tensors every program reads or writes; their addresses never change after prepare."""
         s, dev = self.settings, self.device
-        c, h, w = self.latent_shape(s)
-        if int(self.unet.config.in_channels) != c:
-            c = int(self.unet.config.in_channels)
+        c, f = int(self.unet.config.in_channels), self.vae_factor
+        h, w = s.height // f, s.width // f
         self.lat_shape = (c, h, w)
         self.cfg = s.guidance > 1.0 and self.unet.config.get("time_cond_proj_dim") is None
         batch = 2 if self.cfg else 1
@@ -621,6 +661,86 @@ class DiffusionDecoder:
             self.buf["pooled"][-1].copy_(pooled[0])
         self._cond_key = prompts
 
+    # -- the schedule, as the folder's scheduler sets it ----------------------------------------------------------
+
+    def _loop_scheduler(self, sched: Any, model_dir: Path) -> Any:
+        """The scheduler whose schedule the loop follows: the folder's own when it calls the UNet once per step (Euler,
+        DDIM, LCM, DPM-Solver...); for one that calls it more often (Heun, PNDM's warm-up) an Euler scheduler from the
+        same config, since the loop's step is Euler's (deterministic, == DDIM)."""
+        n = self.settings.steps
+        try:
+            sched.set_timesteps(n)
+            if getattr(sched, "order", 1) == 1 and len(sched.timesteps) == n:
+                return sched
+        except (ValueError, RuntimeError, TypeError):
+            pass
+        import diffusers
+
+        log.info("diffusion: %s's %s does not take one UNet call per step; following an Euler schedule from its "
+                 "config", model_dir, type(sched).__name__)
+        return diffusers.EulerDiscreteScheduler.from_config(sched.config)
+
+    def _scheduler_run(self, n: int | None = None, **kw: Any) -> list[tuple[float, float]]:
+        """set_timesteps on the loop's scheduler, as (timestep, alphas_cumprod) per step: the alpha from the scheduler's
+        own sigmas where it keeps them (Euler, DPM-Solver: fractional and Karras timesteps too), else from the table."""
+        sched, T = self.scheduler, self.num_train
+        if n is None:
+            sched.set_timesteps(**kw)
+        else:
+            sched.set_timesteps(n, **kw)
+        ts = [float(t) for t in sched.timesteps]
+        if not ts or any(not 0.0 <= t <= T - 1 for t in ts):
+            raise ValueError(f"{type(sched).__name__} gives timesteps {ts[:8]}, outside the training range 0..{T - 1}")
+        sigmas = getattr(sched, "sigmas", None)
+        if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) >= len(ts):
+            return [(t, 1.0 / (1.0 + float(sg) ** 2)) for t, sg in zip(ts, sigmas.tolist())]
+        return [(float(round(t)), float(self.alphas_cumprod[int(round(t))])) for t in ts]
+
+    def _full_schedule(self) -> tuple[list[tuple[float, float]], float]:
+        """The steps of a text-to-image run and the weight of z in its starting latent, as a diffusers pipeline given
+        this folder sets them: it scales its noise by ``init_noise_sigma`` and the UNet input by ``scale_model_input``
+        (Euler with trailing or linspace spacing starts from sqrt(1 - alphas_cumprod[t0]) * z, DDIM and LCM from z)."""
+        s, sched = self.settings, self.scheduler
+        run = None
+        if s.timesteps and "timesteps" in inspect.signature(sched.set_timesteps).parameters:
+            try:
+                run = self._scheduler_run(timesteps=list(s.timesteps))
+            except ValueError:  # e.g. Karras sigmas take no explicit timesteps
+                run = None
+        if run is None:
+            run = self._scheduler_run(s.steps)
+            if s.timesteps:
+                run = [(float(t), float(self.alphas_cumprod[t])) for t in s.timesteps]
+        start = sched.scale_model_input(torch.full((1,), float(sched.init_noise_sigma)), sched.timesteps[0])
+        return run, float(start[0])
+
+    def _img2img_schedule(self, strength: float) -> list[tuple[float, float]]:
+        """The steps of an img2img run at a strength, as diffusers' img2img pipelines take them: the scheduler's own
+        partial schedule where it has one (LCM: ``set_timesteps(strength=)``), else the last ``steps`` timesteps of a
+        steps/strength-step run (``get_timesteps``), interpolated between whole step counts so that a moving strength
+        moves the timesteps smoothly (exact wherever steps/strength is whole)."""
+        s, T, acp = self.settings, self.num_train, self.alphas_cumprod
+        if s.timesteps:
+            ts = [max(0, min(T - 1, int(round(t * strength)))) for t in s.timesteps]
+            return [(float(t), float(acp[t])) for t in ts]
+        try:
+            if "strength" in inspect.signature(self.scheduler.set_timesteps).parameters:
+                run = self._scheduler_run(s.steps, strength=strength)
+                if len(run) != s.steps:
+                    raise ValueError(f"{len(run)} timesteps at strength {strength}")
+                return run
+            n_eff = min(s.steps / strength, float(T))
+            n = max(s.steps, math.floor(n_eff + 1e-6))
+            upper = self._scheduler_run(n)[-s.steps:]  # strength steps/n >= strength: the larger timesteps
+            if n_eff - n <= 1e-6:
+                return upper
+            lower = self._scheduler_run(n + 1)[-s.steps:]
+            w = (strength - s.steps / (n + 1)) / (s.steps / n - s.steps / (n + 1))
+            ts = [int(round((1 - w) * lo + w * hi)) for (lo, _), (hi, _) in zip(lower, upper)]
+        except ValueError:  # the scheduler cannot go that low (LCM below steps/original_inference_steps)
+            ts = [max(0, int(round((t + 1) * strength)) - 1) for t, _ in self.full_schedule]
+        return [(float(t), float(acp[t])) for t in ts]
+
     # -- per-step arithmetic ------------------------------------------------------------------------------------
 
     def _table(self, strength: float) -> None:
@@ -628,25 +748,20 @@ class DiffusionDecoder:
         key = round(strength, 4)
         if key == self._tab_key:
             return
-        s, T = self.settings, self.num_train
-        if s.timesteps:
-            ts = [max(0, min(T - 1, int(round(t * strength)))) for t in s.timesteps]
-        else:
-            ts = [max(0, min(T - 1, int(round(v)) - 1)) for v in np.linspace(T * strength, 0, s.steps + 1)[:-1]]
-        acp = self.alphas_cumprod
+        run = self.full_schedule if key >= 1.0 else self._img2img_schedule(strength)
         rows = []
-        for i, t in enumerate(ts):
-            a = float(acp[t])
-            a_next = float(acp[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        for i, (t, a) in enumerate(run):
+            a_next = run[i + 1][1] if i + 1 < len(run) else 1.0
             if self.family == "lcm":
-                c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t)
+                c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(int(round(t)))
             else:
                 c_skip, c_out = 0.0, 1.0
-            rows.append([float(t), math.sqrt(a), math.sqrt(1 - a), float(c_skip), float(c_out), math.sqrt(a_next),
+            rows.append([t, math.sqrt(a), math.sqrt(1 - a), float(c_skip), float(c_out), math.sqrt(a_next),
                          math.sqrt(1 - a_next)])
         self.buf["tab"].copy_(torch.tensor(rows, dtype=torch.float32))
         self._tab_key = key
-        self.timesteps_now = tuple(ts)
+        self.timesteps_now = tuple(int(t) if float(t).is_integer() else t for t, _ in run)
+        self.alpha_start = run[0][1]
 
     def _unet_kwargs(self) -> dict[str, Any]:
         b = self.buf
@@ -855,12 +970,11 @@ class DiffusionDecoder:
             program, fn = ("recon",), self._program_recon
         else:
             self._table(strength)
-            if img2img:
-                t0 = self.timesteps_now[0]
-                a = float(self.alphas_cumprod[t0])
+            if img2img:  # the source noised to the first timestep (the scheduler's add_noise)
+                a = self.alpha_start
                 self._init_coef((math.sqrt(a), math.sqrt(1 - a)))
-            else:
-                self._init_coef((0.0, 1.0))
+            else:  # noise as the folder's scheduler starts it (init_noise_sigma, scale_model_input)
+                self._init_coef((0.0, self.z_coef))
             if s.emergence and s.steps > 1:
                 i = self._em_index
                 program, fn = ("emergence", i), (lambda i=i: self._program_emergence(i))

@@ -50,16 +50,21 @@ def _text_config(full: str | None, **overrides):
     return CLIPTextConfig(**cfg)
 
 
-def _vae(full: bool, scaling_factor: float):
+def _vae(full: bool, scaling_factor: float, factor: int = 8):
+    """A full (AutoencoderKL) VAE; ``factor`` (tiny only): pixels per latent cell, 2 ** (number of blocks - 1)."""
     from diffusers import AutoencoderKL
 
     if full:
         return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                              layers_per_block=2, sample_size=768, scaling_factor=scaling_factor)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         layers_per_block=1, norm_num_groups=2, sample_size=64, scaling_factor=scaling_factor)
+    blocks = factor.bit_length()
+    if factor < 1 or 2 ** (blocks - 1) != factor:
+        raise ValueError(f"VAE factor must be a power of two, not {factor}")
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * blocks,
+                         down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1, norm_num_groups=2,
+                         sample_size=64, scaling_factor=scaling_factor)
 
 
 def _save(model, out: Path, fp16: bool) -> None:
@@ -73,18 +78,18 @@ def _save(model, out: Path, fp16: bool) -> None:
 
 
 def make_sd21(out: Path, full: bool = False, seed: int = 0, lcm: bool = False, device: str | None = None,
-              fp16: bool = False) -> Path:
+              fp16: bool = False, vae_factor: int = 8) -> Path:
     """An SD 2.1 / SD-Turbo-shaped folder (``lcm=True``: SD 1.5-style with an LCMScheduler and guidance embedding).
 
     ``device="cuda"`` runs the random initialisation on the GPU (seconds instead of a minute for full shapes);
-    ``fp16`` writes float16 variant files.
+    ``fp16`` writes float16 variant files; ``vae_factor`` (tiny only) gives a VAE of another downsampling factor.
     """
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
-        return _sd21_pipe(out, full, lcm, fp16)
+        return _sd21_pipe(out, full, lcm, fp16, vae_factor)
 
 
-def _sd21_pipe(out: Path, full: bool, lcm: bool, fp16: bool) -> Path:
+def _sd21_pipe(out: Path, full: bool, lcm: bool, fp16: bool, vae_factor: int = 8) -> Path:
     from diffusers import (EulerDiscreteScheduler, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel)
     from transformers import CLIPTextModel
 
@@ -110,9 +115,9 @@ def _sd21_pipe(out: Path, full: bool, lcm: bool, fp16: bool) -> Path:
     else:
         scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                            timestep_spacing="trailing", prediction_type="epsilon", steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=_vae(full, 0.18215), text_encoder=text, tokenizer=byte_level_clip_tokenizer(),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(vae=_vae(full, 0.18215, vae_factor), text_encoder=text,
+                                   tokenizer=byte_level_clip_tokenizer(), unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     _save(pipe, out, fp16)
     return out
 
