@@ -381,3 +381,11 @@ def test_weights_variant_choice(tmp_path):
     assert _weights_variant(tmp_path / "a", prefer_fp16=True) == "fp16"
     assert _weights_variant(tmp_path / "b") == "fp16"
     assert _weights_variant(tmp_path / "c") is False
+
+
+def test_loading_does_not_warn_about_accelerate(Diffusion, tiny_models, capfd):
+    """accelerate is not installed on purpose (it did not speed up loading or lower its peak memory here): loads say
+    nothing about it, on the UNet, TAESD or the full VAE."""
+    _decoder(Diffusion, tiny_models)  # the full VAE
+    _decoder(Diffusion, tiny_models, taesd=str(tiny_models["taesd"]))
+    assert "accelerate" not in capfd.readouterr().err
