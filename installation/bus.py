@@ -4,6 +4,11 @@ Writers (OSC thread, audio callback, camera thread, LFOs) call :meth:`ParamBus.s
 from any thread; they never block on the loop and never raise into it. The update step calls
 :meth:`ParamBus.tick` once per frame: it drains the latest targets and the event queue and advances each
 parameter's attack/release follower by the injected ``dt``, so a fixed-step run is deterministic.
+
+Everything accepted is also written to a journal that other parts may watch without steering anything (an archive
+records who changed what and when): :meth:`ParamBus.subscribe` hands out a bounded queue of :class:`Change` entries,
+each with its show time and source; a subscriber that falls behind loses its oldest entries, counted, and never
+slows a writer.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import logging
 import math
 import numbers
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -93,6 +99,46 @@ class Follower:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One journal entry: a parameter target set (``kind`` "set"), an event posted ("event") or many targets reset
+    at once ("reset", ``value`` a dict), at show time ``t``, by ``source`` ("osc:127.0.0.1", "audio", "scene"...)."""
+
+    t: float
+    kind: str
+    name: str
+    value: Any
+    source: str = ""
+
+
+class Subscription:
+    """A subscriber's view of the journal: a bounded queue, drained by its owner on its own thread.
+
+    When full, the oldest entry is dropped (counted in ``dropped``): the newest state always gets through.
+    """
+
+    def __init__(self, bus: "ParamBus", maxlen: int) -> None:
+        self._bus = bus
+        self._queue: deque[Change] = deque(maxlen=maxlen)
+        self.dropped = 0
+
+    def _put(self, change: Change) -> None:  # under the bus lock
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(change)
+
+    def drain(self) -> list[Change]:
+        """Every entry since the last drain, oldest first."""
+        with self._bus._lock:
+            out = list(self._queue)
+            self._queue.clear()
+        return out
+
+    def close(self) -> None:
+        """Stop receiving entries."""
+        self._bus._unsubscribe(self)
+
+
+@dataclass(frozen=True)
 class Tick:
     """What the loop reads once per frame: smoothed values, the events drained, and the raw targets."""
 
@@ -104,8 +150,11 @@ class Tick:
 class ParamBus:
     """Latest-value parameter store plus a small event queue, safe to write from any thread."""
 
-    def __init__(self, specs: Iterable[ParamSpec] = (), max_events: int = 64) -> None:
+    def __init__(self, specs: Iterable[ParamSpec] = (), max_events: int = 64,
+                 clock: Callable[[], float] | None = None) -> None:
         self._lock = threading.Lock()
+        self._clock = clock or time.monotonic  # the show time written into the journal
+        self._subscribers: list[Subscription] = []
         self._specs: dict[str, ParamSpec] = {}
         self._targets: dict[str, float] = {}
         self._followers: dict[str, Follower] = {}
@@ -148,6 +197,7 @@ class ParamBus:
             self._targets[name] = v
             self._pending.add(name)
             self.accepted += 1
+            self._journal("set", name, v, source)
         return True
 
     def set_norm(self, name: str, u: Any, source: str = "") -> bool:
@@ -172,17 +222,39 @@ class ParamBus:
                 self.rejects["event_overflow"] += 1
                 return False
             self._events.append(event)
+            self._journal("event", event.kind, event.value, event.source)
         return True
 
-    def reset(self, values: Mapping[str, float], snap: bool = False) -> None:
+    def reset(self, values: Mapping[str, float], snap: bool = False, source: str = "scene") -> None:
         """Set many targets at once (scene defaults); ``snap`` jumps the followers too."""
         with self._lock:
+            applied = {}
             for name, v in values.items():
                 if name in self._specs:
-                    self._targets[name] = float(v)
+                    applied[name] = self._targets[name] = float(v)
                     self._pending.add(name)
                     if snap:
                         self._followers[name].value = float(v)
+            self._journal("reset", "", applied, source)
+
+    # -- the journal ---------------------------------------------------------------------------------------------
+    def subscribe(self, maxlen: int = 4096) -> Subscription:
+        """A new bounded queue that receives every accepted change from now on (see :class:`Subscription`)."""
+        sub = Subscription(self, maxlen)
+        with self._lock:
+            self._subscribers.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def _journal(self, kind: str, name: str, value: Any, source: str) -> None:  # under the lock
+        if self._subscribers:
+            change = Change(self._clock(), kind, name, value, source)
+            for sub in self._subscribers:
+                sub._put(change)
 
     def reject(self, why: str) -> None:
         with self._lock:

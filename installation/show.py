@@ -381,7 +381,7 @@ class Show:
             v = spec.coerce(value)[0] if spec is not None else None
             if v is not None:
                 values[key] = v
-        self.bus.reset(values, snap=True)
+        self.bus.reset(values, snap=True, source="resume")
         log.info("resumed scene %s at %.1f s in scene, path time %.2f, seed %d", name, t - self.started, self.tau,
                  self.seed)
         return True

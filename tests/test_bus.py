@@ -298,3 +298,45 @@ def test_concurrent_writers_lose_no_count_and_never_raise():
     for k in range(n_threads):
         assert [e.value[1] for e in drained if e.value[0] == k] == list(range(n_iter))
     assert all(0.0 <= v <= 1.0 for v in bus.targets().values())
+
+
+# -- the journal ---------------------------------------------------------------------------------------------------
+
+def test_the_journal_records_every_accepted_change_with_show_time_and_source():
+    now = [0.0]
+    bus = _bus(clock=lambda: now[0])
+    early = bus.subscribe()
+    bus.set("level", 0.5, source="osc:127.0.0.1")
+    now[0] = 1.5
+    assert not bus.set("nope", 1.0, source="osc:127.0.0.1")  # rejected: not journalled
+    bus.set_norm("gain", 1.0, source="midi")
+    bus.post(Event("scene.next", source="keyboard"))
+    late = bus.subscribe()  # sees only what comes after it
+    now[0] = 2.0
+    bus.reset({"level": 0.1, "unknown": 3.0}, source="panic")
+    got = early.drain()
+    assert [(c.t, c.kind, c.name, c.value, c.source) for c in got] == [
+        (0.0, "set", "level", 0.5, "osc:127.0.0.1"),
+        (1.5, "set", "gain", 2.0, "midi"),
+        (1.5, "event", "scene.next", None, "keyboard"),
+        (2.0, "reset", "", {"level": 0.1}, "panic"),
+    ]
+    assert early.drain() == []
+    assert [c.kind for c in late.drain()] == ["reset"]
+    late.close()
+    bus.set("level", 0.2)
+    assert late.drain() == [] and len(early.drain()) == 1
+
+
+def test_a_slow_subscriber_loses_its_oldest_entries_counted_and_never_blocks_a_writer():
+    bus = _bus()
+    sub = bus.subscribe(maxlen=10)
+    writers = [threading.Thread(target=lambda k=k: [bus.set("level", (i % 100) / 100, source=f"w{k}")
+                                                     for i in range(500)]) for k in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(30)
+    got = sub.drain()
+    assert len(got) == 10 and sub.dropped == 1990
+    assert bus.stats()["accepted"] == 2000
