@@ -82,8 +82,7 @@ class Presenter:
         self._interval = 0.0
         self._hold_start = -math.inf
         self._hold_len = 0.0
-        self._black = self._build_simple("uniform float alpha; void main() { fragColor = vec4(0.0, 0.0, 0.0, alpha); }")
-        self._blit = self._build_simple("uniform sampler2D src; in vec2 uv; void main() { fragColor = texture(src, uv); }")
+        self._outputs: dict[int, object] = {}  # draw()'s outputs, one per framebuffer it was given
         self.frames_drawn = 0
         self.frames_uploaded = 0
 
@@ -145,10 +144,6 @@ class Presenter:
             targets.append((tex, fbo))
         return _Pass(shader, program, vao, targets)
 
-    def _build_simple(self, body: str) -> tuple[moderngl.Program, moderngl.VertexArray]:
-        prog = self.ctx.program(vertex_shader=VERTEX, fragment_shader="#version 330\nout vec4 fragColor;\n" + body)
-        return prog, self.ctx.vertex_array(prog, [])
-
     def _upload(self, key: str, rgb: np.ndarray) -> None:
         h, w = rgb.shape[:2]
         tex = self._frames[key]
@@ -196,11 +191,20 @@ class Presenter:
         return self._last_rgb is not None
 
     def draw(self, fbo: moderngl.Framebuffer, now: float, values: Mapping[str, float], master: float = 1.0) -> None:
-        """Render the chain into ``fbo`` (the window's screen or a headless framebuffer)."""
+        """Render the chain and show it in ``fbo`` (the window's screen or a headless framebuffer) at the presenter's
+        size, faded to ``master``: :meth:`render` plus one :class:`~.outputs.Output`."""
+        from .outputs import Output
+
+        out = self._outputs.get(id(fbo))
+        if out is None or out.framebuffer is not fbo:
+            out = self._outputs[id(fbo)] = Output(self.ctx, fbo, self.size, fit="stretch")
+        out.show(self.render(now, values), master)
+
+    def render(self, now: float, values: Mapping[str, float]) -> moderngl.Texture | None:
+        """Run the chain once and return the canvas (its last pass's texture, at the work size and the output's
+        aspect), or None before the first frame. Outputs draw the canvas where it goes."""
         if self._frames["cur"] is None:
-            fbo.use()
-            fbo.clear(0.0, 0.0, 0.0, 1.0)
-            return
+            return None
         interval = min(self._interval, 0.5)
         frame_mix = 1.0 if interval <= 0.0 or not self.crossfade else \
             min(max((now - self._arrived) / interval, 0.0), 1.0)
@@ -218,21 +222,8 @@ class Presenter:
             p.targets[p.flip][1].use()
             p.vao.render(moderngl.TRIANGLES, vertices=3)
             src = p.targets[p.flip][0]
-        # Upscale (or copy) the chain's result to the output with one bilinear fetch per pixel.
-        prog, vao = self._blit
-        src.use(0)
-        prog["src"].value = 0
-        fbo.use()
-        vao.render(moderngl.TRIANGLES, vertices=3)
-        if master < 1.0:
-            prog, vao = self._black
-            prog["alpha"].value = 1.0 - max(master, 0.0)
-            self.ctx.enable(moderngl.BLEND)
-            self.ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
-            fbo.use()
-            vao.render(moderngl.TRIANGLES, vertices=3)
-            self.ctx.disable(moderngl.BLEND)
         self.frames_drawn += 1
+        return src
 
     def _at_identity(self, p: _Pass, values: Mapping[str, float]) -> bool:
         ident = p.shader.identity
@@ -263,9 +254,9 @@ class Presenter:
     def release(self) -> None:
         self._release_passes(self._passes)
         self._passes = []
-        for prog, vao in (self._black, self._blit):
-            vao.release()
-            prog.release()
+        for out in self._outputs.values():
+            out.release()
+        self._outputs.clear()
         for tex in self._frames.values():
             if tex is not None:
                 tex.release()

@@ -83,6 +83,13 @@ class Recorder:
         self._due += copies
         self.frames_repeated += copies - 1
 
+    # -- as a sink of the presented-frame tap (render/outputs.py) --
+    def wants(self, t: float | None) -> bool:
+        return not self.failed
+
+    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
+        self.write(rgb, t)
+
     def _pump(self) -> None:
         while True:
             item = self._queue.get()
