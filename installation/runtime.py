@@ -23,6 +23,7 @@ from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modula
 from .modulation import ModMatrix
 from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
 from .ops.health import rss_mb, vram_mb, vram_total_mb
+from .render.outputs import Output, PresentedTap
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
@@ -84,7 +85,7 @@ class Runtime:
         self.clock = clock or WallClock()
         self.lockstep = bool(getattr(self.clock, "fixed", False))
         self.recorder = recorder
-        self.bus = ParamBus(spec.params.values())
+        self.bus = ParamBus(spec.params.values(), clock=self.clock.now)  # the journal is stamped in show time
         self._order = show_order
         self._only_scene = only_scene
         self.show = Show(spec, self.bus, order=show_order)
@@ -110,6 +111,11 @@ class Runtime:
                                    cfg.output.work_scale, crossfade=not self.lockstep)
         for chain in {tuple(sc.shaders) for sc in spec.scenes} - {self._chain}:
             self.presenter.check([spec.shaders[n] for n in chain])  # every scene's chain compiles, or fail at start
+        # The canvas goes to one output today (the window or the headless framebuffer); sinks see what it shows.
+        self.output = Output(target.ctx, target.framebuffer, target.size, fit="stretch")
+        self.tap = PresentedTap(self.output)
+        if recorder is not None:
+            self.tap.add(recorder)
         self.use_inputs = inputs
         self.osc = self.audio = self.camera = None
         self._last_source = None
@@ -191,7 +197,7 @@ class Runtime:
             self.blackout = True
             self.master = 0.0
             self.frozen = False
-            self.bus.reset(self.show.defaults())
+            self.bus.reset(self.show.defaults(), source="panic")
         elif ev.kind == "quit":
             self._quit = True
         elif ev.kind != "onset":  # onsets reach the show through modulation routes, not directly
@@ -274,9 +280,8 @@ class Runtime:
             self._await_frame is not None
         step = dt / self._fade_s if self._fade_s > 0 else 1.0
         self.master = min(max(self.master + (step if not dark else -step), 0.0), 1.0)
-        self.presenter.draw(self.target.framebuffer, t, tick.values, self.master)
-        if self.recorder is not None:
-            self.recorder.write(self.target.read(), None if self.lockstep else t)
+        self.output.show(self.presenter.render(t, tick.values), self.master)
+        self.tap.offer(None if self.lockstep else t)  # the recorder (and any sink) by wall-clock time when live
         self.target.swap()
         self.stats.presented += 1
         self._presented()
@@ -622,6 +627,7 @@ class Runtime:
         else:
             self.guard.close()
         if self.recorder is not None:
+            self.tap.remove(self.recorder)
             self.recorder.close()
             self.recorder = None
 
