@@ -201,9 +201,11 @@ class Plan(Protocol):
 class DecoderWorker:
     """Runs the guard in its own thread on the newest plan and publishes frames into the slot."""
 
-    def __init__(self, guard: DecoderGuard, slot: FrameSlot, now: Callable[[], float], max_fps: float = 0.0) -> None:
+    def __init__(self, guard: DecoderGuard, slot: FrameSlot, now: Callable[[], float], max_fps: float = 0.0,
+                 on_frame: Callable[[Frame], None] | None = None) -> None:
         self.guard = guard
         self.slot = slot
+        self.on_frame = on_frame  # post-render hooks (render/hooks.py), on this thread after each published frame
         self._now = now
         self.max_fps = max_fps
         self._plan: Plan | None = None
@@ -266,4 +268,7 @@ class DecoderWorker:
                 continue
             if stop.is_set():
                 return  # stopped during this frame: a newer thread may own the slot now
-            self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))
+            frame = Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut)
+            self.slot.publish(frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
