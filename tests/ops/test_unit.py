@@ -44,6 +44,7 @@ def test_unit_keys():
     assert svc["ExecStart"] == ("/opt/installation/.venv/bin/installation run --fullscreen "
                                 "--config /opt/installation/config/default.toml")
     assert "PYTHONUNBUFFERED=1" in svc["Environment"].split("\n")
+    assert "PYTHONFAULTHANDLER=1" in svc["Environment"].split("\n")
     assert svc["User"] and svc["WorkingDirectory"]
     assert "StartLimitIntervalSec" not in svc  # in [Service] it would be ignored by older systemd
     assert inst["WantedBy"]
