@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the runtime needs of a clock: ``now()`` in show seconds, ``advance()`` after each tick (a fixed-step
+    clock moves one frame; a live one ignores it), and ``fixed`` (True: frames are rendered in lockstep, one per
+    tick, so output is deterministic). A live clock also has ``origin`` (its ``time.perf_counter()`` at zero) for
+    a decoder process to share the time base."""
+
+    fixed: bool
+
+    def now(self) -> float: ...
+
+    def advance(self) -> None: ...
 
 
 class WallClock:

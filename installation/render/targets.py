@@ -11,12 +11,35 @@ import ctypes.util
 import logging
 import os
 
+from typing import Any, Protocol, runtime_checkable
+
 import moderngl
 import numpy as np
 
 from .process import gl_threads
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Where presented frames go. ``ctx`` is the moderngl context the presenter draws with, ``framebuffer`` the
+    output-size framebuffer it draws into, ``size`` (w, h) its size and ``kind`` a word for logs ("window",
+    "headless"). ``read()`` gives RGB bytes bottom row first, ``swap()`` shows the frame (flip, or finish),
+    ``poll()`` returns user actions without blocking ('quit', 'next', 'prev'), ``close()`` releases it all."""
+
+    ctx: Any
+    framebuffer: Any
+    size: tuple[int, int]
+    kind: str
+
+    def read(self) -> bytes: ...
+
+    def swap(self) -> None: ...
+
+    def poll(self) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 def _prepare_gl_env() -> None:
