@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from . import decoders
+from . import decoders, parts
 from .bus import ParamSpec
 from .decoders import DecoderSpec
-from .inputs import InputsSettings
-from .inputs.audio import feature_specs as audio_features
-from .inputs.camera import feature_specs as camera_features
 from .modulation import ModMatrix, ModulationSettings
-from .ops import HealthSettings, LogSettings, ScheduleSettings, StateSettings
+from .ops import LogSettings, ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
 from .render.shaders import ShaderError, ShaderFile, load_dir
@@ -93,18 +90,52 @@ class RecordConfig(_Strict):
     crf: Annotated[int, Field(ge=0, le=51)] = 20
 
 
-class Config(_Strict):
+class CoreConfig(_Strict):
+    """The tables the runtime itself reads; each registered part adds its own (see :func:`config_model`)."""
+
     output: OutputConfig = OutputConfig()
     show: ShowConfig = ShowConfig()
     decoder: DecoderRuntimeConfig = DecoderRuntimeConfig()
     record: RecordConfig = RecordConfig()
     log: LogSettings = LogSettings()
-    inputs: InputsSettings = InputsSettings()
     modulation: ModulationSettings = ModulationSettings()
-    state: StateSettings = StateSettings()
     schedule: ScheduleSettings = ScheduleSettings()
-    health: HealthSettings = HealthSettings()
     params: dict[str, float] = {}
+
+
+_MODEL: tuple[int, type[CoreConfig]] | None = None  # (registry generation, the model built from it)
+
+
+def config_model() -> type[CoreConfig]:
+    """The whole config file's model: :class:`CoreConfig` plus each registered part's table (``[health]``,
+    ``[state]``; ``[inputs]`` with one sub-table per input), rebuilt when a part is registered or unregistered."""
+    global _MODEL
+    gen = parts.generation()
+    if _MODEL is None or _MODEL[0] != gen:
+        _MODEL = (gen, _build_config_model())
+    return _MODEL[1]
+
+
+def _build_config_model() -> type[CoreConfig]:
+    groups: dict[str, dict[str, Any]] = {}
+    tables: dict[str, Any] = {}
+    for info in parts.infos():
+        head, _, tail = info.table.partition(".")
+        if head in CoreConfig.model_fields or (not tail and head in groups) or (tail and head in tables):
+            raise ValueError(f"part {info.name!r}: table [{info.table}] collides with another table")
+        if tail:
+            groups.setdefault(head, {})[tail] = (info.settings, info.settings())
+        else:
+            tables[head] = (info.settings, info.settings())
+    for head, fields in groups.items():
+        group = create_model(f"{head.capitalize()}Settings", __base__=_Strict, __module__=__name__,
+                             __doc__=f"The ``[{head}]`` table: one sub-table per registered part.", **fields)
+        tables[head] = (group, group())
+    return create_model("Config", __base__=CoreConfig, __module__=__name__,
+                        __doc__="The config file: the runtime's tables and the registered parts'.", **tables)
+
+
+Config = config_model()  # with the built-in parts
 
 
 class Prompt(_Strict):
@@ -240,9 +271,9 @@ def _validate(model: type[BaseModel], data: Any, file: Path, prefix: str = "") -
         raise ConfigError(file, key, msg) from None
 
 
-def load_config(path: Path | str | None = None) -> Config:
+def load_config(path: Path | str | None = None) -> CoreConfig:
     path = Path(path) if path else DEFAULT_CONFIG
-    return _validate(Config, read_toml(path), path)
+    return _validate(config_model(), read_toml(path), path)
 
 
 def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
@@ -322,9 +353,8 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     specs = {s.name: s for s in CORE_PARAMS}
     for shader in shaders.values():
         specs.update({s.name: s for s in shader.uniforms})
-    # Input features are parameters too (zero while their input is off), so routes can name them anywhere.
-    specs.update({s.name: s for s in audio_features(config.inputs.audio)})
-    specs.update({s.name: s for s in camera_features(config.inputs.camera)})
+    # What parts write (input features) are parameters too (zero while the part is off), so routes can name them.
+    specs.update({s.name: s for s in parts.param_specs(config)})
     for scene in scenes:
         _add_decoder_params(specs, scene)
     check_params(config.params, specs, path, "params")

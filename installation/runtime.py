@@ -12,23 +12,26 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
+from . import parts as registry
 from .bus import Event, ParamBus, Tick
-from .clock import FixedClock, WallClock
+from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .modulation import ModMatrix
-from .ops import HealthServer, MemoryWatch, Notifier, Schedule, ScheduleSettings, StateKeeper
-from .ops.health import rss_mb, vram_mb, vram_total_mb
+from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
+from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
+from .ops.state import StateKeeper
+from .parts import Moment, Part, PartContext, PartInfo
 from .render.outputs import Output, PresentedTap
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import Frame, FrameSlot
 from .render.process import ProcessWorker, default_threads
 from .render.shaders import ShaderError
+from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker
 from .show import Show
 
@@ -38,7 +41,7 @@ BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
 OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
 DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
-INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting an input whose thread died
+INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died
 
 
 def resolve_device(choice: str) -> str:
@@ -51,6 +54,17 @@ def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
+
+
+@dataclass
+class _Supervised:
+    """The runtime's record of one part: its registration, whether it should be running, and its deaths."""
+
+    info: PartInfo
+    running: bool = False  # started by the runtime and not stopped: a part found not alive then has died
+    retry_at: float | None = None  # show time of the next restart attempt (None: none pending)
+    streak: int = 0  # deaths in a row (the restart delay doubles with each)
+    started: float | None = None  # show time of the last restart
 
 
 @dataclass
@@ -67,12 +81,16 @@ class Stats:
 class Runtime:
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
-    Unattended parts, all optional: opening hours (``[schedule]``, checked against the injected ``wall`` clock),
-    the show state on disk (``keep_state``, ``resume``), the health endpoint (``serve_health``) and systemd
-    notifications (``notifier``). Their periodic work runs once a second of show time, from the loop thread.
+    Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
+    the health endpoint (``serve_health``), the show state on disk (``keep_state``, ``resume``), then the inputs
+    (``inputs``). The runtime starts them, supervises them (a part whose worker died is counted and restarted with
+    a backoff), reports their stats, calls their hooks and stops them in reverse order; it knows none by name
+    except the state part, which it resumes from. Also optional: opening hours (``[schedule]``, checked against the
+    injected ``wall`` clock) and systemd notifications (``notifier``). Periodic work runs once a second of show
+    time, from the loop thread.
     """
 
-    def __init__(self, spec: ShowSpec, target: Any, clock: WallClock | FixedClock | None = None, *,
+    def __init__(self, spec: ShowSpec, target: Target, clock: Clock | None = None, *,
                  fps: float | None = None, recorder: Recorder | None = None, device: str | None = None,
                  max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True,
                  wall: Callable[[], datetime] | None = None, notifier: Notifier | None = None,
@@ -117,9 +135,6 @@ class Runtime:
         if recorder is not None:
             self.tap.add(recorder)
         self.use_inputs = inputs
-        self.osc = self.audio = self.camera = None
-        self._last_source = None
-        self._input_started: dict[str, float] = {}
         self._matrix: ModMatrix | None = None
         self._matrix_scene: str | None = None
         self.frozen = False
@@ -143,14 +158,6 @@ class Runtime:
         self.released = False  # the decoder was stopped while closed
         self._await_frame: int | None = None  # after reopening: stay dark until a frame newer than this arrives
         self._scene_before_close: str | None = None
-        state_settings = cfg.state if keep_state else cfg.state.model_copy(update={"enabled": False})
-        if only_scene:  # a one-scene run keeps its own position and never overwrites the whole show's
-            saved_at = Path(state_settings.path)
-            state_settings = state_settings.model_copy(
-                update={"path": str(saved_at.with_name(f"{saved_at.stem}.{only_scene}{saved_at.suffix}"))})
-        self.keeper = StateKeeper(state_settings, base_dir=spec.path.resolve().parent)
-        self.health_server = HealthServer(cfg.health, self.health_snapshot) \
-            if serve_health and cfg.health.enabled else None
         self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
@@ -159,7 +166,6 @@ class Runtime:
         self._recent_scene = ""
         self._last_fault_t: float | None = None
         self._fault_total = 0
-        self._input_retry: dict[str, tuple[float, int]] = {}  # name -> (retry at, deaths in a row)
         self._recorder_failed = False
         self._ops_at: float | None = None
         self._marks = (0.0, 0, 0)  # (show time, presented, published) at the last ops tick
@@ -172,6 +178,16 @@ class Runtime:
         self._closed = False
         self._safe = spec.safe or builtin_safe_scene()
         self._fallbacks_by_scene: Counter[str] = Counter()
+        # -- parts: built now, started by start(), stopped by close() --
+        ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
+                          base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
+                          serve_health=serve_health, keep_state=keep_state, only_scene=only_scene)
+        self.parts: dict[str, Part] = registry.build_all(cfg, ctx, inputs=inputs)
+        self._supervised = {name: _Supervised(registry.info(name)) for name in self.parts}
+        self._part_stats: dict[str, dict[str, Any]] = {}  # each part's stats at the last ops tick
+        hooks = [(name, getattr(part, "plan", None), getattr(part, "tick", None)) for name, part in self.parts.items()]
+        self._plan_hooks = [(name, fn) for name, fn, _ in hooks if callable(fn)]
+        self._tick_hooks = [(name, fn) for name, _, fn in hooks if callable(fn)]
         self.resumed = False
         if resume:
             saved = self.keeper.load()
@@ -233,6 +249,8 @@ class Runtime:
             log.exception("tick failed (%d in a row)", self._consecutive_faults)
             if self._consecutive_faults >= MAX_TICK_FAULTS:
                 raise
+        if self._tick_hooks:
+            self._tick_parts(t, dt)
         try:
             self._ops(t)
         except Exception:  # noqa: BLE001 - health, state and schedule never stop the show
@@ -251,14 +269,14 @@ class Runtime:
         for ev in rest:
             self._handle(ev)
         scene = self.show.scene
-        if self.camera is not None and scene.decoder.type == "diffusion":
-            frame = self.camera.latest_frame()
-            if frame is not None:
-                # To a decoder process the frame travels only when it is a new one (not at every display tick).
-                fresh = frame is not self._last_source or not isinstance(self.worker, ProcessWorker)
-                self._last_source = frame
-                plan = replace(plan, wants_source=True, extras={**plan.extras, "source": frame} if fresh else
-                               plan.extras)
+        if self._plan_hooks:  # parts that add decoder inputs (the camera's img2img source)
+            moment = Moment(t, dt, scene, isinstance(self.worker, ProcessWorker))
+            for name, hook in self._plan_hooks:
+                try:
+                    plan = hook(plan, moment)
+                except Exception:  # noqa: BLE001 - a part's fault never stops the show: the plan goes without it
+                    self.faults[f"hook.{name}"] += 1
+                    log.exception("part %s: plan hook failed", name)
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
             self.set_chain(self._chain)
@@ -285,8 +303,16 @@ class Runtime:
         self.target.swap()
         self.stats.presented += 1
         self._presented()
-        if self.osc is not None:
-            self.osc.feedback(self.bus.targets(), scene.name)
+
+    def _tick_parts(self, t: float, dt: float) -> None:
+        """Each part's per-tick hook (OSC feedback, state saves), after the frame; a failing one is counted."""
+        moment = Moment(t, dt, self.show.scene, isinstance(self.worker, ProcessWorker))
+        for name, hook in self._tick_hooks:
+            try:
+                hook(moment)
+            except Exception:  # noqa: BLE001 - a part's fault never stops the show
+                self.faults[f"hook.{name}"] += 1
+                log.exception("part %s: tick hook failed", name)
 
     def _track_frames(self) -> None:
         """The longest time without a new decoder frame while the decoder should be producing (open, not frozen)."""
@@ -373,14 +399,14 @@ class Runtime:
 
     # -- periodic unattended work ------------------------------------------------------------------------------
     def _ops(self, t: float) -> None:
-        """Every tick: save state when due. Once a second: schedule, fault tallies, inputs, health, STATUS."""
-        self.keeper.maybe_save(self.state, background=True)  # fsyncs off the render thread
+        """Once a second: schedule, fault tallies, parts' supervision, health, STATUS."""
         if self._ops_at is not None and t - self._ops_at < OPS_EVERY:
             return
         self._ops_at = t
         self._check_schedule(t)
+        self._part_stats = {name: part.stats() for name, part in self.parts.items()}
         self._tally_faults(t)
-        self._supervise_inputs(t)
+        self._supervise(t)
         t0, presented0, published0 = self._marks
         if t > t0:
             self.present_fps = (self.stats.presented - presented0) / (t - t0)
@@ -458,7 +484,7 @@ class Runtime:
             self._recorder_failed = True
             self.faults["recorder"] += 1
         total = sum(self.decoder_faults.values()) + sum(self.faults.values()) + self.stats.tick_faults + \
-            self.keeper.failures
+            sum(s.get("failures", 0) for s in self._part_stats.values())  # the parts' own (failed state saves)
         if total > self._fault_total:
             self._last_fault_t = t
         self._fault_total = total
@@ -484,71 +510,95 @@ class Runtime:
             self.show.play_detour(safe, t, retry)
             self._recent.clear()
 
-    def _supervise_inputs(self, t: float) -> None:
-        """An input whose thread died is counted and restarted, with a backoff that doubles up to a minute."""
-        for name in ("osc", "audio", "camera"):
-            part = getattr(self, name)
-            thread = getattr(part, "_thread", None)
-            retry_at, streak = self._input_retry.get(name, (None, 0))
-            if thread is None or thread.is_alive():
-                if streak and retry_at is None and t - self._input_started.get(name, t) > INPUT_BACKOFF_MAX:
-                    self._input_retry[name] = (None, 0)  # it has run a good while since: forget the old deaths
+    def _supervise(self, t: float) -> None:
+        """A part whose worker died (not ``alive`` while it should run) is counted and restarted, at once the first
+        time, then with a backoff that doubles up to a minute; after a minute running well its deaths are forgotten."""
+        for name, part in self.parts.items():
+            sup = self._supervised[name]
+            if not sup.running:
                 continue
-            if retry_at is None:
-                self.faults[f"input.{name}"] += 1
-                delay = min(2.0 ** streak, INPUT_BACKOFF_MAX) if streak else 0.0
-                log.error("input %s stopped unexpectedly; restarting in %.0f s", name, delay)
-                self._input_retry[name] = retry_at, streak = (t + delay, streak + 1)
-            if t >= retry_at:
+            if part.alive:
+                if sup.streak and sup.retry_at is None and t - (sup.started if sup.started is not None else t) > \
+                        INPUT_BACKOFF_MAX:
+                    sup.streak = 0  # it has run a good while since: forget the old deaths
+                continue
+            if sup.retry_at is None:
+                self.faults[sup.info.fault_key] += 1
+                delay = min(2.0 ** sup.streak, INPUT_BACKOFF_MAX) if sup.streak else 0.0
+                log.error("%s %s stopped unexpectedly; restarting in %.0f s",
+                          "input" if sup.info.is_input else "part", name, delay)
+                sup.retry_at, sup.streak = t + delay, sup.streak + 1
+            if t >= sup.retry_at:
                 try:
                     part.stop()
                     part.start()
-                    self._input_retry[name] = (None, streak)
-                    self._input_started[name] = t
+                    sup.started = t
                 except Exception as e:  # noqa: BLE001 - try again later
-                    log.warning("restarting input %s failed: %s", name, e)
-                    self._input_retry[name] = (None, streak)
+                    log.warning("restarting %s failed: %s", name, e)
+                sup.retry_at = None
 
     def _status_line(self) -> str:
         return (f"{'open' if self.open else 'closed'}; scene {self.show.scene.name}; {self.present_fps:.0f} fps; "
                 f"decoder {self.decoder_fps:.1f} fps")
 
-    # -- inputs ------------------------------------------------------------------------------------------------
-    def _start_inputs(self) -> None:
-        """Start the enabled inputs. A port that cannot be bound is a start-up error (raised); devices are not."""
-        from .inputs import AudioInput, CameraInput, OscServer
+    # -- parts -------------------------------------------------------------------------------------------------
+    def part(self, name: str) -> Any:
+        """The running part registered as ``name``, or None (disabled, or not built: inputs off)."""
+        return self.parts.get(name)
 
-        cfg = self.spec.config.inputs
-        if cfg.osc.enabled:
-            self.osc = OscServer(cfg.osc, self.bus, lambda: [s.name for s in self.spec.scenes],
-                                 base_dir=str(self.spec.path.resolve().parent))
-            self.osc.start()
-        if cfg.audio.enabled:
-            self.audio = AudioInput(cfg.audio, self.bus)
-            self.audio.start()
-        if cfg.camera.enabled:
-            self.camera = CameraInput(cfg.camera, self.bus)
-            self.camera.start()
+    @property
+    def osc(self) -> Any:
+        """The OSC part (:class:`~installation.inputs.osc.OscServer`), or None."""
+        return self.parts.get("osc")
 
-    def _stop_inputs(self) -> None:
-        for part in (self.osc, self.audio, self.camera):
-            if part is not None:
-                try:
-                    part.stop()
-                except Exception:  # noqa: BLE001 - shutting down: log and go on
-                    log.exception("stopping an input failed")
+    @property
+    def audio(self) -> Any:
+        """The microphone part, or None."""
+        return self.parts.get("audio")
+
+    @property
+    def camera(self) -> Any:
+        """The camera part, or None."""
+        return self.parts.get("camera")
+
+    @property
+    def health_server(self) -> HealthServer | None:
+        """The health endpoint part, or None when not served."""
+        return self.parts.get("health")
+
+    @property
+    def keeper(self) -> StateKeeper:
+        """The state part: saves the show position (when kept) and is where the runtime resumes from."""
+        return self.parts["state"]
+
+    @property
+    def _last_source(self) -> Any:
+        """The newest camera frame handed to the decoder as its img2img source (None: none yet)."""
+        return getattr(self.camera, "last_source", None)
+
+    def _start_parts(self) -> None:
+        """Start every part in order. A port that cannot be bound is a start-up error (raised); devices are not."""
+        for name, part in self.parts.items():
+            part.start()
+            self._supervised[name].running = True
+
+    def _stop_parts(self) -> None:
+        """Stop every part in reverse order (the inputs first, the state's last save, then health)."""
+        for name, part in reversed(self.parts.items()):
+            self._supervised[name].running = False
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - shutting down: log and go on
+                log.exception("stopping part %s failed", name)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def start(self, first_frame_timeout: float = 60.0) -> bool:
-        """Start the health endpoint, inputs and the decoder, and wait for its first frame, so the show opens on an
-        image, not black. A port that cannot be bound raises OSError (a start-up error)."""
+        """Start the parts (health endpoint, state, inputs) and the decoder, and wait for its first frame, so the
+        show opens on an image, not black. A port that cannot be bound raises OSError (a start-up error)."""
         if self._started:
             return True
         self._started = True
-        if self.health_server is not None:
-            self.health_server.start()
-        if self.use_inputs:
-            self._start_inputs()
+        self._start_parts()
         if self.worker is None:
             return True
         plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
@@ -608,20 +658,13 @@ class Runtime:
         return self.stats
 
     def close(self) -> None:
-        """Save the state, tell systemd, stop health, inputs, decoder and recorder; safe to call twice."""
+        """Tell systemd, stop the parts (inputs, the state's last save, health), decoder and recorder; safe to call
+        twice."""
         if self._closed:
             return
         self._closed = True
         self.notifier.stopping()
-        if self.keeper.enabled:
-            try:
-                self.keeper.flush()
-                self.keeper.save_now(self.state())
-            except Exception:  # noqa: BLE001 - state() itself failing must not stop the shutdown
-                log.exception("collecting the show state failed")
-        if self.health_server is not None:
-            self.health_server.stop()
-        self._stop_inputs()
+        self._stop_parts()
         if self.worker is not None:
             self.worker.stop()
         else:
@@ -690,8 +733,8 @@ class Runtime:
         else:
             status = "ok"
         pos = self.show.state(t)
-        inputs = {name: part.stats() for name, part in (("osc", self.osc), ("audio", self.audio),
-                                                          ("camera", self.camera)) if part is not None}
+        stats = self._part_stats
+        inputs = {name: s for name, s in stats.items() if self._supervised[name].info.is_input}
         rejects = {name: sum(s.get("rejects", {}).values()) for name, s in inputs.items()}
         rejects["bus"] = sum(self.bus.stats()["rejects"].values())
         dropped = self.stats.late + (self.recorder.frames_dropped if self.recorder is not None else 0)
@@ -702,8 +745,10 @@ class Runtime:
             "shader": self.faults.get("shader", 0),
             "inputs_rejects": rejects,
             "input_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("input.")},
+            "part_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("part.")},
+            "part_hooks": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("hook.")},
             "recorder": self.faults.get("recorder", 0),
-            "state_save": self.keeper.failures,
+            "state_save": stats.get("state", {}).get("failures", 0),
             "fallbacks": self.faults.get("fallback", 0),
             "reload": self.faults.get("reload", 0),
         }
@@ -716,5 +761,9 @@ class Runtime:
             "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
             "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,
             "frames_dropped": dropped, "faults": faults, **self.memory.report(),
-            "state": self.keeper.stats(), "notify": self.notifier.stats(),
+            "notify": self.notifier.stats(),
+            # The other parts' stats under their names ("state": saves and failures, "health": connections).
+            **{name: s for name, s in stats.items() if name not in inputs},
+            # Each input's own stats (opened, rate, age of its newest delivery, source or device, counters).
+            "inputs": {i.name: inputs.get(i.name, {"state": "off"}) for i in registry.infos() if i.is_input},
         }

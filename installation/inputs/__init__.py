@@ -1,12 +1,14 @@
 """Steering inputs: OSC control surface, microphone features and camera features, all writing to the ParamBus.
 
-Each input is ``Input(settings, bus, ...)`` with ``start()``, ``stop()`` (idempotent) and ``stats()``; settings are
-frozen pydantic models with safe defaults (OSC on loopback only; microphone and camera off until enabled).
+Each input is a part (:mod:`installation.parts`): ``Input(settings, bus, ...)`` with ``start()``, ``stop()``
+(idempotent), ``alive`` and ``stats()``, registered under its ``[inputs.<name>]`` table; settings are frozen pydantic
+models with safe defaults (OSC on loopback only; microphone and camera off until enabled). The ``[inputs]`` model,
+:data:`InputsSettings`, is built from the registry (one sub-table per registered input).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
 from installation.inputs.audio import AudioInput, AudioSettings
 from installation.inputs.camera import CameraInput, CameraSettings
@@ -17,11 +19,9 @@ __all__ = [
 ]
 
 
-class InputsSettings(BaseModel):
-    """The ``[inputs]`` table: one sub-table per input."""
+def __getattr__(name: str) -> Any:
+    if name == "InputsSettings":  # built from the part registry, so it lists every registered input
+        from installation.config import config_model
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    osc: OscSettings = OscSettings()
-    audio: AudioSettings = AudioSettings()
-    camera: CameraSettings = CameraSettings()
+        return config_model().model_fields["inputs"].annotation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

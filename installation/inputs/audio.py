@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from installation.inputs.base import ThreadedInput
 from installation.bus import Event, Follower, ParamBus, ParamSpec
+from installation.parts import PartContext, register
 
 log = logging.getLogger(__name__)
 
@@ -428,3 +429,9 @@ class AudioInput(ThreadedInput):
             now2 = time.monotonic()
             self._decay(now2 - last)
             last = now2
+
+
+@register("audio", table="inputs.audio", settings=AudioSettings, params=feature_specs, order=11)
+def build(settings: AudioSettings, ctx: PartContext) -> AudioInput | None:
+    """The microphone part: off unless ``[inputs.audio] enabled = true`` (a missing device is retried, not fatal)."""
+    return AudioInput(settings, ctx.bus) if settings.enabled else None

@@ -1,13 +1,15 @@
-"""The OSC control surface: a UDP server that turns messages into bus writes and events, plus feedback out.
+"""OSC over UDP: the transport in front of the control surface, plus feedback out.
 
 Transport, decoding and routing stay apart: the UDP transport (``inputs/udp.py``: socket, receive buffer, drain,
 kernel drop counter, fair limiter; nothing raised reaches its thread's top and a bundle's timetag never makes it
-sleep), python-osc's ``OscMessage`` parser behind our own bundle splitter and type-tag check, and its ``Dispatcher``
-for address matching. Every packet passes the allow-list, then the limiter (its host's budget, with a fair share for
-each of the host's ports; a datagram costs one message, a bundle one per message), then the parser, then the
-handler's type and range checks; each drop is counted by reason (see :data:`REJECT_REASONS`). Structural events
-(scene changes, seed jumps, prompts) are coalesced: at most one per ``structural_interval`` per kind (per prompt
-slot), the first at once, the newest of the rest when the interval ends (``coalesced`` counts those superseded).
+sleep), OSC decoding here (python-osc's ``OscMessage`` parser behind our own bundle splitter and type-tag check), and
+routing in the transport-free control surface (``inputs/surface.py``: the address map's handlers, range checks,
+structural-event coalescing, feedback selection), which OSCQuery, MIDI mappings or a web page can share. Every
+packet passes the allow-list, then the limiter (its host's budget, with a fair share for each of the host's ports; a
+datagram costs one message, a bundle one per message), then the parser, then the surface's type and range checks;
+each drop is counted by reason (see :data:`REJECT_REASONS`). Structural events (scene changes, seed jumps, prompts)
+are coalesced: at most one per ``structural_interval`` per kind (per prompt slot), the first at once, the newest of
+the rest when the interval ends (``coalesced`` counts those superseded).
 
 Address space (``installation osc-map`` prints it from :func:`address_map`)::
 
@@ -19,7 +21,8 @@ Address space (``installation osc-map`` prints it from :func:`address_map`)::
     /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
 
 Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters and ``/scene/current s``,
-at most ``feedback_rate`` flushes per second, never the value a sender just set back to that same sender.
+at most ``feedback_rate`` flushes per second, never the value a sender just set back to that same sender. It is the
+OSC part's per-tick hook (:meth:`OscServer.tick`), so the runtime knows nothing of it.
 """
 
 from __future__ import annotations
@@ -27,38 +30,30 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import math
 import socket
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from installation.bus import Event, ParamBus, ParamSpec
-from installation.inputs.prompt_guard import PromptGuard, PromptGuardSettings
+from installation.bus import ParamBus, ParamSpec
+from installation.inputs.prompt_guard import PromptGuardSettings
+from installation.inputs.surface import REJECT_REASONS, SEED_MAX, ControlSurface, Scenes, Sender, scene_list
 from installation.inputs.udp import FairLimiter, UdpReceiver, host_key
+from installation.parts import Moment, PartContext, register
+
+__all__ = ["REJECT_REASONS", "ControlSurface", "OscServer", "OscSettings", "Sender", "address_map", "bench_latency"]
 
 log = logging.getLogger(__name__)
 
-REJECT_REASONS = (
-    "malformed", "unknown_type_tag", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited",
-    "guard", "event_overflow", "error",
-)
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-_MAX_ADDRESS = 256
-_SEED_MAX = 2**32 - 1
-_MAX_BLEND = 16  # reference images one /blend message may weigh
 _MAX_NESTING = 8  # bundles inside bundles
 _KNOWN_TAGS = b"ifsbhdtrmTFN[]"  # the argument types python-osc parses; any other is refused before parsing
-_STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
-
-Scenes = Sequence[str] | Callable[[], Sequence[str]]
 
 
 class OscSettings(BaseModel):
@@ -119,33 +114,6 @@ class OscSettings(BaseModel):
         return v
 
 
-class _Reject(Exception):
-    """Raised inside a handler to drop the message, counted under ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _number(arg: Any) -> float:
-    """An OSC numeric argument (i, h, f, d, T, F) as a float; anything else is a bad type."""
-    if isinstance(arg, bool):
-        return 1.0 if arg else 0.0
-    if isinstance(arg, (int, float)):
-        return float(arg)
-    raise _Reject("bad_type")
-
-
-def _finite(v: float) -> float:
-    if not math.isfinite(v):
-        raise _Reject("out_of_range")
-    return v
-
-
-def _scene_list(scenes: Scenes) -> list[str]:
-    return list(scenes() if callable(scenes) else scenes)
-
-
 def _specs_of(bus_specs: Mapping[str, ParamSpec] | Iterable[ParamSpec]) -> list[ParamSpec]:
     return list(bus_specs.values()) if isinstance(bus_specs, Mapping) else list(bus_specs)
 
@@ -165,7 +133,7 @@ def address_map(
         doc = f"{spec.type} {spec.min:g}..{spec.max:g} (default {spec.default:g})" + (f": {spec.doc}" if spec.doc else "")
         rows.append((f"/param/{spec.name}", kind, doc))
         rows.append((f"/param/{spec.name}/norm", "f", f"0..1 across {spec.min:g}..{spec.max:g}"))
-    names = _scene_list(scenes)
+    names = scene_list(scenes)
     rows += [
         ("/scene/next", "", "go to the next scene"),
         ("/scene/prev", "", "go to the previous scene"),
@@ -175,7 +143,7 @@ def address_map(
     lo, hi = s.prompt_weight
     rows += [(f"/prompt/{i}", "s [f]", f"prompt slot {i}, optional weight {lo:g}..{hi:g}") for i in range(s.prompt_slots)]
     rows += [
-        ("/seed", "i", f"jump to seed 0..{_SEED_MAX}"),
+        ("/seed", "i", f"jump to seed 0..{SEED_MAX}"),
         ("/blend", "f [f ...]", "img2img reference image weights at once (reference.<i>.weight), all or none"),
         ("/freeze", "i|f|T|F", "1 holds the current frame, 0 releases"),
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
@@ -262,43 +230,6 @@ def _tags_known(dgram: bytes) -> bool:
     return not tags.startswith(b",") or not tags[1:].translate(None, _KNOWN_TAGS)
 
 
-class _Coalescer:
-    """At most one structural event per group per ``interval``: the first passes at once, later ones are held (the
-    newest replaces an older held one) and the held one is released when the interval since the last ends."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._last: dict[Any, float] = {}
-        self._held: dict[Any, Event] = {}
-
-    def offer(self, group: Any, event: Event, now: float) -> str:
-        """``"post"`` (post it now), ``"held"`` (kept for later) or ``"replaced"`` (kept; an older held one dropped)."""
-        with self._lock:
-            last = self._last.get(group)
-            if group not in self._held and (last is None or now - last >= self.interval):
-                self._last[group] = now
-                return "post"
-            replaced = group in self._held
-            self._held[group] = event
-            return "replaced" if replaced else "held"
-
-    def due(self, now: float) -> tuple[list[Event], float | None]:
-        """The held events whose interval has ended (now marked posted) and the seconds until the next is due."""
-        out: list[Event] = []
-        wait: float | None = None
-        with self._lock:
-            for group, event in list(self._held.items()):
-                at = self._last.get(group, -math.inf) + self.interval
-                if now >= at:
-                    out.append(event)
-                    del self._held[group]
-                    self._last[group] = now
-                else:
-                    wait = at - now if wait is None else min(wait, at - now)
-        return out, wait
-
-
 def _flat(params: list[Any]) -> Iterator[Any]:
     for p in params:
         if isinstance(p, list):
@@ -315,7 +246,8 @@ def _encode(address: str, *args: Any) -> bytes:
 
 
 class OscServer:
-    """UDP OSC input. ``start()`` binds and serves in a thread; ``feedback()`` is called by the loop each frame."""
+    """OSC over UDP in front of a :class:`ControlSurface`. ``start()`` binds and serves in a thread; ``tick()`` (the
+    runtime calls it once per loop tick) sends feedback. A :class:`~installation.parts.Part`."""
 
     def __init__(
         self,
@@ -325,180 +257,27 @@ class OscServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         base_dir: str | None = None,
+        surface: ControlSurface | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
-        self._scenes = scenes
-        self._clock = clock
-        self._guard = PromptGuard(settings.prompt, base_dir)
+        self.surface = surface or ControlSurface(settings, bus, scenes, clock=clock, base_dir=base_dir)
         self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow] or list(_LOOPBACK)
         self._senders: OrderedDict[str, tuple[bool, str]] = OrderedDict()  # host -> (allowed, limiter host key)
         self._limiter = FairLimiter(settings.rate_limit, settings.burst, max_hosts=settings.max_senders,
                                     ports_per_host=settings.ports_per_host)
-        self._coalescer = _Coalescer(settings.structural_interval)
-        # _rx_lock serialises packet handling (the receive thread, or a caller of handle_datagram: the limiter and the
-        # coalescer are not thread-safe); _lock, never held across a handler, guards the counters and the last-setter
-        # table, so the loop's stats() and feedback() never wait for a packet being handled.
+        # _rx_lock serialises packet handling (the receive thread, or a caller of handle_datagram: the limiter is not
+        # thread-safe); the surface's own lock guards its counters, so stats() never waits for a packet.
         self._rx_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-        self._rejects: Counter[str] = Counter()
-        self._guard_reasons: Counter[str] = Counter()
-        self._setters: dict[str, tuple[str, float, float]] = {}  # param -> (host, time, value set)
         self._rx: UdpReceiver | None = None
         self._fb_sock: socket.socket | None = None
         self._fb_addr: tuple[Any, ...] | None = None
         self._fb_host = ""
-        self._fb_next = -math.inf
-        self._fb_sent: dict[str, float] = {}
-        self._fb_scene: str | None = None
-        self.dispatcher = self._build_dispatcher()
 
-    # -- routing -----------------------------------------------------------------------------------------------
-    def _build_dispatcher(self) -> Dispatcher:
-        d = Dispatcher(strict_timing=False)
-        table: dict[str, Callable[..., None]] = {
-            "/param/*": self._h_param,
-            "/scene/next": lambda c, a, *args: self._post("scene.next", None, c),
-            "/scene/prev": lambda c, a, *args: self._post("scene.prev", None, c),
-            "/scene/goto": self._h_goto,
-            "/prompt": self._h_prompt,
-            "/prompt/*": self._h_prompt,
-            "/seed": self._h_seed,
-            "/blend": self._h_blend,
-            "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
-            "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
-            "/panic": lambda c, a, *args: self._post("panic", None, c),
-            "/ping": self._h_ping,
-        }
-        if self.settings.allow_quit:
-            table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
-        for address, fn in table.items():
-            d.map(address, fn, needs_reply_address=True)
-        return d
-
-    def _post(self, kind: str, value: Any, client: tuple[Any, ...], group: Any = None) -> None:
-        event = Event(kind, value, f"osc:{client[0]}")
-        group = _STRUCTURAL.get(kind, group)
-        if group is not None and self._coalescer.interval > 0:
-            outcome = self._coalescer.offer(group, event, time.monotonic())
-            if outcome == "replaced":
-                self._count("coalesced")  # the older held one is superseded: its intent merges into this one
-            if outcome != "post":
-                return
-        if not self.bus.post(event):
-            raise _Reject("event_overflow")  # the bus's event queue is full
-
-    def _release_held(self) -> float | None:
-        """Post the held structural events that are due (receive thread); seconds until the next one is."""
-        events, wait = self._coalescer.due(time.monotonic())
-        for event in events:
-            if not self.bus.post(event):
-                self._reject("event_overflow")
-        return wait
-
-    def _h_param(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        rest = address[len("/param/"):]
-        norm = rest.endswith("/norm")
-        name = rest[: -len("/norm")] if norm else rest
-        spec = self.bus.spec(name)
-        if spec is None or name.startswith(self.settings.exclude_prefixes):
-            raise _Reject("unknown_address")
-        if len(args) != 1:
-            raise _Reject("bad_type")
-        v = _finite(_number(args[0]))
-        src = f"osc:{client[0]}"
-        if norm:
-            if not 0.0 <= v <= 1.0:
-                raise _Reject("out_of_range")
-            value = spec.from_norm(v)
-        else:
-            if not spec.min <= v <= spec.max:
-                raise _Reject("out_of_range")
-            value = v
-        if not self.bus.set(name, value, source=src):
-            raise _Reject("out_of_range")
-        with self._lock:
-            self._setters[name] = (client[0], self._clock(), value)
-
-    def _h_goto(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        if len(args) != 1:
-            raise _Reject("bad_type")
-        arg = args[0]
-        names = _scene_list(self._scenes)
-        if isinstance(arg, str):
-            if names and arg not in names:
-                raise _Reject("out_of_range")
-            self._post("scene.goto", arg, client)
-            return
-        v = _finite(_number(arg))
-        if v != int(v) or v < 0 or (names and v >= len(names)):
-            raise _Reject("out_of_range")
-        self._post("scene.goto", int(v), client)
-
-    def _h_prompt(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        slot: int | None = None
-        if address != "/prompt":
-            tail = address[len("/prompt/"):]
-            if not tail.isdigit() or int(tail) >= self.settings.prompt_slots:
-                raise _Reject("unknown_address")
-            slot = int(tail)
-        if not 1 <= len(args) <= (2 if slot is not None else 1) or not isinstance(args[0], str):
-            raise _Reject("bad_type")
-        weight: float | None = None
-        if len(args) == 2:
-            weight = _finite(_number(args[1]))
-            lo, hi = self.settings.prompt_weight
-            if not lo <= weight <= hi:
-                raise _Reject("out_of_range")
-        result = self._guard.check(args[0])
-        if not result.ok:
-            with self._lock:
-                self._guard_reasons[result.reason] += 1
-            raise _Reject("guard")
-        self._post("prompt", (slot, result.text, weight), client, group=("prompt", slot))
-
-    def _h_seed(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        if len(args) != 1 or isinstance(args[0], bool):
-            raise _Reject("bad_type")
-        v = _finite(_number(args[0]))
-        if v != int(v) or not 0 <= v <= _SEED_MAX:
-            raise _Reject("out_of_range")
-        self._post("seed", int(v), client)
-
-    def _h_blend(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        """All img2img reference weights in one message (reference.0.weight, reference.1.weight, ...), all or none."""
-        if not 1 <= len(args) <= _MAX_BLEND or any(isinstance(a, (str, bytes)) for a in args):
-            raise _Reject("bad_type")
-        values = [_finite(_number(a)) for a in args]
-        specs = [self.bus.spec(f"reference.{i}.weight") for i in range(len(values))]
-        if any(spec is None for spec in specs):
-            raise _Reject("unknown_address")  # no scene of this show blends that many images
-        if any(not spec.min <= v <= spec.max for spec, v in zip(specs, values)):
-            raise _Reject("out_of_range")
-        src = f"osc:{client[0]}"
-        for spec, v in zip(specs, values):
-            self.bus.set(spec.name, v, source=src)
-
-    def _h_gate(self, kind: str, args: tuple[Any, ...], client: tuple[Any, ...]) -> None:
-        if len(args) != 1:
-            raise _Reject("bad_type")
-        v = _finite(_number(args[0]))
-        if not 0.0 <= v <= 1.0:
-            raise _Reject("out_of_range")
-        self._post(kind, v >= 0.5, client)
-
-    def _h_ping(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
-        echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
-        echo = [a for a in echo if not isinstance(a, str) or len(a) <= 64]
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sock.sendto(_encode("/pong", *echo), client[:2])
-            self._count("pongs")
-        except OSError:
-            self._count("pong_errors")
+    @property
+    def dispatcher(self) -> Any:
+        """The surface's python-osc ``Dispatcher`` (address patterns -> handlers)."""
+        return self.surface.dispatcher
 
     # -- packets -----------------------------------------------------------------------------------------------
     def _sender(self, host: str) -> tuple[bool, str]:
@@ -523,72 +302,45 @@ class OscServer:
             self._handle(data, client)
 
     def _handle(self, data: bytes, client: tuple[Any, ...]) -> None:
+        surface = self.surface
         allowed, key = self._sender(str(client[0]))
         if not allowed:
-            self._reject("not_allowed", packet=True)
+            surface.reject("not_allowed", packet=True)
             return
         port = client[1] if len(client) > 1 else None
         if not self._limiter.take(key, port):  # every datagram costs a token, a malformed one too
-            self._reject("rate_limited", packet=True)
+            surface.reject("rate_limited", packet=True)
             return
         parts: list[bytes] = []
         try:
             for part in _elements(data):
                 if parts and not self._limiter.take(key, port):  # a bundle costs one token per message
-                    self._reject("rate_limited")  # this message and the rest of the bundle (not looked at)
+                    surface.reject("rate_limited")  # this message and the rest of the bundle (not looked at)
                     break
                 parts.append(part)
         except ValueError:
-            self._reject("malformed", packet=True)
+            surface.reject("malformed", packet=True)
             return
         if not all(_tags_known(p) for p in parts):
-            self._reject("unknown_type_tag", packet=True)  # python-osc would skip the argument, log a root WARNING
+            surface.reject("unknown_type_tag", packet=True)  # python-osc would skip the argument, log a WARNING
             return
         try:
             messages = [OscMessage(p) for p in parts]
         except Exception:  # noqa: BLE001 - any parser failure is a malformed packet
-            self._reject("malformed", packet=True)
+            surface.reject("malformed", packet=True)
             return
         if not all(_complete(m) for m in messages):
-            self._reject("malformed", packet=True)
+            surface.reject("malformed", packet=True)
             return
-        self._count("packets")
+        surface.count("packets")
+        sender = Sender("osc", client[0], port, lambda address, *args: self._reply(client, address, *args))
         for msg in messages:
-            self._dispatch(msg, client)
+            surface.apply(msg.address, msg.params, sender)
 
-    def _dispatch(self, msg: OscMessage, client: tuple[Any, ...]) -> None:
-        self._count("messages")
-        address = msg.address
-        if len(address) > _MAX_ADDRESS:
-            self._reject("malformed")
-            return
-        if not self.settings.patterns and any(c in address for c in "*?[]{}"):
-            self._reject("unknown_address")
-            return
-        handlers = list(self.dispatcher.handlers_for_address(address))
-        if not handlers:
-            self._reject("unknown_address")
-            return
-        for handler in handlers:
-            try:
-                handler.invoke(client, msg)
-                self._count("applied")
-            except _Reject as r:
-                self._reject(r.reason)
-            except Exception:  # noqa: BLE001 - a handler bug must not stop the server
-                self._reject("error")
-                log.debug("OSC handler for %r failed", address, exc_info=True)
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[key] += n
-
-    def _reject(self, reason: str, packet: bool = False) -> None:
-        """Count a dropped message (or, with ``packet``, a whole datagram: counted as a packet too, one lock)."""
-        with self._lock:
-            self._rejects[reason] += 1
-            if packet:
-                self._counts["packets"] += 1
+    def _reply(self, client: tuple[Any, ...], address: str, *args: Any) -> None:
+        sock = self._sock
+        if sock is not None:
+            sock.sendto(_encode(address, *args), client[:2])
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -608,8 +360,13 @@ class OscServer:
         return self._rx is not None and self._rx.alive
 
     @property
+    def alive(self) -> bool:
+        """bool: the receive thread runs (False once started, it has ended: the runtime then restarts the server)."""
+        return self.running
+
+    @property
     def _thread(self) -> threading.Thread | None:
-        """The receive thread, for the runtime's input supervision (it restarts an input whose thread died)."""
+        """The receive thread (tests end it to play a death)."""
         rx = self._rx
         return rx._thread if rx is not None else None
 
@@ -623,7 +380,7 @@ class OscServer:
         if self._rx is not None:
             return
         s = self.settings
-        rx = UdpReceiver(s.host, s.port, self.handle_datagram, rcvbuf=s.rcvbuf, on_idle=self._release_held,
+        rx = UdpReceiver(s.host, s.port, self.handle_datagram, rcvbuf=s.rcvbuf, on_idle=self.surface.release_held,
                          name="osc-server")
         try:
             rx.bind()
@@ -655,12 +412,7 @@ class OscServer:
     def stats(self) -> dict[str, Any]:
         """Counters: packets, messages, applied, coalesced, pongs, feedback_sent, rejects by reason, guard reasons,
         and the transport's: kernel_drops (datagrams the kernel dropped, buffer full), rx_queue_bytes, rcvbuf_bytes."""
-        with self._lock:
-            out: dict[str, Any] = dict(self._counts)
-            out["rejects"] = dict(self._rejects)
-            out["guard"] = dict(self._guard_reasons)
-        for key in ("packets", "messages", "applied", "coalesced"):
-            out.setdefault(key, 0)
+        out = self.surface.stats()
         rx = self._rx
         if rx is not None:
             t = rx.stats()
@@ -672,6 +424,11 @@ class OscServer:
         return out
 
     # -- feedback (loop thread) --------------------------------------------------------------------------------
+    def tick(self, moment: Moment) -> None:
+        """The part's per-tick hook: feedback of the bus targets and the scene playing."""
+        if self._fb_sock is not None:
+            self.feedback(self.bus.targets(), moment.scene.name)
+
     def feedback(self, values: Mapping[str, float], scene: str) -> None:
         """Send changed parameters and the scene to the feedback target; never blocks, rate-bounded.
 
@@ -681,47 +438,23 @@ class OscServer:
         sock, addr = self._fb_sock, self._fb_addr
         if sock is None or addr is None:
             return
-        now = self._clock()
-        if now < self._fb_next:
-            return
-        self._fb_next = now + 1.0 / self.settings.feedback_rate
-        with self._lock:
-            setters = dict(self._setters)
-        s = self.settings
-        out: list[bytes] = []
-        if scene != self._fb_scene:
-            out.append(_encode("/scene/current", str(scene)))
-            self._fb_scene = scene
-        for name, v in values.items():
-            if len(out) >= s.feedback_max_messages:
-                break
-            if name.startswith(s.exclude_prefixes) or not math.isfinite(v):
-                continue
-            spec = self.bus.spec(name)
-            if spec is None:
-                continue
-            eps = 1e-6 * max(spec.max - spec.min, 1e-9)
-            who = setters.get(name)
-            if who is not None and who[0] == self._fb_host and now - who[1] < s.echo_guard:
-                self._fb_sent[name] = who[2]  # the sender already shows this value
-                continue
-            last = self._fb_sent.get(name)
-            if last is not None and abs(v - last) <= eps:
-                continue
-            self._fb_sent[name] = v
-            if s.feedback_norm:
-                u = (v - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
-                out.append(_encode(f"/param/{name}/norm", float(u)))
-            else:
-                out.append(_encode(f"/param/{name}", float(v)))
-        for dgram in out:
+        surface = self.surface
+        for address, value in surface.feedback_due(values, scene, self._fb_host):
             try:
-                sock.sendto(dgram, addr)
-                self._count("feedback_sent")
+                sock.sendto(_encode(address, value), addr)
+                surface.count("feedback_sent")
             except BlockingIOError:
-                self._count("feedback_dropped")
+                surface.count("feedback_dropped")
             except OSError:
-                self._count("feedback_errors")
+                surface.count("feedback_errors")
+
+
+@register("osc", table="inputs.osc", settings=OscSettings, order=10)
+def build(settings: OscSettings, ctx: PartContext) -> OscServer | None:
+    """The OSC part: on unless ``[inputs.osc] enabled = false``; its port is bound at start (a start-up error)."""
+    if not settings.enabled:
+        return None
+    return OscServer(settings, ctx.bus, ctx.scenes, base_dir=str(ctx.base_dir))
 
 
 def bench_latency(n: int = 2000, warmup: int = 100) -> dict[str, float]:

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..parts import PartContext, register
+
 log = logging.getLogger(__name__)
 
 
@@ -330,6 +332,11 @@ class HealthServer:
         """bool: whether the server thread is serving."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def alive(self) -> bool:
+        """bool: the server thread serves (as a part: False once it has ended without stop())."""
+        return self.running
+
     def stats(self) -> dict[str, Any]:
         """Connection counters for the health report: open, max_connections, accepted, answered, refused_busy (turned
         away when full), evicted (slow clients cut off for a newcomer), timed_out (request not whole in time),
@@ -374,6 +381,13 @@ class HealthServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@register("health", table="health", settings=HealthSettings, order=0)
+def build(settings: HealthSettings, ctx: PartContext) -> HealthServer | None:
+    """The health part: serves the runtime's snapshot when the runtime is asked to (``--health``) and
+    ``[health] enabled``; a port that cannot be bound is a start-up error."""
+    return HealthServer(settings, ctx.snapshot) if ctx.serve_health and settings.enabled else None
 
 
 # -- trends ---------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..parts import Moment, PartContext, register
+
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
@@ -221,12 +223,15 @@ def load_state(path: Path | str, current_version: int = STATE_VERSION,
 class StateKeeper:
     """Saves the show state every ``interval_s`` (monotonic) and on demand; failures are logged and counted, never raised.
 
-    ``maybe_save`` is cheap when nothing is due, so the loop may call it every tick.
+    ``maybe_save`` is cheap when nothing is due, so the loop may call it every tick. Given ``state`` (what to save),
+    it is also a part: its ``tick`` hook saves when due (written by a background thread), ``stop()`` saves at once.
     """
 
     def __init__(self, settings: StateSettings, now: Callable[[], float] = time.monotonic, *,
-                 base_dir: Path | str | None = None, version: int = STATE_VERSION) -> None:
+                 base_dir: Path | str | None = None, version: int = STATE_VERSION,
+                 state: Callable[[], Mapping[str, Any]] | None = None) -> None:
         self.settings = settings
+        self._state = state
         p = Path(settings.path).expanduser()
         self.path = p if p.is_absolute() or base_dir is None else Path(base_dir) / p
         self.version = version
@@ -310,6 +315,30 @@ class StateKeeper:
         """Counters for the health report."""
         return {"saves": self.saves, "failures": self.failures, "last_error": self.last_error}
 
+    # -- as a part ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Nothing to start: saving happens in :meth:`tick` (its writer thread starts with the first save)."""
+
+    @property
+    def alive(self) -> bool:
+        """bool: always True (a failed save is counted in ``failures``, never fatal)."""
+        return True
+
+    def tick(self, moment: Moment) -> None:
+        """Save the state when ``interval_s`` has passed (the fsyncs happen off the loop thread)."""
+        if self._state is not None:
+            self.maybe_save(self._state, background=True)
+
+    def stop(self) -> None:
+        """Save the state now (the last position before shutting down); failures are logged and counted."""
+        if not self.enabled or self._state is None:
+            return
+        try:
+            self.flush()
+            self.save_now(self._state())
+        except Exception:  # noqa: BLE001 - collecting the state failing must not stop the shutdown
+            log.exception("collecting the show state failed")
+
     def _save(self, state: Mapping[str, Any]) -> bool:
         try:
             with self._lock:
@@ -331,3 +360,17 @@ class StateKeeper:
         log.log(level, "%s show state for %s failed (%s); the show goes on (%d failures)", what, self.path,
                 self.last_error, self.failures)
         self._failing = True
+
+
+@register("state", table="state", settings=StateSettings, order=1)
+def build(settings: StateSettings, ctx: PartContext) -> StateKeeper:
+    """The state part, always built (the runtime resumes from it and reports its counters); it saves only when the
+    runtime keeps state (``keep_state``) and ``[state] enabled``. A one-scene run keeps its own file, so that it
+    never overwrites the whole show's position."""
+    if not ctx.keep_state:
+        settings = settings.model_copy(update={"enabled": False})
+    if ctx.only_scene:
+        saved_at = Path(settings.path)
+        settings = settings.model_copy(
+            update={"path": str(saved_at.with_name(f"{saved_at.stem}.{ctx.only_scene}{saved_at.suffix}"))})
+    return StateKeeper(settings, base_dir=ctx.base_dir, state=ctx.state)

@@ -1,0 +1,389 @@
+"""The control surface: an address space (``/param/<name>``, ``/scene/goto``, ``/prompt``, ...) mapped onto bus writes
+and events, plus the feedback a performer's controller should show. No transport here.
+
+Any transport calls :meth:`ControlSurface.apply` with an address, its arguments and a :class:`Sender` (transport
+name, host, port, and optionally how to answer): OSC over UDP does (``inputs/osc.py``), and OSCQuery, MIDI mappings
+or a web page can, with the same type and range checks, the same counters and the same structural-event coalescing
+(at most one scene change, seed jump or prompt per slot per ``structural_interval``: the first at once, the newest
+of the rest when the interval ends; ``coalesced`` counts those superseded). Every dropped message is counted by
+reason (see :data:`REJECT_REASONS`). Bus writes carry ``<transport>:<host>`` as their source.
+
+Feedback (:meth:`ControlSurface.feedback_due`) picks what to send: changed parameters and the scene, at most
+``feedback_rate`` flushes per second and ``feedback_max_messages`` per flush, never the value a sender on the
+feedback host just set back to it; the transport encodes and sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pythonosc.dispatcher import Dispatcher
+
+from installation.bus import Event, ParamBus
+from installation.inputs.prompt_guard import PromptGuard
+
+if TYPE_CHECKING:
+    from installation.inputs.osc import OscSettings
+
+log = logging.getLogger(__name__)
+
+REJECT_REASONS = (
+    "malformed", "unknown_type_tag", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited",
+    "guard", "event_overflow", "error",
+)
+MAX_ADDRESS = 256
+SEED_MAX = 2**32 - 1
+MAX_BLEND = 16  # reference images one /blend message may weigh
+_STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
+
+Scenes = Sequence[str] | Callable[[], Sequence[str]]
+
+
+class Sender(NamedTuple):
+    """Who sent a message: the transport's name ("osc", "midi", "web"), the host, the port (None where there is
+    none) and, where the transport can answer, ``reply(address, *args)`` (used by /ping)."""
+
+    transport: str
+    host: str
+    port: Any = None
+    reply: Callable[..., None] | None = None
+
+    @property
+    def source(self) -> str:
+        """str: the bus source of what this sender sets (``osc:127.0.0.1``)."""
+        return f"{self.transport}:{self.host}"
+
+
+class Reject(Exception):
+    """Raised inside a handler to drop the message, counted under ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def number(arg: Any) -> float:
+    """A numeric argument (int, float, bool) as a float; anything else is a bad type."""
+    if isinstance(arg, bool):
+        return 1.0 if arg else 0.0
+    if isinstance(arg, (int, float)):
+        return float(arg)
+    raise Reject("bad_type")
+
+
+def finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise Reject("out_of_range")
+    return v
+
+
+def scene_list(scenes: Scenes) -> list[str]:
+    return list(scenes() if callable(scenes) else scenes)
+
+
+class Coalescer:
+    """At most one structural event per group per ``interval``: the first passes at once, later ones are held (the
+    newest replaces an older held one) and the held one is released when the interval since the last ends."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[Any, float] = {}
+        self._held: dict[Any, Event] = {}
+
+    def offer(self, group: Any, event: Event, now: float) -> str:
+        """``"post"`` (post it now), ``"held"`` (kept for later) or ``"replaced"`` (kept; an older held one dropped)."""
+        with self._lock:
+            last = self._last.get(group)
+            if group not in self._held and (last is None or now - last >= self.interval):
+                self._last[group] = now
+                return "post"
+            replaced = group in self._held
+            self._held[group] = event
+            return "replaced" if replaced else "held"
+
+    def due(self, now: float) -> tuple[list[Event], float | None]:
+        """The held events whose interval has ended (now marked posted) and the seconds until the next is due."""
+        out: list[Event] = []
+        wait: float | None = None
+        with self._lock:
+            for group, event in list(self._held.items()):
+                at = self._last.get(group, -math.inf) + self.interval
+                if now >= at:
+                    out.append(event)
+                    del self._held[group]
+                    self._last[group] = now
+                else:
+                    wait = at - now if wait is None else min(wait, at - now)
+        return out, wait
+
+
+class ControlSurface:
+    """Addresses -> bus writes and events, with counters; feedback selection. Thread-safe: ``apply`` may be called
+    from any transport's thread (calls are serialised); ``stats`` and ``feedback_due`` never wait for one."""
+
+    def __init__(self, settings: "OscSettings", bus: ParamBus, scenes: Scenes = (), *,
+                 clock: Callable[[], float] = time.monotonic, base_dir: str | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self._scenes = scenes
+        self._clock = clock
+        self._guard = PromptGuard(settings.prompt, base_dir)
+        self._coalescer = Coalescer(settings.structural_interval)
+        # _apply_lock serialises messages (the coalescer and the guard's counters are not thread-safe across
+        # senders); _lock, never held across a handler, guards the counters and the last-setter table.
+        self._apply_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._rejects: Counter[str] = Counter()
+        self._guard_reasons: Counter[str] = Counter()
+        self._setters: dict[str, tuple[str, float, float]] = {}  # param -> (host, time, value set)
+        self._fb_next = -math.inf
+        self._fb_sent: dict[str, float] = {}
+        self._fb_scene: str | None = None
+        self.dispatcher = self._build_dispatcher()
+
+    # -- routing -----------------------------------------------------------------------------------------------
+    def _build_dispatcher(self) -> Dispatcher:
+        d = Dispatcher(strict_timing=False)
+        table: dict[str, Callable[..., None]] = {
+            "/param/*": self._h_param,
+            "/scene/next": lambda c, a, *args: self._post("scene.next", None, c),
+            "/scene/prev": lambda c, a, *args: self._post("scene.prev", None, c),
+            "/scene/goto": self._h_goto,
+            "/prompt": self._h_prompt,
+            "/prompt/*": self._h_prompt,
+            "/seed": self._h_seed,
+            "/blend": self._h_blend,
+            "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
+            "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
+            "/panic": lambda c, a, *args: self._post("panic", None, c),
+            "/ping": self._h_ping,
+        }
+        if self.settings.allow_quit:
+            table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
+        for address, fn in table.items():
+            d.map(address, fn, needs_reply_address=True)
+        return d
+
+    def apply(self, address: str, args: Sequence[Any], sender: Sender) -> None:
+        """Apply one message; every outcome is counted (``messages``, ``applied`` or a reject), nothing is raised."""
+        with self._apply_lock:
+            self._apply(address, args, sender)
+
+    def _apply(self, address: str, args: Sequence[Any], sender: Sender) -> None:
+        self.count("messages")
+        if len(address) > MAX_ADDRESS:
+            self.reject("malformed")
+            return
+        if not self.settings.patterns and any(c in address for c in "*?[]{}"):
+            self.reject("unknown_address")
+            return
+        handlers = list(self.dispatcher.handlers_for_address(address))
+        if not handlers:
+            self.reject("unknown_address")
+            return
+        for handler in handlers:
+            try:
+                handler.callback(sender, address, *args)
+                self.count("applied")
+            except Reject as r:
+                self.reject(r.reason)
+            except Exception:  # noqa: BLE001 - a handler bug must not stop the transport
+                self.reject("error")
+                log.debug("control handler for %r failed", address, exc_info=True)
+
+    def _post(self, kind: str, value: Any, sender: Sender, group: Any = None) -> None:
+        event = Event(kind, value, sender.source)
+        group = _STRUCTURAL.get(kind, group)
+        if group is not None and self._coalescer.interval > 0:
+            outcome = self._coalescer.offer(group, event, time.monotonic())
+            if outcome == "replaced":
+                self.count("coalesced")  # the older held one is superseded: its intent merges into this one
+            if outcome != "post":
+                return
+        if not self.bus.post(event):
+            raise Reject("event_overflow")  # the bus's event queue is full
+
+    def release_held(self) -> float | None:
+        """Post the held structural events that are due; seconds until the next one is (or None). A transport calls
+        it from its thread when idle."""
+        events, wait = self._coalescer.due(time.monotonic())
+        for event in events:
+            if not self.bus.post(event):
+                self.reject("event_overflow")
+        return wait
+
+    # -- handlers ----------------------------------------------------------------------------------------------
+    def _h_param(self, sender: Sender, address: str, *args: Any) -> None:
+        rest = address[len("/param/"):]
+        norm = rest.endswith("/norm")
+        name = rest[: -len("/norm")] if norm else rest
+        spec = self.bus.spec(name)
+        if spec is None or name.startswith(self.settings.exclude_prefixes):
+            raise Reject("unknown_address")
+        if len(args) != 1:
+            raise Reject("bad_type")
+        v = finite(number(args[0]))
+        if norm:
+            if not 0.0 <= v <= 1.0:
+                raise Reject("out_of_range")
+            value = spec.from_norm(v)
+        else:
+            if not spec.min <= v <= spec.max:
+                raise Reject("out_of_range")
+            value = v
+        if not self.bus.set(name, value, source=sender.source):
+            raise Reject("out_of_range")
+        with self._lock:
+            self._setters[name] = (sender.host, self._clock(), value)
+
+    def _h_goto(self, sender: Sender, address: str, *args: Any) -> None:
+        if len(args) != 1:
+            raise Reject("bad_type")
+        arg = args[0]
+        names = scene_list(self._scenes)
+        if isinstance(arg, str):
+            if names and arg not in names:
+                raise Reject("out_of_range")
+            self._post("scene.goto", arg, sender)
+            return
+        v = finite(number(arg))
+        if v != int(v) or v < 0 or (names and v >= len(names)):
+            raise Reject("out_of_range")
+        self._post("scene.goto", int(v), sender)
+
+    def _h_prompt(self, sender: Sender, address: str, *args: Any) -> None:
+        slot: int | None = None
+        if address != "/prompt":
+            tail = address[len("/prompt/"):]
+            if not tail.isdigit() or int(tail) >= self.settings.prompt_slots:
+                raise Reject("unknown_address")
+            slot = int(tail)
+        if not 1 <= len(args) <= (2 if slot is not None else 1) or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        weight: float | None = None
+        if len(args) == 2:
+            weight = finite(number(args[1]))
+            lo, hi = self.settings.prompt_weight
+            if not lo <= weight <= hi:
+                raise Reject("out_of_range")
+        result = self._guard.check(args[0])
+        if not result.ok:
+            with self._lock:
+                self._guard_reasons[result.reason] += 1
+            raise Reject("guard")
+        self._post("prompt", (slot, result.text, weight), sender, group=("prompt", slot))
+
+    def _h_seed(self, sender: Sender, address: str, *args: Any) -> None:
+        if len(args) != 1 or isinstance(args[0], bool):
+            raise Reject("bad_type")
+        v = finite(number(args[0]))
+        if v != int(v) or not 0 <= v <= SEED_MAX:
+            raise Reject("out_of_range")
+        self._post("seed", int(v), sender)
+
+    def _h_blend(self, sender: Sender, address: str, *args: Any) -> None:
+        """All img2img reference weights in one message (reference.0.weight, reference.1.weight, ...), all or none."""
+        if not 1 <= len(args) <= MAX_BLEND or any(isinstance(a, (str, bytes)) for a in args):
+            raise Reject("bad_type")
+        values = [finite(number(a)) for a in args]
+        specs = [self.bus.spec(f"reference.{i}.weight") for i in range(len(values))]
+        if any(spec is None for spec in specs):
+            raise Reject("unknown_address")  # no scene of this show blends that many images
+        if any(not spec.min <= v <= spec.max for spec, v in zip(specs, values)):
+            raise Reject("out_of_range")
+        for spec, v in zip(specs, values):
+            self.bus.set(spec.name, v, source=sender.source)
+
+    def _h_gate(self, kind: str, args: tuple[Any, ...], sender: Sender) -> None:
+        if len(args) != 1:
+            raise Reject("bad_type")
+        v = finite(number(args[0]))
+        if not 0.0 <= v <= 1.0:
+            raise Reject("out_of_range")
+        self._post(kind, v >= 0.5, sender)
+
+    def _h_ping(self, sender: Sender, address: str, *args: Any) -> None:
+        echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
+        echo = [a for a in echo if not isinstance(a, str) or len(a) <= 64]
+        if sender.reply is None:
+            return
+        try:
+            sender.reply("/pong", *echo)
+            self.count("pongs")
+        except OSError:
+            self.count("pong_errors")
+
+    # -- counters ----------------------------------------------------------------------------------------------
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def reject(self, reason: str, packet: bool = False) -> None:
+        """Count a dropped message (or, with ``packet``, a whole datagram refused by its transport: counted as a
+        packet too, under one lock)."""
+        with self._lock:
+            self._rejects[reason] += 1
+            if packet:
+                self._counts["packets"] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: messages, applied, coalesced, pongs, feedback_sent, rejects by reason, guard reasons (and the
+        transport's own, such as packets, counted here too)."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._counts)
+            out["rejects"] = dict(self._rejects)
+            out["guard"] = dict(self._guard_reasons)
+        for key in ("packets", "messages", "applied", "coalesced"):
+            out.setdefault(key, 0)
+        return out
+
+    # -- feedback (loop thread) --------------------------------------------------------------------------------
+    def feedback_due(self, values: Mapping[str, float], scene: str, host: str) -> list[tuple[str, Any]]:
+        """The (address, value) messages to send to a controller on ``host`` now: the scene when it changed and the
+        parameters that changed, at most ``feedback_rate`` times a second (an empty list in between).
+
+        A parameter that a sender on ``host`` set within ``echo_guard`` seconds is not sent back to it.
+        """
+        now = self._clock()
+        if now < self._fb_next:
+            return []
+        s = self.settings
+        self._fb_next = now + 1.0 / s.feedback_rate
+        with self._lock:
+            setters = dict(self._setters)
+        out: list[tuple[str, Any]] = []
+        if scene != self._fb_scene:
+            out.append(("/scene/current", str(scene)))
+            self._fb_scene = scene
+        for name, v in values.items():
+            if len(out) >= s.feedback_max_messages:
+                break
+            if name.startswith(s.exclude_prefixes) or not math.isfinite(v):
+                continue
+            spec = self.bus.spec(name)
+            if spec is None:
+                continue
+            eps = 1e-6 * max(spec.max - spec.min, 1e-9)
+            who = setters.get(name)
+            if who is not None and who[0] == host and now - who[1] < s.echo_guard:
+                self._fb_sent[name] = who[2]  # the sender already shows this value
+                continue
+            last = self._fb_sent.get(name)
+            if last is not None and abs(v - last) <= eps:
+                continue
+            self._fb_sent[name] = v
+            if s.feedback_norm:
+                u = (v - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
+                out.append((f"/param/{name}/norm", float(u)))
+            else:
+                out.append((f"/param/{name}", float(v)))
+        return out
+
