@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import decoders, parts
 from .bus import ParamSpec
@@ -22,6 +22,7 @@ from .modulation import ModMatrix, ModulationSettings
 from .ops import LogSettings, ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
+from .render.hooks import hook_params
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
 
@@ -81,6 +82,13 @@ class DecoderRuntimeConfig(_Strict):
     fallback_retry_s: Annotated[float, Field(ge=1, le=86400)] = 300.0
     fallback_faults: Annotated[int, Field(ge=0, le=100_000)] = 20  # 0 = never fall back
     fallback_window_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    hooks: tuple[str, ...] = ()  # post-render hooks on every decoded frame (render/hooks.py), e.g. ["frame_stats"]
+
+    @field_validator("hooks")
+    @classmethod
+    def _known_hooks(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        hook_params(names)  # raises naming the allowed hooks
+        return names
 
 
 class RecordConfig(_Strict):
@@ -355,6 +363,7 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
         specs.update({s.name: s for s in shader.uniforms})
     # What parts write (input features) are parameters too (zero while the part is off), so routes can name them.
     specs.update({s.name: s for s in parts.param_specs(config)})
+    specs.update({s.name: s for s in hook_params(config.decoder.hooks)})  # what post-render hooks report
     for scene in scenes:
         _add_decoder_params(specs, scene)
     check_params(config.params, specs, path, "params")

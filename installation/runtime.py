@@ -25,6 +25,7 @@ from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
 from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
 from .ops.state import StateKeeper
 from .parts import Moment, Part, PartContext, PartInfo
+from .render.hooks import HookRunner, apply_result
 from .render.outputs import Output, PresentedTap
 from .render.present import Presenter
 from .render.record import Recorder
@@ -115,12 +116,14 @@ class Runtime:
         # Decoding faster than the display is wasted work: cap at the output rate unless told otherwise (0 = none).
         cap = (cfg.decoder.max_fps or self.fps) if max_decoder_fps is None else max_decoder_fps
         self.worker: DecoderWorker | ProcessWorker | None = None
+        # Post-render hooks run where frames are made; what they learn lands on the bus like any input's features.
+        self.hooks = HookRunner(cfg.decoder.hooks, self._hook_result)
         if self.lockstep or cfg.decoder.isolation == "thread":
             import torch
 
             torch.set_num_threads(threads)
             if not self.lockstep:
-                self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap)
+                self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap, on_frame=self.hooks or None)
         else:
             self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff,
                                         hang_s=cfg.decoder.hang_s, log_level=cfg.log.level)
@@ -219,6 +222,10 @@ class Runtime:
         elif ev.kind != "onset":  # onsets reach the show through modulation routes, not directly
             self.bus.reject("event")
 
+    def _hook_result(self, result: dict[str, Any]) -> None:
+        """A post-render hook's result (from the decoder thread, or the decoder process's pipe reader)."""
+        apply_result(self.bus, result)
+
     def request_quit(self) -> None:
         """Stop at the next tick, without a fade."""
         self._quit = True
@@ -286,7 +293,10 @@ class Runtime:
             self._seq += 1
             rgb = self.guard.render(plan.request(t, self._seq))
             if rgb is not None:
-                self.slot.publish(Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut))
+                frame = Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut)
+                self.slot.publish(frame)
+                if self.hooks:
+                    self.hooks(frame)
         else:
             self.worker.submit(plan)
         self._track_frames()

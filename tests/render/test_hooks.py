@@ -66,3 +66,42 @@ def test_the_decoder_thread_runs_hooks_on_the_frames_it_makes():
     luma = (frame.rgb[::4, ::4].astype(np.float32) / 255.0) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     assert 0.0 < bus.targets()["frame.brightness"] < 1.0
     assert abs(bus.targets()["frame.brightness"] - float(luma.mean())) < 0.2  # the frame it measured, or one before
+
+
+@pytest.mark.parametrize("isolation", ["lockstep", "thread"])
+def test_a_show_with_a_hook_sees_its_decoded_frames_on_the_bus(tmp_path, isolation):
+    from installation.clock import FixedClock, WallClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')},
+                     extra='[decoder]\nisolation = "thread"\nhooks = ["frame_stats"]\n')
+    spec = load_show(cfg)
+    assert {"frame.brightness", "frame.motion"} <= set(spec.params)  # declared: routes and OSC may name them
+    target = HeadlessTarget(spec.config.output.size)
+    clock = FixedClock(20) if isolation == "lockstep" else WallClock()
+    rt = Runtime(spec, target, clock, fps=20, inputs=False)
+    journal = rt.bus.subscribe()
+    try:
+        if isolation == "lockstep":
+            for _ in range(5):
+                rt.step()
+        else:
+            rt.start()
+            assert wait_until(lambda: rt.hooks.runs >= 3, timeout=60)
+        assert 0.0 < rt.bus.targets()["frame.brightness"] < 1.0
+        assert any(c.source == "hook:frame_stats" and c.name == "frame.brightness" for c in journal.drain())
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_an_unknown_hook_is_a_config_error(tmp_path):
+    from installation.config import ConfigError, load_show
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[decoder]\nhooks = ["clip"]\n')
+    with pytest.raises(ConfigError, match="decoder.hooks.*unknown hook 'clip'; allowed: frame_stats"):
+        load_show(cfg)
