@@ -3,6 +3,7 @@
 Figures, not pass/fail: ``decoder_fps`` (guarded decoder in a tight loop at its own resolution), ``runtime_fps``
 (frames the decoder delivers inside the full headless loop, uncapped, presenter paced at 60 Hz like a vsync'd
 display), ``present_fps`` (presenter frames per second at the output size in that loop) and their ratio.
+``--camera SOURCE`` compares that loop with the camera off and on instead (:func:`camera_bench`).
 """
 
 from __future__ import annotations
@@ -47,12 +48,34 @@ def decoder_fps(spec: ShowSpec, seconds: float, device: str) -> float:
     return good / elapsed
 
 
-def runtime_fps(spec: ShowSpec, seconds: float, device: str) -> dict[str, Any]:
-    """Run the real loop headless at the output size for ``seconds``; count decoded and presented frames."""
+def _p99_ms(values: list[float]) -> float | None:
+    """The 99th percentile (nearest rank) of ``values`` in seconds, as milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000.0, 2)
+
+
+def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = False) -> dict[str, Any]:
+    """Run the real loop headless at the output size for ``seconds``; count decoded and presented frames, and time
+    every tick: ``present_ms_p99`` is what one tick costs (clock to swap), ``interval_ms_p99`` the time from one
+    tick's start to the next (the pacing a viewer sees). With ``inputs`` the config's enabled inputs run too; the
+    loop starts once the camera (if any) has delivered its first frame."""
     target = HeadlessTarget(spec.config.output.size)
     try:
-        rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=False)
+        rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=inputs)
         counts: dict[str, Any] = {"decoded": 0}
+        starts: list[float] = []
+        costs: list[float] = []
+        step = rt.step
+
+        def timed_step() -> None:
+            t0 = time.perf_counter()
+            step()
+            starts.append(t0)
+            costs.append(time.perf_counter() - t0)
+
+        rt.step = timed_step  # type: ignore[method-assign]
 
         def on_tick(r: Runtime) -> None:
             counts["decoded"] = r.slot.published
@@ -62,15 +85,78 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str) -> dict[str, Any]:
                 counts["vram_last"] = vram
 
         rt.start()
+        camera = rt.camera
+        if camera is not None:
+            deadline = time.monotonic() + 60.0
+            while camera.stats().get("frames", 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            frames0 = camera.stats().get("frames", 0)
         decoded0 = rt.slot.published
+        cpu0 = time.process_time()
         stats = rt.run(seconds, on_tick=on_tick)
+        cpu = time.process_time() - cpu0  # this process only: presenter, its threads, the inputs' readers
         elapsed = stats.loop_s  # the loop alone: shutdown (joining the decoder process) is not part of it
         decoded = counts["decoded"] - decoded0
         renderer = target.ctx.info.get("GL_RENDERER", "?")
     finally:
         target.close()
-    return {"runtime_fps": decoded / elapsed, "present_fps": stats.presented / elapsed, "late_ticks": stats.late,
-            "gl_renderer": renderer, "loop_vram_mb": [counts.get("vram_first"), counts.get("vram_last")]}
+    intervals = [b - a for a, b in zip(starts, starts[1:])]
+    out = {"runtime_fps": decoded / elapsed, "present_fps": stats.presented / elapsed, "late_ticks": stats.late,
+           "ticks": stats.ticks, "tick_costs_s": costs, "tick_intervals_s": intervals,
+           "present_ms_p99": _p99_ms(costs), "interval_ms_p99": _p99_ms(intervals),
+           "process_cpu_ms_per_tick": round(cpu / max(stats.ticks, 1) * 1000.0, 3),
+           "gl_renderer": renderer, "loop_vram_mb": [counts.get("vram_first"), counts.get("vram_last")]}
+    if camera is not None:
+        cam = camera.stats()
+        out["camera_fps"] = round((cam.get("frames", 0) - frames0) / elapsed, 2)
+        out["camera_error"] = cam.get("error", "")
+    return out
+
+
+def with_camera(spec: ShowSpec, source: int | str | None) -> ShowSpec:
+    """The show with OSC and the microphone off, and the camera on ``source`` (None: off)."""
+    from dataclasses import replace as dc_replace
+
+    cfg = spec.config
+    camera = {"enabled": source is not None, **({"source": source} if source is not None else {})}
+    inputs = cfg.inputs.model_copy(update={"osc": cfg.inputs.osc.model_copy(update={"enabled": False}),
+                                           "audio": cfg.inputs.audio.model_copy(update={"enabled": False}),
+                                           "camera": cfg.inputs.camera.model_copy(update=camera)})
+    return dc_replace(spec, config=cfg.model_copy(update={"inputs": inputs}))
+
+
+def camera_bench(spec: ShowSpec, source: int | str, seconds: float = 10.0, rounds: int = 1) -> dict[str, Any]:
+    """The full headless loop with the camera off, then on (``rounds`` times, alternating), in this one process:
+    late ticks and the tick p99s for each, and how much worse the camera makes them. ``process_cpu_ms_per_tick``
+    is the CPU this (the presenter's) process spends per tick, its threads included: what the camera adds here is
+    what can compete with presenting for the GIL; the p99s also feel the cores the camera's own process takes."""
+    device = resolve_device(spec.config.decoder.device)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(max(1, rounds)):
+        runs["off"].append(runtime_fps(with_camera(spec, None), seconds, device, inputs=True))
+        runs["on"].append(runtime_fps(with_camera(spec, source), seconds, device, inputs=True))
+
+    out: dict[str, Any] = {"scene": spec.scenes[0].name, "camera_source": str(source), "device": device,
+                           "output_size": str(spec.config.output.size), "display_hz": DISPLAY_HZ,
+                           "seconds": seconds, "rounds": max(1, rounds)}
+    for mode, rs in runs.items():
+        out[f"{mode}_ticks"] = sum(r["ticks"] for r in rs)
+        out[f"{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
+        out[f"{mode}_present_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_costs_s"]])
+        out[f"{mode}_interval_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_intervals_s"]])
+        out[f"{mode}_present_ms_p99_by_round"] = [r["present_ms_p99"] for r in rs]
+        out[f"{mode}_late_ticks_by_round"] = [r["late_ticks"] for r in rs]
+        out[f"{mode}_process_cpu_ms_per_tick"] = round(sum(r["process_cpu_ms_per_tick"] for r in rs) / len(rs), 3)
+        out[f"{mode}_present_fps"] = round(sum(r["present_fps"] for r in rs) / len(rs), 2)
+        out[f"{mode}_runtime_fps"] = round(sum(r["runtime_fps"] for r in rs) / len(rs), 2)
+    out["camera_fps"] = round(sum(r["camera_fps"] for r in runs["on"]) / len(runs["on"]), 2)
+    errors = {r["camera_error"] for r in runs["on"]} - {""}
+    if errors:
+        out["camera_error"] = "; ".join(sorted(errors))
+    for key in ("present_ms_p99", "interval_ms_p99"):
+        off, on = out[f"off_{key}"], out[f"on_{key}"]
+        out[f"{key}_on_vs_off"] = round(on / off, 3) if off else None
+    return out
 
 
 def run_bench(spec: ShowSpec, seconds: float = 10.0) -> dict[str, Any]:

@@ -263,7 +263,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     _setup_logging(args.log_level or "warning")
-    if args.osc_latency:
+    if args.camera is not None:
+        from .bench import camera_bench
+
+        source = int(args.camera) if args.camera.isdigit() else args.camera
+        result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.osc_latency:
         from .bench import osc_latency
 
         result = osc_latency(spec, trials=args.trials)
@@ -383,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency")
+    b.add_argument("--camera", metavar="SOURCE",
+                   help="compare the full loop with the camera off and on this source (a device index, file, URL "
+                        "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
+    b.add_argument("--rounds", type=int, default=1, help="off/on pairs for --camera, alternating (default 1)")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

@@ -19,6 +19,20 @@ def test_bench_cppn_json(tmp_path):
     assert result["decoder_fps"] > 0 and result["runtime_fps"] > 0 and result["present_fps"] > 0
 
 
+def test_bench_camera_off_and_on_json(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--seconds", "2", "--json", "--camera",
+                "lavfi:testsrc2=size=160x120:rate=30,realtime", timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for mode in ("off", "on"):
+        for key in ("late_ticks", "present_ms_p99", "interval_ms_p99", "process_cpu_ms_per_tick", "present_fps"):
+            assert f"{mode}_{key}" in result, (mode, key)
+        assert result[f"{mode}_ticks"] > 0 and result[f"{mode}_present_ms_p99"] > 0
+    assert result["camera_fps"] > 0 and "camera_error" not in result  # the camera really ran in the "on" half
+    assert "on_late_ticks" in r.stdout and "off_present_ms_p99" in r.stdout  # the printed figures too
+
+
 def test_bench_diffusion_on_a_tiny_random_model(tmp_path):
     from installation.decoders.random_models import make_sd21, make_taesd
 

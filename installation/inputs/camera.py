@@ -1,10 +1,13 @@
-"""Camera features and the img2img source: a capture thread on a device index, a file, a URL or a lavfi graph.
+"""Camera features and the img2img source: a device index, a file, a URL or a lavfi graph, read in its own process.
 
-Each frame is shrunk to a small grey image for analysis: motion energy (frame difference), mean optical flow
-(Farneback), presence (foreground against a slowly learned background) and brightness, each smoothed by an
-attack/release follower and written to the bus as ``camera.*``. The latest full frame (RGB, read-only) is offered
-through :meth:`CameraInput.latest_frame`. Unplug, read errors or end of file reopen the source (files loop at once,
-devices and streams with backoff); nothing is ever written to disk.
+A worker process (:mod:`installation.inputs.camera_worker`) captures and analyses: each frame is shrunk to a small
+grey image for motion energy (frame difference), mean optical flow (Farneback, on a smaller image still), presence
+(foreground against a slowly learned background) and brightness, each smoothed by an attack/release follower. Here
+a reader thread writes them to the bus as ``camera.*`` and keeps the newest frame (RGB, read-only) for
+:meth:`CameraInput.latest_frame`; frames cross the pipe only while someone asks for them. Unplug, read errors or end
+of file reopen the source in the worker (files loop at once, devices and streams with backoff, counted); if the
+worker process dies, the reader thread ends with it (``alive`` turns False) and whoever supervises restarts the
+input. Nothing is ever written to disk.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import glob
 import logging
 import math
-import os
-import threading
+import multiprocessing as mp
+import re
 import time
 from typing import Any
 
@@ -21,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from installation.inputs.base import ThreadedInput
-from installation.bus import Follower, ParamBus, ParamSpec
+from installation.bus import ParamBus, ParamSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,8 @@ FEATURES = (
     "camera.motion", "camera.flow_x", "camera.flow_y", "camera.flow_mag", "camera.presence", "camera.brightness",
 )
 LAVFI_PREFIX = "lavfi:"
-# OpenCV reads OPENCV_FFMPEG_CAPTURE_OPTIONS at open time; opens that set it are serialised by this lock.
-_FFMPEG_ENV_LOCK = threading.Lock()
+STOP_WAIT_S = 3.0  # how long stop() waits for the worker process before terminating it
+START_GRACE_S = 60.0  # the worker's first message may take this long (it imports numpy and OpenCV), or hang_s
 
 
 class CameraSettings(BaseModel):
@@ -51,6 +54,8 @@ class CameraSettings(BaseModel):
     motion_threshold: float = Field(default=15.0, ge=0.0, le=255.0, description="grey levels a pixel must change")
     presence_threshold: float = Field(default=25.0, ge=0.0, le=255.0, description="grey levels from background")
     background_time: float = Field(default=10.0, gt=0.0, description="seconds for the background to adapt")
+    flow_width: int = Field(default=80, ge=16, le=1280, description="optical flow runs on an image this wide (at "
+                                                                   "most analysis_width): the analysis's main cost")
     flow_min: float = Field(default=0.2, ge=0.0, description="px/frame (analysis size) for a pixel to count as moving")
     attack: float = Field(default=0.05, ge=0.0)
     release: float = Field(default=0.3, ge=0.0)
@@ -58,6 +63,14 @@ class CameraSettings(BaseModel):
     stale_after: float = Field(default=2.0, gt=0.0, description="latest_frame() is None after this long without one")
     reopen_min: float = Field(default=0.5, gt=0.0)
     reopen_max: float = Field(default=10.0, gt=0.0)
+    hang_s: float = Field(default=60.0, gt=0.0, description="a camera process silent this long (stuck opening or "
+                                                          "reading; at start at least 60 s) is killed, and the "
+                                                          "input restarted")
+    frame_width: int = Field(default=1024, ge=0, description="img2img source frames are shrunk to this width at "
+                                                           "most (0 = as captured)")
+    threads: int = Field(default=1, ge=1, le=64, description="OpenCV threads in the camera process")
+    nice: int = Field(default=5, ge=0, le=19, description="the camera process's niceness: analysis yields the "
+                                                       "cores to the presenter and the decoder")
 
 
 def feature_specs(settings: CameraSettings | None = None) -> list[ParamSpec]:
@@ -105,98 +118,48 @@ def list_cameras() -> list[str]:
     return cams
 
 
-def _open_capture(source: int | str) -> Any:
-    """A cv2.VideoCapture for the source (lavfi graphs through FFmpeg), or None when it does not open."""
-    import cv2
-
-    if isinstance(source, str) and source.startswith(LAVFI_PREFIX):
-        with _FFMPEG_ENV_LOCK:
-            old = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "input_format;lavfi"
-            try:
-                cap = cv2.VideoCapture(source[len(LAVFI_PREFIX):], cv2.CAP_FFMPEG)
-            finally:
-                if old is None:
-                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = old
-    elif isinstance(source, str):
-        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG) if os.path.exists(source) else cv2.VideoCapture(source)
-    else:
-        cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        cap.release()
-        return None
-    return cap
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-class _Analyzer:
-    """Per-frame features on a small grey image; owns the previous frame and the background model."""
-
-    def __init__(self, s: CameraSettings) -> None:
-        self.s = s
-        self.prev: np.ndarray | None = None
-        self.background: np.ndarray | None = None
-
-    def reset(self) -> None:
-        """Forget the previous frame (after a reopen or loop, so the jump is not seen as motion)."""
-        self.prev = None
-
-    def process(self, bgr: np.ndarray, dt: float) -> dict[str, float]:
-        import cv2
-
-        s = self.s
-        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
-        h, w = grey.shape[:2]
-        aw = min(s.analysis_width, w)
-        ah = max(8, int(round(h * aw / w)))
-        small = cv2.resize(grey, (aw, ah), interpolation=cv2.INTER_AREA)
-        out = {name: 0.0 for name in FEATURES}
-        out["camera.brightness"] = float(np.mean(small)) / 255.0
-        if self.background is None or self.background.shape != small.shape:
-            self.background = small.astype(np.float32)
-        fg = cv2.absdiff(small.astype(np.float32), self.background) > s.presence_threshold
-        out["camera.presence"] = float(np.mean(fg))
-        alpha = 1.0 - math.exp(-max(dt, 0.0) / s.background_time)
-        cv2.accumulateWeighted(small.astype(np.float32), self.background, alpha)
-        if self.prev is not None and self.prev.shape == small.shape:
-            diff = cv2.absdiff(small, self.prev)
-            out["camera.motion"] = float(np.mean(diff > s.motion_threshold))
-            flow = cv2.calcOpticalFlowFarneback(self.prev, small, None, 0.5, 3, 9, 3, 5, 1.1, 0)
-            fx, fy = flow[..., 0], flow[..., 1]
-            mag = np.hypot(fx, fy)
-            moving = mag > s.flow_min
-            per_s = 1.0 / (aw * max(dt, 1e-3))  # px/frame -> frame widths per second
-            if np.any(moving):
-                out["camera.flow_x"] = float(np.mean(fx[moving])) * per_s
-                out["camera.flow_y"] = float(np.mean(fy[moving])) * per_s
-            out["camera.flow_mag"] = float(np.mean(mag)) * per_s
-        self.prev = small
-        return out
+def describe_source(source: int | str) -> str:
+    """The source for logs and /health, with any password in a URL masked (``rtsp://user:***@host/...``)."""
+    if isinstance(source, int):
+        return f"device {source}"
+    return re.sub(r"^([a-zA-Z][\w+.-]*://[^/:@]*):[^/@]*@", r"\1:***@", source)
 
 
 class CameraInput(ThreadedInput):
-    """Camera input: ``start()`` launches the capture thread; features land on the bus, frames in a slot."""
+    """Camera input: ``start()`` launches the reader thread, which starts the worker process and takes its
+    messages; features land on the bus, frames in a slot. The thread ends when the worker process ends."""
 
     thread_name = "camera-input"
 
     def __init__(self, settings: CameraSettings, bus: ParamBus) -> None:
         super().__init__({"frames": 0, "opens": 0, "open_failures": 0, "reopens": 0, "loops": 0,
-                          "read_failures": 0, "size": None, "error": ""})
+                          "read_failures": 0, "frames_sent": 0, "size": None, "error": "",
+                          "source": describe_source(settings.source), "worker_starts": 0, "worker_deaths": 0,
+                          "hangs": 0, "pid": None})
         self.settings = settings
         self.bus = bus
-        self._specs = {spec.name: spec for spec in feature_specs(settings)}
-        for spec in self._specs.values():
+        for spec in feature_specs(settings):
             bus.declare(spec)
-        self._followers = {n: Follower(0.0, settings.attack, settings.release) for n in FEATURES}
-        self._gain = {n: (1.0 if n == "camera.brightness" else settings.gain) for n in FEATURES}
         self._frame: np.ndarray | None = None
         self._frame_time = -math.inf
         self._values = {n: 0.0 for n in FEATURES}
+        self._wanted: Any = None  # the worker's shared "frame last asked for at" (time.monotonic())
+        self._proc: Any = None
+        self._carry: dict[str, int] = {}  # counters of the worker processes that have ended
 
     # -- public ------------------------------------------------------------------------------------------------
     def latest_frame(self) -> np.ndarray | None:
-        """The newest frame as HxWx3 uint8 RGB (read-only, do not modify), or None if none is fresh."""
+        """The newest frame as HxWx3 uint8 RGB (read-only, do not modify), or None if none is fresh.
+
+        Asking is what makes the worker send frames (for a couple of seconds after each call), so the first call
+        after a while returns None or an older frame and the next ones, a camera frame later, the newest."""
+        wanted = self._wanted
+        if wanted is not None:
+            wanted.value = time.monotonic()
         with self._lock:
             if self._frame is None or time.monotonic() - self._frame_time > self.settings.stale_after:
                 return None
@@ -207,146 +170,112 @@ class CameraInput(ThreadedInput):
         with self._lock:
             return dict(self._values)
 
-    # -- thread ------------------------------------------------------------------------------------------------
-    def _bump(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._stats[key] += n
+    @property
+    def pid(self) -> int | None:
+        """int | None: the worker process's id while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
 
-    def _is_file(self) -> bool:
-        src = self.settings.source
-        return isinstance(src, str) and not src.startswith(LAVFI_PREFIX) and os.path.exists(src)
-
+    # -- reader thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        from installation.inputs.camera_worker import run as worker_main
+        from installation.render.process import start_process
+
+        ctx = mp.get_context("spawn")
+        conn, child_conn = ctx.Pipe(duplex=False)  # messages up
+        control_r, stop = ctx.Pipe(duplex=False)  # closing ``stop`` stops the worker
+        wanted = ctx.Value("d", -math.inf, lock=False)  # lock-free: a killed worker cannot leave it locked
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        proc = ctx.Process(target=worker_main, name="installation-camera", daemon=True,
+                           args=(self.settings, child_conn, control_r, wanted,
+                                 level if level in ("debug", "info", "warning", "error") else "info"))
         try:
-            import cv2  # noqa: F401
-        except Exception as exc:  # noqa: BLE001
-            log.error("camera input disabled: opencv not importable: %s", exc)
+            start_process(proc)
+        except Exception as exc:  # noqa: BLE001 - counted as a death by the supervisor; retried with backoff
+            log.error("camera worker process did not start: %s", exc)
             with self._lock:
-                self._stats.update(state="unavailable", error=str(exc))
+                self._stats.update(state="failed", error=f"camera worker did not start: {exc}")
+            for c in (conn, child_conn, control_r, stop):
+                c.close()
             return
-        analyzer = _Analyzer(self.settings)
-        backoff = self.settings.reopen_min
-        while not self._stop.is_set():
-            cap = self._open()
-            if cap is None:
-                self._idle(backoff)
-                backoff = min(backoff * 2.0, self.settings.reopen_max)
-                continue
-            backoff = self.settings.reopen_min
-            analyzer.reset()
-            try:
-                looped = self._read_loop(cap, analyzer)
-            except Exception as exc:  # noqa: BLE001 - the show goes on
-                log.warning("camera analysis failed: %s", exc, exc_info=True)
-                looped = False
-            finally:
-                cap.release()
-            if self._stop.is_set():
-                break
-            if looped:
-                self._bump("loops")
-                continue
-            if self._is_file() and not self.settings.loop:
-                with self._lock:
-                    self._stats["state"] = "ended"
-                self._idle(math.inf)
-                break
-            self._bump("reopens")
-            log.warning("camera source %r stopped delivering frames; reopening", self.settings.source)
-            self._idle(backoff)
-        self._decay(math.inf)
-
-    def _open(self) -> Any:
-        import cv2
-
-        s = self.settings
+        child_conn.close()
+        control_r.close()
+        self._proc, self._wanted = proc, wanted
+        child: dict[str, Any] = {}
+        with self._lock:
+            self._stats.update(worker_starts=self._stats["worker_starts"] + 1, pid=proc.pid, state="starting")
+        heard, allowed = time.monotonic(), max(self.settings.hang_s, START_GRACE_S)
         try:
-            cap = _open_capture(s.source)
-            if cap is not None and isinstance(s.source, int):
-                if s.width:
-                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, s.width)
-                if s.height:
-                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s.height)
-                if s.fps:
-                    cap.set(cv2.CAP_PROP_FPS, s.fps)
-        except Exception as exc:  # noqa: BLE001
-            cap, why = None, str(exc)
-        else:
-            why = "does not open"
-        if cap is None:
-            self._bump("open_failures")
-            with self._lock:
-                self._stats.update(state="waiting", error=f"camera source {s.source!r} {why}")
-            log.warning("camera: source %r %s (retrying)", s.source, why)
-            return None
+            while not self._stop.is_set():
+                if not conn.poll(0.1):
+                    # It sends at least every IDLE_EVERY while waiting for a source: silence is a hang.
+                    if time.monotonic() - heard > allowed:
+                        log.error("camera worker process silent for %.0f s (stuck starting, opening or reading): "
+                                  "killing it", allowed)
+                        with self._lock:
+                            self._stats["hangs"] += 1
+                        proc.kill()
+                        break
+                    continue
+                try:
+                    values, frame, child = conn.recv()
+                except (EOFError, OSError):
+                    break  # the worker process ended
+                heard, allowed = time.monotonic(), self.settings.hang_s
+                self._receive(values, frame, child)
+        except Exception:  # noqa: BLE001 - a garbled message ends this worker; the supervisor starts another
+            log.exception("camera: bad message from the worker process")
+        finally:
+            self._end(proc, conn, stop, child)
+
+    def _receive(self, values: dict[str, float], frame: np.ndarray | None, child: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if frame is not None:
+            frame.flags.writeable = False
         with self._lock:
-            self._stats.update(state="running", opens=self._stats["opens"] + 1, error="")
-        return cap
-
-    def _read_loop(self, cap: Any, analyzer: _Analyzer) -> bool:
-        """Read and analyse until stop or failure; True when a file ended and should loop."""
-        import cv2
-
-        s = self.settings
-        is_file = self._is_file()
-        paced = is_file or (isinstance(s.source, str) and s.source.startswith(LAVFI_PREFIX))
-        fps = s.fps or cap.get(cv2.CAP_PROP_FPS) or 30.0
-        if not 1.0 <= fps <= 240.0:
-            fps = 30.0
-        period = 1.0 / fps
-        next_due = time.monotonic()
-        last = None
-        while not self._stop.is_set():
-            ok, frame = cap.read()
-            if not ok or frame is None or frame.size == 0:
-                if is_file and s.loop:
-                    return True
-                self._bump("read_failures")
-                return False
-            now = time.monotonic()
-            dt = period if paced or last is None else min(max(now - last, 1.0 / 240.0), 0.5)
-            last = now
-            if s.mirror:
-                frame = cv2.flip(frame, 1)
-            if frame.ndim == 2:
-                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-            rgb = cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2RGB)
-            rgb.flags.writeable = False
-            raw = analyzer.process(frame, dt)
-            self._emit(raw, dt)
-            with self._lock:
-                self._frame, self._frame_time = rgb, now
-                self._stats["frames"] += 1
-                self._stats["size"] = (rgb.shape[1], rgb.shape[0])
-            if paced:
-                next_due += period
-                wait = next_due - time.monotonic()
-                if wait < -0.25:
-                    next_due = time.monotonic()  # fell behind: do not try to catch up in a burst
-                elif wait > 0:
-                    self._stop.wait(wait)
-        return False
-
-    def _emit(self, raw: dict[str, float], dt: float) -> None:
-        out = {}
-        for name in FEATURES:
-            spec = self._specs[name]
-            v = self._followers[name].step(raw[name] * self._gain[name], dt)
-            out[name] = min(max(v, spec.min), spec.max)
-        with self._lock:
-            self._values = out
-        for name, v in out.items():
+            self._values = values
+            if frame is not None:
+                self._frame, self._frame_time = frame, now
+            for key, value in child.items():  # counts add up over the worker processes this input has run
+                self._stats[key] = self._carry.get(key, 0) + value if _is_count(value) else value
+        for name, v in values.items():
             self.bus.set(name, v, source="camera")
 
-    def _decay(self, dt: float) -> None:
-        """No frames: the features fall towards zero at their release rate."""
-        self._emit({n: 0.0 for n in FEATURES}, dt)
-
-    def _idle(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        last = time.monotonic()
-        while not self._stop.is_set() and time.monotonic() < end:
-            self._stop.wait(min(0.05, max(end - time.monotonic(), 0.0)))
-            now = time.monotonic()
-            self._decay(now - last)
-            last = now
+    def _end(self, proc: Any, conn: Any, stop: Any, child: dict[str, Any]) -> None:
+        """Stop the worker process (terminate, then kill, if it hangs), keep its counts, zero the features."""
+        stop.close()
+        deadline = time.monotonic() + STOP_WAIT_S
+        while proc.is_alive() and time.monotonic() < deadline:
+            try:  # keep reading: a worker blocked on a full pipe would never see the stop
+                if conn.poll(0.05):
+                    conn.recv()
+            except (EOFError, OSError):
+                proc.join(max(deadline - time.monotonic(), 0.0))
+            except Exception:  # noqa: BLE001 - a garbled message while stopping: ignore it
+                pass
+        if proc.is_alive():
+            log.warning("camera worker process did not stop within %.0f s; terminating it", STOP_WAIT_S)
+            proc.terminate()
+            proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2.0)
+        conn.close()
+        died = not self._stop.is_set()
+        if died:
+            log.error("camera worker process ended (exit code %s)", proc.exitcode)
+        zero = {n: 0.0 for n in FEATURES}
+        with self._lock:
+            for key, value in child.items():
+                if _is_count(value):
+                    self._carry[key] = self._carry.get(key, 0) + value
+            self._values = zero
+            self._frame = None
+            self._stats["pid"] = None
+            if died:
+                self._stats["worker_deaths"] += 1
+                if self._stats["state"] != "unavailable":  # no opencv: the worker says so, and ends
+                    self._stats["state"] = "died"
+        self._wanted = None
+        for name, v in zero.items():
+            self.bus.set(name, v, source="camera")

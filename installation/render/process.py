@@ -10,13 +10,15 @@ the last good frame stays on screen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import multiprocessing.spawn as mp_spawn
 import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterator
 
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
@@ -41,6 +43,52 @@ def process_memory() -> dict[str, float | None]:
     from ..ops.health import rss_mb, vram_mb, vram_total_mb
 
     return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb()}
+
+
+def child_sys_path(path: list[str]) -> list[str]:
+    """``path`` without the folders that are packages of another entry: only shadows can be found through them.
+
+    opencv-python's loader puts its own folder (``site-packages/cv2``) on ``sys.path`` while ``import cv2`` runs
+    and takes it off again afterwards; a child spawned in that moment imported ``cv2/typing`` as ``typing`` and
+    died while importing numpy.
+    """
+    def norm(p: str) -> str:
+        return os.path.normpath(os.path.abspath(p or os.curdir))
+
+    roots = {norm(p) for p in path}
+    return [p for p in path
+            if not (os.path.isfile(os.path.join(norm(p), "__init__.py")) and os.path.dirname(norm(p)) in roots)]
+
+
+_SPAWN_LOCK = threading.Lock()  # one spawn at a time replaces multiprocessing's preparation step
+
+
+@contextlib.contextmanager
+def _clean_child_path() -> Iterator[None]:
+    """Children spawned meanwhile get :func:`child_sys_path` of the parent's path, whatever another thread of the
+    parent is importing. The path reaches a spawned child only through ``multiprocessing.spawn``'s preparation
+    data, which the child applies before it imports anything, so that is where it is cleaned."""
+    with _SPAWN_LOCK:
+        original = mp_spawn.get_preparation_data
+
+        def prepared(name: str) -> dict[str, Any]:
+            data = original(name)
+            if "sys_path" in data:
+                data["sys_path"] = child_sys_path(data["sys_path"])
+            return data
+
+        mp_spawn.get_preparation_data = prepared
+        try:
+            yield
+        finally:
+            mp_spawn.get_preparation_data = original
+
+
+def start_process(proc: Any) -> None:
+    """Start a spawned ``multiprocessing`` process with an import path that does not depend on what the parent
+    happens to be importing (see :func:`child_sys_path`). The camera's worker process starts this way too."""
+    with _clean_child_path():
+        proc.start()
 
 
 class _PipeSlot:
@@ -214,7 +262,7 @@ class ProcessWorker:
         proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
                                  args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
                                        self.backoff, self.log_level))
-        proc.start()
+        start_process(proc)
         plans_r.close()
         frames_w.close()
         self._proc, self._plans = proc, plans_w

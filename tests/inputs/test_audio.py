@@ -122,3 +122,19 @@ def test_stalled_stream_decays_and_reopens(feeder):
 def test_list_devices_sees_jack(jack_server):
     devices = list_devices()
     assert any("system" in d for d in devices), devices
+
+
+def test_stats_say_what_the_microphone_is_doing(feeder):
+    inp = AudioInput(AudioSettings(enabled=True, device="system"), ParamBus())
+    assert inp.stats()["opened"] is False and inp.stats()["last_block_age_s"] is None
+    inp.start()
+    try:
+        running(inp, feeder, blocks=100)
+        s = inp.stats()
+        assert s["opened"] is True and s["device"] and 0.0 <= s["last_block_age_s"] < 2.0
+        # 48 kHz in blocks of the configured size: JACK paces it in real time (a busy machine may lag a little)
+        expected = 48000 / AudioSettings().blocksize
+        assert 0.3 * expected < s["blocks_per_s"] < 2.0 * expected, s
+    finally:
+        inp.stop()
+    assert inp.stats()["opened"] is False

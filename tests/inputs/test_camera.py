@@ -36,6 +36,12 @@ def moving_square(tmp_path_factory) -> str:
     return path
 
 
+def fresh_frame(cam: CameraInput):
+    """The newest frame; asking is what brings frames over from the worker process, so ask until one is there."""
+    assert wait_until(lambda: cam.latest_frame() is not None, 30), cam.stats()
+    return cam.latest_frame()
+
+
 def sample(cam: CameraInput, seconds: float) -> list[dict[str, float]]:
     out = []
     end = time.monotonic() + seconds
@@ -52,12 +58,12 @@ def test_file_motion_flow_presence_frame_and_loop(moving_square):
     assert cam.latest_frame() is None
     cam.start()
     try:
-        assert wait_until(lambda: cam.stats()["frames"] >= 5), cam.stats()
+        assert wait_until(lambda: cam.stats()["frames"] >= 5, 60), cam.stats()
         vals = sample(cam, 1.2)
-        frame = cam.latest_frame()
-        assert wait_until(lambda: cam.stats()["loops"] >= 1), cam.stats()  # end of file: starts again
+        frame = fresh_frame(cam)
+        assert wait_until(lambda: cam.stats()["loops"] >= 1, 30), cam.stats()  # end of file: starts again
         frames_at_loop = cam.stats()["frames"]
-        assert wait_until(lambda: cam.stats()["frames"] > frames_at_loop + 5)
+        assert wait_until(lambda: cam.stats()["frames"] > frames_at_loop + 5, 30)
     finally:
         cam.stop()
         cam.stop()
@@ -84,7 +90,7 @@ def test_mirror_flips_flow_direction(moving_square):
     cam = CameraInput(CameraSettings(enabled=True, source=moving_square, mirror=True, attack=0.0), bus)
     cam.start()
     try:
-        assert wait_until(lambda: cam.stats()["frames"] >= 5)
+        assert wait_until(lambda: cam.stats()["frames"] >= 5, 60)
         vals = sample(cam, 0.5)
     finally:
         cam.stop()
@@ -97,10 +103,10 @@ def test_lavfi_live_source():
     cam = CameraInput(CameraSettings(enabled=True, source="lavfi:testsrc2=size=160x120:rate=30,realtime"), bus)
     cam.start()
     try:
-        assert wait_until(lambda: cam.stats()["frames"] >= 10), cam.stats()
-        frame = cam.latest_frame()
+        assert wait_until(lambda: cam.stats()["frames"] >= 10, 60), cam.stats()
+        frame = fresh_frame(cam)
         assert frame is not None and frame.shape == (120, 160, 3)
-        assert wait_until(lambda: bus.targets()["camera.motion"] > 0.0)
+        assert wait_until(lambda: bus.targets()["camera.motion"] > 0.0, 30)
         assert bus.targets()["camera.brightness"] > 0.1
     finally:
         cam.stop()
@@ -114,7 +120,7 @@ def test_missing_source_retries_without_crashing(tmp_path):
     )
     cam.start()
     try:
-        assert wait_until(lambda: cam.stats()["open_failures"] >= 3), cam.stats()
+        assert wait_until(lambda: cam.stats()["open_failures"] >= 3, 60), cam.stats()
         assert cam.stats()["state"] == "waiting" and cam.latest_frame() is None
         assert all(v == 0.0 for v in cam.values().values())
     finally:
