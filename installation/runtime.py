@@ -126,7 +126,8 @@ class Runtime:
                 self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap, on_frame=self.hooks or None)
         else:
             self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff,
-                                        hang_s=cfg.decoder.hang_s, log_level=cfg.log.level)
+                                        hang_s=cfg.decoder.hang_s, log_level=cfg.log.level, hooks=cfg.decoder.hooks,
+                                        on_hook=self._hook_result)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
                                    cfg.output.work_scale, crossfade=not self.lockstep)

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
@@ -170,8 +170,16 @@ class _PipeSlot:
 
 
 def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple,
-           log_level: str = "info") -> None:
+           log_level: str = "info", hooks: tuple[str, ...] = ()) -> None:
     """Entry point of the decoder process."""
+    import faulthandler
+    import signal
+
+    # The parent owns this process's life (it sends None, or kills it): a SIGTERM or Ctrl-C meant for the whole
+    # service must not end it first and look like a crash. A native crash here leaves its stacks in the log.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    faulthandler.enable()
     import torch
 
     from ..ops.logs import LogSettings, setup_logging
@@ -182,7 +190,10 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
     torch.set_num_threads(threads or default_threads(device))
     guard = DecoderGuard(device, *backoff)
     slot = _PipeSlot(frames, guard)
-    worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps)
+    from .hooks import HookRunner
+
+    runner = HookRunner(hooks, lambda result: slot.send("hook", None, result))  # beside frames, up the same pipe
+    worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps, on_frame=runner or None)
     cache = TrajectoryCache()
     worker.start()
     source = None
@@ -228,7 +239,8 @@ class ProcessWorker:
 
     def __init__(self, slot: FrameSlot, device: str, origin: float, max_fps: float = 0.0, threads: int = 0,
                  backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0, hang_s: float = 120.0,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", hooks: tuple[str, ...] = (),
+                 on_hook: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.slot = slot
         self.device = device
         self.origin = origin
@@ -238,6 +250,8 @@ class ProcessWorker:
         self.restart_max = restart_max
         self.hang_s = hang_s  # a prepare or render call longer than this is a hang: the process is killed
         self.log_level = log_level
+        self.hooks = tuple(hooks)
+        self.on_hook = on_hook  # called on the reader thread with each post-render hook result
         self.hangs = 0
         self.crashes = 0
         self.remote: dict[str, Any] = {"frames": 0, "faults": {}, "restarts": 0, "decoder": None}
@@ -261,7 +275,7 @@ class ProcessWorker:
         frames_r, frames_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
                                  args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
-                                       self.backoff, self.log_level))
+                                       self.backoff, self.log_level, self.hooks))
         start_process(proc)
         plans_r.close()
         frames_w.close()
@@ -281,6 +295,13 @@ class ProcessWorker:
                 break
             except Exception as e:  # noqa: BLE001 - a garbled message must not kill the reader
                 log.warning("bad message from the decoder process: %s", e)
+                continue
+            if kind == "hook":
+                try:
+                    if self.on_hook is not None:
+                        self.on_hook(stats)
+                except Exception:  # noqa: BLE001 - a bad hook result must not kill the reader
+                    log.exception("a post-render hook's result could not be applied")
                 continue
             if stats is not None:
                 self.remote = stats
