@@ -116,6 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     out = spec.config.output
     _setup_logging(args.log_level or spec.config.log.level, spec)
+    from .ops.limits import raise_nofile_limit
+
+    raise_nofile_limit()  # systemd's soft 1024 is too few; before the decoder process and ffmpeg inherit it
     if args.record and (out.size.w % 2 or out.size.h % 2):
         return _fail(f"--record needs an even output size, got {out.size}")
     from .render.targets import preload_decoders

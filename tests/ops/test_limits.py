@@ -45,3 +45,19 @@ def test_soft_limit_is_raised_to_the_hard_limit_bounded_by_the_target():
 def test_never_lowered():
     r = child(256, 100)
     assert r["result"] == [256, 256] and r["now"][0] == 256
+
+
+def test_installation_run_raises_its_open_file_limit_at_start(tmp_path):
+    """Started with systemd's soft limit (here 256), a run raises it before anything opens its files."""
+    import os
+
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    r = subprocess.run([sys.executable, "-m", "installation", "run", "--config", str(cfg), "--headless",
+                        "--duration", "0.5"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    assert r.returncode == 0, r.stderr
+    assert "open-file limit raised from 256 to" in r.stderr
