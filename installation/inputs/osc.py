@@ -42,6 +42,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from installation.bus import ParamBus, ParamSpec
+from installation.inputs.base import RateMeter
 from installation.inputs.prompt_guard import PromptGuardSettings
 from installation.inputs.surface import REJECT_REASONS, SEED_MAX, ControlSurface, Scenes, Sender, scene_list
 from installation.inputs.udp import FairLimiter, UdpReceiver, host_key
@@ -262,6 +263,7 @@ class OscServer:
         self.settings = settings
         self.bus = bus
         self.surface = surface or ControlSurface(settings, bus, scenes, clock=clock, base_dir=base_dir)
+        self._packet_rate = RateMeter("packets")  # packets_per_s and last_packet_age_s for /health
         self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow] or list(_LOOPBACK)
         self._senders: OrderedDict[str, tuple[bool, str]] = OrderedDict()  # host -> (allowed, limiter host key)
         self._limiter = FairLimiter(settings.rate_limit, settings.burst, max_hosts=settings.max_senders,
@@ -413,6 +415,7 @@ class OscServer:
         """Counters: packets, messages, applied, coalesced, pongs, feedback_sent, rejects by reason, guard reasons,
         and the transport's: kernel_drops (datagrams the kernel dropped, buffer full), rx_queue_bytes, rcvbuf_bytes."""
         out = self.surface.stats()
+        out.update(self._packet_rate.figures(out["packets"]))
         rx = self._rx
         if rx is not None:
             t = rx.stats()

@@ -363,3 +363,17 @@ def test_bench_latency_runs(capsys):
     figures = bench_latency(n=30, warmup=5)
     assert figures["n"] == 30 and figures["p50_ms"] > 0
     assert "p99" in capsys.readouterr().out
+
+
+def test_stats_give_the_packet_rate_and_the_age_of_the_newest_packet(served):
+    """What a technician reads in /health's inputs.osc: is anything arriving, and how fast."""
+    server, bus, client, _ = served
+    first = server.stats()
+    assert first["packets_per_s"] == 0.0 and first["last_packet_age_s"] is None
+    for i in range(20):
+        client.send_message("/param/speed", 1.0 + i / 100)
+        time.sleep(0.02)
+        server.stats()  # /health polls about once a second; polling more often only sharpens the figures
+    assert wait_for(lambda: server.stats()["packets"] >= 20)
+    s = server.stats()
+    assert s["packets_per_s"] > 5 and s["last_packet_age_s"] < 5
