@@ -102,6 +102,8 @@ class _Signals:
 def cmd_run(args: argparse.Namespace) -> int:
     signals = _Signals()
     signals.install()  # first: a stop during the slow start-up below must exit cleanly, not kill the process
+    # Caught before this module was imported (entry.py): a stop still stops; a reload is moot, the files load now.
+    signals.stop = any(sig in (signal.SIGINT, signal.SIGTERM) for sig in args.early_signals)
     from .clock import FixedClock, WallClock
     from .render.record import Recorder, RecorderError
     from .runtime import Runtime
@@ -408,10 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+    """``early_signals``: signals caught (by ``entry.main``) before this module was even imported; a run takes over
+    the list, so a stop that arrived meanwhile still stops it."""
     # A native crash (a GL driver, a C extension) leaves every thread's Python stack on stderr, i.e. in the journal.
     faulthandler.enable()
     args = build_parser().parse_args(argv)
+    args.early_signals = early_signals if early_signals is not None else []
     return args.func(args)
 
 
