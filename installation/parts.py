@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -79,7 +79,6 @@ class PartContext:
     serve_health: bool = False
     keep_state: bool = False
     only_scene: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]
@@ -125,7 +124,7 @@ _BUILTINS = {
     "state": "installation.ops.state",
     "osc": "installation.inputs.osc",
     "audio": "installation.inputs.audio",
-    "camera": "installation.inputs.camera_part",
+    "camera": "installation.inputs.camera",
 }
 _loaded = False
 

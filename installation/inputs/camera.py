@@ -8,6 +8,9 @@ a reader thread writes them to the bus as ``camera.*`` and keeps the newest fram
 of file reopen the source in the worker (files loop at once, devices and streams with backoff, counted); if the
 worker process dies, the reader thread ends with it (``alive`` turns False) and whoever supervises restarts the
 input. Nothing is ever written to disk.
+
+As a part (:mod:`installation.parts`) its ``plan`` hook hands the newest frame to a diffusion scene as its img2img
+source.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ import math
 import multiprocessing as mp
 import re
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from installation.inputs.base import ThreadedInput
 from installation.bus import ParamBus, ParamSpec
+from installation.parts import Moment, PartContext, register
+
+if TYPE_CHECKING:
+    from installation.show import PathPlan
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +158,7 @@ class CameraInput(ThreadedInput):
         self._wanted: Any = None  # the worker's shared "frame last asked for at" (time.monotonic())
         self._proc: Any = None
         self._carry: dict[str, int] = {}  # counters of the worker processes that have ended
+        self.last_source: np.ndarray | None = None  # the newest frame handed to the decoder (plan hook)
 
     # -- public ------------------------------------------------------------------------------------------------
     def latest_frame(self) -> np.ndarray | None:
@@ -169,6 +178,18 @@ class CameraInput(ThreadedInput):
         """The latest smoothed features (the same values written to the bus)."""
         with self._lock:
             return dict(self._values)
+
+    def plan(self, plan: "PathPlan", moment: Moment) -> "PathPlan":
+        """The part's plan hook: a diffusion scene's plan gets the newest camera frame as its img2img source; other
+        scenes' plans pass. To a decoder process the frame travels only when it is a new one, not every tick."""
+        if moment.scene.decoder.type != "diffusion":
+            return plan
+        frame = self.latest_frame()
+        if frame is None:
+            return plan
+        fresh = frame is not self.last_source or not moment.remote_decoder
+        self.last_source = frame
+        return replace(plan, wants_source=True, extras={**plan.extras, "source": frame} if fresh else plan.extras)
 
     @property
     def pid(self) -> int | None:
@@ -279,3 +300,9 @@ class CameraInput(ThreadedInput):
         self._wanted = None
         for name, v in zero.items():
             self.bus.set(name, v, source="camera")
+
+
+@register("camera", table="inputs.camera", settings=CameraSettings, params=feature_specs, order=12)
+def build(settings: CameraSettings, ctx: PartContext) -> CameraInput | None:
+    """The camera part: off unless ``[inputs.camera] enabled = true`` (a missing source is retried, not fatal)."""
+    return CameraInput(settings, ctx.bus) if settings.enabled else None
