@@ -618,13 +618,19 @@ class Runtime:
         # The show clock keeps running meanwhile; the path was extrapolated, so the first tick carries on from it.
         # The wait is sliced so that a stop (a signal) ends it at once.
         deadline = time.monotonic() + first_frame_timeout
+        ok = True
         while self.slot.wait_newer(-1, 0.1) is None:
             if self._stopping or self._quit:
-                return False
+                ok = False
+                break
             if time.monotonic() >= deadline:
                 log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
-                return False
-        return True
+                ok = False
+                break
+        # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
+        # must not use up the first scene's duration before anyone saw it.
+        self.show.started += self.clock.now()
+        return ok
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
         """Present at ``fps`` until ``duration`` seconds, a quit, or a stop request (after its fade). Live, the

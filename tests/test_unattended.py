@@ -443,8 +443,9 @@ def test_a_dead_input_thread_is_counted_and_restarted(tmp_path):
 # -- soak ------------------------------------------------------------------------------------------------------------
 
 def test_soak_command_reports_and_never_crashes():
+    # Decoder faults every few frames: a busy machine decodes few frames between two kills of the decoder process.
     r = run_cli("soak", "--minutes", "0.3", "--json", "--kill-every", "6", "--shader-every", "5",
-                "--input-every", "4", env=cli_env(), timeout=300)
+                "--input-every", "4", "--raise-every", "5", "--nan-every", "7", env=cli_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("presented_fps", "frames", "faults_contained", "crashes", "rss_mb_start", "rss_mb_end",
@@ -456,3 +457,24 @@ def test_soak_command_reports_and_never_crashes():
     faults = result["faults_contained"]
     assert faults["decoder_process_crashes"] >= 1 and faults["shader"] >= 1
     assert sum(faults["decoder"].values()) >= 1
+
+
+def test_the_first_scene_is_timed_from_when_it_is_on_screen(tmp_path):
+    """A decoder that takes 3 s to start must not use up a 2-second first scene before anyone saw it."""
+    slow = scene_toml(decoder='type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nprepare_s = 3.0',
+                      duration=2.0)
+    cfg = write_show(tmp_path, {"first": slow, "second": scene_toml()})
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, inputs=False)
+    try:
+        assert rt.start()
+        assert rt.clock.now() > 3.0  # the wait for the first frame
+        rt.step()
+        assert rt.show.scene.name == "first"
+        time.sleep(2.2)
+        rt.step()
+        assert rt.show.scene.name == "second"
+    finally:
+        rt.close()
+        target.close()
