@@ -79,6 +79,9 @@ class PartContext:
     serve_health: bool = False
     keep_state: bool = False
     only_scene: str | None = None
+    # The taps a watching part attaches to: the bus journal is bus.subscribe(); presented frames come from here
+    # (``presented.add(sink)``, see render/outputs.py); post-render hook results arrive on the bus.
+    presented: Any = None
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]

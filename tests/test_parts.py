@@ -173,3 +173,63 @@ def test_without_inputs_the_part_is_not_built(tmp_path, ticker):
     finally:
         rt.close()
         target.close()
+
+
+class PeekSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+
+
+class Peek:
+    """A watching part (the shape of an archive or a web preview): it steers nothing, it takes the presented frames
+    through a sink and the bus journal through a subscription."""
+
+    def __init__(self, ctx: parts.PartContext) -> None:
+        from installation.render.outputs import LatestFrame
+
+        self.frames = LatestFrame(max_fps=0)
+        ctx.presented.add(self.frames)
+        self.journal = ctx.bus.subscribe()
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {"frames": self.frames.taken, "journal_dropped": self.journal.dropped}
+
+
+def test_a_watching_part_reaches_the_presented_frames_and_the_bus_journal(tmp_path):
+    from installation.bus import Event
+    from installation.render.targets import pixels
+
+    parts.register("peek", table="peek", settings=PeekSettings)(
+        lambda settings, ctx: Peek(ctx) if settings.enabled else None)
+    try:
+        cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()}, extra="[peek]\nenabled = true\n")
+        spec = load_show(cfg)
+        target = HeadlessTarget(spec.config.output.size)
+        rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+        try:
+            peek = rt.parts["peek"]
+            for _ in range(3):
+                rt.step()
+            rt.bus.post(Event("scene.next", source="test"))
+            rt.step()
+            assert peek.frames.taken == 4
+            rgb, size, t = peek.frames.frame
+            assert size == target.size and t is None  # a fixed-step render: every frame, no wall-clock time
+            assert pixels(rgb, size).mean() > 10  # what the output showed, not black
+            seen = [(c.kind, c.name, c.source) for c in peek.journal.drain()]
+            assert ("event", "scene.next", "test") in seen and ("reset", "", "scene") in seen
+            assert rt.health_snapshot() is not None
+        finally:
+            rt.close()
+            target.close()
+    finally:
+        parts.unregister("peek")
