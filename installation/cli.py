@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signals = _Signals()
     signals.install()  # first: a stop during the slow start-up below must exit cleanly, not kill the process
     # Caught before this module was imported (entry.py): a stop still stops; a reload is moot, the files load now.
-    signals.stop = any(sig in (signal.SIGINT, signal.SIGTERM) for sig in args.early_signals)
+    signals.stop = signals.stop or any(sig in (signal.SIGINT, signal.SIGTERM) for sig in args.early_signals)
     from .clock import FixedClock, WallClock
     from .render.record import Recorder, RecorderError
     from .runtime import Runtime
