@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import parts
 from .clock import WallClock
 from .config import ShowSpec
 from .decoders import DecoderSpec
@@ -90,7 +91,7 @@ class _Injector:
                 if ok:
                     log.error("soak: a broken shader was accepted")
             elif kind == "input":
-                part = next((p for p in (rt.osc, rt.audio, rt.camera) if p is not None), None)
+                part = next((p for name, p in rt.parts.items() if parts.info(name).is_input), None)
                 if part is not None and part._thread is not None:
                     part._stop.set()  # the thread ends without stop(): to the runtime it died
                     self.injected["input_deaths"] += 1
