@@ -1,0 +1,251 @@
+"""The archive's file: one SQLite database per show (WAL mode), one session per run.
+
+Tables: ``sessions`` (when, which config and scenes, the output size, the show state it started from), ``events``
+(the bus journal: every accepted parameter set, event and reset with its show time and source, plus the models that
+came into play), ``points`` (once per ``point_every`` seconds: scene, seed, path time, the latent as float16+zlib, a
+JPEG thumbnail and, when a vision worker supplied one, a CLIP embedding) and ``ticks`` (the show time of every loop
+tick, float64+zlib per batch, so a replay walks the live show's exact timing).
+
+Every batch is one transaction: a kill -9 or a power cut loses at most the batch being written and never corrupts
+the file (WAL). The file is bounded by ``max_mb``: :meth:`Store.enforce` thins the oldest points first, then drops
+the oldest tick times (a replay then steps at a fixed rate), and only then the oldest events.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions(id INTEGER PRIMARY KEY, started TEXT, ended TEXT, config TEXT, scenes TEXT,
+    size TEXT, initial TEXT, first TEXT, last_t REAL DEFAULT 0, kind TEXT DEFAULT 'live');
+CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY, session INTEGER, t REAL, kind TEXT, name TEXT, value TEXT,
+    source TEXT);
+CREATE INDEX IF NOT EXISTS events_at ON events(session, t);
+CREATE TABLE IF NOT EXISTS points(id INTEGER PRIMARY KEY, session INTEGER, t REAL, scene TEXT, seed INTEGER, tau REAL,
+    latent BLOB, shape TEXT, thumb BLOB, clip BLOB, prompts TEXT);
+CREATE INDEX IF NOT EXISTS points_at ON points(session, t);
+CREATE TABLE IF NOT EXISTS ticks(id INTEGER PRIMARY KEY, session INTEGER, t0 REAL, n INTEGER, data BLOB);
+"""
+SUFFIX = ".sqlite"
+MIN_POINTS = 32  # thinning stops here; then tick times, then events go
+
+
+def pack_latent(z: np.ndarray) -> tuple[bytes, str]:
+    """A latent as float16 bytes, zlib-compressed, and its shape as JSON."""
+    z = np.asarray(z, dtype=np.float32)
+    return zlib.compress(z.astype(np.float16).tobytes(), 6), json.dumps(list(z.shape))
+
+
+def unpack_latent(blob: bytes | None, shape: str | None) -> np.ndarray | None:
+    if blob is None or shape is None:
+        return None
+    return np.frombuffer(zlib.decompress(blob), dtype=np.float16).astype(np.float32).reshape(json.loads(shape))
+
+
+def pack_vector(v: Any) -> bytes:
+    return zlib.compress(np.asarray(v, dtype=np.float32).tobytes(), 6)
+
+
+def unpack_vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(zlib.decompress(blob), dtype=np.float32)
+
+
+def to_json(value: Any) -> str:
+    """An event's value as JSON (tuples become lists; anything odd its string)."""
+    return json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o), allow_nan=False)
+
+
+def from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One archived point: where the show was at show time ``t``."""
+
+    id: int
+    session: int
+    t: float
+    scene: str
+    seed: int
+    tau: float
+    latent: np.ndarray | None
+    thumb: bytes | None  # JPEG
+    clip: np.ndarray | None
+    prompts: Any
+
+
+def archive_file(folder: Path, config: Path | str) -> Path:
+    """The show's archive file in ``folder``: named after its config file (one file per show)."""
+    return Path(folder) / f"{Path(config).stem}{SUFFIX}"
+
+
+class Store:
+    """One connection to an archive file. Writers use it from one thread; readers open their own."""
+
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no archive at {self.path}")
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new, empty file
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses the last commits, never the file
+            self.conn.executescript(SCHEMA)
+        try:
+            self.conn.execute("SELECT 1 FROM sessions LIMIT 1")
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise ValueError(f"{self.path} is not an archive ({e})") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    def new_session(self, started: str, config: str, scenes: list[str], size: tuple[int, int] | None,
+                    initial: dict[str, Any], kind: str = "live") -> int:
+        with self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO sessions(started, config, scenes, size, initial, kind) VALUES (?,?,?,?,?,?)",
+                (started, config, to_json(scenes), "x".join(map(str, size)) if size else None, to_json(initial), kind))
+        return int(cur.lastrowid)
+
+    def write_batch(self, session: int, *, events: Iterable[tuple] = (), points: Iterable[tuple] = (),
+                    ticks: np.ndarray | None = None, first: dict[str, Any] | None = None,
+                    clips: Iterable[tuple[float, bytes]] = (), last_t: float | None = None,
+                    ended: str | None = None) -> None:
+        """One transaction: events ``(t, kind, name, value_json, source)``, points ``(t, scene, seed, tau, latent,
+        shape, thumb, clip, prompts_json)``, the batch's tick times, embeddings for the newest point at or before
+        their time, and the session's bookkeeping."""
+        with self.conn:
+            c = self.conn
+            c.executemany("INSERT INTO events(session, t, kind, name, value, source) VALUES (?,?,?,?,?,?)",
+                          [(session, *e) for e in events])
+            c.executemany("INSERT INTO points(session, t, scene, seed, tau, latent, shape, thumb, clip, prompts) "
+                          "VALUES (?,?,?,?,?,?,?,?,?,?)", [(session, *p) for p in points])
+            if ticks is not None and len(ticks):
+                c.execute("INSERT INTO ticks(session, t0, n, data) VALUES (?,?,?,?)",
+                          (session, float(ticks[0]), len(ticks), zlib.compress(np.asarray(ticks, "<f8").tobytes())))
+            for t, blob in clips:
+                c.execute("UPDATE points SET clip=? WHERE id=(SELECT id FROM points WHERE session=? AND t<=? "
+                          "ORDER BY t DESC LIMIT 1)", (blob, session, t))
+            if first is not None:
+                c.execute("UPDATE sessions SET first=? WHERE id=?", (to_json(first), session))
+            if last_t is not None:
+                c.execute("UPDATE sessions SET last_t=max(last_t, ?) WHERE id=?", (last_t, session))
+            if ended is not None:
+                c.execute("UPDATE sessions SET ended=? WHERE id=?", (ended, session))
+
+    # -- size and retention ----------------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        """Bytes in use (the file less its free pages, plus the write-ahead log)."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (pages - free) * size + (wal.stat().st_size if wal.exists() else 0)
+
+    def enforce(self, max_bytes: int) -> dict[str, int]:
+        """Bring the file under ``max_bytes``: thin the oldest half of the points (every other one) while there are
+        more than MIN_POINTS, then drop the oldest session's tick times, then the oldest tenth of the events. Returns
+        what was removed."""
+        removed = {"points": 0, "ticks": 0, "events": 0}
+        for _ in range(64):
+            if self._data_bytes() <= max_bytes:
+                break
+            with self.conn:
+                n = self.conn.execute("SELECT count(*) FROM points").fetchone()[0]
+                if n > MIN_POINTS:
+                    # every other point in the oldest half (by time of recording)
+                    cur = self.conn.execute(
+                        "DELETE FROM points WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) "
+                        "AS k FROM points ORDER BY id LIMIT ?) WHERE k % 2 = 0)", (n // 2,))
+                    removed["points"] += cur.rowcount
+                    continue
+                row = self.conn.execute("SELECT min(session) FROM ticks").fetchone()
+                if row[0] is not None:  # a replay of that session then steps at a fixed rate
+                    removed["ticks"] += self.conn.execute("DELETE FROM ticks WHERE session=?", (row[0],)).rowcount
+                    continue
+                n = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                if n == 0:
+                    break
+                cur = self.conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                                        (max(n // 10, 1),))
+                removed["events"] += cur.rowcount
+        if any(removed.values()):
+            self.conn.execute("PRAGMA incremental_vacuum")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+    def _data_bytes(self) -> int:
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self.conn.execute("PRAGMA page_size").fetchone()[0]
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every session with its time span (show seconds), counts and tick coverage."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.started, s.ended, s.config, s.scenes, s.size, s.kind, s.last_t, "
+            "(SELECT count(*) FROM events e WHERE e.session=s.id), (SELECT count(*) FROM points p WHERE p.session=s.id),"
+            " (SELECT coalesce(sum(n), 0) FROM ticks k WHERE k.session=s.id), "
+            "(SELECT min(t) FROM events e WHERE e.session=s.id) FROM sessions s ORDER BY s.id").fetchall()
+        keys = ("id", "started", "ended", "config", "scenes", "size", "kind", "last_t", "events", "points", "ticks",
+                "first_event_t")
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row))
+            d["scenes"] = from_json(d["scenes"])
+            out.append(d)
+        return out
+
+    def session(self, sid: int | None = None) -> dict[str, Any]:
+        """One session (the newest when ``sid`` is None) with its initial and first-tick state; KeyError if none."""
+        q = "SELECT id, started, ended, config, scenes, size, initial, first, last_t, kind FROM sessions "
+        row = self.conn.execute(q + ("WHERE id=?" if sid is not None else "ORDER BY id DESC LIMIT 1"),
+                                (sid,) if sid is not None else ()).fetchone()
+        if row is None:
+            raise KeyError(f"no session {sid} in {self.path}" if sid is not None else f"no sessions in {self.path}")
+        keys = ("id", "started", "ended", "config", "scenes", "size", "initial", "first", "last_t", "kind")
+        d = dict(zip(keys, row))
+        for k in ("scenes", "initial", "first"):
+            d[k] = from_json(d[k])
+        return d
+
+    def events(self, sid: int, t0: float = -1e300, t1: float = 1e300) -> Iterator[dict[str, Any]]:
+        for t, kind, name, value, source in self.conn.execute(
+                "SELECT t, kind, name, value, source FROM events WHERE session=? AND t>=? AND t<=? ORDER BY id",
+                (sid, t0, t1)):
+            yield {"t": t, "kind": kind, "name": name, "value": from_json(value), "source": source}
+
+    def points(self, sid: int | None = None, with_thumbs: bool = True) -> list[Point]:
+        cols = "id, session, t, scene, seed, tau, latent, shape, " + ("thumb" if with_thumbs else "NULL") + \
+            ", clip, prompts"
+        q = f"SELECT {cols} FROM points" + (" WHERE session=?" if sid is not None else "") + " ORDER BY session, t"
+        return [Point(i, s, t, sc, seed, tau, unpack_latent(lat, shape), thumb, unpack_vector(clip), from_json(pr))
+                for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in
+                self.conn.execute(q, (sid,) if sid is not None else ())]
+
+    def ticks(self, sid: int) -> np.ndarray:
+        """Every archived tick time of a session, in order (empty when none were kept)."""
+        blobs = [np.frombuffer(zlib.decompress(d), "<f8") for (d,) in
+                 self.conn.execute("SELECT data FROM ticks WHERE session=? ORDER BY id", (sid,))]
+        return np.concatenate(blobs) if blobs else np.zeros(0)
+
+    def integrity(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+__all__ = ["Point", "Store", "archive_file", "pack_latent", "pack_vector", "to_json", "unpack_latent",
+           "unpack_vector"]

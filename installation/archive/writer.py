@@ -1,0 +1,281 @@
+"""The archive part: records the show as it plays, from its own thread, without ever making the loop wait.
+
+What it takes, all through the taps a watching part has (``docs/architecture.md``):
+
+- the bus journal (``ctx.bus.subscribe()``): every accepted parameter set, event and reset, with show time and source;
+- the plan hook (on the loop thread, a few microseconds): each tick's show time, and every ``point_every`` seconds
+  the tick's plan (immutable), from which the writer computes the point's latent, seed and path time;
+- a presented-frame sink (``ctx.presented``): the frame of a point's tick, shrunk to a thumbnail by the writer.
+
+Every ``batch_s`` (at most a second) the writer thread commits what arrived as one transaction. A failing write (a
+full disk, a locked or broken file) is a counted fault: the batch is dropped, the show goes on. Bounded queues drop
+(and count) rather than grow when the writer falls behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import Counter, deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bus import Event
+from ..parts import Moment, PartContext
+from .store import Store, archive_file, pack_latent, pack_vector, to_json
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_EVENT = "vision.embedding"  # a vision worker's CLIP embedding of the frame on screen (a list of floats)
+CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
+MAX_PENDING_POINTS = 64
+MAX_PENDING_TICKS = 1 << 17
+CONFIG_SUFFIXES = frozenset({".json", ".txt", ".yaml", ".yml", ".toml"})
+
+
+def model_identity(decoder: Any) -> dict[str, Any]:
+    """A decoder's type and settings, and for each model folder it names, the folder and a SHA-256 of its config
+    files (not the weights): enough to tell later which model made the frames."""
+    settings = decoder.settings
+    out: dict[str, Any] = {"type": decoder.type, "settings": settings.model_dump(mode="json"), "files": {}}
+    for name in getattr(type(settings), "path_fields", ()):
+        value = getattr(settings, name, "")
+        folder = Path(value).expanduser() if value else None
+        if folder is None or not folder.is_dir():
+            continue
+        h = hashlib.sha256()
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.suffix in CONFIG_SUFFIXES and f.stat().st_size < 16 << 20:
+                h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+        out["files"][name] = {"folder": str(folder.resolve()), "config_sha256": h.hexdigest()}
+    return out
+
+
+def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
+    """A JPEG of a presented frame (RGB, bottom row first) with its long edge ``long_edge`` pixels."""
+    import cv2
+
+    w, h = size
+    img = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]
+    scale = long_edge / max(w, h)
+    if scale < 1.0:
+        img = cv2.resize(img, (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)),
+                         interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return buf.tobytes() if ok else b""
+
+
+class Archive:
+    """The ``archive`` part. See the module's doc; ``settings`` is :class:`~installation.archive.ArchiveSettings`."""
+
+    def __init__(self, settings: Any, ctx: PartContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        folder = Path(settings.path).expanduser()
+        self.folder = folder if folder.is_absolute() else ctx.base_dir / folder
+        self.path: Path | None = None  # known once started (named after the config file)
+        self.session: int | None = None
+        self.faults: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # written: events, points, ticks, batches; dropped: ...
+        self._journal = ctx.bus.subscribe(maxlen=1 << 16)
+        self._points: deque[list[Any]] = deque()
+        self._ticks: list[float] = []
+        self._clips: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+        self._next_point: float | None = None
+        self._want_thumb: list[Any] | None = None  # the point whose frame the sink takes next
+        self._first: dict[str, Any] | None = None
+        self._first_sent = False
+        self._models: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._store: Store | None = None
+        self._last_t = 0.0
+        self.feeder = None
+        if settings.replay:
+            from .replay import LiveFeeder
+
+            self.feeder = LiveFeeder(settings.replay, ctx.bus, loop=settings.replay_loop)
+        if ctx.presented is not None:
+            ctx.presented.add(self)
+
+    # -- the part ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        state = self.ctx.state()
+        config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
+        if self._store is None and self.settings.enabled:
+            self.path = archive_file(self.folder, config)
+            self._store = Store(self.path)  # a start-up error when the folder cannot be made (raised)
+        if self.session is None and self._store is not None:  # a restart after a fault carries on with the same session
+            size = getattr(getattr(self.ctx.presented, "output", None), "size", None)
+            initial = {k: v for k, v in state.items() if k != "show"}
+            self.session = self._store.new_session(_now(), config, list(self.ctx.scenes()), size, initial,
+                                                   kind="replay" if self.feeder else "live")
+            log.info("archiving to %s, session %d", self.path, self.session)
+        if self.feeder is not None:
+            self.feeder.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+        if self._store is not None:
+            self._flush(ended=_now())
+            self._store.close()
+            self._store = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
+                "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
+                "faults": dict(self.faults)}
+
+    # -- the loop thread: a few appends per tick -----------------------------------------------------------------
+    def plan(self, plan: Any, moment: Moment) -> Any:
+        if not self.settings.enabled:
+            return plan
+        t = moment.t
+        self._last_t = t
+        with self._lock:
+            if self.settings.ticks:
+                if len(self._ticks) < MAX_PENDING_TICKS:
+                    self._ticks.append(t)
+                else:
+                    self.counts["ticks_dropped"] += 1
+            if self._first is None:
+                state = self.ctx.state()
+                self._first = {"t": t, "started": t - float(state.get("scene_time", 0.0)), "scene": state["scene"],
+                               "tau": state.get("tau"), "seed": state.get("seed")}
+            if self._next_point is None or t >= self._next_point:
+                self._next_point = t + self.settings.point_every
+                if len(self._points) < MAX_PENDING_POINTS:
+                    point = [t, plan, None]
+                    self._points.append(point)
+                    self._want_thumb = point
+                else:
+                    self.counts["points_dropped"] += 1
+        return plan
+
+    def tick(self, moment: Moment) -> None:
+        if self.feeder is not None:
+            self.feeder.tick(moment.t)
+
+    # -- the presented-frame sink ----------------------------------------------------------------------------------
+    def wants(self, t: float | None) -> bool:
+        return self._want_thumb is not None
+
+    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
+        point, self._want_thumb = self._want_thumb, None
+        if point is not None:
+            point[2] = (rgb, size)
+
+    def embedding(self, t: float, vector: Any) -> None:
+        """A CLIP embedding of the frame at show time ``t`` (also taken from ``vision.embedding`` bus events)."""
+        with self._lock:
+            self._clips.append((t, pack_vector(vector)))
+
+    # -- the writer thread -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.batch_s):
+            self._flush()
+
+    def _flush(self, ended: str | None = None) -> None:
+        store = self._store
+        if store is None:
+            return
+        changes = self._journal.drain()
+        with self._lock:
+            points = list(self._points)
+            if points and points[-1] is self._want_thumb:  # its frame is still to come: next batch
+                points.pop()
+            for _ in points:
+                self._points.popleft()
+            ticks = np.asarray(self._ticks, dtype=np.float64)
+            self._ticks = []
+            first = self._first if not self._first_sent else None
+            clips, self._clips = self._clips, []
+        try:
+            events = []
+            for c in changes:
+                if c.kind == "event" and c.name == EMBEDDING_EVENT:
+                    clips.append((c.t, pack_vector(c.value)))
+                else:
+                    events.append((c.t, c.kind, c.name, to_json(c.value), c.source))
+            rows = []
+            for t, plan, frame in points:
+                events.extend(self._model_event(t, plan))
+                rows.append(self._point_row(t, plan, frame))
+            store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
+                              last_t=self._last_t, ended=ended)
+        except Exception as e:  # noqa: BLE001 - a full disk or a broken file is a counted fault, never a crash
+            kind = "disk_full" if "full" in str(e) else type(e).__name__
+            self.faults[kind] += 1
+            self.counts["batches_lost"] += 1
+            if self.faults[kind] == 1:
+                log.error("archive %s: a batch was not written (%s); the show goes on", self.path, e)
+            return
+        self._first_sent = self._first_sent or first is not None
+        self.counts["batches"] += 1
+        self.counts["events"] += len(events)
+        self.counts["points"] += len(rows)
+        self.counts["ticks"] += len(ticks)
+        self.counts["journal_dropped"] = self._journal.dropped
+        if self.counts["batches"] % 10 == 1:
+            self._bound(store)
+
+    def _bound(self, store: Store) -> None:
+        try:
+            removed = store.enforce(int(self.settings.max_mb * 1e6))
+        except Exception as e:  # noqa: BLE001
+            self.faults[type(e).__name__] += 1
+            log.error("archive %s: retention failed (%s)", self.path, e)
+            return
+        for k, v in removed.items():
+            self.counts[f"retired_{k}"] += v
+
+    def _model_event(self, t: float, plan: Any) -> list[tuple]:
+        key = hash(plan.decoder)
+        if key in self._models:
+            return []
+        self._models.add(key)
+        return [(t, "model", plan.decoder.type, to_json(model_identity(plan.decoder)), "archive")]
+
+    def _point_row(self, t: float, plan: Any, frame: tuple[bytes, tuple[int, int]] | None) -> tuple:
+        latent, shape = pack_latent(plan.latent(t))
+        thumb = thumbnail(frame[0], frame[1], self.settings.thumb) if frame is not None else None
+        seed = plan.part.key[2] if len(plan.part.key) > 2 else None
+        prompts = plan.extras.get("prompts") if plan.extras else None
+        return (t, plan.scene, seed, plan.part.tau0, latent, shape, thumb, None,
+                to_json([list(p) for p in prompts]) if prompts else None)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def post_change(bus: Any, change: dict[str, Any], source: str = "replay") -> bool:
+    """Re-post one archived journal entry on ``bus`` (a set, an event or a reset)."""
+    kind, name, value = change["kind"], change["name"], change["value"]
+    if kind == "set":
+        return bus.set(name, value, source=source)
+    if kind == "event":
+        if name == "prompt" and isinstance(value, list):
+            value = tuple(value)
+        return bus.post(Event(name, value, source))
+    if kind == "reset" and isinstance(value, dict):
+        bus.reset(value, source=source)
+        return True
+    return False
