@@ -114,8 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail("--fixed-step renders offline: give --duration (seconds of show time)")
     try:
         spec = _with_output(load_show(args.config, only_scene=args.scene), args)
-    except ConfigError as e:
-        return _fail(str(e))
+        if args.replay:
+            from .archive.commands import with_replay
+
+            spec = with_replay(spec, args.replay)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        return _fail(str(e).strip("'\""))
     out = spec.config.output
     _setup_logging(args.log_level or spec.config.log.level, spec)
     from .ops.limits import raise_nofile_limit
@@ -273,6 +277,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.archive:
+        from .archive.bench import archive_bench
+
+        result = archive_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -344,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fullscreen", action="store_true", help="borderless fullscreen")
     r.add_argument("--no-resume", action="store_true",
                    help="start the show from its beginning instead of the saved state (it is still saved)")
+    r.add_argument("--replay", metavar="ARCHIVE", help="play an archived performance (FILE or FILE#SESSION) live, "
+                   "looping; see `installation replay` for an offline re-render")
     r.set_defaults(func=cmd_run)
 
     so = sub.add_parser("soak", help="run headless with faults injected and report whether anything crashed",
@@ -396,12 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--camera", metavar="SOURCE",
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
-    b.add_argument("--rounds", type=int, default=1, help="off/on pairs for --camera, alternating (default 1)")
+    b.add_argument("--rounds", type=int, default=1,
+                   help="off/on pairs for --camera or --archive, alternating (default 1)")
+    b.add_argument("--archive", action="store_true",
+                   help="the archive's cost: fixed-step fps with it off and on, bytes per hour, replay equality")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)
     common(o)
     o.set_defaults(func=cmd_osc_map)
+
+    from .archive.commands import add_parsers
+
+    add_parsers(sub, common, _size_arg)  # archive ls|info|export, replay, map
 
     d = sub.add_parser("doctor", help="what this machine offers: GL, torch device, displays, audio, cameras",
                        description="Check GL, torch, displays, ffmpeg, audio and camera devices.")

@@ -1,0 +1,216 @@
+"""The archive's commands: ``installation archive ls|info|export``, ``installation replay``, ``installation map``,
+and ``run --replay``. Each returns an exit status (2 with one line for a bad archive, session or flag)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .store import SUFFIX, Store, archive_file
+
+
+def _fail(message: str) -> int:
+    print(f"installation: {message}", file=sys.stderr)
+    return 2
+
+
+def default_folder(config: Path | None) -> Path:
+    """The archive folder a config names (``[archive] path``, relative to the config file)."""
+    from ..config import DEFAULT_CONFIG, load_config
+
+    path = Path(config) if config else DEFAULT_CONFIG
+    folder = Path(load_config(path).archive.path).expanduser()
+    return folder if folder.is_absolute() else path.resolve().parent / folder
+
+
+def _files(arg: Path | None, config: Path | None) -> list[Path]:
+    where = Path(arg) if arg else default_folder(config)
+    if where.is_dir():
+        return sorted(where.glob(f"*{SUFFIX}"))
+    if where.is_file():
+        return [where]
+    raise FileNotFoundError(f"no archive at {where}")
+
+
+def _mb(path: Path) -> float:
+    wal = path.with_name(path.name + "-wal")
+    return (path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 1e6
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+
+    try:
+        files = _files(args.archive, args.config)
+        if args.action == "ls":
+            return _ls(files)
+        if len(files) != 1:
+            return _fail(f"{args.action}: name one archive file (found {len(files)})")
+        store = Store(files[0], readonly=True)
+        try:
+            return _info(store, args) if args.action == "info" else _export(store, args)
+        finally:
+            store.close()
+    except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
+        return _fail(str(e).strip("'\""))
+
+
+def _ls(files: list[Path]) -> int:
+    for f in files:
+        store = Store(f, readonly=True)
+        try:
+            sessions = store.sessions()
+        finally:
+            store.close()
+        print(f"{f}  {_mb(f):.2f} MB, {len(sessions)} session{'s' * (len(sessions) != 1)}")
+        print(f"  {'session':>7}  {'kind':<6} {'started':<25} {'show s':>9} {'events':>7} {'points':>7}")
+        for s in sessions:
+            print(f"  {s['id']:>7}  {s['kind']:<6} {s['started']:<25} {s['last_t'] or 0:>9.1f} {s['events']:>7} "
+                  f"{s['points']:>7}")
+    return 0
+
+
+def _info(store: Store, args: argparse.Namespace) -> int:
+    sessions = store.sessions() if args.session is None else [s for s in store.sessions() if s["id"] == args.session]
+    if not sessions:
+        raise KeyError(f"no session {args.session} in {store.path}")
+    info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": store.integrity(),
+            "sessions": sessions}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['archive']}: {info['mb']} MB, integrity {info['integrity']}")
+    for s in sessions:
+        models = [e["value"] for e in store.events(s["id"]) if e["kind"] == "model"]
+        print(f"session {s['id']} ({s['kind']}): started {s['started']}, ended {s['ended'] or '-'}, "
+              f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
+        print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
+        print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
+              f"({'exact replay' if s['ticks'] else 'replay steps at a fixed rate'})")
+        for m in models:
+            files = "; ".join(f"{k} {v['folder']} sha256 {v['config_sha256'][:12]}" for k, v in m["files"].items())
+            print(f"  model {m['type']}" + (f": {files}" if files else ""))
+    return 0
+
+
+def _export(store: Store, args: argparse.Namespace) -> int:
+    sid = store.session(args.session)["id"]
+    out = open(args.out, "w") if args.out else sys.stdout
+    n = 0
+    try:
+        sess = store.session(sid)
+        out.write(json.dumps({"kind": "session", **sess}) + "\n")
+        for e in store.events(sid):
+            out.write(json.dumps({"session": sid, **e}) + "\n")
+            n += 1
+        if args.points:
+            for p in store.points(sid, with_thumbs=False):
+                out.write(json.dumps({"session": sid, "kind": "point", "t": p.t, "scene": p.scene, "seed": p.seed,
+                                      "tau": p.tau, "prompts": p.prompts,
+                                      "latent": None if p.latent is None else p.latent.ravel().tolist(),
+                                      "clip": None if p.clip is None else p.clip.tolist()}) + "\n")
+                n += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.out:
+        print(f"wrote {n} lines to {args.out}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..render.record import RecorderError
+    from .replay import Overrides, render_replay
+
+    if args.record and args.record.suffix == "":
+        return _fail("--record needs a file name such as out.mp4")
+    try:
+        result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
+                               size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
+                               overrides=Overrides(args.seed, args.prompt, args.scene))
+    except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
+        return _fail(str(e).strip("'\""))
+    for key, value in result.items():
+        print(f"{key:<18} {value}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from .maps import draw_map
+
+    try:
+        result = draw_map(args.archive, args.out, session=args.session, html=args.html, size=args.size,
+                          method=args.method)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        return _fail(str(e).strip("'\""))
+    for key, value in result.items():
+        print(f"{key:<12} {value}")
+    return 0
+
+
+def with_replay(spec: Any, source: str) -> Any:
+    """The show spec playing an archived performance live (``run --replay``); ValueError for a bad archive."""
+    from .replay import parse_source
+
+    path, sid = parse_source(source)
+    store = Store(path, readonly=True)  # FileNotFoundError / ValueError: not an archive
+    try:
+        store.session(sid)
+    finally:
+        store.close()
+    archive = spec.config.archive.model_copy(update={"replay": f"{path.resolve()}" + (f"#{sid}" if sid else "")})
+    spec.config = spec.config.model_copy(update={"archive": archive})
+    return spec
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], size_arg: Callable) -> None:
+    a = sub.add_parser("archive", help="list, describe and export the show's archive",
+                       description="ls: sessions, their show time, counts and sizes; info: one file in detail "
+                                   "(models, integrity); export: a session's event log as JSONL.")
+    common(a)
+    a.add_argument("action", choices=["ls", "info", "export"])
+    a.add_argument("archive", type=Path, nargs="?", help="archive file or folder (default: the config's [archive])")
+    a.add_argument("--session", type=int, help="session id (default: all for info, the newest for export)")
+    a.add_argument("--out", type=Path, help="export: write to this file instead of stdout")
+    a.add_argument("--points", action="store_true", help="export: the points too (latents, no thumbnails)")
+    a.add_argument("--json", action="store_true", help="info: print JSON")
+    a.set_defaults(func=cmd_archive)
+
+    r = sub.add_parser("replay", help="re-render an archived performance offline",
+                       description="Re-render a stretch of an archived session through the fixed-step clock: the "
+                                   "same events at the same show times. Overrides make a counterfactual.")
+    common(r)
+    r.add_argument("archive", type=Path, help="archive file (FILE#SESSION picks a session)")
+    r.add_argument("--session", type=int, help="session id (default: the newest)")
+    r.add_argument("--from", dest="t_from", type=float, help="record from this show time (s)")
+    r.add_argument("--to", dest="t_to", type=float, help="stop at this show time (s)")
+    r.add_argument("--size", type=size_arg, help="output size WxH (default: the live size)")
+    r.add_argument("--fps", type=int, help="step at this rate (default: the live show's own tick times)")
+    r.add_argument("--record", type=Path, help="write the replay to this video file")
+    r.add_argument("--seed", type=int, help="walk from this seed instead (seed jumps shifted alike)")
+    r.add_argument("--prompt", help="this prompt instead of every prompt of the performance")
+    r.add_argument("--scene", help="play this scene throughout (scene changes are left out)")
+    r.add_argument("--archive-out", type=Path, help="keep the replay's own archive in this folder")
+    r.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    r.set_defaults(func=cmd_replay)
+
+    m = sub.add_parser("map", help="draw a map of the space the show has walked",
+                       description="Project the archived points to 2-D (UMAP when umap-learn is installed, PCA "
+                                   "otherwise; CLIP embeddings where every point has one, latents otherwise) and "
+                                   "draw thumbnails, the path in time and the scenes.")
+    m.add_argument("archive", type=Path, help="archive file")
+    m.add_argument("--session", type=int, help="one session (default: all)")
+    m.add_argument("--out", type=Path, required=True, help="PNG to write")
+    m.add_argument("--html", type=Path, help="also write a zoomable page with thumbnails on hover")
+    m.add_argument("--size", type=size_arg, default="1600x1000", help="image size WxH (default 1600x1000)")
+    m.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
+    m.set_defaults(func=cmd_map)
+
+
+__all__ = ["add_parsers", "archive_file", "cmd_archive", "cmd_map", "cmd_replay", "default_folder", "with_replay"]
