@@ -102,13 +102,13 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     n = 0
     try:
         sess = store.session(sid)
-        out.write(json.dumps({"kind": "session", **sess}) + "\n")
+        out.write(json.dumps({"type": "session", **sess}) + "\n")
         for e in store.events(sid):
-            out.write(json.dumps({"session": sid, **e}) + "\n")
+            out.write(json.dumps({"session": sid, "type": "event", **e}) + "\n")
             n += 1
         if args.points:
             for p in store.points(sid, with_thumbs=False):
-                out.write(json.dumps({"session": sid, "kind": "point", "t": p.t, "scene": p.scene, "seed": p.seed,
+                out.write(json.dumps({"session": sid, "type": "point", "t": p.t, "scene": p.scene, "seed": p.seed,
                                       "tau": p.tau, "prompts": p.prompts,
                                       "latent": None if p.latent is None else p.latent.ravel().tolist(),
                                       "clip": None if p.clip is None else p.clip.tolist()}) + "\n")

@@ -183,8 +183,9 @@ class Store:
                 cur = self.conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
                                         (max(n // 10, 1),))
                 removed["events"] += cur.rowcount
-        if any(removed.values()):
-            self.conn.execute("PRAGMA incremental_vacuum")
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        if any(removed.values()) or pages * self.conn.execute("PRAGMA page_size").fetchone()[0] > max_bytes:
+            self.conn.executescript("PRAGMA incremental_vacuum;")  # the file shrinks (execute() frees one page)
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
 

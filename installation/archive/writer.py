@@ -159,7 +159,7 @@ class Archive:
                 state = self.ctx.state()
                 self._first = {"t": t, "started": t - float(state.get("scene_time", 0.0)), "scene": state["scene"],
                                "tau": state.get("tau"), "seed": state.get("seed")}
-            if self._next_point is None or t >= self._next_point:
+            if self._next_point is None or t >= self._next_point - 1e-9:  # 1e-9: sums of steps round
                 self._next_point = t + self.settings.point_every
                 if len(self._points) < MAX_PENDING_POINTS:
                     point = [t, plan, None]
@@ -199,7 +199,7 @@ class Archive:
         changes = self._journal.drain()
         with self._lock:
             points = list(self._points)
-            if points and points[-1] is self._want_thumb:  # its frame is still to come: next batch
+            if points and points[-1] is self._want_thumb and ended is None:  # its frame is still to come
                 points.pop()
             for _ in points:
                 self._points.popleft()
@@ -233,8 +233,7 @@ class Archive:
         self.counts["points"] += len(rows)
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
-        if self.counts["batches"] % 10 == 1:
-            self._bound(store)
+        self._bound(store)  # three PRAGMA reads unless over the bound
 
     def _bound(self, store: Store) -> None:
         try:
