@@ -27,7 +27,7 @@ class ArchiveSettings(BaseModel):
     replay_loop: bool = True  # start the replayed performance again when it ends
 
 
-@register("archive", table="archive", settings=ArchiveSettings, order=50)
+@register("archive", table="archive", settings=ArchiveSettings, order=2)  # before the inputs: stops after them
 def build(settings: ArchiveSettings, ctx: PartContext):
     if not settings.enabled and not settings.replay:
         return None
