@@ -221,7 +221,7 @@ class Runtime:
             self.bus.reset(self.show.defaults(), source="panic")
         elif ev.kind == "quit":
             self._quit = True
-        elif ev.kind != "onset":  # onsets reach the show through modulation routes, not directly
+        elif ev.kind not in ("onset", "map.goto"):  # onsets go through modulation routes; the archive takes map.goto
             self.bus.reject("event")
 
     def _hook_result(self, result: dict[str, Any]) -> None:

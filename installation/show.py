@@ -24,7 +24,7 @@ from .latent.trajectories import Trajectory
 
 log = logging.getLogger(__name__)
 
-SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "prompt"})
+SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "seek", "prompt"})
 SEED_BLEND = 2.0  # seconds to glide to a new seed's path
 
 
@@ -291,6 +291,14 @@ class Show:
                     self.bus.reject("seed")
                 else:
                     self._jump_seed(seed, t)
+            elif ev.kind == "seek":  # (seed, path time): glide to that place of the path, like a seed jump
+                seed = _valid_seed(ev.value[0]) if isinstance(ev.value, (tuple, list)) and len(ev.value) == 2 else None
+                tau = ev.value[1] if seed is not None else None
+                if seed is None or isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau):
+                    self.bus.reject("seek")
+                else:
+                    self._jump_seed(seed, t)
+                    self.tau = float(tau)
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
         if self.detour is not None and t >= self._detour_until and not frozen:

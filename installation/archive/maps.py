@@ -88,6 +88,16 @@ def layout(y: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     return np.stack([x0 + u[:, 0] * (x1 - x0), y0 + (1 - u[:, 1]) * (y1 - y0)], axis=1)
 
 
+def nearest(points: list[Point], x: float, y: float, method: str = "pca") -> Point | None:
+    """The point drawn nearest (x, y) on the map of ``points`` (0..1 across and down the plotted area), with the
+    projection ``installation map`` draws (PCA by default: stable, and quick enough to refit on every request)."""
+    feats, kept, _ = features(points)
+    if not kept:
+        return None
+    pos = layout(project(feats, method)[0], (0.0, 0.0, 1.0, 1.0))
+    return kept[int(np.argmin(((pos - np.array([x, y])) ** 2).sum(axis=1)))]
+
+
 def _background(w: int, h: int):
     from PIL import Image
 

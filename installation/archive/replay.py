@@ -45,7 +45,7 @@ def parse_source(text: str | Path) -> tuple[Path, int | None]:
 def replayable(change: dict[str, Any]) -> bool:
     """A journal entry that came from outside the show (a performer, an input, a schedule), not from the show."""
     return change["source"] not in CONSEQUENCES and change["kind"] in ("set", "event", "reset") and \
-        change["source"] != "replay-initial"
+        change["source"] != "replay-initial" and change["name"] != "map.goto"  # its seek is in the journal
 
 
 class ReplayClock:

@@ -230,13 +230,19 @@ class Store:
                 (sid, t0, t1)):
             yield {"t": t, "kind": kind, "name": name, "value": from_json(value), "source": source}
 
-    def points(self, sid: int | None = None, with_thumbs: bool = True) -> list[Point]:
+    def points(self, sid: int | None = None, with_thumbs: bool = True, newest: int | None = None) -> list[Point]:
+        """A session's points (or every session's), in time; ``newest``: only the newest this many."""
         cols = "id, session, t, scene, seed, tau, latent, shape, " + ("thumb" if with_thumbs else "NULL") + \
             ", clip, prompts"
-        q = f"SELECT {cols} FROM points" + (" WHERE session=?" if sid is not None else "") + " ORDER BY session, t"
+        where = " WHERE session=?" if sid is not None else ""
+        if newest is not None:
+            where += (" AND" if where else " WHERE") + \
+                f" id IN (SELECT id FROM points{' WHERE session=?' if sid is not None else ''} ORDER BY id DESC " \
+                f"LIMIT {int(newest)})"
+        q = f"SELECT {cols} FROM points{where} ORDER BY session, t"
         return [Point(i, s, t, sc, seed, tau, unpack_latent(lat, shape), thumb, unpack_vector(clip), from_json(pr))
                 for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in
-                self.conn.execute(q, (sid,) if sid is not None else ())]
+                self.conn.execute(q, (sid,) * ((sid is not None) * (1 + (newest is not None))))]
 
     def ticks(self, sid: int) -> np.ndarray:
         """Every archived tick time of a session, in order (empty when none were kept)."""

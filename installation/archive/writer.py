@@ -30,6 +30,7 @@ from .store import Store, archive_file, pack_latent, pack_vector, to_json
 
 log = logging.getLogger(__name__)
 
+MAP_POINTS = 5000  # /map/goto chooses among the newest this many archived points
 EMBEDDING_EVENT = "vision.embedding"  # a vision worker's CLIP embedding of the frame on screen (a list of floats)
 CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
 MAX_PENDING_POINTS = 64
@@ -95,6 +96,7 @@ class Archive:
         self._thread: threading.Thread | None = None
         self._store: Store | None = None
         self._last_t = 0.0
+        self._scene = ""
         self.feeder = None
         if settings.replay:
             from .replay import LiveFeeder
@@ -149,6 +151,7 @@ class Archive:
             return plan
         t = moment.t
         self._last_t = t
+        self._scene = plan.scene
         with self._lock:
             if self.settings.ticks:
                 if len(self._ticks) < MAX_PENDING_TICKS:
@@ -208,8 +211,10 @@ class Archive:
             first = self._first if not self._first_sent else None
             clips, self._clips = self._clips, []
         try:
-            events = []
+            events, goto = [], None
             for c in changes:
+                if c.kind == "event" and c.name == "map.goto":
+                    goto = c.value  # the newest wins
                 if c.kind == "event" and c.name == EMBEDDING_EVENT:
                     clips.append((c.t, pack_vector(c.value)))
                 else:
@@ -227,6 +232,8 @@ class Archive:
             if self.faults[kind] == 1:
                 log.error("archive %s: a batch was not written (%s); the show goes on", self.path, e)
             return
+        if goto is not None:
+            self._goto(store, goto)
         self._first_sent = self._first_sent or first is not None
         self.counts["batches"] += 1
         self.counts["events"] += len(events)
@@ -234,6 +241,26 @@ class Archive:
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
         self._bound(store)  # three PRAGMA reads unless over the bound
+
+    def _goto(self, store: Store, place: Any) -> None:
+        """/map/goto: glide the walk to the archived point nearest ``place`` on the map (its scene, seed and path
+        time; the show blends there like a seed jump)."""
+        from .maps import nearest
+
+        try:
+            x, y = (float(v) for v in place)
+            target = nearest(store.points(newest=MAP_POINTS), x, y)
+        except Exception as e:  # noqa: BLE001 - a bad request or a failing fit: counted, the show goes on
+            self.faults["map_goto"] += 1
+            log.warning("map goto %r failed: %s", place, e)
+            return
+        if target is None:
+            self.counts["map_goto_empty"] += 1
+            return
+        if target.scene != self._scene:
+            self.ctx.bus.post(Event("scene.goto", target.scene, "map"))
+        self.ctx.bus.post(Event("seek", [target.seed, target.tau], "map"))
+        self.counts["map_goto"] += 1
 
     def _bound(self, store: Store) -> None:
         try:

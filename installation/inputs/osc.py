@@ -145,6 +145,7 @@ def address_map(
     rows += [(f"/prompt/{i}", "s [f]", f"prompt slot {i}, optional weight {lo:g}..{hi:g}") for i in range(s.prompt_slots)]
     rows += [
         ("/seed", "i", f"jump to seed 0..{SEED_MAX}"),
+        ("/map/goto", "f f", "glide to the archived point nearest this place on the map (x, y: 0..1 from top left)"),
         ("/blend", "f [f ...]", "img2img reference image weights at once (reference.<i>.weight), all or none"),
         ("/freeze", "i|f|T|F", "1 holds the current frame, 0 releases"),
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),

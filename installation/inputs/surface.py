@@ -160,6 +160,7 @@ class ControlSurface:
             "/prompt": self._h_prompt,
             "/prompt/*": self._h_prompt,
             "/seed": self._h_seed,
+            "/map/goto": self._h_map_goto,
             "/blend": self._h_blend,
             "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
             "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
@@ -288,6 +289,15 @@ class ControlSurface:
         if v != int(v) or not 0 <= v <= SEED_MAX:
             raise Reject("out_of_range")
         self._post("seed", int(v), sender)
+
+    def _h_map_goto(self, sender: Sender, address: str, *args: Any) -> None:
+        """A place on the archive's map (0..1 across, 0..1 down); the archive part glides the walk there."""
+        if len(args) != 2 or any(isinstance(a, (bool, str, bytes)) for a in args):
+            raise Reject("bad_type")
+        x, y = (finite(number(a)) for a in args)
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise Reject("out_of_range")
+        self._post("map.goto", (x, y), sender, group="map")
 
     def _h_blend(self, sender: Sender, address: str, *args: Any) -> None:
         """All img2img reference weights in one message (reference.0.weight, reference.1.weight, ...), all or none."""

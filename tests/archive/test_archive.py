@@ -400,3 +400,54 @@ def test_run_replay_plays_a_recorded_performance_live(tmp_path):
     assert ("speed", 2.5) in replayed and ("seed", 77) in replayed
     bad = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1", "--replay", str(tmp_path / "x"))
     assert bad.returncode == 2 and "no archive at" in bad.stderr
+
+
+def test_map_goto_glides_the_walk_to_the_nearest_archived_point(tmp_path):
+    """/map/goto over real UDP: the archive finds the point drawn nearest that place on the map and the show glides
+    to its seed and path time (a seek, blended like a seed jump); the seek is archived, so a replay repeats it."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from installation.archive.maps import features, layout, project
+
+    cfg = write_show(tmp_path, {"a": scene_toml(trajectory='kind = "walk"')},
+                     extra="[archive]\npoint_every = 0.25\nbatch_s = 0.05\n[state]\nenabled = false\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)  # inputs on: the OSC part listens on a real socket
+    archive = rt.part("archive")
+    try:
+        rt.start()
+        for n in range(60):
+            if n == 20:
+                rt.bus.post(Event("seed", 77, "test"))
+            rt.step()
+        assert wait_until(lambda: archive.counts["points"] >= 11, 10)
+        store = Store(archive.path, readonly=True)
+        try:
+            points = store.points()
+        finally:
+            store.close()
+        x, kept, what = features(points)
+        pos = layout(project(x)[0], (0, 0, 1, 1))
+        goal = kept[1]  # t = 0.25 s: seed 3, early on the path
+        assert what == "latents" and goal.seed == 3 and rt.show.seed == 77
+        SimpleUDPClient("127.0.0.1", rt.osc.address[1]).send_message("/map/goto", [float(pos[1][0]), float(pos[1][1])])
+        SimpleUDPClient("127.0.0.1", rt.osc.address[1]).send_message("/map/goto", [2.0, 0.5])  # off the map
+
+        def arrived():
+            rt.step()
+            return rt.show.seed == goal.seed
+
+        assert wait_until(arrived, 30, every=0.02)
+        assert abs(rt.show.tau - goal.tau) <= 2 / 20  # and the path time (plus the tick it took)
+        assert rt.osc.stats()["rejects"]["out_of_range"] == 1
+        assert archive.counts["map_goto"] == 1 and rt.bus.stats()["rejects"].get("event", 0) == 0
+    finally:
+        rt.close()
+        target.close()
+    store = Store(archive.path, readonly=True)
+    try:
+        seeks = [e for e in store.events(1) if e["name"] == "seek"]
+    finally:
+        store.close()
+    assert len(seeks) == 1 and seeks[0]["value"] == [3, goal.tau] and seeks[0]["source"] == "map"
