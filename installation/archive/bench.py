@@ -56,7 +56,7 @@ def _run(spec: ShowSpec, folder: Path, on: bool, seconds: float | None, frames: 
         rt.close()
         target.close()
     part = rt.part("archive")
-    return {"fps": n / wall, "frames": n, "show_s": n / fps, "stats": part.stats() if part else None,
+    return {"fps": n / wall, "frames": n, "wall": wall, "show_s": n / fps, "stats": part.stats() if part else None,
             "path": part.path if part else None}
 
 
@@ -106,6 +106,11 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         "size": f"{w}x{h}", "fps_setting": spec.config.output.fps, "scene": spec.scenes[0].name,
         "fps_archive_off": round(fps_off, 2), "fps_archive_on": round(fps_on, 2),
         "fps_ratio": round(fps_on / fps_off, 4) if fps_off else None,
+        # the archive's own work as a share of the loop's time: noise-free where the fps ratio is not
+        "archive_cpu_share": round(sum(x["stats"]["writer_cpu_s"] + x["stats"]["loop_hook_s"] for x in on) /
+                                   sum(x["wall"] for x in on), 5),
+        "loop_hook_us_per_tick": round(sum(x["stats"]["loop_hook_s"] for x in on) / sum(x["frames"] for x in on)
+                                       * 1e6, 1),
         "bytes_per_point": int(point_b), "bytes_per_tick": round(tick_b, 2), "bytes_per_event": int(event_b),
         # at the defaults: a point a second, every tick's time; events as the performance makes them (not counted)
         "bytes_per_hour": int(per_hour), "mb_per_day": round(per_hour * 24 / 1e6, 1),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter, deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,6 +98,8 @@ class Archive:
         self._store: Store | None = None
         self._last_t = 0.0
         self._scene = ""
+        self.cpu_s = 0.0  # the writer thread's CPU time
+        self.hook_s = 0.0  # time spent in the plan hook and the sink, on the loop thread
         self.feeder = None
         if settings.replay:
             from .replay import LiveFeeder
@@ -142,6 +145,7 @@ class Archive:
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
+                "writer_cpu_s": round(self.cpu_s, 3), "loop_hook_s": round(self.hook_s, 4),
                 "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
                 "faults": dict(self.faults)}
 
@@ -149,6 +153,7 @@ class Archive:
     def plan(self, plan: Any, moment: Moment) -> Any:
         if not self.settings.enabled:
             return plan
+        started = time.perf_counter()
         t = moment.t
         self._last_t = t
         self._scene = plan.scene
@@ -170,6 +175,7 @@ class Archive:
                     self._want_thumb = point
                 else:
                     self.counts["points_dropped"] += 1
+        self.hook_s += time.perf_counter() - started
         return plan
 
     def tick(self, moment: Moment) -> None:
@@ -193,7 +199,9 @@ class Archive:
     # -- the writer thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.wait(self.settings.batch_s):
+            cpu = time.thread_time()
             self._flush()
+            self.cpu_s += time.thread_time() - cpu
 
     def _flush(self, ended: str | None = None) -> None:
         store = self._store
