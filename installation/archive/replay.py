@@ -167,6 +167,10 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
         times = ticks[ticks <= end + 1e-9]
     else:
         times = np.arange(0, int(math.floor(end * rate + 1e-9)) + 1) / rate
+    if len(times) == 0 or (t_from is not None and t_from > times[-1]):
+        begin = float(ticks[0]) if exact else 0.0
+        raise ValueError(f"nothing to replay between {t_from or 0:g} and {end:g} s: session {sess['id']} has show "
+                         f"time {begin:.1f} to {float(sess.get('last_t') or 0):.1f} s")
     tmp = None
     if archive_out is None:
         tmp = tempfile.TemporaryDirectory(prefix="replay-archive-")

@@ -99,7 +99,8 @@ class Archive:
         self._last_t = 0.0
         self._scene = ""
         self.cpu_s = 0.0  # the writer thread's CPU time
-        self.hook_s = 0.0  # time spent in the plan hook and the sink, on the loop thread
+        self.hook_s = 0.0  # time spent in the plan hook, on the loop thread
+        self._opening: tuple[str, dict[str, Any]] | None = None
         self.feeder = None
         if settings.replay:
             from .replay import LiveFeeder
@@ -112,22 +113,40 @@ class Archive:
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
-        state = self.ctx.state()
-        config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
-        if self._store is None and self.settings.enabled:
+        if self._opening is None:  # the show as it starts (a restart after a fault carries on with the same session)
+            state = self.ctx.state()
+            config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
             self.path = archive_file(self.folder, config)
-            self._store = Store(self.path)  # a start-up error when the folder cannot be made (raised)
-        if self.session is None and self._store is not None:  # a restart after a fault carries on with the same session
-            size = getattr(getattr(self.ctx.presented, "output", None), "size", None)
-            initial = {k: v for k, v in state.items() if k != "show"}
-            self.session = self._store.new_session(_now(), config, list(self.ctx.scenes()), size, initial,
-                                                   kind="replay" if self.feeder else "live")
-            log.info("archiving to %s, session %d", self.path, self.session)
+            self._opening = (config, {k: v for k, v in state.items() if k != "show"})
+        self._open()
         if self.feeder is not None:
             self.feeder.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
         self._thread.start()
+
+    def _open(self) -> bool:
+        """Open the file and start the session; a folder or file that cannot be used is a counted fault (tried
+        again every batch), never a reason for the show not to start."""
+        if self._store is not None or not self.settings.enabled:
+            return self._store is not None
+        config, initial = self._opening
+        try:
+            self._store = Store(self.path)
+            if self.session is None:
+                size = getattr(getattr(self.ctx.presented, "output", None), "size", None)
+                self.session = self._store.new_session(_now(), config, list(self.ctx.scenes()), size, initial,
+                                                       kind="replay" if self.feeder else "live")
+                log.info("archiving to %s, session %d", self.path, self.session)
+        except Exception as e:  # noqa: BLE001 - unwritable folder, not an archive, full disk: counted, retried
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            self.faults["open"] += 1
+            if self.faults["open"] == 1:
+                log.error("archive %s cannot be opened (%s); the show goes on unarchived, retrying", self.path, e)
+            return False
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -204,9 +223,9 @@ class Archive:
             self.cpu_s += time.thread_time() - cpu
 
     def _flush(self, ended: str | None = None) -> None:
-        store = self._store
-        if store is None:
+        if not self._open():
             return
+        store = self._store
         changes = self._journal.drain()
         with self._lock:
             points = list(self._points)

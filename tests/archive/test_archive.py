@@ -382,6 +382,8 @@ def test_ls_info_export_and_map_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "no archive at" in bad.stderr
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     assert run_cli("replay", str(tmp_path / "junk.sqlite")).returncode == 2
+    late = run_cli("replay", str(path), "--from", "100")
+    assert late.returncode == 2 and "nothing to replay between 100 and 5.95 s" in late.stderr
 
 
 def test_run_replay_plays_a_recorded_performance_live(tmp_path):
@@ -451,3 +453,12 @@ def test_map_goto_glides_the_walk_to_the_nearest_archived_point(tmp_path):
     finally:
         store.close()
     assert len(seeks) == 1 and seeks[0]["value"] == [3, goal.tau] and seeks[0]["source"] == "map"
+
+
+def test_an_archive_that_cannot_be_opened_never_stops_the_show(tmp_path):
+    (tmp_path / "taken").write_text("a file where the archive's folder should be")
+    cfg = write_show(tmp_path, SCENES, extra='[archive]\npath = "taken"\nbatch_s = 0.05\n')
+    rt, frames = fixed_run(cfg, 20, ACTIONS)
+    archive = rt.part("archive")
+    assert len(frames.hashes) == 20 and rt.stats.tick_faults == 0
+    assert archive.faults["open"] >= 1 and archive.stats()["failures"] >= 1 and archive.session is None
