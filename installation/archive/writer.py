@@ -101,6 +101,7 @@ class Archive:
         self.cpu_s = 0.0  # the writer thread's CPU time
         self.hook_s = 0.0  # time spent in the plan hook, on the loop thread
         self._opening: tuple[str, dict[str, Any]] | None = None
+        self.paused = False  # bench --archive: ticks that record nothing, to compare with ticks that do
         self.feeder = None
         if settings.replay:
             from .replay import LiveFeeder
@@ -170,7 +171,7 @@ class Archive:
 
     # -- the loop thread: a few appends per tick -----------------------------------------------------------------
     def plan(self, plan: Any, moment: Moment) -> Any:
-        if not self.settings.enabled:
+        if not self.settings.enabled or self.paused:
             return plan
         started = time.perf_counter()
         t = moment.t
