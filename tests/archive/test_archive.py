@@ -462,3 +462,15 @@ def test_an_archive_that_cannot_be_opened_never_stops_the_show(tmp_path):
     archive = rt.part("archive")
     assert len(frames.hashes) == 20 and rt.stats.tick_faults == 0
     assert archive.faults["open"] >= 1 and archive.stats()["failures"] >= 1 and archive.session is None
+
+
+def test_bench_archive_reports_cost_size_and_replay_equality(tmp_path):
+    cfg = write_show(tmp_path, SCENES)
+    r = run_cli("bench", "--archive", "--config", str(cfg), "--seconds", "3", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["size"] == "160x96" and result["block_ticks"] == 3
+    assert result["fps_archive_off"] > 0 and result["fps_archive_on"] > 0 and result["fps_ratio"] > 0
+    assert 0 < result["archive_cpu_share"] < 1 and result["loop_hook_us_per_tick"] > 0
+    assert result["bytes_per_point"] > 100 and result["bytes_per_tick"] > 0 and result["bytes_per_hour"] > 0
+    assert result["replay_frames_identical"] == "60/60" and result["replay_points_identical"] == "3/3"
