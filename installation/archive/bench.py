@@ -111,8 +111,10 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         same = sum(a == b for a, b in zip(live.hashes, again.hashes))
     w, h = spec.config.output.size
     a = spec.config.archive
-    # a live tick's time is 8 bytes that do not compress (a fixed-step run's regular ones do): count 8
-    per_hour = point_b * 3600 / a.point_every + (max(tick_b, 8.0) * fps * 3600 if a.ticks else 0)
+    # Live, a tick's time is 8 bytes that do not compress, plus a row per batch (a slow fixed-step run's few ticks
+    # per batch, or its regular times that do compress, would misstate it)
+    live_tick_b = 8.0 + (ROW + 24) / max(fps * a.batch_s, 1.0)
+    per_hour = point_b * 3600 / a.point_every + (live_tick_b * fps * 3600 if a.ticks else 0)
     pairs.sort()
     return {
         "size": f"{w}x{h}", "fps_setting": fps, "scene": spec.scenes[0].name, "block_ticks": block,
@@ -124,7 +126,7 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         # the archive's own work as a share of the recording blocks' time: noise-free where the fps ratio is not
         "archive_cpu_share": round((hook_s + cpu_s) / sum(on), 5) if on else None,
         "loop_hook_us_per_tick": round(hook_s / on_ticks * 1e6, 1) if on_ticks else None,
-        "bytes_per_point": int(point_b), "bytes_per_tick": round(tick_b, 2), "bytes_per_event": int(event_b),
+        "bytes_per_point": int(point_b), "bytes_per_tick": round(tick_b, 2), "bytes_per_live_tick": round(live_tick_b, 2), "bytes_per_event": int(event_b),
         # at the defaults: a point a second, every tick's time; events as the performance makes them (not counted)
         "bytes_per_hour": int(per_hour), "mb_per_day": round(per_hour * 24 / 1e6, 1),
         "points_written": stats.get("points"), "points_dropped": stats.get("points_dropped", 0),
