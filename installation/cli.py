@@ -407,9 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera or --archive, alternating (default 1)")
+                   help="off/on pairs for --camera, alternating; runs for --archive (default 1)")
     b.add_argument("--archive", action="store_true",
-                   help="the archive's cost: fixed-step fps with it off and on, bytes per hour, replay equality")
+                   help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
+                        "bytes per hour, replay equality, instead")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)
