@@ -150,6 +150,7 @@ def address_map(
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
         ("/panic", "", "blackout now and reset steering to the scene defaults"),
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
+        ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))
