@@ -142,3 +142,18 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarities of unit rows (computed in float32)."""
     return a.astype(np.float32) @ b.astype(np.float32).T
+
+
+def vision_summary(settings: VisionSettings) -> str:
+    """Load the model and embed one frame: "<model> on <device> from <weights>, <dim>-dim, <size> px, <ms> per frame"
+    (for ``installation doctor``; raises what loading raises)."""
+    import time
+
+    model = ClipModel(settings)
+    frame = np.zeros((model.size, model.size, 3), np.uint8)
+    model.embed_frames([frame])
+    t0 = time.perf_counter()
+    model.embed_frames([frame])
+    ms = (time.perf_counter() - t0) * 1000.0
+    return (f"{model.name} on {model.device} from {settings.weights}, {model.dim}-dim, {model.size} px, "
+            f"{ms:.1f} ms per frame")

@@ -57,3 +57,33 @@ def test_run_stops_with_one_line_and_exit_2(tiny_clip, tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "vision" in lines[0] and str(missing) in lines[0] and "open_clip" in lines[0]
+
+
+def test_doctor_says_whether_a_clip_model_is_usable(tiny_clip, tmp_path):
+    from installation.doctor import _vision
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml())
+    line = _vision(cfg)
+    assert line.startswith("usable: tiny-clip on cpu from ") and "64-dim" in line and "ms per frame" in line
+    (tmp_path / "off").mkdir()
+    assert _vision(write_show(tmp_path / "off", {"a": scene_toml()})) == "off ([vision] enabled = false)"
+    cfg.write_text(cfg.read_text().replace(str(tiny_clip.weights), str(tmp_path / "gone.pt")))
+    line = _vision(cfg)
+    assert line.startswith("not usable (CLIP weights ") and "gone.pt" in line
+
+
+def test_bench_vision_prints_both_fps_figures_from_one_run(tiny_clip, tmp_path):
+    import json
+
+    from support import run_cli, scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml())
+    out = run_cli("bench", "--config", str(cfg), "--vision", "--seconds", "2", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["decoder_fps_without_vision"] > 0 and result["decoder_fps_with_vision"] > 0
+    assert result["embedded"] > 0 and result["every_n"] == 1 and result["check"] is False
+    (tmp_path / "off").mkdir()
+    off = run_cli("bench", "--config", str(write_show(tmp_path / "off", {"a": scene_toml()})), "--vision")
+    assert off.returncode == 2 and "[vision] enabled" in off.stderr
