@@ -130,7 +130,8 @@ class VisionPart:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "model": self.settings.model, "weights": Path(self.settings.weights).name or self.settings.weights,
-            "description": self.description, "top": (self.reading or {}).get("top", []),
+            "description": self.description,
+            "top": [[term, score] for term, score in (self.reading or {}).get("top", ())],
             "blocked": self.blocked, "refused_prompts": self.refused_prompts, "refused_count": self.refused_count,
             "frame_check": bool(self.settings.blocked), "describe_chain": list(self.chain),
             "loop_prompts": self.loop_prompts, "journal_dropped": self.dropped + (self._sub.dropped if self._sub else 0),
