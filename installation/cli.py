@@ -273,6 +273,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.steer is not None:
+        from .vision.bench import steer_bench
+
+        try:
+            result = steer_bench(spec, args.steer, seconds=args.seconds)
+        except ValueError as e:
+            return _fail(str(e))
     elif args.vision:
         from .vision.bench import vision_bench
 
@@ -407,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vision", action="store_true",
                    help="decoder fps without and with the [vision] CLIP worker (every_n = 1), alternating phases of "
                         "one run, instead")
+    b.add_argument("--steer", metavar="TEXT",
+                   help="CLIP similarity to TEXT over --seconds of show time with steering off and on, instead")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

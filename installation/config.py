@@ -25,7 +25,7 @@ from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettin
 from .render.hooks import hook_params
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
-from .vision.settings import SceneVision
+from .vision.settings import SceneVision, SteerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.toml"
@@ -164,6 +164,7 @@ class _SceneBody(_Strict):
     prompt_motion: PromptMotionSettings = PromptMotionSettings()
     modulation: ModulationSettings = ModulationSettings()
     vision: SceneVision = SceneVision()  # describe loop, hidden prompts, negative concepts (installation/vision)
+    steer: SteerSettings = SteerSettings()  # bend the walk towards a text (installation/vision/steer.py)
 
 
 @dataclass(frozen=True)

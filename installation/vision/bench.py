@@ -74,3 +74,56 @@ def vision_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2, every_n
             "embedded_per_s": round(stats["embedded"] / spent["on"], 2) if spent["on"] else 0.0,
             "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "load_avg_at_start": round(load0, 2), "process_cpu_s": round(time.process_time() - cpu0, 2)}
+
+
+def steer_bench(spec: ShowSpec, text: str, seconds: float = 30.0, fps: float = 4.0,
+                strength: float = 1.0) -> dict[str, Any]:
+    """The CLIP similarity of the decoded frames to ``text`` over ``seconds`` of show time (fixed steps of 1/fps),
+    with steering off and on, on the show's first scene from the same start: both series from one run."""
+    import numpy as np
+    import torch
+
+    from ..bus import Event
+    from ..runtime import resolve_device
+    from .clip import ClipModel, similarity
+    from .steer import Steerer
+
+    settings = spec.config.vision
+    if not settings.enabled:
+        raise ValueError("bench --steer needs [vision] enabled = true and its weights in the config")
+    device = resolve_device(spec.config.decoder.device)
+    torch.set_num_threads(spec.config.decoder.threads or default_threads(device))
+    clip = ClipModel(settings.resolved(spec.path.resolve().parent))
+    target = clip.embed_texts([text])
+    scene = spec.scenes[0]
+    steer = scene.steer.model_copy(update={"text": text, "strength": strength})
+    out: dict[str, Any] = {"text": text, "seconds": seconds, "fps": fps, "decoder": scene.decoder.type,
+                           "candidates": steer.candidates, "period": steer.period, "horizon": list(steer.horizon)}
+    n = max(int(round(seconds * fps)), 1)
+    for mode in ("off", "on"):
+        bus = ParamBus(spec.params.values())
+        show = Show(spec, bus)
+        guard = DecoderGuard(device)
+        steerer = Steerer(clip, device)
+        series, next_round = [], 0.0
+        try:
+            for i in range(n):
+                t = i / fps
+                plan, _ = show.update(t, 0.0 if i == 0 else 1.0 / fps, bus.tick(0.0 if i == 0 else 1.0 / fps))
+                if mode == "on" and show.tau >= next_round:
+                    next_round = show.tau + steer.period
+                    verdict = steerer.evaluate(show.scene, show.seed, show.tau, plan.params, text, strength, steer,
+                                               show.prompts)
+                    if verdict.jump is not None:
+                        bus.post(Event("seed", verdict.jump, "steer"))
+                rgb = guard.render(plan.request(t, i))
+                if rgb is not None:
+                    series.append([round(t, 3), round(float(similarity(clip.embed_frames([rgb]), target)[0, 0]), 5)])
+        finally:
+            guard.close()
+            steerer.close()
+        sims = np.array([s for _, s in series]) if series else np.zeros(1)
+        out[mode] = {"mean": round(float(sims.mean()), 5), "last_half_mean": round(float(sims[len(sims) // 2:].mean()), 5),
+                     "rounds": steerer.rounds, "jumps": steerer.jumps, "series": series}
+    out["gain"] = round(out["on"]["mean"] - out["off"]["mean"], 5)
+    return out

@@ -80,3 +80,15 @@ class SceneVision(_Strict):
     drift_guard: Annotated[int, Field(ge=0, le=100)] = 3  # no term repeated within the last N descriptions
     hidden_prompts: list[Concept] = []
     negative: list[Annotated[str, Field(min_length=1, max_length=500)]] = []
+
+
+class SteerSettings(_Strict):
+    """A scene's ``[steer]`` table (``/steer s [f]`` overrides the text and strength live)."""
+
+    text: str = Field("", max_length=500, description="what the walk bends towards; '' = no steering")
+    strength: float = Field(0.7, ge=0.0, le=1.0)
+    candidates: int = Field(4, ge=1, le=32, description="other seeds evaluated each round")
+    period: float = Field(4.0, gt=0.0, le=3600.0, description="path seconds between two rounds")
+    horizon: tuple[float, ...] = Field((1.0, 2.5, 4.0), min_length=1, max_length=8,
+                                       description="path seconds ahead at which each candidate is rendered")
+    scale: int = Field(2, ge=1, le=8, description="candidate renders at 1/scale of the scene's resolution")
