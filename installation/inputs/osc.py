@@ -151,6 +151,7 @@ def address_map(
         ("/panic", "", "blackout now and reset steering to the scene defaults"),
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
         ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
+        ("/steer", "s [f]", "bend the walk towards a text, strength 0..1 ([vision]; guarded); \"\" releases"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))

@@ -170,6 +170,7 @@ class ControlSurface:
             "/panic": lambda c, a, *args: self._post("panic", None, c),
             "/ping": self._h_ping,
             "/describe": self._h_describe,
+            "/steer": self._h_steer,
         }
         if self.settings.allow_quit:
             table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
@@ -317,6 +318,28 @@ class ControlSurface:
         if not 0.0 <= v <= 1.0:
             raise Reject("out_of_range")
         self._post(kind, v >= 0.5, sender)
+
+    def _h_steer(self, sender: Sender, address: str, *args: Any) -> None:
+        """``/steer s [f]``: bend the walk towards a text (through the prompt guard, audited); ``""`` releases it.
+        Published as the ``steer`` note for the [vision] part."""
+        if not 1 <= len(args) <= 2 or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        strength = None
+        if len(args) == 2:
+            strength = finite(number(args[1]))
+            if not 0.0 <= strength <= 1.0:
+                raise Reject("out_of_range")
+        text = ""
+        if args[0].strip():
+            result = self._guard.check(args[0])
+            self.bus.note("prompt.audit", {"slot": "steer", "text": args[0][:AUDIT_TEXT_MAX],
+                                           "verdict": "ok" if result.ok else result.reason}, sender.source)
+            if not result.ok:
+                with self._lock:
+                    self._guard_reasons[result.reason] += 1
+                raise Reject("guard")
+            text = result.text
+        self.bus.note("steer", {"text": text, "strength": strength}, sender.source)
 
     def _h_describe(self, sender: Sender, address: str, *args: Any) -> None:
         """Answer the sender with the current description of the frame (``[vision]``; "" before the first)."""

@@ -17,6 +17,8 @@ top terms, the frame-check verdicts, its counters), which this part drains once 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -100,6 +102,11 @@ class VisionPart:
         self.loop_prompts = 0
         self.loop_refused = 0
         self.dropped = 0
+        self._state = ctx.state  # the show position (seed, path time) that steering starts from
+        self._steer_live: tuple[str, float | None] | None = None  # /steer's override until the scene changes
+        self._steer_scene: str | None = None
+        self._steer_path = 0.0
+        self.steer = SteerWorker(self.settings, ctx.bus)
 
     # -- part protocol -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +123,7 @@ class VisionPart:
             self._sub = None
         if self.audit is not None:
             self.audit.stop()
+        self.steer.stop()
         self._started = False
 
     @property
@@ -136,6 +144,7 @@ class VisionPart:
             "frame_check": bool(self.settings.blocked), "describe_chain": list(self.chain),
             "loop_prompts": self.loop_prompts, "journal_dropped": self.dropped + (self._sub.dropped if self._sub else 0),
             "worker": {k: v for k, v in self.worker.items() if k not in ("blocked",)},
+            "steer": self.steer.stats(),
         }
         if self.audit is not None:
             out["audit"] = self.audit.stats()
@@ -146,10 +155,13 @@ class VisionPart:
     def tick(self, moment: Moment) -> None:
         if self._sub is None:
             return
+        if self._steer_scene != moment.scene.name:  # a new scene: its own [steer] table, /steer's override dropped
+            self._steer_scene, self._steer_live, self._steer_path = moment.scene.name, None, math.inf
         for change in self._sub.drain():
             if change.kind == "note":
                 self._note(change, moment)
         self._describe_loop(moment)
+        self._steer(moment)
         if self.settings.show_refusals and self.refused_count != self._refused_sent:
             self._refused_sent = self.refused_count
             self.bus.note("vision.refused", self.refused_count, "vision")
@@ -173,6 +185,29 @@ class VisionPart:
             self._frame_check(value)
         elif name == "prompt.audit":
             self._audit_prompt(change, moment)
+        elif name == "steer" and isinstance(value, dict):
+            self._steer_live = (str(value.get("text", "")), value.get("strength"))
+            self._steer_path = math.inf  # a new request is evaluated at once
+            log.info("steer: %s", f"towards {self._steer_live[0]!r}" if self._steer_live[0] else "released")
+
+    def _steer(self, moment: Moment) -> None:
+        """Every ``period`` path seconds, hand the steer worker a round (it posts a seed jump when one wins)."""
+        scene = moment.scene
+        text, strength = scene.steer.text, scene.steer.strength
+        if self._steer_live is not None:
+            text = self._steer_live[0]
+            strength = strength if self._steer_live[1] is None else float(self._steer_live[1])
+        self.steer.text = text
+        if not text or strength <= 0.0:
+            return
+        self._steer_path += moment.dt * float(self.bus.targets().get("speed", 1.0))
+        if self._steer_path < scene.steer.period:
+            return
+        state = self._state()
+        if "tau" not in state or not self.steer.offer(scene, int(state["seed"]), float(state["tau"]),
+                                                      self.bus.targets(), text, strength):
+            return
+        self._steer_path = 0.0
 
     def _frame_check(self, check: dict[str, Any]) -> None:
         count = int(check.get("blocked", 0))
@@ -234,6 +269,81 @@ class VisionPart:
         self.loop_prompts += 1
         self.chain.append(result.text)
         log.info("describe loop: %s", " -> ".join(self.chain))
+
+
+class SteerWorker:
+    """Runs steering rounds on its own thread (its own CLIP model and low-resolution decoder, loaded on the first
+    round); one round at a time, a round offered while one runs is refused (the next tick offers it again)."""
+
+    def __init__(self, settings: VisionSettings, bus: Any) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.text = ""
+        self._job: tuple | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._steerer = None
+        self.rounds = self.jumps = self.faults = 0
+        self.last_scores: list[float] = []
+
+    def offer(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> bool:
+        with self._cond:
+            if self._job is not None or self._closed:
+                return False
+            self._job = (scene, seed, tau, params, text, strength)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vision-steer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._closed)
+                if self._closed:
+                    break
+                scene, seed, tau, params, text, strength = self._job
+            try:
+                self._round(scene, seed, tau, params, text, strength)
+            except Exception as e:  # noqa: BLE001 - steering never stops the show
+                self.faults += 1
+                if self.faults in (1, 100, 10000):
+                    log.warning("steering round failed (%s), %d so far", e, self.faults)
+            with self._cond:
+                self._job = None
+        if self._steerer is not None:
+            self._steerer.close()
+
+    def _round(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> None:
+        if self._steerer is None:
+            from .clip import ClipModel
+            from .steer import Steerer
+
+            clip = ClipModel(self.settings)
+            self._steerer = Steerer(clip, clip.device)
+        prompts = tuple((p.text, p.weight) for p in scene.prompts)
+        verdict = self._steerer.evaluate(scene, seed, tau, params, text, strength, scene.steer, prompts)
+        self.rounds += 1
+        self.last_scores = [round(s, 4) for s in verdict.scores]
+        if verdict.jump is not None:
+            self.jumps += 1
+            self.bus.post(Event("seed", verdict.jump, "vision.steer"))
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._thread = None
+        self._closed = False
+        self._job = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
+                "last_scores": self.last_scores}
 
 
 @register("vision", table="vision", settings=VisionSettings, params=vision_params, order=50, hooks=vision_hooks,
