@@ -137,7 +137,8 @@ class VisionPart:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "model": self.settings.model, "weights": Path(self.settings.weights).name or self.settings.weights,
+            "model": Path(self.settings.model_config_file).stem if self.settings.model_config_file else
+            self.settings.model, "weights": Path(self.settings.weights).name or self.settings.weights,
             "description": self.description,
             "top": [[term, score] for term, score in (self.reading or {}).get("top", ())],
             "blocked": self.blocked, "refused_prompts": self.refused_prompts, "refused_count": self.refused_count,
@@ -336,7 +337,9 @@ class SteerWorker:
             self._closed = True
             self._cond.notify()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(60)  # a round (or the first model load) in progress is let finish
+            if self._thread.is_alive():
+                log.warning("a steering round is still running after 60 s; leaving it")
         self._thread = None
         self._closed = False
         self._job = None
