@@ -37,6 +37,8 @@ def vision_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2, every_n
     torch.set_num_threads(spec.config.decoder.threads or default_threads(device))
     runner = HookRunner([(name, opts)], lambda result: None)
     hook = runner.hooks[0]
+    if not hook.wait_ready(600.0):
+        raise RuntimeError("the CLIP model did not load (see the log)")
     bus = ParamBus(spec.params.values())
     show = Show(spec, bus)
     slot = FrameSlot()

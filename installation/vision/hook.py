@@ -3,7 +3,9 @@
 Two halves. The **frame check** (``admit``, before a frame is published) embeds every decoded frame while blocked
 concepts are configured (the show's ``[vision] blocked`` plus the scene's ``negative``) and holds a frame whose
 similarity to any of them exceeds the threshold: the presenter keeps the last safe frame, the walk moves on. It must
-see every frame, so it costs the decoder one image embedding per frame. The **reader** (``__call__``, after a frame
+see every frame, so it costs the decoder one image embedding per frame, and the model loads before the first frame.
+Without a check the model loads on the vision thread while the show starts (frames offered meanwhile are counted in
+``loading_skipped``). The **reader** (``__call__``, after a frame
 is published) never makes the decoder wait: every Nth frame is handed to its own thread through a latest-wins slot
 (a frame not yet taken when a newer one arrives is skipped and counted), which embeds it (or reuses the check's
 embedding), ranks the vocabulary, and reports ``vision.similarity.<i>`` to the frame's prompt slots as parameters and
@@ -51,15 +53,15 @@ class VisionHook:
     every = 1  # the runner offers every frame; every_n sampling and skips are counted here
 
     def __init__(self, options: VisionHookOptions, model: ClipModel | None = None) -> None:
-        s = options.settings
-        self.settings = s
-        self.model = model or ClipModel(s)
-        groups = load_vocabulary(s.vocabulary)
-        terms = [t for ts in groups.values() for t in ts]
-        self.describer = Describer(groups, self.model.embed_texts(terms), s.top_k)
-        self._blocked = {scene: self.model.embed_texts(list(s.blocked) + list(neg))
-                         for scene, neg in options.negative.items() if neg}
-        self._blocked_all = self.model.embed_texts(list(s.blocked)) if s.blocked else None
+        self.settings = options.settings
+        self.options = options
+        self.model: ClipModel | None = None
+        self._blocked: dict[str, np.ndarray] = {}
+        self._blocked_all: np.ndarray | None = None
+        self._ready = threading.Event()
+        if model is not None or options.fail_closed:
+            self._load(model)  # a frame check must be ready before the first frame may be shown
+        self.loading_skipped = 0  # frames offered while the model was still loading on the vision thread
         self._deliver: Callable[[dict[str, Any]], None] = lambda result: None
         self._cond = threading.Condition()
         self._pending: tuple[Frame, np.ndarray | None] | None = None
@@ -72,6 +74,22 @@ class VisionHook:
         self._stats_at = 0.0
         self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
         self._thread.start()
+
+    def _load(self, model: ClipModel | None = None) -> None:
+        """The model, the vocabulary's and the concepts' embeddings (raises what loading raises)."""
+        s, options = self.settings, self.options
+        self.model = model or ClipModel(s)
+        groups = load_vocabulary(s.vocabulary)
+        terms = [t for ts in groups.values() for t in ts]
+        self.describer = Describer(groups, self.model.embed_texts(terms), s.top_k)
+        self._blocked = {scene: self.model.embed_texts(list(s.blocked) + list(neg))
+                         for scene, neg in options.negative.items() if neg}
+        self._blocked_all = self.model.embed_texts(list(s.blocked)) if s.blocked else None
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the model has loaded (False after ``timeout`` seconds, or when it failed to load)."""
+        return self._ready.wait(timeout)
 
     def bind(self, deliver: Callable[[dict[str, Any]], None]) -> None:
         self._deliver = deliver
@@ -113,6 +131,9 @@ class VisionHook:
     # -- the reader (decoder thread hands over; the vision thread works) ---------------------------------------
     def __call__(self, frame: Frame) -> None:
         self.offered += 1
+        if not self._ready.is_set():
+            self.loading_skipped += 1  # without a frame check the show does not wait for the model to load
+            return None
         if (self.offered - 1) % self.settings.every_n:
             return None
         gate = self._gate_emb
@@ -125,6 +146,13 @@ class VisionHook:
         return None
 
     def _run(self) -> None:
+        if not self._ready.is_set():
+            try:
+                self._load()
+            except Exception as e:  # noqa: BLE001 - no reading, but the show goes on (no frame check is configured)
+                self.faults += 1
+                log.error("vision: the CLIP model could not load (%s); no descriptions or similarities", e)
+                return
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
@@ -163,10 +191,12 @@ class VisionHook:
         self._deliver({"params": params, "notes": notes})
 
     def stats(self) -> dict[str, Any]:
-        return {"model": self.model.name, "device": self.model.device, "offered": self.offered,
+        model = self.model
+        return {"model": model.name if model else None, "device": model.device if model else None,
+                "offered": self.offered, "loading_skipped": self.loading_skipped,
                 "embedded": self.embedded, "skipped": self.skipped, "checked": self.checked,
                 "blocked": self.blocked, "faults": self.faults, "embed_ms": round(self.embed_ms, 2),
-                "texts_cached": self.model.cached_texts, "every_n": self.settings.every_n}
+                "texts_cached": model.cached_texts if model else 0, "every_n": self.settings.every_n}
 
     def close(self) -> None:
         with self._cond:

@@ -58,7 +58,10 @@ def test_similarity_to_each_prompt_slot_lands_on_the_bus(tiny_clip, clip_model):
     hook = runner.hooks[0]
     try:
         frame = _frame(4, 1, prompts=("a lighthouse", "a storm"))
-        assert runner.admit(frame)  # no concepts: no check
+        assert runner.admit(frame)  # no concepts: no check, and no wait for the model
+        runner(frame)
+        assert hook.loading_skipped == 1 or hook.embedded == 1  # offered while the model loads: skipped
+        assert hook.wait_ready(60)
         runner(frame)
         assert wait_until(lambda: bus.notes().get("vision.description"), timeout=30)
         emb = clip_model.embed_frames([frame.rgb])[0].astype(np.float32)
@@ -101,4 +104,10 @@ def test_a_frame_check_that_cannot_start_holds_every_frame(tiny_clip, tmp_path):
     assert runner.faults == 1 and not runner.admit(_frame(1, 1))
     open_runner = HookRunner([("vision", VisionHookOptions(settings.model_copy(update={"blocked": ()})))],
                              lambda r: None)
-    assert open_runner.faults == 1 and open_runner.admit(_frame(1, 1))  # no check configured: frames go on
+    try:  # no check configured: the model loads on the vision thread, fails there, and frames go on
+        assert open_runner.admit(_frame(1, 1))
+        assert wait_until(lambda: open_runner.hooks[0].faults == 1, timeout=60)
+        open_runner(_frame(1, 2))
+        assert open_runner.admit(_frame(1, 3)) and open_runner.hooks[0].loading_skipped == 1
+    finally:
+        open_runner.close()

@@ -56,7 +56,7 @@ def test_describe_feedback_audit_and_health(tiny_clip, tmp_path):
     try:
         rt.start()
         client = SimpleUDPClient(*rt.osc.address)
-        assert _steps(rt, lambda: rt.bus.notes().get("vision.description"))
+        assert _steps(rt, lambda: rt.bus.notes().get("vision.description"), limit=3000)
         client.send_message("/prompt", "a red boat")
         client.send_message("/prompt", "bad\x07text")  # refused by the prompt guard (a control character)
         client.send_message("/describe", [])
