@@ -103,6 +103,12 @@ def _vision(path: Path | None) -> str:
 
 
 def report(config: Path | None = None) -> Iterator[tuple[str, str]]:
+    try:  # the vision check imports open_clip (and so Triton's LLVM): it must load before the GL check's llvmpipe
+        from .render.targets import preload_decoders
+
+        preload_decoders(["vision"])
+    except Exception:  # noqa: BLE001 - the torch line reports what is wrong
+        pass
     for name, check in CHECKS:
         try:
             yield name, check()

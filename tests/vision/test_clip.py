@@ -61,11 +61,13 @@ def test_run_stops_with_one_line_and_exit_2(tiny_clip, tmp_path):
 
 def test_doctor_says_whether_a_clip_model_is_usable(tiny_clip, tmp_path):
     from installation.doctor import _vision
-    from support import scene_toml, write_show
+    from support import run_cli, scene_toml, write_show
 
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml())
-    line = _vision(cfg)
-    assert line.startswith("usable: tiny-clip on cpu from ") and "64-dim" in line and "ms per frame" in line
+    out = run_cli("doctor", "--config", str(cfg), timeout=300)  # as a user runs it: GL checked before CLIP loads
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("vision"))
+    assert "usable: tiny-clip on cpu from " in line and "64-dim" in line and "ms per frame" in line
     (tmp_path / "off").mkdir()
     assert _vision(write_show(tmp_path / "off", {"a": scene_toml()})) == "off ([vision] enabled = false)"
     cfg.write_text(cfg.read_text().replace(str(tiny_clip.weights), str(tmp_path / "gone.pt")))
