@@ -100,8 +100,9 @@ class Follower:
 
 @dataclass(frozen=True)
 class Change:
-    """One journal entry: a parameter target set (``kind`` "set"), an event posted ("event") or many targets reset
-    at once ("reset", ``value`` a dict), at show time ``t``, by ``source`` ("osc:127.0.0.1", "audio", "scene"...)."""
+    """One journal entry: a parameter target set (``kind`` "set"), an event posted ("event"), many targets reset
+    at once ("reset", ``value`` a dict) or a fact a tap learned ("note"), at show time ``t``, by ``source``
+    ("osc:127.0.0.1", "audio", "scene"...)."""
 
     t: float
     kind: str
@@ -160,6 +161,7 @@ class ParamBus:
         self._followers: dict[str, Follower] = {}
         self._pending: set[str] = set()
         self._events: deque[Event] = deque()
+        self._notes: dict[str, Any] = {}
         self._max_events = max_events
         self.rejects: Counter[str] = Counter()
         self.accepted = 0
@@ -224,6 +226,18 @@ class ParamBus:
             self._events.append(event)
             self._journal("event", event.kind, event.value, event.source)
         return True
+
+    def note(self, name: str, value: Any, source: str = "") -> None:
+        """Publish a fact a tap learned (``vision.description``, a prompt's audit record): journal only (kind
+        "note"), never an event for the update step; the newest value per name is kept for :meth:`notes`."""
+        with self._lock:
+            self._notes[name] = value
+            self._journal("note", name, value, source)
+
+    def notes(self) -> dict[str, Any]:
+        """The newest value of every note published so far."""
+        with self._lock:
+            return dict(self._notes)
 
     def reset(self, values: Mapping[str, float], snap: bool = False, source: str = "scene") -> None:
         """Set many targets at once (scene defaults); ``snap`` jumps the followers too."""

@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"--record needs an even output size, got {out.size}")
     from .render.targets import preload_decoders
 
-    preload_decoders(s.decoder.type for s in spec.scenes)
+    # [vision] loads open_clip in this process too (steering; hooks in thread isolation): the same preload.
+    preload_decoders([s.decoder.type for s in spec.scenes] + (["vision"] if spec.config.vision.enabled else []))
     if signals.stop:
         log.info("stopped during start-up")
         return 0
@@ -281,6 +282,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .archive.bench import archive_bench
 
         result = archive_bench(spec, seconds=args.seconds, rounds=args.rounds)
+    elif args.steer is not None:
+        from .vision.bench import steer_bench
+
+        try:
+            result = steer_bench(spec, args.steer, seconds=args.seconds)
+        except ValueError as e:
+            return _fail(str(e))
+    elif args.vision:
+        from .vision.bench import vision_bench
+
+        try:
+            result = vision_bench(spec, seconds=args.seconds, rounds=args.rounds)
+        except ValueError as e:
+            return _fail(str(e))
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -407,10 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera, alternating; runs for --archive (default 1)")
+                   help="off/on pairs for --camera and --vision, alternating; runs for --archive (default 1)")
     b.add_argument("--archive", action="store_true",
                    help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
                         "bytes per hour, replay equality, instead")
+    b.add_argument("--vision", action="store_true",
+                   help="decoder fps without and with the [vision] CLIP worker (every_n = 1), alternating phases of "
+                        "one run, instead")
+    b.add_argument("--steer", metavar="TEXT",
+                   help="CLIP similarity to TEXT over --seconds of show time with steering off and on, instead")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

@@ -25,6 +25,7 @@ from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettin
 from .render.hooks import hook_params
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
+from .vision.settings import SceneVision, SteerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.toml"
@@ -162,6 +163,8 @@ class _SceneBody(_Strict):
     prompts: list[Prompt] = []
     prompt_motion: PromptMotionSettings = PromptMotionSettings()
     modulation: ModulationSettings = ModulationSettings()
+    vision: SceneVision = SceneVision()  # describe loop, hidden prompts, negative concepts (installation/vision)
+    steer: SteerSettings = SteerSettings()  # bend the walk towards a text (installation/vision/steer.py)
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,10 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     # What parts write (input features) are parameters too (zero while the part is off), so routes can name them.
     specs.update({s.name: s for s in parts.param_specs(config)})
     specs.update({s.name: s for s in hook_params(config.decoder.hooks)})  # what post-render hooks report
+    try:
+        parts.check_all(config, base)  # the parts' files (the CLIP checkpoint of [vision])
+    except parts.PartCheckError as e:
+        raise ConfigError(path, e.table, str(e)) from None
     for scene in scenes:
         _add_decoder_params(specs, scene)
     check_params(config.params, specs, path, "params")

@@ -87,7 +87,28 @@ CHECKS: list[tuple[str, Callable[..., str]]] = [
 ]
 
 
+def _vision(path: Path | None) -> str:
+    """Whether the [vision] CLIP model loads and embeds (it is loaded for real: a few seconds)."""
+    from .config import DEFAULT_CONFIG, load_config
+    from .vision.clip import WeightsMissing, vision_summary
+
+    path = Path(path) if path else DEFAULT_CONFIG
+    settings = load_config(path).vision
+    if not settings.enabled:
+        return "off ([vision] enabled = false)"
+    try:
+        return "usable: " + vision_summary(settings.resolved(path.resolve().parent))
+    except WeightsMissing as e:
+        return f"not usable ({e})"
+
+
 def report(config: Path | None = None) -> Iterator[tuple[str, str]]:
+    try:  # the vision check imports open_clip (and so Triton's LLVM): it must load before the GL check's llvmpipe
+        from .render.targets import preload_decoders
+
+        preload_decoders(["vision"])
+    except Exception:  # noqa: BLE001 - the torch line reports what is wrong
+        pass
     for name, check in CHECKS:
         try:
             yield name, check()
@@ -97,3 +118,7 @@ def report(config: Path | None = None) -> Iterator[tuple[str, str]]:
         yield "config", _config(config)
     except Exception as e:  # noqa: BLE001
         yield "config", f"invalid: {e}"
+    try:
+        yield "vision", _vision(config)
+    except Exception as e:  # noqa: BLE001
+        yield "vision", f"not usable ({type(e).__name__}: {e})"

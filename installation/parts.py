@@ -99,6 +99,11 @@ class PartInfo:
     build: Builder
     params: Callable[[Any], Iterable["ParamSpec"]] | None = None
     order: int = 100
+    # Optional: post-render hooks the part needs in the decoder process, as (hook name, options) pairs, from its
+    # settings and the loaded show; and a start-up check of its files from its settings and the config's folder
+    # (raises ValueError or OSError).
+    hooks: Callable[[Any, Any], Iterable[tuple[str, Any]]] | None = None
+    check: Callable[[Any, Path], None] | None = None
 
     @property
     def is_input(self) -> bool:
@@ -129,13 +134,15 @@ _BUILTINS = {
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
     "archive": "installation.archive",
+    "vision": "installation.vision.part",
 }
 _loaded = False
 
 
 def register(name: str, *, table: str, settings: type[BaseModel],
              params: Callable[[Any], Iterable["ParamSpec"]] | None = None,
-             order: int = 100) -> Callable[[Builder], Builder]:
+             order: int = 100, hooks: Callable[[Any, Any], Iterable[tuple[str, Any]]] | None = None,
+             check: Callable[[Any, Path], None] | None = None) -> Callable[[Builder], Builder]:
     """Decorator on a builder ``build(settings, ctx) -> Part | None``: make a part available as ``name`` with its
     settings in the config table ``table`` (at most two levels: ``"health"`` or ``"inputs.osc"``)."""
     if not 1 <= len(table.split(".")) <= 2 or not all(table.split(".")):
@@ -147,7 +154,7 @@ def register(name: str, *, table: str, settings: type[BaseModel],
             taken = next((i for i in _REGISTRY.values() if i.table == table and i.name != name), None)
             if taken is not None:
                 raise ValueError(f"part {name!r}: table [{table}] is already part {taken.name!r}'s")
-            _REGISTRY[name] = PartInfo(name, table, settings, build, params, order)
+            _REGISTRY[name] = PartInfo(name, table, settings, build, params, order, hooks, check)
             _generation += 1
         return build
 
@@ -208,6 +215,33 @@ def param_specs(config: Any) -> list["ParamSpec"]:
     return out
 
 
+def hook_specs(show: Any) -> tuple[tuple[str, Any], ...]:
+    """The post-render hooks the registered parts need for a loaded show (``(name, options)`` pairs)."""
+    out: list[tuple[str, Any]] = []
+    for i in infos():
+        if i.hooks is not None:
+            out.extend(i.hooks(i.settings_in(show.config), show))
+    return tuple(out)
+
+
+def check_all(config: Any, base_dir: Path) -> None:
+    """Run every part's start-up check; raises ``(table, error)`` as ``PartCheckError``."""
+    for i in infos():
+        if i.check is not None:
+            try:
+                i.check(i.settings_in(config), base_dir)
+            except (ValueError, OSError) as e:
+                raise PartCheckError(i.table, str(e)) from None
+
+
+class PartCheckError(Exception):
+    """A part's files are not usable: ``table`` is its config table, ``str()`` the one-line reason."""
+
+    def __init__(self, table: str, message: str) -> None:
+        super().__init__(message)
+        self.table = table
+
+
 def build_all(config: Any, ctx: PartContext, *, inputs: bool = True) -> dict[str, Part]:
     """Build the enabled parts from a validated config, in start order (``inputs=False`` leaves every input out)."""
     built: dict[str, Part] = {}
@@ -220,5 +254,5 @@ def build_all(config: Any, ctx: PartContext, *, inputs: bool = True) -> dict[str
     return built
 
 
-__all__ = ["INPUTS", "Moment", "Part", "PartContext", "PartInfo", "build_all", "generation", "info", "infos",
-           "names", "param_specs", "register", "unregister"]
+__all__ = ["INPUTS", "Moment", "Part", "PartCheckError", "PartContext", "PartInfo", "build_all", "check_all",
+           "generation", "hook_specs", "info", "infos", "names", "param_specs", "register", "unregister"]

@@ -29,11 +29,11 @@ from .render.hooks import HookRunner, apply_result
 from .render.outputs import Output, PresentedTap
 from .render.present import Presenter
 from .render.record import Recorder
-from .render.slot import Frame, FrameSlot
+from .render.slot import FrameSlot
 from .render.process import ProcessWorker, default_threads
 from .render.shaders import ShaderError
 from .render.targets import Target
-from .render.worker import DecoderGuard, DecoderWorker
+from .render.worker import DecoderGuard, DecoderWorker, make_frame
 from .show import Show
 
 log = logging.getLogger(__name__)
@@ -117,16 +117,19 @@ class Runtime:
         cap = (cfg.decoder.max_fps or self.fps) if max_decoder_fps is None else max_decoder_fps
         self.worker: DecoderWorker | ProcessWorker | None = None
         # Post-render hooks run where frames are made; what they learn lands on the bus like any input's features.
-        self.hooks = HookRunner(cfg.decoder.hooks, self._hook_result)
-        if self.lockstep or cfg.decoder.isolation == "thread":
+        hook_specs = tuple(cfg.decoder.hooks) + registry.hook_specs(spec)
+        local = self.lockstep or cfg.decoder.isolation == "thread"
+        self.hooks = HookRunner(hook_specs if local else (), self._hook_result)
+        if local:
             import torch
 
             torch.set_num_threads(threads)
             if not self.lockstep:
-                self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap, on_frame=self.hooks or None)
+                self.worker = DecoderWorker(self.guard, self.slot, self.clock.now, cap, on_frame=self.hooks or None,
+                                            gate=self.hooks.admit if self.hooks.gates else None)
         else:
             self.worker = ProcessWorker(self.slot, self.device, self.clock.origin, cap, threads, backoff,
-                                        hang_s=cfg.decoder.hang_s, log_level=cfg.log.level, hooks=cfg.decoder.hooks,
+                                        hang_s=cfg.decoder.hang_s, log_level=cfg.log.level, hooks=hook_specs,
                                         on_hook=self._hook_result)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
@@ -293,12 +296,14 @@ class Runtime:
             pass  # closed: no decoding; black frames keep the watchdog fed
         elif self.lockstep:
             self._seq += 1
-            rgb = self.guard.render(plan.request(t, self._seq))
+            request = plan.request(t, self._seq)
+            rgb = self.guard.render(request)
             if rgb is not None:
-                frame = Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut)
-                self.slot.publish(frame)
-                if self.hooks:
-                    self.hooks(frame)
+                frame = make_frame(rgb, request, plan)
+                if self.hooks.admit(frame):  # the frame check (a gate hook) may hold it: the last frame stays
+                    self.slot.publish(frame)
+                    if self.hooks:
+                        self.hooks(frame)
         else:
             self.worker.submit(plan)
         self._track_frames()
@@ -687,6 +692,7 @@ class Runtime:
             self.worker.stop()
         else:
             self.guard.close()
+        self.hooks.close()
         if self.recorder is not None:
             self.tap.remove(self.recorder)
             self.recorder.close()

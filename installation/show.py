@@ -134,6 +134,8 @@ class PathPlan:
             settings, seed = self.prompt_motion
             tau = self.part.tau(self._dt(t))
             extras = {**extras, "prompts": moved_prompts(extras["prompts"], settings, tau, seed)}
+        if extras.get("hidden"):  # a scene's hidden prompts (vision part): always blended in, after the motion
+            extras = {**extras, "prompts": tuple(extras.get("prompts") or ()) + tuple(extras["hidden"])}
         return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
                              params=self.params, extras=extras)
 

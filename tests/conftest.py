@@ -18,3 +18,11 @@ def gl_ctx():
     ctx = moderngl.create_context(standalone=True, backend="egl")
     yield ctx
     ctx.release()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip model built from a config and saved as a checkpoint file (tests/clip_support.py)."""
+    from clip_support import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))

@@ -19,8 +19,10 @@ Address space (``installation osc-map`` prints it from :func:`address_map`)::
     /prompt <s>  /prompt/<slot> <s> [f weight]      through the prompt guard
     /blend <f> [<f> ...]         img2img reference image weights, all at once
     /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
+    /describe -> /vision/description s (to the sender)  /steer <s> [f]      with [vision] (installation/vision)
 
-Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters and ``/scene/current s``,
+Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters, ``/scene/current s`` and the
+notes in ``surface.FEEDBACK_NOTES`` (``/vision/description s``, ``/vision/refused i``) when they change,
 at most ``feedback_rate`` flushes per second, never the value a sender just set back to that same sender. It is the
 OSC part's per-tick hook (:meth:`OscServer.tick`), so the runtime knows nothing of it.
 """
@@ -151,6 +153,8 @@ def address_map(
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
         ("/panic", "", "blackout now and reset steering to the scene defaults"),
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
+        ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
+        ("/steer", "s [f]", "bend the walk towards a text, strength 0..1 ([vision]; guarded); \"\" releases"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))

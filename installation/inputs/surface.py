@@ -38,6 +38,9 @@ REJECT_REASONS = (
     "guard", "event_overflow", "error",
 )
 MAX_ADDRESS = 256
+AUDIT_TEXT_MAX = 1000  # characters of a prompt kept in its audit note
+# Notes (ParamBus.note) sent as feedback when they change: the frame's description, the refusals made visible.
+FEEDBACK_NOTES = {"vision.description": "/vision/description", "vision.refused": "/vision/refused"}
 SEED_MAX = 2**32 - 1
 MAX_BLEND = 16  # reference images one /blend message may weigh
 _STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
@@ -147,6 +150,7 @@ class ControlSurface:
         self._fb_next = -math.inf
         self._fb_sent: dict[str, float] = {}
         self._fb_scene: str | None = None
+        self._fb_notes: dict[str, Any] = {}
         self.dispatcher = self._build_dispatcher()
 
     # -- routing -----------------------------------------------------------------------------------------------
@@ -166,6 +170,8 @@ class ControlSurface:
             "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
             "/panic": lambda c, a, *args: self._post("panic", None, c),
             "/ping": self._h_ping,
+            "/describe": self._h_describe,
+            "/steer": self._h_steer,
         }
         if self.settings.allow_quit:
             table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
@@ -276,6 +282,9 @@ class ControlSurface:
             if not lo <= weight <= hi:
                 raise Reject("out_of_range")
         result = self._guard.check(args[0])
+        # Every public prompt is noted for the audit log (installation/vision/audit.py), refused ones too.
+        self.bus.note("prompt.audit", {"slot": slot, "text": args[0][:AUDIT_TEXT_MAX],
+                                       "verdict": "ok" if result.ok else result.reason}, sender.source)
         if not result.ok:
             with self._lock:
                 self._guard_reasons[result.reason] += 1
@@ -319,6 +328,38 @@ class ControlSurface:
         if not 0.0 <= v <= 1.0:
             raise Reject("out_of_range")
         self._post(kind, v >= 0.5, sender)
+
+    def _h_steer(self, sender: Sender, address: str, *args: Any) -> None:
+        """``/steer s [f]``: bend the walk towards a text (through the prompt guard, audited); ``""`` releases it.
+        Published as the ``steer`` note for the [vision] part."""
+        if not 1 <= len(args) <= 2 or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        strength = None
+        if len(args) == 2:
+            strength = finite(number(args[1]))
+            if not 0.0 <= strength <= 1.0:
+                raise Reject("out_of_range")
+        text = ""
+        if args[0].strip():
+            result = self._guard.check(args[0])
+            self.bus.note("prompt.audit", {"slot": "steer", "text": args[0][:AUDIT_TEXT_MAX],
+                                           "verdict": "ok" if result.ok else result.reason}, sender.source)
+            if not result.ok:
+                with self._lock:
+                    self._guard_reasons[result.reason] += 1
+                raise Reject("guard")
+            text = result.text
+        self.bus.note("steer", {"text": text, "strength": strength}, sender.source)
+
+    def _h_describe(self, sender: Sender, address: str, *args: Any) -> None:
+        """Answer the sender with the current description of the frame (``[vision]``; "" before the first)."""
+        if sender.reply is None:
+            return
+        try:
+            sender.reply("/vision/description", str(self.bus.notes().get("vision.description", "")))
+            self.count("describes")
+        except OSError:
+            self.count("pong_errors")
 
     def _h_ping(self, sender: Sender, address: str, *args: Any) -> None:
         echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
@@ -373,6 +414,11 @@ class ControlSurface:
         if scene != self._fb_scene:
             out.append(("/scene/current", str(scene)))
             self._fb_scene = scene
+        notes = self.bus.notes()
+        for name, address in FEEDBACK_NOTES.items():  # what taps learned (the frame's description), when it changes
+            if name in notes and notes[name] != self._fb_notes.get(name):
+                self._fb_notes[name] = notes[name]
+                out.append((address, notes[name]))
         for name, v in values.items():
             if len(out) >= s.feedback_max_messages:
                 break

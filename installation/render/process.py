@@ -170,7 +170,7 @@ class _PipeSlot:
 
 
 def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple,
-           log_level: str = "info", hooks: tuple[str, ...] = ()) -> None:
+           log_level: str = "info", hooks: tuple = ()) -> None:
     """Entry point of the decoder process."""
     import faulthandler
     import signal
@@ -193,7 +193,8 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
     from .hooks import HookRunner
 
     runner = HookRunner(hooks, lambda result: slot.send("hook", None, result))  # beside frames, up the same pipe
-    worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps, on_frame=runner or None)
+    worker = DecoderWorker(guard, slot, lambda: time.perf_counter() - origin, max_fps, on_frame=runner or None,
+                           gate=runner.admit if runner.gates else None)
     cache = TrajectoryCache()
     worker.start()
     source = None
@@ -227,6 +228,7 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
         pass  # the parent is gone
     finally:
         worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
+        runner.close()
         slot.close()
         try:
             slot.send("stats", None, slot.stats())
@@ -239,7 +241,7 @@ class ProcessWorker:
 
     def __init__(self, slot: FrameSlot, device: str, origin: float, max_fps: float = 0.0, threads: int = 0,
                  backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0, hang_s: float = 120.0,
-                 log_level: str = "info", hooks: tuple[str, ...] = (),
+                 log_level: str = "info", hooks: tuple = (),
                  on_hook: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.slot = slot
         self.device = device

@@ -12,7 +12,8 @@ import numpy as np
 class Frame:
     """A finished frame: HxWx3 uint8 RGB (top row first), the request it answers and when it was made.
 
-    ``cut`` changes when consecutive frames are not meant to blend (another decoder after a scene change).
+    ``cut`` changes when consecutive frames are not meant to blend (another decoder after a scene change);
+    ``prompts`` are the texts of the prompt slots it was rendered with (hidden prompts never appear here).
     """
 
     rgb: np.ndarray
@@ -21,6 +22,7 @@ class Frame:
     produced: float
     scene: str = ""
     cut: int = 0
+    prompts: tuple[str, ...] = ()
 
 
 class FrameSlot:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -198,14 +198,28 @@ class Plan(Protocol):
     def request(self, t: float, seq: int) -> LatentRequest: ...
 
 
+def visible_prompts(extras: Mapping[str, Any]) -> tuple[str, ...]:
+    """The texts of a request's prompt slots: its prompts without the hidden ones (appended last)."""
+    prompts = extras.get("prompts") or ()
+    n = len(prompts) - len(extras.get("hidden") or ())
+    return tuple(str(p[0]) for p in tuple(prompts)[: max(n, 0)])
+
+
+def make_frame(rgb: np.ndarray, request: LatentRequest, plan: "Plan") -> Frame:
+    """A decoded frame with what it answers: its request's seq and time, the plan's scene and cut, the prompts."""
+    return Frame(rgb, request.seq, request.t, time.monotonic(), plan.scene, plan.cut, visible_prompts(request.extras))
+
+
 class DecoderWorker:
     """Runs the guard in its own thread on the newest plan and publishes frames into the slot."""
 
     def __init__(self, guard: DecoderGuard, slot: FrameSlot, now: Callable[[], float], max_fps: float = 0.0,
-                 on_frame: Callable[[Frame], None] | None = None) -> None:
+                 on_frame: Callable[[Frame], None] | None = None,
+                 gate: Callable[[Frame], bool] | None = None) -> None:
         self.guard = guard
         self.slot = slot
         self.on_frame = on_frame  # post-render hooks (render/hooks.py), on this thread after each published frame
+        self.gate = gate  # a frame check before publishing (hooks' admit): False keeps the last frame on screen
         self._now = now
         self.max_fps = max_fps
         self._plan: Plan | None = None
@@ -261,14 +275,16 @@ class DecoderWorker:
                     stop.wait(wait)
                 next_at = max(next_at + 1.0 / self.max_fps, time.monotonic())
             self._seq += 1
-            t = self._now()
-            rgb = self.guard.render(plan.request(t, self._seq))
+            request = plan.request(self._now(), self._seq)
+            rgb = self.guard.render(request)
             if rgb is None:
                 stop.wait(0.01)
                 continue
             if stop.is_set():
                 return  # stopped during this frame: a newer thread may own the slot now
-            frame = Frame(rgb, self._seq, t, time.monotonic(), plan.scene, plan.cut)
+            frame = make_frame(rgb, request, plan)
+            if self.gate is not None and not self.gate(frame):
+                continue  # held by the frame check: the slot keeps the last admitted frame
             self.slot.publish(frame)
             if self.on_frame is not None:
                 self.on_frame(frame)

@@ -27,6 +27,7 @@ ENABLE = {
     "audio": '[inputs.audio]\nenabled = true\ndevice = "system"\n',
     "camera": f'[inputs.camera]\nenabled = true\nsource = "{LIVE}"\n',
     "archive": "",  # on by default: a writer thread and a SQLite file in the test's folder
+    "vision": "",  # the tiny CLIP checkpoint's table, from the tiny_clip fixture
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
@@ -39,7 +40,8 @@ def test_every_registered_part_is_under_contract():
 def test_a_part_starts_runs_reports_stops_and_starts_again(name, tmp_path, request):
     if name == "audio":
         request.getfixturevalue("jack_server")  # a real PortAudio stream on the JACK dummy server
-    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=ENABLE[name])
+    extra = request.getfixturevalue("tiny_clip").toml() if name == "vision" else ENABLE[name]
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=extra)
     spec = load_show(cfg)
     bus = ParamBus(spec.params.values())
     ctx = parts.PartContext(bus=bus, scenes=lambda: [s.name for s in spec.scenes], base_dir=Path(tmp_path),

@@ -1,0 +1,356 @@
+"""The ``[vision]`` part, in the show's process: what the CLIP worker learns, put to use.
+
+The worker itself is a post-render hook in the decoder's process (:mod:`installation.vision.hook`); its results
+arrive on the bus (``vision.similarity.<i>``, ``vision.blocked``) and as notes on the journal (the description, the
+top terms, the frame-check verdicts, its counters), which this part drains once per tick. From them it:
+
+- keeps ``/health``'s ``vision`` section (model, counters, description, ``refused_count``);
+- writes the prompt audit log: every prompt that arrived from a public input (its ``prompt.audit`` note, refused
+  ones too) with time, sender, text, the prompt guard's verdict and the scene, then the frame check's verdict on the
+  first checked frame after it (a second record with the same ``id``);
+- runs a scene's describe loop: every ``period`` path seconds the current description (drift-guarded, through the
+  prompt guard) becomes the prompt; the chain is logged;
+- adds a scene's hidden prompts to the decoder's plan (never to the show's prompts, parameters, feedback or state);
+- with ``show_refusals``, publishes the refusals (``/vision/refused`` feedback).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import deque
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..bus import Event, ParamSpec
+from ..inputs.prompt_guard import PromptGuard
+from ..parts import Moment, PartContext, register
+from .audit import AuditLog
+from .describe import DriftGuard, load_vocabulary
+from .settings import VisionSettings
+
+log = logging.getLogger(__name__)
+
+CHAIN_KEPT = 8  # descriptions of the describe loop shown in /health
+
+
+def vision_params(settings: VisionSettings) -> list[ParamSpec]:
+    """``vision.similarity.<i>`` per prompt slot and ``vision.blocked``, while [vision] is enabled."""
+    if not settings.enabled:
+        return []
+    out = [ParamSpec(f"vision.similarity.{i}", "float", -1.0, 1.0, 0.0, 0.0, 0.0,
+                     f"CLIP similarity of the decoded frame to prompt slot {i} (cosine, -1..1)")
+           for i in range(settings.prompt_slots)]
+    out.append(ParamSpec("vision.blocked", "bool", 0.0, 1.0, 0.0, 0.0, 0.0,
+                         "1 while the newest checked frame was held by the frame check"))
+    return out
+
+
+def vision_hooks(settings: VisionSettings, show: Any) -> list[tuple[str, Any]]:
+    """The CLIP worker in the decoder process, with each scene's negative concepts (never shown)."""
+    if not settings.enabled:
+        return []
+    from .hook import VisionHookOptions
+
+    scenes = list(show.scenes) + ([show.safe] if show.safe is not None else [])
+    negative = {sc.name: tuple(sc.vision.negative) for sc in scenes if sc.vision.negative}
+    return [("vision", VisionHookOptions(settings.resolved(show.path.resolve().parent), negative))]
+
+
+def check_vision(settings: VisionSettings, base_dir: Path) -> None:
+    """At start-up: the checkpoint (one line naming the path and the download command) and the vocabulary."""
+    if not settings.enabled:
+        return
+    from .clip import check_weights
+
+    s = settings.resolved(base_dir)
+    check_weights(s)
+    try:
+        load_vocabulary(s.vocabulary)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"vocabulary {s.vocabulary}: cannot read ({e})") from None
+
+
+class VisionPart:
+    """Drains the CLIP worker's results from the journal; audit log, describe loop, hidden prompts, health."""
+
+    def __init__(self, settings: VisionSettings, ctx: PartContext) -> None:
+        self.settings = settings.resolved(ctx.base_dir)
+        self.bus = ctx.bus
+        self.audit = AuditLog(self.settings.audit_log, self.settings.audit_max_bytes, self.settings.audit_backups) \
+            if self.settings.audit_log else None
+        self._guard = PromptGuard(self.settings.prompt)
+        self._sub = None
+        self._started = False
+        self.description = ""
+        self.reading: dict[str, Any] | None = None
+        self.worker: dict[str, Any] = {}
+        self.blocked = 0
+        self._blocked_seen = 0
+        self.refused_prompts = 0
+        self._refused_sent = -1
+        self._record = 0
+        self._pending: list[tuple[float, int]] = []  # (show time, audit id) awaiting a frame-check verdict
+        self._pending_blocked = 0
+        self.chain: deque[str] = deque(maxlen=CHAIN_KEPT)
+        self._loop_scene: str | None = None
+        self._drift = DriftGuard(0)
+        self._path = 0.0
+        self.loop_prompts = 0
+        self.loop_refused = 0
+        self.dropped = 0
+        self._state = ctx.state  # the show position (seed, path time) that steering starts from
+        self._steer_live: tuple[str, float | None] | None = None  # /steer's override until the scene changes
+        self._steer_scene: str | None = None
+        self._steer_path = 0.0
+        self.steer = SteerWorker(self.settings, ctx.bus)
+
+    # -- part protocol -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self._sub = self.bus.subscribe(maxlen=8192)
+        if self.audit is not None:
+            self.audit.start()
+        self._started = True
+
+    def stop(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        if self.audit is not None:
+            self.audit.stop()
+        self.steer.stop()
+        self._started = False
+
+    @property
+    def alive(self) -> bool:
+        return self._started and (self.audit is None or self.audit._thread is not None)
+
+    @property
+    def refused_count(self) -> int:
+        """int: prompts refused by the guard plus frames held by the frame check."""
+        return self.refused_prompts + self.blocked
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": Path(self.settings.model_config_file).stem if self.settings.model_config_file else
+            self.settings.model, "weights": Path(self.settings.weights).name or self.settings.weights,
+            "description": self.description,
+            "top": [[term, score] for term, score in (self.reading or {}).get("top", ())],
+            "blocked": self.blocked, "refused_prompts": self.refused_prompts, "refused_count": self.refused_count,
+            "frame_check": bool(self.settings.blocked), "describe_chain": list(self.chain),
+            "loop_prompts": self.loop_prompts, "journal_dropped": self.dropped + (self._sub.dropped if self._sub else 0),
+            "worker": {k: v for k, v in self.worker.items() if k not in ("blocked",)},
+            "steer": self.steer.stats(),
+        }
+        if self.audit is not None:
+            out["audit"] = self.audit.stats()
+            out["failures"] = self.audit.errors
+        return out
+
+    # -- per tick (loop thread) --------------------------------------------------------------------------------
+    def tick(self, moment: Moment) -> None:
+        if self._sub is None:
+            return
+        if self._steer_scene != moment.scene.name:  # a new scene: its own [steer] table, /steer's override dropped
+            self._steer_scene, self._steer_live, self._steer_path = moment.scene.name, None, math.inf
+        for change in self._sub.drain():
+            if change.kind == "note":
+                self._note(change, moment)
+        self._describe_loop(moment)
+        self._steer(moment)
+        if self.settings.show_refusals and self.refused_count != self._refused_sent:
+            self._refused_sent = self.refused_count
+            self.bus.note("vision.refused", self.refused_count, "vision")
+
+    def plan(self, plan: Any, moment: Moment) -> Any:
+        """Hidden prompts join the decoder's prompts (appended after the visible ones, after prompt motion)."""
+        hidden = moment.scene.vision.hidden_prompts
+        if not hidden:
+            return plan
+        return replace(plan, extras={**plan.extras, "hidden": tuple((p.text, p.weight) for p in hidden)})
+
+    def _note(self, change: Any, moment: Moment) -> None:
+        name, value = change.name, change.value
+        if name == "vision.description":
+            self.description = str(value)
+        elif name == "vision.reading":
+            self.reading = value
+        elif name == "vision.stats":
+            self.worker = dict(value)
+        elif name == "vision.frame_check":
+            self._frame_check(value)
+        elif name == "prompt.audit":
+            self._audit_prompt(change, moment)
+        elif name == "steer" and isinstance(value, dict):
+            self._steer_live = (str(value.get("text", "")), value.get("strength"))
+            self._steer_path = math.inf  # a new request is evaluated at once
+            log.info("steer: %s", f"towards {self._steer_live[0]!r}" if self._steer_live[0] else "released")
+
+    def _steer(self, moment: Moment) -> None:
+        """Every ``period`` path seconds, hand the steer worker a round (it posts a seed jump when one wins)."""
+        scene = moment.scene
+        text, strength = scene.steer.text, scene.steer.strength
+        if self._steer_live is not None:
+            text = self._steer_live[0]
+            strength = strength if self._steer_live[1] is None else float(self._steer_live[1])
+        self.steer.text = text
+        if not text or strength <= 0.0:
+            return
+        self._steer_path += moment.dt * float(self.bus.targets().get("speed", 1.0))
+        if self._steer_path < scene.steer.period:
+            return
+        state = self._state()
+        if "tau" not in state or not self.steer.offer(scene, int(state["seed"]), float(state["tau"]),
+                                                      self.bus.targets(), text, strength):
+            return
+        self._steer_path = 0.0
+
+    def _frame_check(self, check: dict[str, Any]) -> None:
+        count = int(check.get("blocked", 0))
+        # The worker counts from zero again after a decoder process restart: add what is new since its last note.
+        self.blocked += count - self._blocked_seen if count >= self._blocked_seen else count
+        new_blocks = self.blocked - self._pending_blocked
+        self._blocked_seen = count
+        t = float(check.get("t", 0.0))
+        ready = [p for p in self._pending if p[0] <= t]
+        if not ready:
+            return
+        self._pending = [p for p in self._pending if p[0] > t]
+        verdict = "blocked" if new_blocks > 0 or check.get("verdict") == "blocked" else "passed"
+        for _, rid in ready:
+            self._write({"kind": "frame_check", "id": rid, "verdict": verdict, "scene": check.get("scene", "")})
+        self._pending_blocked = self.blocked
+
+    def _audit_prompt(self, change: Any, moment: Moment) -> None:
+        value = change.value if isinstance(change.value, dict) else {}
+        verdict = str(value.get("verdict", "?"))
+        if verdict != "ok":
+            self.refused_prompts += 1
+        self._record += 1
+        frame_check = "off" if not self.settings.blocked and not moment.scene.vision.negative else \
+            "not_applied" if verdict != "ok" else "pending"
+        if frame_check == "pending":
+            if not self._pending:
+                self._pending_blocked = self.blocked
+            self._pending.append((change.t, self._record))
+            del self._pending[:-256]  # bounded while no frame is checked (decoder released)
+        self._write({"kind": "prompt", "id": self._record, "show_t": round(change.t, 3), "sender": change.source,
+                     "slot": value.get("slot"), "text": value.get("text", ""), "guard": verdict,
+                     "frame_check": frame_check, "scene": moment.scene.name})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.write({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record})
+
+    def _describe_loop(self, moment: Moment) -> None:
+        sv = moment.scene.vision
+        if not sv.describe_loop:
+            self._loop_scene = None
+            return
+        if self._loop_scene != moment.scene.name:
+            self._loop_scene = moment.scene.name
+            self._drift = DriftGuard(sv.drift_guard)
+            self._path = 0.0
+        self._path += moment.dt * float(self.bus.targets().get("speed", 1.0))
+        if self._path < sv.period or not self.reading:
+            return
+        self._path = 0.0
+        line = self._drift.next(self.reading.get("ranked", {}))
+        result = self._guard.check(line)
+        if not result.ok:
+            self.loop_refused += 1
+            log.warning("describe loop: description refused by the prompt guard (%s)", result.reason)
+            return
+        self.bus.post(Event("prompt", (None, result.text, None), "vision"))
+        self.loop_prompts += 1
+        self.chain.append(result.text)
+        log.info("describe loop: %s", " -> ".join(self.chain))
+
+
+class SteerWorker:
+    """Runs steering rounds on its own thread (its own CLIP model and low-resolution decoder, loaded on the first
+    round); one round at a time, a round offered while one runs is refused (the next tick offers it again)."""
+
+    def __init__(self, settings: VisionSettings, bus: Any) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.text = ""
+        self._job: tuple | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._steerer = None
+        self.rounds = self.jumps = self.faults = 0
+        self.last_scores: list[float] = []
+
+    def offer(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> bool:
+        with self._cond:
+            if self._job is not None or self._closed:
+                return False
+            self._job = (scene, seed, tau, params, text, strength)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vision-steer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._closed)
+                if self._closed:
+                    break
+                scene, seed, tau, params, text, strength = self._job
+            try:
+                self._round(scene, seed, tau, params, text, strength)
+            except Exception as e:  # noqa: BLE001 - steering never stops the show
+                self.faults += 1
+                if self.faults in (1, 100, 10000):
+                    log.warning("steering round failed (%s), %d so far", e, self.faults)
+            with self._cond:
+                self._job = None
+        if self._steerer is not None:
+            self._steerer.close()
+
+    def _round(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> None:
+        if self._steerer is None:
+            from .clip import ClipModel
+            from .steer import Steerer
+
+            clip = ClipModel(self.settings)
+            self._steerer = Steerer(clip, clip.device)
+        prompts = tuple((p.text, p.weight) for p in scene.prompts)
+        verdict = self._steerer.evaluate(scene, seed, tau, params, text, strength, scene.steer, prompts)
+        self.rounds += 1
+        self.last_scores = [round(s, 4) for s in verdict.scores]
+        if verdict.jump is not None:
+            self.jumps += 1
+            self.bus.post(Event("seed", verdict.jump, "vision.steer"))
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(60)  # a round (or the first model load) in progress is let finish
+            if self._thread.is_alive():
+                log.warning("a steering round is still running after 60 s; leaving it")
+        self._thread = None
+        self._closed = False
+        self._job = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
+                "last_scores": self.last_scores}
+
+
+@register("vision", table="vision", settings=VisionSettings, params=vision_params, order=50, hooks=vision_hooks,
+          check=check_vision)
+def build(settings: VisionSettings, ctx: PartContext) -> VisionPart | None:
+    """The vision part: only with ``[vision] enabled = true`` (the CLIP worker runs in the decoder's process)."""
+    return VisionPart(settings, ctx) if settings.enabled else None

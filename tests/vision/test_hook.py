@@ -1,0 +1,113 @@
+"""The CLIP worker as a post-render hook: the frame check holds frames (the last safe one stays), the reader never
+makes the decoder wait (latest wins, skips counted), similarities to the prompt slots land on the bus."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from installation.bus import ParamBus
+from installation.render.hooks import HookRunner, apply_result
+from installation.render.slot import Frame
+from installation.vision.hook import VisionHook, VisionHookOptions
+from installation.vision.part import vision_params
+from support import wait_until
+
+
+def _frame(seed: int, seq: int, prompts=(), scene="a") -> Frame:
+    rgb = np.random.default_rng(seed).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    return Frame(rgb, seq, seq / 20, time.monotonic(), scene, 0, tuple(prompts))
+
+
+def test_a_blocked_concept_made_to_match_holds_the_frame(tiny_clip, clip_model):
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings(blocked=("a cat",), threshold=0.999)), clip_model)
+    try:
+        results = []
+        hook.bind(results.append)
+        bad, good = _frame(1, 1), _frame(2, 2)
+        assert hook.admit(bad) and hook.admit(good)  # the text concept matches neither at 0.999
+        hook._blocked_all = clip_model.embed_frames([bad.rgb])  # the concept's embedding set to the frame's
+        assert not hook.admit(bad)
+        assert hook.admit(good)
+        assert hook.blocked == 1 and hook.checked == 4
+        verdicts = [r["notes"]["vision.frame_check"]["verdict"] for r in results if "notes" in r]
+        assert "blocked" in verdicts
+        assert any(r["params"]["vision.blocked"] == 1.0 for r in results)
+    finally:
+        hook.close()
+
+
+def test_a_scenes_negative_concepts_apply_to_its_frames_only(tiny_clip, clip_model):
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings(threshold=0.999), {"b": ("a hidden thing",)}), clip_model)
+    try:
+        assert hook.concepts_for("a") is None and hook.concepts_for("b").shape[0] == 1
+        frame = _frame(3, 1, scene="b")
+        hook._blocked["b"] = clip_model.embed_frames([frame.rgb])
+        assert not hook.admit(frame) and hook.admit(_frame(3, 2, scene="a"))
+    finally:
+        hook.close()
+
+
+def test_similarity_to_each_prompt_slot_lands_on_the_bus(tiny_clip, clip_model):
+    settings = tiny_clip.settings()
+    bus = ParamBus(vision_params(settings))
+    journal = bus.subscribe()
+    runner = HookRunner([("vision", VisionHookOptions(settings))], lambda r: apply_result(bus, r))
+    hook = runner.hooks[0]
+    try:
+        frame = _frame(4, 1, prompts=("a lighthouse", "a storm"))
+        assert runner.admit(frame)  # no concepts: no check, and no wait for the model
+        runner(frame)
+        assert hook.loading_skipped == 1 or hook.embedded == 1  # offered while the model loads: skipped
+        assert hook.wait_ready(60)
+        runner(frame)
+        assert wait_until(lambda: bus.notes().get("vision.description"), timeout=30)
+        emb = clip_model.embed_frames([frame.rgb])[0].astype(np.float32)
+        texts = clip_model.embed_texts(["a lighthouse", "a storm"]).astype(np.float32)
+        assert wait_until(lambda: bus.targets()["vision.similarity.1"] != 0.0, timeout=10)
+        for i in range(2):
+            assert bus.targets()[f"vision.similarity.{i}"] == pytest.approx(float(texts[i] @ emb), abs=5e-3)
+        assert bus.targets()["vision.similarity.2"] == 0.0
+        notes = [c for c in journal.drain() if c.kind == "note"]
+        assert {"vision.description", "vision.reading", "vision.stats"} <= {c.name for c in notes}
+        assert all(c.source == "hook:vision" for c in notes)
+        description = bus.notes()["vision.description"]
+        assert len(description.split(", ")) == 4  # subject, material, style, mood from the shipped vocabulary
+    finally:
+        runner.close()
+    assert not hook._thread.is_alive()
+
+
+def test_the_reader_never_waits_latest_wins_and_counts_skips(tiny_clip, clip_model):
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings(every_n=2)), clip_model)
+    got = []
+    hook.bind(got.append)
+    try:
+        t0 = time.perf_counter()
+        for i in range(1, 201):
+            hook(_frame(i % 7, i))
+        handed = time.perf_counter() - t0
+        # every 2nd frame sampled; each one embedded or skipped (a newer one arrived before the worker took it)
+        assert wait_until(lambda: hook.embedded + hook.skipped == 100, timeout=30)
+        assert hook.offered == 200 and hook._pending is None
+        assert hook.skipped > 0
+        assert handed < 1.0  # 200 hand-overs; the embeddings themselves ran on the vision thread
+    finally:
+        hook.close()
+
+
+def test_a_frame_check_that_cannot_start_holds_every_frame(tiny_clip, tmp_path):
+    settings = tiny_clip.settings(blocked=("x",)).model_copy(update={"vocabulary": str(tmp_path / "none.txt")})
+    runner = HookRunner([("vision", VisionHookOptions(settings))], lambda r: None)
+    assert runner.faults == 1 and not runner.admit(_frame(1, 1))
+    open_runner = HookRunner([("vision", VisionHookOptions(settings.model_copy(update={"blocked": ()})))],
+                             lambda r: None)
+    try:  # no check configured: the model loads on the vision thread, fails there, and frames go on
+        assert open_runner.admit(_frame(1, 1))
+        assert wait_until(lambda: open_runner.hooks[0].faults == 1, timeout=60)
+        open_runner(_frame(1, 2))
+        assert open_runner.admit(_frame(1, 3)) and open_runner.hooks[0].loading_skipped == 1
+    finally:
+        open_runner.close()
