@@ -117,12 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     out = spec.config.output
+    if getattr(args, "calibrate", False) and not spec.config.outputs:
+        return _fail(f"{spec.path}: no [[outputs]] to calibrate (see the README's Projection section)")
+    from .render.projection import window_size
+
+    size, borderless = window_size(spec.config)  # [[outputs]]: one borderless window over all of them
     _setup_logging(args.log_level or spec.config.log.level, spec)
     from .ops.limits import raise_nofile_limit
 
     raise_nofile_limit()  # systemd's soft 1024 is too few; before the decoder process and ffmpeg inherit it
-    if args.record and (out.size.w % 2 or out.size.h % 2):
-        return _fail(f"--record needs an even output size, got {out.size}")
+    if args.record and (size[0] % 2 or size[1] % 2):
+        return _fail(f"--record needs an even output size, got {size[0]}x{size[1]}")
     from .render.targets import preload_decoders
 
     preload_decoders(s.decoder.type for s in spec.scenes)
@@ -132,13 +137,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.headless:
         from .render.targets import HeadlessTarget
 
-        target = HeadlessTarget(out.size)
+        target = HeadlessTarget(size)
     else:
         from .render.targets import NoDisplay, WindowTarget
 
         try:
-            target = WindowTarget(out.size, out.fullscreen, out.display, out.vsync and not args.fixed_step,
-                                  out.title, out.hide_cursor)
+            target = WindowTarget(size, out.fullscreen and not borderless, out.display,
+                                  out.vsync and not args.fixed_step, out.title, out.hide_cursor, borderless=borderless)
         except NoDisplay as e:
             return _fail(str(e))
         except Exception as e:  # noqa: BLE001 - no display is a start-up error, not a crash
@@ -174,6 +179,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     # Signal handlers only set flags; the loop does the work at its next tick (fade out and save, or reload).
     signals.attach(runtime)
+    if getattr(args, "calibrate", False):
+        from .bus import Event
+
+        runtime.bus.post(Event("calibrate", True, source="cli"))
     if not args.headless:
         from .ops import inhibit_blanking
 
@@ -344,7 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fullscreen", action="store_true", help="borderless fullscreen")
     r.add_argument("--no-resume", action="store_true",
                    help="start the show from its beginning instead of the saved state (it is still saved)")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, calibrate=False)
+    cal = sub.add_parser("calibrate", help="run the show with the projector outputs' test patterns to calibrate",
+                         description="Run the show with a test pattern on each [[outputs]] entry: move corners and "
+                                     "mesh points with the keyboard or mouse (or OSC /output/...), P shows the "
+                                     "picture, S saves beside the config (it also saves a second after each change)."
+                                     " Keys: see the README's Projection section.")
+    for action in r._actions[1:]:  # the same options as run (all but -h)
+        cal._add_action(action)
+    cal.set_defaults(func=cmd_run, calibrate=True)
 
     so = sub.add_parser("soak", help="run headless with faults injected and report whether anything crashed",
                         description="Run the show headless at a small size with faults injected (decoder "
