@@ -203,7 +203,8 @@ def corner_pin(corners) -> np.ndarray:
     """The homography from the unit square to the (top-left, top-right, bottom-right, bottom-left) quad, checked to
     keep the quad convex (a twisted quad folds the picture over itself)."""
     q = np.asarray(corners, float)
-    cross = [np.cross(q[(i + 1) % 4] - q[i], q[(i + 2) % 4] - q[(i + 1) % 4]) for i in range(4)]
+    edges = [q[(i + 1) % 4] - q[i] for i in range(4)]
+    cross = [a[0] * b[1] - a[1] * b[0] for a, b in zip(edges, edges[1:] + edges[:1])]
     if not (all(c > 1e-9 for c in cross) or all(c < -1e-9 for c in cross)):
         raise ValueError("corners must form a convex quad in the order top-left, top-right, bottom-right, "
                          "bottom-left")
@@ -245,11 +246,10 @@ def mesh_eval(grid: np.ndarray, st: np.ndarray, kind: str = "bicubic") -> np.nda
         a = grid[iy, ix] * (1 - tx)[:, None] + grid[iy, ix + 1] * tx[:, None]
         b = grid[iy + 1, ix] * (1 - tx)[:, None] + grid[iy + 1, ix + 1] * tx[:, None]
         return a * (1 - ty)[:, None] + b * ty[:, None]
-    rows_at = []
-    for dy in (-1, 0, 1, 2):
-        y = np.clip(iy + dy, 0, rows - 1)
-        p = [grid[y, np.clip(ix + dx, 0, cols - 1)] for dx in (-1, 0, 1, 2)]
-        rows_at.append(_catmull(*p, tx))
+    # Ghost points extrapolated linearly past the edges, so that an even grid maps exactly onto itself.
+    g = np.concatenate([2 * grid[:1] - grid[1:2], grid, 2 * grid[-1:] - grid[-2:-1]], axis=0)
+    g = np.concatenate([2 * g[:, :1] - g[:, 1:2], g, 2 * g[:, -1:] - g[:, -2:-1]], axis=1)
+    rows_at = [_catmull(*[g[iy + 1 + dy, ix + 1 + dx] for dx in (-1, 0, 1, 2)], tx) for dy in (-1, 0, 1, 2)]
     return _catmull(*rows_at, ty)
 
 

@@ -35,7 +35,7 @@ void main() {
     float lift = black * (1.0 - zone);
     col = (lift + (1.0 - lift) * col * w) * gain;
     if (use_mask == 1) {
-        col *= texture(mask, (gl_FragCoord.xy - viewport.xy) / viewport.zw).a;
+        col *= texture(mask, (gl_FragCoord.xy - viewport.xy) / viewport.zw).r;  // the PNG's alpha, uploaded alone
     }
     fragColor = vec4(col, 1.0);
 }
