@@ -375,32 +375,44 @@ def reference_output(canvas: np.ndarray, region: tuple[int, int, int, int], size
 class _OutputGL:
     placed: Placed
     warp: Warp
-    vbo: Any = None
-    ibo: Any = None
-    vao: Any = None
+    map: Any = None  # the warp map texture (RGBA32F at the output's size: src uv, weight, lift)
+    map_fbo: Any = None
     mask: Any = None
     pattern: Any = None  # the calibration test pattern texture, while calibrating
-    drawn: Any = field(default=None)  # the warp the buffers hold (rebuilt when it changes)
+    drawn: Any = field(default=None)  # the warp the map holds (redrawn when it changes)
 
 
 class Projection:
     """Every ``[[outputs]]`` entry drawn into its viewport of one framebuffer, one pass each; the same face as
     :class:`~.outputs.Output` (``show``, ``read``, ``size``, ``release``), so the runtime and the presented-frame
-    tap do not care which they have. ``calibration`` (see :mod:`.calibration`) holds the live warps."""
+    tap do not care which they have. ``calibration`` (see :mod:`.calibration`) holds the live warps.
+
+    Each output's warp (corner pin, mesh, blend ramps, lift, mask) is drawn into a float "warp map" only when it
+    changes; per frame an output costs one full-viewport pass of one fetch and one canvas sample, like the plain
+    window's blit. (Drawing the tessellated mesh with the ramps every frame cost 4-6 times that on llvmpipe.)
+    """
 
     def __init__(self, ctx, framebuffer, size: tuple[int, int], canvas: tuple[int, int], placed: list[Placed],
                  base_dir: Path, warps: list[Warp] | None = None, level: float = 1.0, name: str = "projection") -> None:
+        from .present import VERTEX
+
         self.ctx, self.framebuffer, self.name = ctx, framebuffer, name
         self.size = (int(size[0]), int(size[1]))
         self.canvas = (int(canvas[0]), int(canvas[1]))  # the size the regions refer to (the texture may be smaller)
         self.calibration = None  # a .calibration.Calibration when the runtime drives one
         self.level = float(level)
         self.frames = 0
-        self.program = ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
-                                   fragment_shader=(SHADER_DIR / "warp.frag").read_text())
+        self.map_draws = 0
+        self.map_program = ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
+                                       fragment_shader=(SHADER_DIR / "warp.frag").read_text())
+        self.program = ctx.program(vertex_shader=VERTEX, fragment_shader=(SHADER_DIR / "show.frag").read_text())
+        self.vao = ctx.vertex_array(self.program, [])
         self.outputs: list[_OutputGL] = []
         for i, p in enumerate(placed):
             out = _OutputGL(p, warps[i] if warps else Warp.from_spec(p.spec, p.size))
+            out.map = ctx.texture(p.size, 4, dtype="f4")
+            out.map.filter = (0x2600, 0x2600)  # GL_NEAREST: one texel per output pixel
+            out.map_fbo = ctx.framebuffer(color_attachments=[out.map])
             if p.spec.mask:
                 alpha = load_mask(base_dir / p.spec.mask)
                 out.mask = ctx.texture((alpha.shape[1], alpha.shape[0]), 1, np.ascontiguousarray(alpha[::-1]).data,
@@ -409,75 +421,80 @@ class Projection:
                 out.mask.repeat_x = out.mask.repeat_y = False
             self.outputs.append(out)
         self.show_pattern = False
+        # Every output pass fills its whole viewport; only window pixels outside all of them need clearing.
+        self._gaps = sum(p.size[0] * p.size[1] for p in placed) != self.size[0] * self.size[1]
 
     @property
     def warps(self) -> list[Warp]:
         return [o.warp for o in self.outputs]
 
-    def _buffers(self, out: _OutputGL) -> None:
-        """(Re)build an output's grid when its warp changed (calibration); a warp that cannot be drawn (a twisted
-        quad) keeps the last good grid."""
+    def _draw_map(self, out: _OutputGL) -> None:
+        """Redraw an output's warp map when its warp changed (calibration); a warp that cannot be drawn (a twisted
+        quad, points sent to infinity) keeps the last good one."""
         if out.drawn is not None and _same(out.drawn, out.warp):
             return
         try:
             verts, idx = out.warp.grid()
+            if not np.all(np.isfinite(verts)):
+                raise ValueError("the corners send points to infinity")
         except ValueError as e:
+            if out.drawn is None:
+                raise ValueError(f"{out.placed.name}: {e}") from None
             log.warning("%s: %s; keeping the last good warp", out.placed.name, e)
-            if out.drawn is not None:
-                out.warp = out.drawn.copy()
-                return
-            raise
-        if not np.all(np.isfinite(verts)):
-            log.warning("%s: the warp sends points to infinity; keeping the last good warp", out.placed.name)
-            if out.drawn is not None:
-                out.warp = out.drawn.copy()
-                return
-            raise ValueError(f"{out.placed.name}: the corners send points to infinity")
-        for obj in (out.vao, out.vbo, out.ibo):
-            if obj is not None:
-                obj.release()
-        out.vbo = self.ctx.buffer(verts.tobytes())
-        out.ibo = self.ctx.buffer(idx.tobytes())
-        out.vao = self.ctx.vertex_array(self.program, [(out.vbo, "2f 3f", "in_src", "in_pos")], out.ibo)
+            out.warp = out.drawn.copy()
+            return
+        prog, w = self.map_program, out.warp
+        vbo, ibo = self.ctx.buffer(verts.tobytes()), self.ctx.buffer(idx.tobytes())
+        vao = self.ctx.vertex_array(prog, [(vbo, "2f 3f", "in_src", "in_pos")], ibo)
+        prog["blend"].value = tuple(float(w.blend[s]) for s in SIDES)
+        for key in ("gamma", "curve", "black"):
+            prog[key].value = float(w.blend[key])
+        prog["size"].value = tuple(float(v) for v in out.placed.size)
+        prog["use_mask"].value = int(out.mask is not None)
+        if out.mask is not None:
+            out.mask.use(1)
+            prog["mask"].value = 1
+        out.map_fbo.use()
+        out.map_fbo.clear(0.0, 0.0, 0.0, 0.0)
+        vao.render()
+        for obj in (vao, vbo, ibo):
+            obj.release()
         out.drawn = out.warp.copy()
+        self.map_draws += 1
 
     def show(self, canvas, master: float = 1.0) -> None:
         """Draw the canvas (black when there is none yet) through every output's warp, faded to level * master."""
         if self.calibration is not None:
             self.calibration.tick()
+        for out in self.outputs:
+            self._draw_map(out)
         fb = self.framebuffer
         fb.use()
         fb.viewport = (0, 0, *self.size)
-        fb.clear(0.0, 0.0, 0.0, 1.0)
         if canvas is None and not self.show_pattern:
+            fb.clear(0.0, 0.0, 0.0, 1.0)
             return
+        if self._gaps:
+            fb.clear(0.0, 0.0, 0.0, 1.0)
         prog = self.program
         level = min(max(self.level * master, 0.0), 1.0)
+        cw, ch = self.canvas
         for out in self.outputs:
-            self._buffers(out)
-            p, w = out.placed, out.warp
-            vp = (p.position[0], self.size[1] - p.position[1] - p.size[1], p.size[0], p.size[1])
-            fb.viewport = vp
+            p = out.placed
             src = out.pattern if self.show_pattern and out.pattern is not None else canvas
             if src is None:
                 continue
+            vp = (p.position[0], self.size[1] - p.position[1] - p.size[1], p.size[0], p.size[1])
+            fb.viewport = vp
             src.use(0)
+            out.map.use(1)
             prog["canvas"].value = 0
-            cw, ch = self.canvas
+            prog["warp_map"].value = 1
             x, y, rw, rh = p.region
             prog["region"].value = (x / cw, y / ch, rw / cw, rh / ch) if src is canvas else (0.0, 0.0, 1.0, 1.0)
-            b = w.blend
-            prog["blend"].value = tuple(float(b[s]) for s in SIDES)
-            for key in ("gamma", "curve", "black"):
-                prog[key].value = float(b[key])
-            prog["gain"].value = w.brightness * (1.0 if src is out.pattern else level)
-            prog["viewport"].value = tuple(float(v) for v in vp)
-            if "use_mask" in prog:
-                prog["use_mask"].value = int(out.mask is not None)
-            if out.mask is not None:
-                out.mask.use(1)
-                prog["mask"].value = 1
-            out.vao.render()
+            prog["gain"].value = out.warp.brightness * (1.0 if src is out.pattern else level)
+            prog["origin"].value = (float(vp[0]), float(vp[1]))
+            self.vao.render(vertices=3)
         fb.viewport = (0, 0, *self.size)
         self.frames += 1
 
@@ -495,10 +512,11 @@ class Projection:
 
     def release(self) -> None:
         for out in self.outputs:
-            for obj in (out.vao, out.vbo, out.ibo, out.mask, out.pattern):
+            for obj in (out.map_fbo, out.map, out.mask, out.pattern):
                 if obj is not None:
                     obj.release()
-        self.program.release()
+        for obj in (self.vao, self.program, self.map_program):
+            obj.release()
 
 
 def _same(a: Warp, b: Warp) -> bool:

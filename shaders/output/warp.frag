@@ -1,18 +1,16 @@
 #version 330
-// Projector output pass: the output's share of the canvas, soft-edge blend ramps with gamma and black-level lift,
-// brightness and master level, then the mask's alpha. numpy reference: projection.reference_output().
-uniform sampler2D canvas;
-uniform vec4 region;      // x, y, w, h of the output's share, in canvas uv (y down)
+// Projector output, the warp map (drawn only when the warp changes): for each output pixel, where it reads the
+// output's share of the canvas (src) and what multiplies and lifts it there (blend ramps, black-level lift, mask),
+// so that the per-frame pass (show.frag) is one fetch and one sample. numpy reference: projection.reference_output().
 uniform vec4 blend;       // ramp widths at the left, right, top and bottom, in fractions of the share
 uniform float gamma;      // the projector's gamma: the ramp is in light, the value sent is ramp^(1/gamma)
 uniform float curve;      // exponent of the S-shaped ramp (1 = linear)
 uniform float black;      // black-level lift outside the blend zones (matches the overlap's doubled black)
-uniform float gain;       // brightness x level x master fade
-uniform sampler2D mask;
+uniform sampler2D mask;   // the mask PNG's alpha (uploaded alone, so in .r)
 uniform int use_mask;
-uniform vec4 viewport;    // the output's viewport in the framebuffer: x, y, w, h (GL pixels)
+uniform vec2 size;        // the output's size in pixels
 in vec2 src;
-out vec4 fragColor;
+out vec4 fragColor;       // src.x, src.y, weight of the picture, lift (outside the quad all 0: black)
 
 float ramp(float t) {
     t = clamp(t, 0.0, 1.0);
@@ -21,8 +19,6 @@ float ramp(float t) {
 }
 
 void main() {
-    vec2 c = region.xy + clamp(src, 0.0, 1.0) * region.zw;
-    vec3 col = texture(canvas, vec2(c.x, 1.0 - c.y)).rgb;
     vec4 d = vec4(src.x, 1.0 - src.x, src.y, 1.0 - src.y);  // distance to each edge
     float w = 1.0;
     float zone = 0.0;
@@ -33,9 +29,6 @@ void main() {
         }
     }
     float lift = black * (1.0 - zone);
-    col = (lift + (1.0 - lift) * col * w) * gain;
-    if (use_mask == 1) {
-        col *= texture(mask, (gl_FragCoord.xy - viewport.xy) / viewport.zw).r;  // the PNG's alpha, uploaded alone
-    }
-    fragColor = vec4(col, 1.0);
+    float m = use_mask == 1 ? texture(mask, gl_FragCoord.xy / size).r : 1.0;
+    fragColor = vec4(clamp(src, 0.0, 1.0), (1.0 - lift) * w * m, lift * m);
 }
