@@ -423,6 +423,12 @@ class Projection:
         self.show_pattern = False
         # Every output pass fills its whole viewport; only window pixels outside all of them need clearing.
         self._gaps = sum(p.size[0] * p.size[1] for p in placed) != self.size[0] * self.size[1]
+        # Draw the warp maps and compile both passes now (a bad warp fails here, at start), not in the first tick.
+        for out in self.outputs:
+            self._draw_map(out)
+        self.show(self.outputs[0].map if self.outputs else None)
+        framebuffer.clear(0.0, 0.0, 0.0, 1.0)
+        self.frames = 0
 
     @property
     def warps(self) -> list[Warp]:
