@@ -128,6 +128,7 @@ _BUILTINS = {
     "osc": "installation.inputs.osc",
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
+    "sinks": "installation.render.ndi",
 }
 _loaded = False
 
