@@ -351,7 +351,7 @@ def outputs_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         {"name": "right", "region": [half - overlap, 0, half + overlap, h], "size": [w - half, h],
          "blend": {"left": width, "black": 0.02}, "mesh": {"cols": 5, "rows": 5, "points": bend}})]
     plain = dc_replace(spec, config=cfg.model_copy(update={"outputs": [], "canvas": cfg.canvas.model_copy(
-        update={"size": None})}))
+        update={"size": ""})}))
     two = dc_replace(spec, config=cfg.model_copy(update={"outputs": outputs, "canvas": cfg.canvas.model_copy(
         update={"size": cfg.output.size})}))
     device = resolve_device(cfg.decoder.device)

@@ -98,7 +98,7 @@ class OutputSpec(_Strict):
 class CanvasConfig(_Strict):
     """``[canvas]``: the size the show renders at; unset, the ``[output]`` size (one plain window, as ever)."""
 
-    size: Size | None = None
+    size: Size | Literal[""] = ""
 
 
 # -- layout ------------------------------------------------------------------------------------------------------
