@@ -369,5 +369,38 @@ def outputs_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         out[f"{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
     a, b = out["plain_present_ms_p99"], out["two_outputs_present_ms_p99"]
     out["present_ms_p99_two_vs_plain"] = round(b / a, 3) if a else None
+    out.update(output_pass_ms(two.config))
     out["gl_renderer"] = runs["plain"][0]["gl_renderer"]
     return out
+
+
+def output_pass_ms(config: Any, frames: int = 30) -> dict[str, Any]:
+    """Median milliseconds of the output passes alone (GL finished), plain blit vs the config's outputs, on one
+    canvas texture at a quarter of the window's size (the presenter's usual work size), alternating."""
+    import statistics
+    from pathlib import Path
+
+    from .render.outputs import Output
+    from .render.projection import Projection, canvas_size, place, window_size
+
+    size, _ = window_size(config)
+    target = HeadlessTarget(size)
+    try:
+        ctx = target.ctx
+        canvas = ctx.texture((max(size[0] // 4, 8), max(size[1] // 4, 8)), 4)
+        plain = Output(ctx, target.framebuffer, size, fit="stretch")
+        proj = Projection(ctx, target.framebuffer, size, canvas_size(config), place(config), Path("."))  # no masks here
+        times: dict[str, list[float]] = {"plain": [], "two_outputs": []}
+        for _ in range(frames):
+            for key, out in (("plain", plain), ("two_outputs", proj)):
+                ctx.finish()
+                t0 = time.perf_counter()
+                out.show(canvas, 1.0)
+                ctx.finish()
+                times[key].append(time.perf_counter() - t0)
+        plain.release()
+        proj.release()
+        canvas.release()
+    finally:
+        target.close()
+    return {f"{k}_output_pass_ms_median": round(statistics.median(v) * 1000.0, 2) for k, v in times.items()}

@@ -179,10 +179,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     # Signal handlers only set flags; the loop does the work at its next tick (fade out and save, or reload).
     signals.attach(runtime)
-    if getattr(args, "calibrate", False):
+    if getattr(args, "calibrate", False):  # the test patterns from the first frame (render/calibration.py)
         from .bus import Event
 
-        runtime.bus.post(Event("calibrate", True, source="cli"))
+        runtime.output.handle_event(Event("calibrate", True, source="cli"))
     if not args.headless:
         from .ops import inhibit_blanking
 

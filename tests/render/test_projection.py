@@ -371,3 +371,16 @@ def test_two_outputs_in_a_real_x_window(tmp_path, xvfb):
     left, right = shot[:192, :160].astype(int), shot[:192, 160:320].astype(int)
     assert np.abs(left - right[:, ::-1]).mean() < 4  # the same region, mirrored, side by side
     assert np.abs(left - right).mean() > 4  # and not merely the same picture twice
+
+
+def test_the_calibrate_command(tmp_path):
+    from support import run_cli
+
+    plain = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("calibrate", "--config", str(plain), "--headless", "--duration", "1")
+    assert r.returncode == 2 and "no [[outputs]] to calibrate" in r.stderr
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')}, extra=TWO)
+    r = run_cli("calibrate", "--config", str(cfg), "--headless", "--duration", "2", "--no-resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "calibrating 2 outputs" in r.stderr and "on headless at 128x48" in r.stderr
+    assert not calibration_path(cfg).exists()  # nothing changed: nothing written
