@@ -19,7 +19,6 @@ mesh (bilinear or bicubic between its control points) -> corner pin. :func:`refe
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal

@@ -4,7 +4,6 @@ the calibration file; OSC and keys reaching a running show; two outputs in a rea
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
 
 from support import ROOT, play_while, scene_toml, write_show
-from test_window import screenshot, xvfb  # noqa: F401  (the X server fixture)
+from test_window import run_and_shoot, xvfb  # noqa: F401  (the X server fixture)
 
 CW, CH = 96, 64
 
@@ -350,22 +349,9 @@ def test_two_outputs_in_a_real_x_window(tmp_path, xvfb):
     extra = ('[canvas]\nsize = "160x96"\n[[outputs]]\nregion = [0, 0, 80, 96]\nsize = "160x192"\n'
              '[[outputs]]\nregion = [0, 0, 80, 96]\nsize = "160x192"\nflip = "h"\n')
     cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')}, extra=extra)
-    env = {**os.environ, "DISPLAY": xvfb, "SDL_VIDEODRIVER": "x11"}
-    proc = subprocess.Popen([sys.executable, "-m", "installation", "run", "--config", str(cfg), "--duration", "8"],
-                            env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    try:
-        shot = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            img = screenshot(xvfb, tmp_path / "shot.png")
-            if img is not None and img[:192, :320].std() > 5:
-                shot = img
-                break
-        assert shot is not None, "nothing appeared on the X screen"
-    finally:
-        out = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 0, out
+    shot, _ = run_and_shoot(xvfb, tmp_path, ["--config", str(cfg), "--duration", "8"],
+                            lambda img: img[:192, :320].std() > 5)
+    assert shot is not None, "nothing appeared on the X screen"
     lit = np.argwhere(shot.max(axis=2) > 0)
     assert lit.min(axis=0).tolist() == [0, 0] and lit.max(axis=0).tolist()[:2] <= [191, 319]  # at 0,0; 320x192
     left, right = shot[:192, :160].astype(int), shot[:192, 160:320].astype(int)

@@ -46,25 +46,33 @@ def screenshot(display: str, path) -> np.ndarray:
     return cv2.imread(str(path))
 
 
-def test_window_on_xvfb_shows_the_show(tmp_path, xvfb):
-    cfg = write_show(tmp_path, {"a": scene_toml()})
-    env = {**os.environ, "DISPLAY": xvfb, "SDL_VIDEODRIVER": "x11"}
-    proc = subprocess.Popen([sys.executable, "-m", "installation", "run", "--config", str(cfg), "--duration", "6",
-                             "--size", "320x180"], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+def run_and_shoot(display: str, tmp_path, args: list[str], shown) -> tuple[np.ndarray | None, str]:
+    """Run ``installation run ARGS`` on the X display and screenshot it until ``shown(img)`` holds (or it ends);
+    (the screenshot or None, the run's stderr), after the run has finished."""
+    env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11"}
+    proc = subprocess.Popen([sys.executable, "-m", "installation", "run", *args], env=env, cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    shot = None
     try:
-        shot = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            img = screenshot(xvfb, tmp_path / "shot.png")
-            if img is not None and img.max() > 0:
+            img = screenshot(display, tmp_path / "shot.png")
+            if img is not None and shown(img):
                 shot = img
                 break
-        assert shot is not None, "nothing appeared on the X screen"
-        lit = np.argwhere(shot.max(axis=2) > 0)
-        h, w = lit.max(axis=0) - lit.min(axis=0) + 1
-        assert (w, h) == (320, 180)  # the window, at the asked size
-        assert shot.std() > 5  # a picture, not a flat colour
     finally:
-        out = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 0, out
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    return shot, err
+
+
+def test_window_on_xvfb_shows_the_show(tmp_path, xvfb):
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    shot, _ = run_and_shoot(xvfb, tmp_path, ["--config", str(cfg), "--duration", "6", "--size", "320x180"],
+                            lambda img: img.max() > 0)
+    assert shot is not None, "nothing appeared on the X screen"
+    lit = np.argwhere(shot.max(axis=2) > 0)
+    h, w = lit.max(axis=0) - lit.min(axis=0) + 1
+    assert (w, h) == (320, 180)  # the window, at the asked size
+    assert shot.std() > 5  # a picture, not a flat colour
