@@ -90,6 +90,7 @@ class Calibration:
         self._undo: list[list[Warp]] = []
         self._dirty_at: float | None = None
         self._drag: tuple[int, str, int] | None = None
+        self._redraw = False
         self.saves = 0
         self.loaded = False
         self.counts: Counter[str] = Counter()
@@ -143,7 +144,9 @@ class Calibration:
         return True
 
     def tick(self) -> None:
-        """From the loop (the projection's show): save a second after the last change."""
+        """From the loop (the projection's show): redraw the patterns after changes, save a second after the last."""
+        if self._redraw and self.active:
+            self.draw_patterns()
         if self._dirty_at is not None and time.monotonic() - self._dirty_at >= AUTOSAVE_S:
             self.save()
 
@@ -156,8 +159,7 @@ class Calibration:
         return self.proj.outputs[n].warp
 
     def _changed(self) -> None:
-        if self.active:
-            self.draw_patterns()
+        self._redraw = True  # the patterns show the handles: redrawn once at the next frame, however many changes
 
     def set_corner(self, n: int, i: int, x: float, y: float) -> bool:
         if not (0 <= n < len(self.proj.outputs) and 0 <= i < 4 and _num(x) and _num(y)):
@@ -255,8 +257,11 @@ class Calibration:
         return True
 
     def _key(self, key: str) -> None:
-        mods, _, name = key.rpartition("+") if key not in ("+", "shift++") else ("", "", "+")
-        shift = "shift" in mods
+        mods = set()
+        while key.startswith(("ctrl+", "shift+")) and len(key) > len(key.split("+", 1)[0]) + 1:
+            head, key = key.split("+", 1)
+            mods.add(head)
+        name, shift = key, "shift" in mods
         n = len(self.proj.outputs)
         out = self.proj.outputs[self.output]
         moves = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -283,13 +288,13 @@ class Calibration:
             self.proj.show_pattern = not self.proj.show_pattern
         elif name == "r":
             self.reset(self.output)
-        elif name == "u" or (name == "z" and "ctrl" in mods):
+        elif name == "u" or (name == "z" and "ctrl" in mods and not shift):  # (Ctrl+Shift+Z is redo elsewhere)
             self.undo()
         elif name == "s":
             self.save()
         else:
             return
-        self.draw_patterns()
+        self._redraw = True
 
     def _nudge(self, d: tuple[int, int], px: int) -> None:
         out = self.proj.outputs[self.output]
@@ -337,7 +342,7 @@ class Calibration:
             self.output, self.handle = n, (near[0], near[1])
             self._drag = (n, near[0], near[1])
             self._undo.append([w.copy() for w in self.proj.warps])  # one undo step per drag
-            self.draw_patterns()
+            self._redraw = True
         elif what == "move" and self._drag is not None and self._drag[0] == n:
             _, kind, i = self._drag
             depth = len(self._undo)
@@ -351,6 +356,7 @@ class Calibration:
     # -- test patterns -------------------------------------------------------------------------------------------------
     def draw_patterns(self) -> None:
         """(Re)make every output's test pattern texture: grid, circles, its number, blend zones and handles."""
+        self._redraw = False
         for n, out in enumerate(self.proj.outputs):
             img = self.pattern(n)
             h, w = img.shape[:2]

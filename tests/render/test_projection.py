@@ -370,3 +370,23 @@ def test_the_calibrate_command(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "calibrating 2 outputs" in r.stderr and "on headless at 128x48" in r.stderr
     assert not calibration_path(cfg).exists()  # nothing changed: nothing written
+
+
+def test_key_names_with_modifiers(gl_ctx, canvas_tex, tmp_path):
+    cfg_path = write_show(tmp_path, {"a": scene_toml()}, extra=TWO)
+    proj, _, cleanup = _project(gl_ctx, load_show(cfg_path).config, canvas_tex)
+    cal = Calibration(proj, None)
+    try:
+        cal.set_active(True)
+        cal.take_action("key:[+]")  # the keypad's plus widens the selected side
+        assert proj.warps[0].blend["left"] == pytest.approx(0.01)
+        cal.take_action("key:ctrl+shift+z")  # not undo (shift), nothing else either
+        assert proj.warps[0].blend["left"] == pytest.approx(0.01)
+        cal.take_action("key:ctrl+z")
+        assert proj.warps[0].blend["left"] == 0.0
+        cal.take_action("key:shift+tab")
+        assert cal.output == 1
+        proj.show(canvas_tex, 1.0)  # the patterns are redrawn once, at the frame
+        assert not cal._redraw
+    finally:
+        cleanup()
