@@ -15,6 +15,7 @@ from typing import Any
 
 from .clock import WallClock
 from .config import ShowSpec
+from .render.projection import window_size
 from .render.targets import HeadlessTarget
 from .render.worker import DecoderGuard
 from .render.process import default_threads
@@ -61,7 +62,7 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = Fals
     every tick: ``present_ms_p99`` is what one tick costs (clock to swap), ``interval_ms_p99`` the time from one
     tick's start to the next (the pacing a viewer sees). With ``inputs`` the config's enabled inputs run too; the
     loop starts once the camera (if any) has delivered its first frame."""
-    target = HeadlessTarget(spec.config.output.size)
+    target = HeadlessTarget(window_size(spec.config)[0])  # [[outputs]]: the window spanning them
     try:
         rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=inputs)
         counts: dict[str, Any] = {"decoded": 0}
