@@ -42,6 +42,9 @@ class NdiSinkSettings(BaseModel):
     name: str = Field(default="installation", min_length=1, max_length=200)
     fps: float = Field(default=30.0, gt=0, le=240)  # at most this many frames a second are read back and sent
     groups: str = ""  # NDI groups ("" = the public group)
+    # Send only this rectangle of the window, x, y, w, h in pixels from its top-left (one projector output's
+    # viewport, say); empty: all of it.
+    crop: tuple[int, int, int, int] | tuple[()] = ()
 
 
 class SinksSettings(RootModel[list[NdiSinkSettings]]):
@@ -114,12 +117,20 @@ class NdiSink:
                     frame, self._frame = self._frame, None
                 if frame is None:
                     continue
-                rgb, fsize = frame
+                rgb, (w, h) = frame
+                img = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]  # GL rows are bottom first
+                if self.settings.crop:
+                    x, y, cw, ch = self.settings.crop
+                    img = img[y:y + ch, x:x + cw]  # clipped to the window if it reaches past it
+                    if img.size == 0:
+                        self.failures += 1
+                        self.error = f"crop {list(self.settings.crop)} lies outside the {w}x{h} window"
+                        continue
+                fsize = (img.shape[1], img.shape[0])
                 if fsize != size:
                     if sender is not None:
                         sender.close()
                     sender, size = self._open(fsize), fsize
-                img = np.frombuffer(rgb, np.uint8).reshape(size[1], size[0], 3)[::-1]  # GL rows are bottom first
                 rgba = np.empty((size[1], size[0], 4), np.uint8)
                 rgba[..., :3] = img
                 rgba[..., 3] = 255

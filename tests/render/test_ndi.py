@@ -41,7 +41,8 @@ def ndi_env(tmp_path, monkeypatch):
 
 def test_presented_frames_go_out_as_an_ndi_source(tmp_path, ndi_env):
     cfg = write_show(tmp_path, {"a": scene_toml(trajectory='kind = "still"', shaders='["present"]')},
-                     extra='[[sinks]]\nkind = "ndi"\nname = "installation-test"\nfps = 20\n')
+                     extra='[[sinks]]\nkind = "ndi"\nname = "installation-test"\nfps = 20\n'
+                     'crop = [80, 16, 80, 64]\n')  # one quarter-ish of the window: as one projector output's
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, WallClock(), fps=20)
@@ -69,11 +70,14 @@ def test_presented_frames_go_out_as_an_ndi_source(tmp_path, ndi_env):
     play_while(rt, target, watcher, seconds=150)
     assert result["recv"].returncode == 0, result["recv"].stderr[-2000:]
     frame = np.load(got)[..., ::-1].astype(int)  # BGR -> RGB
-    assert frame.shape == (96, 160, 3)
+    assert frame.shape == (64, 80, 3)
     assert sink.sent >= 5 and sink.stats()["failures"] == 0
-    presented = pixels(shown.frame[0], shown.frame[1]).astype(int)  # the still scene's picture
+    presented = pixels(shown.frame[0], shown.frame[1]).astype(int)[16:80, 80:160]  # the still scene's picture
     assert frame.std() > 5  # a picture, not black
     assert np.abs(frame - presented).mean() < 6  # the same picture, through a lossy codec
+    whole = pixels(shown.frame[0], shown.frame[1]).astype(int)
+    for y, x in ((0, 0), (32, 80), (16, 0)):  # and not another part of the window
+        assert np.abs(frame - whole[y:y + 64, x:x + 80]).mean() > 12
 
 
 def test_the_sink_never_blocks_and_counts_what_it_drops():
