@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 
 import cv2
@@ -76,3 +77,27 @@ def test_window_on_xvfb_shows_the_show(tmp_path, xvfb):
     h, w = lit.max(axis=0) - lit.min(axis=0) + 1
     assert (w, h) == (320, 180)  # the window, at the asked size
     assert shot.std() > 5  # a picture, not a flat colour
+
+
+def test_window_reports_keys_and_mouse_for_calibration():
+    """Real pygame events through a real (SDL offscreen) window's poll: the show's actions, plus every key and the
+    left mouse button as the calibration reads them."""
+    script = textwrap.dedent('''
+        import pygame
+        from installation.render.targets import WindowTarget
+        t = WindowTarget((64, 48), vsync=False, borderless=True)
+        post = pygame.event.post
+        post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RIGHT, mod=pygame.KMOD_LSHIFT))
+        post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_z, mod=pygame.KMOD_LCTRL))
+        post(pygame.event.Event(pygame.MOUSEBUTTONDOWN, button=1, pos=(5, 7)))
+        post(pygame.event.Event(pygame.MOUSEMOTION, buttons=(1, 0, 0), pos=(9, 8), rel=(4, 1)))
+        post(pygame.event.Event(pygame.MOUSEMOTION, buttons=(0, 0, 0), pos=(20, 8), rel=(11, 0)))
+        post(pygame.event.Event(pygame.MOUSEBUTTONUP, button=1, pos=(9, 8)))
+        print(repr(t.poll()))
+        t.close()
+    ''')
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "SDL_VIDEODRIVER": "offscreen", "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert eval(r.stdout.strip().splitlines()[-1]) == [
+        "key:shift+right", "next", "key:ctrl+z", "mouse:down:5,7", "mouse:move:9,8", "mouse:up:9,8"]
