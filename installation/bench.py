@@ -15,6 +15,7 @@ from typing import Any
 
 from .clock import WallClock
 from .config import ShowSpec
+from .render.projection import window_size
 from .render.targets import HeadlessTarget
 from .render.worker import DecoderGuard
 from .render.process import default_threads
@@ -61,7 +62,7 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = Fals
     every tick: ``present_ms_p99`` is what one tick costs (clock to swap), ``interval_ms_p99`` the time from one
     tick's start to the next (the pacing a viewer sees). With ``inputs`` the config's enabled inputs run too; the
     loop starts once the camera (if any) has delivered its first frame."""
-    target = HeadlessTarget(spec.config.output.size)
+    target = HeadlessTarget(window_size(spec.config)[0])  # [[outputs]]: the window spanning them
     try:
         rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=inputs)
         counts: dict[str, Any] = {"decoded": 0}
@@ -330,3 +331,77 @@ def osc_latency(spec: ShowSpec, trials: int = 10, size: tuple[int, int] = (640, 
         if values:
             out[key] = {"p50": round(statistics.median(values), 1), "max": round(max(values), 1), "n": len(values)}
     return out
+
+
+def outputs_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dict[str, Any]:
+    """Present p99 of the full headless loop with one plain output, then with two warped, blended outputs filling
+    the same window from the same canvas (a keystone on one, a bicubic mesh on the other, a soft-edged overlap),
+    ``rounds`` times alternating in this one process: the cost of the projector passes."""
+    from dataclasses import replace as dc_replace
+
+    from .render.projection import OutputSpec
+
+    cfg = spec.config
+    w, h = cfg.output.size
+    half, overlap = w // 2, w // 16
+    width = round(2 * overlap / (half + overlap), 4)
+    bend = [[x, y + (0.03 if 0 < x < 1 else 0.0)] for y in (0, 0.25, 0.5, 0.75, 1) for x in (0, 0.25, 0.5, 0.75, 1)]
+    outputs = [OutputSpec.model_validate(o) for o in (
+        {"name": "left", "region": [0, 0, half + overlap, h], "size": [half, h], "blend": {"right": width},
+         "corners": [[0.03, 0.0], [1.0, 0.02], [0.98, 1.0], [0.0, 0.97]]},
+        {"name": "right", "region": [half - overlap, 0, half + overlap, h], "size": [w - half, h],
+         "blend": {"left": width, "black": 0.02}, "mesh": {"cols": 5, "rows": 5, "points": bend}})]
+    plain = dc_replace(spec, config=cfg.model_copy(update={"outputs": [], "canvas": cfg.canvas.model_copy(
+        update={"size": ""})}))
+    two = dc_replace(spec, config=cfg.model_copy(update={"outputs": outputs, "canvas": cfg.canvas.model_copy(
+        update={"size": cfg.output.size})}))
+    device = resolve_device(cfg.decoder.device)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "two_outputs": []}
+    for _ in range(max(1, rounds)):
+        runs["plain"].append(runtime_fps(plain, seconds, device))
+        runs["two_outputs"].append(runtime_fps(two, seconds, device))
+    out: dict[str, Any] = {"scene": spec.scenes[0].name, "window": str(cfg.output.size), "canvas": str(cfg.output.size),
+                           "display_hz": DISPLAY_HZ, "seconds": seconds, "rounds": max(1, rounds)}
+    for mode, rs in runs.items():
+        out[f"{mode}_ticks"] = sum(r["ticks"] for r in rs)
+        out[f"{mode}_present_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_costs_s"]])
+        out[f"{mode}_present_ms_p99_by_round"] = [r["present_ms_p99"] for r in rs]
+        out[f"{mode}_present_fps"] = round(sum(r["present_fps"] for r in rs) / len(rs), 2)
+        out[f"{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
+    a, b = out["plain_present_ms_p99"], out["two_outputs_present_ms_p99"]
+    out["present_ms_p99_two_vs_plain"] = round(b / a, 3) if a else None
+    out.update(output_pass_ms(two.config))
+    out["gl_renderer"] = runs["plain"][0]["gl_renderer"]
+    return out
+
+
+def output_pass_ms(config: Any, frames: int = 30) -> dict[str, Any]:
+    """Median milliseconds of the output passes alone (GL finished), plain blit vs the config's outputs, on one
+    canvas texture at a quarter of the window's size (the presenter's usual work size), alternating."""
+    import statistics
+    from pathlib import Path
+
+    from .render.outputs import Output
+    from .render.projection import Projection, canvas_size, place, window_size
+
+    size, _ = window_size(config)
+    target = HeadlessTarget(size)
+    try:
+        ctx = target.ctx
+        canvas = ctx.texture((max(size[0] // 4, 8), max(size[1] // 4, 8)), 4)
+        plain = Output(ctx, target.framebuffer, size, fit="stretch")
+        proj = Projection(ctx, target.framebuffer, size, canvas_size(config), place(config), Path("."))  # no masks here
+        times: dict[str, list[float]] = {"plain": [], "two_outputs": []}
+        for _ in range(frames):
+            for key, out in (("plain", plain), ("two_outputs", proj)):
+                ctx.finish()
+                t0 = time.perf_counter()
+                out.show(canvas, 1.0)
+                ctx.finish()
+                times[key].append(time.perf_counter() - t0)
+        plain.release()
+        proj.release()
+        canvas.release()
+    finally:
+        target.close()
+    return {f"{k}_output_pass_ms_median": round(statistics.median(v) * 1000.0, 2) for k, v in times.items()}

@@ -121,12 +121,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         return _fail(str(e).strip("'\""))
     out = spec.config.output
+    if getattr(args, "calibrate", False) and not spec.config.outputs:
+        return _fail(f"{spec.path}: no [[outputs]] to calibrate (see the README's Projection section)")
+    from .render.projection import window_size
+
+    size, borderless = window_size(spec.config)  # [[outputs]]: one borderless window over all of them
     _setup_logging(args.log_level or spec.config.log.level, spec)
     from .ops.limits import raise_nofile_limit
 
     raise_nofile_limit()  # systemd's soft 1024 is too few; before the decoder process and ffmpeg inherit it
-    if args.record and (out.size.w % 2 or out.size.h % 2):
-        return _fail(f"--record needs an even output size, got {out.size}")
+    if args.record and (size[0] % 2 or size[1] % 2):
+        return _fail(f"--record needs an even output size, got {size[0]}x{size[1]}")
     from .render.targets import preload_decoders
 
     # [vision] loads open_clip in this process too (steering; hooks in thread isolation): the same preload.
@@ -137,13 +142,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.headless:
         from .render.targets import HeadlessTarget
 
-        target = HeadlessTarget(out.size)
+        target = HeadlessTarget(size)
     else:
         from .render.targets import NoDisplay, WindowTarget
 
         try:
-            target = WindowTarget(out.size, out.fullscreen, out.display, out.vsync and not args.fixed_step,
-                                  out.title, out.hide_cursor)
+            target = WindowTarget(size, out.fullscreen and not borderless, out.display,
+                                  out.vsync and not args.fixed_step, out.title, out.hide_cursor, borderless=borderless)
         except NoDisplay as e:
             return _fail(str(e))
         except Exception as e:  # noqa: BLE001 - no display is a start-up error, not a crash
@@ -179,6 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     # Signal handlers only set flags; the loop does the work at its next tick (fade out and save, or reload).
     signals.attach(runtime)
+    if getattr(args, "calibrate", False):  # the test patterns from the first frame (render/calibration.py)
+        from .bus import Event
+
+        runtime.output.handle_event(Event("calibrate", True, source="cli"))
     if not args.headless:
         from .ops import inhibit_blanking
 
@@ -296,6 +305,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = vision_bench(spec, seconds=args.seconds, rounds=args.rounds)
         except ValueError as e:
             return _fail(str(e))
+    elif args.outputs:
+        from .bench import outputs_bench
+
+        result = outputs_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -369,7 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the show from its beginning instead of the saved state (it is still saved)")
     r.add_argument("--replay", metavar="ARCHIVE", help="play an archived performance (FILE or FILE#SESSION) live, "
                    "looping; see `installation replay` for an offline re-render")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, calibrate=False)
+    cal = sub.add_parser("calibrate", help="run the show with the projector outputs' test patterns to calibrate",
+                         description="Run the show with a test pattern on each [[outputs]] entry: move corners and "
+                                     "mesh points with the keyboard or mouse (or OSC /output/...), P shows the "
+                                     "picture, S saves beside the config (it also saves a second after each change)."
+                                     " Keys: see the README's Projection section.")
+    for action in r._actions[1:]:  # the same options as run (all but -h)
+        cal._add_action(action)
+    cal.set_defaults(func=cmd_run, calibrate=True)
 
     so = sub.add_parser("soak", help="run headless with faults injected and report whether anything crashed",
                         description="Run the show headless at a small size with faults injected (decoder "
@@ -422,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera and --vision, alternating; runs for --archive (default 1)")
+                   help="off/on pairs for --camera, --vision and --outputs, alternating; runs for --archive (default 1)")
     b.add_argument("--archive", action="store_true",
                    help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
                         "bytes per hour, replay equality, instead")
@@ -431,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one run, instead")
     b.add_argument("--steer", metavar="TEXT",
                    help="CLIP similarity to TEXT over --seconds of show time with steering off and on, instead")
+    b.add_argument("--outputs", action="store_true",
+                   help="present p99 with two warped, blended projector outputs vs one plain output, instead "
+                        "(--rounds pairs, alternating)")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

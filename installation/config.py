@@ -23,6 +23,7 @@ from .ops import LogSettings, ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
 from .render.hooks import hook_params
+from .render.projection import CanvasConfig, OutputSpec, check_outputs
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
 from .vision.settings import SceneVision, SteerSettings
@@ -110,6 +111,8 @@ class CoreConfig(_Strict):
     modulation: ModulationSettings = ModulationSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     params: dict[str, float] = {}
+    canvas: CanvasConfig = CanvasConfig()  # projector outputs: render/projection.py
+    outputs: list[OutputSpec] = []
 
 
 _MODEL: tuple[int, type[CoreConfig]] | None = None  # (registry generation, the model built from it)
@@ -344,6 +347,10 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     path = Path(path) if path else DEFAULT_CONFIG
     config = load_config(path)
     base = path.resolve().parent
+    try:
+        check_outputs(config, base)
+    except ValueError as e:
+        raise ConfigError(path, "outputs", str(e)) from None
     scenes_dir = (base / config.show.scenes_dir).resolve()
     shaders_dir = (base / config.show.shaders_dir).resolve()
     try:

@@ -135,6 +135,7 @@ _BUILTINS = {
     "camera": "installation.inputs.camera",
     "archive": "installation.archive",
     "vision": "installation.vision.part",
+    "sinks": "installation.render.ndi",
 }
 _loaded = False
 

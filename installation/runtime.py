@@ -26,7 +26,9 @@ from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
 from .ops.state import StateKeeper
 from .parts import Moment, Part, PartContext, PartInfo
 from .render.hooks import HookRunner, apply_result
-from .render.outputs import Output, PresentedTap
+from .render.calibration import calibration_path
+from .render.outputs import PresentedTap
+from .render.projection import build_output, presenter_size
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import FrameSlot
@@ -132,12 +134,14 @@ class Runtime:
                                         hang_s=cfg.decoder.hang_s, log_level=cfg.log.level, hooks=hook_specs,
                                         on_hook=self._hook_result)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
-        self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
+        chain = [spec.shaders[n] for n in self._chain]
+        self.presenter = Presenter(target.ctx, presenter_size(cfg, target.size), chain, cfg.output.fit,
                                    cfg.output.work_scale, crossfade=not self.lockstep)
         for chain in {tuple(sc.shaders) for sc in spec.scenes} - {self._chain}:
             self.presenter.check([spec.shaders[n] for n in chain])  # every scene's chain compiles, or fail at start
-        # The canvas goes to one output today (the window or the headless framebuffer); sinks see what it shows.
-        self.output = Output(target.ctx, target.framebuffer, target.size, fit="stretch")
+        # The canvas goes to the window (or headless framebuffer): plain, or split into [[outputs]] with their warps
+        # and calibration; sinks see what it shows.
+        self.output = build_output(target, cfg, spec.path.resolve().parent, calibration_path(spec.path))
         self.tap = PresentedTap(self.output)
         if recorder is not None:
             self.tap.add(recorder)
@@ -224,6 +228,9 @@ class Runtime:
             self.bus.reset(self.show.defaults(), source="panic")
         elif ev.kind == "quit":
             self._quit = True
+        elif ev.kind.startswith(("calibrate", "output.")) and getattr(self.output, "handle_event", None) and \
+                self.output.handle_event(ev):
+            pass  # projector calibration (render/calibration.py)
         elif ev.kind not in ("onset", "map.goto"):  # onsets go through modulation routes; the archive takes map.goto
             self.bus.reject("event")
 
@@ -272,6 +279,8 @@ class Runtime:
 
     def _step(self, t: float, dt: float) -> None:
         for action in self.target.poll():
+            if getattr(self.output, "take_action", None) and self.output.take_action(action):
+                continue  # a key or the mouse while calibrating projector outputs
             if action == "quit":
                 self._quit = True
             elif action in ("next", "prev"):
@@ -392,7 +401,8 @@ class Runtime:
                 self.faults["reload"] += 1
                 log.error("reload failed, the show goes on with the old config: %s", e)
                 return False
-            new.config = new.config.model_copy(update={"output": self.spec.config.output})
+            new.config = new.config.model_copy(update={k: getattr(self.spec.config, k) for k in
+                                                       ("output", "canvas", "outputs")})
             for name, p in new.params.items():
                 if self.bus.spec(name) != p:
                     self.bus.declare(p)

@@ -25,6 +25,7 @@ from .decoders import DecoderSpec
 from .decoders.faulty import FaultySettings
 from .ops import Trend
 from .ops.health import rss_mb
+from .render.projection import window_size
 from .render.shaders import ShaderFile
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
     rss_start = rss_mb()
     show = faulty_spec(spec, raise_every, nan_every)
     out = show.config.output
-    target = HeadlessTarget(out.size)
+    target = HeadlessTarget(window_size(show.config)[0])  # [[outputs]]: the window spanning them
     rt = None
     started = time.monotonic()
     try:

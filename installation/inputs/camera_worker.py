@@ -38,6 +38,10 @@ def open_capture(source: int | str) -> Any:
     """A cv2.VideoCapture for the source (lavfi graphs through FFmpeg), or None when it does not open."""
     import cv2
 
+    if isinstance(source, str) and source.startswith("ndi:"):  # an NDI source (render/ndi.py)
+        from ..render.ndi import open_ndi
+
+        return open_ndi(source)
     if isinstance(source, str) and source.startswith(LAVFI_PREFIX):
         with _FFMPEG_ENV_LOCK:
             old = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")

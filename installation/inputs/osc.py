@@ -155,6 +155,13 @@ def address_map(
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
         ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
         ("/steer", "s [f]", "bend the walk towards a text, strength 0..1 ([vision]; guarded); \"\" releases"),
+        ("/calibrate", "i|f|T|F", "1 shows the projector outputs' test patterns for calibration, 0 ends (and saves)"),
+        ("/calibrate/save", "", "save the calibration beside the config now"),
+        ("/calibrate/undo", "", "undo the last calibration change"),
+        ("/output/<n>/corner/<0-3>", "f f", "move output n's corner (top-left, top-right, bottom-right, "
+                                            "bottom-left) to x y in 0..1 of the output"),
+        ("/output/<n>/mesh/<i>", "f f", "move output n's mesh point i (row by row) to x y, 0..1"),
+        ("/output/<n>/blend/<side>", "f", "output n's soft-edge width at left|right|top|bottom, 0..0.5"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))

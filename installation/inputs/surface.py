@@ -43,6 +43,8 @@ AUDIT_TEXT_MAX = 1000  # characters of a prompt kept in its audit note
 FEEDBACK_NOTES = {"vision.description": "/vision/description", "vision.refused": "/vision/refused"}
 SEED_MAX = 2**32 - 1
 MAX_BLEND = 16  # reference images one /blend message may weigh
+MAX_OUTPUTS = 64  # projector outputs /output/<n>/... may address
+MAX_MESH_POINTS = 33 * 33
 _STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
 
 Scenes = Sequence[str] | Callable[[], Sequence[str]]
@@ -172,6 +174,11 @@ class ControlSurface:
             "/ping": self._h_ping,
             "/describe": self._h_describe,
             "/steer": self._h_steer,
+            # projector calibration (render/calibration.py); the runtime counts what no output can take
+            "/calibrate": lambda c, a, *args: self._h_gate("calibrate", args, c),
+            "/calibrate/save": lambda c, a, *args: self._post("calibrate.save", None, c),
+            "/calibrate/undo": lambda c, a, *args: self._post("calibrate.undo", None, c),
+            "/output/*": self._h_output,
         }
         if self.settings.allow_quit:
             table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
@@ -360,6 +367,29 @@ class ControlSurface:
             self.count("describes")
         except OSError:
             self.count("pong_errors")
+
+    def _h_output(self, sender: Sender, address: str, *args: Any) -> None:
+        """/output/<n>/corner/<0-3> x y, /output/<n>/mesh/<i> x y (0..1 of the output), /output/<n>/blend/<side> w."""
+        parts = address.split("/")
+        if len(parts) != 5 or not parts[2].isdigit() or int(parts[2]) >= MAX_OUTPUTS:
+            raise Reject("unknown_address")
+        n, what, key = int(parts[2]), parts[3], parts[4]
+        if what in ("corner", "mesh") and key.isdigit() and int(key) < (4 if what == "corner" else MAX_MESH_POINTS):
+            if len(args) != 2:
+                raise Reject("bad_type")
+            x, y = (finite(number(a)) for a in args)
+            if not (-1.0 <= x <= 2.0 and -1.0 <= y <= 2.0):
+                raise Reject("out_of_range")
+            self._post(f"output.{what}", (n, int(key), x, y), sender)
+        elif what == "blend" and key in ("left", "right", "top", "bottom"):
+            if len(args) != 1:
+                raise Reject("bad_type")
+            width = finite(number(args[0]))
+            if not 0.0 <= width <= 0.5:
+                raise Reject("out_of_range")
+            self._post("output.blend", (n, key, width), sender)
+        else:
+            raise Reject("unknown_address")
 
     def _h_ping(self, sender: Sender, address: str, *args: Any) -> None:
         echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]

@@ -112,8 +112,11 @@ class WindowTarget:
     kind = "window"
 
     def __init__(self, size: tuple[int, int], fullscreen: bool = False, display: int = 0, vsync: bool = True,
-                 title: str = "installation", hide_cursor: bool = True, keyboard_quit: bool | None = None) -> None:
+                 title: str = "installation", hide_cursor: bool = True, keyboard_quit: bool | None = None,
+                 borderless: bool = False) -> None:
         os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        if borderless:  # projector outputs: one undecorated window from the desktop's top-left over all of them
+            os.environ.setdefault("SDL_VIDEO_WINDOW_POS", "0,0")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         _prepare_gl_env()
         import pygame
@@ -135,6 +138,8 @@ class WindowTarget:
         if fullscreen:
             flags |= pygame.FULLSCREEN | pygame.NOFRAME
             size = pygame.display.get_desktop_sizes()[display]
+        elif borderless:
+            flags |= pygame.NOFRAME
         pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MAJOR_VERSION, 3)
         pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MINOR_VERSION, 3)
         pygame.display.gl_set_attribute(pygame.GL_CONTEXT_PROFILE_MASK, pygame.GL_CONTEXT_PROFILE_CORE)
@@ -156,13 +161,20 @@ class WindowTarget:
         self._pg.display.flip()
 
     def poll(self) -> list[str]:
-        """Window events as actions: 'quit', 'next', 'prev'."""
+        """Window events as actions: 'quit', 'next', 'prev'; and every key as 'key:[ctrl+][shift+]<name>' and the
+        left mouse button as 'mouse:down|move|up:x,y' (window pixels) for calibration, which others ignore."""
         pg = self._pg
         actions = []
         for ev in pg.event.get():
             if ev.type == pg.QUIT:
                 actions.append("quit")
+            elif ev.type in (pg.MOUSEBUTTONDOWN, pg.MOUSEBUTTONUP) and ev.button == 1:
+                actions.append(f"mouse:{'down' if ev.type == pg.MOUSEBUTTONDOWN else 'up'}:{ev.pos[0]},{ev.pos[1]}")
+            elif ev.type == pg.MOUSEMOTION and ev.buttons[0]:
+                actions.append(f"mouse:move:{ev.pos[0]},{ev.pos[1]}")
             elif ev.type == pg.KEYDOWN:
+                mods = ("ctrl+" if ev.mod & pg.KMOD_CTRL else "") + ("shift+" if ev.mod & pg.KMOD_SHIFT else "")
+                actions.append(f"key:{mods}{pg.key.name(ev.key)}")
                 if ev.key in (pg.K_ESCAPE, pg.K_q) and self.keyboard_quit:
                     actions.append("quit")
                 elif ev.key in (pg.K_RIGHT, pg.K_SPACE):

@@ -28,6 +28,7 @@ ENABLE = {
     "camera": f'[inputs.camera]\nenabled = true\nsource = "{LIVE}"\n',
     "archive": "",  # on by default: a writer thread and a SQLite file in the test's folder
     "vision": "",  # the tiny CLIP checkpoint's table, from the tiny_clip fixture
+    "sinks": '[[sinks]]\nkind = "ndi"\nname = "contract"\n',  # an NDI sender (render/ndi.py)
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 

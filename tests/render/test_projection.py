@@ -1,0 +1,392 @@
+"""Projector outputs through the real GL path (EGL), against the numpy reference of the same homography and ramps;
+the calibration file; OSC and keys reaching a running show; two outputs in a real X window."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import cv2
+import moderngl
+import numpy as np
+import pytest
+
+from installation.bus import Event
+from installation.clock import FixedClock, WallClock
+from installation.config import Config, ConfigError, load_show
+from installation.render.calibration import Calibration, calibration_path
+from installation.render.outputs import Output
+from installation.render.projection import (Projection, Warp, canvas_size, place, reference_output, regular_grid,
+                                            window_size)
+from installation.render.targets import HeadlessTarget, pixels
+from installation.runtime import Runtime
+
+from support import ROOT, play_while, scene_toml, write_show
+from test_window import run_and_shoot, xvfb  # noqa: F401  (the X server fixture)
+
+CW, CH = 96, 64
+
+
+def _canvas() -> np.ndarray:
+    """A known canvas: smooth ramps in red and green, a finer pattern in blue."""
+    yy, xx = np.mgrid[0:CH, 0:CW]
+    return np.dstack([xx * 255 // (CW - 1), yy * 255 // (CH - 1), (xx + 2 * yy) % 32 * 8]).astype(np.uint8)
+
+
+@pytest.fixture
+def canvas_tex(gl_ctx):
+    img = _canvas()
+    tex = gl_ctx.texture((CW, CH), 3, np.ascontiguousarray(img[::-1]).data, alignment=1)  # GL: bottom row first
+    tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+    tex.repeat_x = tex.repeat_y = False
+    yield tex
+    tex.release()
+
+
+def _config(*outputs: dict, canvas: str = f"{CW}x{CH}") -> Config:
+    return Config.model_validate({"canvas": {"size": canvas}, "outputs": list(outputs)})
+
+
+def _project(gl_ctx, cfg, tex, base=ROOT, master=1.0, calibration=None):
+    """Draw ``tex`` through the config's outputs into a fresh framebuffer; (projection, HxWx3 image, cleanup)."""
+    size, _ = window_size(cfg)
+    colour = gl_ctx.texture(size, 3)
+    fbo = gl_ctx.framebuffer(color_attachments=[colour])
+    proj = Projection(gl_ctx, fbo, size, canvas_size(cfg), place(cfg), base)
+    if calibration is not None:
+        Calibration(proj, calibration).load()
+    proj.show(tex, master)
+    img = pixels(proj.read(), size).astype(float)
+
+    def cleanup():
+        proj.release()
+        fbo.release()
+        colour.release()
+
+    return proj, img, cleanup
+
+
+KEYSTONE = {"name": "a", "region": [10, 4, 60, 50], "size": "80x60",
+            "corners": [[0.1, 0.05], [0.95, 0.0], [0.85, 0.9], [0.0, 1.0]],
+            "blend": {"left": 0.1, "right": 0.25, "black": 0.05}}
+
+
+@pytest.mark.parametrize("extra", [{}, {"rotate": 90, "flip": "h", "brightness": 0.8}, {"rotate": 180}],
+                         ids=["pin+blend", "rotate90+flip+brightness", "rotate180"])
+def test_corner_pin_and_blend_match_the_numpy_reference(gl_ctx, canvas_tex, extra):
+    cfg = _config({**KEYSTONE, **extra})
+    proj, got, cleanup = _project(gl_ctx, cfg, canvas_tex, master=0.75)
+    try:
+        out = proj.outputs[0]
+        ref = reference_output(_canvas(), out.placed.region, out.placed.size, out.warp,
+                               gain=out.warp.brightness * 0.75)
+        diff = np.abs(got - ref)
+        assert diff.mean() < 1.0 and diff.max() <= 6, (diff.mean(), diff.max())
+        # and the picture is really warped and ramped, not a plain copy: corners outside the quad are black ...
+        assert got[0, -1].max() == 0 and got[-1, -1].max() == 0
+        assert got.std() > 20
+    finally:
+        cleanup()
+    # ... and the reference itself differs from an unwarped, unblended output by far more than the tolerance
+    plain = reference_output(_canvas(), out.placed.region, out.placed.size, Warp.from_spec(
+        place(_config({"region": [10, 4, 60, 50], "size": "80x60"}))[0].spec, (80, 60)))
+    assert np.abs(plain - ref).mean() > 10
+
+
+def test_corners_in_pixels_equal_corners_in_fractions(gl_ctx, canvas_tex):
+    px = [[8, 3], [76, 0], [68, 54], [0, 60]]
+    norm = [[x / 80, y / 60] for x, y in px]
+    _, a, c1 = _project(gl_ctx, _config({**KEYSTONE, "corners": px, "units": "px"}), canvas_tex)
+    _, b, c2 = _project(gl_ctx, _config({**KEYSTONE, "corners": norm}), canvas_tex)
+    c1(), c2()
+    assert np.abs(a - b).max() <= 1
+
+
+def test_a_masks_zero_alpha_is_black(gl_ctx, canvas_tex, tmp_path):
+    mask = np.zeros((30, 40, 4), np.uint8)
+    mask[:, 20:, 3] = 255  # the right half shows, the left is hidden
+    mask[:, :, :3] = 255  # colour is ignored: only alpha counts
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    spec = {"region": [0, 0, CW, CH], "size": "80x60", "mask": "mask.png"}
+    proj, got, cleanup = _project(gl_ctx, _config(spec), canvas_tex, base=tmp_path)
+    cleanup()
+    assert got[:, :38].max() == 0  # alpha 0: black, whatever the canvas has there
+    assert got[:, 42:].mean() > 60
+    ref = reference_output(_canvas(), (0, 0, CW, CH), (80, 60), proj.outputs[0].warp, mask=mask[:, :, 3])
+    assert np.abs(got - ref).max() <= 6
+    with pytest.raises(ValueError, match="no alpha channel"):
+        cv2.imwrite(str(tmp_path / "flat.png"), mask[:, :, :3])
+        from installation.render.projection import check_outputs
+        check_outputs(_config({**spec, "mask": "flat.png"}), tmp_path)
+
+
+def test_an_identity_mesh_changes_nothing_and_a_moved_point_moves_the_picture(gl_ctx, canvas_tex):
+    base = {"region": [0, 0, CW, CH], "size": "80x60"}
+    _, plain, c1 = _project(gl_ctx, _config(base), canvas_tex)
+    _, ident, c2 = _project(gl_ctx, _config({**base, "mesh": {"cols": 3, "rows": 3}}), canvas_tex)
+    points = regular_grid(3, 3)
+    points[1, 1] = (0.65, 0.5)  # the centre of the picture now lands at 65% of the width
+    moved_cfg = {**base, "mesh": {"cols": 3, "rows": 3, "points": points.reshape(-1, 2).tolist(),
+                                  "interpolation": "bilinear"}}
+    _, moved, c3 = _project(gl_ctx, _config(moved_cfg), canvas_tex)
+    c1(), c2(), c3()
+    assert np.abs(plain - ident).max() <= 2
+    centre_red = plain[30, 40, 0]  # red is the canvas's x ramp: the middle column's value
+    assert abs(moved[30, 52, 0] - centre_red) <= 4  # found at 65% of 80 px now
+    assert abs(plain[30, 52, 0] - centre_red) > 30
+
+
+def test_two_outputs_show_their_own_regions_in_their_own_viewports(gl_ctx):
+    img = np.zeros((CH, CW, 3), np.uint8)
+    img[:, : CW // 2] = (255, 0, 0)
+    img[:, CW // 2:] = (0, 0, 255)
+    tex = gl_ctx.texture((CW, CH), 3, np.ascontiguousarray(img[::-1]).data, alignment=1)
+    # The canvas's right half on the left of the window and its left half on the right.
+    cfg = _config({"name": "R", "region": [CW // 2, 0, CW // 2, CH], "size": "40x30"},
+                  {"name": "L", "region": [0, 0, CW // 2, CH], "size": "40x30", "position": [40, 10]})
+    assert window_size(cfg) == ((80, 40), True)
+    _, got, cleanup = _project(gl_ctx, cfg, tex)
+    cleanup()
+    tex.release()
+    assert got[15, 20].tolist() == [0, 0, 255] and got[25, 60].tolist() == [255, 0, 0]
+    assert got[35, 20].max() == 0 and got[5, 60].max() == 0  # outside both outputs: black
+
+
+def test_config_errors_name_the_output(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[canvas]\nsize = "200x100"\n'
+                     '[[outputs]]\nregion = [150, 0, 100, 100]\n')
+    with pytest.raises(ConfigError, match=r"outputs.*outputs\[0\]\.region .* inside the canvas 200x100"):
+        load_show(cfg)
+    cfg.write_text(cfg.read_text().replace("region = [150, 0, 100, 100]", "corners = [[0,0],[1,0],[1,1]]"))
+    with pytest.raises(ConfigError, match="outputs"):
+        load_show(cfg)
+    cfg.write_text(cfg.read_text().replace("corners = [[0,0],[1,0],[1,1]]", 'blend = { left = 0.9 }'))
+    with pytest.raises(ConfigError, match=r"outputs\.0\.blend\.left"):
+        load_show(cfg)
+
+
+TWO = ('[canvas]\nsize = "128x48"\n'
+       '[[outputs]]\nname = "left"\nregion = [0, 0, 72, 48]\nsize = "64x48"\nblend = { right = 0.12 }\n'
+       'corners = [[0.02, 0.0], [1.0, 0.03], [0.97, 1.0], [0.0, 0.96]]\n'
+       '[[outputs]]\nname = "right"\nregion = [56, 0, 72, 48]\nsize = "64x48"\nblend = { left = 0.12 }\n'
+       'mesh = { cols = 3, rows = 3 }\n')
+
+
+def test_a_saved_calibration_survives_a_restart_bit_for_bit(gl_ctx, canvas_tex, tmp_path):
+    cfg_path = write_show(tmp_path, {"a": scene_toml()}, extra=TWO)
+    toml_before = cfg_path.read_bytes()
+    spec = load_show(cfg_path)
+    path = calibration_path(cfg_path)
+    assert path.name == "show.calibration.json" and path.parent == cfg_path.parent
+    proj, _, cleanup = _project(gl_ctx, spec.config, canvas_tex, calibration=path)
+    cal = proj.calibration
+    assert not cal.loaded  # nothing saved yet: the config's warps
+    assert cal.handle_event(Event("output.corner", (0, 2, 0.9123456789012345, 0.95)))
+    assert cal.handle_event(Event("output.mesh", (1, 4, 0.55, 0.4711)))
+    assert cal.handle_event(Event("output.blend", (1, "left", 0.1337)))
+    assert not cal.handle_event(Event("output.corner", (0, 0, 0.99, 0.99)))  # would twist the quad: refused
+    assert not cal.handle_event(Event("output.corner", (5, 0, 0.1, 0.1)))  # no such output
+    assert not cal.handle_event(Event("output.blend", (0, "left", 0.7)))  # out of range
+    proj.show(canvas_tex, 1.0)
+    shown = proj.read()
+    assert cal.save() and path.is_file()
+    saved = path.read_bytes()
+    warps = [w.copy() for w in proj.warps]
+    cleanup()
+    assert cfg_path.read_bytes() == toml_before  # the hand-written TOML is never touched
+
+    proj2, _, cleanup2 = _project(gl_ctx, load_show(cfg_path).config, canvas_tex, calibration=path)
+    try:
+        assert proj2.calibration.loaded
+        for a, b in zip(warps, proj2.warps):
+            assert a.corners == b.corners and a.blend == b.blend  # exact floats, not approximately
+            assert (a.mesh is None and b.mesh is None) or np.array_equal(a.mesh, b.mesh)
+        assert proj2.warps[0].corners[2] == [0.9123456789012345, 0.95]
+        proj2.show(canvas_tex, 1.0)
+        assert proj2.read() == shown  # the same pixels, bit for bit
+        assert proj2.calibration.save() and json.loads(path.read_bytes())["outputs"] == \
+            json.loads(saved)["outputs"]
+        # undo walks back; the file only changes on the next save
+        assert proj2.calibration.handle_event(Event("output.corner", (0, 0, 0.2, 0.2)))
+        assert proj2.calibration.handle_event(Event("calibrate.undo"))
+        assert proj2.warps[0].corners == warps[0].corners
+    finally:
+        cleanup2()
+
+
+def test_a_broken_calibration_file_is_ignored_not_half_applied(gl_ctx, canvas_tex, tmp_path, caplog):
+    cfg_path = write_show(tmp_path, {"a": scene_toml()}, extra=TWO)
+    path = calibration_path(cfg_path)
+    good = {"name": "left", "corners": [[0.1, 0.1], [0.9, 0.0], [1.0, 1.0], [0.0, 1.0]], "blend": {}, "mesh": None}
+    bad = {"name": "right", "corners": [[0, 0], [1, 0], [1, 1], [float("nan"), 1]]}
+    for text in ("{not json", json.dumps({"version": 1, "outputs": [good, bad]}),
+                 json.dumps({"version": 99, "outputs": [good]})):
+        path.write_text(text)
+        proj, _, cleanup = _project(gl_ctx, load_show(cfg_path).config, canvas_tex, calibration=path)
+        try:
+            assert not proj.calibration.loaded
+            assert proj.warps[0].corners[0] == [0.02, 0.0]  # the config's, all of them
+        finally:
+            cleanup()
+        assert path.read_text() == text  # left for the technician to look at
+    assert "not used" in caplog.text
+
+
+def test_keys_and_mouse_move_handles_while_calibrating(gl_ctx, canvas_tex, tmp_path):
+    cfg_path = write_show(tmp_path, {"a": scene_toml()}, extra=TWO)
+    proj, before, cleanup = _project(gl_ctx, load_show(cfg_path).config, canvas_tex,
+                                     calibration=calibration_path(cfg_path))
+    cal = proj.calibration
+    try:
+        assert not cal.take_action("key:2")  # not calibrating: keys are the show's
+        cal.handle_event(Event("calibrate", True))
+        proj.show(canvas_tex, 1.0)
+        pattern = pixels(proj.read(), proj.size).astype(float)
+        assert np.abs(pattern - before).mean() > 10  # the test patterns replace the picture
+        for action in ("key:2", "key:shift+down", "key:left", "next"):
+            assert cal.take_action(action)  # the arrows move handles, not scenes
+        x, y = proj.warps[0].corners[1]
+        assert (x, y) == (pytest.approx(1.0 - 1 / 64), pytest.approx(0.03 + 10 / 48))
+        cal.take_action("key:tab")  # the second output; its blend side
+        for action in ("key:=", "key:="):
+            cal.take_action(action)
+        assert proj.warps[1].blend["left"] == pytest.approx(0.14)
+        cal.take_action("key:g")
+        cal.take_action("key:right")
+        assert proj.warps[1].mesh[0, 0, 0] == pytest.approx(1 / 64)
+        for _ in range(5):  # five changes: two corner moves, two blend steps, one mesh move
+            cal.take_action("key:u")
+        assert proj.warps[0].corners[1] == [1.0, 0.03] and proj.warps[1].blend["left"] == 0.12
+        # drag output 1's top-left corner (window 0,1) by the mouse to (6, 5): one undo step for the whole drag
+        assert cal.take_action("mouse:down:1,1") and cal.take_action("mouse:move:4,3")
+        cal.take_action("mouse:move:6,5")
+        cal.take_action("mouse:up:6,5")
+        assert proj.warps[0].corners[0] == [6 / 64, 5 / 48]
+        cal.take_action("key:u")
+        assert proj.warps[0].corners[0] == [0.02, 0.0]
+        assert cal.take_action("key:s") is True and calibration_path(cfg_path).is_file()
+        assert not cal.take_action("quit")  # quit stays the show's
+    finally:
+        cleanup()
+
+
+def test_osc_calibrates_a_running_show_and_the_file_is_loaded_at_the_next_start(tmp_path):
+    cfg_path = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')}, extra=TWO)
+    spec = load_show(cfg_path)
+    size, _ = window_size(spec.config)
+    target = HeadlessTarget(size)
+    rt = Runtime(spec, target, WallClock(), fps=20)
+    assert not isinstance(rt.output, Output) and rt.presenter.size == (128, 48)
+    result = {}
+
+    def send(port: int, *messages: str) -> None:
+        code = "from pythonosc.udp_client import SimpleUDPClient; c = SimpleUDPClient('127.0.0.1', %d); " % port
+        subprocess.run([sys.executable, "-c", code + "; ".join(messages)], check=True, timeout=60)
+
+    def technician():
+        deadline = time.monotonic() + 60
+        while (rt.osc is None or rt.osc.address is None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = rt.osc.address[1]
+        send(port, "c.send_message('/calibrate', 1)", "c.send_message('/output/0/corner/3', [0.05, 0.9])",
+             "c.send_message('/output/1/blend/left', 0.2)", "c.send_message('/output/1/mesh/4', [0.5, 0.45])",
+             "c.send_message('/output/7/corner/0', [0.1, 0.1])",  # no such output: counted by the runtime
+             "c.send_message('/output/0/corner/4', [0.1, 0.1])",  # no such corner: unknown address
+             "c.send_message('/output/0/blend/left', 0.9)",  # out of range
+             "c.send_message('/calibrate/save', [])")
+        while not calibration_path(cfg_path).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        result["warps"] = [w.copy() for w in rt.output.warps]
+        result["calibrating"] = rt.output.calibration.active
+        result["osc"] = rt.osc.stats()
+        result["bus"] = rt.bus.stats()["rejects"]
+
+    play_while(rt, target, technician)
+    w0, w1 = result["warps"]
+    f32 = pytest.approx  # OSC carries float32
+    assert w0.corners[3] == f32([0.05, 0.9]) and w1.blend["left"] == f32(0.2) and w1.mesh[1, 1].tolist() == \
+        f32([0.5, 0.45])
+    assert result["calibrating"]
+    assert result["osc"]["rejects"]["unknown_address"] == 1 and result["osc"]["rejects"]["out_of_range"] == 1
+    assert result["bus"]["event"] == 1
+    saved = json.loads(calibration_path(cfg_path).read_text())
+    assert saved["outputs"][0]["corners"][3] == w0.corners[3]
+    # restart: the calibration is there from the first frame
+    spec = load_show(cfg_path)
+    target = HeadlessTarget(size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    try:
+        assert rt.output.warps[0].corners == w0.corners and rt.output.warps[1].blend == w1.blend
+        rt.step()
+        assert pixels(target.read(), target.size).mean() > 5
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_no_outputs_is_todays_single_window(tmp_path):
+    spec = load_show(write_show(tmp_path, {"a": scene_toml()}))
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    try:
+        assert type(rt.output) is Output and rt.presenter.size == target.size
+        assert window_size(spec.config) == ((160, 96), False)
+        rt.bus.post(Event("calibrate", True, source="test"))
+        rt.step()  # nothing to calibrate: the event is counted, the show goes on
+        assert rt.bus.stats()["rejects"]["event"] == 1
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_two_outputs_in_a_real_x_window(tmp_path, xvfb):
+    """The show on Xvfb as one borderless window with two viewports: the second output shows the same canvas
+    region as the first, mirrored, so its half of the screenshot is the first half flipped, whatever the picture."""
+
+    extra = ('[canvas]\nsize = "160x96"\n[[outputs]]\nregion = [0, 0, 80, 96]\nsize = "160x192"\n'
+             '[[outputs]]\nregion = [0, 0, 80, 96]\nsize = "160x192"\nflip = "h"\n')
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')}, extra=extra)
+    shot, _ = run_and_shoot(xvfb, tmp_path, ["--config", str(cfg), "--duration", "8"],
+                            lambda img: img[:192, :320].std() > 5)
+    assert shot is not None, "nothing appeared on the X screen"
+    lit = np.argwhere(shot.max(axis=2) > 0)
+    assert lit.min(axis=0).tolist() == [0, 0] and lit.max(axis=0).tolist()[:2] <= [191, 319]  # at 0,0; 320x192
+    left, right = shot[:192, :160].astype(int), shot[:192, 160:320].astype(int)
+    assert np.abs(left - right[:, ::-1]).mean() < 4  # the same region, mirrored, side by side
+    assert np.abs(left - right).mean() > 4  # and not merely the same picture twice
+
+
+def test_the_calibrate_command(tmp_path):
+    from support import run_cli
+
+    plain = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("calibrate", "--config", str(plain), "--headless", "--duration", "1")
+    assert r.returncode == 2 and "no [[outputs]] to calibrate" in r.stderr
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present"]')}, extra=TWO)
+    r = run_cli("calibrate", "--config", str(cfg), "--headless", "--duration", "2", "--no-resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "calibrating 2 outputs" in r.stderr and "on headless at 128x48" in r.stderr
+    assert not calibration_path(cfg).exists()  # nothing changed: nothing written
+
+
+def test_key_names_with_modifiers(gl_ctx, canvas_tex, tmp_path):
+    cfg_path = write_show(tmp_path, {"a": scene_toml()}, extra=TWO)
+    proj, _, cleanup = _project(gl_ctx, load_show(cfg_path).config, canvas_tex)
+    cal = Calibration(proj, None)
+    try:
+        cal.set_active(True)
+        cal.take_action("key:[+]")  # the keypad's plus widens the selected side
+        assert proj.warps[0].blend["left"] == pytest.approx(0.01)
+        cal.take_action("key:ctrl+shift+z")  # not undo (shift), nothing else either
+        assert proj.warps[0].blend["left"] == pytest.approx(0.01)
+        cal.take_action("key:ctrl+z")
+        assert proj.warps[0].blend["left"] == 0.0
+        cal.take_action("key:shift+tab")
+        assert cal.output == 1
+        proj.show(canvas_tex, 1.0)  # the patterns are redrawn once, at the frame
+        assert not cal._redraw
+    finally:
+        cleanup()
