@@ -128,6 +128,7 @@ _BUILTINS = {
     "osc": "installation.inputs.osc",
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
+    "web": "installation.ops.web",
 }
 _loaded = False
 

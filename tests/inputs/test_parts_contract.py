@@ -26,6 +26,7 @@ ENABLE = {
     "osc": "",  # on by default; the test config binds it to port 0
     "audio": '[inputs.audio]\nenabled = true\ndevice = "system"\n',
     "camera": f'[inputs.camera]\nenabled = true\nsource = "{LIVE}"\n',
+    "web": "[web]\nenabled = true\nport = 0\n",
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
