@@ -82,6 +82,8 @@ class PartContext:
     # The taps a watching part attaches to: the bus journal is bus.subscribe(); presented frames come from here
     # (``presented.add(sink)``, see render/outputs.py); post-render hook results arrive on the bus.
     presented: Any = None
+    # The whole validated config, for a part that serves what another part's table says (OSCQuery: the OSC port).
+    config: Any = None
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]
@@ -129,6 +131,7 @@ _BUILTINS = {
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
     "web": "installation.ops.web",
+    "oscquery": "installation.inputs.oscquery",
 }
 _loaded = False
 

@@ -186,7 +186,7 @@ class Runtime:
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
                           serve_health=serve_health, keep_state=keep_state, only_scene=only_scene,
-                          presented=self.tap)
+                          presented=self.tap, config=cfg)
         self.parts: dict[str, Part] = registry.build_all(cfg, ctx, inputs=inputs)
         self._supervised = {name: _Supervised(registry.info(name)) for name in self.parts}
         self._part_stats: dict[str, dict[str, Any]] = {}  # each part's stats at the last ops tick

@@ -27,6 +27,7 @@ ENABLE = {
     "audio": '[inputs.audio]\nenabled = true\ndevice = "system"\n',
     "camera": f'[inputs.camera]\nenabled = true\nsource = "{LIVE}"\n',
     "web": "[web]\nenabled = true\nport = 0\n",
+    "oscquery": "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n",
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
