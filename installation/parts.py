@@ -132,6 +132,7 @@ _BUILTINS = {
     "camera": "installation.inputs.camera",
     "web": "installation.ops.web",
     "oscquery": "installation.inputs.oscquery",
+    "midi": "installation.inputs.midi",
 }
 _loaded = False
 

@@ -221,7 +221,8 @@ class Runtime:
             self.bus.reset(self.show.defaults(), source="panic")
         elif ev.kind == "quit":
             self._quit = True
-        elif ev.kind != "onset":  # onsets reach the show through modulation routes, not directly
+        elif ev.kind not in ("onset", "midi.learn"):  # onsets reach the show through modulation routes; the MIDI
+            # part takes learn events from the bus journal
             self.bus.reject("event")
 
     def _hook_result(self, result: dict[str, Any]) -> None:

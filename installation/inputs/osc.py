@@ -88,7 +88,8 @@ class OscSettings(BaseModel):
                     "newest in between is applied when the interval ends; 0 = no limit",
     )
     exclude_prefixes: tuple[str, ...] = Field(
-        default=("audio.", "camera."), description="parameters neither settable over OSC nor fed back"
+        default=("audio.", "camera.", "midi.", "link."),
+        description="parameters neither settable over OSC nor fed back (inputs' own features)"
     )
     prompt_slots: int = Field(default=4, ge=0, le=64, description="/prompt/0 .. /prompt/<n-1>")
     prompt_weight: tuple[float, float] = Field(default=(0.0, 2.0), description="allowed weight range")
@@ -150,6 +151,7 @@ def address_map(
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
         ("/panic", "", "blackout now and reset steering to the scene defaults"),
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
+        ("/midi/learn", "s", "bind the next moved MIDI control to this parameter ([inputs.midi])"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))

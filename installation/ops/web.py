@@ -69,7 +69,7 @@ class WebSettings(BaseModel):
     prompt_slots: Annotated[int, Field(ge=0, le=64)] = 4
     prompt: PromptGuardSettings = PromptGuardSettings()
     structural_interval: Annotated[float, Field(ge=0.0, le=10.0)] = 0.25
-    exclude_prefixes: tuple[str, ...] = ("audio.", "camera.")
+    exclude_prefixes: tuple[str, ...] = ("audio.", "camera.", "midi.", "link.")
     max_connections: Annotated[int, Field(ge=1, le=256)] = 16
 
     @model_validator(mode="after")
@@ -407,7 +407,8 @@ PAGE = """<!doctype html>
    <button id="panic">panic</button></div></section>
  <section><h2>Prompts</h2><div id="prompts"></div></section>
  <section><h2>Health</h2><dl id="health"></dl></section>
- <section id="params"><h2>Parameters</h2></section>
+ <section id="params"><h2>Parameters</h2>
+  <div class="row"><select id="learn-param"></select><button id="learn">MIDI learn</button></div></section>
 </main>
 <script>
 "use strict";
@@ -450,6 +451,9 @@ function build(state) {
     input.addEventListener("pointerup", () => dragging = null);
     input.addEventListener("input", () => { out.textContent = fmt(+input.value); sendParam(p.name, +input.value); });
     box.appendChild(div);
+  }
+  for (const p of state.params) {
+    const o = document.createElement("option"); o.value = o.textContent = p.name; $("learn-param").appendChild(o);
   }
   const sel = $("scenes");
   state.scenes.forEach((s) => { const o = document.createElement("option"); o.value = o.textContent = s; sel.appendChild(o); });
@@ -503,6 +507,8 @@ $("prev").onclick = () => send("/scene/prev");
 $("next").onclick = () => send("/scene/next");
 $("goto").onclick = () => send("/scene/goto", [$("scenes").value]);
 $("panic").onclick = () => send("/panic");
+$("learn").onclick = async () => { if (await send("/midi/learn", [$("learn-param").value]))
+  $("msg").textContent = "move a MIDI control to bind it to " + $("learn-param").value; };
 for (const g of ["freeze", "blackout"]) {
   $(g).onclick = async () => { if (await send("/" + g, [gates[g] ? 0 : 1])) { gates[g] = !gates[g];
     $(g).classList.toggle("on", gates[g]); } };

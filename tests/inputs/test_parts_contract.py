@@ -28,6 +28,7 @@ ENABLE = {
     "camera": f'[inputs.camera]\nenabled = true\nsource = "{LIVE}"\n',
     "web": "[web]\nenabled = true\nport = 0\n",
     "oscquery": "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n",
+    "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
@@ -38,7 +39,7 @@ def test_every_registered_part_is_under_contract():
 
 @pytest.mark.parametrize("name", sorted(ENABLE))
 def test_a_part_starts_runs_reports_stops_and_starts_again(name, tmp_path, request):
-    if name == "audio":
+    if name in ("audio", "midi"):
         request.getfixturevalue("jack_server")  # a real PortAudio stream on the JACK dummy server
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=ENABLE[name])
     spec = load_show(cfg)
