@@ -155,6 +155,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             target.close()
             return _fail(str(e))
     clock = FixedClock(out.fps) if args.fixed_step else WallClock()
+    if spec.config.sync.clock == "link":
+        from .sync import clock_for
+
+        clock = clock_for(spec.config, clock)  # the Link session's shared timeline (live runs only)
     live = not args.fixed_step
     from .ops import Notifier
 

@@ -39,9 +39,11 @@ class Part(Protocol):
     ``stats()`` is a small JSON-able dict for /health (``rejects``: counts of refused input by reason; ``failures``:
     contained faults, which make health say "degraded").
 
-    Optional hooks, looked up by name on the loop thread, both must return quickly and never block:
-    ``tick(moment)`` once per loop tick after the frame is presented, and ``plan(plan, moment) -> plan`` to add
-    decoder inputs (the camera's img2img source) to the plan before it is submitted.
+    Optional hooks, looked up by name on the loop thread, all must return quickly and never block:
+    ``tick(moment)`` once per loop tick after the frame is presented, ``plan(plan, moment) -> plan`` to add
+    decoder inputs (the camera's img2img source) to the plan before it is submitted, and
+    ``events(events, moment) -> events`` to hold back or let through the tick's events (Link: scene changes on
+    the bar).
     """
 
     def start(self) -> None: ...
@@ -84,6 +86,7 @@ class PartContext:
     presented: Any = None
     # The whole validated config, for a part that serves what another part's table says (OSCQuery: the OSC port).
     config: Any = None
+    clock: Any = None  # the show clock (a part may share its source: Link)
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]
@@ -133,6 +136,7 @@ _BUILTINS = {
     "web": "installation.ops.web",
     "oscquery": "installation.inputs.oscquery",
     "midi": "installation.inputs.midi",
+    "link": "installation.sync",
 }
 _loaded = False
 

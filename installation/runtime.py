@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -186,12 +186,14 @@ class Runtime:
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
                           serve_health=serve_health, keep_state=keep_state, only_scene=only_scene,
-                          presented=self.tap, config=cfg)
+                          presented=self.tap, config=cfg, clock=self.clock)
         self.parts: dict[str, Part] = registry.build_all(cfg, ctx, inputs=inputs)
         self._supervised = {name: _Supervised(registry.info(name)) for name in self.parts}
         self._part_stats: dict[str, dict[str, Any]] = {}  # each part's stats at the last ops tick
         hooks = [(name, getattr(part, "plan", None), getattr(part, "tick", None)) for name, part in self.parts.items()]
         self._plan_hooks = [(name, fn) for name, fn, _ in hooks if callable(fn)]
+        self._event_hooks = [(name, getattr(p, "events")) for name, p in self.parts.items()
+                             if callable(getattr(p, "events", None))]
         self._tick_hooks = [(name, fn) for name, _, fn in hooks if callable(fn)]
         self.resumed = False
         if resume:
@@ -275,6 +277,12 @@ class Runtime:
             elif action in ("next", "prev"):
                 self.bus.post(Event(f"scene.{action}", source="keyboard"))
         tick = self._modulate(self.bus.tick(dt), t, dt)
+        for name, hook in self._event_hooks:  # parts that hold events back (Link: scene changes on the bar)
+            try:
+                tick = replace(tick, events=tuple(hook(tick.events, Moment(t, dt, self.show.scene))))
+            except Exception:  # noqa: BLE001 - a part's fault never stops the show: the events go through
+                self.faults[f"hook.{name}"] += 1
+                log.exception("part %s: events hook failed", name)
         plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
         for ev in rest:
             self._handle(ev)

@@ -29,6 +29,7 @@ ENABLE = {
     "web": "[web]\nenabled = true\nport = 0\n",
     "oscquery": "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n",
     "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
+    "link": "[sync]\nlink = true\n",
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
