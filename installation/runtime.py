@@ -640,6 +640,9 @@ class Runtime:
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
+        align = getattr(self.clock, "align", None)  # a clock shared by several machines (Link) places the show
+        if callable(align):
+            align(self.show, self.clock.now())
         return ok
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:

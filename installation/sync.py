@@ -19,6 +19,7 @@ only, and events sent to one machine only (send OSC to all, or quantise scene ch
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Annotated, Any, Iterable, Literal
 
@@ -85,6 +86,40 @@ class LinkClock:
 
     def advance(self) -> None:
         """Live time advances by itself."""
+
+    def align(self, show: Any, t: float) -> None:
+        """Put the show where the shared clock says it is at ``t`` (called once the show is on screen), so a node
+        that starts or restarts mid-show plays the same scene at the same path time as the others."""
+        state = shared_position(show, t)
+        if state is not None:
+            show.restore(state, t)
+
+
+def shared_position(show: Any, t: float) -> dict[str, Any] | None:
+    """The scene, position, time in scene and path time a show that started at show time 0 and ran untouched
+    would have at ``t``: scenes follow each other by their durations (a scene without one plays on), the path
+    walks at the scene's default ``speed``. None when the show has a single scene that plays forever."""
+    scenes = show.scenes
+    n = len(scenes)
+    durations = [scenes[show.scene_index(p)].duration for p in range(n)]
+    if n == 1 or durations[0] <= 0:
+        position, scene_time = 0, t
+    else:
+        finite = all(d > 0 for d in durations)
+        cycle = sum(durations) if finite else math.inf
+        k = int(t // cycle) if finite else 0
+        rest, position = t - k * cycle if finite else t, k * n
+        while True:
+            d = scenes[show.scene_index(position)].duration
+            if d <= 0 or rest < d:
+                break
+            rest -= d
+            position += 1
+        scene_time = rest
+    scene = scenes[show.scene_index(position)]
+    speed = float(show.defaults(scene).get("speed", 1.0))
+    return {"scene": scene.name, "position": position, "scene_time": scene_time, "tau": scene_time * speed,
+            "seed": scene.seed}
 
 
 def clock_for(config: Any, clock: Any) -> Any:

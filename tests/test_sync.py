@@ -21,25 +21,53 @@ pytest.importorskip("link", reason="pip install linkpython-extern")
 
 FRAME = 1.0 / 60.0
 NODE = """
-import sys, time
+import select, sys, time
+from installation.bus import ParamBus
+from installation.config import load_show
+from installation.show import Show
 from installation.sync import LinkClock
 raw = lambda: time.clock_gettime(time.CLOCK_MONOTONIC_RAW)  # Link's host clock
+spec = load_show(sys.argv[2])
+bus = ParamBus(spec.params.values())
+show = Show(spec, bus)
 clock = LinkClock(120.0, join_s=float(sys.argv[1]))
+show.update(0.0, 0.0, bus.tick(0.0))  # as Runtime.start(): the first plan, then the show placed on the clock
+show.started += clock.now()
+clock.align(show, clock.now())
+last = clock.now()
+
+
+def tick(t):  # one frame of the node's loop: the show advances as the runtime advances it
+    global last
+    show.update(t, t - last, bus.tick(t - last))
+    last = t
+
+
 print("ready", clock.link.numPeers(), flush=True)
-for line in sys.stdin:
+while True:
+    if not select.select([sys.stdin], [], [], 1 / 60)[0]:
+        tick(clock.now())
+        continue
+    line = sys.stdin.readline()
+    if not line:
+        break
     at = float(line)
+    while raw() < at - 1 / 60:
+        time.sleep(1 / 60)
+        tick(clock.now())
     while raw() < at:
         time.sleep(0.0005)
     a = raw(); t = clock.now(); b = raw()
-    print(t - ((a + b) / 2 - at), b - a, clock.link.numPeers(), flush=True)  # show time at `at` (1 s per s)
+    tick(t - ((a + b) / 2 - at))  # the frame at `at` (show time runs one second per second at the reference tempo)
+    print(last, show.scene.name, show.tau, clock.link.numPeers(), flush=True)
 """
 
 
 class Node:
     """One machine of the panorama: a process with its own Link peer and show clock."""
 
-    def __init__(self, join_s: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", NODE, str(join_s)], stdin=subprocess.PIPE,
+    def __init__(self, join_s: float, config) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", NODE, str(join_s), str(config)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                      env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
         line = self.proc.stdout.readline().split()
@@ -49,41 +77,53 @@ class Node:
         self.proc.stdin.write(f"{at!r}\n")
         self.proc.stdin.flush()
 
-    def answer(self) -> tuple[float, float, int]:
-        t, spread, peers = self.proc.stdout.readline().split()
-        return float(t), float(spread), int(peers)
+    def answer(self) -> tuple[float, str, float, int]:
+        t, scene, tau, peers = self.proc.stdout.readline().split()
+        return float(t), scene, float(tau), int(peers)
 
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
-def _times(nodes: list[Node], rounds: int = 3) -> list[list[tuple[float, float, int]]]:
+def _times(nodes: list[Node], rounds: int = 3, gap: float = 0.5) -> list[list[tuple[float, str, float, int]]]:
     out = []
     for _ in range(rounds):
-        at = time.clock_gettime(time.CLOCK_MONOTONIC_RAW) + 0.5
+        at = time.clock_gettime(time.CLOCK_MONOTONIC_RAW) + gap
         for n in nodes:
             n.ask(at)
         out.append([n.answer() for n in nodes])
     return out
 
 
-def test_three_machines_agree_on_show_time_and_a_restarted_one_rejoins_in_step():
-    nodes = [Node(join_s=0.5)]  # the first founds the session
+def _in_step(answers: list[tuple[float, str, float, int]]) -> None:
+    ts, scenes, taus = [a[0] for a in answers], {a[1] for a in answers}, [a[2] for a in answers]
+    assert max(ts) - min(ts) < FRAME, answers  # show time
+    # path time (speed 1): a node's path steps once per frame, so at one instant two nodes' positions differ by
+    # less than a frame's step of the slower one (the frame that crossed the last scene boundary)
+    assert max(taus) - min(taus) < 2 * FRAME, answers
+    assert len(scenes) == 1, answers
+
+
+def test_three_machines_play_one_show_in_step_and_a_restarted_one_rejoins(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(duration=2.0), "b": scene_toml(duration=3.0),
+                                "c": scene_toml(duration=1.5)})
+    nodes = [Node(0.5, cfg)]  # the first founds the session
     try:
-        nodes += [Node(join_s=10.0), Node(join_s=10.0)]  # the others join it before their shows start
-        assert wait_until(lambda: all(p == 2 for *_, p in _times(nodes, 1)[0]), 20)
-        for answers in _times(nodes):
-            ts = [t for t, _, _ in answers]
-            assert max(ts) - min(ts) < FRAME, answers
-            assert ts[0] > 0.5  # the founder's time, not a fresh start at zero
+        time.sleep(2.5)
+        nodes += [Node(10.0, cfg), Node(10.0, cfg)]  # the others join mid-show
+        assert wait_until(lambda: all(a[3] == 2 for a in _times(nodes, 1, 0.2)[0]), 20)
+        seen_scenes = set()
+        for answers in _times(nodes, rounds=8, gap=0.8):  # across scene changes
+            _in_step(answers)
+            seen_scenes.add(answers[0][1])
+        assert len(seen_scenes) >= 2
         nodes[2].close()  # a machine restarts
         time.sleep(1.0)
-        nodes[2] = Node(join_s=10.0)
+        nodes[2] = Node(10.0, cfg)
         for answers in _times(nodes):
-            ts = [t for t, _, _ in answers]
-            assert max(ts) - min(ts) < FRAME, answers
-            assert ts[2] > 2.0  # it came back at the session's time, not at zero
+            _in_step(answers)
+            assert answers[2][0] > 5.0  # it came back at the session's time, not at zero
     finally:
         for n in nodes:
             n.close()
