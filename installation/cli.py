@@ -277,6 +277,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.rig:
+        from .rig import rig_bench
+
+        result = rig_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -401,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1, help="off/on pairs for --camera, alternating (default 1)")
+    b.add_argument("--rig", action="store_true", help="the loop with the web page, OSCQuery, MIDI and Link off vs "
+                   "on (with clients using them), --rounds pairs")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

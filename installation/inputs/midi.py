@@ -238,8 +238,16 @@ class MidiInput(ThreadedInput):
         return mido.Backend("mido.backends.rtmidi" + (f"/{self.settings.api}" if self.settings.api else ""),
                             load=True)
 
-    def _find(self, backend: Any) -> str | None:
-        names = backend.get_input_names()
+    def _probe(self) -> Any:
+        """One rtmidi input kept for listing ports: mido's listing makes (and on JACK, registers) a new client on
+        every call, which under load stalls the whole process for a moment; this one is made once."""
+        import rtmidi
+
+        return rtmidi.MidiIn(rtapi=getattr(rtmidi, f"API_{self.settings.api}", rtmidi.API_UNSPECIFIED),
+                             name="installation-probe")
+
+    def _find(self, probe: Any) -> str | None:
+        names = probe.get_ports()
         want = self.settings.port
         return next((n for n in names if want.lower() in n.lower()), None) if names else None
 
@@ -253,6 +261,7 @@ class MidiInput(ThreadedInput):
         sub = self.bus.subscribe(maxlen=256)
         try:
             backend = self._backend()
+            probe = self._probe()
         except Exception as e:  # noqa: BLE001 - no rtmidi: the input reports it and stays off
             log.error("MIDI input unavailable: %s", e)
             self._set_state(f"error: {e}")
@@ -262,7 +271,7 @@ class MidiInput(ThreadedInput):
         try:
             while not self._stop.is_set():
                 self._drain_learn(sub)
-                name = self._find(backend)
+                name = self._find(probe)
                 if name is None:
                     self._set_state("waiting")
                     if first:
@@ -290,13 +299,14 @@ class MidiInput(ThreadedInput):
                 try:
                     while not self._stop.wait(min(self.settings.check_s, 0.1)):
                         self._drain_learn(sub)
-                        if self._due_check() and name not in (backend.get_input_names() or []):
+                        if self._due_check() and name not in probe.get_ports():
                             log.warning("MIDI port %r vanished; reopening with backoff", name)
                             break
                 finally:
                     port.close()
                 self._set_state("waiting")
         finally:
+            probe.delete()
             sub.close()
 
     def _due_check(self) -> bool:
