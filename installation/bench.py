@@ -57,11 +57,13 @@ def _p99_ms(values: list[float]) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000.0, 2)
 
 
-def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = False) -> dict[str, Any]:
+def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = False,
+                load: Any = None) -> dict[str, Any]:
     """Run the real loop headless at the output size for ``seconds``; count decoded and presented frames, and time
     every tick: ``present_ms_p99`` is what one tick costs (clock to swap), ``interval_ms_p99`` the time from one
     tick's start to the next (the pacing a viewer sees). With ``inputs`` the config's enabled inputs run too; the
-    loop starts once the camera (if any) has delivered its first frame."""
+    loop starts once the camera (if any) has delivered its first frame. ``load(runtime)``, called once the runtime
+    has started, may start clients of its parts and returns a callable that stops them (the rig bench)."""
     target = HeadlessTarget(window_size(spec.config)[0])  # [[outputs]]: the window spanning them
     try:
         rt = Runtime(spec, target, WallClock(), fps=DISPLAY_HZ, device=device, max_decoder_fps=0, inputs=inputs)
@@ -92,9 +94,14 @@ def runtime_fps(spec: ShowSpec, seconds: float, device: str, inputs: bool = Fals
             while camera.stats().get("frames", 0) == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             frames0 = camera.stats().get("frames", 0)
+        stop_load = load(rt) if load is not None else None
         decoded0 = rt.slot.published
         cpu0 = time.process_time()
-        stats = rt.run(seconds, on_tick=on_tick)
+        try:
+            stats = rt.run(seconds, on_tick=on_tick)
+        finally:
+            if stop_load is not None:
+                stop_load()
         cpu = time.process_time() - cpu0  # this process only: presenter, its threads, the inputs' readers
         elapsed = stats.loop_s  # the loop alone: shutdown (joining the decoder process) is not part of it
         decoded = counts["decoded"] - decoded0

@@ -165,6 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             target.close()
             return _fail(str(e))
     clock = FixedClock(out.fps) if args.fixed_step else WallClock()
+    if spec.config.sync.clock == "link":
+        from .sync import clock_for
+
+        clock = clock_for(spec.config, clock)  # the Link session's shared timeline (live runs only)
     live = not args.fixed_step
     from .ops import Notifier
 
@@ -309,6 +313,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import outputs_bench
 
         result = outputs_bench(spec, seconds=args.seconds, rounds=args.rounds)
+    elif args.rig:
+        from .rig import rig_bench
+
+        result = rig_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -443,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera, --vision and --outputs, alternating; runs for --archive (default 1)")
+                   help="off/on pairs for --camera, --vision, --outputs and --rig, alternating; runs for --archive (default 1)")
     b.add_argument("--archive", action="store_true",
                    help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
                         "bytes per hour, replay equality, instead")
@@ -455,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--outputs", action="store_true",
                    help="present p99 with two warped, blended projector outputs vs one plain output, instead "
                         "(--rounds pairs, alternating)")
+    b.add_argument("--rig", action="store_true", help="the loop with the web page, OSCQuery, MIDI and Link off vs "
+                   "on (with clients using them), --rounds pairs")
     b.set_defaults(func=cmd_bench, fps=None, display=None)
 
     o = sub.add_parser("osc-map", help="print the OSC address map", description=cmd_osc_map.__doc__)

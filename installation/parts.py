@@ -39,9 +39,11 @@ class Part(Protocol):
     ``stats()`` is a small JSON-able dict for /health (``rejects``: counts of refused input by reason; ``failures``:
     contained faults, which make health say "degraded").
 
-    Optional hooks, looked up by name on the loop thread, both must return quickly and never block:
-    ``tick(moment)`` once per loop tick after the frame is presented, and ``plan(plan, moment) -> plan`` to add
-    decoder inputs (the camera's img2img source) to the plan before it is submitted.
+    Optional hooks, looked up by name on the loop thread, all must return quickly and never block:
+    ``tick(moment)`` once per loop tick after the frame is presented, ``plan(plan, moment) -> plan`` to add
+    decoder inputs (the camera's img2img source) to the plan before it is submitted, and
+    ``events(events, moment) -> events`` to hold back or let through the tick's events (Link: scene changes on
+    the bar).
     """
 
     def start(self) -> None: ...
@@ -82,6 +84,9 @@ class PartContext:
     # The taps a watching part attaches to: the bus journal is bus.subscribe(); presented frames come from here
     # (``presented.add(sink)``, see render/outputs.py); post-render hook results arrive on the bus.
     presented: Any = None
+    # The whole validated config, for a part that serves what another part's table says (OSCQuery: the OSC port).
+    config: Any = None
+    clock: Any = None  # the show clock (a part may share its source: Link)
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]
@@ -136,6 +141,10 @@ _BUILTINS = {
     "archive": "installation.archive",
     "vision": "installation.vision.part",
     "sinks": "installation.render.ndi",
+    "web": "installation.ops.web",
+    "oscquery": "installation.inputs.oscquery",
+    "midi": "installation.inputs.midi",
+    "link": "installation.sync",
 }
 _loaded = False
 

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -193,12 +193,14 @@ class Runtime:
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
                           serve_health=serve_health, keep_state=keep_state, only_scene=only_scene,
-                          presented=self.tap)
+                          presented=self.tap, config=cfg, clock=self.clock)
         self.parts: dict[str, Part] = registry.build_all(cfg, ctx, inputs=inputs)
         self._supervised = {name: _Supervised(registry.info(name)) for name in self.parts}
         self._part_stats: dict[str, dict[str, Any]] = {}  # each part's stats at the last ops tick
         hooks = [(name, getattr(part, "plan", None), getattr(part, "tick", None)) for name, part in self.parts.items()]
         self._plan_hooks = [(name, fn) for name, fn, _ in hooks if callable(fn)]
+        self._event_hooks = [(name, getattr(p, "events")) for name, p in self.parts.items()
+                             if callable(getattr(p, "events", None))]
         self._tick_hooks = [(name, fn) for name, _, fn in hooks if callable(fn)]
         self.resumed = False
         if resume:
@@ -231,7 +233,8 @@ class Runtime:
         elif ev.kind.startswith(("calibrate", "output.")) and getattr(self.output, "handle_event", None) and \
                 self.output.handle_event(ev):
             pass  # projector calibration (render/calibration.py)
-        elif ev.kind not in ("onset", "map.goto"):  # onsets go through modulation routes; the archive takes map.goto
+        elif ev.kind not in ("onset", "map.goto", "midi.learn"):  # onsets go through modulation routes; the
+            # archive takes map.goto and the MIDI part learn events, from the bus journal
             self.bus.reject("event")
 
     def _hook_result(self, result: dict[str, Any]) -> None:
@@ -286,6 +289,12 @@ class Runtime:
             elif action in ("next", "prev"):
                 self.bus.post(Event(f"scene.{action}", source="keyboard"))
         tick = self._modulate(self.bus.tick(dt), t, dt)
+        for name, hook in self._event_hooks:  # parts that hold events back (Link: scene changes on the bar)
+            try:
+                tick = replace(tick, events=tuple(hook(tick.events, Moment(t, dt, self.show.scene))))
+            except Exception:  # noqa: BLE001 - a part's fault never stops the show: the events go through
+                self.faults[f"hook.{name}"] += 1
+                log.exception("part %s: events hook failed", name)
         plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
         for ev in rest:
             self._handle(ev)
@@ -646,6 +655,9 @@ class Runtime:
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
+        align = getattr(self.clock, "align", None)  # a clock shared by several machines (Link) places the show
+        if callable(align):
+            align(self.show, self.clock.now())
         return ok
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:

@@ -312,7 +312,9 @@ class Show:
             self._blend2 = (self._blend2[0] + dt, self._blend2[1])
         scene = self.scene
         if scene.duration > 0 and t - self.started >= scene.duration and len(self.scenes) > 1:
+            ended = self.started + scene.duration
             self._activate(self.position + 1, t)
+            self.started = ended  # the next scene's clock starts when this one ended, not at this tick: no drift
             scene = self.scene
         rate = 0.0 if frozen else float(tick.values.get("speed", 1.0))
         if not frozen:

@@ -89,7 +89,7 @@ def test_builtin_parts_and_their_tables():
     assert parts.info("osc").table == "inputs.osc" and parts.info("osc").is_input
     assert not parts.info("health").is_input and parts.info("state").fault_key == "part.state"
     # the config model is the registry's: one [inputs] sub-table per input, [health] and [state] at the top
-    assert set(Config.model_fields["inputs"].annotation.model_fields) == {"osc", "audio", "camera"}
+    assert set(Config.model_fields["inputs"].annotation.model_fields) == {"osc", "audio", "camera", "midi"}
     assert {"health", "state"} <= set(Config.model_fields)
     with pytest.raises(KeyError, match="unknown part 'nope'"):
         parts.info("nope")
@@ -117,7 +117,7 @@ def test_an_unregistered_parts_table_is_an_unknown_key(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra="[inputs.ticker]\nenabled = true\n")
     with pytest.raises(ConfigError) as e:
         load_show(cfg)
-    assert e.value.key == "inputs.ticker" and "allowed: audio, camera, osc" in str(e.value)
+    assert e.value.key == "inputs.ticker" and "allowed: audio, camera, midi, osc" in str(e.value)
 
 
 def test_a_registered_part_runs_in_the_real_runtime(tmp_path, ticker):

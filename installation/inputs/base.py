@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 # Counters of what an input delivers, and the names its rate and the age of the newest delivery go by in stats().
 DELIVERIES = {"frames": ("fps", "last_frame_age_s"), "blocks": ("blocks_per_s", "last_block_age_s"),
-              "packets": ("packets_per_s", "last_packet_age_s")}
+              "packets": ("packets_per_s", "last_packet_age_s"), "messages": ("messages_per_s", "last_message_age_s")}
 RATE_WINDOW_S = 2.0  # the delivery rate is taken over this many seconds
 
 

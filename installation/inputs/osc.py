@@ -90,7 +90,8 @@ class OscSettings(BaseModel):
                     "newest in between is applied when the interval ends; 0 = no limit",
     )
     exclude_prefixes: tuple[str, ...] = Field(
-        default=("audio.", "camera."), description="parameters neither settable over OSC nor fed back"
+        default=("audio.", "camera.", "midi.", "link."),
+        description="parameters neither settable over OSC nor fed back (inputs' own features)"
     )
     prompt_slots: int = Field(default=4, ge=0, le=64, description="/prompt/0 .. /prompt/<n-1>")
     prompt_weight: tuple[float, float] = Field(default=(0.0, 2.0), description="allowed weight range")
@@ -162,6 +163,7 @@ def address_map(
                                             "bottom-left) to x y in 0..1 of the output"),
         ("/output/<n>/mesh/<i>", "f f", "move output n's mesh point i (row by row) to x y, 0..1"),
         ("/output/<n>/blend/<side>", "f", "output n's soft-edge width at left|right|top|bottom, 0..0.5"),
+        ("/midi/learn", "s", "bind the next moved MIDI control to this parameter ([inputs.midi])"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))

@@ -179,6 +179,7 @@ class ControlSurface:
             "/calibrate/save": lambda c, a, *args: self._post("calibrate.save", None, c),
             "/calibrate/undo": lambda c, a, *args: self._post("calibrate.undo", None, c),
             "/output/*": self._h_output,
+            "/midi/learn": self._h_learn,
         }
         if self.settings.allow_quit:
             table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
@@ -390,6 +391,14 @@ class ControlSurface:
             self._post("output.blend", (n, key, width), sender)
         else:
             raise Reject("unknown_address")
+
+    def _h_learn(self, sender: Sender, address: str, *args: Any) -> None:
+        """MIDI learn: the MIDI part (watching the bus journal) binds the next moved control to this parameter."""
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        if self.bus.spec(args[0]) is None or args[0].startswith(self.settings.exclude_prefixes):
+            raise Reject("out_of_range")
+        self._post("midi.learn", args[0], sender)
 
     def _h_ping(self, sender: Sender, address: str, *args: Any) -> None:
         echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]

@@ -29,6 +29,10 @@ ENABLE = {
     "archive": "",  # on by default: a writer thread and a SQLite file in the test's folder
     "vision": "",  # the tiny CLIP checkpoint's table, from the tiny_clip fixture
     "sinks": '[[sinks]]\nkind = "ndi"\nname = "contract"\n',  # an NDI sender (render/ndi.py)
+    "web": "[web]\nenabled = true\nport = 0\n",
+    "oscquery": "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n",
+    "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
+    "link": "[sync]\nlink = true\n",
 }
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
@@ -39,7 +43,7 @@ def test_every_registered_part_is_under_contract():
 
 @pytest.mark.parametrize("name", sorted(ENABLE))
 def test_a_part_starts_runs_reports_stops_and_starts_again(name, tmp_path, request):
-    if name == "audio":
+    if name in ("audio", "midi"):
         request.getfixturevalue("jack_server")  # a real PortAudio stream on the JACK dummy server
     extra = request.getfixturevalue("tiny_clip").toml() if name == "vision" else ENABLE[name]
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=extra)

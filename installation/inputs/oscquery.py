@@ -1,0 +1,390 @@
+"""OSCQuery: the OSC address space as a live JSON namespace over HTTP, advertised over mDNS, with the websocket
+``LISTEN``/``IGNORE`` extension, so TouchOSC, Chataigne or vezér find the show and build their controls from it.
+
+Per the OSCQuery proposal (github.com/Vidvox/OSCQueryProposal): ``GET /`` answers the whole tree (``FULL_PATH``,
+``CONTENTS``, ``TYPE``, ``RANGE``, ``VALUE``, ``ACCESS``, ``DESCRIPTION``), ``GET /<address>`` one node,
+``GET /<address>?VALUE`` (or any other attribute) that attribute alone and ``GET /?HOST_INFO`` the server's name, its
+OSC port and transport (UDP) and the extensions it supports. The tree is made from the same parameter specs that
+``installation params`` prints and the rows of ``installation osc-map`` (:func:`installation.inputs.osc.address_map`),
+so it never disagrees with what the OSC port accepts. A websocket on the same port takes
+``{"COMMAND": "LISTEN", "DATA": "/param/speed"}``; from then on every accepted change of that parameter (from any
+transport: OSC, MIDI, the page, a scene's defaults) arrives as a binary OSC message, until ``IGNORE``.
+
+The service is advertised as ``_oscjson._tcp`` (this server) and ``_osc._udp`` (the OSC port) via ``zeroconf``, in a
+background thread; where multicast is impossible (a sandbox, no network) that is a logged warning and the HTTP
+server serves on. The server runs an asyncio loop (``websockets``) on its own thread and never touches the runtime:
+it reads bus targets and drains a bus journal subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+from http import HTTPStatus
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from installation.bus import ParamBus
+from installation.inputs.osc import OscSettings, _encode, address_map
+from installation.inputs.surface import Scenes, scene_list
+from installation.parts import PartContext, register
+
+log = logging.getLogger(__name__)
+
+ACCESS_NONE, ACCESS_READ, ACCESS_WRITE, ACCESS_RW = 0, 1, 2, 3
+EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "TAGS": False, "EXTENDED_TYPE": False,
+              "UNIT": False, "CRITICAL": False, "CLIPMODE": False, "LISTEN": True, "PATH_CHANGED": False,
+              "PATH_RENAMED": False, "PATH_ADDED": False, "PATH_REMOVED": False, "HTML": False, "TYPE": True,
+              "FULL_PATH": True, "CONTENTS": True}
+ATTRIBUTES = ("FULL_PATH", "CONTENTS", "TYPE", "RANGE", "VALUE", "ACCESS", "DESCRIPTION")
+# The osc-map's argument notation -> an OSC type tag string (optional arguments left out).
+_TYPES = {"": None, "f": "f", "s": "s", "i": "i", "i|f": "i", "i|f|T|F": "i", "s|i": "s", "s [f]": "s",
+          "f [f ...]": "f", "[any]": None}
+_GATE_RANGE = {"/freeze": (0, 1), "/blackout": (0, 1)}
+
+
+class OscQuerySettings(BaseModel):
+    """``[oscquery]``: the namespace server (off by default; loopback like the OSC port unless told)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9002
+    name: str = Field(default="installation", min_length=1, max_length=63, description="the mDNS service name")
+    advertise: bool = Field(default=True, description="advertise _oscjson._tcp and _osc._udp over mDNS (zeroconf)")
+    listen_rate: Annotated[float, Field(gt=0.0, le=240.0)] = 60.0
+    max_clients: Annotated[int, Field(ge=1, le=256)] = 16
+
+
+def _node(path: str, description: str = "", **attrs: Any) -> dict[str, Any]:
+    node: dict[str, Any] = {"FULL_PATH": path}
+    if description:
+        node["DESCRIPTION"] = description
+    node.update({k: v for k, v in attrs.items() if v is not None})
+    return node
+
+
+def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | None = None) -> dict[str, Any]:
+    """The OSCQuery tree of the show's OSC address space, with each parameter's range and current target."""
+    root = _node("/", "installation: a latent-space show", CONTENTS={}, ACCESS=ACCESS_NONE)
+    targets = bus.targets()
+
+    def place(address: str, node: dict[str, Any]) -> None:
+        parent = root
+        parts = address.strip("/").split("/")
+        for i, part in enumerate(parts[:-1]):
+            contents = parent.setdefault("CONTENTS", {})
+            parent = contents.setdefault(part, _node("/" + "/".join(parts[: i + 1]), ACCESS=ACCESS_NONE))
+        existing = parent.setdefault("CONTENTS", {}).get(parts[-1])
+        if existing is not None and "CONTENTS" in existing:
+            node["CONTENTS"] = existing["CONTENTS"]
+        parent["CONTENTS"][parts[-1]] = node
+
+    names = scene_list(scenes)
+    for address, types, doc in address_map(bus.specs, names, osc):
+        if address.startswith("->"):
+            continue  # feedback rows
+        if address.startswith("/param/"):
+            name = address[len("/param/"):]
+            norm = name.endswith("/norm")
+            name = name[: -len("/norm")] if norm else name
+            spec = bus.spec(name)
+            if spec is None:
+                continue
+            value = targets.get(name, spec.default)
+            if norm:
+                u = (value - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
+                place(address, _node(address, doc, TYPE="f", RANGE=[{"MIN": 0.0, "MAX": 1.0}], VALUE=[u],
+                                     ACCESS=ACCESS_RW))
+            else:
+                kind = "f" if spec.type == "float" else "i"
+                v: float | int = value if kind == "f" else int(value)
+                place(address, _node(address, doc, TYPE=kind, RANGE=[{"MIN": spec.min, "MAX": spec.max}], VALUE=[v],
+                                     ACCESS=ACCESS_RW))
+            continue
+        tag = _TYPES.get(types)
+        rng = None
+        value = None
+        if address == "/scene/goto":
+            rng, value = [{"VALS": names}], ([scene] if scene else None)
+        elif address in _GATE_RANGE:
+            lo, hi = _GATE_RANGE[address]
+            rng = [{"MIN": lo, "MAX": hi}]
+        elif address == "/seed":
+            rng = [{"MIN": 0, "MAX": 2**32 - 1}]
+        place(address, _node(address, doc, TYPE=tag, RANGE=rng, VALUE=value, ACCESS=ACCESS_WRITE))
+    return root
+
+
+def find(tree: dict[str, Any], address: str) -> dict[str, Any] | None:
+    """The node at ``address`` (``/`` is the root), or None."""
+    node = tree
+    for part in [p for p in address.split("/") if p]:
+        node = node.get("CONTENTS", {}).get(part)
+        if node is None:
+            return None
+    return node
+
+
+class OscQueryServer:
+    """The OSCQuery HTTP + websocket server and its mDNS advertisement; a part."""
+
+    def __init__(self, settings: OscQuerySettings, bus: ParamBus, scenes: Scenes, osc: OscSettings,
+                 snapshot: Any = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.scenes = scenes
+        self.osc = osc
+        self.snapshot = snapshot
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._port = settings.port
+        self._zeroconf: Any = None
+        self._zc_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.counts = {"http": 0, "not_found": 0, "ws_clients": 0, "listens": 0, "sent": 0, "dropped": 0,
+                       "bad_commands": 0, "advertised": 0}
+
+    # -- part ----------------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out = dict(self.counts)
+        out["rejects"] = {"not_found": out.pop("not_found"), "bad_commands": out.pop("bad_commands")}
+        return out
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def start(self) -> None:
+        """Bind and serve on a thread (OSError naming host:port if it cannot); advertise in the background."""
+        if self._thread is not None:
+            return
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="oscquery", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            self._thread.join(5)
+            self._thread = None
+            e = self._error
+            raise OSError(getattr(e, "errno", None), f"OSCQuery cannot listen on {self.settings.host}:"
+                                                     f"{self.settings.port}: {getattr(e, 'strerror', None) or e}")
+        log.info("OSCQuery on %s (OSC udp port %s)", self.url, self.osc.port)
+        if self.settings.advertise:
+            self._zc_thread = threading.Thread(target=self._advertise, name="oscquery-mdns", daemon=True)
+            self._zc_thread.start()
+
+    def stop(self) -> None:
+        thread, loop, stop = self._thread, self._loop, self._stop
+        self._thread = None
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:
+                pass  # the loop has ended already
+        thread.join(5)
+        if self._zc_thread is not None:
+            self._zc_thread.join(10)
+            self._zc_thread = None
+        zc, self._zeroconf = self._zeroconf, None
+        if zc is not None:
+            try:
+                zc.unregister_all_services()
+                zc.close()
+            except Exception:  # noqa: BLE001 - leaving the network is best effort
+                log.debug("zeroconf close failed", exc_info=True)
+
+    # -- mDNS ------------------------------------------------------------------------------------------------------
+    def _advertise(self) -> None:
+        try:
+            from zeroconf import ServiceInfo, Zeroconf
+
+            host = self.settings.host
+            if host in ("0.0.0.0", "::", ""):
+                import ifaddr
+
+                addrs = [ip.ip for a in ifaddr.get_adapters() for ip in a.ips
+                         if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+            else:
+                addrs = [socket.gethostbyname(host)]
+            packed = [socket.inet_aton(a) for a in addrs]
+            name = self.settings.name
+            server = f"{socket.gethostname().split('.')[0]}.local."
+            infos = [ServiceInfo("_oscjson._tcp.local.", f"{name}._oscjson._tcp.local.", addresses=packed,
+                                 port=self.port, server=server, properties={"txtvers": "1"}),
+                     ServiceInfo("_osc._udp.local.", f"{name}._osc._udp.local.", addresses=packed,
+                                 port=self.osc.port, server=server, properties={"txtvers": "1"})]
+            zc = Zeroconf()
+            self._zeroconf = zc
+            for info in infos:
+                zc.register_service(info, allow_name_change=True)
+                self._count("advertised")
+            log.info("OSCQuery advertised over mDNS as %r on %s", name, ", ".join(addrs))
+        except Exception as e:  # noqa: BLE001 - no multicast here: the server works, discovery does not
+            log.warning("OSCQuery: mDNS advertising failed (%s: %s); clients must be given %s by hand",
+                        type(e).__name__, e, self.url)
+
+    # -- the server thread -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - reported by start() or seen as a dead part
+            if not self._ready.is_set():
+                self._error = e
+                self._ready.set()
+            else:
+                log.exception("OSCQuery server ended")
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._clients: dict[Any, set[str]] = {}
+        ws_log = logging.getLogger("installation.inputs.oscquery.ws")
+        ws_log.setLevel(logging.WARNING)  # websockets logs each plain HTTP answer as a refused handshake
+        async with serve(self._ws, self.settings.host, self.settings.port, process_request=self._http,
+                         logger=ws_log, max_size=4096, ping_interval=20) as server:
+            self._port = server.sockets[0].getsockname()[1] if server.sockets else self.settings.port
+            self._ready.set()
+            sub = self.bus.subscribe()
+            try:
+                pump = asyncio.create_task(self._pump(sub))
+                await self._stop.wait()
+                pump.cancel()
+            finally:
+                sub.close()
+
+    def _tree(self) -> dict[str, Any]:
+        scene = None
+        if self.snapshot is not None:
+            scene = (self.snapshot() or {}).get("scene")
+        return build_tree(self.bus, self.scenes, self.osc, scene)
+
+    def _http(self, connection: Any, request: Any) -> Any:
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            if len(self._clients) >= self.settings.max_clients:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many listeners\n")
+            return None  # a websocket: go on with the handshake
+        self._count("http")
+        url = urlsplit(request.path)
+        path, attr = unquote(url.path) or "/", url.query.split("&", 1)[0].upper()
+        if attr == "HOST_INFO":
+            body: Any = {"NAME": self.settings.name, "OSC_IP": self.osc.host, "OSC_PORT": self.osc.port,
+                         "OSC_TRANSPORT": "UDP", "WS_IP": self.settings.host, "WS_PORT": self.port,
+                         "EXTENSIONS": EXTENSIONS}
+            status = 200
+        else:
+            node = find(self._tree(), path)
+            if node is None:
+                self._count("not_found")
+                body, status = {"error": "no such address", "path": path[:200]}, 404
+            elif attr:
+                if attr not in ATTRIBUTES or attr not in node:
+                    status, body = (204, None) if attr in ATTRIBUTES else (400, {"error": f"unknown attribute {attr}"})
+                else:
+                    body, status = {attr: node[attr]}, 200
+            else:
+                body, status = node, 200
+        data = b"" if body is None else json.dumps(body, allow_nan=False).encode()
+        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                           ("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-store"),
+                           ("Connection", "close")])
+        return Response(status, HTTPStatus(status).phrase, headers, data)
+
+    async def _ws(self, ws: Any) -> None:
+        listening: set[str] = set()
+        self._clients[ws] = listening
+        self._count("ws_clients")
+        try:
+            async for message in ws:
+                try:
+                    cmd = json.loads(message)
+                    command, data = cmd["COMMAND"], cmd["DATA"]
+                    if command not in ("LISTEN", "IGNORE") or not isinstance(data, str) or len(data) > 256:
+                        raise ValueError(command)
+                except (ValueError, KeyError, TypeError):
+                    self._count("bad_commands")
+                    continue
+                if command == "LISTEN":
+                    if len(listening) < 4096:
+                        listening.add(data)
+                        self._count("listens")
+                else:
+                    listening.discard(data)
+        except Exception:  # noqa: BLE001 - a client that goes away mid-message
+            log.debug("OSCQuery websocket ended", exc_info=True)
+        finally:
+            self._clients.pop(ws, None)
+
+    async def _pump(self, sub: Any) -> None:
+        """Send accepted parameter changes to the websockets listening to them, at most ``listen_rate`` a second
+        (the newest value of each address per round)."""
+        period = 1.0 / self.settings.listen_rate
+        while True:
+            await asyncio.sleep(period)
+            changes = sub.drain()
+            if not changes or not self._clients:
+                continue
+            latest: dict[str, float] = {}
+            for c in changes:
+                if c.kind == "set":
+                    latest[c.name] = c.value
+                elif c.kind == "reset":
+                    latest.update(c.value)
+            for ws, listening in list(self._clients.items()):
+                for name, value in latest.items():
+                    spec = self.bus.spec(name)
+                    if spec is None:
+                        continue
+                    for address, v in ((f"/param/{name}", value),
+                                       (f"/param/{name}/norm", (value - spec.min) / (spec.max - spec.min)
+                                        if spec.max > spec.min else 0.0)):
+                        if address in listening:
+                            arg = float(v) if spec.type == "float" or address.endswith("/norm") else int(v)
+                            try:
+                                await ws.send(_encode(address, arg))
+                                self._count("sent")
+                            except Exception:  # noqa: BLE001 - a closed client; it is dropped by _ws
+                                self._count("dropped")
+
+
+@register("oscquery", table="oscquery", settings=OscQuerySettings, order=15)
+def build(settings: OscQuerySettings, ctx: PartContext) -> OscQueryServer | None:
+    """The OSCQuery part: on with ``[oscquery] enabled = true`` (and the OSC input on, whose port it announces)."""
+    if not settings.enabled:
+        return None
+    osc = ctx.config.inputs.osc if ctx.config is not None else OscSettings()
+    if not osc.enabled:
+        log.warning("OSCQuery is enabled but the OSC input is not: nothing to announce, not started")
+        return None
+    return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot)

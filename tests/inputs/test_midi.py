@@ -1,0 +1,152 @@
+"""MIDI on a real port: a JACK MIDI output (python-rtmidi's virtual port on the JACK dummy server the audio tests
+use) plays a controller into the real runtime: CCs (7 and 14 bit), notes and pitch bend become sources, a note
+fires an event, /midi/learn over real OSC binds the next moved control (saved beside the config), and a port that
+vanishes is reopened when it comes back."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from pythonosc.udp_client import SimpleUDPClient
+
+from installation.bus import ParamBus
+from installation.clock import WallClock
+from installation.config import load_show
+from installation.inputs.midi import MidiInput, MidiSettings, midi_specs
+from installation.render.targets import HeadlessTarget
+from installation.runtime import Runtime
+from support import play_while, scene_toml, wait_until, write_show
+
+pytest.importorskip("rtmidi", reason="pip install python-rtmidi mido")
+pytest.importorskip("mido", reason="pip install python-rtmidi mido")
+
+
+class Controller:
+    """A MIDI controller: a JACK MIDI output port that can be unplugged and plugged back."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.out = None
+        self.plug()
+
+    def plug(self) -> None:
+        import rtmidi
+
+        self.out = rtmidi.MidiOut(rtapi=rtmidi.API_UNIX_JACK)
+        self.out.open_virtual_port(self.name)
+
+    def unplug(self) -> None:
+        self.out.close_port()
+        self.out.delete()
+        self.out = None
+
+    def send(self, *msg: int) -> None:
+        self.out.send_message(list(msg))
+
+
+def _show(tmp_path, port: str):
+    cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()}, extra=f"""[state]
+enabled = false
+[inputs.midi]
+enabled = true
+api = "UNIX_JACK"
+port = "{port}"
+channels = [1, 2]
+cc = [7, 20]
+cc14 = [1]
+notes = [60]
+note_events = [{{ note = 36, event = "scene.next" }}, {{ channel = 2, note = 37, event = "freeze" }}]
+check_s = 0.2
+reopen_min = 0.1
+reopen_max = 0.5
+[modulation]
+routes = [{{ source = "midi.cc.1.7", target = "grade.hue", gain = 0.5 }}]
+""")
+    return load_show(cfg)
+
+
+def test_a_controller_steers_the_show_learns_and_survives_an_unplug(tmp_path, jack_server):
+    name = f"ctl-{uuid.uuid4().hex[:6]}"
+    ctl = Controller(name)
+    spec = _show(tmp_path, name)
+    assert {"midi.cc.1.7", "midi.cc.2.20", "midi.cc.1.1", "midi.note.1.60", "midi.bend.2"} <= set(spec.params)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
+    midi = rt.part("midi")
+    seen: dict = {}
+    values = lambda: rt.bus.targets()  # noqa: E731
+
+    def heard(send, arrived, tries: int = 40) -> bool:
+        for _ in range(tries):
+            send()
+            if wait_until(arrived, 0.5):
+                return True
+        return False
+
+    def actor():
+        assert wait_until(lambda: midi.stats()["opened"], 30), midi.stats()
+        # JACK connects the opened port a moment later: what is sent before is lost, as on a real cable
+        assert heard(lambda: ctl.send(0xB0, 7, 1), lambda: values()["midi.cc.1.7"] == pytest.approx(1 / 127))
+        ctl.send(0xB0, 7, 100)                  # CC 7 = 100 on channel 1
+        ctl.send(0xB0, 1, 64)                   # 14-bit CC 1: MSB 64 ...
+        ctl.send(0xB0, 33, 32)                  # ... LSB 32
+        ctl.send(0x90, 60, 127)                 # note 60 on, full velocity
+        ctl.send(0xE1, 0, 0)                    # pitch bend fully down on channel 2
+        assert wait_until(lambda: values()["midi.bend.2"] == -1.0, 20)
+        seen["sources"] = {k: values()[k] for k in ("midi.cc.1.7", "midi.cc.1.1", "midi.note.1.60")}
+        ctl.send(0x80, 60, 0)                   # note off
+        assert wait_until(lambda: values()["midi.note.1.60"] == 0.0, 20)
+        ctl.send(0x90, 36, 100)                 # note 36 fires scene.next
+        seen["scene"] = wait_until(lambda: rt.show.scene.name == "b", 20)
+        ctl.send(0x91, 37, 100)                 # note 37 on channel 2 holds freeze while held
+        seen["frozen"] = wait_until(lambda: rt.frozen, 20)
+        ctl.send(0x81, 37, 0)
+        seen["released"] = wait_until(lambda: not rt.frozen, 20)
+        # MIDI learn over real OSC: the next moved control (CC 20 on channel 2) is bound to feedback.amount
+        SimpleUDPClient(*rt.osc.address).send_message("/midi/learn", "feedback.amount")
+        assert wait_until(lambda: midi.stats()["learning"] == "feedback.amount", 20)
+        ctl.send(0xB1, 20, 127)
+        seen["learned_max"] = wait_until(lambda: values()["feedback.amount"] == pytest.approx(0.98), 20)
+        ctl.send(0xB1, 20, 0)
+        seen["learned_min"] = wait_until(lambda: values()["feedback.amount"] == 0.0, 20)
+        # unplugged: noticed, waited for, reopened when it is back, and it plays again
+        ctl.unplug()
+        seen["waiting"] = wait_until(lambda: midi.stats()["state"] == "waiting", 20)
+        ctl.plug()
+        seen["reopened"] = wait_until(lambda: midi.stats()["opened"] and midi.stats()["reopens"] == 1, 20)
+        seen["after"] = heard(lambda: ctl.send(0xB0, 7, 0), lambda: values()["midi.cc.1.7"] == 0.0)
+        seen["stats"] = midi.stats()
+
+    try:
+        play_while(rt, target, actor, seconds=180)
+    finally:
+        rt.close()
+        if ctl.out is not None:
+            ctl.unplug()
+    assert seen["sources"] == {"midi.cc.1.7": pytest.approx(100 / 127),
+                               "midi.cc.1.1": pytest.approx((64 << 7 | 32) / 16383),
+                               "midi.note.1.60": 1.0}
+    assert seen["scene"] and seen["frozen"] and seen["released"]
+    assert seen["learned_max"] and seen["learned_min"]
+    saved = json.loads((tmp_path / "midi-learn.json").read_text())
+    assert saved == {"bindings": {"feedback.amount": {"kind": "cc", "channel": 2, "number": 20}}}
+    assert seen["waiting"] and seen["reopened"] and seen["after"]
+    assert seen["stats"]["learned"] == 1 and seen["stats"]["messages"] >= 12
+    assert json.loads(json.dumps(seen["stats"])) == seen["stats"]
+
+
+def test_learned_bindings_load_at_start_and_bad_ones_are_dropped(tmp_path):
+    settings = MidiSettings(enabled=True, cc14=[1])
+    from installation.bus import ParamSpec
+
+    bus = ParamBus([ParamSpec("speed", max=10.0), *midi_specs(settings)])
+    (tmp_path / "midi-learn.json").write_text(json.dumps({"bindings": {
+        "speed": {"kind": "cc14", "channel": 1, "number": 1},
+        "nope": {"kind": "cc", "channel": 1, "number": 2},
+        "midi.cc.1.7": {"kind": "wheel"}}}))
+    midi = MidiInput(settings, bus, tmp_path)
+    assert midi.bindings == {"speed": {"kind": "cc14", "channel": 1, "number": 1}}
+    assert midi.learn("nope") is False and midi.stats()["rejects"]["learn_unknown_param"] == 1
+    assert bus.spec("midi.bend.1").min == -1.0 and bus.spec("midi.cc.1.1").doc.endswith("(14-bit), 0..1")

@@ -1,0 +1,158 @@
+"""OSCQuery against clients nobody here wrote: Chromium (driven by Playwright) reads the tree over HTTP and listens
+on a websocket while python-osc sends real UDP to the show's OSC port; zeroconf's own resolver finds the services.
+The show is the real runtime."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import uuid
+
+import pytest
+from pythonosc.osc_message import OscMessage
+from pythonosc.udp_client import SimpleUDPClient
+
+from installation.bus import ParamBus, ParamSpec
+from installation.clock import WallClock
+from installation.config import load_show
+from installation.inputs.osc import OscSettings
+from installation.inputs.oscquery import OscQueryServer, OscQuerySettings
+from installation.render.targets import HeadlessTarget
+from installation.runtime import Runtime
+from support import play_while, scene_toml, wait_until, write_show
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+LISTEN_JS = """(url) => new Promise((ok, fail) => {
+  window.got = [];
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (m) => window.got.push(Array.from(new Uint8Array(m.data)));
+  ws.onopen = () => { window.ws = ws; ws.send(JSON.stringify({COMMAND: "LISTEN", DATA: "/param/speed"}));
+                      ws.send(JSON.stringify({COMMAND: "LISTEN", DATA: "/param/radius/norm"})); ok(true); };
+  ws.onerror = () => fail("websocket error");
+})"""
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _walk(node: dict, out: dict) -> dict:
+    out[node["FULL_PATH"]] = node
+    for child in node.get("CONTENTS", {}).values():
+        _walk(child, out)
+    return out
+
+
+def test_a_browser_reads_the_tree_and_hears_values_set_over_osc(tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (its browsers are not needed)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("apt-get install chromium: no browser to test with")
+    from playwright.sync_api import sync_playwright
+
+    osc_port = _free_udp_port()
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()},
+                     extra=f'[state]\nenabled = false\n[oscquery]\nenabled = true\nport = 0\nname = "{name}"\n')
+    cfg.write_text(cfg.read_text().replace("[inputs.osc]\nport = 0", f"[inputs.osc]\nport = {osc_port}"))
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
+    query = rt.part("oscquery")
+    seen: dict = {}
+
+    def actor():
+        assert wait_until(lambda: query.alive and rt.stats.presented > 5, 60)
+        base = query.url
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page()
+                assert page.goto(base).status == 200
+                seen["tree"] = page.evaluate("fetch('/').then((r) => r.json())")
+                seen["targets"] = rt.bus.targets()  # nothing sets parameters here until the OSC below
+                seen["host_info"] = page.evaluate("fetch('/?HOST_INFO').then((r) => r.json())")
+                seen["value"] = page.evaluate("fetch('/param/speed?VALUE').then((r) => r.json())")
+                seen["missing"] = page.evaluate("fetch('/param/nope').then((r) => r.status)")
+                page.evaluate(LISTEN_JS, "ws" + base[4:])
+                assert wait_until(lambda: query.stats()["listens"] == 2, 20)
+                client = SimpleUDPClient("127.0.0.1", osc_port)  # real OSC over UDP
+                client.send_message("/param/speed", 2.5)
+                client.send_message("/param/radius/norm", 0.5)
+                page.wait_for_function("window.got.length >= 2", timeout=20000)
+                seen["heard"] = page.evaluate("window.got")
+                # IGNORE: after it, speed's changes no longer arrive (radius's, sent after speed's, still do)
+                page.evaluate("window.got = []; window.ws.send(JSON.stringify({COMMAND: 'IGNORE', DATA: "
+                              "'/param/speed'})); window.ws.send(JSON.stringify({COMMAND: 'LISTEN', DATA: "
+                              "'/param/grade.hue'}))")
+                assert wait_until(lambda: query.stats()["listens"] == 3, 20)
+                client.send_message("/param/speed", 4.0)
+                client.send_message("/param/radius/norm", 0.25)
+                page.wait_for_function("window.got.length >= 1", timeout=20000)
+                page.wait_for_timeout(300)
+                seen["after_ignore"] = page.evaluate("window.got")
+            finally:
+                browser.close()
+
+    play_while(rt, target, actor, seconds=180)
+    rt.close()
+
+    nodes = _walk(seen["tree"], {})
+    for p in spec.params.values():
+        if p.name.startswith(OscSettings().exclude_prefixes):
+            continue  # inputs' own features: not settable over OSC, so not in the map
+        node = nodes[f"/param/{p.name}"]
+        assert node["RANGE"] == [{"MIN": p.min, "MAX": p.max}], p.name
+        assert node["ACCESS"] == 3 and node["TYPE"] in ("f", "i")
+        assert node["VALUE"] == [pytest.approx(seen["targets"][p.name])], p.name  # the current value
+        assert nodes[f"/param/{p.name}/norm"]["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}]
+    assert nodes["/scene/goto"]["RANGE"] == [{"VALS": ["a", "b"]}] and nodes["/scene/goto"]["VALUE"] == ["a"]
+    assert {"/scene/next", "/scene/prev", "/prompt", "/seed", "/freeze", "/blackout", "/panic"} <= set(nodes)
+    assert seen["host_info"]["OSC_PORT"] == osc_port and seen["host_info"]["OSC_TRANSPORT"] == "UDP"
+    assert seen["host_info"]["EXTENSIONS"]["LISTEN"] is True
+    assert seen["missing"] == 404 and len(seen["value"]["VALUE"]) == 1
+    heard = [OscMessage(bytes(b)) for b in seen["heard"]]
+    got = {m.address: m.params for m in heard}
+    assert got["/param/speed"] == [2.5]
+    assert got["/param/radius/norm"] == [pytest.approx(0.5)]
+    after = [OscMessage(bytes(b)).address for b in seen["after_ignore"]]
+    assert "/param/radius/norm" in after and "/param/speed" not in after
+
+
+def test_mdns_finds_both_services_and_a_failure_to_advertise_is_only_a_warning(monkeypatch, caplog):
+    from zeroconf import Zeroconf
+
+    bus = ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    server = OscQueryServer(OscQuerySettings(enabled=True, port=0, name=name), bus, ["a"], OscSettings(port=9555))
+    server.start()
+    zc = Zeroconf()
+    try:
+        info = zc.get_service_info("_oscjson._tcp.local.", f"{name}._oscjson._tcp.local.", timeout=15000)
+        osc = zc.get_service_info("_osc._udp.local.", f"{name}._osc._udp.local.", timeout=15000)
+    finally:
+        zc.close()
+        server.stop()
+    assert info is not None and info.port == server.port and "127.0.0.1" in info.parsed_addresses()
+    assert osc is not None and osc.port == 9555
+
+    import zeroconf
+
+    def no_multicast(*a, **k):
+        raise OSError(19, "No such device")  # what a host without a multicast route answers
+
+    monkeypatch.setattr(zeroconf, "Zeroconf", no_multicast)
+    server = OscQueryServer(OscQuerySettings(enabled=True, port=0, name=name), bus, ["a"], OscSettings(port=9555))
+    with caplog.at_level(logging.WARNING, logger="installation.inputs.oscquery"):
+        server.start()
+        try:
+            assert wait_until(lambda: "mDNS advertising failed" in caplog.text, 10)
+            assert server.alive and server.stats()["advertised"] == 0
+        finally:
+            server.stop()

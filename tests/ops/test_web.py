@@ -1,0 +1,152 @@
+"""The web control page in a real browser (Chromium driven by Playwright) against the real runtime: the page loads,
+a fader moves a parameter on the bus, the preview updates, a request without the token is refused, and the preview
+reads nothing back while nobody watches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from installation.clock import WallClock
+from installation.config import ConfigError, load_show
+from installation.render.targets import HeadlessTarget
+from installation.runtime import Runtime
+from support import play_while, scene_toml, wait_until, write_show
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def browser_available():
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (its browsers are not needed)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("apt-get install chromium: no browser to test the page in")
+
+
+def _runtime(tmp_path, extra: str) -> Runtime:
+    cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()},
+                     extra="[state]\nenabled = false\n[web]\nenabled = true\nport = 0\npreview_fps = 8\n" + extra)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
+    rt._test_target = target
+    return rt
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_the_page_in_a_browser_moves_a_fader_shows_the_preview_and_needs_its_token(tmp_path, browser_available):
+    from playwright.sync_api import sync_playwright
+
+    rt = _runtime(tmp_path, f'token = "{TOKEN}"\n')
+    page_part = rt.part("web")
+    seen: dict = {}
+
+    def actor():
+        assert wait_until(lambda: page_part.alive and rt.stats.presented > 5, 60)
+        base = page_part.url
+        # without the token: refused, whatever is asked for; with a wrong one too
+        for path in ("", "api/state", "preview.jpg"):
+            seen.setdefault("refused", []).append(_get(base + path)[0])
+        seen["wrong"] = _get(base + "api/state", {"Authorization": "Bearer nope"})[0]
+        assert rt.bus.targets()["feedback.amount"] == 0.0
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)  # a phone
+                seen["no_token_status"] = page.goto(base).status
+                seen["status"] = page.goto(f"{base}?token={TOKEN}").status
+                fader = page.locator('input[data-param="feedback.amount"]')
+                fader.wait_for(timeout=30000)
+                seen["faders"] = page.locator("input[type=range]").count()
+                # move the fader as a finger would: the value the page sends lands on the bus
+                fader.evaluate("(el) => { el.value = 0.49; el.dispatchEvent(new Event('input')); }")
+                seen["moved"] = wait_until(lambda: abs(rt.bus.targets()["feedback.amount"] - 0.49) < 1e-3, 20)
+                # the preview shows frames and keeps updating
+                page.wait_for_function("+document.getElementById('preview').dataset.frame > 0", timeout=30000)
+                first = int(page.locator("#preview").get_attribute("data-frame"))
+                page.wait_for_function(f"+document.getElementById('preview').dataset.frame > {first + 2}",
+                                       timeout=30000)
+                seen["frames"] = (first, int(page.locator("#preview").get_attribute("data-frame")))
+                seen["img_width"] = page.evaluate("document.getElementById('preview').naturalWidth")
+                # scene buttons go through the control surface
+                page.click("#next")
+                seen["scene_changed"] = wait_until(lambda: rt.show.scene.name == "b", 20)
+                page.click("#freeze")
+                seen["frozen"] = wait_until(lambda: rt.frozen, 20)
+                seen["health_text"] = page.locator("#health").inner_text()
+                seen["overflow"] = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+            finally:
+                browser.close()
+        seen["stats"] = page_part.stats()
+
+    play_while(rt, rt._test_target, actor, seconds=180)
+    rt.close()
+    assert seen["refused"] == [401, 401, 401] and seen["wrong"] == 401 and seen["no_token_status"] == 401
+    assert seen["status"] == 200
+    assert seen["faders"] >= 5  # one per parameter the specs declare (audio.* and camera.* are inputs' own)
+    assert seen["moved"], "the fader's value did not reach the bus"
+    assert seen["frames"][1] > seen["frames"][0] >= 1 and seen["img_width"] == 160  # the 160x96 output, at most 320
+    assert seen["scene_changed"] and seen["frozen"]
+    assert "present_fps" in seen["health_text"]
+    assert not seen["overflow"], "the page is wider than a phone's screen"
+    assert seen["stats"]["rejects"]["unauthorized"] >= 5 and seen["stats"]["applied"] >= 3
+
+
+def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
+    rt = _runtime(tmp_path, "")
+    page_part = rt.part("web")
+    seen: dict = {}
+
+    def post(body: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(page_part.url + "api/control", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def actor():
+        assert wait_until(lambda: page_part.alive and rt.stats.presented > 20, 60)
+        seen["reads_idle"] = rt.tap.reads  # nobody has asked for the preview: nothing read back
+        seen["bad"] = [post(b'{"address": "/param/feedback.amount", "args": [5]}'),
+                       post(b'{"address": "/param/nope", "args": [0.1]}'),
+                       post(b'{"address": "/prompt/0", "args": ["\\u0007 bell"]}'),
+                       post(b"not json"),
+                       post(b'{"address": "/quit"}')]
+        seen["prompt"] = post(b'{"address": "/prompt/1", "args": ["a quiet harbour at dawn"]}')
+        status, _ = _get(page_part.url + "preview.jpg")
+        seen["preview"] = status
+        seen["reads_watched"] = rt.tap.reads
+
+    play_while(rt, rt._test_target, actor, seconds=120)
+    rt.close()
+    assert seen["reads_idle"] == 0
+    assert [(code, body["reason"]) for code, body in seen["bad"]] == [
+        (422, "out_of_range"), (422, "unknown_address"), (422, "guard"), (400, "malformed"),
+        (422, "unknown_address")]
+    assert seen["prompt"] == (200, {"ok": True, "reason": ""})
+    assert seen["preview"] == 200 and seen["reads_watched"] >= 1
+
+
+def test_off_loopback_without_a_token_is_a_start_up_error(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[web]\nenabled = true\nhost = "0.0.0.0"\n')
+    with pytest.raises(ConfigError) as e:
+        load_show(cfg)
+    assert e.value.key.startswith("web") and "token" in str(e.value)
+    cfg.write_text(cfg.read_text() + 'token = "long-enough-token"\n')
+    assert load_show(cfg).config.web.token == "long-enough-token"
