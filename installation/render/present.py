@@ -4,6 +4,7 @@ It runs on the GL thread at display rate and never waits for the decoder. When a
 is kept, and the two are crossfaded over the decoder's measured frame interval, so a 12 fps decoder still moves
 smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) fades in from a held
 copy of the last frame instead of popping. Passes whose parameters sit at their declared identity are skipped.
+Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ class Presenter:
             raise ShaderError(shader.compile_error(str(e))) from None
         vao = self.ctx.vertex_array(program, [])
         n = 2 if "feedback" in program else 1
+        size = self.size if shader.full_size else self.work_size  # e.g. the palette's detail at the output's size
         targets = []
         for _ in range(n):
-            tex = self.ctx.texture(self.work_size, 4)
+            tex = self.ctx.texture(size, 4)
             tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
             tex.repeat_x = tex.repeat_y = False
             fbo = self.ctx.framebuffer(color_attachments=[tex])
@@ -238,7 +240,7 @@ class Presenter:
             if name in prog and tex is not None:
                 tex.use(unit)
                 prog[name].value = unit
-        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": self.work_size}
+        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": p.targets[0][0].size}
         for key in ("cur", "prev", "hold"):
             size = self._frame_sizes.get(key) or self._frame_sizes.get("cur")
             scalars[f"{key}_scale"] = fit_scale(size, self.size, self.fit)
