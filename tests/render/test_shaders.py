@@ -48,7 +48,12 @@ def test_every_shipped_shader_parses(path):
 
 def test_shipped_shader_details():
     shaders = load_dir(SHADERS)
-    assert set(shaders) == {"present", "feedback", "grade"}
+    assert set(shaders) == {"present", "feedback", "grade", "palette"}
+    assert [n for n, sh in shaders.items() if sh.full_size] == ["palette"]  # detail at the output's size
+    palette = shaders["palette"]
+    assert palette.identity == {"amount": 0.0}
+    assert {"palette.black", "palette.falloff", "palette.ceiling", "palette.saturation", "palette.lines",
+            "palette.grain", "palette.dither", "palette.a_r", "palette.d_b"} <= {s.name for s in palette.uniforms}
     grade = shaders["grade"]
     names = [s.name for s in grade.uniforms]
     assert names == ["grade.exposure", "grade.contrast", "grade.saturation", "grade.hue", "grade.gamma",
