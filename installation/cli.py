@@ -273,6 +273,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.passes:
+        from .render.pass_bench import pass_costs
+
+        result = pass_costs(spec)
     elif args.first_light:
         from .render.first_light import first_light_bench
 
@@ -397,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency")
+    b.add_argument("--passes", action="store_true",
+                   help="milliseconds per presented frame of the shader chain, the palette pass's parts in turn")
     b.add_argument("--first-light", action="store_true",
                    help="seconds from opening the output to the first non-black and the first live frame, without "
                         "and with the in-process preview, instead")

@@ -48,12 +48,15 @@ def test_every_shipped_shader_parses(path):
 
 def test_shipped_shader_details():
     shaders = load_dir(SHADERS)
-    assert set(shaders) == {"present", "feedback", "grade", "palette"}
-    assert [n for n, sh in shaders.items() if sh.full_size] == ["palette"]  # detail at the output's size
-    palette = shaders["palette"]
+    assert set(shaders) == {"present", "feedback", "grade", "palette", "detail"}
+    assert [n for n, sh in shaders.items() if sh.full_size] == ["detail"]  # detail at the output's size
+    palette, detail = shaders["palette"], shaders["detail"]
     assert palette.identity == {"amount": 0.0}
-    assert {"palette.black", "palette.falloff", "palette.ceiling", "palette.saturation", "palette.lines",
-            "palette.grain", "palette.dither", "palette.a_r", "palette.d_b"} <= {s.name for s in palette.uniforms}
+    assert {"palette.black", "palette.falloff", "palette.ceiling", "palette.saturation", "palette.a_r",
+            "palette.d_b"} <= {s.name for s in palette.uniforms}
+    assert {s.name for s in detail.uniforms} == {"detail.lines", "detail.density", "detail.grain", "detail.dither",
+                                                 "detail.cubic"}
+    assert detail.identity == {"lines": 0.0, "grain": 0.0, "dither": 0.0}
     grade = shaders["grade"]
     names = [s.name for s in grade.uniforms]
     assert names == ["grade.exposure", "grade.contrast", "grade.saturation", "grade.hue", "grade.gamma",
