@@ -131,7 +131,8 @@ class Runtime:
                                         on_hook=self._hook_result)
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         self.presenter = Presenter(target.ctx, target.size, [spec.shaders[n] for n in self._chain], cfg.output.fit,
-                                   cfg.output.work_scale, crossfade=not self.lockstep)
+                                   cfg.output.work_scale, crossfade=not self.lockstep,
+                                   detail_scale=cfg.output.detail_scale or None)
         for chain in {tuple(sc.shaders) for sc in spec.scenes} - {self._chain}:
             self.presenter.check([spec.shaders[n] for n in chain])  # every scene's chain compiles, or fail at start
         # The canvas goes to one output today (the window or the headless framebuffer); sinks see what it shows.

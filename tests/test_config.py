@@ -215,7 +215,7 @@ SCENE_CASES = {
     "param-out-of-range": ('[params]\n"grade.contrast" = 9.0\n', "params.grade.contrast", ["outside [0.0, 3.0]"]),
     "chain-not-present-first": ('shaders = ["grade", "present"]\n', "shaders[0]", ["must start with 'present'"]),
     "unknown-shader": ('shaders = ["present", "blur"]\n', "shaders[1]",
-                       ["no shader 'blur'", "available: feedback, grade, palette, present"]),
+                       ["no shader 'blur'", "available: detail, feedback, grade, palette, present"]),
     "empty-chain": ('shaders = []\n', "shaders", ["at least 1"]),
     "bad-prompt": ('[[prompts]]\ntext = ""\n', "prompts.0.text", ["at least 1"]),
 }

@@ -4,6 +4,7 @@ moving, each its own palette; golden stills at a tiny size for regressions; the 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def clip(name: str) -> list[np.ndarray]:
     """Frames 0..SECONDS of one scene, fixed step, as `installation run --fixed-step --scene NAME` renders them."""
     if name not in _clips:
         spec = load_show(only_scene=name)
+        out = spec.config.output.model_copy(update={"detail_scale": 1.0})  # the same on every driver (auto: not)
+        spec = replace(spec, config=spec.config.model_copy(update={"output": out}))
         target = HeadlessTarget(SIZE)
         rt = Runtime(spec, target, FixedClock(FPS), fps=FPS, inputs=False)
         frames = []
@@ -103,12 +106,12 @@ def test_golden_still(name):
 # -- the palette and detail passes themselves ---------------------------------------------------------------------------------------
 
 PRESENT, PALETTE, DETAIL = (parse(ROOT / "shaders" / f"{n}.frag") for n in ("present", "palette", "detail"))
-_DETAIL = ("lines", "density", "grain", "dither", "cubic")
+_DETAIL = ("lines", "density", "grain", "dither")
 
 
 def _canvas(gl_ctx, rgb: np.ndarray, size=(256, 144), **values) -> np.ndarray:
     """The canvas of present -> palette -> detail for one decoder frame; ``values`` by uniform name."""
-    pr = Presenter(gl_ctx, size, [PRESENT, PALETTE, DETAIL], fit="stretch")
+    pr = Presenter(gl_ctx, size, [PRESENT, PALETTE, DETAIL], fit="stretch", detail_scale=1.0)
     try:
         pr.take(Frame(rgb, 1, 0.0, 0.0), 0.0)
         values = {"amount": 1.0, "dither": 1, **values}  # a parameter missing from the values counts as at its identity
@@ -142,18 +145,32 @@ def test_palette_maps_levels_to_the_scene_colours_with_a_black_point(gl_ctx):
     row = c[72]
     assert row[:70].max() <= 1 / 255  # below the black point: the wall (a dither step at most)
     assert row[-1].max() <= 0.8 + 2 / 255  # the ceiling
-    assert np.all(np.diff(row[:, 0]) >= -2 / 255)  # a level ramp stays a ramp
+    assert np.all(np.diff(row[:, 0]) >= -2.5 / 255)  # a level ramp stays a ramp (dither steps aside)
     assert row[-20:, 0].mean() > 2 * row[-20:, 1].mean() > 0  # in the palette's colour: red over green
 
 
 def test_contour_lines_are_drawn_at_the_output_resolution(gl_ctx):
-    """Lines of a 32-pixel-wide smooth ramp shown at 256 pixels are one to three output pixels wide: detail the
-    upscale alone cannot make (a decoder texel spans eight output pixels)."""
+    """Lines of a 32-pixel-wide smooth ramp shown at 256 pixels are one to four output pixels wide: detail the
+    upscale alone cannot make (a decoder texel spans eight output pixels). Not thinner on so gentle a ramp: the
+    level reaches the pass through an 8-bit alpha, so its slope is known in steps of about two output pixels."""
     ramp = np.repeat(np.linspace(60, 200, 32).astype(np.uint8)[None, :, None], 18, 0).repeat(3, 2)
     kw = dict(grain=0.0, vignette=0.0, dither=1, black=0.0, falloff=1.0, spread=0.0, density=8.0)
     base = _canvas(gl_ctx, ramp, lines=0.0, **kw)[72, :, 1]
     lined = _canvas(gl_ctx, ramp, lines=1.0, **kw)[72, :, 1]
-    on = np.abs(lined - base) > 3
+    on = (np.abs(lined - base) > 3)[32:-32]  # away from the edges, where the upscale clamps the ramp
     runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], on.astype(int), [0]]))))[::2]
-    assert len(runs) >= 3, on.astype(int)
-    assert runs.max() <= 3, runs
+    assert len(runs) >= 3, on.astype(int)  # five levels cross the ramp, three of them in the middle
+    assert runs.max() <= 4, runs
+
+
+def test_detail_runs_at_half_the_output_on_a_software_rasteriser_unless_told(gl_ctx):
+    software = "llvmpipe" in gl_ctx.info["GL_RENDERER"]
+    auto = Presenter(gl_ctx, (256, 144), [PRESENT, PALETTE, DETAIL])
+    told = Presenter(gl_ctx, (256, 144), [PRESENT, PALETTE, DETAIL], detail_scale=0.75)
+    try:
+        assert auto.detail_size == ((128, 72) if software else (256, 144))
+        assert told.detail_size == (192, 108)
+        assert [p.targets[0][0].size for p in told._passes][-1] == (192, 108)
+    finally:
+        auto.release()
+        told.release()

@@ -54,8 +54,7 @@ def test_shipped_shader_details():
     assert palette.identity == {"amount": 0.0}
     assert {"palette.black", "palette.falloff", "palette.ceiling", "palette.saturation", "palette.a_r",
             "palette.d_b"} <= {s.name for s in palette.uniforms}
-    assert {s.name for s in detail.uniforms} == {"detail.lines", "detail.density", "detail.grain", "detail.dither",
-                                                 "detail.cubic"}
+    assert {s.name for s in detail.uniforms} == {"detail.lines", "detail.density", "detail.grain", "detail.dither"}
     assert detail.identity == {"lines": 0.0, "grain": 0.0, "dither": 0.0}
     grade = shaders["grade"]
     names = [s.name for s in grade.uniforms]
