@@ -625,7 +625,9 @@ class Runtime:
         ok = True
         preview = FirstLight.for_scene(self.show.scene) if self.first_light and \
             isinstance(self.worker, ProcessWorker) else None
-        while self.slot.wait_newer(-1, 0.1 if preview is None else 0.05) is None:
+        # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
+        # and it leaves most of the CPU to the decoder process that is starting beside it.
+        while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
             if preview is not None:
                 self._preview(preview, plan)
             if self._stopping or self._quit:
