@@ -1,5 +1,6 @@
 /*{
-  "description": "Colour as design: the frame's brightness becomes a level (black point, falloff, ceiling, so most of a dark room's wall stays dark) and a cosine palette's colour (its phase moved by the frame's own red-blue difference and a slow drift); saturation and a vignette. Runs at the work size; alpha carries the level for the detail pass's contour lines.",
+  "description": "Colour as design: the frame's brightness becomes a level (black point, falloff, ceiling, so most of a dark room's wall stays dark) and a cosine palette's colour (its phase moved by the frame's own red-blue difference and a slow drift); saturation and a vignette. Runs at the work size into a 16-bit float target; alpha carries the level, smooth, for the detail pass's contour lines.",
+  "precision": "half",
   "uniforms": {
     "amount": {"type": "float", "min": 0.0, "max": 1.0, "default": 1.0, "doc": "share of the palette's picture; 0 passes the frame through"},
     "a_r": {"type": "float", "min": 0.0, "max": 1.0, "default": 0.55, "doc": "palette centre, red (colour = a + b cos 2pi (c phase + d))"},

@@ -148,7 +148,7 @@ class Presenter:
         size = self.detail_size if shader.full_size else self.work_size  # e.g. contour lines at the output's size
         targets = []
         for _ in range(n):
-            tex = self.ctx.texture(size, 4)
+            tex = self.ctx.texture(size, 4, dtype="f2" if shader.half_float else "f1")
             tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
             tex.repeat_x = tex.repeat_y = False
             fbo = self.ctx.framebuffer(color_attachments=[tex])
