@@ -317,6 +317,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .rig import rig_bench
 
         result = rig_bench(spec, seconds=args.seconds, rounds=args.rounds)
+    elif args.passes:
+        from .render.pass_bench import pass_costs
+
+        result = pass_costs(spec)
+    elif args.first_light:
+        from .render.first_light import first_light_bench
+
+        result = first_light_bench(spec)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -447,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency")
+    b.add_argument("--passes", action="store_true",
+                   help="milliseconds per presented frame of the shader chain, the palette pass's parts in turn")
+    b.add_argument("--first-light", action="store_true",
+                   help="seconds from opening the output to the first non-black and the first live frame, without "
+                        "and with the in-process preview, instead")
     b.add_argument("--camera", metavar="SOURCE",
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")

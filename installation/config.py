@@ -60,6 +60,7 @@ class OutputConfig(_Strict):
     vsync: bool = True
     fit: Literal["cover", "contain", "stretch"] = "cover"
     work_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    detail_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # passes of "size": "output"; 0 = auto
     title: str = "installation"
     hide_cursor: bool = True
 

@@ -29,6 +29,7 @@ from .render.hooks import HookRunner, apply_result
 from .render.calibration import calibration_path
 from .render.outputs import PresentedTap
 from .render.projection import build_output, presenter_size
+from .render.first_light import FirstLight
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import FrameSlot
@@ -98,7 +99,7 @@ class Runtime:
                  max_decoder_fps: float | None = None, show_order: str | None = None, inputs: bool = True,
                  wall: Callable[[], datetime] | None = None, notifier: Notifier | None = None,
                  keep_state: bool = False, resume: bool = False, serve_health: bool = False,
-                 schedule: bool = False, only_scene: str | None = None) -> None:
+                 schedule: bool = False, only_scene: str | None = None, first_light: bool = True) -> None:
         cfg = spec.config
         self.spec = spec
         self.target = target
@@ -136,7 +137,8 @@ class Runtime:
         self._chain: tuple[str, ...] = tuple(self.show.scene.shaders)
         chain = [spec.shaders[n] for n in self._chain]
         self.presenter = Presenter(target.ctx, presenter_size(cfg, target.size), chain, cfg.output.fit,
-                                   cfg.output.work_scale, crossfade=not self.lockstep)
+                                   cfg.output.work_scale, crossfade=not self.lockstep,
+                                   detail_scale=cfg.output.detail_scale or None)
         for chain in {tuple(sc.shaders) for sc in spec.scenes} - {self._chain}:
             self.presenter.check([spec.shaders[n] for n in chain])  # every scene's chain compiles, or fail at start
         # The canvas goes to the window (or headless framebuffer): plain, or split into [[outputs]] with their warps
@@ -146,6 +148,7 @@ class Runtime:
         if recorder is not None:
             self.tap.add(recorder)
         self.use_inputs = inputs
+        self.first_light = first_light  # preview the CPPN in this process while the decoder process starts
         self._matrix: ModMatrix | None = None
         self._matrix_scene: str | None = None
         self.frozen = False
@@ -644,7 +647,13 @@ class Runtime:
         # The wait is sliced so that a stop (a signal) ends it at once.
         deadline = time.monotonic() + first_frame_timeout
         ok = True
-        while self.slot.wait_newer(-1, 0.1) is None:
+        preview = FirstLight.for_scene(self.show.scene) if self.first_light and \
+            isinstance(self.worker, ProcessWorker) else None
+        # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
+        # and it leaves most of the CPU to the decoder process that is starting beside it.
+        while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
+            if preview is not None:
+                self._preview(preview, plan)
             if self._stopping or self._quit:
                 ok = False
                 break
@@ -652,6 +661,8 @@ class Runtime:
                 log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
                 ok = False
                 break
+        if preview is not None:
+            preview.close()
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
@@ -659,6 +670,18 @@ class Runtime:
         if callable(align):
             align(self.show, self.clock.now())
         return ok
+
+    def _preview(self, preview: FirstLight, plan: Any) -> None:
+        """While the decoder process starts: show the in-process preview (render/first_light.py) when one is due."""
+        t = self.clock.now()
+        frame = preview.frame(plan, t)
+        if frame is not None:
+            self.presenter.take(frame, t)
+        if self.presenter.has_frame:
+            self.output.show(self.presenter.render(t, self.bus.targets()), 1.0)
+            self.target.swap()
+        if "quit" in self.target.poll():
+            self._quit = True
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
         """Present at ``fps`` until ``duration`` seconds, a quit, or a stop request (after its fade). Live, the

@@ -28,7 +28,7 @@ CORE = {p.name for p in CORE_PARAMS}
 
 def test_shipped_files_exist():
     assert DEFAULT_CONFIG == REPO / "config" / "default.toml"
-    assert {p.stem for p in SCENE_FILES} >= {"aurora", "halo", "lattice", "tide"}
+    assert {p.stem for p in SCENE_FILES} >= {"aurora", "halo", "lattice", "tide", "nocturne", "vigil", "voyage"}
     assert {p.stem for p in SHADER_FILES} >= {"present", "feedback", "grade"}
 
 
@@ -36,7 +36,8 @@ def test_load_show_default_config_loads_every_scene_and_shader():
     spec = load_show()
     assert isinstance(spec, ShowSpec)
     assert spec.path == DEFAULT_CONFIG
-    assert [s.name for s in spec.scenes] == list(spec.config.show.scenes) == ["aurora", "tide", "lattice", "halo"]
+    assert [s.name for s in spec.scenes] == list(spec.config.show.scenes) == ["aurora", "halo", "tide", "lattice", "nocturne", "voyage",
+                                                                         "vigil"]
     assert set(spec.shaders) == {p.stem for p in SHADER_FILES}
     assert spec.config.output.size == SizeT(1280, 720) and spec.config.output.fps == 60
     assert spec.config.show.order == "sequence"
@@ -104,7 +105,7 @@ def test_every_default_key_is_spelled_out_in_the_default_config():
             continue
         sub = model.annotation
         assert set(data[section]) == set(sub.model_fields), section
-    # and the values written there are the defaults (the play list aside: the file adds 'halo')
+    # and the values written there are the defaults (the play list aside: the file adds the newer scenes)
     written = Config.model_validate(data)
     assert written.model_copy(update={"show": written.show.model_copy(update={"scenes": Config().show.scenes})}) \
         == Config()
@@ -179,7 +180,7 @@ CONFIG_CASES = {
     "infinite-in-a-list": ('[modulation]\nlfos = [{ name = "a", rate = -inf }]\n', "modulation.lfos[0].rate",
                            ["must be a finite number"]),
     "param-wrong-type": ('[params]\nspeed = "fast"\n', "params.speed", ["number", "'fast'"]),
-    "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: aurora, halo, lattice, tide"]),
+    "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: aurora, halo, lattice, nocturne, tide"]),
 }
 
 
@@ -217,7 +218,7 @@ SCENE_CASES = {
     "param-out-of-range": ('[params]\n"grade.contrast" = 9.0\n', "params.grade.contrast", ["outside [0.0, 3.0]"]),
     "chain-not-present-first": ('shaders = ["grade", "present"]\n', "shaders[0]", ["must start with 'present'"]),
     "unknown-shader": ('shaders = ["present", "blur"]\n', "shaders[1]",
-                       ["no shader 'blur'", "available: feedback, grade, present"]),
+                       ["no shader 'blur'", "available: detail, feedback, grade, palette, present"]),
     "empty-chain": ('shaders = []\n', "shaders", ["at least 1"]),
     "bad-prompt": ('[[prompts]]\ntext = ""\n', "prompts.0.text", ["at least 1"]),
 }
@@ -345,7 +346,7 @@ def test_relative_dirs_resolve_from_the_config_file(tmp_path):
 def test_only_scene_that_does_not_exist(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_show(DEFAULT_CONFIG, only_scene="nowhere")
-    _expect(info.value, DEFAULT_CONFIG, "--scene", "no scene 'nowhere'", "available: aurora, halo, lattice, tide")
+    _expect(info.value, DEFAULT_CONFIG, "--scene", "no scene 'nowhere'", "available: aurora, halo, lattice, nocturne, tide")
 
 
 def test_config_params_override_defaults(tmp_path):

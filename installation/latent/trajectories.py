@@ -109,6 +109,7 @@ class TourSettings(TrajectorySettings):
     kind: Literal["tour"] = "tour"
     keyframes: Annotated[int, Field(ge=2, le=256, description="how many seeds the tour visits")] = 6
     step: Annotated[float, Field(gt=0, description="path seconds from one keyframe to the next")] = 8.0
+    hold: Annotated[float, Field(ge=0, description="path seconds resting at each keyframe before travelling on")] = 0.0
 
 
 class Tour(Trajectory):
@@ -116,7 +117,8 @@ class Tour(Trajectory):
 
     The spline passes through every keyframe with continuous velocity; between keyframes it is projected back to the
     norm interpolated between its neighbours, so it never dips through the low-norm interior the way a straight
-    chord does.
+    chord does. With ``hold`` the tour rests at each keyframe, then eases out, travels and eases in to the next
+    (a smoothstep in time along the spline): an arrival, a stay and a departure a viewer can see.
     """
 
     kind = "tour"
@@ -129,13 +131,18 @@ class Tour(Trajectory):
 
     @property
     def period(self):
-        return self.settings.keyframes * self.settings.step
+        return self.settings.keyframes * (self.settings.step + self.settings.hold)
 
     def _at(self, tau, params):
         n = self.settings.keyframes
         x = _phase(tau, self.period) * n
         i = int(x) % n
         u = x - int(x)
+        hold = self.settings.hold
+        if hold > 0:
+            share = hold / (hold + self.settings.step)  # of each keyframe's segment, spent at rest
+            u = max(u - share, 0.0) / (1.0 - share)
+            u = u * u * (3.0 - 2.0 * u)
         p0, p1, p2, p3 = (self._keys[(i + j) % n] for j in (-1, 0, 1, 2))
         u2, u3 = u * u, u * u * u
         z = 0.5 * ((2 * p1) + (-p0 + p2) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u2 + (-p0 + 3 * p1 - 3 * p2 + p3) * u3)

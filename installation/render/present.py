@@ -4,6 +4,7 @@ It runs on the GL thread at display rate and never waits for the decoder. When a
 is kept, and the two are crossfaded over the decoder's measured frame interval, so a 12 fps decoder still moves
 smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) fades in from a held
 copy of the last frame instead of popping. Passes whose parameters sit at their declared identity are skipped.
+Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ void main() {
 """
 
 FITS = ("cover", "contain", "stretch")
+SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "SwiftShader")  # renderers that shade on the CPU
 
 
 def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
@@ -60,7 +62,8 @@ class Presenter:
     """Owns the GL resources of the chain at one output size; ``draw`` renders one display frame."""
 
     def __init__(self, ctx: moderngl.Context, size: tuple[int, int], chain: Sequence[ShaderFile],
-                 fit: str = "cover", work_scale: float = 0.0, crossfade: bool = True) -> None:
+                 fit: str = "cover", work_scale: float = 0.0, crossfade: bool = True,
+                 detail_scale: float | None = None) -> None:
         self.ctx = ctx
         self.crossfade = crossfade  # off for offline (lockstep) renders: each frame is exactly its own
         self.size = (int(size[0]), int(size[1]))
@@ -70,6 +73,14 @@ class Presenter:
         self.work_scale = work_scale
         self.fit = fit
         self.work_size = self._work_size(None)
+        # Passes declared "size": "output" run at this share of the output size. Auto (None): all of it on a GPU;
+        # half on a software rasteriser, where a pass at 1280x720 costs about 8 ms of CPU (as much as the output's
+        # own blit) plus its shading, and the decoder needs the cores: still twice the decoder's resolution there.
+        if detail_scale is None:
+            renderer = str(ctx.info.get("GL_RENDERER", ""))
+            detail_scale = 0.5 if any(name in renderer for name in SOFTWARE_GL) else 1.0
+        self.detail_size = (max(int(round(self.size[0] * detail_scale)), 8),
+                            max(int(round(self.size[1] * detail_scale)), 8))
         self._chain: list[ShaderFile] = []
         self._passes: list[_Pass] = []
         self.set_chain(chain)
@@ -134,9 +145,10 @@ class Presenter:
             raise ShaderError(shader.compile_error(str(e))) from None
         vao = self.ctx.vertex_array(program, [])
         n = 2 if "feedback" in program else 1
+        size = self.detail_size if shader.full_size else self.work_size  # e.g. contour lines at the output's size
         targets = []
         for _ in range(n):
-            tex = self.ctx.texture(self.work_size, 4)
+            tex = self.ctx.texture(size, 4, dtype="f2" if shader.half_float else "f1")
             tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
             tex.repeat_x = tex.repeat_y = False
             fbo = self.ctx.framebuffer(color_attachments=[tex])
@@ -238,7 +250,7 @@ class Presenter:
             if name in prog and tex is not None:
                 tex.use(unit)
                 prog[name].value = unit
-        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": self.work_size}
+        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": p.targets[0][0].size}
         for key in ("cur", "prev", "hold"):
             size = self._frame_sizes.get(key) or self._frame_sizes.get("cur")
             scalars[f"{key}_scale"] = fit_scale(size, self.size, self.fit)

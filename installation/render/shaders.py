@@ -10,7 +10,9 @@ A file ``shaders/NAME.frag`` starts with a block comment holding JSON::
 
 Each declared uniform becomes a bus parameter ``NAME.uniform`` with that range and default, so OSC mappings can be
 validated and the address map generated. ``identity`` lists values at which the pass changes nothing: the
-presenter skips it then. Built-in uniforms (``src``, ``time``, ``resolution`` and the presenter's textures) are not
+presenter skips it then. ``"size": "output"`` runs the pass at the output's full size instead of the chain's reduced
+work size: a pass that makes detail at the output's resolution (the palette's contours, grain and dither) and is
+the chain's last. ``"precision": "half"`` gives the pass a 16-bit float target instead of 8 bits a channel. Built-in uniforms (``src``, ``time``, ``resolution`` and the presenter's textures) are not
 declared. Parsing needs no GL context, so configs and scenes are validated before anything opens.
 """
 
@@ -46,6 +48,8 @@ class ShaderFile:
     uniforms: tuple[ParamSpec, ...] = ()
     identity: dict[str, float] = field(default_factory=dict)
     first_line: int = 1  # the file's line number of the source's first line (after the header)
+    full_size: bool = False  # "size": "output": rendered at the output size, not the work size
+    half_float: bool = False  # "precision": "half": a 16-bit float target (a smooth level for the next pass to draw)
 
     def param(self, uniform: str) -> str:
         return f"{self.name}.{uniform}"
@@ -81,9 +85,15 @@ def parse(path: Path) -> ShaderFile:
         raise ShaderError(f"{path}: header: {e}") from None
     if not isinstance(header, dict):
         raise ShaderError(f"{path}: header must be a JSON object")
-    unknown = set(header) - {"description", "uniforms", "identity"}
+    unknown = set(header) - {"description", "uniforms", "identity", "size", "precision"}
     if unknown:
-        raise ShaderError(f"{path}: unknown header key {sorted(unknown)[0]!r}; allowed: description, uniforms, identity")
+        raise ShaderError(f"{path}: unknown header key {sorted(unknown)[0]!r}; allowed: description, uniforms, "
+                          "identity, size, precision")
+    if header.get("size", "work") not in ("work", "output"):
+        raise ShaderError(f"{path}: header key 'size' must be \"work\" or \"output\", got {header['size']!r}")
+    if header.get("precision", "byte") not in ("byte", "half"):
+        raise ShaderError(f"{path}: header key 'precision' must be \"byte\" or \"half\", got "
+                          f"{header['precision']!r}")
     name = path.stem
     specs = []
     for key in ("uniforms", "identity"):
@@ -123,7 +133,8 @@ def parse(path: Path) -> ShaderFile:
     source = body.lstrip("\n")
     first_line = text[:m.end()].count("\n") + (len(body) - len(source)) + 1
     return ShaderFile(name, path, source, str(header.get("description", "")), tuple(specs),
-                      {k: float(v) for k, v in identity.items()}, first_line)
+                      {k: float(v) for k, v in identity.items()}, first_line, header.get("size") == "output",
+                      header.get("precision") == "half")
 
 
 def _no_constant(name: str):

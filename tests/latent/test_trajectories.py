@@ -186,6 +186,26 @@ def test_tour_is_continuous_through_keyframes():
         assert n64(a - b) / n64(a) < 1e-3
 
 
+def test_tour_with_holds_rests_at_each_keyframe_then_travels_on():
+    seed, shape, n, step, hold = 4, (8,), 5, 3.0, 2.0
+    traj = make("tour", shape, seed=seed, keyframes=n, step=step, hold=hold)
+    assert traj.period == n * (step + hold)
+    for lap in (0, 2):
+        for k in range(n):
+            start = lap * traj.period + k * (step + hold)
+            key = sub_latent(seed, k, shape)
+            for tau in np.linspace(start, start + hold, 5):  # the whole hold sits on the keyframe
+                assert np.allclose(traj(float(tau)), key, rtol=0, atol=1e-5), (k, tau)
+            mid = traj(start + hold + step / 2)  # then it travels, and arrives at the next one
+            assert n64(mid - key) > 0.1 * n64(key)
+            assert np.allclose(traj(start + hold + step - 1e-9), sub_latent(seed, (k + 1) % n, shape), atol=1e-4)
+    # it eases: leaving a hold it moves slowly, in the middle of the journey fast
+    start = hold
+    near = n64(traj(start + 0.05) - traj(start))
+    far = n64(traj(start + step / 2 + 0.05) - traj(start + step / 2))
+    assert near < 0.2 * far
+
+
 # -- shells ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES)

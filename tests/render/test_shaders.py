@@ -48,7 +48,15 @@ def test_every_shipped_shader_parses(path):
 
 def test_shipped_shader_details():
     shaders = load_dir(SHADERS)
-    assert set(shaders) == {"present", "feedback", "grade"}
+    assert set(shaders) == {"present", "feedback", "grade", "palette", "detail"}
+    assert [n for n, sh in shaders.items() if sh.full_size] == ["detail"]  # detail at the output's size
+    assert [n for n, sh in shaders.items() if sh.half_float] == ["palette"]  # a smooth level for its lines
+    palette, detail = shaders["palette"], shaders["detail"]
+    assert palette.identity == {"amount": 0.0}
+    assert {"palette.black", "palette.falloff", "palette.ceiling", "palette.saturation", "palette.a_r",
+            "palette.d_b"} <= {s.name for s in palette.uniforms}
+    assert {s.name for s in detail.uniforms} == {"detail.lines", "detail.density", "detail.grain", "detail.dither"}
+    assert detail.identity == {"lines": 0.0, "grain": 0.0, "dither": 0.0}
     grade = shaders["grade"]
     names = [s.name for s in grade.uniforms]
     assert names == ["grade.exposure", "grade.contrast", "grade.saturation", "grade.hue", "grade.gamma",
@@ -112,7 +120,7 @@ BAD = {
     "header-not-first": ("#version 330\n/*{}*/\n", "missing the JSON header"),
     "bad-json": ('/*{"uniforms": {"k": }}*/\n', "not valid JSON"),
     "trailing-comma": ('/*{"description": "x",}*/\n', "not valid JSON"),
-    "unknown-header-key": ({"INPUTS": []}, "unknown header key 'INPUTS'; allowed: description, uniforms, identity"),
+    "unknown-header-key": ({"INPUTS": []}, "unknown header key 'INPUTS'; allowed: description, uniforms, identity, size, precision"),
     "reserved-time": ({"uniforms": {"time": {"type": "float", "min": 0, "max": 1, "default": 0}}}, "reserved"),
     "reserved-src": ({"uniforms": {"src": {"type": "float", "min": 0, "max": 1, "default": 0}}}, "reserved"),
     "decl-not-object": ({"uniforms": {"k": 0.5}}, "must be an object"),
@@ -131,6 +139,8 @@ BAD = {
                      "Infinity is not allowed"),
     "identity-undeclared": ({**U(), "identity": {"amount": 0}}, "identity names 'amount', which is not a declared uniform"),
     "identity-not-number": ({**U(), "identity": {"k": "zero"}}, "identity"),
+    "size-unknown": ({"size": "half"}, "'size' must be \"work\" or \"output\""),
+    "precision-unknown": ({"precision": "float"}, "'precision' must be \"byte\" or \"half\""),
     "identity-null": ({**U(), "identity": {"k": None}}, "identity"),
     "identity-not-object": ({**U(), "identity": ["k"]}, "identity"),
     "uniforms-not-object": ({"uniforms": [{"name": "k"}]}, "uniforms"),

@@ -1,0 +1,154 @@
+"""First light: a picture within a second of the window opening, not black while the decoder process starts.
+
+The decoder process takes seconds to start (it imports torch, builds the model, warms up): 10-15 s on a busy
+2-core machine. Meanwhile, when the scene's decoder is the embedded CPPN, this process renders the very same
+model at a fraction of its resolution along the same path (the plan the decoder was handed, extrapolated to now),
+a few times a second, and the presenter shows those frames through the scene's own shader chain. A resumed show so
+opens on the position it saved. When the first live frame arrives it is a new cut, and the presenter fades into it
+from the last preview over the scene's transition: the same image, sharpening.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ..config import Scene
+from ..sizes import SizeT
+from .slot import Frame
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CUT = -1  # the cut of preview frames: the first live frame (cut >= 0) fades in from them
+
+
+class FirstLight:
+    """The scene's CPPN in this process at ``scale`` of its resolution, at most ``fps`` frames a second."""
+
+    def __init__(self, scene: Scene, scale: float = 0.5, fps: float = 4.0) -> None:
+        from ..decoders.cppn import CPPN
+
+        s = scene.decoder.settings
+        w, h = s.resolution
+        size = SizeT(max(int(w * scale), 16), max(int(h * scale), 16))
+        self.scene = scene.name
+        self.period = 1.0 / fps
+        self._cppn = CPPN(s.model_copy(update={"resolution": size}))
+        self._ready = False
+        self._next = -float("inf")
+        self._seq = 0
+        self.frames = 0
+        self.render_s = 0.0  # seconds spent rendering previews (prepare included)
+
+    @staticmethod
+    def for_scene(scene: Scene, **kwargs: Any) -> "FirstLight | None":
+        """A preview for ``scene``, or None when its decoder is not the embedded CPPN (nothing cheap to preview)."""
+        if scene.decoder.type != "cppn":
+            return None
+        return FirstLight(scene, **kwargs)
+
+    def frame(self, plan: Any, t: float) -> Frame | None:
+        """A preview frame of ``plan`` at show time ``t`` when one is due, else None (a fault is logged: None)."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.period
+        t0 = time.perf_counter()
+        try:
+            with _threads(1):  # leave the other cores to the decoder process starting beside us
+                if not self._ready:
+                    self._cppn.prepare()
+                    self._ready = True
+                rgb = self._cppn.render(plan.request(t, 0))
+        except Exception:  # noqa: BLE001 - a preview is a nicety: the show goes on without it
+            log.exception("first-light preview failed; waiting for the decoder in the dark")
+            self._next = float("inf")
+            return None
+        finally:
+            self.render_s += time.perf_counter() - t0
+        if not np.isfinite(rgb).all():
+            return None
+        self._seq -= 1  # negative: never equal to a decoder frame's seq
+        self.frames += 1
+        rgb8 = np.clip(rgb * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        return Frame(rgb8, self._seq, t, now, self.scene, PREVIEW_CUT)
+
+    def close(self) -> None:
+        self._cppn.close()
+
+
+class _threads:
+    """torch's intra-op threads set for a block, then put back."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
+def measure(spec: Any, preview: bool, device: str, size: tuple[int, int] | None = None,
+            after_live_s: float = 1.0) -> dict[str, Any]:
+    """Seconds from opening the output (a headless framebuffer here, the window's stand-in) to the first non-black
+    presented frame and to the first live decoder frame on screen, with or without the preview; the real runtime
+    with its decoder process, inputs off. Every presented frame is read back to judge it."""
+    from ..clock import WallClock
+    from ..runtime import Runtime
+    from .targets import HeadlessTarget, pixels
+
+    size = size or tuple(spec.config.output.size)
+    t0 = time.perf_counter()
+    target = HeadlessTarget(size)
+    marks: dict[str, float] = {}
+    rt = None
+    try:
+        rt = Runtime(spec, target, WallClock(), device=device, inputs=False, first_light=preview)
+        swap, take = target.swap, rt.presenter.take
+
+        def timed_swap() -> None:
+            swap()
+            if "non_black" not in marks and pixels(target.read(), target.size).max() > 8:
+                marks["non_black"] = time.perf_counter() - t0
+
+        def timed_take(frame: Frame | None, now: float, transition: float = 0.0) -> bool:
+            taken = take(frame, now, transition)
+            if taken and frame is not None and frame.cut != PREVIEW_CUT and "live" not in marks:
+                marks["live"] = time.perf_counter() - t0
+            return taken
+
+        target.swap = timed_swap  # type: ignore[method-assign]
+        rt.presenter.take = timed_take  # type: ignore[method-assign]
+        rt.start()
+        rt.run(after_live_s)
+    finally:
+        if rt is not None:
+            rt.close()
+        target.close()
+    return {"preview": preview, "first_non_black_s": round(marks.get("non_black", float("nan")), 3),
+            "first_live_s": round(marks.get("live", float("nan")), 3)}
+
+
+def first_light_bench(spec: Any) -> dict[str, Any]:
+    """``installation bench --first-light``: :func:`measure` without the preview (as before it existed), then
+    with it, on the show's first scene at the config's output size."""
+    from ..runtime import resolve_device
+
+    device = resolve_device(spec.config.decoder.device)
+    out: dict[str, Any] = {"scene": spec.scenes[0].name, "output_size": str(spec.config.output.size)}
+    for preview in (False, True):
+        m = measure(spec, preview, device)
+        key = "preview" if preview else "no_preview"
+        out[f"{key}_first_non_black_s"] = m["first_non_black_s"]
+        out[f"{key}_first_live_s"] = m["first_live_s"]
+    return out
