@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .spaces import cli as spaces_cli
 
     spaces_cli.add_train(sub)
+    spaces_cli.add_space(sub)
     return p
 
 

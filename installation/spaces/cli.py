@@ -42,3 +42,50 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level or "info")
     return main(args)
+
+
+def add_space(sub: argparse._SubParsersAction) -> None:
+    """``installation space build FOLDER --model DIR --out SPACE.npz``."""
+    p = sub.add_parser("space", help="make a space file from a folder of images (for the images trajectory)",
+                       description="Space files: a folder of images encoded into a diffusion model's latents.")
+    ssub = p.add_subparsers(dest="space_command", required=True)
+    b = ssub.add_parser("build", help="encode a folder of images into a space file (resumable)",
+                        description="Encode every image (jpg/png/webp, any size, EXIF orientation respected; "
+                                    "unreadable files skipped and listed) with the model's VAE or TAESD into a "
+                                    "space file: latents, embeddings, thumbnails, names.")
+    _log_level(b)
+    b.add_argument("folder", help="folder of images")
+    b.add_argument("--model", default="", help="diffusers model folder (its vae/ encodes)")
+    b.add_argument("--taesd", default="", help="TAESD folder: encode with it instead of the full VAE")
+    b.add_argument("--out", required=True, help="space file to write (.npz)")
+    b.add_argument("--size", type=int, default=512,
+                   help="image side in pixels, the scene's decoder width and height (default 512)")
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--clip", default="", help="open_clip model name for the embeddings (default: pooled latents)")
+    b.add_argument("--clip-pretrained", default="", help="local weights file for --clip")
+    b.add_argument("--clip-config", default="", help="a model config JSON (file or folder) for --clip")
+    b.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda ...")
+    b.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    b.set_defaults(func=_run_space_build)
+
+
+def _run_space_build(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from ..cli import _setup_logging
+    from .space import build_space
+
+    _setup_logging(args.log_level or "info")
+    try:
+        meta = build_space(args.folder, args.out, model=args.model, taesd=args.taesd, size=args.size,
+                           batch=args.batch, clip=args.clip, clip_pretrained=args.clip_pretrained,
+                           clip_config=args.clip_config, device=args.device, progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"installation: space build: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {meta['images']} images, latents {tuple(meta['latent_shape'])}, "
+          f"{meta['skipped']} skipped; {meta['images_per_s'] or '-'} images/s")
+    if args.json:
+        print(json.dumps(meta))
+    return 0
