@@ -21,6 +21,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="training time in all, across resumes (default 30)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps in all (default: minutes only)")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--augment", choices=["ada", "always", "off"], default="ada",
+                   help="DiffAugment on reals and fakes: at an adaptive probability (default), always, or off")
     p.add_argument("--preview-minutes", type=float, default=5.0, help="a preview grid + KID every N minutes")
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)
     p.add_argument("--kid-samples", type=int, default=256, help="generated images per KID figure (0 = no KID)")
@@ -29,6 +31,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--bench", type=int, default=0, metavar="STEPS",
+                   help="only measure: time STEPS training steps (after 2 warm-up steps), print steps/s as JSON, "
+                        "write nothing")
     p.set_defaults(func=_run_train)
 
 

@@ -217,26 +217,33 @@ class Discriminator(nn.Module):
         return self.fc(x.flatten(1))
 
 
-# -- DiffAugment (Zhao et al. 2020): the same random transform family on reals and fakes, differentiable ----------
+# -- DiffAugment (Zhao et al. 2020) at an adaptive probability (Karras et al. 2020, ADA) --------------------------
 
 
-def diff_augment(x: torch.Tensor) -> torch.Tensor:
-    """Colour (brightness, saturation, contrast), translation by up to 1/8, and one cutout of half the side."""
+def diff_augment(x: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """Colour (brightness, saturation, contrast), translation by up to 1/8 and a cutout of half the side, each
+    applied to each image with probability ``p``; differentiable, so the generator learns through it."""
+    if p <= 0:
+        return x
     b, dev = x.shape[0], x.device
-    x = x + (torch.rand(b, 1, 1, 1, device=dev) - 0.5)
+
+    def pick() -> torch.Tensor:
+        return (torch.rand(b, 1, 1, 1, device=dev) < p).to(x.dtype)
+
+    x = x + (torch.rand(b, 1, 1, 1, device=dev) - 0.5) * pick()
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev) * 2) + mean
+    x = (x - mean) * (1 + (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * pick()) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev) + 0.5) + mean
-    x = _translate(x, 0.125)
-    return _cutout(x, 0.5)
+    x = (x - mean) * (1 + (torch.rand(b, 1, 1, 1, device=dev) - 0.5) * pick()) + mean
+    x = _translate(x, 0.125, pick().view(b, 1, 1))
+    return _cutout(x, 0.5, pick().view(b, 1, 1))
 
 
-def _translate(x: torch.Tensor, ratio: float) -> torch.Tensor:
+def _translate(x: torch.Tensor, ratio: float, on: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
     sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    tx = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device)
-    ty = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device)
+    tx = torch.randint(-sh, sh + 1, (b, 1, 1), device=x.device) * on.long()
+    ty = torch.randint(-sw, sw + 1, (b, 1, 1), device=x.device) * on.long()
     gb, gx, gy = torch.meshgrid(torch.arange(b, device=x.device), torch.arange(h, device=x.device),
                                 torch.arange(w, device=x.device), indexing="ij")
     gx = torch.clamp(gx + tx + 1, 0, h + 1)
@@ -245,7 +252,7 @@ def _translate(x: torch.Tensor, ratio: float) -> torch.Tensor:
     return padded.permute(0, 2, 3, 1).contiguous()[gb, gx, gy].permute(0, 3, 1, 2)
 
 
-def _cutout(x: torch.Tensor, ratio: float) -> torch.Tensor:
+def _cutout(x: torch.Tensor, ratio: float, on: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
     ox = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device)
@@ -255,7 +262,7 @@ def _cutout(x: torch.Tensor, ratio: float) -> torch.Tensor:
     gx = torch.clamp(gx + ox - ch // 2, 0, h - 1)
     gy = torch.clamp(gy + oy - cw // 2, 0, w - 1)
     mask = torch.ones(b, h, w, dtype=x.dtype, device=x.device)
-    mask[gb, gx, gy] = 0
+    mask[gb, gx, gy] = 1 - on.expand(-1, ch, cw)
     return x * mask[:, None]
 
 
@@ -373,6 +380,8 @@ class TrainOptions:
     lr: float = 0.002
     r1_gamma: float = 0.0  # 0 = the StyleGAN2-ADA heuristic 0.0002 * size^2 / batch
     r1_every: int = 4
+    augment: str = "ada"  # ada: DiffAugment at an adaptive probability; always; off
+    ada_images: int = 5000
     preview_minutes: float = 5.0
     checkpoint_minutes: float = 2.0
     kid_samples: int = 256
@@ -415,6 +424,8 @@ class Trainer:
         self.rng = np.random.default_rng(opts.seed)
         self.preview_z = torch.randn(32, self.cfg.z_dim, generator=torch.Generator().manual_seed(opts.seed + 99))
         self.losses: dict[str, float] = {}
+        self.aug_p = 0.0
+        self._rt: list[float] = []
         self.resumed = False
         self._last_preview_step = -1
         if self.ckpt_path.is_file() and not opts.fresh:
@@ -425,7 +436,8 @@ class Trainer:
 
     def _state(self) -> dict:
         return {"config": asdict(self.cfg), "step": self.step, "seconds": self.seconds,
-                "next_preview": self.next_preview, "G": self.G.state_dict(), "D": self.D.state_dict(),
+                "next_preview": self.next_preview, "aug_p": self.aug_p, "rt": list(self._rt),
+                "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "G_ema": self.G_ema.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "torch_rng": torch.get_rng_state(), "np_rng": self.rng.bit_generator.state,
                 "folder": str(self.opts.folder)}
@@ -450,6 +462,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = state["np_rng"]
         self.step, self.seconds, self.next_preview = state["step"], state["seconds"], state["next_preview"]
+        self.aug_p, self._rt = state["aug_p"], list(state["rt"])
         self.resumed = True
         log.info("resumed %s at step %d (%.1f min trained)", self.ckpt_path, self.step, self.seconds / 60)
 
@@ -464,6 +477,16 @@ class Trainer:
     def _z(self) -> torch.Tensor:
         return torch.randn(self.opts.batch, self.cfg.z_dim, device=self.device)
 
+    def _adapt(self, real_logits: torch.Tensor) -> None:
+        """ADA's overfitting heuristic: r_t = E[sign(D(real))] over 4 steps; above 0.6 the discriminator is
+        memorising the reals, so augment more; below, less. p can cross 0..1 in ``ada_images`` images."""
+        self._rt.append(float(real_logits.sign().mean()))
+        if len(self._rt) == 4:
+            rt = sum(self._rt) / 4
+            self._rt.clear()
+            step = 4 * self.opts.batch / self.opts.ada_images
+            self.aug_p = min(1.0, max(0.0, self.aug_p + (step if rt > 0.6 else -step)))
+
     def train_step(self) -> dict[str, float]:
         """One discriminator step (+ lazy R1), one generator step, the EMA and w_avg updates."""
         G, D = self.G, self.D
@@ -472,20 +495,23 @@ class Trainer:
         D.requires_grad_(True)
         with torch.no_grad():
             fakes = G(self._z())
-        loss_d = F.softplus(D(diff_augment(fakes))).mean() + F.softplus(-D(diff_augment(reals))).mean()
+        p = self.aug_p if self.opts.augment == "ada" else float(self.opts.augment == "always")
+        real_logits = D(diff_augment(reals, p))
+        loss_d = F.softplus(D(diff_augment(fakes, p))).mean() + F.softplus(-real_logits).mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         r1 = torch.zeros(())
         if self.step % self.opts.r1_every == 0:
-            x = diff_augment(reals).detach().requires_grad_(True)
+            x = diff_augment(reals, p).detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
             r1 = grad.square().sum(dim=(1, 2, 3)).mean()
             (r1 * (self.r1_gamma / 2) * self.opts.r1_every).backward()
         self.opt_d.step()
+        self._adapt(real_logits.detach())
         # Generator.
         D.requires_grad_(False)
         w = G.mapping(self._z())
-        loss_g = F.softplus(-D(diff_augment(G.synthesis(w)))).mean()
+        loss_g = F.softplus(-D(diff_augment(G.synthesis(w), p))).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -499,7 +525,7 @@ class Trainer:
             for be, b in zip(self.G_ema.buffers(), G.buffers()):
                 be.copy_(b)
         self.step += 1
-        self.losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "r1": r1.item()}
+        self.losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "r1": r1.item(), "aug_p": self.aug_p}
         return self.losses
 
     # -- previews, quality, export ---------------------------------------------------------------------------
@@ -580,14 +606,40 @@ class Trainer:
         return self.export()
 
 
+def bench(opts: TrainOptions, steps: int) -> int:
+    """Print training steps/s (and images/s) for this folder, size, batch and device; nothing is written."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            t = Trainer(TrainOptions(**{**asdict(opts), "work": tmp, "kid_samples": 0, "fresh": True}))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"installation: train: {e}", file=sys.stderr)
+            return 2
+        for _ in range(2):
+            t.train_step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t.train_step()
+        dt = time.perf_counter() - t0
+    row = {"size": opts.size, "batch": opts.batch, "device": str(t.device), "threads": torch.get_num_threads(),
+           "steps": steps, "steps_per_s": round(steps / dt, 3), "images_per_s": round(steps * opts.batch / dt, 2),
+           "load_avg_1min": round(os.getloadavg()[0], 2)}
+    print(json.dumps(row))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``installation train``; exit 2 with one line for a bad folder or flag."""
     opts = TrainOptions(folder=args.folder, out=args.out, size=args.size, minutes=args.minutes, steps=args.steps,
                         batch=args.batch, preview_minutes=args.preview_minutes,
-                        checkpoint_minutes=args.checkpoint_minutes, kid_samples=args.kid_samples, work=args.work,
+                        checkpoint_minutes=args.checkpoint_minutes, kid_samples=args.kid_samples, augment=args.augment,
+                        work=args.work,
                         device=args.device, seed=args.seed, fresh=args.fresh, progress=sys.stderr.isatty())
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bench:
+        return bench(opts, args.bench)
     if not (opts.out.endswith(".pt2") or opts.out.endswith(".pt")):
         print("installation: train: --out must end in .pt2 (torch.export) or .pt (TorchScript)", file=sys.stderr)
         return 2

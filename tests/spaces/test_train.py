@@ -113,6 +113,8 @@ def test_diff_augment_keeps_shape_and_changes_the_batch():
     x = torch.rand(6, 3, 32, 32) * 2 - 1
     y = diff_augment(x)
     assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(x, y)
+    assert torch.equal(diff_augment(x, 0.0), x)
+    assert torch.allclose(diff_augment(x, 1e-9), x), "no image picked: every transform is the identity"
 
 
 def test_kid_separates_sets():
