@@ -49,35 +49,32 @@ class Space:
         return tuple(self.latents.shape[1:])
 
 
-def load_space(path: str | Path) -> Space:
-    """Read a space file; a clear error for a missing or malformed one."""
+def _read(path: str | Path, take: Callable[[Any], Any]) -> Any:
+    """``take(npz)`` on an open space file; FileNotFoundError / ValueError with one clear line otherwise."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"space file {p} not found; make one with `installation space build FOLDER "
                                 f"--model DIR --out {p.name}`")
     try:
         with np.load(p, allow_pickle=False) as z:
-            space = Space(latents=z["latents"], embeddings=z["embeddings"], thumbnails=z["thumbnails"],
-                          names=[str(n) for n in z["names"]], skipped=[tuple(r) for r in z["skipped"]],
-                          meta=json.loads(str(z["meta"])))
+            return take(z)
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"{p} is not a space file ({e})") from None
+
+
+def load_space(path: str | Path) -> Space:
+    """Read a space file; a clear error for a missing or malformed one."""
+    space = _read(path, lambda z: Space(
+        latents=z["latents"], embeddings=z["embeddings"], thumbnails=z["thumbnails"],
+        names=[str(n) for n in z["names"]], skipped=[tuple(r) for r in z["skipped"]], meta=json.loads(str(z["meta"]))))
     if space.latents.ndim != 4 or len(space.latents) == 0 or len(space.embeddings) != len(space.latents):
-        raise ValueError(f"{p}: a space file needs N >= 1 latents (N x C x h x w) and N embeddings")
+        raise ValueError(f"{path}: a space file needs N >= 1 latents (N x C x h x w) and N embeddings")
     return space
 
 
 def space_meta(path: str | Path) -> dict[str, Any]:
     """Only the ``meta`` entry of a space file (cheap: the latents are not read)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"space file {p} not found; make one with `installation space build FOLDER "
-                                f"--model DIR --out {p.name}`")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return json.loads(str(z["meta"]))
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{p} is not a space file ({e})") from None
+    return _read(path, lambda z: json.loads(str(z["meta"])))
 
 
 def similarity_order(embeddings: np.ndarray, start: int = 0) -> list[int]:
