@@ -257,9 +257,9 @@ class Images(Trajectory):
 
     def __init__(self, settings, shape, seed):
         super().__init__(settings, shape, seed)
-        from ..spaces.space import load_space, similarity_order
+        from ..spaces.space import shared_space, similarity_order
 
-        space = load_space(settings.space)
+        space = shared_space(settings.space)
         self.check_shape(settings, space.latent_shape, shape)
         n = len(space.latents)
         start = self.seed % n

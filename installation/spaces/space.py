@@ -18,6 +18,7 @@ The ``images`` trajectory (:class:`installation.latent.trajectories.Images`) wal
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -70,6 +71,25 @@ def load_space(path: str | Path) -> Space:
     if space.latents.ndim != 4 or len(space.latents) == 0 or len(space.embeddings) != len(space.latents):
         raise ValueError(f"{path}: a space file needs N >= 1 latents (N x C x h x w) and N embeddings")
     return space
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(path: str, mtime_ns: int) -> Space:
+    space = load_space(path)
+    for arr in (space.latents, space.embeddings, space.thumbnails):
+        arr.flags.writeable = False
+    return space
+
+
+def shared_space(path: str | Path) -> Space:
+    """:func:`load_space`, read once per file version and shared read-only (trajectories are rebuilt on every seed
+    jump and scene change; a big space file is not read again each time)."""
+    p = Path(path).expanduser()
+    try:
+        mtime = p.stat().st_mtime_ns
+    except OSError:
+        return load_space(p)  # raises the clear error
+    return _shared(str(p.resolve()), mtime)
 
 
 def space_meta(path: str | Path) -> dict[str, Any]:
