@@ -643,6 +643,9 @@ def main(args: argparse.Namespace) -> int:
     if not (opts.out.endswith(".pt2") or opts.out.endswith(".pt")):
         print("installation: train: --out must end in .pt2 (torch.export) or .pt (TorchScript)", file=sys.stderr)
         return 2
+    if opts.minutes <= 0 and opts.steps <= 0:
+        print("installation: train: give --minutes or --steps above 0", file=sys.stderr)
+        return 2
     try:
         trainer = Trainer(opts)
     except (FileNotFoundError, ValueError) as e:

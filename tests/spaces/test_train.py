@@ -131,5 +131,6 @@ def test_cli_train_end_to_end_and_bad_input(shapes, tmp_path, capfd):
     assert out.is_file() and read_metadata(out)["steps"] == 1
     assert cli_main(["train", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert cli_main(["train", str(shapes), "--out", str(tmp_path / "g.onnx")]) == 2
+    assert cli_main(["train", str(shapes), "--out", str(out), "--minutes", "0"]) == 2
     err = capfd.readouterr().err
     assert "not found" in err and ".pt2" in err
