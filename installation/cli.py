@@ -492,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check GL, torch, displays, ffmpeg, audio and camera devices.")
     common(d)
     d.set_defaults(func=cmd_doctor)
+
+    from .spaces import cli as spaces_cli
+
+    spaces_cli.add_train(sub)
+    spaces_cli.add_space(sub)
     return p
 
 

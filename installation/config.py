@@ -21,7 +21,7 @@ from .decoders import DecoderSpec
 from .modulation import ModMatrix, ModulationSettings
 from .ops import LogSettings, ScheduleSettings
 from .latent.prompts import PromptMotionSettings
-from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings
+from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings, Trajectory
 from .render.hooks import hook_params
 from .render.projection import CanvasConfig, OutputSpec, check_outputs
 from .render.shaders import ShaderError, ShaderFile, load_dir
@@ -329,7 +329,16 @@ def load_scene(path: Path) -> Scene:
         raise ConfigError(path, "decoder", "must be a table such as [decoder] type = \"cppn\"")
     spec = decoder_spec(data.pop("decoder", {"type": "cppn"}), path)
     data.pop("name", None)
+    traj = data.get("trajectory")
+    if isinstance(traj, dict) and isinstance(traj.get("space"), str) and traj["space"]:  # images: beside the scene
+        traj["space"] = str((path.resolve().parent / Path(traj["space"]).expanduser()).resolve())
     body = _validate(_SceneBody, data, path)
+    traj_cls = TRAJECTORIES[body.trajectory.kind]
+    if traj_cls.check.__func__ is not Trajectory.check.__func__:  # one that reads a file (images: a space file)
+        try:
+            traj_cls.check(body.trajectory, decoders.decoder_class(spec.type).latent_shape(spec.settings))
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise ConfigError(path, "trajectory", str(e)) from None
     return Scene(path.stem, path, spec, body)
 
 

@@ -73,6 +73,8 @@ class DiffusionSettings(DecoderSettings):
     references: tuple[str, ...] = Field((), description="image files encoded and blended as the img2img source")
     strength: float = Field(0.5, ge=0.0, le=1.0, description="img2img strength (0 = the source's reconstruction)")
     img2img_noise: Literal["fixed", "trajectory"] = "fixed"
+    latent_source: bool = Field(False, description="request.z is an image latent (the images trajectory over a space "
+                                                   "file), rendered by img2img from it at diffusion.strength")
     similar_threshold: float = Field(0.004, ge=0.0, le=1.0,
                                      description="mean |diff| (0..1) under which a camera source counts unchanged")
     similar_max_skip: int = Field(30, ge=0, description="render at least every N frames even when nothing changed")
@@ -934,8 +936,8 @@ class DiffusionDecoder:
                                  .expand_as(b["tcond"]))
                 self._tcond_w = w
 
-        src = self._source(extras)
-        img2img = src is not None or bool(self.ref_latents)
+        src = None if s.latent_source else self._source(extras)
+        img2img = src is not None or bool(self.ref_latents) or s.latent_source
         strength = _param(params, "diffusion.strength", s.strength, 0.0, 1.0) if img2img else 1.0
         src_changed = False
         if src is not None:
@@ -943,6 +945,8 @@ class DiffusionDecoder:
             if src_changed:
                 self._encode_source(src)
                 self._src_key = "camera"
+        elif s.latent_source:  # the trajectory's latent is the clean source (in the skip key); the noise is fixed
+            self._src_key = ("z", z.tobytes())
         elif self.ref_latents:
             n = len(self.ref_latents)
             weights = tuple(_param(params, f"reference.{i}.weight", 1.0, 0.0, 1e6) for i in range(n))
@@ -952,7 +956,7 @@ class DiffusionDecoder:
                 b["src"].copy_(blend_tensors(self.ref_latents, list(weights), s.blend))
                 self._src_key = ("refs", weights)
                 src_changed = True
-        use_z = not img2img or s.img2img_noise == "trajectory"
+        use_z = not img2img or (s.img2img_noise == "trajectory" and not s.latent_source)
 
         # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera).
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
@@ -964,10 +968,10 @@ class DiffusionDecoder:
             return self._last_frame.copy()
         self._skip_run = 0
 
-        if use_z:
+        if use_z or s.latent_source:
             self._z_host.copy_(torch.from_numpy(z)[None])
-            b["z"].copy_(self._z_host, non_blocking=True)
-        else:
+            b["src" if s.latent_source else "z"].copy_(self._z_host, non_blocking=True)
+        if not use_z:
             b["z"].copy_(b["fixed_noise"])
         self.timer.mark("upload")
         if img2img and strength <= 0.0:

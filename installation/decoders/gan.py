@@ -64,9 +64,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def save_generator(module: torch.nn.Module, path: str | Path, latent_shape: tuple[int, ...], class_dim: int = 0,
-                   output_range: str = "tanh", export: bool = False) -> Path:
-    """Script (or export) ``module`` into ``path`` with the metadata this decoder reads back."""
-    meta = json.dumps({"latent_shape": list(latent_shape), "class_dim": class_dim, "output_range": output_range})
+                   output_range: str = "tanh", export: bool = False, meta: Mapping[str, Any] | None = None) -> Path:
+    """Script (or export) ``module`` into ``path`` with the metadata this decoder reads back (plus ``meta``)."""
+    meta = json.dumps({**(meta or {}), "latent_shape": list(latent_shape), "class_dim": class_dim,
+                       "output_range": output_range})
     path = Path(path)
     module = module.eval()
     if export:

@@ -65,6 +65,10 @@ class Trajectory:
     def _at(self, tau: float, params: Mapping[str, float]) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def check(cls, settings: TrajectorySettings, shape: tuple[int, ...]) -> None:
+        """Start-up check against the decoder's latent shape (files a trajectory reads); ValueError if wrong."""
+
 
 class StillSettings(TrajectorySettings):
     kind: Literal["still"] = "still"
@@ -241,10 +245,67 @@ class Walk(Trajectory):
         return _shell(self._home + r * ou, np.linalg.norm(self._home))
 
 
-TRAJECTORIES: dict[str, type[Trajectory]] = {cls.kind: cls for cls in (Still, Slerp, Tour, Loop, Orbit, Walk)}
+class ImagesSettings(TrajectorySettings):
+    kind: Literal["images"] = "images"
+    space: str = Field(description="space file (installation space build); relative to the scene file")
+    order: Literal["similar", "given"] = Field("similar", description="similar: nearest-neighbour chain on the "
+                                                                      "embeddings; given: the file's (name) order")
+    step: Annotated[float, Field(gt=0, description="path seconds from one image to the next")] = 6.0
+    hold: Annotated[float, Field(ge=0, lt=1, description="part of each step spent resting on the image")] = 0.3
+
+
+class Images(Trajectory):
+    """A closed tour through the images of a space file: rests on each image's latent, then glides to the next by
+    slerp (eased). The scene seed picks the image the tour starts from; the diffusion decoder renders the latent by
+    img2img (``latent_source``) at ``diffusion.strength``, so 0 shows the images themselves."""
+
+    kind = "images"
+    Settings = ImagesSettings
+
+    def __init__(self, settings, shape, seed):
+        super().__init__(settings, shape, seed)
+        from ..spaces.space import shared_space, similarity_order
+
+        space = shared_space(settings.space)
+        self.check_shape(settings, space.latent_shape, shape)
+        n = len(space.latents)
+        start = self.seed % n
+        order = similarity_order(space.embeddings, start) if settings.order == "similar" else \
+            [(start + i) % n for i in range(n)]
+        self.order = order
+        self.names = [space.names[i] for i in order]
+        self._keys = [space.latents[i].astype(np.float64) for i in order]
+
+    @staticmethod
+    def check_shape(settings: ImagesSettings, have: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if tuple(have) != tuple(want):
+            raise ValueError(f"space file {settings.space} holds latents of shape {tuple(have)}, the scene's decoder "
+                             f"walks {tuple(want)}: build the space at the scene's size (space build --size), or "
+                             f"set the decoder's width/height to match")
+
+    @classmethod
+    def check(cls, settings, shape):
+        from ..spaces.space import space_meta
+
+        cls.check_shape(settings, tuple(space_meta(settings.space)["latent_shape"]), shape)
+
+    @property
+    def period(self):
+        return len(self._keys) * self.settings.step
+
+    def _at(self, tau, params):
+        n = len(self._keys)
+        x = _phase(tau, self.period) * n
+        i = int(x) % n
+        u = max(0.0, (x - int(x) - self.settings.hold) / (1.0 - self.settings.hold))
+        u = u * u * (3.0 - 2.0 * u)  # eased: no jolt leaving or reaching an image
+        return slerp(self._keys[i], self._keys[(i + 1) % n], u)
+
+
+TRAJECTORIES: dict[str, type[Trajectory]] = {cls.kind: cls for cls in (Still, Slerp, Tour, Loop, Orbit, Walk, Images)}
 
 AnyTrajectorySettings = Annotated[
-    StillSettings | SlerpSettings | TourSettings | LoopSettings | OrbitSettings | WalkSettings,
+    StillSettings | SlerpSettings | TourSettings | LoopSettings | OrbitSettings | WalkSettings | ImagesSettings,
     Field(discriminator="kind"),
 ]
 
