@@ -125,8 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"--record needs an even output size, got {out.size}")
     from .render.targets import preload_decoders
 
-    # [vision] loads open_clip in this process too (steering; hooks in thread isolation): the same preload.
-    preload_decoders([s.decoder.type for s in spec.scenes] + (["vision"] if spec.config.vision.enabled else []))
+    preload_decoders(s.decoder.type for s in spec.scenes)
     if signals.stop:
         log.info("stopped during start-up")
         return 0

@@ -117,10 +117,6 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
     rss_start = rss_mb()
     show = faulty_spec(spec, raise_every, nan_every)
     out = show.config.output
-    if show.config.vision.enabled:  # open_clip in this process (steering) must not load after llvmpipe
-        from .render.targets import preload_decoders
-
-        preload_decoders(["vision"])
     target = HeadlessTarget(out.size)
     rt = None
     started = time.monotonic()
