@@ -134,8 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"--record needs an even output size, got {size[0]}x{size[1]}")
     from .render.targets import preload_decoders
 
-    # [vision] loads open_clip in this process too (steering; hooks in thread isolation): the same preload.
-    preload_decoders([s.decoder.type for s in spec.scenes] + (["vision"] if spec.config.vision.enabled else []))
+    preload_decoders(s.decoder.type for s in spec.scenes)
     if signals.stop:
         log.info("stopped during start-up")
         return 0

@@ -68,6 +68,11 @@ def check_vision(settings: VisionSettings, base_dir: Path) -> None:
 
     s = settings.resolved(base_dir)
     check_weights(s)
+    # open_clip (in this process for steering, or for hooks in thread isolation) imports Triton, whose LLVM must load
+    # before a GL context's llvmpipe or the process segfaults; every command loads the show before it opens GL.
+    from ..render.targets import preload_decoders
+
+    preload_decoders(["vision"])
     try:
         load_vocabulary(s.vocabulary)
     except (OSError, UnicodeDecodeError) as e:
