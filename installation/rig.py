@@ -92,6 +92,8 @@ def _clients(rt: Runtime, midi_out: Any) -> Callable[[], None]:
         def listen() -> None:
             from websockets.sync.client import connect
 
+            from websockets.exceptions import ConnectionClosed
+
             with connect(f"ws://127.0.0.1:{query.port}/") as ws:
                 ws.send(json.dumps({"COMMAND": "LISTEN", "DATA": "/param/speed"}))
                 while not stop.is_set():
@@ -100,6 +102,8 @@ def _clients(rt: Runtime, midi_out: Any) -> Callable[[], None]:
                         counts["ws_messages"] += 1
                     except TimeoutError:
                         pass
+                    except ConnectionClosed:  # the server stopped first
+                        return
 
         threads.append(threading.Thread(target=listen, daemon=True))
     if midi_out is not None and rt.part("midi") is not None:
@@ -121,7 +125,7 @@ def _clients(rt: Runtime, midi_out: Any) -> Callable[[], None]:
 
 
 def rig_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2) -> dict[str, Any]:
-    """The loop with the rig off, then on, ``rounds`` times alternating: fps, late ticks, tick p99s and their
+    """The loop with the rig off and on, ``rounds`` pairs (off first, then on first, ...): fps, late ticks, tick p99s and their
     on/off ratios (``runtime_fps_on_vs_off``: decoded frames per second in the loop; ``present_fps_on_vs_off``)."""
     from .bench import DISPLAY_HZ, _p99_ms, runtime_fps
 
@@ -148,8 +152,8 @@ def rig_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2) -> dict[st
 
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     try:
-        for _ in range(max(1, rounds)):
-            for mode in ("off", "on"):
+        for i in range(max(1, rounds)):
+            for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):  # neither always goes first
                 runs[mode].append(runtime_fps(with_rig(spec, mode == "on", midi_api), seconds, device,
                                               inputs=True, load=load))
     finally:

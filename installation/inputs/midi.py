@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from installation.bus import Event, ParamBus, ParamSpec
 from installation.inputs.base import ThreadedInput
@@ -55,6 +56,12 @@ class NoteEvent(BaseModel):
         if v not in EVENT_KINDS or v == "onset":
             raise ValueError(f"event must be one of {[k for k in EVENT_KINDS if k != 'onset']}")
         return v
+
+    @model_validator(mode="after")
+    def _goto_needs_a_scene(self) -> "NoteEvent":
+        if self.event == "scene.goto" and self.value is None:
+            raise ValueError("scene.goto needs a value (a scene name or index)")
+        return self
 
 
 class MidiSettings(BaseModel):
@@ -112,6 +119,7 @@ class MidiInput(ThreadedInput):
         self._learning: str | None = None
         self._bindings: dict[str, dict[str, Any]] = self._load()
         self._next_check = 0.0
+        self._rng = random.Random()
 
     # -- learn file ------------------------------------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -200,6 +208,8 @@ class MidiInput(ThreadedInput):
             ev = self._events.get((ch, num))
             if ev is not None and (u > 0 or ev.event in GATE_KINDS):
                 value = (u > 0) if ev.event in GATE_KINDS else ev.value
+                if ev.event == "seed" and value is None:
+                    value = self._rng.randrange(2**31)  # a jump to somewhere new
                 mapped = bus.post(Event(ev.event, value, src)) or mapped
         if learning is not None and (kind != "note" or u > 0):
             bindings = self._bind(learning, kind, ch, num)

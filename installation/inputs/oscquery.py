@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from installation.bus import ParamBus
 from installation.inputs.osc import OscSettings, _encode, address_map
 from installation.inputs.surface import Scenes, scene_list
+from installation.ops.health import http_url
 from installation.parts import PartContext, register
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,7 @@ class OscQueryServer:
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+        return http_url(self.settings.host, self.port)
 
     @property
     def alive(self) -> bool:
@@ -351,7 +351,7 @@ class OscQueryServer:
         (the newest value of each address per round)."""
         period = 1.0 / self.settings.listen_rate
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(period if self._clients else 0.5)  # nobody listening: wake rarely
             changes = sub.drain()
             if not changes or not self._clients:
                 continue

@@ -68,6 +68,11 @@ def _clean(obj: Any) -> Any:
     return str(obj)
 
 
+def http_url(host: str, port: int, path: str = "/") -> str:
+    """str: the URL of an HTTP endpoint listening on ``host``:``port`` (IPv6 literals bracketed), for logs."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+
+
 def _encode(obj: Any) -> bytes:
     return json.dumps(_clean(obj), allow_nan=False, separators=(",", ":")).encode()
 
@@ -324,8 +329,7 @@ class HealthServer:
     @property
     def url(self) -> str:
         """str: the full URL of the endpoint, for logs."""
-        host = self.settings.host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/health"
+        return http_url(self.settings.host, self.port, "/health")
 
     @property
     def running(self) -> bool:

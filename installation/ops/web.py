@@ -34,7 +34,7 @@ from ..bus import ParamBus
 from ..inputs.prompt_guard import PromptGuardSettings
 from ..parts import PartContext, register
 from ..render.outputs import LatestFrame
-from .health import _encode
+from .health import _encode, http_url
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ class WebPage:
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+        return http_url(self.settings.host, self.port)
 
     @property
     def alive(self) -> bool:

@@ -57,7 +57,8 @@ channels = [1, 2]
 cc = [7, 20]
 cc14 = [1]
 notes = [60]
-note_events = [{{ note = 36, event = "scene.next" }}, {{ channel = 2, note = 37, event = "freeze" }}]
+note_events = [{{ note = 36, event = "scene.next" }}, {{ channel = 2, note = 37, event = "freeze" }},
+               {{ note = 38, event = "seed" }}]
 check_s = 0.2
 reopen_min = 0.1
 reopen_max = 0.5
@@ -100,6 +101,9 @@ def test_a_controller_steers_the_show_learns_and_survives_an_unplug(tmp_path, ja
         assert wait_until(lambda: values()["midi.note.1.60"] == 0.0, 20)
         ctl.send(0x90, 36, 100)                 # note 36 fires scene.next
         seen["scene"] = wait_until(lambda: rt.show.scene.name == "b", 20)
+        seed = rt.show.seed
+        ctl.send(0x90, 38, 100)                 # note 38 jumps to a new seed
+        seen["seed"] = wait_until(lambda: rt.show.seed != seed, 20)
         ctl.send(0x91, 37, 100)                 # note 37 on channel 2 holds freeze while held
         seen["frozen"] = wait_until(lambda: rt.frozen, 20)
         ctl.send(0x81, 37, 0)
@@ -128,13 +132,22 @@ def test_a_controller_steers_the_show_learns_and_survives_an_unplug(tmp_path, ja
     assert seen["sources"] == {"midi.cc.1.7": pytest.approx(100 / 127),
                                "midi.cc.1.1": pytest.approx((64 << 7 | 32) / 16383),
                                "midi.note.1.60": 1.0}
-    assert seen["scene"] and seen["frozen"] and seen["released"]
+    assert seen["scene"] and seen["seed"] and seen["frozen"] and seen["released"]
     assert seen["learned_max"] and seen["learned_min"]
     saved = json.loads((tmp_path / "midi-learn.json").read_text())
     assert saved == {"bindings": {"feedback.amount": {"kind": "cc", "channel": 2, "number": 20}}}
     assert seen["waiting"] and seen["reopened"] and seen["after"]
-    assert seen["stats"]["learned"] == 1 and seen["stats"]["messages"] >= 12
+    assert seen["stats"]["learned"] == 1 and seen["stats"]["messages"] >= 13
     assert json.loads(json.dumps(seen["stats"])) == seen["stats"]
+
+
+def test_a_goto_note_needs_its_scene():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="scene.goto needs a value"):
+        MidiSettings(note_events=[{"note": 40, "event": "scene.goto"}])
+    with pytest.raises(ValidationError, match="event must be one of"):
+        MidiSettings(note_events=[{"note": 40, "event": "quit"}])
 
 
 def test_learned_bindings_load_at_start_and_bad_ones_are_dropped(tmp_path):
