@@ -653,7 +653,12 @@ class Runtime:
         # and it leaves most of the CPU to the decoder process that is starting beside it.
         while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
             if preview is not None:
-                self._preview(preview, plan)
+                try:
+                    self._preview(preview, plan)
+                except Exception:  # noqa: BLE001 - a preview is a nicety: wait for the decoder in the dark instead
+                    log.exception("first-light preview failed")
+                    preview.close()
+                    preview = None
             if self._stopping or self._quit:
                 ok = False
                 break

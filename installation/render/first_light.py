@@ -39,7 +39,7 @@ class FirstLight:
         self._cppn = CPPN(s.model_copy(update={"resolution": size}))
         self._ready = False
         self._next = -float("inf")
-        self._seq = 0
+        self._seq = -1  # preview frames count down from -2: the presenter starts out having "shown" seq -1
         self.frames = 0
         self.render_s = 0.0  # seconds spent rendering previews (prepare included)
 
