@@ -21,8 +21,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="training time in all, across resumes (default 30)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps in all (default: minutes only)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--augment", choices=["ada", "always", "off"], default="ada",
-                   help="DiffAugment on reals and fakes: at an adaptive probability (default), always, or off")
+    p.add_argument("--augment", choices=["always", "ada", "off"], default="always",
+                   help="DiffAugment on reals and fakes: always (default), at an adaptive probability (ADA's "
+                        "heuristic), or off")
     p.add_argument("--preview-minutes", type=float, default=5.0, help="a preview grid + KID every N minutes")
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)
     p.add_argument("--kid-samples", type=int, default=256, help="generated images per KID figure (0 = no KID)")

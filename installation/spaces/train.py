@@ -4,7 +4,9 @@ The generator is StyleGAN-like at a small scale: a mapping network turns z into 
 walks is smooth), a learned 4x4 constant is upsampled block by block, and every block's features are scaled and
 shifted by w (AdaIN). The discriminator is a plain residual conv net with a minibatch-deviation feature. Losses are
 StyleGAN2's (non-saturating logistic, lazy R1 on the reals); DiffAugment (colour, translation, cutout, applied to
-reals and fakes alike) keeps the discriminator from memorising a set of a few hundred images. An EMA copy of the
+reals and fakes alike) keeps the discriminator from memorising a set of a few hundred images. ``augment="ada"``
+applies it at a probability adapted by ADA's overfitting heuristic instead; on the 300-image test set it scored
+worse after 30 minutes (KID x1000 1149 against 709 with DiffAugment always on), so "always" is the default. An EMA copy of the
 generator is what previews and the export use.
 
 A run's folder (``--work``, default ``MODEL.run/`` beside the output) holds ``checkpoint.pt`` (everything needed
@@ -380,7 +382,7 @@ class TrainOptions:
     lr: float = 0.002
     r1_gamma: float = 0.0  # 0 = the StyleGAN2-ADA heuristic 0.0002 * size^2 / batch
     r1_every: int = 4
-    augment: str = "ada"  # ada: DiffAugment at an adaptive probability; always; off
+    augment: str = "always"  # always: DiffAugment on every image; ada: at an adaptive probability; off
     ada_images: int = 5000
     preview_minutes: float = 5.0
     checkpoint_minutes: float = 2.0
