@@ -290,6 +290,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
+    elif args.map:
+        from .archive.live_map import overlay_bench
+
+        result = overlay_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.archive:
         from .archive.bench import archive_bench
 
@@ -463,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera, --vision, --outputs and --rig, alternating; runs for --archive (default 1)")
+                   help="off/on pairs for --camera, --vision, --outputs, --rig and --map, alternating; runs for --archive (default 1)")
+    b.add_argument("--map", action="store_true",
+                   help="present p99 with the live map overlay ([output.map]) off and on, --rounds pairs, instead")
     b.add_argument("--archive", action="store_true",
                    help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
                         "bytes per hour, replay equality, instead")

@@ -52,6 +52,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MapOverlayConfig(_Strict):
+    """``[output.map]``: the live map of the archive drawn over a corner of the window (installation/archive/live_map.py)."""
+
+    enabled: bool = False
+    corner: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = "bottom-right"
+    width: Annotated[float, Field(gt=0.0, le=1.0)] = 0.28  # of the window's width
+    margin: Annotated[float, Field(ge=0.0, le=0.25)] = 0.02  # of the window's shorter side
+    opacity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    resolution: Annotated[int, Field(ge=64, le=2048)] = 480  # the picture's width in pixels
+    refit_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0  # seconds between refits of the projection
+    fps: Annotated[float, Field(gt=0.0, le=30.0)] = 4.0  # redraws of the current position per second
+    points: Annotated[int, Field(ge=10, le=100000)] = 2000  # the newest this many archived points are drawn
+
+
 class OutputConfig(_Strict):
     size: Size = SizeT(1280, 720)
     fps: Annotated[int, Field(ge=1, le=240)] = 60
@@ -63,6 +77,7 @@ class OutputConfig(_Strict):
     detail_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # passes of "size": "output"; 0 = auto
     title: str = "installation"
     hide_cursor: bool = True
+    map: MapOverlayConfig = MapOverlayConfig()
 
 
 class ShowConfig(_Strict):

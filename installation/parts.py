@@ -43,7 +43,8 @@ class Part(Protocol):
     ``tick(moment)`` once per loop tick after the frame is presented, ``plan(plan, moment) -> plan`` to add
     decoder inputs (the camera's img2img source) to the plan before it is submitted, and
     ``events(events, moment) -> events`` to hold back or let through the tick's events (Link: scene changes on
-    the bar).
+    the bar), and ``overlay(ctx, framebuffer, size)`` to draw over the window after the outputs (GL on the loop
+    thread: the archive's live map).
     """
 
     def start(self) -> None: ...

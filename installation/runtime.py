@@ -205,6 +205,8 @@ class Runtime:
         self._event_hooks = [(name, getattr(p, "events")) for name, p in self.parts.items()
                              if callable(getattr(p, "events", None))]
         self._tick_hooks = [(name, fn) for name, _, fn in hooks if callable(fn)]
+        self._overlay_hooks = [(name, getattr(p, "overlay")) for name, p in self.parts.items()
+                               if callable(getattr(p, "overlay", None))]
         self.resumed = False
         if resume:
             saved = self.keeper.load()
@@ -337,6 +339,12 @@ class Runtime:
         step = dt / self._fade_s if self._fade_s > 0 else 1.0
         self.master = min(max(self.master + (step if not dark else -step), 0.0), 1.0)
         self.output.show(self.presenter.render(t, tick.values), self.master)
+        for name, draw in self._overlay_hooks:  # parts that draw over the window (the live map), GL on this thread
+            try:
+                draw(self.target.ctx, self.target.framebuffer, self.target.size)
+            except Exception:  # noqa: BLE001 - a part's fault never stops the show
+                self.faults[f"overlay.{name}"] += 1
+                log.exception("part %s: overlay failed", name)
         self.tap.offer(None if self.lockstep else t)  # the recorder (and any sink) by wall-clock time when live
         self.target.swap()
         self.stats.presented += 1

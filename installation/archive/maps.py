@@ -144,20 +144,43 @@ def _colours(points: list[Point]) -> dict[str, tuple[int, int, int]]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
 
+def space_points(path: Path) -> list[Point]:
+    """The images of a space file (``installation space build``) as map points, in the order its ``images``
+    trajectory tours them (nearest neighbours on the embeddings), so the drawn path is the tour."""
+    import cv2
+
+    from ..spaces.space import load_space, similarity_order
+
+    space = load_space(path)
+    clip = str(space.meta.get("embedding", "")).startswith("clip:")
+    out = []
+    for k, i in enumerate(similarity_order(space.embeddings.astype(np.float64))):
+        ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(space.thumbnails[i][..., ::-1]))
+        out.append(Point(i, 0, float(k), "images", 0, 0.0, np.asarray(space.latents[i], np.float32),
+                         jpeg.tobytes() if ok else None, space.embeddings[i] if clip else None, space.names[i]))
+    return out
+
+
 def draw_map(source: str | Path, out: Path, *, session: int | None = None, html: Path | None = None,
              size: tuple[int, int] = (1600, 1000), method: str = "auto") -> dict[str, Any]:
-    """Draw the map of an archive (one session, or all) to ``out`` (PNG) and optionally ``html``; returns figures."""
+    """Draw the map of an archive (one session, or all), or of a space file (``.npz``), to ``out`` (PNG) and
+    optionally ``html``; returns figures."""
     from PIL import Image, ImageDraw, ImageFont
 
-    path, sid = parse_source(source)
-    store = Store(path, readonly=True)
-    try:
-        sid = session if session is not None else sid
-        if sid is not None:
-            store.session(sid)  # KeyError when there is none
-        points = store.points(sid)
-    finally:
-        store.close()
+    is_space = str(source).endswith(".npz")
+    if is_space:
+        path = Path(source)
+        points = space_points(path)
+    else:
+        path, sid = parse_source(source)
+        store = Store(path, readonly=True)
+        try:
+            sid = session if session is not None else sid
+            if sid is not None:
+                store.session(sid)  # KeyError when there is none
+            points = store.points(sid)
+        finally:
+            store.close()
     x, points, what = features(points)
     if len(points) < 2:
         raise ValueError(f"{path}: {len(points)} archived point(s); a map needs at least 2 (run the show longer)")
@@ -212,7 +235,8 @@ def draw_map(source: str | Path, out: Path, *, session: int | None = None, html:
     span = points[-1].t - points[0].t if points[0].session == points[-1].session else sum(
         max(p.t for p in points if p.session == s) - min(p.t for p in points if p.session == s)
         for s in {p.session for p in points})
-    title = f"{path.stem}: {n} points over {_duration(span)} of show time"
+    title = f"{path.stem}: {n} images, the path is their tour" if is_space else \
+        f"{path.stem}: {n} points over {_duration(span)} of show time"
     draw.text((margin // 2, margin // 3), title, fill=(235, 235, 245, 255), font=font)
     draw.text((margin // 2, margin // 3 + font.size + 6), f"{used} of the {what}; the path runs in time from "
               f"start (faint) to end (bright)", fill=(170, 170, 190, 255), font=small)

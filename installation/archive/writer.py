@@ -109,6 +109,15 @@ class Archive:
             self.feeder = LiveFeeder(settings.replay, ctx.bus, loop=settings.replay_loop)
         if ctx.presented is not None:
             ctx.presented.add(self)
+        overlay = getattr(getattr(ctx.config, "output", None), "map", None)
+        self.live_map = None
+        if overlay is not None and overlay.enabled:
+            if settings.enabled:
+                from .live_map import LiveMap
+
+                self.live_map = LiveMap(overlay, lambda: (self.path, self.session))
+            else:
+                log.warning("[output.map] needs the archive ([archive] enabled = true): no live map")
 
     # -- the part ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,6 +134,8 @@ class Archive:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
         self._thread.start()
+        if self.live_map is not None:
+            self.live_map.start()
 
     def _open(self) -> bool:
         """Open the file and start the session; a folder or file that cannot be used is a counted fault (tried
@@ -150,6 +161,8 @@ class Archive:
         return True
 
     def stop(self) -> None:
+        if self.live_map is not None:
+            self.live_map.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
@@ -164,10 +177,13 @@ class Archive:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        return {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
-                "writer_cpu_s": round(self.cpu_s, 3), "loop_hook_s": round(self.hook_s, 4),
-                "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
-                "faults": dict(self.faults)}
+        out = {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
+               "writer_cpu_s": round(self.cpu_s, 3), "loop_hook_s": round(self.hook_s, 4),
+               "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
+               "faults": dict(self.faults)}
+        if self.live_map is not None:
+            out["live_map"] = self.live_map.stats()
+        return out
 
     # -- the loop thread: a few appends per tick -----------------------------------------------------------------
     def plan(self, plan: Any, moment: Moment) -> Any:
@@ -176,6 +192,8 @@ class Archive:
         started = time.perf_counter()
         t = moment.t
         self._last_t = t
+        if self.live_map is not None:
+            self.live_map.position(plan, t)
         self._scene = plan.scene
         with self._lock:
             if self.settings.ticks:
@@ -197,6 +215,11 @@ class Archive:
                     self.counts["points_dropped"] += 1
         self.hook_s += time.perf_counter() - started
         return plan
+
+    def overlay(self, ctx: Any, framebuffer: Any, size: tuple[int, int]) -> None:
+        """Draw over the presented output (the loop thread, GL): the live map, when ``[output.map]`` is on."""
+        if self.live_map is not None:
+            self.live_map.draw(ctx, framebuffer, size)
 
     def tick(self, moment: Moment) -> None:
         if self.feeder is not None:

@@ -198,3 +198,18 @@ def test_cli_space_build(models, folder, tmp_path, capfd):
     assert cli_main(["space", "build", str(tmp_path / "nope"), "--model", str(models["sd"]),
                      "--out", str(out)]) == 2
     assert "not found" in capfd.readouterr().err
+
+
+def test_the_map_command_draws_a_space_file_with_its_tour(space, tmp_path, capfd):
+    from installation.archive.maps import space_points
+
+    points = space_points(space)
+    loaded = load_space(space)
+    assert [p.id for p in points] == similarity_order(loaded.embeddings.astype(np.float64))
+    assert all(p.thumb for p in points) and points[0].prompts in loaded.names
+    out, page = tmp_path / "map.png", tmp_path / "map.html"
+    assert cli_main(["map", str(space), "--out", str(out), "--html", str(page), "--size", "640x400"]) == 0
+    assert "points       13" in capfd.readouterr().out
+    img = np.asarray(Image.open(out))
+    assert img.shape == (400, 640, 3) and img.std() > 10  # thumbnails and a path on the dark ground
+    assert page.read_text().count("data:image/jpeg;base64") >= 13
