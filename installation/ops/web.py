@@ -133,7 +133,7 @@ class WebPage:
         self._control_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self.counts = {"requests": 0, "unauthorized": 0, "busy": 0, "previews": 0}
+        self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "busy": 0, "previews": 0}
         self._count_lock = threading.Lock()
 
     # -- part ----------------------------------------------------------------------------------------------------
@@ -199,6 +199,18 @@ class WebPage:
             given = auth[len("Bearer "):]
         given = headers.get("X-Token", given)
         return hmac.compare_digest(given.encode(), token.encode())
+
+    def same_site(self, method: str, headers: Any) -> bool:
+        """bool: not a request another web site made a visitor's browser send. Served on loopback without a token,
+        the Host must be a loopback name (a DNS-rebinding site has its own name); a POST carrying an Origin must
+        come from this page's own origin (a cross-site form or fetch to 127.0.0.1 carries the other site's)."""
+        host = headers.get("Host", "") or ""
+        if not self.settings.token and is_loopback(self.settings.host):
+            name = host.rsplit(":", 1)[0].strip("[]") if not host.endswith("]") else host.strip("[]")
+            if host and not is_loopback(name):
+                return False
+        origin = headers.get("Origin")
+        return method != "POST" or origin is None or urlsplit(origin).netloc == host
 
     def state(self) -> dict[str, Any]:
         """What the page shows: scenes, parameters (ranges, defaults, targets), prompt slots, health figures."""
@@ -312,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not page.authorized(query, self.headers):
             page.count("unauthorized")
             self._json(401, {"error": "unauthorized", "detail": "this page needs its token (?token=...)"})
+            return
+        if not page.same_site(method, self.headers):
+            page.count("cross_site")
+            self._json(403, {"error": "forbidden", "detail": "a request from another site (Host or Origin)"})
             return
         path = url.path
         if method == "GET" and path in ("/", "/index.html"):

@@ -33,7 +33,8 @@ def browser_available():
 
 def _runtime(tmp_path, extra: str) -> Runtime:
     cfg = write_show(tmp_path, {"a": scene_toml(), "b": scene_toml()},
-                     extra="[state]\nenabled = false\n[web]\nenabled = true\nport = 0\npreview_fps = 8\n" + extra)
+                     # no archive: its thumbnails are read-backs too, and the page's own are counted here
+                     extra="[state]\nenabled = false\n[archive]\nenabled = false\n[web]\nenabled = true\nport = 0\npreview_fps = 8\n" + extra)
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
@@ -112,8 +113,8 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
     page_part = rt.part("web")
     seen: dict = {}
 
-    def post(body: bytes) -> tuple[int, dict]:
-        req = urllib.request.Request(page_part.url + "api/control", data=body, method="POST")
+    def post(body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(page_part.url + "api/control", data=body, method="POST", headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
                 return r.status, json.loads(r.read())
@@ -129,6 +130,13 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
                        post(b"not json"),
                        post(b'{"address": "/quit"}')]
         seen["prompt"] = post(b'{"address": "/prompt/1", "args": ["a quiet harbour at dawn"]}')
+        # another site in a visitor's browser: a cross-site POST, and a DNS-rebinding name for 127.0.0.1
+        own = page_part.url.split("/")[2]
+        seen["same_origin"] = post(b'{"address": "/freeze", "args": [0]}', {"Origin": f"http://{own}"})
+        seen["cross_site"] = [post(b'{"address": "/blackout", "args": [1]}', {"Origin": "http://evil.example"}),
+                              post(b'{"address": "/blackout", "args": [1]}',
+                                   {"Host": "evil.example:80", "Origin": "http://evil.example:80"})]
+        seen["blackout"] = rt.blackout
         status, _ = _get(page_part.url + "preview.jpg")
         seen["preview"] = status
         seen["reads_watched"] = rt.tap.reads
@@ -140,6 +148,9 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
         (422, "out_of_range"), (422, "unknown_address"), (422, "guard"), (400, "malformed"),
         (422, "unknown_address")]
     assert seen["prompt"] == (200, {"ok": True, "reason": ""})
+    assert seen["same_origin"][0] == 200
+    assert [code for code, _ in seen["cross_site"]] == [403, 403] and not seen["blackout"]
+    assert page_part.counts["cross_site"] == 2
     assert seen["preview"] == 200 and seen["reads_watched"] >= 1
 
 
