@@ -79,6 +79,7 @@ class Stats:
     tick_faults: int = 0
     max_frame_gap: float = 0.0  # longest wait (seconds, monotonic) between two new decoder frames while open
     loop_s: float = 0.0  # seconds the presenting loop ran (set when it ends, before shutdown)
+    first_still: bool = False  # the start showed the picture saved with the state while the decoder started
     started: float = field(default_factory=time.monotonic)
 
 
@@ -657,6 +658,8 @@ class Runtime:
         ok = True
         preview = FirstLight.for_scene(self.show.scene) if self.first_light and \
             isinstance(self.worker, ProcessWorker) else None
+        # No cheap preview of this decoder (diffusion, GAN): a resumed show opens on the picture saved with its state.
+        still = self._saved_still() if preview is None and self.resumed and self.first_light else None
         # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
         # and it leaves most of the CPU to the decoder process that is starting beside it.
         while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
@@ -667,6 +670,11 @@ class Runtime:
                     log.exception("first-light preview failed")
                     preview.close()
                     preview = None
+            elif still is not None:
+                self.output.show(still, 1.0)
+                self.target.swap()
+                if "quit" in self.target.poll():
+                    self._quit = True
             if self._stopping or self._quit:
                 ok = False
                 break
@@ -676,6 +684,8 @@ class Runtime:
                 break
         if preview is not None:
             preview.close()
+        if still is not None:
+            still.release()
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
@@ -683,6 +693,19 @@ class Runtime:
         if callable(align):
             align(self.show, self.clock.now())
         return ok
+
+    def _saved_still(self) -> Any:
+        """The picture saved beside the state as a texture for the output (None: none, or unusable)."""
+        try:
+            img = self.keeper.saved_frame()
+            if img is None:
+                return None
+            h, w = img.shape[:2]
+            self.stats.first_still = True
+            return self.target.ctx.texture((w, h), 3, img[::-1].tobytes(), alignment=1)  # GL: bottom row first
+        except Exception:  # noqa: BLE001 - a first picture is a nicety; the show starts without it
+            log.exception("the picture saved with the state cannot be shown")
+            return None
 
     def _preview(self, preview: FirstLight, plan: Any) -> None:
         """While the decoder process starts: show the in-process preview (render/first_light.py) when one is due."""

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 MAX_STATE_BYTES = 1 << 20  # a show state is a few KiB; anything bigger is not ours
+FRAME_EDGE = 960  # the long edge of the picture kept beside the state, pixels
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 # from-version -> function returning the state at from-version + 1. Version 1 is the first, so nothing to migrate yet.
@@ -246,6 +247,12 @@ class StateKeeper:
         self.failures = 0
         self.last_error = ""
         self._failing = False
+        # The picture on the wall, kept beside the state (a presented-frame sink): a resumed show opens on it while
+        # its decoder starts. Taken with each periodic save, never at stop (the stop fade is black by then).
+        self.frame_path = self.path.with_name(self.path.stem + ".frame.png")
+        self._want_frame = False
+        self._frame: tuple[bytes, tuple[int, int]] | None = None
+        self.frames_saved = 0
 
     @property
     def enabled(self) -> bool:
@@ -277,6 +284,7 @@ class StateKeeper:
             return False
         if not background:
             return self._save(state)
+        self._want_frame = True  # the next presented frame goes with this save
         with self._pending_cond:
             self._pending = dict(state)  # latest wins: a write still in progress just gets the newer state next
             self._pending_cond.notify()
@@ -288,12 +296,16 @@ class StateKeeper:
     def _write_loop(self) -> None:
         while True:
             with self._pending_cond:
-                while self._pending is None:
+                while self._pending is None and self._frame is None:
                     self._pending_cond.wait()
                 state, self._pending = self._pending, None
+                frame, self._frame = self._frame, None
                 self._writing = True
             try:
-                self._save(state)
+                if state is not None:
+                    self._save(state)
+                if frame is not None:
+                    self._save_frame(*frame)
             finally:
                 with self._pending_cond:
                     self._writing = False
@@ -302,7 +314,56 @@ class StateKeeper:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the background writer has written what it was given; False on timeout."""
         with self._pending_cond:
-            return self._pending_cond.wait_for(lambda: self._pending is None and not self._writing, timeout)
+            return self._pending_cond.wait_for(
+                lambda: self._pending is None and self._frame is None and not self._writing, timeout)
+
+    # -- the picture on the wall (a presented-frame sink) ---------------------------------------------------------
+    def wants(self, t: float | None) -> bool:
+        return self._want_frame
+
+    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
+        """A presented frame (RGB, bottom row first): handed to the writer thread, which shrinks and writes it."""
+        self._want_frame = False
+        with self._pending_cond:
+            self._frame = (rgb, size)
+            self._pending_cond.notify()
+
+    def _save_frame(self, rgb: bytes, size: tuple[int, int]) -> None:
+        """Write the frame as a PNG (long edge at most FRAME_EDGE) beside the state, atomically; a black frame (a
+        blackout, a closed gallery) keeps the picture saved before it."""
+        import cv2
+        import numpy as np
+
+        w, h = size
+        img = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]
+        if img.max() < 8:
+            return
+        scale = FRAME_EDGE / max(w, h)
+        if scale < 1.0:
+            img = cv2.resize(img, (max(round(w * scale), 1), max(round(h * scale), 1)), interpolation=cv2.INTER_AREA)
+        try:
+            ok, png = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
+            if not ok:
+                raise OSError("PNG encoding failed")
+            tmp = self.frame_path.with_name(self.frame_path.name + ".tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(png.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.frame_path)
+            self.frames_saved += 1
+        except OSError as e:
+            self._failed(e, "saving the frame of")
+
+    def saved_frame(self) -> "Any | None":
+        """The picture saved beside the state (HxWx3 RGB, top row first), or None (none, unreadable, disabled)."""
+        if not self.enabled or not self.frame_path.is_file():
+            return None
+        import cv2
+
+        img = cv2.imread(str(self.frame_path), cv2.IMREAD_COLOR)
+        return None if img is None else img[:, :, ::-1].copy()
 
     def save_now(self, state: Mapping[str, Any]) -> bool:
         """Save immediately (on exit, after a scene change); True when a file was written."""
@@ -313,7 +374,8 @@ class StateKeeper:
 
     def stats(self) -> dict[str, Any]:
         """Counters for the health report."""
-        return {"saves": self.saves, "failures": self.failures, "last_error": self.last_error}
+        return {"saves": self.saves, "frames_saved": self.frames_saved, "failures": self.failures,
+                "last_error": self.last_error}
 
     # -- as a part ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -373,4 +435,7 @@ def build(settings: StateSettings, ctx: PartContext) -> StateKeeper:
         saved_at = Path(settings.path)
         settings = settings.model_copy(
             update={"path": str(saved_at.with_name(f"{saved_at.stem}.{ctx.only_scene}{saved_at.suffix}"))})
-    return StateKeeper(settings, base_dir=ctx.base_dir, state=ctx.state)
+    keeper = StateKeeper(settings, base_dir=ctx.base_dir, state=ctx.state)
+    if settings.enabled and ctx.presented is not None:
+        ctx.presented.add(keeper)  # the picture on the wall goes with each save
+    return keeper

@@ -165,7 +165,7 @@ def test_keeper_saves_on_interval(tmp_path):
     assert keeper.load()["scene_time"] == 105.0
     assert keeper.save_now({**STATE, "scene_time": 106.0})
     assert keeper.load()["scene_time"] == 106.0
-    assert keeper.stats() == {"saves": 3, "failures": 0, "last_error": ""}
+    assert keeper.stats() == {"saves": 3, "frames_saved": 0, "failures": 0, "last_error": ""}
 
 
 def test_keeper_never_raises(tmp_path, caplog):

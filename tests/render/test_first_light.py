@@ -13,6 +13,9 @@ from installation.bus import ParamBus
 from installation.config import load_show, modulation_for
 from installation.modulation import ModMatrix
 from installation.render.first_light import PREVIEW_CUT, FirstLight, measure
+from installation.clock import WallClock
+from installation.render.targets import HeadlessTarget, pixels
+from installation.runtime import Runtime
 from installation.show import Show
 from installation.sizes import SizeT
 
@@ -99,3 +102,60 @@ def test_vigil_rests_without_a_visitor_and_wakes_with_one():
     assert visitor["palette.ceiling"][-1] > 0.85 and visitor["detail.lines"][-1] > 0.5
     assert visitor["speed"][-1] > empty["speed"][-1] + 0.5
     assert visitor["palette.drift"][-1] > 0.1
+
+
+class _Watching(HeadlessTarget):
+    """The headless target, keeping what each swap put on the "screen" (a real read-back)."""
+
+    def __init__(self, size):
+        super().__init__(size)
+        self.shown: list[np.ndarray] = []
+
+    def swap(self):
+        self.shown.append(pixels(self.read(), self.size).astype(np.int16))
+        super().swap()
+
+
+class _Every:
+    def __init__(self):
+        self.frames: list[np.ndarray] = []
+
+    def wants(self, t):
+        return True
+
+    def put(self, rgb, size, t):
+        self.frames.append(pixels(rgb, size).astype(np.int16))
+
+
+def test_a_resumed_show_with_a_slow_decoder_opens_on_the_picture_saved_with_its_state(tmp_path):
+    """No cheap preview of this decoder (not the embedded CPPN): the picture on the wall, saved beside the state
+    with each periodic save, is what a resumed show shows while its decoder process starts."""
+    dec = 'type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nprepare_s = 2.0'
+    cfg = write_show(tmp_path, {"a": scene_toml(decoder=dec, trajectory='kind = "walk"')},
+                     extra="[state]\ninterval_s = 0.5\n[archive]\nenabled = false\n")
+    target = HeadlessTarget((160, 96))
+    rt = Runtime(load_show(cfg), target, WallClock(), fps=20, keep_state=True, inputs=False)
+    seen = _Every()
+    rt.tap.add(seen)
+    try:
+        rt.run(3.0)
+    finally:
+        rt.close()
+        target.close()
+    keeper = rt.keeper
+    assert keeper.frames_saved >= 1 and keeper.frame_path.is_file(), keeper.stats()
+    saved = keeper.saved_frame().astype(np.int16)
+    assert saved.shape == (96, 160, 3) and saved.max() > 20
+    # exactly one of the presented frames (a lossless read-back of the window), not a blend or a black fade
+    assert min(np.abs(f - saved).mean() for f in seen.frames if f.shape == saved.shape) < 0.5
+
+    watching = _Watching((160, 96))
+    rt2 = Runtime(load_show(cfg), watching, WallClock(), fps=20, keep_state=True, resume=True, inputs=False)
+    try:
+        assert rt2.resumed
+        rt2.start()  # returns when the first live frame is there, 2 s of prepare() and a process start later
+        assert rt2.stats.first_still and watching.shown, "the wait for the decoder showed nothing"
+        assert np.abs(watching.shown[0] - saved).mean() < 1.0  # the saved picture, full size, as it was
+    finally:
+        rt2.close()
+        watching.close()
