@@ -339,7 +339,11 @@ def test_connections_are_capped_and_slow_ones_make_room():
         idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(12)]
         try:
             assert wait_until(lambda: srv.stats()["accepted"] >= 12, timeout=10)
-            assert srv.stats()["open"] <= 4 and threading.active_count() - threads_before <= 4 + 1
+            # a newcomer is accepted before the oldest silent one is closed: on a busy machine the count can read
+            # cap + 1 for a moment; it settles at the cap, and no thread is left behind for the evicted ones
+            assert wait_until(lambda: srv.stats()["open"] <= 4 and srv.stats()["evicted"] == 8, timeout=10), \
+                srv.stats()
+            assert wait_until(lambda: threading.active_count() - threads_before <= 4 + 1, timeout=10)
             assert srv.stats()["evicted"] == 8  # each newcomer took the place of the oldest one still silent
             assert idle[0].recv(100) == b""  # the first ones were closed
             assert get(srv.url) == (200, {"status": "ok"})  # takes the place of the oldest silent one
