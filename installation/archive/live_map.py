@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .maps import _colours, _thumb, layout
+from .maps import _colours, _thumb, bounds, layout, pca_fit, pca_project
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,16 @@ class Fit:
     """A PCA of the archived latents of one shape, and where it puts them on a ``size`` picture."""
 
     def __init__(self, latents: np.ndarray, size: tuple[int, int], margin: int) -> None:
-        self.mean = latents.mean(axis=0)
-        _, _, vt = np.linalg.svd(latents - self.mean, full_matrices=False)
-        self.axes = vt[:2]
-        y = self._project(latents)
-        self.lo, self.hi = np.percentile(y, 1, axis=0), np.percentile(y, 99, axis=0)
+        self.mean, self.axes = pca_fit(latents)
+        y = pca_project(latents, self.mean, self.axes)
+        self.lo_hi = bounds(y)
         w, h = size
         self.box = (margin, margin, w - margin, h - margin)
-        self.positions = self.place(y)
-
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        y = (x - self.mean) @ self.axes.T
-        return y if y.shape[1] == 2 else np.concatenate([y, np.zeros((len(y), 2 - y.shape[1]))], axis=1)
-
-    def place(self, y: np.ndarray) -> np.ndarray:
-        span = np.where(self.hi - self.lo > 1e-12, self.hi - self.lo, 1.0)
-        u = np.clip((y - self.lo) / span, 0.0, 1.0)
-        x0, y0, x1, y1 = self.box
-        return np.stack([x0 + u[:, 0] * (x1 - x0), y0 + (1 - u[:, 1]) * (y1 - y0)], axis=1)
+        self.positions = layout(y, self.box, self.lo_hi)
 
     def where(self, latent: np.ndarray) -> tuple[float, float]:
-        return tuple(self.place(self._project(latent.reshape(1, -1).astype(np.float64)))[0])
+        y = pca_project(latent.reshape(1, -1).astype(np.float64), self.mean, self.axes)
+        return tuple(layout(y, self.box, self.lo_hi)[0])
 
 
 class LiveMap:

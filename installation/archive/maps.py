@@ -69,19 +69,35 @@ def project(x: np.ndarray, method: str = "auto") -> tuple[np.ndarray, str]:
                 raise ValueError("--method umap needs umap-learn: pip install umap-learn") from None
     if n == 0:
         return np.zeros((0, 2)), "PCA"
-    c = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(c, full_matrices=False)
-    y = c @ vt[:2].T
-    if y.shape[1] < 2:
-        y = np.concatenate([y, np.zeros((n, 2 - y.shape[1]))], axis=1)
-    return y, "PCA"
+    mean, axes = pca_fit(x)
+    return pca_project(x, mean, axes), "PCA"
 
 
-def layout(y: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """Positions scaled into ``box`` (x0, y0, x1, y1), each axis on its own, the outer 1 % clipped."""
+def pca_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of the rows of ``x`` and their two strongest axes of variation (fewer when ``x`` has fewer)."""
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:2]
+
+
+def pca_project(x: np.ndarray, mean: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` on the axes of :func:`pca_fit`, as 2-D points (a missing axis is 0)."""
+    y = (x - mean) @ axes.T
+    return y if y.shape[1] == 2 else np.concatenate([y, np.zeros((len(y), 2 - y.shape[1]))], axis=1)
+
+
+def bounds(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 1st and 99th percentiles of the points on each axis: what :func:`layout` fits into its box."""
+    return np.percentile(y, 1, axis=0), np.percentile(y, 99, axis=0)
+
+
+def layout(y: np.ndarray, box: tuple[float, float, float, float],
+           lo_hi: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Positions scaled into ``box`` (x0, y0, x1, y1), each axis on its own, the outer 1 % clipped (or scaled by
+    given ``lo_hi`` bounds, so that later points land where the first ones put the scale)."""
     if len(y) == 0:
         return y
-    lo, hi = np.percentile(y, 1, axis=0), np.percentile(y, 99, axis=0)
+    lo, hi = bounds(y) if lo_hi is None else lo_hi
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
     u = np.clip((y - lo) / span, 0.0, 1.0)
     x0, y0, x1, y1 = box
