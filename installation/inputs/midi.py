@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from installation.bus import Event, ParamBus, ParamSpec
 from installation.inputs.base import ThreadedInput
 from installation.modulation import EVENT_KINDS, GATE_KINDS
+from installation.ops.state import write_atomic
 from installation.parts import PartContext, register
 
 log = logging.getLogger(__name__)
@@ -137,13 +136,10 @@ class MidiInput(ThreadedInput):
         return out
 
     def _save(self) -> None:
-        """Write the bindings atomically (a temporary file renamed over the old one)."""
+        """Write the bindings atomically (the state file's way: a temporary file renamed over the old one)."""
         data = json.dumps({"bindings": self._bindings}, indent=1, sort_keys=True)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".midi-learn-", dir=self.learn_path.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.replace(tmp, self.learn_path)
+            write_atomic(self.learn_path, data.encode())
         except OSError as e:
             self._reject("learn_file")
             log.warning("MIDI learn: cannot save %s: %s", self.learn_path, e)

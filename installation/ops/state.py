@@ -76,7 +76,13 @@ def save_state(path: Path | str, state: Mapping[str, Any], *, version: int = STA
     data["version"] = version
     data["saved_at"] = wall()
     # Serialise before touching the disk: a bad value must not cost us the previous good file.
-    payload = json.dumps(data, allow_nan=False, separators=(",", ":"), sort_keys=True).encode()
+    write_atomic(path, json.dumps(data, allow_nan=False, separators=(",", ":"), sort_keys=True).encode())
+    return data
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that a crash or power cut leaves the old file or the new one, never a mix:
+    a temporary file beside it, fsynced, renamed over it, and the folder fsynced. Raises OSError."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -93,7 +99,6 @@ def save_state(path: Path | str, state: Mapping[str, Any], *, version: int = STA
             pass
         raise
     _fsync_dir(folder)
-    return data
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
@@ -345,13 +350,7 @@ class StateKeeper:
             ok, png = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
             if not ok:
                 raise OSError("PNG encoding failed")
-            tmp = self.frame_path.with_name(self.frame_path.name + ".tmp")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(png.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.frame_path)
+            write_atomic(self.frame_path, png.tobytes())
             self.frames_saved += 1
         except OSError as e:
             self._failed(e, "saving the frame of")
