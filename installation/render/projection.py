@@ -2,9 +2,11 @@
 
 The show renders one canvas (``[canvas] size``) once per tick. Each ``[[outputs]]`` entry takes a region of it and
 draws it into its own viewport of the one window (or headless framebuffer) in one GL pass: a tessellated grid whose
-vertices carry where they are in the region (``src``) and where they land on the projector (homogeneous, so the
-GPU's perspective-correct interpolation is the corner-pin homography exactly), then the blend ramps, brightness,
-master fade and mask in the fragment shader (``shaders/output/warp.*``).
+vertices carry where they are in the region (``src``), where they land on the projector (homogeneous, so the
+GPU's perspective-correct interpolation is the corner-pin homography exactly) and where they lie across the blend
+zones; the fragment shader samples the canvas there and applies the ramps (only in the zones' cells), black-level
+lift, brightness, master fade and mask (``shaders/output/warp.*``). Per pixel that is the plain window's blit plus
+a multiply-add, so the outputs cost about what one plain output costs (``installation bench --outputs``).
 
 Why one window split into viewports rather than a window per display: one GL context draws everything (the canvas
 texture needs no sharing or copying between contexts), there is one swap per frame instead of one vsync wait per
@@ -34,7 +36,8 @@ SHADER_DIR = Path(__file__).resolve().parent.parent.parent / "shaders" / "output
 UNIT_CORNERS = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 SIDES = ("left", "right", "top", "bottom")
 MAX_MESH = 33
-TESSELLATE = 8  # grid cells per mesh cell (a pure corner pin needs one: the homography is exact per triangle)
+TESSELLATE = 8  # at most this many grid cells per mesh cell (a corner pin needs one: the homography is exact)
+RAMP_KNOTS = 128  # segments of an output's blend ramp table (warp.frag)
 
 
 class _Strict(BaseModel):
@@ -290,17 +293,64 @@ class Warp:
             p = mesh_eval(self.mesh, p, self.interpolation)
         return np.c_[p, np.ones(len(p))] @ corner_pin(self.corners).T
 
-    def grid(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices (src u, v, X, Y, W as float32) and triangle indices of the tessellated output."""
-        n = 1 if self.mesh is None else TESSELLATE * (max(self.mesh.shape[:2]) - 1)
-        u = np.linspace(0.0, 1.0, n + 1)
-        su, sv = np.meshgrid(u, u)
+    def grid(self, size: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tessellated output (``size``: its pixels): vertices (src u, v, X, Y, W, then the position across the
+        horizontal and the vertical blend zone, 0..1, 1 outside, as float32) and the triangle indices of the cells
+        outside the blend zones and of those inside them. The grid is cut at the zones' edges, so that in every
+        cell the positions across the zones are linear in the source, as the GPU interpolates them."""
+        n = 1 if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size)
+        base = np.linspace(0.0, 1.0, n + 1)
+        b = self.blend
+        u = _cuts(base, [b["left"], 1.0 - b["right"]])
+        v = _cuts(base, [b["top"], 1.0 - b["bottom"]])
+        su, sv = np.meshgrid(u, v)
         src = np.c_[su.ravel(), sv.ravel()]
-        verts = np.c_[src, self.forward(src)].astype("f4")
-        k = np.arange((n + 1) * (n + 1)).reshape(n + 1, n + 1)
-        a, b, c, d = k[:-1, :-1].ravel(), k[:-1, 1:].ravel(), k[1:, 1:].ravel(), k[1:, :-1].ravel()
-        idx = np.c_[a, b, c, a, c, d].astype("i4").ravel()
-        return verts, idx
+        verts = np.c_[src, self.forward(src), zone_position(src, b)].astype("f4")
+        k = np.arange(len(v) * len(u)).reshape(len(v), len(u))
+        a, bb, c, d = k[:-1, :-1].ravel(), k[:-1, 1:].ravel(), k[1:, 1:].ravel(), k[1:, :-1].ravel()
+        cells = np.c_[a, bb, c, a, c, d].astype("i4")
+        centres = np.c_[((su[:-1, :-1] + su[:-1, 1:]) / 2).ravel(), ((sv[:-1, :-1] + sv[1:, :-1]) / 2).ravel()]
+        _, zone = blend_weight(centres, b)
+        return verts, cells[~zone].ravel(), cells[zone].ravel()
+
+
+def mesh_cuts(grid: np.ndarray, interpolation: str, size: tuple[int, int], tol_px: float = 0.5) -> int:
+    """How many grid cells a mesh warp is drawn with across (and down) its output of ``size`` pixels: a whole number
+    per mesh cell, up to TESSELLATE, enough that straight edges stay within about ``tol_px`` of the curved mesh. The
+    mesh cells' own edges and diagonals are measured against the curve at their midpoints; a chord's distance from
+    a smooth curve shrinks with the square of the steps it is cut into. (A CPU rasteriser pays for every triangle.)"""
+    cells = max(grid.shape[:2]) - 1
+    u = np.linspace(0.0, 1.0, cells + 1)
+    m = (u[:-1] + u[1:]) / 2
+    err = 0.0
+    for xs, ys, (e0, e1) in ((m, u, ((-1, 0), (1, 0))), (u, m, ((0, -1), (0, 1))), (m, m, ((-1, -1), (1, 1)))):
+        gx, gy = np.meshgrid(xs, ys)
+        mid = np.c_[gx.ravel(), gy.ravel()]
+        ends = [mesh_eval(grid, mid + np.array(e) * 0.5 / cells, interpolation) for e in (e0, e1)]
+        dev = (mesh_eval(grid, mid, interpolation) - (ends[0] + ends[1]) / 2) * np.asarray(size, float)
+        err = max(err, float(np.abs(dev).max()))
+    per = int(np.ceil(np.sqrt(err / tol_px))) if err > tol_px else 1
+    return cells * max(1, min(per, TESSELLATE, min(size) // (4 * cells) or 1))
+
+
+def zone_position(src: np.ndarray, blend: dict[str, float]) -> np.ndarray:
+    """Nx2: where each source point lies across the horizontal and the vertical blend zone (0 at the edge, 1 at
+    the zone's inner side and beyond)."""
+    def across(d_low, d_high, low, high):
+        t = np.ones(len(src))
+        if low > 0:
+            t = np.minimum(t, d_low / low)
+        if high > 0:
+            t = np.minimum(t, d_high / high)
+        return np.clip(t, 0.0, 1.0)
+
+    x, y = src[:, 0], src[:, 1]
+    return np.c_[across(x, 1 - x, blend["left"], blend["right"]), across(y, 1 - y, blend["top"], blend["bottom"])]
+
+
+def _cuts(base: np.ndarray, extra) -> np.ndarray:
+    """The sorted union of two sets of cuts in 0..1, without near-duplicates."""
+    return np.unique(np.round(np.clip(np.r_[base, extra], 0.0, 1.0), 7))
 
 
 def regular_grid(cols: int, rows: int) -> np.ndarray:
@@ -314,6 +364,13 @@ def ramp(t: np.ndarray, gamma: float, curve: float) -> np.ndarray:
     t = np.clip(t, 0.0, 1.0)
     f = np.where(t < 0.5, 0.5 * (2 * t) ** curve, 1 - 0.5 * (2 * (1 - t)) ** curve)
     return f ** (1.0 / gamma)
+
+
+def ramp_table(blend: dict[str, float]) -> np.ndarray:
+    """The ramp at the knots the pass interpolates between, (i / RAMP_KNOTS)^2 for i = 0..RAMP_KNOTS, float32.
+    Linear between them it is within a level of 255 of :func:`ramp` for gamma <= 2.2 and curves 1.5..8, except for
+    extreme settings at the zone's outermost pixels (curve 1 with gamma 4: up to 11 levels there)."""
+    return ramp(np.linspace(0.0, 1.0, RAMP_KNOTS + 1) ** 2, blend["gamma"], blend["curve"]).astype("f4")
 
 
 def blend_weight(src: np.ndarray, blend: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -374,11 +431,13 @@ def reference_output(canvas: np.ndarray, region: tuple[int, int, int, int], size
 class _OutputGL:
     placed: Placed
     warp: Warp
-    map: Any = None  # the warp map texture (RGBA32F at the output's size: src uv, weight, lift)
-    map_fbo: Any = None
+    geometry: list = field(default_factory=list)  # (program, vao, index count, is the blend zones' draw) per draw
+    buffers: list = field(default_factory=list)
     mask: Any = None
+    ramp: bytes = b""  # the blend ramp table (see ramp_table), when the output blends
     pattern: Any = None  # the calibration test pattern texture, while calibrating
-    drawn: Any = field(default=None)  # the warp the map holds (redrawn when it changes)
+    drawn: Any = None  # the warp the geometry holds (rebuilt when it changes)
+    covers: bool = False  # the warped picture fills the whole viewport (no black around it to clear)
 
 
 class Projection:
@@ -386,32 +445,25 @@ class Projection:
     :class:`~.outputs.Output` (``show``, ``read``, ``size``, ``release``), so the runtime and the presented-frame
     tap do not care which they have. ``calibration`` (see :mod:`.calibration`) holds the live warps.
 
-    Each output's warp (corner pin, mesh, blend ramps, lift, mask) is drawn into a float "warp map" only when it
-    changes; per frame an output costs one full-viewport pass of one fetch and one canvas sample, like the plain
-    window's blit. (Drawing the tessellated mesh with the ramps every frame cost 4-6 times that on llvmpipe.)
+    Each output's warp (corner pin, mesh, blend ramps) lives in its grid's vertices, rebuilt only when the warp
+    changes; per frame an output's fragments cost one canvas sample and a multiply-add, like the plain window's
+    blit (plus one mask fetch with a mask). Earlier designs measured on llvmpipe: the ramps computed per fragment
+    cost 4-6 times the blit; a float "warp map" fetched per fragment, then the canvas sampled where it said, twice.
     """
 
     def __init__(self, ctx, framebuffer, size: tuple[int, int], canvas: tuple[int, int], placed: list[Placed],
                  base_dir: Path, warps: list[Warp] | None = None, level: float = 1.0, name: str = "projection") -> None:
-        from .present import VERTEX
-
         self.ctx, self.framebuffer, self.name = ctx, framebuffer, name
         self.size = (int(size[0]), int(size[1]))
         self.canvas = (int(canvas[0]), int(canvas[1]))  # the size the regions refer to (the texture may be smaller)
         self.calibration = None  # a .calibration.Calibration when the runtime drives one
         self.level = float(level)
         self.frames = 0
-        self.map_draws = 0
-        self.map_program = ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
-                                       fragment_shader=(SHADER_DIR / "warp.frag").read_text())
-        self.program = ctx.program(vertex_shader=VERTEX, fragment_shader=(SHADER_DIR / "show.frag").read_text())
-        self.vao = ctx.vertex_array(self.program, [])
+        self.geometry_builds = 0
+        self._programs: dict[tuple[bool, bool], Any] = {}  # (zone, mask) -> the warp pass with those defines
         self.outputs: list[_OutputGL] = []
         for i, p in enumerate(placed):
             out = _OutputGL(p, warps[i] if warps else Warp.from_spec(p.spec, p.size))
-            out.map = ctx.texture(p.size, 4, dtype="f4")
-            out.map.filter = (0x2600, 0x2600)  # GL_NEAREST: one texel per output pixel
-            out.map_fbo = ctx.framebuffer(color_attachments=[out.map])
             if p.spec.mask:
                 alpha = load_mask(base_dir / p.spec.mask)
                 out.mask = ctx.texture((alpha.shape[1], alpha.shape[0]), 1, np.ascontiguousarray(alpha[::-1]).data,
@@ -420,26 +472,24 @@ class Projection:
                 out.mask.repeat_x = out.mask.repeat_y = False
             self.outputs.append(out)
         self.show_pattern = False
-        # Every output pass fills its whole viewport; only window pixels outside all of them need clearing.
+        # Where every output fills its whole viewport and the viewports fill the window, nothing needs clearing.
         self._gaps = sum(p.size[0] * p.size[1] for p in placed) != self.size[0] * self.size[1]
-        # Draw the warp maps and compile both passes now (a bad warp fails here, at start), not in the first tick.
+        # Build the grids now (a bad warp fails here, at start), not in the first tick.
         for out in self.outputs:
-            self._draw_map(out)
-        self.show(self.outputs[0].map if self.outputs else None)
+            self._build(out)
         framebuffer.clear(0.0, 0.0, 0.0, 1.0)
-        self.frames = 0
 
     @property
     def warps(self) -> list[Warp]:
         return [o.warp for o in self.outputs]
 
-    def _draw_map(self, out: _OutputGL) -> None:
-        """Redraw an output's warp map when its warp changed (calibration); a warp that cannot be drawn (a twisted
+    def _build(self, out: _OutputGL) -> None:
+        """Rebuild an output's grid when its warp changed (calibration); a warp that cannot be drawn (a twisted
         quad, points sent to infinity) keeps the last good one."""
         if out.drawn is not None and _same(out.drawn, out.warp):
             return
         try:
-            verts, idx = out.warp.grid()
+            verts, interior, zones = out.warp.grid(out.placed.size)
             if not np.all(np.isfinite(verts)):
                 raise ValueError("the corners send points to infinity")
         except ValueError as e:
@@ -448,40 +498,56 @@ class Projection:
             log.warning("%s: %s; keeping the last good warp", out.placed.name, e)
             out.warp = out.drawn.copy()
             return
-        prog, w = self.map_program, out.warp
-        vbo, ibo = self.ctx.buffer(verts.tobytes()), self.ctx.buffer(idx.tobytes())
-        vao = self.ctx.vertex_array(prog, [(vbo, "2f 3f", "in_src", "in_pos")], ibo)
-        prog["blend"].value = tuple(float(w.blend[s]) for s in SIDES)
-        for key in ("gamma", "curve", "black"):
-            prog[key].value = float(w.blend[key])
-        prog["size"].value = tuple(float(v) for v in out.placed.size)
-        prog["use_mask"].value = int(out.mask is not None)
-        if out.mask is not None:
-            out.mask.use(1)
-            prog["mask"].value = 1
-        out.map_fbo.use()
-        out.map_fbo.clear(0.0, 0.0, 0.0, 0.0)
-        vao.render()
-        for obj in (vao, vbo, ibo):
-            obj.release()
-        out.drawn = out.warp.copy()
-        self.map_draws += 1
+        self._release_geometry(out)
+        vbo = self.ctx.buffer(verts.tobytes())
+        out.buffers.append(vbo)
+        for idx, in_zone in ((interior, False), (zones, True)):
+            if len(idx):
+                prog = self._program(in_zone, out.mask is not None)
+                ibo = self.ctx.buffer(idx.tobytes())
+                layout = (vbo, "2f 3f 2f", "in_src", "in_pos", "in_zone") if in_zone else \
+                    (vbo, "2f 3f 8x", "in_src", "in_pos")  # the interior's pass does not read the zone
+                vao = self.ctx.vertex_array(prog, [layout], ibo)
+                out.buffers.append(ibo)
+                out.geometry.append((prog, vao, len(idx), in_zone))
+        w = out.warp
+        out.ramp = ramp_table(w.blend).tobytes()
+        out.covers = w.mesh is None and np.allclose(apply(corner_pin(w.corners), np.array(UNIT_CORNERS)),
+                                                    UNIT_CORNERS)
+        out.drawn = w.copy()
+        self.geometry_builds += 1
+
+    def _program(self, zone: bool, mask: bool):
+        """The warp pass with the ZONE and MASK defines as asked (compiled once each)."""
+        if (zone, mask) not in self._programs:
+            head, rest = (SHADER_DIR / "warp.frag").read_text().split("\n", 1)
+            defines = "".join(f"#define {d}\n" for d, on in (("ZONE", zone), ("MASK", mask)) if on)
+            self._programs[zone, mask] = self.ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
+                                                          fragment_shader=f"{head}\n{defines}{rest}")
+        return self._programs[zone, mask]
+
+    @staticmethod
+    def _release_geometry(out: _OutputGL) -> None:
+        for _, vao, _, _ in out.geometry:
+            vao.release()
+        for buf in out.buffers:
+            buf.release()
+        out.geometry, out.buffers = [], []
 
     def show(self, canvas, master: float = 1.0) -> None:
         """Draw the canvas (black when there is none yet) through every output's warp, faded to level * master."""
         if self.calibration is not None:
             self.calibration.tick()
         for out in self.outputs:
-            self._draw_map(out)
+            self._build(out)
         fb = self.framebuffer
         fb.use()
         fb.viewport = (0, 0, *self.size)
         if canvas is None and not self.show_pattern:
             fb.clear(0.0, 0.0, 0.0, 1.0)
             return
-        if self._gaps:
+        if self._gaps or not all(o.covers for o in self.outputs):
             fb.clear(0.0, 0.0, 0.0, 1.0)
-        prog = self.program
         level = min(max(self.level * master, 0.0), 1.0)
         cw, ch = self.canvas
         for out in self.outputs:
@@ -492,14 +558,22 @@ class Projection:
             vp = (p.position[0], self.size[1] - p.position[1] - p.size[1], p.size[0], p.size[1])
             fb.viewport = vp
             src.use(0)
-            out.map.use(1)
-            prog["canvas"].value = 0
-            prog["warp_map"].value = 1
+            if out.mask is not None:
+                out.mask.use(1)
             x, y, rw, rh = p.region
-            prog["region"].value = (x / cw, y / ch, rw / cw, rh / ch) if src is canvas else (0.0, 0.0, 1.0, 1.0)
-            prog["gain"].value = out.warp.brightness * (1.0 if src is out.pattern else level)
-            prog["origin"].value = (float(vp[0]), float(vp[1]))
-            self.vao.render(vertices=3)
+            region = (x / cw, y / ch, rw / cw, rh / ch) if src is canvas else (0.0, 0.0, 1.0, 1.0)
+            gain = out.warp.brightness * (1.0 if src is out.pattern else level)
+            for prog, vao, count, in_zone in out.geometry:
+                prog["canvas"].value = 0
+                prog["region"].value = region
+                prog["gain"].value = gain
+                prog["lift"].value = 0.0 if in_zone else float(out.warp.blend["black"])
+                if in_zone:
+                    prog["table"].write(out.ramp)
+                if out.mask is not None:
+                    prog["mask"].value = 1
+                    prog["viewport"].value = tuple(float(v) for v in vp)
+                vao.render(vertices=count)
         fb.viewport = (0, 0, *self.size)
         self.frames += 1
 
@@ -517,11 +591,12 @@ class Projection:
 
     def release(self) -> None:
         for out in self.outputs:
-            for obj in (out.map_fbo, out.map, out.mask, out.pattern):
+            self._release_geometry(out)
+            for obj in (out.mask, out.pattern):
                 if obj is not None:
                     obj.release()
-        for obj in (self.vao, self.program, self.map_program):
-            obj.release()
+        for prog in self._programs.values():
+            prog.release()
 
 
 def _same(a: Warp, b: Warp) -> bool:

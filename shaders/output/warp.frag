@@ -1,34 +1,38 @@
 #version 330
-// Projector output, the warp map (drawn only when the warp changes): for each output pixel, where it reads the
-// output's share of the canvas (src) and what multiplies and lifts it there (blend ramps, black-level lift, mask),
-// so that the per-frame pass (show.frag) is one fetch and one sample. numpy reference: projection.reference_output().
-uniform vec4 blend;       // ramp widths at the left, right, top and bottom, in fractions of the share
-uniform float gamma;      // the projector's gamma: the ramp is in light, the value sent is ramp^(1/gamma)
-uniform float curve;      // exponent of the S-shaped ramp (1 = linear)
-uniform float black;      // black-level lift outside the blend zones (matches the overlap's doubled black)
-uniform sampler2D mask;   // the mask PNG's alpha (uploaded alone, so in .r)
-uniform int use_mask;
-uniform vec2 size;        // the output's size in pixels
-in vec2 src;
-out vec4 fragColor;       // src.x, src.y, weight of the picture, lift (outside the quad all 0: black)
-
-float ramp(float t) {
-    t = clamp(t, 0.0, 1.0);
-    float f = t < 0.5 ? 0.5 * pow(2.0 * t, curve) : 1.0 - 0.5 * pow(2.0 * (1.0 - t), curve);
-    return pow(f, 1.0 / gamma);
+// Projector output pass, per fragment: one canvas sample, plus the black-level lift, faded by gain; as cheap as
+// the plain window's blit. Defines switch on the rest, so that an output pays only for what it uses:
+// ZONE (the blend zones' draw): times the soft-edge ramps, looked up in the output's ramp table at the position
+// across each zone (the ramp's two powers per fragment cost a CPU rasteriser twice the lookup). MASK (an output with a mask PNG): times the mask's alpha at this output pixel.
+// numpy reference: projection.reference_output().
+uniform sampler2D canvas;
+uniform float lift;       // black-level lift outside the blend zones (0 in them)
+uniform float gain;       // brightness x level x master fade
+#ifdef ZONE
+uniform float table[129];  // projection.ramp at (i/128)^2, i = 0..128 (knots close together near the edge)
+float ramp(float t) {      // linear between knots: within a level for usual gammas and curves
+    int i = min(int(sqrt(t) * 128.0), 127);
+    float k0 = float(i) / 128.0, k1 = float(i + 1) / 128.0;
+    k0 *= k0;
+    k1 *= k1;
+    return mix(table[i], table[i + 1], clamp((t - k0) / (k1 - k0), 0.0, 1.0));
 }
-
+#endif
+#ifdef MASK
+uniform sampler2D mask;   // the mask PNG's alpha (uploaded alone, so in .r), bottom row first
+uniform vec4 viewport;    // the output's viewport in the framebuffer (GL pixels)
+#endif
+in vec2 uv;
+in vec2 zone;
+out vec4 fragColor;
 void main() {
-    vec4 d = vec4(src.x, 1.0 - src.x, src.y, 1.0 - src.y);  // distance to each edge
-    float w = 1.0;
-    float zone = 0.0;
-    for (int i = 0; i < 4; i++) {
-        if (blend[i] > 0.0) {
-            w *= ramp(d[i] / blend[i]);
-            zone = max(zone, d[i] < blend[i] ? 1.0 : 0.0);
-        }
-    }
-    float lift = black * (1.0 - zone);
-    float m = use_mask == 1 ? texture(mask, gl_FragCoord.xy / size).r : 1.0;
-    fragColor = vec4(clamp(src, 0.0, 1.0), (1.0 - lift) * w * m, lift * m);
+    vec3 col = texture(canvas, uv).rgb;
+#ifdef ZONE
+    vec2 t = clamp(zone, 0.0, 1.0);
+    col *= ramp(t.x) * ramp(t.y);
+#endif
+    col = (lift + (1.0 - lift) * col) * gain;
+#ifdef MASK
+    col *= texture(mask, (gl_FragCoord.xy - viewport.xy) / viewport.zw).r;
+#endif
+    fragColor = vec4(col, 1.0);
 }

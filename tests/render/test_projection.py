@@ -18,8 +18,9 @@ from installation.clock import FixedClock, WallClock
 from installation.config import Config, ConfigError, load_show
 from installation.render.calibration import Calibration, calibration_path
 from installation.render.outputs import Output
-from installation.render.projection import (Projection, Warp, canvas_size, place, reference_output, regular_grid,
-                                            window_size)
+from installation.render.projection import (RAMP_KNOTS, TESSELLATE, UNIT_CORNERS, BlendSettings, Projection, Warp,
+                                            canvas_size, mesh_cuts, place, ramp, ramp_table, reference_output,
+                                            regular_grid, window_size)
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
 
@@ -73,8 +74,9 @@ KEYSTONE = {"name": "a", "region": [10, 4, 60, 50], "size": "80x60",
             "blend": {"left": 0.1, "right": 0.25, "black": 0.05}}
 
 
-@pytest.mark.parametrize("extra", [{}, {"rotate": 90, "flip": "h", "brightness": 0.8}, {"rotate": 180}],
-                         ids=["pin+blend", "rotate90+flip+brightness", "rotate180"])
+@pytest.mark.parametrize("extra", [{}, {"rotate": 90, "flip": "h", "brightness": 0.8}, {"rotate": 180},
+                                   {"blend": {"left": 0.3, "right": 0.3, "top": 0.2, "curve": 6, "gamma": 1.8}}],
+                         ids=["pin+blend", "rotate90+flip+brightness", "rotate180", "steep ramps on three sides"])
 def test_corner_pin_and_blend_match_the_numpy_reference(gl_ctx, canvas_tex, extra):
     cfg = _config({**KEYSTONE, **extra})
     proj, got, cleanup = _project(gl_ctx, cfg, canvas_tex, master=0.75)
@@ -93,6 +95,37 @@ def test_corner_pin_and_blend_match_the_numpy_reference(gl_ctx, canvas_tex, extr
     plain = reference_output(_canvas(), out.placed.region, out.placed.size, Warp.from_spec(
         place(_config({"region": [10, 4, 60, 50], "size": "80x60"}))[0].spec, (80, 60)))
     assert np.abs(plain - ref).mean() > 10
+
+
+@pytest.mark.parametrize("gamma,curve", [(2.2, 2.0), (1.0, 1.5), (2.2, 8.0), (0.5, 4.0)])
+def test_the_ramp_table_is_within_a_level_of_the_ramp(gamma, curve):
+    # the pass interpolates the ramp linearly between the table's knots, (i / RAMP_KNOTS)^2
+    t = np.linspace(0.0, 1.0, 20001)
+    blend = {"gamma": gamma, "curve": curve}
+    knots = np.linspace(0.0, 1.0, RAMP_KNOTS + 1) ** 2
+    err = np.abs(np.interp(t, knots, ramp_table(blend)) - ramp(t, gamma, curve)) * 255
+    assert err.max() < 1.0, err.max()
+
+
+def test_a_mesh_is_cut_finely_enough_and_no_finer():
+    size = (320, 360)
+    ident = Warp(list(map(list, UNIT_CORNERS)), BlendSettings().model_dump(), regular_grid(5, 5))
+    bent = ident.copy()
+    bent.mesh[1:4, 1:4, 1] += 0.05  # the middle of the surface bulges down by 18 px
+    assert mesh_cuts(ident.mesh, "bicubic", size) == 4  # flat: one grid cell per mesh cell
+    n = mesh_cuts(bent.mesh, "bicubic", size)
+    assert 4 < n <= 4 * TESSELLATE
+    # every straight edge the GPU draws stays within about the tolerance (0.5 px) of the curved surface
+    verts, interior, zones = bent.grid(size)
+    assert len(zones) == 0 and len(interior) == 6 * n * n
+    u = np.linspace(0.0, 1.0, n + 1)
+    for v in u:  # along each drawn row of edges: the chord's midpoint against the surface's
+        ends = [np.c_[x, np.full(n, v)] for x in (u[:-1], u[1:])]
+        chord = (bent.forward(ends[0])[:, :2] + bent.forward(ends[1])[:, :2]) / 2
+        mid = bent.forward((ends[0] + ends[1]) / 2)[:, :2]
+        assert (np.abs(chord - mid) * size).max() < 1.0
+    # the same bulge on a coarser output needs no more cells than on a finer one
+    assert mesh_cuts(bent.mesh, "bicubic", (80, 90)) <= n
 
 
 def test_corners_in_pixels_equal_corners_in_fractions(gl_ctx, canvas_tex):
