@@ -82,3 +82,17 @@ def test_params_lists_the_live_parameters_of_the_shows_decoders(tmp_path):
     assert "default 0.3" in line and "prompt.15.gain" in both.stdout
     cppn_only = run_cli("params", "--config", str(cfg), "--scene", "a")
     assert cppn_only.returncode == 0 and "speed" in cppn_only.stdout and "diffusion." not in cppn_only.stdout
+
+
+def test_bench_outputs_json(tmp_path):
+    # one plain output against two warped, blended projector outputs of the same window, from one run
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("bench", "--config", str(cfg), "--outputs", "--seconds", "1", "--size", "160x90", "--json",
+                timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    for mode in ("plain", "two_outputs"):
+        assert result[f"{mode}_ticks"] > 0
+        assert 0 < result[f"{mode}_present_ms_p50"] <= result[f"{mode}_present_ms_p99"]
+        assert result[f"{mode}_output_pass_ms_median"] > 0
+    assert result["present_ms_p99_two_vs_plain"] > 0 and "two_outputs_present_ms_p99" in r.stdout

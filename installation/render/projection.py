@@ -293,16 +293,16 @@ class Warp:
             p = mesh_eval(self.mesh, p, self.interpolation)
         return np.c_[p, np.ones(len(p))] @ corner_pin(self.corners).T
 
-    def grid(self, size: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def grid(self, size: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, dict[tuple[bool, bool], np.ndarray]]:
         """The tessellated output (``size``: its pixels): vertices (src u, v, X, Y, W, then the position across the
-        horizontal and the vertical blend zone, 0..1, 1 outside, as float32) and the triangle indices of the cells
-        outside the blend zones and of those inside them. The grid is cut at the zones' edges, so that in every
-        cell the positions across the zones are linear in the source, as the GPU interpolates them."""
-        n = 1 if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size)
-        base = np.linspace(0.0, 1.0, n + 1)
+        horizontal and the vertical blend zone, 0..1, 1 outside, as float32) and the triangle indices of its cells
+        by (in a horizontal zone, in a vertical zone): ``(False, False)`` is the interior. The grid is cut at the
+        zones' edges, so that in every cell the positions across the zones are linear in the source, as the GPU
+        interpolates them."""
+        nx, ny = (1, 1) if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size)
         b = self.blend
-        u = _cuts(base, [b["left"], 1.0 - b["right"]])
-        v = _cuts(base, [b["top"], 1.0 - b["bottom"]])
+        u = _cuts(np.linspace(0.0, 1.0, nx + 1), [b["left"], 1.0 - b["right"]])
+        v = _cuts(np.linspace(0.0, 1.0, ny + 1), [b["top"], 1.0 - b["bottom"]])
         su, sv = np.meshgrid(u, v)
         src = np.c_[su.ravel(), sv.ravel()]
         verts = np.c_[src, self.forward(src), zone_position(src, b)].astype("f4")
@@ -310,27 +310,64 @@ class Warp:
         a, bb, c, d = k[:-1, :-1].ravel(), k[:-1, 1:].ravel(), k[1:, 1:].ravel(), k[1:, :-1].ravel()
         cells = np.c_[a, bb, c, a, c, d].astype("i4")
         centres = np.c_[((su[:-1, :-1] + su[:-1, 1:]) / 2).ravel(), ((sv[:-1, :-1] + sv[1:, :-1]) / 2).ravel()]
-        _, zone = blend_weight(centres, b)
-        return verts, cells[~zone].ravel(), cells[zone].ravel()
+        across = zone_position(centres, b) < 1.0
+        return verts, {(zx, zy): cells[(across[:, 0] == zx) & (across[:, 1] == zy)].ravel()
+                       for zx in (False, True) for zy in (False, True)}
 
 
-def mesh_cuts(grid: np.ndarray, interpolation: str, size: tuple[int, int], tol_px: float = 0.5) -> int:
-    """How many grid cells a mesh warp is drawn with across (and down) its output of ``size`` pixels: a whole number
-    per mesh cell, up to TESSELLATE, enough that straight edges stay within about ``tol_px`` of the curved mesh. The
-    mesh cells' own edges and diagonals are measured against the curve at their midpoints; a chord's distance from
-    a smooth curve shrinks with the square of the steps it is cut into. (A CPU rasteriser pays for every triangle.)"""
-    cells = max(grid.shape[:2]) - 1
-    u = np.linspace(0.0, 1.0, cells + 1)
-    m = (u[:-1] + u[1:]) / 2
-    err = 0.0
-    for xs, ys, (e0, e1) in ((m, u, ((-1, 0), (1, 0))), (u, m, ((0, -1), (0, 1))), (m, m, ((-1, -1), (1, 1)))):
-        gx, gy = np.meshgrid(xs, ys)
-        mid = np.c_[gx.ravel(), gy.ravel()]
-        ends = [mesh_eval(grid, mid + np.array(e) * 0.5 / cells, interpolation) for e in (e0, e1)]
-        dev = (mesh_eval(grid, mid, interpolation) - (ends[0] + ends[1]) / 2) * np.asarray(size, float)
-        err = max(err, float(np.abs(dev).max()))
-    per = int(np.ceil(np.sqrt(err / tol_px))) if err > tol_px else 1
-    return cells * max(1, min(per, TESSELLATE, min(size) // (4 * cells) or 1))
+def mesh_cuts(grid: np.ndarray, interpolation: str, size: tuple[int, int], tol_px: float = 0.5) -> tuple[int, int]:
+    """How many grid cells (across, down) a mesh warp is drawn with on its output of ``size`` pixels: the fewest
+    whose triangles stay within ``tol_px`` of the mesh's surface (1 x 1 for a flat mesh; a surface curved only
+    across, like a cylinder, is cut only across), at most TESSELLATE per mesh cell and one per 4 pixels. A CPU
+    rasteriser pays for every triangle edge it draws. A bilinear mesh bends at its control points, so once it
+    needs cutting it is cut there (a whole number of grid cells per mesh cell)."""
+    cells = (grid.shape[1] - 1, grid.shape[0] - 1)
+    limits = [max(1, min(c * TESSELLATE, s // 4)) for c, s in zip(cells, size)]
+    probes = [np.linspace(0.0, 1.0, 4 * c + 1) for c in cells]  # the control points and three between each two
+
+    def more(n: int, err: float, axis: int) -> int:
+        want = max(n + 1, int(np.ceil(n * np.sqrt(err / tol_px))))  # a chord's error falls with the square
+        if interpolation == "bilinear":
+            want = cells[axis] * -(-want // cells[axis])
+        return min(want, limits[axis])
+
+    n = [1, 1]
+    for axis in (0, 1):  # first each direction on its own: the lines along it, against the surface
+        while n[axis] < limits[axis] and (err := _chord_px(grid, interpolation, n, probes, size, axis)) > tol_px / 2:
+            n[axis] = more(n[axis], 2 * err, axis)
+    while (err := _chord_px(grid, interpolation, n, probes, size)) > tol_px and n != limits:  # then the triangles
+        n = [more(n[axis], err, axis) for axis in (0, 1)]
+    return n[0], n[1]
+
+
+def _chord_px(grid: np.ndarray, interpolation: str, n: list[int], probes: list[np.ndarray], size: tuple[int, int],
+              along: int | None = None) -> float:
+    """How far (output pixels) the surface drawn as an n[0] x n[1] grid of triangle pairs (a, b, c), (a, c, d) strays
+    from the mesh's own, at the ``probes`` lattice and the middle of every drawn cell and edge; or with ``along``
+    (0: across, 1: down) how far straight lines along that direction between the grid's cuts stray from it."""
+    u = [np.linspace(0.0, 1.0, k + 1) for k in n]
+    at = [np.unique(np.r_[p, (x[:-1] + x[1:]) / 2]) for p, x in zip(probes, u)]
+    if along is not None:  # the lines of the probe lattice along that axis, cut only along it
+        at[1 - along], u[1 - along] = probes[1 - along], probes[1 - along]
+    gx, gy = np.meshgrid(*at)
+    pts = np.c_[gx.ravel(), gy.ravel()]
+    ux, uy = np.meshgrid(*u)
+    nodes = mesh_eval(grid, np.c_[ux.ravel(), uy.ravel()], interpolation).reshape(len(u[1]), len(u[0]), 2)
+    idx, frac = [], []
+    for axis in (0, 1):
+        cuts = u[axis]
+        i = np.clip(np.searchsorted(cuts, pts[:, axis], side="right") - 1, 0, len(cuts) - 2)
+        idx.append(i)
+        frac.append(((pts[:, axis] - cuts[i]) / (cuts[i + 1] - cuts[i]))[:, None])
+    (ix, iy), (fx, fy) = idx, frac
+    if along is not None:  # the points lie on the lines: straight between the cuts along them
+        line = np.searchsorted(u[1 - along], pts[:, 1 - along])
+        drawn = nodes[line, ix] * (1 - fx) + nodes[line, ix + 1] * fx if along == 0 else \
+            nodes[iy, line] * (1 - fy) + nodes[iy + 1, line] * fy
+    else:
+        a, b, c, d = nodes[iy, ix], nodes[iy, ix + 1], nodes[iy + 1, ix + 1], nodes[iy + 1, ix]
+        drawn = np.where(fx >= fy, a + fx * (b - a) + fy * (c - b), a + fy * (d - a) + fx * (c - d))
+    return float((np.abs(drawn - mesh_eval(grid, pts, interpolation)) * np.asarray(size, float)).max())
 
 
 def zone_position(src: np.ndarray, blend: dict[str, float]) -> np.ndarray:
@@ -431,7 +468,7 @@ def reference_output(canvas: np.ndarray, region: tuple[int, int, int, int], size
 class _OutputGL:
     placed: Placed
     warp: Warp
-    geometry: list = field(default_factory=list)  # (program, vao, index count, is the blend zones' draw) per draw
+    geometry: list = field(default_factory=list)  # (program, vao, index count, in a blend zone) per draw
     buffers: list = field(default_factory=list)
     mask: Any = None
     ramp: bytes = b""  # the blend ramp table (see ramp_table), when the output blends
@@ -460,7 +497,7 @@ class Projection:
         self.level = float(level)
         self.frames = 0
         self.geometry_builds = 0
-        self._programs: dict[tuple[bool, bool], Any] = {}  # (zone, mask) -> the warp pass with those defines
+        self._programs: dict[tuple[bool, bool, bool], Any] = {}  # (ZONE_X, ZONE_Y, MASK) -> the pass with those
         self.outputs: list[_OutputGL] = []
         for i, p in enumerate(placed):
             out = _OutputGL(p, warps[i] if warps else Warp.from_spec(p.spec, p.size))
@@ -489,7 +526,7 @@ class Projection:
         if out.drawn is not None and _same(out.drawn, out.warp):
             return
         try:
-            verts, interior, zones = out.warp.grid(out.placed.size)
+            verts, draws = out.warp.grid(out.placed.size)
             if not np.all(np.isfinite(verts)):
                 raise ValueError("the corners send points to infinity")
         except ValueError as e:
@@ -501,15 +538,15 @@ class Projection:
         self._release_geometry(out)
         vbo = self.ctx.buffer(verts.tobytes())
         out.buffers.append(vbo)
-        for idx, in_zone in ((interior, False), (zones, True)):
+        for (zx, zy), idx in draws.items():
             if len(idx):
-                prog = self._program(in_zone, out.mask is not None)
+                prog = self._program(zx, zy, out.mask is not None)
                 ibo = self.ctx.buffer(idx.tobytes())
-                layout = (vbo, "2f 3f 2f", "in_src", "in_pos", "in_zone") if in_zone else \
+                layout = (vbo, "2f 3f 2f", "in_src", "in_pos", "in_zone") if prog.get("in_zone", None) else \
                     (vbo, "2f 3f 8x", "in_src", "in_pos")  # the interior's pass does not read the zone
                 vao = self.ctx.vertex_array(prog, [layout], ibo)
                 out.buffers.append(ibo)
-                out.geometry.append((prog, vao, len(idx), in_zone))
+                out.geometry.append((prog, vao, len(idx), zx or zy))
         w = out.warp
         out.ramp = ramp_table(w.blend).tobytes()
         out.covers = w.mesh is None and np.allclose(apply(corner_pin(w.corners), np.array(UNIT_CORNERS)),
@@ -517,14 +554,15 @@ class Projection:
         out.drawn = w.copy()
         self.geometry_builds += 1
 
-    def _program(self, zone: bool, mask: bool):
-        """The warp pass with the ZONE and MASK defines as asked (compiled once each)."""
-        if (zone, mask) not in self._programs:
+    def _program(self, zone_x: bool, zone_y: bool, mask: bool):
+        """The warp pass with the ZONE_X, ZONE_Y and MASK defines as asked (compiled once each)."""
+        key = (zone_x, zone_y, mask)
+        if key not in self._programs:
             head, rest = (SHADER_DIR / "warp.frag").read_text().split("\n", 1)
-            defines = "".join(f"#define {d}\n" for d, on in (("ZONE", zone), ("MASK", mask)) if on)
-            self._programs[zone, mask] = self.ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
+            defines = "".join(f"#define {d}\n" for d, on in zip(("ZONE_X", "ZONE_Y", "MASK"), key) if on)
+            self._programs[key] = self.ctx.program(vertex_shader=(SHADER_DIR / "warp.vert").read_text(),
                                                           fragment_shader=f"{head}\n{defines}{rest}")
-        return self._programs[zone, mask]
+        return self._programs[key]
 
     @staticmethod
     def _release_geometry(out: _OutputGL) -> None:

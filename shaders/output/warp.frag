@@ -1,13 +1,14 @@
 #version 330
 // Projector output pass, per fragment: one canvas sample, plus the black-level lift, faded by gain; as cheap as
 // the plain window's blit. Defines switch on the rest, so that an output pays only for what it uses:
-// ZONE (the blend zones' draw): times the soft-edge ramps, looked up in the output's ramp table at the position
-// across each zone (the ramp's two powers per fragment cost a CPU rasteriser twice the lookup). MASK (an output with a mask PNG): times the mask's alpha at this output pixel.
+// ZONE_X, ZONE_Y (the draws of the cells in a horizontal, a vertical blend zone, or both): times the soft-edge
+// ramp, looked up in the output's ramp table at the position across the zone (the ramp's two powers per fragment
+// cost a CPU rasteriser twice the lookup). MASK (an output with a mask PNG): times the mask's alpha at this output pixel.
 // numpy reference: projection.reference_output().
 uniform sampler2D canvas;
 uniform float lift;       // black-level lift outside the blend zones (0 in them)
 uniform float gain;       // brightness x level x master fade
-#ifdef ZONE
+#if defined(ZONE_X) || defined(ZONE_Y)
 uniform float table[129];  // projection.ramp at (i/128)^2, i = 0..128 (knots close together near the edge)
 float ramp(float t) {      // linear between knots: within a level for usual gammas and curves
     int i = min(int(sqrt(t) * 128.0), 127);
@@ -26,9 +27,11 @@ in vec2 zone;
 out vec4 fragColor;
 void main() {
     vec3 col = texture(canvas, uv).rgb;
-#ifdef ZONE
-    vec2 t = clamp(zone, 0.0, 1.0);
-    col *= ramp(t.x) * ramp(t.y);
+#ifdef ZONE_X
+    col *= ramp(clamp(zone.x, 0.0, 1.0));
+#endif
+#ifdef ZONE_Y
+    col *= ramp(clamp(zone.y, 0.0, 1.0));
 #endif
     col = (lift + (1.0 - lift) * col) * gain;
 #ifdef MASK
