@@ -122,6 +122,7 @@ class Runtime:
         self.worker: DecoderWorker | ProcessWorker | None = None
         # Post-render hooks run where frames are made; what they learn lands on the bus like any input's features.
         hook_specs = tuple(cfg.decoder.hooks) + registry.hook_specs(spec)
+        self._hook_specs = hook_specs
         local = self.lockstep or cfg.decoder.isolation == "thread"
         self.hooks = HookRunner(hook_specs if local else (), self._hook_result)
         if local:
@@ -434,6 +435,7 @@ class Runtime:
                 show.started = t
                 log.warning("reload: scene %r is gone; playing %s", state["scene"], show.scene.name)
             self.spec, self.show = new, show
+            self._reload_hooks(new)
             self._safe = new.safe or builtin_safe_scene()
             self._matrix_scene = None
             self._chain = tuple(show.scene.shaders)
@@ -444,6 +446,34 @@ class Runtime:
             return True
         finally:
             self.notifier.ready(self._status_line())
+
+    def _reload_hooks(self, spec: ShowSpec) -> None:
+        """After a reload: when the post-render hooks' options changed (a scene's ``[vision] negative`` concepts,
+        ``[decoder] hooks``), the decoder gets them: a new hook runner here, or its process restarted with them on
+        a thread of its own (the last frame stays on screen until the new one publishes; a frame check holds frames
+        until its model is loaded again)."""
+        specs = tuple(spec.config.decoder.hooks) + registry.hook_specs(spec)
+        if specs == self._hook_specs:
+            return
+        self._hook_specs = specs
+        worker = self.worker
+        if isinstance(worker, ProcessWorker):
+            log.info("reload: the decoder's hooks changed; restarting the decoder process with them")
+
+            def restart() -> None:
+                worker.stop()
+                worker.hooks = specs
+                worker.start()
+
+            threading.Thread(target=restart, name="decoder-restart", daemon=True).start()
+            return
+        old, self.hooks = self.hooks, HookRunner(specs, self._hook_result)
+        if worker is not None:
+            worker.gate = self.hooks.admit if self.hooks.gates else None
+            worker.on_frame = self.hooks or None
+        old.close()
+        log.info("reload: the decoder's hooks changed; now %s",
+                 ", ".join(spec if isinstance(spec, str) else spec[0] for spec in specs) or "none")
 
     # -- periodic unattended work ------------------------------------------------------------------------------
     def _ops(self, t: float) -> None:

@@ -152,3 +152,44 @@ def test_the_frame_check_holds_frames_in_the_decoder_process(tiny_clip, tmp_path
     finally:
         rt.close()
         target.close()
+
+
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_a_reload_that_adds_a_negative_concept_reaches_the_frame_check(tiny_clip, tmp_path, isolation):
+    # SIGHUP after a technician adds a negative concept to the playing scene: the decoder-side check gets it (its
+    # process restarted with the new hooks, or a new hook runner in this one) and holds the frames it matches
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml('threshold = -1.0\n') +
+                     f'[decoder]\nisolation = "{isolation}"\nmax_fps = 20\n')
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, inputs=False)
+
+    def run_until(cond, timeout=60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not cond():
+            rt.step()
+            time.sleep(0.05)
+        return cond()
+
+    try:
+        assert rt.start(first_frame_timeout=30.0) is not False  # no concepts: no check, frames shown
+        pid, hooks = getattr(rt.worker, "pid", None), rt.hooks
+        rt.request_reload()  # the same files: nothing to change, nothing restarted
+        rt.step()
+        assert getattr(rt.worker, "pid", None) == pid and rt.hooks is hooks
+        scene = tmp_path / "scenes" / "a.toml"
+        scene.write_text(scene.read_text() + '[vision]\nnegative = ["anything at all"]\n')
+        rt.request_reload()
+        rt.step()
+        if isolation == "process":
+            assert run_until(lambda: rt.worker.alive and rt.worker.pid != pid)
+            assert dict(rt.worker.hooks)["vision"].negative == {"a": ("anything at all",)}
+        else:
+            assert rt.hooks is not hooks and dict(rt._hook_specs)["vision"].negative == {"a": ("anything at all",)}
+        assert run_until(lambda: rt.part("vision").blocked >= 3)  # threshold -1: every frame matches the concept
+        published = rt.slot.published
+        run_until(lambda: False, timeout=1.0)
+        assert rt.slot.published == published  # held: none reaches the presenter any more
+    finally:
+        rt.close()
+        target.close()
