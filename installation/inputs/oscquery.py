@@ -8,7 +8,10 @@ OSC port and transport (UDP) and the extensions it supports. The tree is made fr
 ``installation params`` prints and the rows of ``installation osc-map`` (:func:`installation.inputs.osc.address_map`),
 so it never disagrees with what the OSC port accepts. A websocket on the same port takes
 ``{"COMMAND": "LISTEN", "DATA": "/param/speed"}``; from then on every accepted change of that parameter (from any
-transport: OSC, MIDI, the page, a scene's defaults) arrives as a binary OSC message, until ``IGNORE``.
+transport: OSC, MIDI, the page, a scene's defaults) arrives as a binary OSC message, until ``IGNORE``; ``LISTEN``
+``/scene/goto`` sends the playing scene's name whenever it changes. When the namespace itself changes (a reload
+that adds or removes parameters or scenes, or changes a range), every websocket gets
+``{"COMMAND": "PATH_CHANGED", "DATA": "/"}`` and a client fetches the tree again.
 
 The service is advertised as ``_oscjson._tcp`` (this server) and ``_osc._udp`` (the OSC port) via ``zeroconf``, in a
 background thread; where multicast is impossible (a sandbox, no network) that is a logged warning and the HTTP
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ACCESS_NONE, ACCESS_READ, ACCESS_WRITE, ACCESS_RW = 0, 1, 2, 3
 EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "TAGS": False, "EXTENDED_TYPE": False,
-              "UNIT": False, "CRITICAL": False, "CLIPMODE": False, "LISTEN": True, "PATH_CHANGED": False,
+              "UNIT": False, "CRITICAL": False, "CLIPMODE": False, "LISTEN": True, "PATH_CHANGED": True,
               "PATH_RENAMED": False, "PATH_ADDED": False, "PATH_REMOVED": False, "HTML": False, "TYPE": True,
               "FULL_PATH": True, "CONTENTS": True}
 ATTRIBUTES = ("FULL_PATH", "CONTENTS", "TYPE", "RANGE", "VALUE", "ACCESS", "DESCRIPTION")
@@ -123,6 +126,17 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
     return root
 
 
+def shape(tree: dict[str, Any]) -> str:
+    """The tree without its values: what a client builds its controls from (a change of it is PATH_CHANGED)."""
+    def strip(node: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in node.items() if k not in ("VALUE", "CONTENTS")}
+        if "CONTENTS" in node:
+            out["CONTENTS"] = {k: strip(v) for k, v in node["CONTENTS"].items()}
+        return out
+
+    return json.dumps(strip(tree), sort_keys=True)
+
+
 def find(tree: dict[str, Any], address: str) -> dict[str, Any] | None:
     """The node at ``address`` (``/`` is the root), or None."""
     node = tree
@@ -153,7 +167,7 @@ class OscQueryServer:
         self._zc_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.counts = {"http": 0, "not_found": 0, "ws_clients": 0, "listens": 0, "sent": 0, "dropped": 0,
-                       "bad_commands": 0, "advertised": 0}
+                       "bad_commands": 0, "advertised": 0, "path_changes": 0}
 
     # -- part ----------------------------------------------------------------------------------------------------
     @property
@@ -348,11 +362,26 @@ class OscQueryServer:
 
     async def _pump(self, sub: Any) -> None:
         """Send accepted parameter changes to the websockets listening to them, at most ``listen_rate`` a second
-        (the newest value of each address per round)."""
+        (the newest value of each address per round); about once a second, the playing scene to those listening to
+        ``/scene/goto`` when it changed, and PATH_CHANGED to everyone when the namespace changed."""
         period = 1.0 / self.settings.listen_rate
+        loop = asyncio.get_running_loop()
+        known, scene, checked = shape(self._tree()), None, loop.time()
         while True:
             await asyncio.sleep(period if self._clients else 0.5)  # nobody listening: wake rarely
             changes = sub.drain()
+            if loop.time() - checked >= 1.0:
+                checked = loop.time()
+                tree = self._tree()
+                now = shape(tree)
+                if now != known:
+                    known = now
+                    self._count("path_changes")
+                    await self._send_all(json.dumps({"COMMAND": "PATH_CHANGED", "DATA": "/"}), None)
+                playing = (find(tree, "/scene/goto") or {}).get("VALUE")
+                if playing and playing[0] != scene:
+                    scene = playing[0]
+                    await self._send_all(_encode("/scene/goto", scene), "/scene/goto")
             if not changes or not self._clients:
                 continue
             latest: dict[str, float] = {}
@@ -371,11 +400,20 @@ class OscQueryServer:
                                         if spec.max > spec.min else 0.0)):
                         if address in listening:
                             arg = float(v) if spec.type == "float" or address.endswith("/norm") else int(v)
-                            try:
-                                await ws.send(_encode(address, arg))
-                                self._count("sent")
-                            except Exception:  # noqa: BLE001 - a closed client; it is dropped by _ws
-                                self._count("dropped")
+                            await self._send(ws, _encode(address, arg))
+
+    async def _send_all(self, message: str | bytes, address: str | None) -> None:
+        """``message`` to every websocket, or (with ``address``) to those listening to it."""
+        for ws, listening in list(self._clients.items()):
+            if address is None or address in listening:
+                await self._send(ws, message)
+
+    async def _send(self, ws: Any, message: str | bytes) -> None:
+        try:
+            await ws.send(message)
+            self._count("sent")
+        except Exception:  # noqa: BLE001 - a closed client; it is dropped by _ws
+            self._count("dropped")
 
 
 @register("oscquery", table="oscquery", settings=OscQuerySettings, order=15)

@@ -4,6 +4,7 @@ The show is the real runtime."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import socket
@@ -156,3 +157,32 @@ def test_mdns_finds_both_services_and_a_failure_to_advertise_is_only_a_warning(m
             assert server.alive and server.stats()["advertised"] == 0
         finally:
             server.stop()
+
+
+def test_a_listener_hears_path_changed_and_the_playing_scene(tmp_path):
+    # a real websocket client (the websockets library's own) against the server: a reload that adds a parameter and
+    # a scene changes the namespace -> PATH_CHANGED; LISTEN /scene/goto -> the scene's name when it changes
+    from websockets.sync.client import connect
+
+    bus = ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+    scenes, playing = ["a", "b"], {"scene": "a"}
+    server = OscQueryServer(OscQuerySettings(enabled=True, port=0, advertise=False), bus, lambda: list(scenes),
+                            OscSettings(port=9555), snapshot=lambda: dict(playing))
+    server.start()
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}") as ws:
+            ws.send('{"COMMAND": "LISTEN", "DATA": "/scene/goto"}')
+            first = OscMessage(ws.recv(timeout=5))  # the playing scene, once the server checks
+            assert (first.address, first.params) == ("/scene/goto", ["a"])
+            bus.set("speed", 4.0)  # a value is no change of the namespace
+            playing["scene"] = "b"
+            got = OscMessage(ws.recv(timeout=5))
+            assert (got.address, got.params) == ("/scene/goto", ["b"])
+            assert server.stats()["path_changes"] == 0
+            bus.declare(ParamSpec("glow", max=2.0, default=0.5))
+            scenes.append("c")
+            message = ws.recv(timeout=5)
+            assert isinstance(message, str) and json.loads(message) == {"COMMAND": "PATH_CHANGED", "DATA": "/"}
+            assert server.stats()["path_changes"] >= 1
+    finally:
+        server.stop()
