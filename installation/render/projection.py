@@ -293,13 +293,14 @@ class Warp:
             p = mesh_eval(self.mesh, p, self.interpolation)
         return np.c_[p, np.ones(len(p))] @ corner_pin(self.corners).T
 
-    def grid(self, size: tuple[int, int] = (1024, 1024)) -> tuple[np.ndarray, dict[tuple[bool, bool], np.ndarray]]:
+    def grid(self, size: tuple[int, int] = (1024, 1024), cuts: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, dict[tuple[bool, bool], np.ndarray]]:
         """The tessellated output (``size``: its pixels): vertices (src u, v, X, Y, W, then the position across the
         horizontal and the vertical blend zone, 0..1, 1 outside, as float32) and the triangle indices of its cells
         by (in a horizontal zone, in a vertical zone): ``(False, False)`` is the interior. The grid is cut at the
         zones' edges, so that in every cell the positions across the zones are linear in the source, as the GPU
-        interpolates them."""
-        nx, ny = (1, 1) if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size)
+        interpolates them. ``cuts``: the mesh's (across, down) from :func:`mesh_cuts`, when already known."""
+        nx, ny = cuts or ((1, 1) if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size))
         b = self.blend
         u = _cuts(np.linspace(0.0, 1.0, nx + 1), [b["left"], 1.0 - b["right"]])
         v = _cuts(np.linspace(0.0, 1.0, ny + 1), [b["top"], 1.0 - b["bottom"]])
@@ -475,6 +476,7 @@ class _OutputGL:
     pattern: Any = None  # the calibration test pattern texture, while calibrating
     drawn: Any = None  # the warp the geometry holds (rebuilt when it changes)
     covers: bool = False  # the warped picture fills the whole viewport (no black around it to clear)
+    cuts: tuple = ()  # (mesh bytes, interpolation, (across, down)): mesh_cuts of the last mesh, kept while it stays
 
 
 class Projection:
@@ -526,7 +528,11 @@ class Projection:
         if out.drawn is not None and _same(out.drawn, out.warp):
             return
         try:
-            verts, draws = out.warp.grid(out.placed.size)
+            w = out.warp
+            # How finely to cut the mesh is worked out again only when the mesh changed (not for a corner or a blend).
+            if w.mesh is not None and out.cuts[:2] != (w.mesh.tobytes(), w.interpolation):
+                out.cuts = (w.mesh.tobytes(), w.interpolation, mesh_cuts(w.mesh, w.interpolation, out.placed.size))
+            verts, draws = w.grid(out.placed.size, out.cuts[2] if w.mesh is not None else None)
             if not np.all(np.isfinite(verts)):
                 raise ValueError("the corners send points to infinity")
         except ValueError as e:
@@ -547,7 +553,6 @@ class Projection:
                 vao = self.ctx.vertex_array(prog, [layout], ibo)
                 out.buffers.append(ibo)
                 out.geometry.append((prog, vao, len(idx), zx or zy))
-        w = out.warp
         out.ramp = ramp_table(w.blend).tobytes()
         out.covers = w.mesh is None and np.allclose(apply(corner_pin(w.corners), np.array(UNIT_CORNERS)),
                                                     UNIT_CORNERS)
