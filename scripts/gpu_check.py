@@ -3,7 +3,9 @@
 Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (SD 2.1 config) + TAESD at 512,
 768 and 1024, one step, fp16, captured CUDA graph; the same at 512 eager as the baseline from the same run; the
 512 model inside the full runtime loop (runtime_fps and its ratio to the decoder alone); SDXL-Turbo-shaped at 512;
-with --compile, torch.compile + graph at 512. Prints a table last and writes gpu_check.json into $OUT (or --out).
+with --compile, torch.compile + graph at 512; then issue 13's projector outputs on the GPU's GL (`bench --outputs`
+at 1920x1080: present p99 with two warped, blended outputs against one plain output). Prints a table last and writes
+gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
     python scripts/gpu_check.py --tiny --device cpu --frames 3    # the same path here, tiny, to check the script
@@ -34,6 +36,19 @@ def loop_fps(model: Path, taesd: Path, size: int, seconds: float) -> dict:
     return runtime_fps(spec, seconds, "cuda" if torch_cuda() else "cpu")
 
 
+def outputs(size: str, seconds: float) -> dict:
+    """``installation bench --outputs`` on the default show at ``size``: one plain output, then two warped, blended
+    outputs of the same window, two rounds alternating."""
+    from installation.bench import outputs_bench
+    from installation.config import load_show
+    from installation.sizes import parse_size
+
+    spec = load_show(Path(__file__).resolve().parent.parent / "config" / "default.toml")
+    spec.config = spec.config.model_copy(update={"output": spec.config.output.model_copy(
+        update={"size": parse_size(size)})})
+    return outputs_bench(spec, seconds=seconds, rounds=2)
+
+
 def torch_cuda() -> bool:
     import torch
 
@@ -48,7 +63,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="how long the full-loop run lasts")
     ap.add_argument("--models", type=Path, default=Path("/tmp/gpu-check-models"))
     ap.add_argument("--no-sdxl", action="store_true", help="skip SDXL-Turbo")
-    ap.add_argument("--no-loop", action="store_true", help="skip the full-loop run (needs EGL and moderngl)")
+    ap.add_argument("--no-loop", action="store_true", help="skip the full-loop and outputs runs (need EGL, moderngl)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile + graph at the first size (minutes)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-check-out")))
     args = ap.parse_args()
@@ -89,11 +104,23 @@ def main() -> int:
                 loop = {"error": f"{type(e).__name__}: {e}"}
             loop["name"] = f"full loop {sizes[0]} (runtime_fps)"
             keep(loop)
+    if not args.no_loop:
+        try:
+            r = outputs("1920x1080" if full else "320x180", args.seconds / 2)
+        except Exception as e:  # noqa: BLE001
+            r = {"error": f"{type(e).__name__}: {e}"}
+        r["name"] = "outputs two vs plain"
+        keep(r)
     print(f"\n{'run':<30} {'device':<22} {'size':>5} {'fps':>8} {'p95 ms':>8} {'unet ms':>8} {'decode ms':>9} "
           f"{'alloc MiB start/end':>20}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:<30} ERROR {r['error'][:90]}")
+        elif "present_ms_p99_two_vs_plain" in r:
+            print(f"{r['name']:<30} {r.get('gl_renderer', '?')[:22]:<22} {r['window']:>9} present p99 plain "
+                  f"{r['plain_present_ms_p99']} ms, two {r['two_outputs_present_ms_p99']} ms, ratio "
+                  f"{r['present_ms_p99_two_vs_plain']}; passes {r['plain_output_pass_ms_median']} / "
+                  f"{r['two_outputs_output_pass_ms_median']} ms")
         elif "runtime_fps" in r:
             print(f"{r['name']:<30} {r.get('gl_renderer', '?')[:22]:<22} {sizes[0]:>5} {r['runtime_fps']:>8.1f} "
                   f"ratio {r['ratio']}  present {r['present_fps']:.1f} fps  decoder-process VRAM MiB first/last "
