@@ -159,8 +159,9 @@ def address_map(
         ("/calibrate", "i|f|T|F", "1 shows the projector outputs' test patterns for calibration, 0 ends (and saves)"),
         ("/calibrate/save", "", "save the calibration beside the config now"),
         ("/calibrate/undo", "", "undo the last calibration change"),
-        ("/output/<n>/corner/<0-3>", "f f", "move output n's corner (top-left, top-right, bottom-right, "
-                                            "bottom-left) to x y in 0..1 of the output"),
+        ("/output/<n>/corner/<0-3>", "f f", "move output n's corner (n from 1, as on its test pattern; corners "
+                                            "top-left, top-right, bottom-right, bottom-left) to x y in 0..1 of the "
+                                            "output"),
         ("/output/<n>/mesh/<i>", "f f", "move output n's mesh point i (row by row) to x y, 0..1"),
         ("/output/<n>/blend/<side>", "f", "output n's soft-edge width at left|right|top|bottom, 0..0.5"),
         ("/midi/learn", "s", "bind the next moved MIDI control to this parameter ([inputs.midi])"),

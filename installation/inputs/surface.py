@@ -370,11 +370,12 @@ class ControlSurface:
             self.count("pong_errors")
 
     def _h_output(self, sender: Sender, address: str, *args: Any) -> None:
-        """/output/<n>/corner/<0-3> x y, /output/<n>/mesh/<i> x y (0..1 of the output), /output/<n>/blend/<side> w."""
+        """/output/<n>/corner/<0-3> x y, /output/<n>/mesh/<i> x y (0..1 of the output), /output/<n>/blend/<side> w.
+        ``n`` counts from 1, as the test patterns and the outputs' default names number them."""
         parts = address.split("/")
-        if len(parts) != 5 or not parts[2].isdigit() or int(parts[2]) >= MAX_OUTPUTS:
+        if len(parts) != 5 or not parts[2].isdigit() or not 1 <= int(parts[2]) <= MAX_OUTPUTS:
             raise Reject("unknown_address")
-        n, what, key = int(parts[2]), parts[3], parts[4]
+        n, what, key = int(parts[2]) - 1, parts[3], parts[4]
         if what in ("corner", "mesh") and key.isdigit() and int(key) < (4 if what == "corner" else MAX_MESH_POINTS):
             if len(args) != 2:
                 raise Reject("bad_type")
