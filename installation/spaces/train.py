@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import logging
 import math
@@ -39,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -445,10 +448,11 @@ class Trainer:
                 "folder": str(self.opts.folder)}
 
     def save_checkpoint(self) -> Path:
-        """Write atomically (temp file + rename), so an interruption mid-write leaves the previous checkpoint."""
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(self._state(), tmp)
-        os.replace(tmp, self.ckpt_path)
+        """Write atomically (:func:`~installation.ops.state.write_atomic`: temporary file, fsync, rename), so a kill
+        or a power cut mid-write leaves the previous checkpoint."""
+        buf = io.BytesIO()
+        torch.save(self._state(), buf)
+        write_atomic(self.ckpt_path, buf.getvalue())
         return self.ckpt_path
 
     def _load(self) -> None:
