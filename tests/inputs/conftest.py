@@ -6,6 +6,7 @@ exit inside pa_jack.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -45,6 +46,7 @@ def jack_server():
             proc.wait()
             pytest.fail("jackd did not come up within 10 s")
     yield
+    gc.collect()  # JACK clients a test left to the garbage collector (rtmidi, jack.Client) close while jackd lives
     sd = sys.modules.get("sounddevice")
     if sd is not None:
         while sd._initialized:
