@@ -301,6 +301,8 @@ class Warp:
         zones' edges, so that in every cell the positions across the zones are linear in the source, as the GPU
         interpolates them. ``cuts``: the mesh's (across, down) from :func:`mesh_cuts`, when already known."""
         nx, ny = cuts or ((1, 1) if self.mesh is None else mesh_cuts(self.mesh, self.interpolation, size))
+        if self.rotate in (90, 270):
+            nx, ny = ny, nx  # the cuts are the mesh's (across, down) on the output; the grid's are the source's
         b = self.blend
         u = _cuts(np.linspace(0.0, 1.0, nx + 1), [b["left"], 1.0 - b["right"]])
         v = _cuts(np.linspace(0.0, 1.0, ny + 1), [b["top"], 1.0 - b["bottom"]])

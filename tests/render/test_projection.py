@@ -432,3 +432,24 @@ def test_key_names_with_modifiers(gl_ctx, canvas_tex, tmp_path):
         assert not cal._redraw
     finally:
         cleanup()
+
+
+def test_a_turned_output_cuts_its_mesh_along_the_right_axis():
+    # a surface curved across the projector only; the picture turned 90 degrees onto it: the source's rows now run
+    # down the projector, so it is the source's down direction that needs the cuts
+    size = (320, 240)
+    cylinder = regular_grid(5, 3)
+    cylinder[:, :, 1] += 0.05 * np.sin(np.pi * cylinder[:, :, 0])
+    nx, ny = mesh_cuts(cylinder, "bicubic", size)
+    assert nx > 1 and ny == 1
+    for rotate, cut in ((0, (nx, ny)), (90, (ny, nx)), (180, (nx, ny)), (270, (ny, nx))):
+        warp = Warp(list(map(list, UNIT_CORNERS)), BlendSettings().model_dump(), cylinder, rotate=rotate)
+        verts, draws = warp.grid(size)
+        assert len(verts) == (cut[0] + 1) * (cut[1] + 1), rotate
+        # and the drawn surface stays on the curve: each cell's centre against the mesh there
+        cols = cut[0] + 1
+        nodes = verts[:, 2:4].reshape(-1, cols, 2).astype(float)
+        centre_src = (verts[:, :2].reshape(-1, cols, 2)[:-1, :-1] + verts[:, :2].reshape(-1, cols, 2)[1:, 1:]) / 2
+        drawn = (nodes[:-1, :-1] + nodes[1:, 1:]) / 2
+        exact = warp.forward(centre_src.reshape(-1, 2).astype(float))[:, :2].reshape(drawn.shape)
+        assert (np.abs(drawn - exact) * size).max() < 0.6, rotate
