@@ -27,7 +27,7 @@ import logging
 import socket
 import threading
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,8 +74,11 @@ def _node(path: str, description: str = "", **attrs: Any) -> dict[str, Any]:
     return node
 
 
-def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | None = None) -> dict[str, Any]:
-    """The OSCQuery tree of the show's OSC address space, with each parameter's range and current target."""
+def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | None = None,
+               outputs: Sequence[int] = ()) -> dict[str, Any]:
+    """The OSCQuery tree of the show's OSC address space, with each parameter's range and current target.
+    ``outputs``: the show's projector outputs, each as its number of mesh points (0 without a mesh); their
+    calibration addresses (``/output/<n>/...``) are spelled out for each, as a client sends them."""
     root = _node("/", "installation: a latent-space show", CONTENTS={}, ACCESS=ACCESS_NONE)
     targets = bus.targets()
 
@@ -92,8 +95,8 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
 
     names = scene_list(scenes)
     for address, types, doc in address_map(bus.specs, names, osc):
-        if address.startswith("->"):
-            continue  # feedback rows
+        if address.startswith("->") or "<" in address:
+            continue  # feedback rows; the /output/<n>/... patterns are spelled out below
         if address.startswith("/param/"):
             name = address[len("/param/"):]
             norm = name.endswith("/norm")
@@ -123,6 +126,20 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
         elif address == "/seed":
             rng = [{"MIN": 0, "MAX": 2**32 - 1}]
         place(address, _node(address, doc, TYPE=tag, RANGE=rng, VALUE=value, ACCESS=ACCESS_WRITE))
+    point = [{"MIN": -1.0, "MAX": 2.0}] * 2
+    for n, mesh_points in enumerate(outputs, start=1):
+        for i, corner in enumerate(("top-left", "top-right", "bottom-right", "bottom-left")):
+            address = f"/output/{n}/corner/{i}"
+            place(address, _node(address, f"move output {n}'s {corner} corner to x y (0..1 of the output)",
+                                 TYPE="ff", RANGE=point, ACCESS=ACCESS_WRITE))
+        for i in range(mesh_points):
+            address = f"/output/{n}/mesh/{i}"
+            place(address, _node(address, f"move output {n}'s mesh point {i} (row by row) to x y",
+                                 TYPE="ff", RANGE=point, ACCESS=ACCESS_WRITE))
+        for side in ("left", "right", "top", "bottom"):
+            address = f"/output/{n}/blend/{side}"
+            place(address, _node(address, f"output {n}'s soft-edge width at the {side}", TYPE="f",
+                                 RANGE=[{"MIN": 0.0, "MAX": 0.5}], ACCESS=ACCESS_WRITE))
     return root
 
 
@@ -151,8 +168,9 @@ class OscQueryServer:
     """The OSCQuery HTTP + websocket server and its mDNS advertisement; a part."""
 
     def __init__(self, settings: OscQuerySettings, bus: ParamBus, scenes: Scenes, osc: OscSettings,
-                 snapshot: Any = None) -> None:
+                 snapshot: Any = None, outputs: Sequence[int] = ()) -> None:
         self.settings = settings
+        self.outputs = tuple(outputs)  # the projector outputs' mesh point counts (see build_tree)
         self.bus = bus
         self.scenes = scenes
         self.osc = osc
@@ -299,7 +317,7 @@ class OscQueryServer:
         scene = None
         if self.snapshot is not None:
             scene = (self.snapshot() or {}).get("scene")
-        return build_tree(self.bus, self.scenes, self.osc, scene)
+        return build_tree(self.bus, self.scenes, self.osc, scene, self.outputs)
 
     def _http(self, connection: Any, request: Any) -> Any:
         from websockets.datastructures import Headers
@@ -425,4 +443,5 @@ def build(settings: OscQuerySettings, ctx: PartContext) -> OscQueryServer | None
     if not osc.enabled:
         log.warning("OSCQuery is enabled but the OSC input is not: nothing to announce, not started")
         return None
-    return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot)
+    outputs = [o.mesh.cols * o.mesh.rows if o.mesh else 0 for o in ctx.config.outputs] if ctx.config else []
+    return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot, outputs)

@@ -18,7 +18,7 @@ from installation.bus import ParamBus, ParamSpec
 from installation.clock import WallClock
 from installation.config import load_show
 from installation.inputs.osc import OscSettings
-from installation.inputs.oscquery import OscQueryServer, OscQuerySettings
+from installation.inputs.oscquery import OscQueryServer, OscQuerySettings, build_tree
 from installation.render.targets import HeadlessTarget
 from installation.runtime import Runtime
 from support import play_while, scene_toml, wait_until, write_show
@@ -186,3 +186,33 @@ def test_a_listener_hears_path_changed_and_the_playing_scene(tmp_path):
             assert server.stats()["path_changes"] >= 1
     finally:
         server.stop()
+
+
+def test_the_projector_outputs_calibration_addresses_are_spelled_out(tmp_path):
+    # a client builds a control per node: /output/<n>/... patterns must be real addresses, one set per output
+    import urllib.request
+
+    from installation.config import Config
+    from installation.inputs.oscquery import build
+    from installation.parts import PartContext
+
+    cfg = Config.model_validate({"inputs": {"osc": {"port": 9555}}, "canvas": {"size": "64x32"}, "outputs": [
+        {"region": [0, 0, 32, 32]}, {"region": [32, 0, 32, 32], "mesh": {"cols": 3, "rows": 2}}]})
+    bus = ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+    server = build(OscQuerySettings(enabled=True, port=0, advertise=False),
+                   PartContext(bus=bus, scenes=lambda: ["a"], base_dir=tmp_path, config=cfg))
+    server.start()
+    try:
+        tree = json.load(urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10))
+    finally:
+        server.stop()
+    paths = _walk(tree, {})
+    assert not [p for p in paths if "<" in p]
+    for n in (1, 2):
+        assert {f"/output/{n}/corner/{i}" for i in range(4)} <= set(paths)
+        assert paths[f"/output/{n}/blend/left"]["RANGE"] == [{"MIN": 0.0, "MAX": 0.5}]
+    assert paths["/output/2/corner/3"]["TYPE"] == "ff"
+    assert {p for p in paths if p.startswith("/output/2/mesh/")} == {f"/output/2/mesh/{i}" for i in range(6)}
+    assert not [p for p in paths if p.startswith("/output/1/mesh")]
+    # a show without projector outputs has none of them
+    assert not [p for p in _walk(build_tree(bus, ["a"], OscSettings()), {}) if p.startswith("/output")]
