@@ -83,6 +83,11 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
 
 
+def _hook_specs(spec: ShowSpec) -> tuple:
+    """The decoder's post-render hooks for a show: ``[decoder] hooks`` and those the registered parts ask for."""
+    return tuple(spec.config.decoder.hooks) + registry.hook_specs(spec)
+
+
 class Runtime:
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
@@ -121,8 +126,7 @@ class Runtime:
         cap = (cfg.decoder.max_fps or self.fps) if max_decoder_fps is None else max_decoder_fps
         self.worker: DecoderWorker | ProcessWorker | None = None
         # Post-render hooks run where frames are made; what they learn lands on the bus like any input's features.
-        hook_specs = tuple(cfg.decoder.hooks) + registry.hook_specs(spec)
-        self._hook_specs = hook_specs
+        hook_specs = self._hook_specs = _hook_specs(spec)
         local = self.lockstep or cfg.decoder.isolation == "thread"
         self.hooks = HookRunner(hook_specs if local else (), self._hook_result)
         if local:
@@ -452,7 +456,7 @@ class Runtime:
         ``[decoder] hooks``), the decoder gets them: a new hook runner here, or its process restarted with them on
         a thread of its own (the last frame stays on screen until the new one publishes; a frame check holds frames
         until its model is loaded again)."""
-        specs = tuple(spec.config.decoder.hooks) + registry.hook_specs(spec)
+        specs = _hook_specs(spec)
         if specs == self._hook_specs:
             return
         self._hook_specs = specs

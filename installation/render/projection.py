@@ -532,9 +532,10 @@ class Projection:
         try:
             w = out.warp
             # How finely to cut the mesh is worked out again only when the mesh changed (not for a corner or a blend).
-            if w.mesh is not None and out.cuts[:2] != (w.mesh.tobytes(), w.interpolation):
-                out.cuts = (w.mesh.tobytes(), w.interpolation, mesh_cuts(w.mesh, w.interpolation, out.placed.size))
-            verts, draws = w.grid(out.placed.size, out.cuts[2] if w.mesh is not None else None)
+            key = None if w.mesh is None else (w.mesh.tobytes(), w.interpolation)
+            if key is not None and out.cuts[:2] != key:
+                out.cuts = (*key, mesh_cuts(w.mesh, w.interpolation, out.placed.size))
+            verts, draws = w.grid(out.placed.size, out.cuts[2] if key is not None else None)
             if not np.all(np.isfinite(verts)):
                 raise ValueError("the corners send points to infinity")
         except ValueError as e:
