@@ -29,10 +29,11 @@ def _setup_logging(level: str, spec: ShowSpec | None = None) -> None:
     from .ops import LogSettings, setup_logging
 
     if spec is None:
-        settings, base = LogSettings(level=level), None
+        settings, base, secrets = LogSettings(level=level), None, ()
     else:
         settings, base = spec.config.log.model_copy(update={"level": level}), spec.path.resolve().parent
-    setup_logging(settings, base)
+        secrets = (spec.config.web.token,)  # never in a log line, whatever logs it
+    setup_logging(settings, base, secrets=secrets)
 
 
 def _fail(message: str) -> int:
