@@ -1,0 +1,264 @@
+"""The HTTP surfaces (health, web page, OSCQuery) on ops/http.py, over real sockets on loopback: 1,000 slow
+connections from other client addresses cost no thread and lock nobody out, caps per client address, deadlines for
+headers and bodies, HEAD, the Host check in any letter case, and no token in any log line at debug level."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+
+from installation.bus import ParamBus, ParamSpec
+from installation.inputs.osc import OscSettings
+from installation.inputs.oscquery import OscQueryServer, OscQuerySettings
+from installation.ops.health import HealthServer, HealthSettings
+from installation.ops.http import WORKERS, HttpLimits, HttpServer, json_response
+from installation.ops.limits import raise_nofile_limit
+from installation.ops.logs import LogSettings, setup_logging
+from installation.ops.web import WebPage, WebSettings
+from support import wait_until
+
+TOKEN = "tok-3f9a1c77e2b4d5"
+SLOW = 1000
+# "Other clients": 40 loopback addresses besides 127.0.0.1 (all of 127/8 is loopback on Linux), 25 connections each.
+OTHERS = [f"127.0.{1 + i // 200}.{2 + i % 200}" for i in range(40)]
+
+
+def _bus() -> ParamBus:
+    return ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+
+
+@contextmanager
+def serving(kind: str, **settings):
+    """One of the three surfaces, started on a free port: (part, path a real client asks for, its HttpServer)."""
+    if kind == "health":
+        part = HealthServer(HealthSettings(port=0, **settings), lambda: {"status": "ok"})
+        path = "/health"
+    elif kind == "web":
+        part = WebPage(WebSettings(enabled=True, port=0, **settings), _bus(), lambda: ["a"], lambda: {"status": "ok"})
+        path = "/api/state"
+    else:
+        part = OscQueryServer(OscQuerySettings(enabled=True, port=0, advertise=False, **settings), _bus(), ["a"],
+                              OscSettings(port=9555))
+        path = "/param/speed?VALUE"
+    part.start()
+    try:
+        yield part, path, part._http
+    finally:
+        part.stop()
+
+
+def fetch(url: str, method: str = "GET", headers: dict | None = None, data: bytes | None = None,
+          timeout: float = 30) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request from 127.0.0.1, errors included."""
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def slow_connections(port: int, n: int, host: str = "127.0.0.1") -> tuple[list[socket.socket], list[socket.socket]]:
+    """``n`` connections spread over :data:`OTHERS`: a third send nothing, a third have begun a request (one byte
+    at a time later), a third are websocket upgrades whose headers never end. (sockets, the ones to trickle to)."""
+    socks, trickle = [], []
+    for i in range(n):
+        s = socket.socket()
+        s.bind((OTHERS[i % len(OTHERS)], 0))
+        s.connect((host, port))
+        s.setblocking(False)
+        if i % 3 == 1:
+            s.send(b"G")
+            trickle.append(s)
+        elif i % 3 == 2:
+            s.send(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n".encode())
+        socks.append(s)
+    return socks, trickle
+
+
+@pytest.mark.parametrize("kind", ["health", "web", "oscquery"])
+def test_a_real_client_is_answered_while_1000_slow_connections_are_held(kind):
+    """1,000 slow connections from 40 other addresses (idle, trickling a header byte at a time, unfinished websocket
+    upgrades) are all held at once, with no thread each, and a real request from 127.0.0.1 is answered each time."""
+    raise_nofile_limit()  # 1,000 connections are 2,000 descriptors in this process (both ends)
+    threads_before = threading.active_count()
+    # a deadline far beyond the test, so that "held" means held on a loaded machine too; the caps are the defaults
+    with serving(kind, request_timeout_s=300.0) as (part, path, http):
+        socks, trickle = slow_connections(part.port, SLOW)
+        try:
+            assert wait_until(lambda: http.stats()["open"] >= SLOW, 60), http.stats()
+            answers, latencies = [], []
+            for byte in b"ET /x":  # one header byte to each trickling connection between the real requests
+                for s in trickle:
+                    s.send(bytes([byte]))
+                t0 = time.perf_counter()
+                status, _, body = fetch(f"http://127.0.0.1:{part.port}{path}")
+                latencies.append(time.perf_counter() - t0)
+                answers.append(status)
+            stats = http.stats()
+            threads = threading.active_count() - threads_before
+        finally:
+            for s in socks:
+                s.close()
+        print(f"{kind}: {SLOW} slow connections held; real requests answered in "
+              f"{', '.join(f'{x * 1000:.0f}' for x in latencies)} ms")
+    assert answers == [200] * 5, answers
+    assert stats["open"] >= SLOW and stats["evicted"] == 0 and stats["refused_busy"] == 0, stats
+    assert stats["refused_client"] == 0 and stats["timed_out"] == 0, stats
+    assert threads <= 1 + WORKERS, f"{threads} threads for {SLOW} connections"  # the loop and its call workers
+
+
+def test_one_address_cannot_take_every_place():
+    """An address at its cap gets 503 at once for more (JSON, read before the close); another address is served."""
+    with serving("web", max_per_client=4, request_timeout_s=300.0) as (part, path, http):
+        held = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", part.port), source_address=(OTHERS[0], 0))
+            held.append(s)
+        assert wait_until(lambda: http.stats()["open"] == 4, 20)
+        refused = []
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", part.port), timeout=20,
+                                          source_address=(OTHERS[0], 0)) as s:
+                s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                refused.append(_read_all(s))
+        assert fetch(part.url + "api/state")[0] == 200  # from 127.0.0.1: its own places
+        stats = http.stats()
+        for s in held:
+            s.close()
+    for raw in refused:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["error"] == "too many connections"
+    assert stats["refused_client"] == 3 and stats["open"] <= 5
+    assert part.stats()["rejects"]["busy"] == 3
+
+
+def test_when_full_a_newcomer_takes_the_oldest_slow_ones_place():
+    with serving("oscquery", max_connections=8, request_timeout_s=300.0) as (part, path, http):
+        socks, _ = slow_connections(part.port, 8)
+        try:
+            assert wait_until(lambda: http.stats()["open"] == 8, 20)
+            assert fetch(f"http://127.0.0.1:{part.port}{path}")[0] == 200
+            assert http.stats()["evicted"] == 1
+            socks[0].setblocking(True)
+            socks[0].settimeout(10)
+            assert socks[0].recv(100) == b""  # the oldest was closed for it
+        finally:
+            for s in socks:
+                s.close()
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = b""
+    s.settimeout(20)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_a_body_must_arrive_by_the_deadline_and_be_small():
+    with serving("web", request_timeout_s=1.0) as (part, path, http):
+        with socket.create_connection(("127.0.0.1", part.port), timeout=20) as s:
+            s.sendall(b"POST /api/control HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"address\":")  # and never the rest
+            head, _, body = _read_all(s).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["code"] == 408
+        status, _, body = fetch(part.url + "api/control", "POST", data=b"x" * 9000)
+        assert status == 413 and json.loads(body)["reason"] == "too_large"
+        assert http.stats()["timed_out"] == 1
+
+
+@pytest.mark.parametrize("kind", ["health", "web", "oscquery"])
+def test_head_and_the_host_check_in_any_letter_case(kind):
+    with serving(kind) as (part, path, http):
+        base = f"http://127.0.0.1:{part.port}"
+        status, headers, body = fetch(base + path, "HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+        assert headers["Content-Type"].startswith("application/json")
+        for host in ("LOCALHOST", f"LocalHost:{part.port}", "127.0.0.1", "[::1]:80"):
+            assert fetch(base + path, headers={"Host": host})[0] == 200, host
+        for host in ("evil.example", f"Evil.Example:{part.port}", "localhost.evil.example", "127.0.0.1.nip.io"):
+            status, _, body = fetch(base + path, headers={"Host": host})
+            assert status == 403 and json.loads(body)["error"] == "forbidden", host
+
+
+def test_a_server_whose_loop_dies_is_seen_dead_and_starts_again():
+    """A server task that fails ends the loop thread: ``alive`` turns False (the part supervisor restarts it)."""
+    gate = threading.Event()
+
+    async def pump():
+        while not gate.is_set():
+            await __import__("asyncio").sleep(0.01)
+        raise RuntimeError("injected")
+
+    async def handle(request):
+        return json_response(200, {"ok": True})
+
+    http = HttpServer("t-http", "127.0.0.1", 0, HttpLimits(), handle, tasks=(pump,))
+    http.start()
+    try:
+        assert http.alive and fetch(f"http://127.0.0.1:{http.port}/")[0] == 200
+        gate.clear()
+        gate.set()
+        assert wait_until(lambda: not http.alive, 10)
+        http.stop()
+        gate.clear()
+        http.start()  # what the supervisor does
+        assert http.alive and fetch(f"http://127.0.0.1:{http.port}/")[0] == 200
+    finally:
+        http.stop()
+
+
+def test_the_token_is_in_no_log_line_at_debug_level(tmp_path):
+    """With the show's logging at debug (stderr and a file) and the web page behind a token: requests with the token
+    in the query, a header, a malformed request line and an unknown path are all logged, the token never."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    added = setup_logging(LogSettings(level="debug", file=str(tmp_path / "show.log")), stream=stream,
+                          secrets=(TOKEN,))
+    try:
+        with serving("web", token=TOKEN, request_timeout_s=2.0) as (part, path, http):
+            base = part.url
+            assert fetch(f"{base}api/state?token={TOKEN}")[0] == 200
+            assert fetch(f"{base}api/state?ToKeN={TOKEN}&x=1")[0] == 401  # not the parameter, but never logged
+            assert fetch(f"{base}nope/{TOKEN}?token={TOKEN}")[0] == 404
+            assert fetch(f"{base}api/state", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+            assert fetch(f"{base}api/control?token={TOKEN}", "POST", data=b"{not json")[0] == 400
+            assert fetch(f"{base}api/state?token=wrong")[0] == 401
+            for raw in (f"GET /?token={TOKEN} HTTP/9.9\r\n\r\n", f"BREW /?token={TOKEN} HTTP/1.1\r\n\r\n",
+                        f"GET /{'x' * 9000}?token={TOKEN} HTTP/1.1\r\n\r\n", f"GET /?token={TOKEN} HT"):
+                with socket.create_connection(("127.0.0.1", part.port), timeout=20) as s:
+                    s.sendall(raw.encode())
+                    assert _read_all(s).startswith(b"HTTP/1.")
+            # a line from anywhere else that quotes the token (a library, an exception) is scrubbed too
+            logging.getLogger("some.library").debug("fetched http://x/?token=%s", TOKEN)
+            try:
+                raise ValueError(f"bad url /?token={TOKEN}")
+            except ValueError:
+                logging.getLogger("some.library").exception("failed")
+            assert wait_until(lambda: http.stats()["answered"] >= 9 and http.stats()["timed_out"] == 1, 10)
+    finally:
+        for h in added:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(level)
+    for text in (stream.getvalue(), (tmp_path / "show.log").read_text()):
+        assert "web-page" in text and "token=***" in text and "/api/state" in text  # the requests were logged
+        assert "some.library" in text and "bad url" in text
+        assert TOKEN not in text
