@@ -208,6 +208,11 @@ class OscQueryServer:
         return self._http.port
 
     @property
+    def http(self) -> HttpServer:
+        """HttpServer: the server itself (its connection figures: ``http.stats()``)."""
+        return self._http
+
+    @property
     def url(self) -> str:
         return http_url(self.settings.host, self.port)
 

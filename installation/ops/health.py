@@ -55,6 +55,11 @@ class HealthServer:
         return self._http.port
 
     @property
+    def http(self) -> HttpServer:
+        """HttpServer: the server itself (its connection figures: ``http.stats()``)."""
+        return self._http
+
+    @property
     def url(self) -> str:
         """str: the full URL of the endpoint, for logs."""
         return http_url(self.settings.host, self.port, "/health")

@@ -16,44 +16,21 @@ from contextlib import contextmanager
 
 import pytest
 
-from installation.bus import ParamBus, ParamSpec
-from installation.inputs.osc import OscSettings
-from installation.inputs.oscquery import OscQueryServer, OscQuerySettings
-from installation.ops.health import HealthServer, HealthSettings
 from installation.ops.http import WORKERS, HttpLimits, HttpServer, json_response
+from installation.ops.http_bench import OTHERS, slow_connections, surface
 from installation.ops.limits import raise_nofile_limit
 from installation.ops.logs import LogSettings, setup_logging
-from installation.ops.web import WebPage, WebSettings
 from support import wait_until
 
 TOKEN = "tok-3f9a1c77e2b4d5"
-SLOW = 1000
-# "Other clients": 40 loopback addresses besides 127.0.0.1 (all of 127/8 is loopback on Linux), 25 connections each.
-OTHERS = [f"127.0.{1 + i // 200}.{2 + i % 200}" for i in range(40)]
-
-
-def _bus() -> ParamBus:
-    return ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+SLOW = 1000  # from the 40 "other clients" of OTHERS (loopback addresses besides 127.0.0.1), 25 each
 
 
 @contextmanager
 def serving(kind: str, **settings):
     """One of the three surfaces, started on a free port: (part, path a real client asks for, its HttpServer)."""
-    if kind == "health":
-        part = HealthServer(HealthSettings(port=0, **settings), lambda: {"status": "ok"})
-        path = "/health"
-    elif kind == "web":
-        part = WebPage(WebSettings(enabled=True, port=0, **settings), _bus(), lambda: ["a"], lambda: {"status": "ok"})
-        path = "/api/state"
-    else:
-        part = OscQueryServer(OscQuerySettings(enabled=True, port=0, advertise=False, **settings), _bus(), ["a"],
-                              OscSettings(port=9555))
-        path = "/param/speed?VALUE"
-    part.start()
-    try:
-        yield part, path, part._http
-    finally:
-        part.stop()
+    with surface(kind, **settings) as (part, path):
+        yield part, path, part.http
 
 
 def fetch(url: str, method: str = "GET", headers: dict | None = None, data: bytes | None = None,
@@ -65,25 +42,6 @@ def fetch(url: str, method: str = "GET", headers: dict | None = None, data: byte
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
-
-
-def slow_connections(port: int, n: int, host: str = "127.0.0.1") -> tuple[list[socket.socket], list[socket.socket]]:
-    """``n`` connections spread over :data:`OTHERS`: a third send nothing, a third have begun a request (one byte
-    at a time later), a third are websocket upgrades whose headers never end. (sockets, the ones to trickle to)."""
-    socks, trickle = [], []
-    for i in range(n):
-        s = socket.socket()
-        s.bind((OTHERS[i % len(OTHERS)], 0))
-        s.connect((host, port))
-        s.setblocking(False)
-        if i % 3 == 1:
-            s.send(b"G")
-            trickle.append(s)
-        elif i % 3 == 2:
-            s.send(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n".encode())
-        socks.append(s)
-    return socks, trickle
 
 
 @pytest.mark.parametrize("kind", ["health", "web", "oscquery"])
