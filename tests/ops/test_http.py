@@ -220,3 +220,37 @@ def test_the_token_is_in_no_log_line_at_debug_level(tmp_path):
         assert "web-page" in text and "token=***" in text and "/api/state" in text  # the requests were logged
         assert "some.library" in text and "bad url" in text
         assert TOKEN not in text
+
+
+def test_the_runtime_restarts_a_surface_whose_loop_died(tmp_path):
+    """Each surface's loop thread stopped dead (as a crash would): counted as a part death, restarted by the part
+    supervisor within a second of show time, visible in /health, and serving again."""
+    from installation.clock import FixedClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()},
+                     extra="[state]\nenabled = false\n[archive]\nenabled = false\n[web]\nenabled = true\nport = 0\n"
+                           "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, serve_health=True)
+    names = ("health", "web", "oscquery")
+    try:
+        rt.start()
+        for name in names:
+            http = rt.part(name).http
+            http.loop.call_soon_threadsafe(http.loop.stop)  # the loop ends under the server: its thread dies
+        assert wait_until(lambda: not any(rt.part(n).alive for n in names), 10)
+        for _ in range(41):  # to t = 2 s: supervision at t = 1 s, the health report again at t = 2 s
+            rt.step()
+        assert all(rt.part(n).alive for n in names)
+        deaths = rt.health_snapshot()["faults"]["part_deaths"]
+        assert deaths == {"health": 1, "web": 1, "oscquery": 1}, deaths
+        for url in (rt.health_server.url, rt.part("web").url + "api/state", rt.part("oscquery").url):
+            assert fetch(url)[0] == 200, url
+    finally:
+        rt.close()
+        target.close()
