@@ -20,7 +20,7 @@ from installation.ops.http import WORKERS, HttpLimits, HttpServer, json_response
 from installation.ops.http_bench import OTHERS, slow_connections, surface
 from installation.ops.limits import raise_nofile_limit
 from installation.ops.logs import LogSettings, setup_logging
-from support import wait_until
+from support import read_all, wait_until
 
 TOKEN = "tok-3f9a1c77e2b4d5"
 SLOW = 1000  # from the 40 "other clients" of OTHERS (loopback addresses besides 127.0.0.1), 25 each
@@ -89,7 +89,7 @@ def test_one_address_cannot_take_every_place():
             with socket.create_connection(("127.0.0.1", part.port), timeout=20,
                                           source_address=(OTHERS[0], 0)) as s:
                 s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                refused.append(_read_all(s))
+                refused.append(read_all(s))
         assert fetch(part.url + "api/state")[0] == 200  # from 127.0.0.1: its own places
         stats = http.stats()
         for s in held:
@@ -116,25 +116,12 @@ def test_when_full_a_newcomer_takes_the_oldest_slow_ones_place():
                 s.close()
 
 
-def _read_all(s: socket.socket) -> bytes:
-    out = b""
-    s.settimeout(20)
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            return out
-        if not chunk:
-            return out
-        out += chunk
-
-
 def test_a_body_must_arrive_by_the_deadline_and_be_small():
     with serving("web", request_timeout_s=1.0) as (part, path, http):
         with socket.create_connection(("127.0.0.1", part.port), timeout=20) as s:
             s.sendall(b"POST /api/control HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 100\r\n\r\n{\"address\":")  # and never the rest
-            head, _, body = _read_all(s).partition(b"\r\n\r\n")
+            head, _, body = read_all(s).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["code"] == 408
         status, _, body = fetch(part.url + "api/control", "POST", data=b"x" * 9000)
         assert status == 413 and json.loads(body)["reason"] == "too_large"
@@ -203,7 +190,7 @@ def test_the_token_is_in_no_log_line_at_debug_level(tmp_path):
                         f"GET /{'x' * 9000}?token={TOKEN} HTTP/1.1\r\n\r\n", f"GET /?token={TOKEN} HT"):
                 with socket.create_connection(("127.0.0.1", part.port), timeout=20) as s:
                     s.sendall(raw.encode())
-                    assert _read_all(s).startswith(b"HTTP/1.")
+                    assert read_all(s).startswith(b"HTTP/1.")
             # a line from anywhere else that quotes the token (a library, an exception) is scrubbed too
             logging.getLogger("some.library").debug("fetched http://x/?token=%s", TOKEN)
             try:
