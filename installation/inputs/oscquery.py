@@ -30,9 +30,8 @@ import json
 import logging
 import socket
 import threading
-from typing import Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
-from aiohttp import WSMsgType, web
 from pydantic import Field
 
 from installation.bus import ParamBus
@@ -41,6 +40,9 @@ from installation.inputs.surface import Scenes, scene_list
 from installation.ops.http import (HttpLimits, HttpServer, allowed_origin, host_refusal, http_url, json_error,
                                    json_response, respond)
 from installation.parts import PartContext, register
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +196,8 @@ class OscQueryServer:
         self.osc = osc
         self.snapshot = snapshot
         self._http = HttpServer("oscquery", settings.host, settings.port, settings, self._handle,
-                                tasks=(self._pump,))
-        self._clients: dict[web.WebSocketResponse, _Listener] = {}  # on the server's loop only
+                                tasks=(self._pump,), label="OSCQuery")
+        self._clients: dict["web.WebSocketResponse", _Listener] = {}  # on the server's loop only
         self._zeroconf: Any = None
         self._zc_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -330,6 +332,8 @@ class OscQueryServer:
         if len(self._clients) >= self.settings.max_clients:
             self._count("busy")
             return json_error(503, "too many listeners", detail=f"at most {self.settings.max_clients}")
+        from aiohttp import WSMsgType, web  # noqa: PLC0415 - with the server, not the config
+
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
         await ws.prepare(request)
         client = _Listener()

@@ -17,13 +17,15 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from aiohttp import web
 from pydantic import Field
 
 from ..parts import PartContext, register
 from .http import HttpLimits, HttpServer, host_refusal, http_url, json_bytes, json_error, json_response, respond
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ class HealthServer:
     def __init__(self, settings: HealthSettings, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.settings = settings
         self._snapshot = snapshot
-        self._http = HttpServer("health-http", settings.host, settings.port, settings, self._handle)
+        self._http = HttpServer("health-http", settings.host, settings.port, settings, self._handle,
+                                 label="health endpoint")
 
     @property
     def port(self) -> int:

@@ -16,7 +16,9 @@ accepts the connections itself, to hold every one of them to the same rules befo
 The shared request checks live here too: the Host check against DNS rebinding (:func:`host_refusal`), same-origin and
 allowed-origin checks (:func:`same_origin`, :func:`allowed_origin`), the token (:func:`token_ok`), a bounded body read
 with the request's deadline (:func:`read_body`). A part writes one ``async def handle(request)`` and keeps its own
-routes; a websocket is ``aiohttp.web.WebSocketResponse`` on the same port.
+routes; a websocket is ``aiohttp.web.WebSocketResponse`` on the same port. The connection protocol itself is in
+``ops/http_conn.py``, imported when the first server starts: aiohttp is not needed to read a config, and importing
+it takes about a second on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Annotated, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # aiohttp is imported when a server starts, not with the config (it takes a second at load)
+    from aiohttp import web
+
+    from .http_conn import Connection
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[["web.BaseRequest"], Awaitable["web.StreamResponse"]]
 
 MAX_URL = 8192  # bytes of a request line (414 past it)
 MAX_FIELD = 8190  # bytes of a header line (431 past it); differs from MAX_URL so the two errors can be told apart
@@ -58,8 +62,6 @@ ACCEPT_BATCH = 64  # connections accepted per wake-up, so a flood of connections
 WORKERS = 4  # threads per server for calls into the show (snapshots, control messages, JPEG encoding)
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&;#\s]*")
-_METHOD_LINE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/(\d+)\.(\d+)\r?$", re.M)
-_TOKEN_START = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
 
 
 class HttpLimits(BaseModel):
@@ -106,6 +108,8 @@ def respond(code: int, body: bytes, content_type: str = "application/json",
             headers: dict[str, str] | None = None) -> web.Response:
     """An answer that no cache keeps; HEAD gets its headers only (aiohttp drops the body). ``content_type`` may
     name a charset (``text/html; charset=utf-8``)."""
+    from aiohttp import web
+
     ctype, _, params = content_type.partition(";")
     charset = params.strip()[len("charset="):] if params.strip().lower().startswith("charset=") else None
     return web.Response(status=code, body=body, content_type=ctype.strip(), charset=charset,
@@ -129,7 +133,7 @@ def json_error(code: int, error: str | None = None, **extra: Any) -> web.Respons
     return json_response(code, {"error": error or _phrase(code), "code": code, **extra})
 
 
-def _raw_answer(code: int, error: str, detail: str) -> bytes:
+def raw_answer(code: int, error: str, detail: str) -> bytes:
     """A whole JSON answer as bytes, for a connection refused or cut off before aiohttp has a request for it."""
     body = json_bytes({"error": error, "code": code, "detail": detail})
     return (f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: application/json\r\n"
@@ -244,7 +248,7 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     if length is not None and length > limit:
         raise HttpError(413, detail=f"a body of at most {limit} bytes")
     conn = request.protocol
-    deadline = conn.body_deadline if isinstance(conn, _Conn) else asyncio.get_running_loop().time() + 10.0
+    deadline = getattr(conn, "body_deadline", None) or asyncio.get_running_loop().time() + 10.0
     buf = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
@@ -256,152 +260,14 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
                 if len(buf) > limit:
                     raise HttpError(413, detail=f"a body of at most {limit} bytes")
     except TimeoutError:
-        if isinstance(conn, _Conn):
+        if hasattr(conn, "owner"):
             conn.owner.count("timed_out")
         raise HttpError(408, detail="the whole request must arrive in time") from None
 
 
 # -- connections -----------------------------------------------------------------------------------------------------
 
-_READING, _HANDLING, _WRITING = "reading", "handling", "writing"
-
-
-class _Conn(RequestHandler):
-    """aiohttp's protocol for one connection, with the request deadline and its place in the server's counts.
-
-    States: reading (a request is arriving: the deadline cuts it off), handling (the handler runs: its own time),
-    writing (the answer is going out: the client must take it before the deadline)."""
-
-    def __init__(self, manager: web.Server, *, owner: "HttpServer", client: str, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.owner = owner
-        self.client = client
-        self.state = _READING
-        self.deadline = owner.loop_time() + owner.timeout_s
-        self.body_deadline = self.deadline
-        self.evicted = False
-        self._bytes = False  # a byte of the next request has come
-        self._head = b""  # the start of the request (to tell an unknown method or version from garbage)
-        self._request_head = b""
-        self._timer: asyncio.TimerHandle | None = None
-        self._begun = 0.0
-
-    # -- the deadline ---------------------------------------------------------------------------------------------
-    def _set(self, state: str, deadline: float | None = None) -> None:
-        """Enter ``state``; reading and writing run against the deadline (a new one when given), handling does not."""
-        self.state = state
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self.deadline = deadline
-        if state != _HANDLING:
-            self._timer = self._loop.call_at(self.deadline, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        transport = self.transport
-        if transport is None or self.state == _HANDLING:
-            return
-        if self.state == _WRITING:  # the client does not take its answer
-            self.owner.count("timed_out")
-            transport.abort()
-            return
-        if self._bytes:  # a request that did not arrive whole in time
-            self.owner.count("timed_out")
-            transport.write(_raw_answer(408, "request timeout",
-                                        f"the whole request must arrive within {self.owner.timeout_s:g} s"))
-        self.force_close()  # flushes the 408 (if any), then closes
-
-    def begun(self) -> None:
-        """A request's headers are in: the handler runs (its body must still arrive by the same deadline)."""
-        self.body_deadline = self.deadline
-        self._request_head, self._head = self._head, b""  # kept for handle_error (an unparsable request)
-        self._bytes = False
-        self._begun = self.owner.loop_time()
-        self._set(_HANDLING)
-
-    def answered(self) -> None:
-        """The handler has returned: the answer goes out, and must be taken within ``request_timeout_s``."""
-        self._set(_WRITING, self.owner.loop_time() + self.owner.timeout_s)
-
-    # -- aiohttp's protocol ---------------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.evicted:
-            self.force_close()
-            return
-        self._set(_READING)  # the deadline counts from the accept
-
-    def data_received(self, data: bytes) -> None:
-        if self.state == _READING and data:
-            self._bytes = True
-            if len(self._head) < 256:
-                self._head += data[: 256 - len(self._head)]
-        super().data_received(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.owner.release(self)
-        super().connection_lost(exc)
-
-    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
-        """Called by aiohttp once an answer is written: count it, log it (token redacted), wait for the next."""
-        self.owner.count("answered")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug('%s %s "%s %s" %d %.1f ms', self.owner.name, self.client, request.method, logged_target(request),
-                      response.status, (self.owner.loop_time() - self._begun) * 1000)
-        if self.transport is not None:  # kept alive: the next request has its own deadline
-            self._set(_READING, self.owner.loop_time() + self.owner.timeout_s)
-
-    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        """aiohttp's answer to a request it cannot parse (or a handler that failed), as JSON; the request's bytes are
-        never logged or echoed (they may hold a token)."""
-        if request.writer.output_size > 0:
-            raise ConnectionError("an answer was sent already")
-        code, detail = status, None
-        if isinstance(exc, LineTooLong):
-            code = 414 if exc.args[1:2] == (MAX_URL,) else 431
-            detail = (f"a request line of at most {MAX_URL} bytes" if code == 414
-                      else f"header lines of at most {MAX_FIELD} bytes")
-        elif exc is not None and "too many headers" in str(getattr(exc, "message", "")).lower():
-            code, detail = 431, f"at most {MAX_HEADERS} header lines"
-        elif isinstance(exc, BadHttpMethod):
-            if _TOKEN_START.match(self._request_head):
-                code, detail = 501, "GET, HEAD or POST"
-        elif isinstance(exc, BadStatusLine):
-            line = _METHOD_LINE.match(self._request_head.split(b"\n", 1)[0])
-            if line and line.group(1) != b"1":
-                code, detail = 505, "HTTP/1.0 or HTTP/1.1"
-        if code == 500:
-            log.warning("%s: a request from %s failed: %s", self.owner.name, self.client,
-                        type(exc).__name__ if exc is not None else "unknown")
-            log.debug("%s: the failure", self.owner.name, exc_info=exc)
-        else:
-            log.debug("%s: %s answered %d (%s)", self.owner.name, self.client, code, type(exc).__name__)
-        resp = json_error(code, None, **({"detail": detail} if detail else {}))
-        resp.force_close()
-        return resp
-
-
-class _Server(web.Server):
-    """aiohttp's low-level server, making this module's connections and marking each request's start."""
-
-    def __init__(self, handler: Handler, owner: "HttpServer", **kwargs: Any) -> None:
-        super().__init__(handler, request_factory=self._request, handler_cancellation=True, **kwargs)
-        self._owner = owner
-        self._conn_kwargs = kwargs
-
-    def connection(self, client: str) -> _Conn:
-        return _Conn(self, loop=self._loop, owner=self._owner, client=client, **self._conn_kwargs)
-
-    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        if isinstance(protocol, _Conn):
-            protocol.begun()
-        return web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+READING, HANDLING, WRITING = "reading", "handling", "writing"  # a connection's states (ops/http_conn.py)
 
 
 # -- the server ------------------------------------------------------------------------------------------------------
@@ -427,8 +293,9 @@ class HttpServer:
     for the part's supervisor to restart it, if a task fails or the loop dies."""
 
     def __init__(self, name: str, host: str, port: int, limits: HttpLimits, handler: Handler,
-                 tasks: tuple[Callable[[], Awaitable[None]], ...] = ()) -> None:
-        self.name = name
+                 tasks: tuple[Callable[[], Awaitable[None]], ...] = (), label: str = "") -> None:
+        self.name = name  # the thread's name, in log lines
+        self.label = label or name  # what a user calls it ("health endpoint"), in the start-up error
         self.host, self._want_port, self._port = host, port, port
         self.limits = limits
         self.timeout_s = limits.request_timeout_s
@@ -443,7 +310,7 @@ class HttpServer:
         self._executor: ThreadPoolExecutor | None = None
         self._ready = threading.Event()  # set while the loop serves
         self._settled = threading.Event()  # set once the thread serves, or has ended trying
-        self._conns: dict[_Conn, None] = {}  # oldest first
+        self._conns: dict[Connection, None] = {}  # oldest first
         self._per_client: dict[str, int] = {}
         self._lingering: dict[socket.socket, asyncio.TimerHandle] = {}
         self._last_accept_warning = -math.inf
@@ -472,6 +339,9 @@ class HttpServer:
 
     def start(self) -> None:
         """Bind and serve on a thread of its own; OSError naming host:port when it cannot listen there."""
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            self.stop()  # it ended on its own: close what it left before serving again
         with self._lock:
             if self._thread is not None:
                 return
@@ -479,7 +349,7 @@ class HttpServer:
             try:
                 sock = socket.create_server((self.host, self._want_port), family=family, backlog=BACKLOG)
             except OSError as e:
-                raise OSError(e.errno, f"{self.name} cannot listen on {self.host}:{self._want_port}: "
+                raise OSError(e.errno, f"{self.label} cannot listen on {self.host}:{self._want_port}: "
                                        f"{e.strerror or e}") from e
             sock.setblocking(False)
             self._sock = sock
@@ -492,7 +362,7 @@ class HttpServer:
             self._settled.clear()
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
-        self._settled.wait(10)
+        self._settled.wait(30)
 
     def stop(self) -> None:
         """Stop serving, close every connection and the socket; safe to call more than once, or before start()."""
@@ -543,7 +413,9 @@ class HttpServer:
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"{self.name}-call")
         self._conns.clear()
         self._per_client.clear()
-        self._server = _Server(self._wrap, self, keepalive_timeout=self.timeout_s * 2 + 1, access_log=None,
+        from .http_conn import ConnectionServer  # noqa: PLC0415 - aiohttp, once a server starts
+
+        self._server = ConnectionServer(self._wrap, self, keepalive_timeout=self.timeout_s * 2 + 1, access_log=None,
                                max_line_size=MAX_URL, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
                                lingering_time=1.0)
         assert self._sock is not None
@@ -634,7 +506,7 @@ class HttpServer:
         self._loop.create_task(self._attach(conn, sock))
         return not evicted
 
-    async def _attach(self, conn: _Conn, sock: socket.socket) -> None:
+    async def _attach(self, conn: Connection, sock: socket.socket) -> None:
         assert self._loop is not None
         try:
             await self._loop.connect_accepted_socket(lambda: conn, sock)
@@ -645,7 +517,7 @@ class HttpServer:
     def _evict_one(self) -> bool:
         """Close the oldest connection still sending its request (a slow or silent client); False if none is."""
         for conn in self._conns:
-            if conn.state == _READING:
+            if conn.state == READING:
                 conn.evicted = True
                 self.release(conn)
                 self.count("evicted")
@@ -653,7 +525,7 @@ class HttpServer:
                 return True
         return False
 
-    def release(self, conn: _Conn) -> None:
+    def release(self, conn: Connection) -> None:
         """A connection's place is free (closed, or evicted: its socket closes on the next round)."""
         if conn in self._conns:
             del self._conns[conn]
@@ -668,7 +540,7 @@ class HttpServer:
         draining what it sends, so the answer is not lost to a reset), or at once."""
         try:
             sock.setblocking(False)
-            sock.send(_raw_answer(503, error, detail))
+            sock.send(raw_answer(503, error, detail))
         except OSError:
             pass
         if len(self._lingering) >= min(MAX_LINGERING, max(1, self.max_connections // 4)):
@@ -719,6 +591,6 @@ class HttpServer:
             log.debug("%s: the failure", self.name, exc_info=True)
             return json_error(500, "internal error")
         finally:
-            conn = request.protocol
-            if isinstance(conn, _Conn):
-                conn.answered()
+            answered = getattr(request.protocol, "answered", None)
+            if answered is not None:
+                answered()

@@ -24,9 +24,8 @@ import json
 import logging
 import threading
 import time
-from typing import Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from aiohttp import web
 from pydantic import Field, model_validator
 
 from ..bus import ParamBus
@@ -35,6 +34,9 @@ from ..parts import PartContext, register
 from ..render.outputs import LatestFrame
 from .http import (HttpError, HttpLimits, HttpServer, host_refusal, http_url, is_loopback, json_error, json_response,
                    read_body, respond, same_origin, token_ok)
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class PreviewSink(LatestFrame):
     def __init__(self, max_fps: float) -> None:
         super().__init__(max_fps)
         self.watched_until = 0.0
-        self.cond = threading.Condition()
+        self.numbered: tuple[int, Any] = (0, None)
         self.on_frame: Callable[[], None] | None = None
         self._due = 0.0
 
@@ -92,19 +94,12 @@ class PreviewSink(LatestFrame):
 
     def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
         self._due = time.monotonic() + self.period
-        with self.cond:
-            self.frame = (rgb, size, t)
-            self.taken += 1
-            self.cond.notify_all()
+        self.frame = (rgb, size, t)
+        self.taken += 1
+        self.numbered = (self.taken, self.frame)  # one reference, replaced whole: a reader sees a matching pair
         on_frame = self.on_frame
         if on_frame is not None:
             on_frame()
-
-    def newer(self, after: int, timeout: float) -> tuple[int, Any]:
-        """(frame number, frame) of a frame newer than ``after``, waiting up to ``timeout``; the newest otherwise."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.taken > after, timeout)
-            return self.taken, self.frame
 
 
 class WebPage:
@@ -128,7 +123,7 @@ class WebPage:
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._jpeg_lock = threading.Lock()
         self._control_lock = threading.Lock()
-        self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle)
+        self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle, label="web page")
         self._frame_event: asyncio.Event | None = None  # on the server's loop: set (and replaced) on each frame
         self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "previews": 0}
         self._count_lock = threading.Lock()
@@ -155,10 +150,9 @@ class WebPage:
         if self._http.alive:
             return
         s = self.settings
+        self._frame_event = None  # an event of an earlier loop cannot be awaited on the new one
         self._http.start()
-        loop = self._http.loop
-        if loop is not None:
-            self.preview.on_frame = lambda: loop.call_soon_threadsafe(self._frame_arrived)
+        self.preview.on_frame = self._wake_viewers
         if self._presented is not None and self.preview not in self._presented.sinks:
             self._presented.add(self.preview)
         log.info("web control page on %s%s", self.url, " (token required)" if s.token else "")
@@ -221,17 +215,20 @@ class WebPage:
         reasons = [r for r, n in after["rejects"].items() if n > before["rejects"].get(r, 0)]
         return False, reasons[0] if reasons else "rejected"
 
-    def jpeg(self, after: int) -> tuple[int, bytes] | None:
-        """(frame number, JPEG) of the preview, newer than ``after`` if one comes within a second (blocking)."""
-        self.preview.watch()
-        seq, frame = self.preview.newer(after, PREVIEW_WAIT_S)
-        return None if frame is None else self._jpeg_of(seq, frame)
-
     def _jpeg_of(self, seq: int, frame: Any) -> tuple[int, bytes]:
         with self._jpeg_lock:  # once per frame, however many watch
             if self._jpeg[0] != seq:
                 self._jpeg = (seq, self._encode(frame))
             return self._jpeg
+
+    def _wake_viewers(self) -> None:
+        """From the loop's thread after each preview frame: wake the viewers waiting on the server's loop."""
+        loop = self._http.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._frame_arrived)
+            except RuntimeError:
+                pass  # the server's loop has ended (stopping, or dead until the supervisor restarts it)
 
     def _frame_arrived(self) -> None:
         """On the server's loop: wake the viewers waiting for a frame."""
@@ -240,7 +237,8 @@ class WebPage:
             event.set()
 
     async def _newer(self, after: int) -> tuple[int, Any]:
-        """Like :meth:`PreviewSink.newer`, waiting on the server's loop instead of a thread."""
+        """(frame number, frame): a frame newer than ``after`` if one comes within :data:`PREVIEW_WAIT_S`, else the
+        newest (None before the first)."""
         deadline = asyncio.get_running_loop().time() + PREVIEW_WAIT_S
         while self.preview.taken <= after:
             if self._frame_event is None:
@@ -250,7 +248,7 @@ class WebPage:
                     await self._frame_event.wait()
             except TimeoutError:
                 break
-        return self.preview.taken, self.preview.frame
+        return self.preview.numbered
 
     def _encode(self, frame: tuple[bytes, tuple[int, int], Any]) -> bytes:
         import cv2
