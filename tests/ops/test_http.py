@@ -241,3 +241,27 @@ def test_the_runtime_restarts_a_surface_whose_loop_died(tmp_path):
     finally:
         rt.close()
         target.close()
+
+
+def test_the_show_hands_its_web_token_to_the_log_handlers(tmp_path, capfd):
+    """The command's logging set-up (what `installation run` calls) scrubs the config's [web] token."""
+    from installation.cli import _setup_logging
+    from installation.config import load_show
+    from installation.ops.logs import _MARK
+    from support import scene_toml, write_show
+
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=f'[web]\nenabled = true\ntoken = "{TOKEN}"\n')
+    spec = load_show(cfg)
+    assert TOKEN not in repr(spec.config.web)
+    root = logging.getLogger()
+    level = root.level
+    _setup_logging("debug", spec)
+    try:
+        logging.getLogger("some.library").debug("GET /?token=%s", TOKEN)
+    finally:
+        for h in [h for h in root.handlers if getattr(h, _MARK, False)]:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(level)
+    err = capfd.readouterr().err
+    assert "GET /?token=***" in err and TOKEN not in err
