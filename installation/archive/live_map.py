@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.supervise import SupervisedThread, supervised
 from .maps import _colours, _thumb, bounds, layout, pca_fit, pca_project
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class LiveMap:
         self._version = 0
         self._uploaded = -1
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._gl: dict[str, Any] = {}
         self.counts = {"refits": 0, "pictures": 0, "uploads": 0, "draws": 0, "failures": 0}
         self.points = 0
@@ -84,8 +85,7 @@ class LiveMap:
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="live-map", daemon=True)
-            self._thread.start()
+            self._thread = supervised("live-map", self._run, stop=self._stop)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""Logging set-up: stderr (the journal under systemd) plus an optional size-rotated file, safe to call again.
+"""Logging set-up: stderr (the journal under systemd) plus an optional size-rotated file, safe to call again; and
+:class:`RepeatLog`, which logs a fault that repeats once per interval with a count.
 
 Calling :func:`setup_logging` a second time (a reload, a test) replaces only the handlers it added earlier, so lines
 are never duplicated and handlers installed by others (pytest's capture, an embedding app) stay.
@@ -10,8 +11,10 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,3 +78,49 @@ def setup_logging(settings: LogSettings, base_dir: Path | str | None = None, *,
     if problem:
         log.warning(problem)
     return added
+
+
+class RepeatLog:
+    """Logs a fault that may repeat (a full disk, no file descriptors left, a dead peer) once per ``interval``
+    seconds per key, with the count of those it held back: the first occurrence at once (with its traceback when
+    ``exc_info`` is asked for), never a traceback per attempt. Thread-safe; one per owner, keys are few (names)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock=time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: dict[str, list] = {}  # key -> [time of the last line logged, occurrences held back since]
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` if ``key`` was not logged within ``interval``; True when it was logged now."""
+        now = self._clock()
+        with self._lock:
+            seen = self._keys.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                return False
+            held = seen[1] if seen is not None else 0
+            self._keys[key] = [now, 0]
+        if seen is None:
+            self.logger.log(level, msg, *args, exc_info=exc_info)
+        else:  # a repeat: one line, with how many were held back, and no traceback
+            self.logger.log(level, msg + " (%d more like this in the last %.0f s)", *args, held, now - seen[0])
+        return True
+
+    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, exc_info=exc_info)
+
+    def error(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.ERROR, key, msg, *args, exc_info=exc_info)
+
+    def held(self, key: str) -> int:
+        """Occurrences of ``key`` held back since its last logged line."""
+        with self._lock:
+            seen = self._keys.get(key)
+            return seen[1] if seen is not None else 0
+
+    def reset(self, key: str) -> None:
+        """Forget ``key`` (the fault has cleared): its next occurrence is logged at once, traceback included."""
+        with self._lock:
+            self._keys.pop(key, None)

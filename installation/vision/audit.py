@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import queue
-import threading
 from pathlib import Path
 from typing import Any
+
+from ..ops.supervise import SupervisedThread, supervised
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self.errors = 0
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
 
     def start(self) -> None:
         """Open (create) the file and start the writer; OSError when the folder cannot be written (start-up)."""
@@ -41,8 +42,7 @@ class AuditLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
-        self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
-        self._thread.start()
+        self._thread = supervised("audit-log", self._run)
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

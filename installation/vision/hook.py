@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..ops.supervise import supervised
 from ..render.slot import Frame
 from .clip import ClipModel, similarity
 from .describe import Describer, load_vocabulary
@@ -72,8 +73,7 @@ class VisionHook:
         self._description = ""
         self._check_note_at = 0.0
         self._stats_at = 0.0
-        self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
-        self._thread.start()
+        self._thread = supervised("vision", self._run)
 
     def _load(self, model: ClipModel | None = None) -> None:
         """The model, the vocabulary's and the concepts' embeddings (raises what loading raises)."""

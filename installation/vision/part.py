@@ -27,6 +27,7 @@ from typing import Any
 
 from ..bus import Event, ParamSpec
 from ..inputs.prompt_guard import PromptGuard
+from ..ops.supervise import SupervisedThread, supervised
 from ..parts import Moment, PartContext, register
 from .audit import AuditLog
 from .describe import DriftGuard, load_vocabulary
@@ -287,7 +288,7 @@ class SteerWorker:
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._closed = False
         self._steerer = None
         self.rounds = self.jumps = self.faults = 0
@@ -299,8 +300,7 @@ class SteerWorker:
                 return False
             self._job = (scene, seed, tau, params, text, strength)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="vision-steer", daemon=True)
-                self._thread.start()
+                self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
         return True
 

@@ -165,7 +165,7 @@ def test_keeper_saves_on_interval(tmp_path):
     assert keeper.load()["scene_time"] == 105.0
     assert keeper.save_now({**STATE, "scene_time": 106.0})
     assert keeper.load()["scene_time"] == 106.0
-    assert keeper.stats() == {"saves": 3, "frames_saved": 0, "failures": 0, "last_error": ""}
+    assert keeper.stats() == {"saves": 3, "frames_saved": 0, "failures": 0, "last_error": "", "degraded": ""}
 
 
 def test_keeper_never_raises(tmp_path, caplog):
@@ -183,7 +183,8 @@ def test_keeper_never_raises(tmp_path, caplog):
         assert not keeper.save_now({"x": object()})
     assert keeper.failures == 4 and "TypeError" in keeper.last_error
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1  # one warning per run of failures, the rest at debug
+    assert len(warnings) == 1  # one warning per run of failures (then one a minute with a count)
+    assert keeper.stats()["degraded"].startswith(f"saving the show state to {blocker / 'show.json'} fails: ")
     good = StateKeeper(StateSettings(path=str(tmp_path / "ok.json")), clock)
     assert good.save_now(STATE)
 
