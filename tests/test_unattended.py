@@ -283,7 +283,7 @@ def test_kill_9_of_the_show_takes_its_processes_with_it(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
         killed = time.monotonic()
-        gone = wait_until(lambda: not any(_running(k) for k in kids), timeout=10.0, every=0.02)
+        gone = wait_until(lambda: not any(_running(k) for k in kids), timeout=2.0, every=0.02)  # was 4.75 s here
         took = time.monotonic() - killed
     finally:
         if proc.poll() is None:
@@ -370,7 +370,7 @@ def test_sigterm_stops_a_running_show_within_seconds_with_its_state_saved(tmp_pa
     assert "did not stop" not in text and "Traceback" not in text, text
     saved = read_state(state_file)
     assert saved["saved_at"] >= stopped_wall - 0.5 and saved["tau"] > first["tau"]  # saved by the stop
-    assert took < 10.0, (took, text)  # the fade is 1.5 s; seconds of slack for a busy machine
+    assert took < 6.0, (took, text)  # the fade is 1.5 s, 2.3 s in all at a load of 27 (8-15 s before)
     print(f"stopped {took:.2f} s after SIGTERM")
 
 
