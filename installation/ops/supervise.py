@@ -89,15 +89,17 @@ class ThreadRegistry:
 
     def running(self) -> list[str]:
         """Names of the supervised threads alive now."""
+        return sorted(t.name for t in self.live())
+
+    def live(self) -> list["SupervisedThread"]:
+        """The supervised threads alive now (tests and fault drills)."""
         with self._lock:
             threads = list(self._threads)
-        return sorted(t.name for t in threads if t.is_alive())
+        return [t for t in threads if t.is_alive()]
 
     def find(self, name: str) -> list["SupervisedThread"]:
-        """The live supervised threads called ``name`` (tests and fault drills)."""
-        with self._lock:
-            threads = list(self._threads)
-        return [t for t in threads if t.name == name and t.is_alive()]
+        """The live supervised threads called ``name``."""
+        return [t for t in self.live() if t.name == name]
 
 
 THREADS = ThreadRegistry()  # this process's; locked (see ThreadRegistry)

@@ -95,6 +95,22 @@ def test_thread_worker_publishes_frames():
     assert not worker.alive
 
 
+def test_the_decoder_thread_comes_back_after_a_fault_in_its_loop():
+    slot = FrameSlot()
+    worker = DecoderWorker(DecoderGuard(), slot, time.monotonic, max_fps=100)
+    worker.submit(Plan(DecoderSpec("cppn", CPPNSettings(**SMALL))))
+    worker.start()
+    try:
+        assert slot.wait_newer(-1, 30) is not None
+        assert worker._thread.inject()  # an exception nobody expected, raised inside the loop
+        assert wait_until(lambda: worker.crashes == 1, 10)
+        seen = slot.latest().seq
+        assert slot.wait_newer(seen, 30) is not None and worker.alive  # frames again, from the same worker
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
 def test_a_stop_during_a_long_prepare_leaves_no_decoder_behind():
     """Thread isolation: stop() does not wait out a slow model load, and the load that finishes later is released."""
     slot = FrameSlot()
@@ -232,3 +248,21 @@ def test_out_of_memory_frees_and_retries_at_a_lower_resolution():
     good = [f for f in frames if f is not None]
     assert guard.faults["oom"] == 2  # 64 -> 32 -> 16 wide
     assert good and good[-1].shape[1] == 16
+
+
+def test_the_frame_sender_comes_back_after_a_fault_in_its_loop():
+    import multiprocessing as mp
+
+    reader, writer = mp.Pipe(duplex=False)
+    slot = _PipeSlot(writer, DecoderGuard("cpu"))
+    try:
+        slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 1, 0.0, 0.0))
+        assert reader.poll(10) and reader.recv()[1].seq == 1
+        assert wait_until(lambda: slot._pending is None, 5)
+        assert slot._sender.inject()  # raised when the idle sender next wakes
+        slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 2, 0.0, 0.0))  # wakes it: that run ends
+        assert wait_until(lambda: slot._sender.restarts == 1, 10)
+        assert reader.poll(10) and reader.recv()[1].seq == 2  # the frame it held is sent by the next run
+        assert slot._sender.is_alive()
+    finally:
+        slot.close()
