@@ -185,7 +185,7 @@ class Runtime:
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
         self._remote_threads: Counter[str] = Counter()  # the decoder process's threads' deaths, across restarts
-        self._repeats = RepeatLog(log, interval=60.0)  # a part whose restarts keep failing: a line a minute
+        self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
         self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
         self._decoder_seen: dict[str, int] = {}
         self._recent: deque[tuple[float, int]] = deque()  # (show time, decoder faults) in the current scene
@@ -294,7 +294,8 @@ class Runtime:
             self._ops(t)
         except Exception:  # noqa: BLE001 - health, state and schedule never stop the show
             self.faults["ops"] += 1
-            log.exception("periodic unattended-operation work failed")
+            self._repeats.error("ops", "periodic unattended-operation work failed (%d so far)", self.faults["ops"],
+                                exc_info=True)
         self.clock.advance()
 
     def _step(self, t: float, dt: float) -> None:
@@ -310,8 +311,7 @@ class Runtime:
             try:
                 tick = replace(tick, events=tuple(hook(tick.events, Moment(t, dt, self.show.scene))))
             except Exception:  # noqa: BLE001 - a part's fault never stops the show: the events go through
-                self.faults[f"hook.{name}"] += 1
-                log.exception("part %s: events hook failed", name)
+                self._hook_failed(name, "events hook")
         plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
         for ev in rest:
             self._handle(ev)
@@ -322,8 +322,7 @@ class Runtime:
                 try:
                     plan = hook(plan, moment)
                 except Exception:  # noqa: BLE001 - a part's fault never stops the show: the plan goes without it
-                    self.faults[f"hook.{name}"] += 1
-                    log.exception("part %s: plan hook failed", name)
+                    self._hook_failed(name, "plan hook")
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
             self.set_chain(self._chain)
@@ -355,8 +354,7 @@ class Runtime:
             try:
                 draw(self.target.ctx, self.target.framebuffer, self.target.size)
             except Exception:  # noqa: BLE001 - a part's fault never stops the show
-                self.faults[f"overlay.{name}"] += 1
-                log.exception("part %s: overlay failed", name)
+                self._hook_failed(name, "overlay", "overlay")
         self.tap.offer(None if self.lockstep else t)  # the recorder (and any sink) by wall-clock time when live
         self.target.swap()
         self.stats.presented += 1
@@ -369,8 +367,15 @@ class Runtime:
             try:
                 hook(moment)
             except Exception:  # noqa: BLE001 - a part's fault never stops the show
-                self.faults[f"hook.{name}"] += 1
-                log.exception("part %s: tick hook failed", name)
+                self._hook_failed(name, "tick hook")
+
+    def _hook_failed(self, name: str, what: str, kind: str = "hook") -> None:
+        """Count a part's hook that raised (the show goes on without it); one that fails every tick is logged with
+        its traceback once, then a line a minute with the count."""
+        key = f"{kind}.{name}"
+        self.faults[key] += 1
+        self._repeats.error(f"{key}.{what}", "part %s: %s failed (%d so far)", name, what, self.faults[key],
+                            exc_info=True)
 
     def _track_frames(self) -> None:
         """The longest time without a new decoder frame while the decoder should be producing (open, not frozen)."""

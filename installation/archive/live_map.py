@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.logs import RepeatLog
 from ..ops.supervise import SupervisedThread, supervised
 from .maps import _colours, _thumb, bounds, layout, pca_fit, pca_project
 
@@ -77,6 +78,7 @@ class LiveMap:
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self._gl: dict[str, Any] = {}
+        self._repeats = RepeatLog(log, interval=60.0)
         self.counts = {"refits": 0, "pictures": 0, "uploads": 0, "draws": 0, "failures": 0}
         self.points = 0
         self.draw_s = 0.0  # loop-thread time in draw()
@@ -171,7 +173,8 @@ class LiveMap:
                 self._publish(self._mark(base, trail))
             except Exception:  # noqa: BLE001 - a fault in the map never touches the show
                 self.counts["failures"] += 1
-                log.exception("live map: drawing failed")
+                self._repeats.error("draw", "live map: drawing failed (%d so far)", self.counts["failures"],
+                                    exc_info=True)
                 self._stop.wait(5.0)
 
     def _refit(self) -> tuple[Any, Fit] | None:

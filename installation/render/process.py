@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
+from ..ops.logs import RepeatLog
 from ..ops.supervise import THREADS, SupervisedThread, die_with_parent, leave, supervised
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
@@ -115,6 +116,7 @@ class _PipeSlot:
         self.published = 0
         self.superseded = 0
         self.send_errors = 0
+        self._repeats = RepeatLog(log, interval=60.0)
         self._sender = supervised("frame-sender", self._send_loop)
 
     def publish(self, frame: Frame) -> None:
@@ -152,8 +154,8 @@ class _PipeSlot:
                 return  # the parent is gone
             except Exception as e:  # noqa: BLE001 - a frame that cannot be sent is dropped, never the sender
                 self.send_errors += 1
-                if self.send_errors in (1, 100, 10000):
-                    log.warning("could not send a frame to the presenter (%s), %d so far", e, self.send_errors)
+                self._repeats.warning("send", "could not send a frame to the presenter (%s), %d so far", e,
+                                      self.send_errors)
 
     def send(self, kind: str, frame: Frame | None, stats: dict | None) -> None:
         with self._lock:
@@ -280,6 +282,9 @@ class ProcessWorker:
         self._reader: SupervisedThread | None = None
         self._restart_at = 0.0
         self._streak = 0  # processes in a row that ended before they started (sent a first message)
+        self.started = False  # the current process has started (its first message arrived)
+        self.last_delay = 0.0  # the wait before the latest restart, seconds
+        self._repeats = RepeatLog(log, interval=60.0)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -292,6 +297,7 @@ class ProcessWorker:
         proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
                                  args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
                                        self.backoff, self.log_level, self.hooks, os.getpid()))
+        self.started = False
         start_process(proc)
         plans_r.close()
         frames_w.close()
@@ -316,7 +322,6 @@ class ProcessWorker:
         self._ended(conn, proc)
 
     def _receive(self, conn) -> None:
-        started = False
         while True:
             try:
                 kind, frame, stats = conn.recv()
@@ -325,15 +330,15 @@ class ProcessWorker:
             except Exception as e:  # noqa: BLE001 - a message that does not unpickle must not kill the reader
                 log.warning("bad message from the decoder process: %s", e)
                 continue
-            if not started:
-                started = True
+            if not self.started:
+                self.started = True
                 self._streak = 0  # it runs: a restart after its end waits the shortest backoff again
             if kind == "hook":
                 try:
                     if self.on_hook is not None:
                         self.on_hook(stats)
                 except Exception:  # noqa: BLE001 - a bad hook result must not kill the reader
-                    log.exception("a post-render hook's result could not be applied")
+                    self._repeats.error("hook", "a post-render hook's result could not be applied", exc_info=True)
                 continue
             if stats is not None:
                 self.remote = stats
@@ -348,7 +353,7 @@ class ProcessWorker:
         if self._stop.is_set():
             return
         self.crashes += 1
-        delay = self.restart_delay()
+        delay = self.last_delay = self.restart_delay()
         self._streak += 1
         log.error("decoder process ended (exit code %s); restarting in %.1f s", proc.exitcode, delay)
         self._restart_at = time.monotonic() + delay

@@ -16,6 +16,7 @@ import queue
 from pathlib import Path
 from typing import Any
 
+from ..ops.logs import RepeatLog
 from ..ops.supervise import SupervisedThread, supervised
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self._repeats = RepeatLog(log, interval=60.0)
         self._thread: SupervisedThread | None = None
 
     def start(self) -> None:
@@ -70,8 +72,7 @@ class AuditLog:
                 self.written += 1
             except Exception as e:  # noqa: BLE001 - a full disk must not stop the show; counted
                 self.errors += 1
-                if self.errors in (1, 100, 10000):
-                    log.error("audit log %s: cannot write (%s), %d so far", self.path, e, self.errors)
+                self._repeats.error("write", "audit log %s: cannot write (%s), %d so far", self.path, e, self.errors)
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:

@@ -207,6 +207,33 @@ def test_process_worker_survives_its_process_being_killed():
     assert not worker.alive
 
 
+def test_process_restarts_wait_at_most_the_backoff_setting_and_reset_on_a_process_that_started():
+    """``[decoder] restart_backoff_max_s`` bounds the wait between decoder process restarts (30 s was hard-coded),
+    and a process that started resets it, not only one that made a frame: at a load of 15-20 a new process took
+    20-45 s to its first frame and the waits climbed while processes were still starting."""
+    slot = FrameSlot()
+    spec = DecoderSpec("cppn", CPPNSettings(**SMALL))
+    worker = ProcessWorker(slot, "cpu", time.perf_counter(), max_fps=50, threads=1, backoff=(0.2, 0.5))
+    worker.submit(Plan(spec))
+    worker.start()
+    try:
+        delays = []
+        for _ in range(4):  # each process killed at once, long before it could start (import torch, say hello)
+            crashes = worker.crashes
+            assert not worker.started
+            os.kill(worker.pid, signal.SIGKILL)
+            assert wait_until(lambda: worker.crashes == crashes + 1, 30)
+            delays.append(worker.last_delay)
+            assert wait_until(lambda: (worker.submit(Plan(spec)), worker.alive)[1], 30, every=0.01)
+        assert delays == [0.2, 0.4, 0.5, 0.5]
+        assert wait_until(lambda: worker.started, 120)  # this one runs
+        os.kill(worker.pid, signal.SIGKILL)
+        assert wait_until(lambda: worker.crashes == 5, 30)
+        assert worker.last_delay == 0.2  # back to the shortest wait
+    finally:
+        worker.stop()
+
+
 def test_process_worker_reports_a_decoder_that_never_renders(tmp_path):
     from installation.decoders.diffusion import DiffusionSettings
 
