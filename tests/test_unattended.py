@@ -135,8 +135,9 @@ def test_health_endpoint_over_http_while_the_show_runs(tmp_path):
     assert body["rss_mb"] > 10
     assert result["child"] > 10 and body["rss_mb"] > result["child"] + 10  # both processes counted
     for part in ("decoder", "decoder_process_crashes", "tick", "shader", "inputs_rejects", "input_deaths",
-                 "recorder", "state_save"):
+                 "part_deaths", "thread_restarts", "recorder", "state_save"):
         assert part in body["faults"], part
+    assert body["reasons"] == {} and body["faults"]["thread_restarts"] == {}
 
 
 def test_health_port_taken_is_a_start_up_error(tmp_path):
@@ -519,6 +520,27 @@ def test_a_dead_input_thread_is_counted_and_restarted(tmp_path):
             frame(rt, target)
         assert rt.faults["input.osc"] == 1 and rt.osc._thread.is_alive()
         assert rt.health_snapshot()["faults"]["input_deaths"] == {"osc": 1}
+    finally:
+        rt.close()
+        target.close()
+
+
+def test_failing_state_saves_make_health_degraded_with_the_reason_until_they_work_again(tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[state]\ninterval_s = 0.5\npath = "full/show.json"\n')
+    (tmp_path / "full").write_text("a file where the state's folder should be: every save fails")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, keep_state=True)
+    try:
+        rt.start()
+        health = wait_for(lambda: (frame(rt, target), rt.health_snapshot())[1].get("reasons", {}).get("state")
+                          and rt.health_snapshot(), timeout=60, every=0)
+        assert health["status"] == "degraded" and health["faults"]["state_save"] >= 1
+        assert health["reasons"]["state"].startswith(f"saving the show state to {tmp_path / 'full' / 'show.json'} "
+                                                     "fails: FileExistsError")
+        (tmp_path / "full").unlink()  # the disk is fine again
+        wait_for(lambda: (frame(rt, target), rt.health_snapshot())[1]["reasons"] == {}, timeout=60, every=0)
+        assert read_state(tmp_path / "full" / "show.json")["scene"] == "a"
     finally:
         rt.close()
         target.close()

@@ -285,3 +285,16 @@ print(json.dumps({{"during": during, "after": keeper.stats(), "writer": keeper._
     assert out["during"]["degraded"].startswith("saving the show state to "), out
     assert out["after"]["saves"] >= 1 and out["after"]["frames_saved"] >= 1 and out["after"]["degraded"] == ""
     assert out["writer"] and "Exception in thread" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_writer_stuck_on_the_disk_is_reported_as_stalled(tmp_path):
+    clock = FakeClock()
+    keeper = StateKeeper(StateSettings(path=str(tmp_path / "show.json"), interval_s=5.0), clock)
+    with keeper._lock:  # the writer blocks in its save as it would on a hung disk
+        assert keeper.maybe_save(lambda: STATE, background=True)
+        clock.t += 15.0
+        assert keeper.trouble() == ""  # three intervals: not yet
+        clock.t += 1.0
+        assert keeper.maybe_save(lambda: STATE, background=True)  # handed over again: latest wins
+        assert keeper.trouble() == f"no show state written to {tmp_path / 'show.json'} for 16 s"
+    assert keeper.flush(10) and keeper.saves >= 1 and keeper.trouble() == ""
