@@ -126,3 +126,33 @@ def test_repeat_log_levels(caplog, level):
     with caplog.at_level(logging.WARNING, logger="test.levels"):
         getattr(repeats, level)("k", "x")
     assert caplog.records[-1].levelname == level.upper()
+
+
+def test_an_event_loops_repeated_fault_is_logged_once_per_interval(tmp_path):
+    """What an asyncio server logs when no file descriptor is left: the loop's own handler, a traceback per accept
+    attempt. setup_logging's filter on the asyncio logger lets one through a minute, with the count."""
+    import asyncio
+    import io
+
+    from installation.ops.logs import LogSettings, setup_logging
+
+    stream = io.StringIO()
+    logger = logging.getLogger("test.loop-root")
+    setup_logging(LogSettings(), logger=logger, stream=stream)
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(logger.handlers[0])
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            for _ in range(500):
+                try:
+                    raise OSError(24, "Too many open files")
+                except OSError as e:
+                    loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": e})
+        finally:
+            loop.close()
+    finally:
+        asyncio_log.removeHandler(logger.handlers[0])
+        setup_logging(LogSettings(), logger=logger, stream=io.StringIO())
+    text = stream.getvalue()
+    assert text.count("socket.accept() out of system resource") == 1 and text.count("Traceback") == 1
