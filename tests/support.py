@@ -68,3 +68,16 @@ def wait_until(pred, timeout: float = 5.0, every: float = 0.01):
             return value
         time.sleep(every)
     return pred()
+
+
+def read_all(sock) -> bytes:
+    """Everything a socket receives until the other side closes it (or resets it, after an answer)."""
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
