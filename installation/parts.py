@@ -44,7 +44,11 @@ class Part(Protocol):
     decoder inputs (the camera's img2img source) to the plan before it is submitted, and
     ``events(events, moment) -> events`` to hold back or let through the tick's events (Link: scene changes on
     the bar), and ``overlay(ctx, framebuffer, size)`` to draw over the window after the outputs (GL on the loop
-    thread: the archive's live map).
+    thread: the archive's live map). Optional attributes: ``restart_max_s``, the longest wait between restarts
+    after repeated deaths (cheap to restart: short; the default is a minute). A part's ``stats()`` may carry
+    ``degraded``: why it does not do its work now ("" while it does), which /health reports under ``reasons``.
+    Threads a part owns run as :class:`~installation.ops.supervise.SupervisedThread`: a fault in one is counted and
+    it runs again, without the part dying.
     """
 
     def start(self) -> None: ...

@@ -23,7 +23,9 @@ from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modula
 from .modulation import ModMatrix
 from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
 from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
+from .ops.logs import RepeatLog
 from .ops.state import StateKeeper
+from .ops.supervise import THREADS, supervised
 from .parts import Moment, Part, PartContext, PartInfo
 from .render.hooks import HookRunner, apply_result
 from .render.calibration import calibration_path
@@ -45,7 +47,8 @@ BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
 OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
 DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
-INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died
+INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died; a part may say less
+PART_SETTLE_S = 10.0  # a part that ran this long since its last restart is restarted at once when it dies
 
 
 def resolve_device(choice: str) -> str:
@@ -67,7 +70,7 @@ class _Supervised:
     info: PartInfo
     running: bool = False  # started by the runtime and not stopped: a part found not alive then has died
     retry_at: float | None = None  # show time of the next restart attempt (None: none pending)
-    streak: int = 0  # deaths in a row (the restart delay doubles with each)
+    streak: int = 0  # deaths soon after a restart, and failed restarts, in a row (the delay doubles with each)
     started: float | None = None  # show time of the last restart
 
 
@@ -188,6 +191,9 @@ class Runtime:
         self._scene_before_close: str | None = None
         self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
+        self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
+        self._remote_threads: Counter[str] = Counter()  # the decoder process's threads' deaths, across restarts
+        self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
         self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
         self._decoder_seen: dict[str, int] = {}
         self._recent: deque[tuple[float, int]] = deque()  # (show time, decoder faults) in the current scene
@@ -296,7 +302,8 @@ class Runtime:
             self._ops(t)
         except Exception:  # noqa: BLE001 - health, state and schedule never stop the show
             self.faults["ops"] += 1
-            log.exception("periodic unattended-operation work failed")
+            self._repeats.error("ops", "periodic unattended-operation work failed (%d so far)", self.faults["ops"],
+                                exc_info=True)
         self.clock.advance()
 
     def _step(self, t: float, dt: float) -> None:
@@ -312,8 +319,7 @@ class Runtime:
             try:
                 tick = replace(tick, events=tuple(hook(tick.events, Moment(t, dt, self.show.scene))))
             except Exception:  # noqa: BLE001 - a part's fault never stops the show: the events go through
-                self.faults[f"hook.{name}"] += 1
-                log.exception("part %s: events hook failed", name)
+                self._hook_failed(name, "events hook")
         plan, rest = self.show.update(t, dt, tick, frozen=self.frozen)
         for ev in rest:
             self._handle(ev)
@@ -324,8 +330,7 @@ class Runtime:
                 try:
                     plan = hook(plan, moment)
                 except Exception:  # noqa: BLE001 - a part's fault never stops the show: the plan goes without it
-                    self.faults[f"hook.{name}"] += 1
-                    log.exception("part %s: plan hook failed", name)
+                    self._hook_failed(name, "plan hook")
         if tuple(scene.shaders) != self._chain:
             self._chain = tuple(scene.shaders)
             self.set_chain(self._chain)
@@ -357,8 +362,7 @@ class Runtime:
             try:
                 draw(self.target.ctx, self.target.framebuffer, self.target.size)
             except Exception:  # noqa: BLE001 - a part's fault never stops the show
-                self.faults[f"overlay.{name}"] += 1
-                log.exception("part %s: overlay failed", name)
+                self._hook_failed(name, "overlay", "overlay")
         self.tap.offer(None if self.lockstep else t)  # the recorder (and any sink) by wall-clock time when live
         self.target.swap()
         self.stats.presented += 1
@@ -371,8 +375,15 @@ class Runtime:
             try:
                 hook(moment)
             except Exception:  # noqa: BLE001 - a part's fault never stops the show
-                self.faults[f"hook.{name}"] += 1
-                log.exception("part %s: tick hook failed", name)
+                self._hook_failed(name, "tick hook")
+
+    def _hook_failed(self, name: str, what: str, kind: str = "hook") -> None:
+        """Count a part's hook that raised (the show goes on without it); one that fails every tick is logged with
+        its traceback once, then a line a minute with the count."""
+        key = f"{kind}.{name}"
+        self.faults[key] += 1
+        self._repeats.error(f"{key}.{what}", "part %s: %s failed (%d so far)", name, what, self.faults[key],
+                            exc_info=True)
 
     def _track_frames(self) -> None:
         """The longest time without a new decoder frame while the decoder should be producing (open, not frozen)."""
@@ -461,9 +472,9 @@ class Runtime:
 
     def _reload_hooks(self, spec: ShowSpec) -> None:
         """After a reload: when the post-render hooks' options changed (a scene's ``[vision] negative`` concepts,
-        ``[decoder] hooks``), the decoder gets them: a new hook runner here, or its process restarted with them on
-        a thread of its own (the last frame stays on screen until the new one publishes; a frame check holds frames
-        until its model is loaded again)."""
+        ``[decoder] hooks``), the decoder gets them: a new hook runner here, or its process stopped on a thread of
+        its own and started again with them by the loop (the last frame stays on screen until the new one
+        publishes; a frame check holds frames until its model is loaded again)."""
         specs = _hook_specs(spec)
         if specs == self._hook_specs:
             return
@@ -484,9 +495,9 @@ class Runtime:
                 worker.hooks = specs
                 if checked:
                     self._await_frame = self.slot.published  # the old process's frames are all in
-                worker.start()
+                worker.restart_soon()  # the loop thread starts it: a child dies with the thread that started it
 
-            threading.Thread(target=restart, name="decoder-restart", daemon=True).start()
+            supervised("decoder-restart", restart)
             return
         old, self.hooks = self.hooks, HookRunner(specs, self._hook_result)
         if worker is not None:
@@ -574,18 +585,19 @@ class Runtime:
         counts = {**d.get("faults", {}), "process_crash": d.get("process_crashes", 0)}
         new = 0
         for kind, n in counts.items():
-            last = self._decoder_seen.get(kind, 0)
-            delta = n - last if n >= last else n  # a restarted decoder process counts from zero again
-            self._decoder_seen[kind] = n
+            delta = self._decoder_delta(kind, n)
             if delta > 0:
                 self.decoder_faults[kind] += delta
                 new += delta
+        for name, n in d.get("thread_restarts", {}).items():
+            self._remote_threads[name] += max(self._decoder_delta(f"thread:{name}", n), 0)
         rec = self.recorder
         if rec is not None and rec.failed and not self._recorder_failed:
             self._recorder_failed = True
             self.faults["recorder"] += 1
         total = sum(self.decoder_faults.values()) + sum(self.faults.values()) + self.stats.tick_faults + \
-            sum(s.get("failures", 0) for s in self._part_stats.values())  # the parts' own (failed state saves)
+            sum(s.get("failures", 0) for s in self._part_stats.values()) + \
+            sum(self.thread_restarts().values())  # the parts' own (failed state saves) and threads' deaths
         if total > self._fault_total:
             self._last_fault_t = t
         self._fault_total = total
@@ -611,32 +623,48 @@ class Runtime:
             self.show.play_detour(safe, t, retry)
             self._recent.clear()
 
+    def _decoder_delta(self, key: str, n: int) -> int:
+        """How much the decoder's counter ``key`` grew since the last look (a restarted process counts from 0)."""
+        last = self._decoder_seen.get(key, 0)
+        self._decoder_seen[key] = n
+        return n - last if n >= last else n
+
     def _supervise(self, t: float) -> None:
-        """A part whose worker died (not ``alive`` while it should run) is counted and restarted, at once the first
-        time, then with a backoff that doubles up to a minute; after a minute running well its deaths are forgotten."""
+        """A part whose worker died (not ``alive`` while it should run) is counted once and restarted: at once when it
+        had run PART_SETTLE_S since its last restart, else after a delay that doubles (1 s, 2 s, ...) with each quick
+        death or failed restart in a row, up to the part's ``restart_max_s`` (INPUT_BACKOFF_MAX when it has none: a
+        socket that can be reopened at once, the OSC input's, says 1 s)."""
         for name, part in self.parts.items():
             sup = self._supervised[name]
-            if not sup.running:
+            if not sup.running or sup.retry_at is None and part.alive:
                 continue
-            if part.alive:
-                if sup.streak and sup.retry_at is None and t - (sup.started if sup.started is not None else t) > \
-                        INPUT_BACKOFF_MAX:
-                    sup.streak = 0  # it has run a good while since: forget the old deaths
-                continue
-            if sup.retry_at is None:
+            if sup.retry_at is None:  # a death, seen for the first time
                 self.faults[sup.info.fault_key] += 1
-                delay = min(2.0 ** sup.streak, INPUT_BACKOFF_MAX) if sup.streak else 0.0
+                if sup.started is None or t - sup.started >= PART_SETTLE_S:
+                    sup.streak = 0  # it had run a good while: its earlier deaths are forgotten
+                sup.retry_at = t + self._restart_delay(part, sup)
                 log.error("%s %s stopped unexpectedly; restarting in %.0f s",
-                          "input" if sup.info.is_input else "part", name, delay)
-                sup.retry_at, sup.streak = t + delay, sup.streak + 1
-            if t >= sup.retry_at:
-                try:
-                    part.stop()
-                    part.start()
-                    sup.started = t
-                except Exception as e:  # noqa: BLE001 - try again later
-                    log.warning("restarting %s failed: %s", name, e)
-                sup.retry_at = None
+                          "input" if sup.info.is_input else "part", name, sup.retry_at - t)
+            if t < sup.retry_at:
+                continue
+            try:
+                part.stop()
+                part.start()
+            except Exception as e:  # noqa: BLE001 - try again later; one death, however many attempts
+                sup.retry_at = t + self._restart_delay(part, sup)
+                self._repeats.warning(f"restart.{name}", "restarting %s failed (%s); trying again in %.0f s", name,
+                                      e, sup.retry_at - t)
+                continue
+            sup.started, sup.retry_at = t, None
+            self._repeats.reset(f"restart.{name}")
+
+    @staticmethod
+    def _restart_delay(part: Part, sup: _Supervised) -> float:
+        """The wait before the next restart attempt of ``part``; each call counts one more in its streak."""
+        cap = float(getattr(part, "restart_max_s", INPUT_BACKOFF_MAX))
+        delay = min(2.0 ** (sup.streak - 1), cap) if sup.streak else 0.0
+        sup.streak += 1
+        return delay
 
     def _status_line(self) -> str:
         return (f"{'open' if self.open else 'closed'}; scene {self.show.scene.name}; {self.present_fps:.0f} fps; "
@@ -884,15 +912,31 @@ class Runtime:
             return {**self.worker.remote, "process_crashes": self.worker.crashes}
         return self.guard.stats()
 
+    def thread_restarts(self) -> dict[str, int]:
+        """Deaths of supervised threads (each restarted) since this runtime was built, by thread name; the decoder
+        process's threads included."""
+        local = Counter(THREADS.restarts(since=self._threads_since))
+        return dict(sorted((local + self._remote_threads).items()))
+
+    def _reasons(self) -> dict[str, str]:
+        """What makes the show degraded now: a part that says so in its stats' ``degraded`` (state saves failing or
+        stalled), and threads that died within DEGRADED_FOR seconds (with their last error)."""
+        reasons = {name: s["degraded"] for name, s in self._part_stats.items() if s.get("degraded")}
+        died = self.thread_restarts()
+        reasons.update({f"thread.{name}": f"restarted after {error}"
+                        for name, error in THREADS.recent(DEGRADED_FOR).items() if name in died})
+        return reasons
+
     def health_snapshot(self) -> dict[str, Any]:
         """The latest health report (refreshed by the loop about once a second); safe from any thread."""
         with self._health_lock:
             return self._health
 
     def _snapshot(self, t: float) -> dict[str, Any]:
+        reasons = self._reasons()
         if not self.open:
             status = "closed"
-        elif self._last_fault_t is not None and t - self._last_fault_t < DEGRADED_FOR:
+        elif reasons or self._last_fault_t is not None and t - self._last_fault_t < DEGRADED_FOR:
             status = "degraded"
         else:
             status = "ok"
@@ -911,13 +955,15 @@ class Runtime:
             "input_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("input.")},
             "part_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("part.")},
             "part_hooks": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("hook.")},
+            "thread_restarts": self.thread_restarts(),
             "recorder": self.faults.get("recorder", 0),
             "state_save": stats.get("state", {}).get("failures", 0),
             "fallbacks": self.faults.get("fallback", 0),
             "reload": self.faults.get("reload", 0),
         }
         return {
-            "status": status, "uptime_s": round(time.monotonic() - self._born, 1), "scene": pos["scene"],
+            "status": status, "reasons": reasons, "uptime_s": round(time.monotonic() - self._born, 1),
+            "scene": pos["scene"],
             "show_time_s": round(pos["scene_time"], 2),
             "position": {"scene": pos["scene"], "scene_time_s": round(pos["scene_time"], 2),
                          "tau": round(pos["tau"], 3), "seed": pos["seed"]},

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..ops.logs import RepeatLog
+from ..ops.supervise import SupervisedThread, supervised
 from .maps import _colours, _thumb, bounds, layout, pca_fit, pca_project
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,9 @@ class LiveMap:
         self._version = 0
         self._uploaded = -1
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._gl: dict[str, Any] = {}
+        self._repeats = RepeatLog(log, interval=60.0)
         self.counts = {"refits": 0, "pictures": 0, "uploads": 0, "draws": 0, "failures": 0}
         self.points = 0
         self.draw_s = 0.0  # loop-thread time in draw()
@@ -84,8 +87,7 @@ class LiveMap:
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="live-map", daemon=True)
-            self._thread.start()
+            self._thread = supervised("live-map", self._run, stop=self._stop)
 
     def stop(self) -> None:
         self._stop.set()
@@ -171,7 +173,8 @@ class LiveMap:
                 self._publish(self._mark(base, trail))
             except Exception:  # noqa: BLE001 - a fault in the map never touches the show
                 self.counts["failures"] += 1
-                log.exception("live map: drawing failed")
+                self._repeats.error("draw", "live map: drawing failed (%d so far)", self.counts["failures"],
+                                    exc_info=True)
                 self._stop.wait(5.0)
 
     def _refit(self) -> tuple[Any, Fit] | None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..bus import Event
+from ..ops.supervise import SupervisedThread, supervised
 from ..parts import Moment, PartContext
 from .store import Store, archive_file, pack_latent, pack_vector, to_json
 
@@ -94,7 +95,7 @@ class Archive:
         self._first_sent = False
         self._models: set[int] = set()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._store: Store | None = None
         self._last_t = 0.0
         self._scene = ""
@@ -132,8 +133,7 @@ class Archive:
         if self.feeder is not None:
             self.feeder.start()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="archive", daemon=True)
-        self._thread.start()
+        self._thread = supervised("archive", self._run, stop=self._stop)
         if self.live_map is not None:
             self.live_map.start()
 

@@ -8,6 +8,8 @@ import time
 from collections import deque
 from typing import Any
 
+from installation.ops.supervise import SupervisedThread, supervised
+
 log = logging.getLogger(__name__)
 
 # Counters of what an input delivers, and the names its rate and the age of the newest delivery go by in stats().
@@ -95,7 +97,7 @@ class ThreadedInput:
 
     def __init__(self, stats: dict[str, Any]) -> None:
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._lock = threading.Lock()
         key = self.delivery_key or next((k for k in DELIVERIES if k in stats), None)
         self._stats: _Counters = _Counters({"state": "stopped", **stats}, key)
@@ -108,8 +110,7 @@ class ThreadedInput:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
-        self._thread.start()
+        self._thread = supervised(self.thread_name, self._run, stop=self._stop)
 
     def stop(self) -> None:
         """Stop the worker and release the source; safe to call twice."""

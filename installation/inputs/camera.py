@@ -19,6 +19,7 @@ import glob
 import logging
 import math
 import multiprocessing as mp
+import os
 import re
 import time
 from dataclasses import replace
@@ -209,7 +210,7 @@ class CameraInput(ThreadedInput):
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         proc = ctx.Process(target=worker_main, name="installation-camera", daemon=True,
                            args=(self.settings, child_conn, control_r, wanted,
-                                 level if level in ("debug", "info", "warning", "error") else "info"))
+                                 level if level in ("debug", "info", "warning", "error") else "info", os.getpid()))
         try:
             start_process(proc)
         except Exception as exc:  # noqa: BLE001 - counted as a death by the supervisor; retried with backoff

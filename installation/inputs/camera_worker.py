@@ -314,10 +314,16 @@ class Capture:
         return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_level: str = "info") -> None:
+def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_level: str = "info",
+        parent: int = 0) -> None:
     """Entry point of the camera process: messages go up ``conn``; ``control`` closing is the stop; ``wanted`` is a
-    shared double, the time (``time.monotonic()``) the parent last asked for a frame."""
+    shared double, the time (``time.monotonic()``) the parent last asked for a frame. It dies with ``parent`` (the
+    show's process id), also when that is killed."""
     from installation.ops.logs import LogSettings, setup_logging
+    from installation.ops.supervise import die_with_parent, leave
+
+    if parent:
+        die_with_parent(parent)
 
     setup_logging(LogSettings(level=log_level))  # stderr, as the parent's and the decoder process's
     if settings.nice:
@@ -345,3 +351,4 @@ def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_leve
     finally:
         conn.close()
         control.close()
+    leave(0)  # no interpreter teardown: the parent waits for this process to end

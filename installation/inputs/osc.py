@@ -265,6 +265,8 @@ class OscServer:
     """OSC over UDP in front of a :class:`ControlSurface`. ``start()`` binds and serves in a thread; ``tick()`` (the
     runtime calls it once per loop tick) sends feedback. A :class:`~installation.parts.Part`."""
 
+    restart_max_s = 0.0  # a socket costs nothing to reopen: the runtime restarts it at once, and retries each second
+
     def __init__(
         self,
         settings: OscSettings,

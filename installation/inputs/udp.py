@@ -26,12 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from installation.ops.logs import RepeatLog
+from installation.ops.supervise import SupervisedThread, supervised
+
 log = logging.getLogger(__name__)
 
 Address = tuple[Any, ...]
 
 _LOOPBACK_KEY = "loopback"
 _MAX_DGRAM = 65536  # the largest UDP payload fits (65,507 bytes over IPv4)
+REOPEN_MAX_S = 1.0  # the longest wait between two tries to get a failed receiver going again
 
 
 # -- who is a sender ------------------------------------------------------------------------------------------------
@@ -158,7 +162,10 @@ class UdpReceiver:
     process may use SO_RCVBUFFORCE); what was granted is in :meth:`stats`. Up to ``batch`` datagrams are taken per
     wake-up; ``on_idle()`` runs in the same thread after each batch and at least every ``idle_every`` seconds, and
     returns how soon it wants to run again (or None). Nothing raised by a callback reaches the thread's top: it is
-    counted as ``callback_errors``. Datagrams are read whole (64 KiB), so none is ever truncated.
+    counted as ``callback_errors``. Datagrams are read whole (64 KiB), so none is ever truncated. A receiver that
+    fails (no file descriptor left for its selector, its socket closed under it) is counted in ``socket_errors`` and
+    gets going again at once, then every REOPEN_MAX_S at most while it cannot (``reopens`` counts new sockets): the
+    port is never deaf for longer than the fault lasts.
     """
 
     def __init__(self, host: str, port: int, on_datagram: Callable[[bytes, Address], None], *,
@@ -172,13 +179,15 @@ class UdpReceiver:
         self._idle_every = idle_every
         self._name = name
         self.sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._stop = threading.Event()
         self._inode = 0
         self.datagrams = 0
         self.wakeups = 0
         self.socket_errors = 0
         self.callback_errors = 0
+        self.reopens = 0
+        self._repeats = RepeatLog(log, interval=60.0)
 
     @property
     def address(self) -> Address | None:
@@ -215,8 +224,7 @@ class UdpReceiver:
             return
         self.bind()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+        self._thread = supervised(self._name, self._run, stop=self._stop)
 
     def stop(self) -> None:
         """Stop the thread and close the socket; safe to call twice."""
@@ -251,7 +259,8 @@ class UdpReceiver:
         k = self.kernel_counters()
         return {"datagrams": self.datagrams, "kernel_drops": None if k is None else k["drops"],
                 "rx_queue_bytes": None if k is None else k["rx_queue"], "rcvbuf_bytes": self.rcvbuf_bytes(),
-                "socket_errors": self.socket_errors, "callback_errors": self.callback_errors}
+                "socket_errors": self.socket_errors, "callback_errors": self.callback_errors,
+                "reopens": self.reopens}
 
     # -- the thread ----------------------------------------------------------------------------------------------
     def _idle(self) -> float:
@@ -275,11 +284,35 @@ class UdpReceiver:
         return out
 
     def _run(self) -> None:
-        sock = self.sock
-        assert sock is not None
+        """The receive thread (supervised): serve; when serving fails, try again at once, then after a wait that
+        doubles up to REOPEN_MAX_S, with a new socket if the old one is closed; until stopped."""
+        streak, wait = 0, 0.0
+        while not self._stop.wait(wait):
+            began = time.monotonic()
+            try:
+                sock = self.sock
+                if sock is None or sock.fileno() < 0:
+                    self.sock = None
+                    self.bind()
+                    self.reopens += 1
+                    log.info("UDP receiver on %s:%s: listening again", self.host, self.port)
+                self._serve(self.sock)
+                return  # stopped
+            except (OSError, ValueError) as e:
+                if self._stop.is_set():
+                    return
+                self.socket_errors += 1
+                if time.monotonic() - began > 10.0:
+                    streak = 0  # it had served a good while: try again at once
+                wait = min(0.05 * 2 ** (streak - 1), REOPEN_MAX_S) if streak else 0.0
+                streak += 1
+                self._repeats.error("serve", "UDP receiver on %s:%s failed (%s); trying again in %.2f s",
+                                    self.host, self.port, e, wait)
+
+    def _serve(self, sock: socket.socket) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(sock, selectors.EVENT_READ)
         try:
+            sel.register(sock, selectors.EVENT_READ)
             wait = self._idle_every
             while not self._stop.is_set():
                 if not sel.select(wait):
@@ -306,10 +339,6 @@ class UdpReceiver:
                     wait = self._idle()
                     if len(batch) < self._batch_n:
                         break
-        except (OSError, ValueError):
-            if not self._stop.is_set():
-                self.socket_errors += 1
-                log.exception("UDP receiver on %s:%s stopped", self.host, self.port)
         finally:
             sel.close()
 

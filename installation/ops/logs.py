@@ -1,4 +1,6 @@
-"""Logging set-up: stderr (the journal under systemd) plus an optional size-rotated file, safe to call again.
+"""Logging set-up: stderr (the journal under systemd) plus an optional size-rotated file, safe to call again; and
+:class:`RepeatLog`, which logs a fault that repeats once per interval with a count (and :class:`RepeatFilter`, which
+does the same to the records of a library's logger).
 
 Calling :func:`setup_logging` a second time (a reload, a test) replaces only the handlers it added earlier, so lines
 are never duplicated and handlers installed by others (pytest's capture, an embedding app) stay.
@@ -10,8 +12,10 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Annotated, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +108,12 @@ def setup_logging(settings: LogSettings, base_dir: Path | str | None = None, *,
         setattr(h, _MARK, True)
         h.addFilter(redact)
         target.addHandler(h)
+    loop_log = logging.getLogger("asyncio")  # event loops log a fault per attempt: once a minute, with a count
+    for f in [f for f in loop_log.filters if getattr(f, _MARK, False)]:
+        loop_log.removeFilter(f)
+    repeats = RepeatFilter()
+    setattr(repeats, _MARK, True)
+    loop_log.addFilter(repeats)
     # Python warnings (library deprecations) go to the same places. Re-arm: captureWarnings(True) is a no-op when it
     # believes it is already capturing, even if something (a warnings.catch_warnings block) undid that since.
     logging.captureWarnings(False)
@@ -111,3 +121,85 @@ def setup_logging(settings: LogSettings, base_dir: Path | str | None = None, *,
     if problem:
         log.warning(problem)
     return added
+
+
+class RepeatLog:
+    """Logs a fault that may repeat (a full disk, no file descriptors left, a dead peer) once per ``interval``
+    seconds per key, with the count of those it held back: the first occurrence at once (with its traceback when
+    ``exc_info`` is asked for), never a traceback per attempt. Thread-safe; one per owner, keys are few (names)."""
+
+    MAX_KEYS = 1000  # more distinct keys than this (a message with a varying first line): start counting afresh
+
+    def __init__(self, logger: logging.Logger | None, interval: float = 60.0, clock=time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: dict[str, list] = {}  # key -> [time of the last line logged, occurrences held back since]
+
+    def take(self, key: str) -> tuple[int, float | None] | None:
+        """Whether ``key`` may be logged now: None (held back, counted), or (occurrences held back since its last
+        line, seconds since that line); (0, None) the first time."""
+        now = self._clock()
+        with self._lock:
+            seen = self._keys.get(key)
+            if seen is not None and now - seen[0] < self.interval:
+                seen[1] += 1
+                return None
+            if seen is None and len(self._keys) >= self.MAX_KEYS:
+                self._keys.clear()
+            self._keys[key] = [now, 0]
+        return (0, None) if seen is None else (seen[1], now - seen[0])
+
+    def log(self, level: int, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` if ``key`` was not logged within ``interval``; True when it was logged now."""
+        taken = self.take(key)
+        if taken is None:
+            return False
+        held, since = taken
+        if since is None:
+            self.logger.log(level, msg, *args, exc_info=exc_info)
+        else:  # a repeat: one line, with how many were held back, and no traceback
+            self.logger.log(level, msg + " (%d more like this in the last %.0f s)", *args, held, since)
+        return True
+
+    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, exc_info=exc_info)
+
+    def error(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.ERROR, key, msg, *args, exc_info=exc_info)
+
+    def held(self, key: str) -> int:
+        """Occurrences of ``key`` held back since its last logged line."""
+        with self._lock:
+            seen = self._keys.get(key)
+            return seen[1] if seen is not None else 0
+
+    def reset(self, key: str) -> None:
+        """Forget ``key`` (the fault has cleared): its next occurrence is logged at once, traceback included."""
+        with self._lock:
+            self._keys.pop(key, None)
+
+
+class RepeatFilter(logging.Filter):
+    """A logging filter: warnings and errors with the same first line pass once per ``interval`` seconds, each later
+    one with the count of those held back and without its traceback. ``setup_logging`` puts one on the ``asyncio``
+    logger, whose event loops log a fault per attempt: with no file descriptors left, "socket.accept() out of system
+    resource" with its traceback 3,152 times in 30 s (1.4 MB) from one server's accept loop."""
+
+    def __init__(self, interval: float = 60.0, clock=time.monotonic) -> None:
+        super().__init__()
+        self._repeats = RepeatLog(None, interval, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        taken = self._repeats.take(message.split("\n", 1)[0])
+        if taken is None:
+            return False
+        held, since = taken
+        if since is not None:
+            record.msg, record.args = f"{message} ({held} more like this in the last {since:.0f} s)", None
+            record.exc_info = record.exc_text = None
+        return True

@@ -23,10 +23,13 @@ from typing import Annotated, Any, Callable, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..parts import Moment, PartContext, register
+from .logs import RepeatLog
+from .supervise import SupervisedThread, supervised
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+STALLED_AFTER = 3  # save intervals without a written state (one was due) before health says saving is stalled
 MAX_STATE_BYTES = 1 << 20  # a show state is a few KiB; anything bigger is not ours
 FRAME_EDGE = 960  # the long edge of the picture kept beside the state, pixels
 
@@ -247,11 +250,13 @@ class StateKeeper:
         self._pending_cond = threading.Condition()
         self._pending: dict[str, Any] | None = None
         self._writing = False
-        self._writer: threading.Thread | None = None
+        self._writer: SupervisedThread | None = None
+        self._handed: float | None = None  # when the oldest state not yet written was handed to the writer
         self.saves = 0
         self.failures = 0
         self.last_error = ""
         self._failing = False
+        self._repeats = RepeatLog(log, interval=60.0)  # a dead disk: one line a minute with a count, not one a save
         # The picture on the wall, kept beside the state (a presented-frame sink): a resumed show opens on it while
         # its decoder starts. Taken with each periodic save, never at stop (the stop fade is black by then).
         self.frame_path = self.path.with_name(self.path.stem + ".frame.png")
@@ -292,13 +297,16 @@ class StateKeeper:
         self._want_frame = True  # the next presented frame goes with this save
         with self._pending_cond:
             self._pending = dict(state)  # latest wins: a write still in progress just gets the newer state next
+            if self._handed is None:
+                self._handed = t
             self._pending_cond.notify()
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, name="state-writer", daemon=True)
-                self._writer.start()
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = supervised("state-writer", self._write_loop)
         return True
 
     def _write_loop(self) -> None:
+        """The writer thread (supervised): writes the newest state and frame handed to it; a failing write is a
+        counted fault, never the thread's end."""
         while True:
             with self._pending_cond:
                 while self._pending is None and self._frame is None:
@@ -335,24 +343,26 @@ class StateKeeper:
 
     def _save_frame(self, rgb: bytes, size: tuple[int, int]) -> None:
         """Write the frame as a PNG (long edge at most FRAME_EDGE) beside the state, atomically; a black frame (a
-        blackout, a closed gallery) keeps the picture saved before it."""
-        import cv2
-        import numpy as np
-
-        w, h = size
-        img = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]
-        if img.max() < 8:
-            return
-        scale = FRAME_EDGE / max(w, h)
-        if scale < 1.0:
-            img = cv2.resize(img, (max(round(w * scale), 1), max(round(h * scale), 1)), interpolation=cv2.INTER_AREA)
+        blackout, a closed gallery) keeps the picture saved before it. Any failure (a full disk, no file descriptors
+        left, opencv missing) is a counted fault: the state saves go on."""
         try:
+            import cv2  # imported at start() already: an import here, with no descriptors left, killed the writer
+            import numpy as np
+
+            w, h = size
+            img = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]
+            if img.max() < 8:
+                return
+            scale = FRAME_EDGE / max(w, h)
+            if scale < 1.0:
+                img = cv2.resize(img, (max(round(w * scale), 1), max(round(h * scale), 1)),
+                                 interpolation=cv2.INTER_AREA)
             ok, png = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
             if not ok:
                 raise OSError("PNG encoding failed")
             write_atomic(self.frame_path, png.tobytes())
             self.frames_saved += 1
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - the picture is a nicety; the writer must go on saving the state
             self._failed(e, "saving the frame of")
 
     def saved_frame(self) -> "Any | None":
@@ -372,13 +382,33 @@ class StateKeeper:
         return self._save(state)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the health report."""
+        """Counters for the health report, and ``degraded``: why saving does not work now ("" while it does)."""
         return {"saves": self.saves, "frames_saved": self.frames_saved, "failures": self.failures,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "degraded": self.trouble()}
+
+    def trouble(self) -> str:
+        """Why the show state is not being saved now, or "": the last attempt failed, or states handed to the
+        writer have gone unwritten for STALLED_AFTER intervals (a writer stuck on a dead disk)."""
+        if not self.enabled:
+            return ""
+        if self._failing:
+            return f"saving the show state to {self.path} fails: {self.last_error}"
+        handed = self._handed
+        if handed is not None:
+            waited = self._now() - handed
+            if waited > STALLED_AFTER * self.settings.interval_s:
+                return f"no show state written to {self.path} for {waited:.0f} s"
+        return ""
 
     # -- as a part ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Nothing to start: saving happens in :meth:`tick` (its writer thread starts with the first save)."""
+        """Saving happens in :meth:`tick` (its writer thread starts with the first save). The picture's encoder is
+        imported now, at start, not on the writer thread when descriptors may have run out."""
+        if self.enabled and self._state is not None:
+            try:
+                import cv2  # noqa: F401
+            except Exception as e:  # noqa: BLE001 - without opencv the picture is not kept; the state is
+                log.warning("the picture on the wall will not be kept beside the state: %s", e)
 
     @property
     def alive(self) -> bool:
@@ -408,19 +438,24 @@ class StateKeeper:
             self._failed(e, "saving")
             return False
         self.saves += 1
+        self._handed = None
         if self._failing:
             log.info("saving show state to %s works again", self.path)
             self._failing = False
+            self._repeats.reset("state")
         return True
 
     def _failed(self, e: Exception, what: str) -> None:
+        """Count a failure to collect or save the state (``what``: "collecting", "saving") or its picture ("saving
+        the frame of": counted, but the state itself is still saved, so health is not degraded by it)."""
         self.failures += 1
         self.last_error = f"{type(e).__name__}: {e}"
-        # Warn on the first failure of a run of failures; the rest only at debug so a dead disk does not flood the log.
-        level = logging.DEBUG if self._failing else logging.WARNING
-        log.log(level, "%s show state for %s failed (%s); the show goes on (%d failures)", what, self.path,
-                self.last_error, self.failures)
-        self._failing = True
+        # The first failure of a run at once, then one line a minute with a count: a dead disk never floods the log.
+        frame = what == "saving the frame of"
+        self._repeats.warning("frame" if frame else "state", "%s show state for %s failed (%s); the show goes on (%d failures)",
+                              what, self.path, self.last_error, self.failures)
+        if not frame:
+            self._failing = True
 
 
 @register("state", table="state", settings=StateSettings, order=1)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 from ..bus import Event, ParamBus, ParamSpec
+from ..ops.logs import RepeatLog
 from .slot import Frame
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class HookRunner:
     def __init__(self, specs: Iterable[str | tuple[str, Any]], deliver: Callable[[dict[str, Any]], None]) -> None:
         self.hooks = []
         self.faults = 0
+        self._repeats = RepeatLog(log, interval=60.0)  # a hook failing on every frame: a line a minute
         for spec in specs:
             name, options = (spec, None) if isinstance(spec, str) else spec
             cls = hook_class(name)
@@ -145,8 +147,7 @@ class HookRunner:
             except Exception as e:  # noqa: BLE001 - a failing check holds the frame: the guard fails closed
                 self.faults += 1
                 ok = False
-                if self.faults in (1, 100, 10000):
-                    log.warning("frame gate %s failed (%s), %d so far", gate.name, e, self.faults)
+                self._repeats.warning(gate.name, "frame gate %s failed (%s), %d so far", gate.name, e, self.faults)
             if not ok:
                 self.held += 1
                 return False
@@ -172,5 +173,4 @@ class HookRunner:
                 self.runs += 1
             except Exception as e:  # noqa: BLE001 - a hook never costs the decoder a frame
                 self.faults += 1
-                if self.faults in (1, 100, 10000):
-                    log.warning("frame hook %s failed (%s), %d so far", hook.name, e, self.faults)
+                self._repeats.warning(hook.name, "frame hook %s failed (%s), %d so far", hook.name, e, self.faults)

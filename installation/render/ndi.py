@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from .. import parts
+from ..ops.supervise import SupervisedThread, supervised
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class NdiSink:
         self._cond = threading.Condition()
         self._frame: tuple[bytes, tuple[int, int]] | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self.sent = self.dropped = self.failures = 0
         self.error = ""
 
@@ -92,8 +93,7 @@ class NdiSink:
     def start(self) -> None:
         _import()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"ndi-{self.settings.name}", daemon=True)
-        self._thread.start()
+        self._thread = supervised(f"ndi-{self.settings.name}", self._run, stop=self._stop)
 
     @property
     def alive(self) -> bool:

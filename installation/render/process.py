@@ -15,11 +15,14 @@ import logging
 import multiprocessing as mp
 import multiprocessing.spawn as mp_spawn
 import os
+import signal
 import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
+from ..ops.logs import RepeatLog
+from ..ops.supervise import THREADS, SupervisedThread, die_with_parent, leave, supervised
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
 
@@ -86,7 +89,10 @@ def _clean_child_path() -> Iterator[None]:
 
 def start_process(proc: Any) -> None:
     """Start a spawned ``multiprocessing`` process with an import path that does not depend on what the parent
-    happens to be importing (see :func:`child_sys_path`). The camera's worker process starts this way too."""
+    happens to be importing (see :func:`child_sys_path`). The camera's worker process starts this way too.
+
+    Start it from a thread that lives as long as the process should: a child that calls :func:`die_with_parent`
+    is killed when the thread that started it ends (Linux's notion of its parent)."""
     with _clean_child_path():
         proc.start()
 
@@ -110,8 +116,8 @@ class _PipeSlot:
         self.published = 0
         self.superseded = 0
         self.send_errors = 0
-        self._sender = threading.Thread(target=self._send_loop, name="frame-sender", daemon=True)
-        self._sender.start()
+        self._repeats = RepeatLog(log, interval=60.0)
+        self._sender = supervised("frame-sender", self._send_loop)
 
     def publish(self, frame: Frame) -> None:
         self.published += 1
@@ -132,7 +138,7 @@ class _PipeSlot:
 
     def stats(self) -> dict:
         return {**self._guard.stats(), "superseded": self.superseded, "send_errors": self.send_errors,
-                **process_memory()}
+                "thread_restarts": THREADS.restarts(), **process_memory()}
 
     def _send_loop(self) -> None:
         while True:
@@ -148,8 +154,8 @@ class _PipeSlot:
                 return  # the parent is gone
             except Exception as e:  # noqa: BLE001 - a frame that cannot be sent is dropped, never the sender
                 self.send_errors += 1
-                if self.send_errors in (1, 100, 10000):
-                    log.warning("could not send a frame to the presenter (%s), %d so far", e, self.send_errors)
+                self._repeats.warning("send", "could not send a frame to the presenter (%s), %d so far", e,
+                                      self.send_errors)
 
     def send(self, kind: str, frame: Frame | None, stats: dict | None) -> None:
         with self._lock:
@@ -170,11 +176,13 @@ class _PipeSlot:
 
 
 def _child(plans, frames, device: str, threads: int, origin: float, max_fps: float, backoff: tuple,
-           log_level: str = "info", hooks: tuple = ()) -> None:
-    """Entry point of the decoder process."""
+           log_level: str = "info", hooks: tuple = (), parent: int = 0) -> None:
+    """Entry point of the decoder process: runs until the parent sends None (then it stops its decoder, sends its
+    last stats and leaves at once) or goes away (then it leaves at once, or is killed with it)."""
     import faulthandler
-    import signal
 
+    if parent:
+        die_with_parent(parent)
     # The parent owns this process's life (it sends None, or kills it): a SIGTERM or Ctrl-C meant for the whole
     # service must not end it first and look like a crash. A native crash here leaves its stacks in the log.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -225,22 +233,31 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
             worker.submit(plan)
             slot.send_stats()
     except (EOFError, OSError):
-        pass  # the parent is gone
-    finally:
-        worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
-        runner.close()
-        slot.close()
-        try:
-            slot.send("stats", None, slot.stats())
-        except (OSError, ValueError):
-            pass
+        leave(0)  # the parent is gone: nobody to stop for or report to
+    except BaseException:
+        log.exception("the decoder process failed")
+        leave(1)
+    worker.stop(timeout=3.0)  # a frame in flight may finish; a hung one is not waited for
+    runner.close()
+    slot.close()
+    try:
+        slot.send("stats", None, slot.stats())
+    except (OSError, ValueError):
+        pass
+    leave(0)
 
 
 class ProcessWorker:
-    """Same interface as :class:`DecoderWorker`, with the decoder in a child process."""
+    """Same interface as :class:`DecoderWorker`, with the decoder in a child process.
+
+    ``backoff`` is ``([decoder] restart_backoff_s, restart_backoff_max_s)``: the decoder's own rebuilds in the child
+    and the restarts of a process that ended both wait ``backoff[0]`` doubling per failure in a row, at most
+    ``backoff[1]``. A process that started (its first message arrived) resets the count: a crash after a slow start
+    under load waits ``backoff[0]`` again, not a wait that grew while its predecessors were starting.
+    """
 
     def __init__(self, slot: FrameSlot, device: str, origin: float, max_fps: float = 0.0, threads: int = 0,
-                 backoff: tuple[float, float] = (0.5, 10.0), restart_max: float = 30.0, hang_s: float = 120.0,
+                 backoff: tuple[float, float] = (0.5, 10.0), hang_s: float = 120.0,
                  log_level: str = "info", hooks: tuple = (),
                  on_hook: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.slot = slot
@@ -249,7 +266,6 @@ class ProcessWorker:
         self.max_fps = max_fps
         self.threads = threads
         self.backoff = backoff
-        self.restart_max = restart_max
         self.hang_s = hang_s  # a prepare or render call longer than this is a hang: the process is killed
         self.log_level = log_level
         self.hooks = tuple(hooks)
@@ -263,9 +279,12 @@ class ProcessWorker:
         self._plan: Plan | None = None
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._reader: SupervisedThread | None = None
         self._restart_at = 0.0
-        self._streak = 0
+        self._streak = 0  # processes in a row that ended before they started (sent a first message)
+        self.started = False  # the current process has started (its first message arrived)
+        self.last_delay = 0.0  # the wait before the latest restart, seconds
+        self._repeats = RepeatLog(log, interval=60.0)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -277,54 +296,82 @@ class ProcessWorker:
         frames_r, frames_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(target=_child, name="installation-decoder", daemon=True,
                                  args=(plans_r, frames_w, self.device, self.threads, self.origin, self.max_fps,
-                                       self.backoff, self.log_level, self.hooks))
+                                       self.backoff, self.log_level, self.hooks, os.getpid()))
+        self.started = False
         start_process(proc)
         plans_r.close()
         frames_w.close()
         self._proc, self._plans = proc, plans_w
-        self._reader = threading.Thread(target=self._read, args=(frames_r, proc), name="decoder-frames", daemon=True)
-        self._reader.start()
+        self._reader = supervised("decoder-frames", self._read, frames_r, proc)
         if self._plan is not None:
             self._send(self._plan)
 
     def _read(self, conn, proc) -> None:
-        """Receive frames and stats until the child ends; a crash schedules a restart."""
-        got_frame = False
+        """The reader thread (supervised): receive frames and stats until the child ends; a crash schedules a
+        restart. A fault that ends the receiving may have cut a message in half, so the pipe cannot be read on:
+        the process is killed and restarted like a crashed one (and this thread, run again, finds the pipe closed
+        and ends; the new process has a reader of its own)."""
+        if conn.closed:
+            return
+        try:
+            self._receive(conn)
+        except BaseException:
+            proc.kill()
+            self._ended(conn, proc)
+            raise
+        self._ended(conn, proc)
+
+    def _receive(self, conn) -> None:
         while True:
             try:
                 kind, frame, stats = conn.recv()
             except (EOFError, OSError):
-                break
-            except Exception as e:  # noqa: BLE001 - a garbled message must not kill the reader
+                return
+            except Exception as e:  # noqa: BLE001 - a message that does not unpickle must not kill the reader
                 log.warning("bad message from the decoder process: %s", e)
                 continue
+            if not self.started:
+                self.started = True
+                self._streak = 0  # it runs: a restart after its end waits the shortest backoff again
             if kind == "hook":
                 try:
                     if self.on_hook is not None:
                         self.on_hook(stats)
                 except Exception:  # noqa: BLE001 - a bad hook result must not kill the reader
-                    log.exception("a post-render hook's result could not be applied")
+                    self._repeats.error("hook", "a post-render hook's result could not be applied", exc_info=True)
                 continue
             if stats is not None:
                 self.remote = stats
             if kind == "frame":
-                got_frame = True
-                self._streak = 0
                 self.slot.publish(frame)
+
+    def _ended(self, conn, proc) -> None:
+        """The child's pipe is done: forget its memory and, unless stopping, schedule its restart."""
         conn.close()
         self._forget_memory()
         proc.join(5)
         if self._stop.is_set():
             return
         self.crashes += 1
-        self._streak = 0 if got_frame else self._streak + 1
-        delay = min(self.backoff[0] * 2 ** self._streak, self.restart_max)
+        delay = self.last_delay = self.restart_delay()
+        self._streak += 1
         log.error("decoder process ended (exit code %s); restarting in %.1f s", proc.exitcode, delay)
         self._restart_at = time.monotonic() + delay
+
+    def restart_delay(self) -> float:
+        """Seconds before the next restart: ``backoff[0]`` after a process that had started, doubling per process
+        in a row that ended before starting, at most ``backoff[1]``."""
+        return min(self.backoff[0] * 2 ** self._streak, self.backoff[1])
 
     def _forget_memory(self) -> None:
         """The process is gone and its memory with it: /health must not keep counting it."""
         self.remote = {k: v for k, v in self.remote.items() if k not in ("rss_mb", "vram_mb", "vram_total_mb")}
+
+    def restart_soon(self) -> None:
+        """Start again (after a stop) at the next :meth:`submit`, on the caller's thread of that: the loop's, which
+        lives as long as the show, as the process's life is tied to the thread that started it."""
+        self._stop.clear()
+        self._restart_at = time.monotonic()
 
     def _maybe_restart(self) -> None:
         if self._stop.is_set() or self.alive or self._restart_at == 0.0:
@@ -343,13 +390,10 @@ class ProcessWorker:
                 pass
         if self._proc is not None:
             self._proc.join(timeout)
-            if self._proc.is_alive():
-                log.warning("decoder process did not stop in %.0f s; terminating it", timeout)
-                self._proc.terminate()
+            if self._proc.is_alive():  # it ignores SIGTERM (the service's stop is ours to handle): kill it
+                log.warning("decoder process did not stop in %.0f s; killing it", timeout)
+                self._proc.kill()
                 self._proc.join(2)
-                if self._proc.is_alive():
-                    self._proc.kill()
-                    self._proc.join(2)
         if self._reader is not None:
             self._reader.join(2)
         if self._plans is not None:

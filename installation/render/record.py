@@ -15,8 +15,9 @@ import queue
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
+
+from ..ops.supervise import supervised
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,7 @@ class Recorder:
         cmd += ["-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
         self._queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._pump, name="recorder", daemon=True)
-        self._thread.start()
+        self._thread = supervised("recorder", self._pump)
 
     def write(self, rgb: bytes, at: float | None = None) -> None:
         """Queue one frame (RGB bytes, bottom row first, as read back from GL) presented at wall-clock time ``at``

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from ..decoders import Decoder, DecoderSpec, LatentRequest, NonFiniteFrame, create
+from ..ops.supervise import SupervisedThread, supervised
 from .slot import Frame, FrameSlot
 
 log = logging.getLogger(__name__)
@@ -225,9 +226,8 @@ class DecoderWorker:
         self._plan: Plan | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._seq = 0
-        self.crashes = 0
 
     def submit(self, plan: Plan) -> None:
         """Latest wins: the thread picks up the newest plan when it starts its next frame."""
@@ -238,8 +238,7 @@ class DecoderWorker:
         # A fresh stop event per thread: one left over from a stop() that timed out keeps its own (set) event and
         # ends once its current call returns, instead of running on beside the new one.
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="decoder", daemon=True)
-        self._thread.start()
+        self._thread = supervised("decoder", self._loop, self._stop, stop=self._stop)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -252,14 +251,10 @@ class DecoderWorker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self._loop(stop)
-            except Exception:  # noqa: BLE001 - the thread itself must never die silently
-                self.crashes += 1
-                log.exception("decoder thread error; continuing")
-                time.sleep(0.1)
+    @property
+    def crashes(self) -> int:
+        """int: deaths of this worker's decoder thread (each restarted by its supervisor)."""
+        return self._thread.restarts if self._thread is not None else 0
 
     def _loop(self, stop: threading.Event) -> None:
         next_at = 0.0

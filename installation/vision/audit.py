@@ -13,9 +13,11 @@ import json
 import logging
 import os
 import queue
-import threading
 from pathlib import Path
 from typing import Any
+
+from ..ops.logs import RepeatLog
+from ..ops.supervise import SupervisedThread, supervised
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self.errors = 0
-        self._thread: threading.Thread | None = None
+        self._repeats = RepeatLog(log, interval=60.0)
+        self._thread: SupervisedThread | None = None
 
     def start(self) -> None:
         """Open (create) the file and start the writer; OSError when the folder cannot be written (start-up)."""
@@ -41,8 +44,7 @@ class AuditLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
-        self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
-        self._thread.start()
+        self._thread = supervised("audit-log", self._run)
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -70,8 +72,7 @@ class AuditLog:
                 self.written += 1
             except Exception as e:  # noqa: BLE001 - a full disk must not stop the show; counted
                 self.errors += 1
-                if self.errors in (1, 100, 10000):
-                    log.error("audit log %s: cannot write (%s), %d so far", self.path, e, self.errors)
+                self._repeats.error("write", "audit log %s: cannot write (%s), %d so far", self.path, e, self.errors)
 
     def _append(self, line: bytes) -> None:
         if self._fd is None:

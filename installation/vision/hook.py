@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..ops.logs import RepeatLog
+from ..ops.supervise import supervised
 from ..render.slot import Frame
 from .clip import ClipModel, similarity
 from .describe import Describer, load_vocabulary
@@ -69,11 +71,11 @@ class VisionHook:
         self._gate_emb: tuple[int, np.ndarray] | None = None
         self.offered = self.embedded = self.skipped = self.checked = self.blocked = self.faults = 0
         self.embed_ms = 0.0
+        self._repeats = RepeatLog(log, interval=60.0)
         self._description = ""
         self._check_note_at = 0.0
         self._stats_at = 0.0
-        self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
-        self._thread.start()
+        self._thread = supervised("vision", self._run)
 
     def _load(self, model: ClipModel | None = None) -> None:
         """The model, the vocabulary's and the concepts' embeddings (raises what loading raises)."""
@@ -164,8 +166,7 @@ class VisionHook:
                 self._read(frame, emb)
             except Exception as e:  # noqa: BLE001 - the reader never dies; it counts and goes on
                 self.faults += 1
-                if self.faults in (1, 100, 10000):
-                    log.warning("vision reader failed (%s), %d so far", e, self.faults)
+                self._repeats.warning("read", "vision reader failed (%s), %d so far", e, self.faults)
 
     def _read(self, frame: Frame, emb: np.ndarray | None) -> None:
         if emb is None:

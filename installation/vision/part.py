@@ -27,6 +27,8 @@ from typing import Any
 
 from ..bus import Event, ParamSpec
 from ..inputs.prompt_guard import PromptGuard
+from ..ops.logs import RepeatLog
+from ..ops.supervise import SupervisedThread, supervised
 from ..parts import Moment, PartContext, register
 from .audit import AuditLog
 from .describe import DriftGuard, load_vocabulary
@@ -287,10 +289,11 @@ class SteerWorker:
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._closed = False
         self._steerer = None
         self.rounds = self.jumps = self.faults = 0
+        self._repeats = RepeatLog(log, interval=60.0)
         self.last_scores: list[float] = []
 
     def offer(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> bool:
@@ -299,8 +302,7 @@ class SteerWorker:
                 return False
             self._job = (scene, seed, tau, params, text, strength)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="vision-steer", daemon=True)
-                self._thread.start()
+                self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
         return True
 
@@ -315,8 +317,7 @@ class SteerWorker:
                 self._round(scene, seed, tau, params, text, strength)
             except Exception as e:  # noqa: BLE001 - steering never stops the show
                 self.faults += 1
-                if self.faults in (1, 100, 10000):
-                    log.warning("steering round failed (%s), %d so far", e, self.faults)
+                self._repeats.warning("round", "steering round failed (%s), %d so far", e, self.faults)
             with self._cond:
                 self._job = None
         if self._steerer is not None:

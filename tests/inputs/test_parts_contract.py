@@ -3,7 +3,8 @@
 A new part gets this for free: add its name and the config table that enables it to ENABLE. What is checked is what
 the runtime relies on: the part builds from its validated settings, start() returns at once, it is alive while it
 runs, stats() is a small JSON-able dict, stop() ends it and may be called twice, and it can be started again (the
-supervisor restarts a dead part with stop() then start()).
+supervisor restarts a dead part with stop() then start()). Each supervised thread it starts is killed by an
+exception raised inside it and must come back, the part alive throughout.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from installation import parts
 from installation.bus import ParamBus
 from installation.config import load_show
+from installation.ops.supervise import THREADS
 from support import scene_toml, wait_until, write_show
 
 LIVE = "lavfi:testsrc2=size=160x120:rate=30,realtime"
@@ -34,6 +36,9 @@ ENABLE = {
     "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
     "link": "[sync]\nlink = true\n",
 }
+# The supervised threads a part starts (at least these; the fault drill below kills each).
+THREADS_OF = {"osc": {"osc-server"}, "audio": {"audio-input"}, "camera": {"camera-input"}, "archive": {"archive"},
+              "sinks": {"ndi-contract"}, "midi": {"midi"}}
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
 
@@ -55,12 +60,21 @@ def test_a_part_starts_runs_reports_stops_and_starts_again(name, tmp_path, reque
     info = parts.info(name)
     part = info.build(info.settings_in(spec.config), ctx)
     assert part is not None, f"{name} did not build although enabled"
-    for _ in range(2):  # the supervisor's restart is stop() then start()
+    for attempt in range(2):  # the supervisor's restart is stop() then start()
+        before = set(THREADS.live())
         started = time.monotonic()
         part.start()
         assert time.monotonic() - started < 10.0  # returns at once: the work runs on its own thread or process
         try:
             assert wait_until(lambda: part.alive, timeout=30)
+            mine = [t for t in THREADS.live() if t not in before]
+            assert THREADS_OF.get(name, set()) <= {t.name for t in mine}
+            for thread in mine if attempt == 0 else ():
+                deaths = thread.restarts
+                assert thread.inject(), thread.name
+                assert wait_until(lambda: thread.restarts == deaths + 1 and thread.is_alive(), timeout=30), \
+                    thread.name
+                assert part.alive, thread.name
             stats = part.stats()
             assert isinstance(stats, dict) and json.loads(json.dumps(stats)) == stats
             assert all(isinstance(v, int) for v in (stats.get("rejects") or {}).values())

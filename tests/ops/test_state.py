@@ -165,7 +165,7 @@ def test_keeper_saves_on_interval(tmp_path):
     assert keeper.load()["scene_time"] == 105.0
     assert keeper.save_now({**STATE, "scene_time": 106.0})
     assert keeper.load()["scene_time"] == 106.0
-    assert keeper.stats() == {"saves": 3, "frames_saved": 0, "failures": 0, "last_error": ""}
+    assert keeper.stats() == {"saves": 3, "frames_saved": 0, "failures": 0, "last_error": "", "degraded": ""}
 
 
 def test_keeper_never_raises(tmp_path, caplog):
@@ -183,7 +183,8 @@ def test_keeper_never_raises(tmp_path, caplog):
         assert not keeper.save_now({"x": object()})
     assert keeper.failures == 4 and "TypeError" in keeper.last_error
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1  # one warning per run of failures, the rest at debug
+    assert len(warnings) == 1  # one warning per run of failures (then one a minute with a count)
+    assert keeper.stats()["degraded"].startswith(f"saving the show state to {blocker / 'show.json'} fails: ")
     good = StateKeeper(StateSettings(path=str(tmp_path / "ok.json")), clock)
     assert good.save_now(STATE)
 
@@ -225,3 +226,75 @@ def test_keeper_background_writes_off_the_calling_thread(tmp_path):
     assert keeper.maybe_save(lambda: {**STATE, "scene_time": 2.0}, background=True)
     assert keeper.flush(10) and keeper.saves == 2
     assert keeper.load()["scene_time"] == 2.0
+
+
+def test_no_file_descriptors_left_is_a_counted_fault_and_saving_resumes(tmp_path):
+    """The fault that stopped state saving for good: with the open-file limit used up, the writer thread's first
+    picture imported opencv, which could not open its files; the exception ended the thread, ``saves`` stayed 0
+    after the descriptors came back and health said nothing. Now opencv is imported at start, every failure is a
+    counted fault that makes the keeper say why it is degraded, and saving resumes by itself. In a process of its
+    own: the limit is used up for real, and opencv must not have been imported there yet."""
+    script = f"""
+import json, os, sys, time
+import numpy as np
+from installation.ops.state import StateKeeper, StateSettings
+
+assert "cv2" not in sys.modules
+keeper = StateKeeper(StateSettings(path={str(tmp_path / "show.json")!r}, interval_s=0.5),
+                     state=lambda: {{"scene": "a", "tau": time.monotonic()}})
+keeper.start()
+
+def until(pred, what):
+    end = time.monotonic() + 60
+    while not pred():
+        if time.monotonic() > end:
+            sys.exit(f"timed out waiting for {{what}}: {{keeper.stats()}}")
+        time.sleep(0.01)
+
+fds = []
+try:
+    while True:  # use up every descriptor the limit allows
+        fds.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+keeper.maybe_save(keeper._state, background=True)
+keeper.put((np.ones((48, 64, 3), np.uint8) * 128).tobytes(), (64, 48), None)  # a picture goes with it
+until(lambda: keeper.failures >= 2, "the state and its picture to fail")
+during = keeper.stats()
+for fd in fds:
+    os.close(fd)
+def saved():
+    keeper.maybe_save(keeper._state, background=True)  # as the loop does each tick: due every 0.5 s
+    return keeper.saves >= 1
+
+until(saved, "a save")
+keeper.put((np.ones((48, 64, 3), np.uint8) * 128).tobytes(), (64, 48), None)
+until(lambda: keeper.frames_saved >= 1, "the picture")
+print(json.dumps({{"during": during, "after": keeper.stats(), "writer": keeper._writer.is_alive()}}))
+"""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "Too many open files" in out["during"]["last_error"], out
+    assert out["during"]["degraded"].startswith("saving the show state to "), out
+    assert out["after"]["saves"] >= 1 and out["after"]["frames_saved"] >= 1 and out["after"]["degraded"] == ""
+    assert out["writer"] and "Exception in thread" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_writer_stuck_on_the_disk_is_reported_as_stalled(tmp_path):
+    clock = FakeClock()
+    keeper = StateKeeper(StateSettings(path=str(tmp_path / "show.json"), interval_s=5.0), clock)
+    with keeper._lock:  # the writer blocks in its save as it would on a hung disk
+        assert keeper.maybe_save(lambda: STATE, background=True)
+        clock.t += 15.0
+        assert keeper.trouble() == ""  # three intervals: not yet
+        clock.t += 1.0
+        assert keeper.maybe_save(lambda: STATE, background=True)  # handed over again: latest wins
+        assert keeper.trouble() == f"no show state written to {tmp_path / 'show.json'} for 16 s"
+    assert keeper.flush(10) and keeper.saves >= 1 and keeper.trouble() == ""

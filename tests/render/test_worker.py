@@ -95,6 +95,22 @@ def test_thread_worker_publishes_frames():
     assert not worker.alive
 
 
+def test_the_decoder_thread_comes_back_after_a_fault_in_its_loop():
+    slot = FrameSlot()
+    worker = DecoderWorker(DecoderGuard(), slot, time.monotonic, max_fps=100)
+    worker.submit(Plan(DecoderSpec("cppn", CPPNSettings(**SMALL))))
+    worker.start()
+    try:
+        assert slot.wait_newer(-1, 30) is not None
+        assert worker._thread.inject()  # an exception nobody expected, raised inside the loop
+        assert wait_until(lambda: worker.crashes == 1, 10)
+        seen = slot.latest().seq
+        assert slot.wait_newer(seen, 30) is not None and worker.alive  # frames again, from the same worker
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
 def test_a_stop_during_a_long_prepare_leaves_no_decoder_behind():
     """Thread isolation: stop() does not wait out a slow model load, and the load that finishes later is released."""
     slot = FrameSlot()
@@ -191,6 +207,33 @@ def test_process_worker_survives_its_process_being_killed():
     assert not worker.alive
 
 
+def test_process_restarts_wait_at_most_the_backoff_setting_and_reset_on_a_process_that_started():
+    """``[decoder] restart_backoff_max_s`` bounds the wait between decoder process restarts (30 s was hard-coded),
+    and a process that started resets it, not only one that made a frame: at a load of 15-20 a new process took
+    20-45 s to its first frame and the waits climbed while processes were still starting."""
+    slot = FrameSlot()
+    spec = DecoderSpec("cppn", CPPNSettings(**SMALL))
+    worker = ProcessWorker(slot, "cpu", time.perf_counter(), max_fps=50, threads=1, backoff=(0.2, 0.5))
+    worker.submit(Plan(spec))
+    worker.start()
+    try:
+        delays = []
+        for _ in range(4):  # each process killed at once, long before it could start (import torch, say hello)
+            crashes = worker.crashes
+            assert not worker.started
+            os.kill(worker.pid, signal.SIGKILL)
+            assert wait_until(lambda: worker.crashes == crashes + 1, 30)
+            delays.append(worker.last_delay)
+            assert wait_until(lambda: (worker.submit(Plan(spec)), worker.alive)[1], 30, every=0.01)
+        assert delays == [0.2, 0.4, 0.5, 0.5]
+        assert wait_until(lambda: worker.started, 120)  # this one runs
+        os.kill(worker.pid, signal.SIGKILL)
+        assert wait_until(lambda: worker.crashes == 5, 30)
+        assert worker.last_delay == 0.2  # back to the shortest wait
+    finally:
+        worker.stop()
+
+
 def test_process_worker_reports_a_decoder_that_never_renders(tmp_path):
     from installation.decoders.diffusion import DiffusionSettings
 
@@ -232,3 +275,21 @@ def test_out_of_memory_frees_and_retries_at_a_lower_resolution():
     good = [f for f in frames if f is not None]
     assert guard.faults["oom"] == 2  # 64 -> 32 -> 16 wide
     assert good and good[-1].shape[1] == 16
+
+
+def test_the_frame_sender_comes_back_after_a_fault_in_its_loop():
+    import multiprocessing as mp
+
+    reader, writer = mp.Pipe(duplex=False)
+    slot = _PipeSlot(writer, DecoderGuard("cpu"))
+    try:
+        slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 1, 0.0, 0.0))
+        assert reader.poll(10) and reader.recv()[1].seq == 1
+        assert wait_until(lambda: slot._pending is None, 5)
+        assert slot._sender.inject()  # raised when the idle sender next wakes
+        slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 2, 0.0, 0.0))  # wakes it: that run ends
+        assert wait_until(lambda: slot._sender.restarts == 1, 10)
+        assert reader.poll(10) and reader.recv()[1].seq == 2  # the frame it held is sent by the next run
+        assert slot._sender.is_alive()
+    finally:
+        slot.close()

@@ -36,6 +36,19 @@ def test_records_are_appended_and_rotated_by_size(tmp_path):
     assert audit.dropped == 1
 
 
+def test_the_writer_thread_comes_back_after_a_fault_in_its_loop(tmp_path):
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.start()
+    try:
+        assert audit.write({"id": 1}) and wait_until(lambda: audit.written == 1, 10)
+        assert audit._thread.inject()  # raised when the idle writer next wakes
+        audit.write({"id": 2})  # wakes it: that run ends (this record may be lost with it)
+        assert wait_until(lambda: audit._thread.restarts == 1, 10)
+        assert audit.write({"id": 3}) and wait_until(lambda: 3 in [r["id"] for r in _lines(audit.path)], 10)
+    finally:
+        audit.stop()
+
+
 def test_a_process_killed_mid_write_leaves_valid_jsonl(tmp_path):
     path = tmp_path / "audit.jsonl"
     script = textwrap.dedent(f"""

@@ -80,6 +80,19 @@ def test_similarity_to_each_prompt_slot_lands_on_the_bus(tiny_clip, clip_model):
     assert not hook._thread.is_alive()
 
 
+def test_the_reader_thread_comes_back_after_a_fault_in_its_loop(tiny_clip, clip_model):
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings()), clip_model)
+    try:
+        hook(_frame(1, 1))
+        assert wait_until(lambda: hook.embedded == 1, timeout=30)
+        assert hook._thread.inject()  # raised when the idle reader next wakes
+        hook(_frame(2, 2))  # wakes it: that run ends, the frame stays pending
+        assert wait_until(lambda: hook._thread.restarts == 1, timeout=10)
+        assert wait_until(lambda: hook.embedded == 2, timeout=30) and hook._thread.is_alive()
+    finally:
+        hook.close()
+
+
 def test_the_reader_never_waits_latest_wins_and_counts_skips(tiny_clip, clip_model):
     hook = VisionHook(VisionHookOptions(tiny_clip.settings(every_n=2)), clip_model)
     got = []

@@ -51,9 +51,14 @@ def test_steer_over_osc_bends_the_walk_and_releases(tiny_clip, tmp_path):
         client.send_message("/steer", ["bad\x01", 0.5])  # refused by the prompt guard
         client.send_message("/steer", ["a red circle", 2.0])  # strength out of range
         deadline = time.monotonic() + 120
+        while vision.steer.rounds < 1 and time.monotonic() < deadline:
+            rt.step()
+            time.sleep(0.01)
+        assert vision.steer._thread.inject()  # a fault in the steering thread: raised when it next wakes
         while vision.steer.rounds < 3 and time.monotonic() < deadline:
             rt.step()
             time.sleep(0.01)
+        assert vision.steer._thread.restarts == 1 and rt.thread_restarts() == {"vision-steer": 1}
         assert vision.steer.rounds >= 3 and vision.steer.text == "a red circle", vision.steer.stats()
         seeds = [c.value for c in journal.drain() if c.kind == "event" and c.source == "vision.steer"]
         assert len(seeds) == vision.steer.jumps >= 1
