@@ -139,17 +139,18 @@ def test_host_key_groups_loopback_and_ipv6_prefixes():
     assert host_key("2001:db8:0:1::1") != host_key("2001:db8::1")
 
 
-def run_limiter(lim: FairLimiter, senders: dict, seconds: float, step: float = 0.001) -> dict:
-    """Each sender (host, port) -> messages per second it tries; returns messages let through per sender."""
-    got = {s: 0 for s in senders}
-    debt = {s: 0.0 for s in senders}
+def run_limiter(lim: FairLimiter, senders, seconds: float, step: float = 0.001) -> dict:
+    """Each sender (host, port) -> messages per second it tries (a dict, or a function of the time giving one);
+    returns messages let through per sender."""
+    got: dict = {}
+    debt: dict = {}
     t = 0.0
     while t < seconds:
-        for s, rate in senders.items():
-            debt[s] += rate * step
+        for s, rate in (senders(t) if callable(senders) else senders).items():
+            debt[s] = debt.get(s, 0.0) + rate * step
             while debt[s] >= 1.0:
                 debt[s] -= 1.0
-                got[s] += lim.take(*s, now=t)
+                got[s] = got.get(s, 0) + lim.take(*s, now=t)
         t += step
     return got
 
@@ -175,6 +176,21 @@ def test_ports_and_loopback_addresses_do_not_multiply_the_budget():
     got = run_limiter(lim, churn, 2.0)
     assert sum(got.values()) <= 100 * 2.0 + 2 * 50
     assert lim.senders("loopback") == 17  # 16 ports with a share each, the rest pooled in one
+
+
+def test_over_a_long_window_a_host_gets_its_budget_and_no_more():
+    """Two simulated minutes. A sender that moves to a new source port every 0.3 s (each new port is a new sender
+    with a fresh share, and the old ones are forgotten after ``idle_s``) gets the host's budget and not a message
+    more; with a burst this large against the rate, fresh shares would otherwise triple it. And a busy sender
+    beside a quiet one gets all the budget the quiet one leaves, not only its half share."""
+    rate, burst, seconds = 10, 50, 120.0
+    lim = FairLimiter(rate, burst, idle_s=1.0, clock=lambda: 0.0)
+    got = sum(run_limiter(lim, lambda t: {("10.0.0.7", int(t / 0.3)): 1000}, seconds, step=0.002).values())
+    assert rate * seconds <= got <= rate * seconds + 2 * burst + 1, got
+    lim = FairLimiter(100, 50, clock=lambda: 0.0)
+    got = run_limiter(lim, {("loopback", 1): 1000, ("loopback", 2): 1}, seconds, step=0.002)
+    assert got[("loopback", 2)] >= seconds - 1  # every message of the quiet one
+    assert 100 * seconds - got[("loopback", 2)] <= got[("loopback", 1)] <= 100 * seconds + 2 * 50 + 1, got
 
 
 def test_senders_gone_quiet_give_their_share_back():
