@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"baseline  {' '.join(args)}: passed in {secs:.0f} s", flush=True)
         for m in chosen:
             src = tree / m.path
-            original = (ROOT / m.path).read_text()
+            original = src.read_text()
             count = original.count(m.old)
             if count != 1:
                 results.append({"name": m.name, "outcome": "stale", "seconds": 0.0,
