@@ -422,7 +422,7 @@ def test_osc_calibrates_a_running_show_and_the_file_is_loaded_at_the_next_start(
              "c.send_message('/calibrate/save', [])")
         while not calibration_path(cfg_path).is_file() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)
+        # saved: the save came last, so every message before it has been handled (in order, on the loop thread)
         result["warps"] = [w.copy() for w in rt.output.warps]
         result["calibrating"] = rt.output.calibration.active
         result["osc"] = rt.osc.stats()
