@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,8 @@ MUTANTS = (
            ("tests/vision/test_hook.py",)),
     Mutant("frame-check-mean-of-concepts", "a frame matching one blocked concept of several is shown",
            "installation/vision/hook.py",
-           "score = float(similarity(emb[None], concepts).max())", "score = float(similarity(emb[None], concepts).mean())",
+           "score = float(similarity(emb[None], concepts).max())",
+           "score = float(similarity(emb[None], concepts).mean())",
            ("tests/vision/test_hook.py",)),
     # -- the web preview
     Mutant("preview-upside-down", "the phone's preview is upside down",
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip running the tests on the unchanged copy")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per pytest run (default 600)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    ap.add_argument("--whole-files", action="store_true",
+                    help="run each mutant's whole test files, without its -k selection (slower; to check the choice)")
     a = ap.parse_args(argv)
     known = {m.name: m for m in MUTANTS}
     if a.list:
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutate: no mutant named {', '.join(unknown)} (see --list)", file=sys.stderr)
         return 2
     chosen = [known[n] for n in a.names] if a.names else list(MUTANTS)
+    if a.whole_files:
+        chosen = [replace(m, tests=tuple(t for i, t in enumerate(m.tests) if t != "-k" and
+                                         (i == 0 or m.tests[i - 1] != "-k"))) for m in chosen]
     files = _files()
     tmp = Path(tempfile.mkdtemp(prefix="mutate-"))
     results: list[dict] = []
