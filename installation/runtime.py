@@ -88,6 +88,12 @@ def _hook_specs(spec: ShowSpec) -> tuple:
     return tuple(spec.config.decoder.hooks) + registry.hook_specs(spec)
 
 
+def _checks_frames(specs: tuple) -> bool:
+    """Whether the hooks include a frame check (a gate that fails closed: ``[vision] blocked`` or a scene's
+    ``negative`` concepts): then only frames it passed may reach an output, a sink, the archive or the web."""
+    return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
+
+
 class Runtime:
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
@@ -155,6 +161,8 @@ class Runtime:
             self.tap.add(recorder)
         self.use_inputs = inputs
         self.first_light = first_light  # preview the CPPN in this process while the decoder process starts
+        # A frame check gates every picture: no unchecked preview or saved still while the decoder starts.
+        self.frame_check = _checks_frames(hook_specs)
         self._matrix: ModMatrix | None = None
         self._matrix_scene: str | None = None
         self.frozen = False
@@ -176,7 +184,7 @@ class Runtime:
         self.schedule = Schedule(cfg.schedule if schedule else ScheduleSettings())
         self.open = True
         self.released = False  # the decoder was stopped while closed
-        self._await_frame: int | None = None  # after reopening: stay dark until a frame newer than this arrives
+        self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
         self._scene_before_close: str | None = None
         self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
@@ -336,10 +344,10 @@ class Runtime:
         else:
             self.worker.submit(plan)
         self._track_frames()
-        if not self.frozen and not self.released:
-            self.presenter.take(self.slot.latest(), t, transition=scene.transition)
         if self._await_frame is not None and self.slot.published > self._await_frame:
             self._await_frame = None
+        if not self.frozen and not self.released and self._await_frame is None:
+            self.presenter.take(self.slot.latest(), t, transition=scene.transition)
         dark = self.blackout or self._stopping or (not self.open and self._standby() is None) or \
             self._await_frame is not None
         step = dt / self._fade_s if self._fade_s > 0 else 1.0
@@ -460,13 +468,22 @@ class Runtime:
         if specs == self._hook_specs:
             return
         self._hook_specs = specs
+        self.frame_check = checked = _checks_frames(specs)
         worker = self.worker
+        if checked:
+            # What is on screen passed the old check at most: black (no fade), and no frame is taken until the new
+            # check is in place (below) and has passed one.
+            self.presenter.forget()
+            self.master = 0.0
+            self._await_frame = math.inf
         if isinstance(worker, ProcessWorker):
             log.info("reload: the decoder's hooks changed; restarting the decoder process with them")
 
             def restart() -> None:
                 worker.stop()
                 worker.hooks = specs
+                if checked:
+                    self._await_frame = self.slot.published  # the old process's frames are all in
                 worker.start()
 
             threading.Thread(target=restart, name="decoder-restart", daemon=True).start()
@@ -475,6 +492,8 @@ class Runtime:
         if worker is not None:
             worker.gate = self.hooks.admit if self.hooks.gates else None
             worker.on_frame = self.hooks or None
+        if checked:  # the decoder thread may still publish one frame its old gate passed
+            self._await_frame = self.slot.published + (worker is not None)
         old.close()
         log.info("reload: the decoder's hooks changed; now %s",
                  ", ".join(spec if isinstance(spec, str) else spec[0] for spec in specs) or "none")
@@ -690,10 +709,16 @@ class Runtime:
         # The wait is sliced so that a stop (a signal) ends it at once.
         deadline = time.monotonic() + first_frame_timeout
         ok = True
-        preview = FirstLight.for_scene(self.show.scene) if self.first_light and \
+        # With a frame check configured, neither the preview nor the saved picture has passed it (the check runs
+        # where the decoder runs, on decoded frames): the output stays black until the first checked frame.
+        unchecked = self.first_light and not self.frame_check
+        if self.first_light and self.frame_check:
+            log.info("a frame check is configured: no first-light preview or saved picture; black until the first "
+                     "checked frame")
+        preview = FirstLight.for_scene(self.show.scene) if unchecked and \
             isinstance(self.worker, ProcessWorker) else None
         # No cheap preview of this decoder (diffusion, GAN): a resumed show opens on the picture saved with its state.
-        still = self._saved_still() if preview is None and self.resumed and self.first_light else None
+        still = self._saved_still() if preview is None and self.resumed and unchecked else None
         # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
         # and it leaves most of the CPU to the decoder process that is starting beside it.
         while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:

@@ -14,7 +14,7 @@ TINY = {"embed_dim": 64,
 @dataclass(frozen=True)
 class TinyClip:
     config: Path  # the architecture's JSON (its stem is the model name)
-    weights: Path  # a state_dict checkpoint, as a user would copy one onto the machine
+    weights: Path  # a state_dict checkpoint (.safetensors), as a user would copy one onto the machine
 
     def toml(self, extra: str = "") -> str:
         return (f'[vision]\nenabled = true\nmodel_config_file = "{self.config}"\nweights = "{self.weights}"\n'
@@ -38,6 +38,8 @@ def make_tiny_clip(folder: Path) -> TinyClip:
     open_clip.add_model_config(str(config))
     torch.manual_seed(1234)
     model = open_clip.create_model("tiny-clip", pretrained=None)
-    weights = folder / "tiny-clip.pt"
-    torch.save(model.state_dict(), weights)
+    weights = folder / "tiny-clip.safetensors"  # the format the README asks for (a .bin/.pt loads too)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     return TinyClip(config, weights)

@@ -54,10 +54,6 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, cache_dir: str, use_gr
     """torch.compile ``module`` when asked; inductor's own cudagraphs stay off when we capture our own graph."""
     if not enabled:
         return module
-    if isinstance(module, torch.jit.ScriptModule):
-        log.warning("compile: %s is TorchScript, which torch.compile does not take; running it as it is",
-                    type(module).__name__)
-        return module
     if cache_dir:
         # Inductor reads its cache location from the environment; set it only if the user has not.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .weights import load_tensors
+
 log = logging.getLogger(__name__)
 
 
@@ -43,14 +45,6 @@ class LoraWrapped(nn.Module):
         for down, up, scale, factor in zip(self.downs, self.ups, self.scales, self.factors):
             out = out + up(down(x)) * (scale * factor)
         return out
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _group(sd: dict[str, torch.Tensor], flat_names: dict[str, str]) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
@@ -103,7 +97,7 @@ def apply_loras(unet: nn.Module, loras: tuple[tuple[str, str], ...], device: tor
         path = Path(path_str).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"LoRA {name!r}: file {path} not found (a .safetensors LoRA for this model)")
-        groups, skipped = _group(_read(path), flat_names)
+        groups, skipped = _group(load_tensors(path, f"LoRA {name!r}"), flat_names)
         scale = torch.ones((), device=device, dtype=dtype)
         applied = 0
         for module_name, parts in groups.items():

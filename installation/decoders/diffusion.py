@@ -36,6 +36,7 @@ from ._accel import (PrepareProgress, Programs, Readback, StageTimer, maybe_comp
                      to_uint8_hwc)
 from ..bus import ParamSpec
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
+from .weights import UnsafeModelFile, check_pickle
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,26 @@ def resolve_model_dir(settings: DiffusionSettings) -> Path:
 
 
 def _weights_variant(folder: Path, prefer_fp16: bool = False) -> str | None | bool:
-    """None for plain weights, "fp16" for the fp16 variant (when preferred or the only one), False when none."""
+    """None for plain weights, "fp16" for the fp16 variant (when preferred or the only one), False when none.
+    Only ``.safetensors`` count: a ``.bin`` is a pickle, which could run code when loaded, and is never read."""
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    plain = [n for n in names if n.endswith((".safetensors", ".bin")) and n.count(".") == 1]
-    half = any(n.endswith((".fp16.safetensors", ".fp16.bin")) for n in names)
+    plain = [n for n in names if n.endswith(".safetensors") and n.count(".") == 1]
+    half = any(n.endswith(".fp16.safetensors") for n in names)
     if half and (prefer_fp16 or not plain):
         return "fp16"
     return None if plain else False
+
+
+def check_weights(folder: Path, how: str, prefer_fp16: bool = False) -> str | None:
+    """The weights variant of a component folder; FileNotFoundError when it has none, UnsafeModelFile (one line)
+    when it has only pickled ``.bin`` weights."""
+    variant = _weights_variant(folder, prefer_fp16)
+    if variant is not False:
+        return variant
+    if folder.is_dir() and any(p.suffix == ".bin" for p in folder.iterdir()):
+        raise UnsafeModelFile(f"{folder}: only pickled weights (*.bin), which could run code when loaded; this "
+                              f"program loads *.safetensors only; {how} (the hub's repos carry both)")
+    raise FileNotFoundError(f"{folder}: no weights (*.safetensors); {how}")
 
 
 def vae_factor(config: Mapping[str, Any]) -> int:
@@ -215,10 +229,7 @@ def validate_model_dir(model_dir: Path, family: str, need_vae: bool, repo_hint: 
         if not (folder / config).is_file():
             raise FileNotFoundError(f"{folder}: missing {config}; {how}")
         if part != "scheduler":
-            variant = _weights_variant(folder, prefer_fp16 and part != "vae")
-            if variant is False:
-                raise FileNotFoundError(f"{folder}: no weights (*.safetensors or *.bin); {how}")
-            variants[part] = variant
+            variants[part] = check_weights(folder, how, prefer_fp16 and part != "vae")
     return variants
 
 
@@ -343,9 +354,12 @@ class DiffusionDecoder:
             family = settings.family if settings.family != "auto" else (
                 detect_family(model_dir) if (model_dir / "model_index.json").is_file() else "sd21")
             validate_model_dir(model_dir, family, need_vae=not settings.taesd, repo_hint=_EXAMPLE_REPO[family])
-        if settings.taesd and not (Path(settings.taesd).expanduser() / "config.json").is_file():
-            raise FileNotFoundError(f"TAESD folder {settings.taesd} not found or has no config.json; get it with "
-                                    f"`huggingface-cli download madebyollin/taesd --local-dir {settings.taesd}`")
+        if settings.taesd:
+            taesd = Path(settings.taesd).expanduser()
+            how = f"get it with `huggingface-cli download madebyollin/taesd --local-dir {settings.taesd}`"
+            if not (taesd / "config.json").is_file():
+                raise FileNotFoundError(f"TAESD folder {settings.taesd} not found or has no config.json; {how}")
+            check_weights(taesd, how)
         _check_vae_factor(settings, vae_factor(_vae_config(settings)))
         cls._check_files(settings)
 
@@ -380,6 +394,7 @@ class DiffusionDecoder:
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"LoRA {name!r}: file {Path(path).expanduser()} not found "
                                         "(a .safetensors LoRA trained for this model)")
+            check_pickle(path, f"LoRA {name!r}")  # a .bin/.pt LoRA: refused at start when it is more than data
         for path in ([s.source] if s.source else []) + list(s.references):
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"image {Path(path).expanduser()} not found (img2img source / reference)")
@@ -415,15 +430,17 @@ class DiffusionDecoder:
                   f"--local-dir {taesd_dir}`"
             if not taesd_dir.is_dir():
                 raise FileNotFoundError(f"TAESD folder {taesd_dir} not found; {how}")
-            if not (taesd_dir / "config.json").is_file() or _weights_variant(taesd_dir) is False:
-                raise FileNotFoundError(f"TAESD folder {taesd_dir}: missing config.json or weights; {how}")
+            if not (taesd_dir / "config.json").is_file():
+                raise FileNotFoundError(f"TAESD folder {taesd_dir}: missing config.json; {how}")
+            check_weights(taesd_dir, how)
         variants = validate_model_dir(model_dir, family, need_vae=taesd_dir is None, repo_hint=repo,
                                       prefer_fp16=self.dtype == torch.float16)
         self.family, self.model_dir = family, model_dir
         log.info("diffusion: loading %s (family %s, %s, %s) ...", model_dir, family, self.device, self.dtype)
         progress.step("loading the UNet")
 
-        kw: dict[str, Any] = {"local_files_only": True, "torch_dtype": self.dtype}
+        # use_safetensors: never fall back to a pickled .bin (diffusers and transformers would, with a warning).
+        kw: dict[str, Any] = {"local_files_only": True, "torch_dtype": self.dtype, "use_safetensors": True}
         # Without accelerate on purpose: loading full SD-Turbo-shaped weights took 4.6 s and peaked at 5997 MB
         # RSS without it, 4.5-4.9 s and 6000 MB with accelerate 1.15 (2-core CPU), so say so instead of letting
         # diffusers warn about it on every load.
@@ -452,7 +469,8 @@ class DiffusionDecoder:
             sched_cls.from_pretrained(model_dir, subfolder="scheduler", local_files_only=True), model_dir)
         if taesd_dir is not None:
             self.vae = diffusers.AutoencoderTiny.from_pretrained(
-                taesd_dir, variant=_weights_variant(taesd_dir, self.dtype == torch.float16), **plain, **kw)
+                taesd_dir, variant=check_weights(taesd_dir, "a TAESD folder with .safetensors weights",
+                                                 self.dtype == torch.float16), **plain, **kw)
             self.tiny_vae = True
         else:
             vae_dtype = self.dtype
@@ -461,7 +479,8 @@ class DiffusionDecoder:
                 vae_dtype = torch.float32  # the SD VAEs overflow in float16; TAESD is the fast path
                 log.info("diffusion: full VAE kept in float32 (force_upcast); set taesd for speed")
             self.vae = diffusers.AutoencoderKL.from_pretrained(model_dir, subfolder="vae", variant=variants["vae"],
-                                                               local_files_only=True, torch_dtype=vae_dtype, **plain)
+                                                               local_files_only=True, torch_dtype=vae_dtype,
+                                                               use_safetensors=True, **plain)
             self.tiny_vae = False
         self.vae_dtype = next(self.vae.parameters()).dtype
         for m in [self.unet, self.vae, *self.text_encoders]:

@@ -1,8 +1,15 @@
-"""GAN decoder: a TorchScript or torch.export generator file mapping z (and an optional class vector) to an image.
+"""GAN decoder: a generator file of weights, built as a declared architecture, mapping z (+ a class vector) to an image.
 
-The file may carry its own metadata as an extra file ``installation.json`` (``latent_shape``, ``class_dim``,
-``output_range`` "tanh" (-1..1) or "unit" (0..1)); scene settings override it. Same acceleration as diffusion:
-float32 eager on the CPU always works; on CUDA fp16/bf16, optional torch.compile and one captured graph.
+The file is ``.safetensors``: tensors, plus an ``installation`` metadata entry (JSON) naming the architecture (one of
+:data:`~installation.decoders.gan_nets.ARCHITECTURES`, code in this package) and its config, ``latent_shape``,
+``class_dim`` and ``output_range`` ("tanh" (-1..1) or "unit" (0..1)); scene settings override the last three. The
+network is built here and the file only fills its tensors, so a generator file from anyone is safe to load: nothing
+in it runs. TorchScript and ``torch.export`` files are programs (TorchScript code runs when the module is loaded and
+called; ``torch.export.load`` unpickles weights marked ``use_pickle``, pickled constants and legacy payloads, and its
+graph may call any op, ``aten::from_file`` writing a file among them), so they are refused with one line, except a
+``.pt2`` written by an earlier ``installation train``: its raw weights are read and built as ``stylegan-lite``; its
+graph and any pickle in it are never touched. Same acceleration as diffusion: float32 eager on the CPU always works;
+on CUDA fp16/bf16, optional torch.compile and one captured graph.
 
 Live values: ``request.extras["class_vector"]`` (class_dim floats) or the bus ``gan.class.<i>.weight`` mixed onto
 the settings' class; ``gan.truncation`` (psi, scales z). :meth:`GanDecoder.param_specs` declares them on the bus
@@ -15,6 +22,7 @@ import json
 import logging
 import math
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
@@ -24,13 +32,18 @@ from pydantic import Field
 
 from . import register
 from ..bus import ParamSpec
+from .gan_nets import ARCHITECTURES, architecture, make_config
 from ._accel import (PrepareProgress, Programs, Readback, StageTimer, maybe_compile, resolve_device, resolve_dtype,
                      to_uint8_hwc)
 from .base import DecoderSettings, LatentRequest, NonFiniteFrame
+from .weights import UnsafeModelFile
 
 log = logging.getLogger(__name__)
 
-META_NAME = "installation.json"
+META_KEY = "installation"  # the safetensors metadata entry with the architecture and what the decoder reads
+LEGACY_META = "installation.json"  # the extra file of a .pt2 written by an earlier `installation train`
+SUFFIX = ".safetensors"
+_PT2_DTYPES = {6: torch.float16, 7: torch.float32, 13: torch.bfloat16}  # torch.export serde ScalarType codes
 
 
 class GanSettings(DecoderSettings):
@@ -38,7 +51,8 @@ class GanSettings(DecoderSettings):
 
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
 
-    path: str = Field(description="TorchScript (.pt/.ts) or torch.export (.pt2) generator file")
+    path: str = Field(description="generator file: .safetensors (weights of a declared architecture), or a .pt2 "
+                                  "written by an earlier `installation train`")
     latent_shape: tuple[int, ...] = Field((), description="z shape without batch; empty = from the file")
     class_dim: int = Field(-1, ge=-1, description="class vector length; -1 = from the file (0 = unconditional)")
     class_index: int = Field(0, ge=0, description="one-hot class used when no class vector arrives")
@@ -50,35 +64,163 @@ class GanSettings(DecoderSettings):
     compile_cache_dir: str = ""
 
 
+def _refuse(path: Path, why: str) -> UnsafeModelFile:
+    return UnsafeModelFile(f"gan: {path}: {why}")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``installation.json`` extra file of a TorchScript / torch.export zip, or {} when it has none."""
+    """What the file says about itself (architecture, config, latent_shape, ...): a ``.safetensors`` header's
+    ``installation`` entry, or a legacy ``.pt2``'s ``installation.json``; {} when it has none or is unreadable.
+    Reads JSON only, never a tensor or a pickle."""
     p = Path(path).expanduser()
     try:
-        with zipfile.ZipFile(p) as zf:
-            for name in zf.namelist():
-                if name.endswith("extra/" + META_NAME) or name.endswith("/" + META_NAME):
-                    return json.loads(zf.read(name).decode("utf-8"))
-    except (OSError, zipfile.BadZipFile, ValueError):
+        if p.suffix == SUFFIX:
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+        else:
+            meta = _legacy_metadata(p)
+    except Exception:  # noqa: BLE001 - a damaged header (SafetensorError, bad zip, bad JSON): no metadata
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _legacy_metadata(p: Path) -> Any:
+    with zipfile.ZipFile(p) as zf:
+        for name in zf.namelist():
+            if name.endswith("/extra/" + LEGACY_META):
+                return json.loads(_read_entry(zf, name).decode("utf-8"))
     return {}
 
 
 def save_generator(module: torch.nn.Module, path: str | Path, latent_shape: tuple[int, ...], class_dim: int = 0,
-                   output_range: str = "tanh", export: bool = False, meta: Mapping[str, Any] | None = None) -> Path:
-    """Script (or export) ``module`` into ``path`` with the metadata this decoder reads back (plus ``meta``)."""
-    meta = json.dumps({**(meta or {}), "latent_shape": list(latent_shape), "class_dim": class_dim,
-                       "output_range": output_range})
+                   output_range: str = "tanh", meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``module``'s weights as a ``.safetensors`` generator file with the architecture that builds it again
+    and the metadata this decoder reads (plus ``meta``). ``module`` must be a declared architecture
+    (:mod:`~installation.decoders.gan_nets`): a file carries weights, never code."""
     path = Path(path)
-    module = module.eval()
-    if export:
-        args: tuple = (torch.zeros((1, *latent_shape)),)
-        if class_dim:
-            args += (torch.zeros((1, class_dim)),)
-        ep = torch.export.export(module, args)
-        torch.export.save(ep, str(path), extra_files={META_NAME: meta})
-    else:
-        torch.jit.save(torch.jit.script(module), str(path), _extra_files={META_NAME: meta})
+    name = getattr(module, "architecture", None)
+    if name not in ARCHITECTURES or architecture(name) is not type(module) or not hasattr(module, "config"):
+        raise TypeError(f"save_generator: {type(module).__name__} is not a declared architecture "
+                        f"(installation/decoders/gan_nets.py)")
+    if path.suffix != SUFFIX:
+        raise ValueError(f"save_generator: {path} must end in {SUFFIX}")
+    from safetensors.torch import save_file
+
+    info = {**(meta or {}), "architecture": name, "config": asdict(module.config), "latent_shape": list(latent_shape),
+            "class_dim": class_dim, "output_range": output_range}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(info)})
     return path
+
+
+def check_file(path: str | Path) -> dict[str, Any]:
+    """Whether ``path`` is a generator file this decoder loads without running anything from it, from its headers
+    alone (no tensor is read): its metadata, or UnsafeModelFile with one line naming the file and why."""
+    p = Path(path).expanduser()
+    if p.suffix == SUFFIX:
+        meta = read_metadata(p)
+        if not meta:
+            raise _refuse(p, f"no readable '{META_KEY}' metadata naming its architecture (write generator files "
+                             f"with installation.decoders.gan.save_generator)")
+    elif p.suffix == ".pt2":
+        meta = _legacy_metadata_checked(p)
+    else:
+        raise _refuse(p, f"a {p.suffix or 'suffixless'} file is not a generator file this program loads: TorchScript "
+                         f"and pickled modules run code when loaded; give a {SUFFIX} generator file (README: \"Model "
+                         f"files from others are safe to load\")")
+    try:
+        make_config(architecture(meta.get("architecture")), meta.get("config"))
+    except ValueError as e:
+        raise _refuse(p, str(e)) from None
+    return meta
+
+
+def _legacy_metadata_checked(p: Path) -> dict[str, Any]:
+    """A .pt2 is read only when an earlier `installation train` wrote it (its architecture is then known) and every
+    weight is raw bytes: a weight marked use_pickle, or a legacy pickled payload, is refused."""
+    try:
+        meta = _legacy_metadata(p)
+        with zipfile.ZipFile(p) as zf:
+            config = _pt2_weights_config(zf)
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise _refuse(p, f"not a readable .pt2 archive ({e})") from None
+    if not isinstance(meta, dict) or meta.get("trained_by") != "installation train" or "config" not in meta:
+        raise _refuse(p, "a torch.export program not written by `installation train`: its graph and pickles could "
+                         "run code, so it is not loaded; save the generator's weights with "
+                         f"installation.decoders.gan.save_generator as {SUFFIX}")
+    pickled = [fqn for fqn, entry in config.items() if not isinstance(entry, dict) or entry.get("use_pickle")]
+    if pickled:
+        raise _refuse(p, f"weight {pickled[0]!r} is a pickle (use_pickle), which could run code when loaded; "
+                         "refused")
+    return {**meta, "architecture": "stylegan-lite"}
+
+
+def _read_entry(zf: zipfile.ZipFile, name: str) -> bytes:
+    """One member, no larger than the archive itself (torch stores them uncompressed): no zip bomb is inflated."""
+    if zf.getinfo(name).file_size > Path(zf.filename or "").stat().st_size:
+        raise ValueError(f"{name} claims to be larger than the archive")
+    return zf.read(name)
+
+
+def _pt2_weights_config(zf: zipfile.ZipFile) -> dict[str, Any]:
+    names = [n for n in zf.namelist() if n.endswith("/data/weights/model_weights_config.json")]
+    if len(names) != 1:
+        raise ValueError("no single data/weights/model_weights_config.json (a legacy pickled archive?)")
+    config = json.loads(_read_entry(zf, names[0]).decode("utf-8")).get("config")
+    if not isinstance(config, dict):
+        raise ValueError("model_weights_config.json has no config table")
+    return config
+
+
+def _read_pt2_weights(p: Path) -> dict[str, torch.Tensor]:
+    """The raw weights of a checked legacy .pt2 (sizes, strides and offsets from its JSON, bounds checked by
+    as_strided); nothing in the archive is unpickled or run."""
+    out = {}
+    with zipfile.ZipFile(p) as zf:
+        config = _pt2_weights_config(zf)
+        folder = [n for n in zf.namelist() if n.endswith("/data/weights/model_weights_config.json")][0]
+        folder = folder[: -len("model_weights_config.json")]
+        for fqn, entry in config.items():
+            meta = entry["tensor_meta"]
+            dtype = _PT2_DTYPES.get(meta["dtype"])
+            if entry.get("use_pickle") or dtype is None or meta.get("layout", 7) != 7:
+                raise ValueError(f"weight {fqn!r} is not a plain float tensor")
+            raw = bytearray(_read_entry(zf, folder + str(entry["path_name"])))
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.zeros(0, dtype=dtype)
+            sizes = [int(d["as_int"]) for d in meta["sizes"]]
+            strides = [int(d["as_int"]) for d in meta["strides"]]
+            out[fqn] = torch.as_strided(flat, sizes, strides, int(meta["storage_offset"]["as_int"])).clone()
+    return out
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the file's declared architecture and fill it with the file's tensors (names and shapes must match
+    exactly); (network in eval mode, metadata). UnsafeModelFile for a file that cannot be loaded safely."""
+    p = Path(path).expanduser()
+    meta = check_file(p)
+    cls = architecture(meta["architecture"])
+    cfg = make_config(cls, meta["config"])
+    try:
+        if p.suffix == SUFFIX:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(p))
+        else:
+            tensors = _read_pt2_weights(p)
+        odd = [k for k, t in tensors.items() if not t.is_floating_point()]
+        if odd:
+            raise ValueError(f"tensor {odd[0]!r} is {tensors[odd[0]].dtype}, not floating point")
+        with torch.device("meta"):  # no memory for the declared shapes until the file's tensors fill them
+            net = cls(cfg)
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except Exception as e:  # noqa: BLE001 - SafetensorError, size mismatch, missing keys: one line
+        raise _refuse(p, f"its tensors do not fit architecture {meta['architecture']} {asdict(cfg)} "
+                         f"({str(e).splitlines()[0][:300]})") from None
+    if any(t.is_meta for t in [*net.parameters(), *net.buffers()]):
+        raise _refuse(p, "some tensors of the architecture are missing from the file")
+    return net.to(device).eval().requires_grad_(False), meta
 
 
 @register("gan")
@@ -114,9 +256,11 @@ class GanDecoder:
 
     @classmethod
     def check(cls, settings: GanSettings) -> None:
-        """Start-up check: the generator file exists and its latent shape is known."""
+        """Start-up check from the file's headers: it exists, it is a format that loads without running anything
+        (UnsafeModelFile otherwise) and its latent shape is known."""
         if not Path(settings.path).expanduser().is_file():
             raise FileNotFoundError(f"gan: generator file {settings.path} not found")
+        check_file(settings.path)
         cls.latent_shape(settings)
 
     def __init__(self, settings: GanSettings, device: str = "cpu") -> None:
@@ -132,8 +276,8 @@ class GanDecoder:
         s = self.settings
         path = Path(s.path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"gan: generator file {path} not found; export one with "
-                                    f"installation.decoders.gan.save_generator (TorchScript or torch.export)")
+            raise FileNotFoundError(f"gan: generator file {path} not found; write one with `installation train` "
+                                    f"or installation.decoders.gan.save_generator ({SUFFIX})")
         self.device = resolve_device(self.device_name)
         self.dtype = resolve_dtype(s.dtype, self.device)
         with PrepareProgress(f"gan {path.name}", 3) as progress:
@@ -142,14 +286,14 @@ class GanDecoder:
     def _prepare_steps(self, path: Path, progress: PrepareProgress) -> None:
         s = self.settings
         progress.step("loading the generator")
-        meta = read_metadata(path)
+        self.gen, meta = load_generator(path, self.device)
+        self.gen = self.gen.to(self.dtype)
         self.lat_shape = self.latent_shape(s)
         self.class_dim = s.class_dim if s.class_dim >= 0 else int(meta.get("class_dim", 0))
         rng = s.output_range if s.output_range != "auto" else meta.get("output_range", "tanh")
         if rng not in ("tanh", "unit"):
             raise ValueError(f"gan: {path}: output_range must be tanh or unit, not {rng!r}")
         self.unit_range = rng == "unit"
-        self.gen = self._load(path)
         self._fn = maybe_compile(self.gen, s.compile, s.compile_cache_dir, s.cuda_graph)
         self.programs = Programs(self.device, s.cuda_graph)
         self.readback = Readback(self.device)
@@ -177,30 +321,6 @@ class GanDecoder:
         self._counters["frames"] = 0
         log.info("gan: %s ready (latent %s, class_dim %d, graphs=%s)", path, self.lat_shape, self.class_dim,
                  self.programs.use_graphs)
-
-    def _load(self, path: Path) -> torch.nn.Module:
-        errors = []
-        loaders = [self._load_export, self._load_script]
-        if path.suffix != ".pt2":
-            loaders.reverse()
-        for loader in loaders:
-            try:
-                return loader(path)
-            except Exception as exc:  # noqa: BLE001 - try the other format, report both
-                errors.append(f"{loader.__name__[6:]}: {exc}")
-        raise ValueError(f"gan: {path} is neither a TorchScript nor a torch.export file ({'; '.join(errors)})")
-
-    def _load_script(self, path: Path) -> torch.nn.Module:
-        mod = torch.jit.load(str(path), map_location=self.device)
-        return mod.to(self.dtype).eval()
-
-    def _load_export(self, path: Path) -> torch.nn.Module:
-        from torch.export.passes import move_to_device_pass
-
-        # An exported program records the device of every tensor its forward creates (saved on the CPU, it would
-        # build them there); the pass rewrites those too, which .to(device) on the module does not.
-        ep = move_to_device_pass(torch.export.load(str(path)), self.device)
-        return ep.module().to(self.dtype)
 
     def _generate(self) -> torch.Tensor:
         z = self.buf["z"] * self.buf["psi"]

@@ -291,7 +291,7 @@ class ControlSurface:
                 raise Reject("out_of_range")
         result = self._guard.check(args[0])
         # Every public prompt is noted for the audit log (installation/vision/audit.py), refused ones too.
-        self.bus.note("prompt.audit", {"slot": slot, "text": args[0][:AUDIT_TEXT_MAX],
+        self.bus.note("prompt.audit", {"slot": slot, "text": self._guard.audit_text(args[0][:AUDIT_TEXT_MAX], result),
                                        "verdict": "ok" if result.ok else result.reason}, sender.source)
         if not result.ok:
             with self._lock:
@@ -350,7 +350,8 @@ class ControlSurface:
         text = ""
         if args[0].strip():
             result = self._guard.check(args[0])
-            self.bus.note("prompt.audit", {"slot": "steer", "text": args[0][:AUDIT_TEXT_MAX],
+            self.bus.note("prompt.audit", {"slot": "steer",
+                                           "text": self._guard.audit_text(args[0][:AUDIT_TEXT_MAX], result),
                                            "verdict": "ok" if result.ok else result.reason}, sender.source)
             if not result.ok:
                 with self._lock:

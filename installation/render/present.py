@@ -202,6 +202,20 @@ class Presenter:
     def has_frame(self) -> bool:
         return self._last_rgb is not None
 
+    def forget(self) -> None:
+        """Drop every frame held and what feedback passes remember: :meth:`render` gives None (black) until the
+        next :meth:`take` (a frame check that changed must not let an earlier frame, or its echo, on screen)."""
+        for tex in self._frames.values():
+            if tex is not None:
+                tex.release()
+        self._frames = {"prev": None, "cur": None, "hold": None}
+        self._frame_sizes.clear()
+        self._last_rgb, self._shown_seq, self._cut = None, -1, None
+        self._interval, self._hold_len = 0.0, 0.0
+        for p in self._passes:
+            for _, fbo in p.targets:
+                fbo.clear(0.0, 0.0, 0.0, 1.0)
+
     def draw(self, fbo: moderngl.Framebuffer, now: float, values: Mapping[str, float], master: float = 1.0) -> None:
         """Render the chain and show it in ``fbo`` (the window's screen or a headless framebuffer) at the presenter's
         size, faded to ``master``: :meth:`render` plus one :class:`~.outputs.Output`."""

@@ -9,14 +9,15 @@ SIZES = (64, 128, 256)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    """``installation train FOLDER --out MODEL.pt2``."""
+    """``installation train FOLDER --out MODEL.safetensors``."""
     p = sub.add_parser("train", help="train a small GAN on a folder of images, for [decoder] type = \"gan\"",
                        description="Train a compact style-based GAN on a folder of images (a few hundred is "
                                    "enough for simple sets), with previews, KID, resumable checkpoints, and export "
                                    "the generator for the GAN decoder.")
     _log_level(p)
     p.add_argument("folder", help="folder of images (jpg/png/webp, any size; centre-cropped to squares)")
-    p.add_argument("--out", required=True, help="generator file to write: .pt2 (torch.export) or .pt (TorchScript)")
+    p.add_argument("--out", required=True, help="generator file to write (.safetensors: weights and their declared "
+                                                 "architecture)")
     p.add_argument("--size", type=int, default=64, choices=SIZES, help="image side in pixels (default 64)")
     p.add_argument("--minutes", type=float, default=30.0, help="training time in all, across resumes (default 30)")
     p.add_argument("--steps", type=int, default=0, help="stop after this many steps in all (default: minutes only)")

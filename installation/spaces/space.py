@@ -125,7 +125,9 @@ class _Encoder:
         import diffusers
         import torch
 
-        from ..decoders.diffusion import _weights_variant, vae_factor
+        from ..decoders.diffusion import check_weights, vae_factor
+
+        how = "give a folder with .safetensors weights"
 
         self.torch = torch
         self.device = torch.device(device)
@@ -133,16 +135,18 @@ class _Encoder:
             folder = Path(taesd).expanduser()
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(f"TAESD folder {folder} not found or has no config.json")
-            self.vae = diffusers.AutoencoderTiny.from_pretrained(folder, variant=_weights_variant(folder) or None,
-                                                                 torch_dtype=torch.float32, low_cpu_mem_usage=False)
+            self.vae = diffusers.AutoencoderTiny.from_pretrained(folder, variant=check_weights(folder, how),
+                                                                 torch_dtype=torch.float32, low_cpu_mem_usage=False,
+                                                                 use_safetensors=True)
             self.tiny = True
         else:
             folder = Path(model).expanduser() / "vae"
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(f"diffusers folder {model} has no vae/config.json (a diffusers model folder "
                                         f"such as stabilityai/sd-turbo, or give --taesd)")
-            self.vae = diffusers.AutoencoderKL.from_pretrained(folder, variant=_weights_variant(folder) or None,
-                                                               torch_dtype=torch.float32, low_cpu_mem_usage=False)
+            self.vae = diffusers.AutoencoderKL.from_pretrained(folder, variant=check_weights(folder, how),
+                                                               torch_dtype=torch.float32, low_cpu_mem_usage=False,
+                                                               use_safetensors=True)
             self.tiny = False
         self.vae.to(self.device).eval().requires_grad_(False)
         self.scale = float(self.vae.config.get("scaling_factor", 1.0) or 1.0)
@@ -166,12 +170,16 @@ class _Clip:
         import open_clip
         import torch
 
+        from ..decoders.weights import check_pickle
+
         if config:
             open_clip.add_model_config(Path(config).expanduser())
+        if pretrained and Path(pretrained).expanduser().is_file():
+            check_pickle(pretrained, "--clip-pretrained")  # a pickle with more than tensors is refused, never run
         self.torch = torch
         self.device = torch.device(device)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None,
-                                                                               device=self.device)
+                                                                               device=self.device, weights_only=True)
         self.model.eval()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``installation train FOLDER --out MODEL.pt2``: a compact style-based GAN trained on a folder of images.
+"""``installation train FOLDER --out MODEL.safetensors``: a compact style-based GAN trained on a folder of images.
 
 The generator is StyleGAN-like at a small scale: a mapping network turns z into a style w (so the space a scene
 walks is smooth), a learned 4x4 constant is upsampled block by block, and every block's features are scaled and
@@ -9,11 +9,12 @@ applies it at a probability adapted by ADA's overfitting heuristic instead; on t
 worse after 30 minutes (KID x1000 1149 against 709 with DiffAugment always on), so "always" is the default. An EMA copy of the
 generator is what previews and the export use.
 
-A run's folder (``--work``, default ``MODEL.run/`` beside the output) holds ``checkpoint.pt`` (everything needed
-to resume: nets, optimisers, step, training seconds, random states), ``preview_*.png`` grids, and
-``metrics.jsonl`` with the losses and a KID figure at every preview. The final EMA generator is exported with
-:func:`installation.decoders.gan.save_generator` (.pt2 = torch.export, else TorchScript), with its latent size
-and metadata, for ``[decoder] type = "gan"``.
+A run's folder (``--work``, default ``MODEL.run/`` beside the output) holds ``checkpoint.safetensors`` (everything
+needed to resume: nets, optimisers, step, training seconds, random states; tensors plus JSON, so a checkpoint from
+anyone loads without running anything; a ``checkpoint.pt`` of an earlier version is read once with torch's
+weights-only unpickler), ``preview_*.png`` grids, and ``metrics.jsonl`` with the losses and a KID figure at every
+preview. The final EMA generator is written with :func:`installation.decoders.gan.save_generator` (weights and its
+declared architecture, ``stylegan-lite``), with its latent size and metadata, for ``[decoder] type = "gan"``.
 
 The quality figure is KID (kernel inception distance's estimator, polynomial kernel) on the features of a small
 *random*, fixed-seed conv net (:class:`RandomFeatures`): no pretrained Inception can be downloaded here; random conv
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import logging
 import math
@@ -168,8 +168,13 @@ class ExportedGenerator(nn.Module):
     ``gan.truncation`` psi scales z, so psi 0 is the mean image and psi < 1 stays closer to it, as in StyleGAN.
     """
 
-    def __init__(self, gen: Generator) -> None:
+    architecture = "stylegan-lite"  # the name a generator file declares (decoders/gan_nets.py)
+    Config = GanConfig
+
+    def __init__(self, cfg: GanConfig, gen: Generator | None = None) -> None:
         super().__init__()
+        gen = gen or Generator(cfg)
+        self.config = cfg
         self.mapping = gen.mapping
         self.synthesis = gen.synthesis
         self.register_buffer("w_avg", gen.w_avg.detach().clone())
@@ -407,7 +412,8 @@ class Trainer:
         self.out = Path(opts.out).expanduser()
         self.work = Path(opts.work).expanduser() if opts.work else self.out.with_name(self.out.stem + ".run")
         self.work.mkdir(parents=True, exist_ok=True)
-        self.ckpt_path = self.work / "checkpoint.pt"
+        self.ckpt_path = self.work / "checkpoint.safetensors"
+        self.legacy_ckpt = self.work / "checkpoint.pt"  # written by an earlier version (torch.save)
         self.device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if opts.device == "auto" else opts.device))
         data, self.skipped = load_set(opts.folder, opts.size)
@@ -433,32 +439,77 @@ class Trainer:
         self._rt: list[float] = []
         self.resumed = False
         self._last_preview_step = -1
-        if self.ckpt_path.is_file() and not opts.fresh:
+        if (self.ckpt_path.is_file() or self.legacy_ckpt.is_file()) and not opts.fresh:
             self._load()
         self.kid = KidMeter(to_unit(self.data)) if opts.kid_samples else None
 
     # -- checkpoint ----------------------------------------------------------------------------------------------
 
-    def _state(self) -> dict:
-        return {"config": asdict(self.cfg), "step": self.step, "seconds": self.seconds,
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON-able rest): nets, optimiser moments and the torch random state as tensors; config,
+        counters, optimiser settings and numpy's random state as JSON."""
+        tensors: dict[str, torch.Tensor] = {"torch_rng": torch.get_rng_state()}
+        for name in ("G", "D", "G_ema"):
+            tensors.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        info = {"config": asdict(self.cfg), "step": self.step, "seconds": self.seconds,
                 "next_preview": self.next_preview, "aug_p": self.aug_p, "rt": list(self._rt),
-                "G": self.G.state_dict(), "D": self.D.state_dict(),
-                "G_ema": self.G_ema.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "torch_rng": torch.get_rng_state(), "np_rng": self.rng.bit_generator.state,
-                "folder": str(self.opts.folder)}
+                "np_rng": self.rng.bit_generator.state, "folder": str(self.opts.folder)}
+        for name in ("opt_g", "opt_d"):
+            sd = getattr(self, name).state_dict()
+            info[name] = {"param_groups": sd["param_groups"], "numbers": {}}
+            for idx, entry in sd["state"].items():
+                for key, value in entry.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"{name}.{idx}.{key}"] = value
+                    else:
+                        info[name]["numbers"][f"{idx}.{key}"] = value
+        return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, info
 
     def save_checkpoint(self) -> Path:
         """Write atomically (:func:`~installation.ops.state.write_atomic`: temporary file, fsync, rename), so a kill
         or a power cut mid-write leaves the previous checkpoint."""
-        buf = io.BytesIO()
-        torch.save(self._state(), buf)
-        write_atomic(self.ckpt_path, buf.getvalue())
+        from safetensors.torch import save
+
+        tensors, info = self._state()
+        write_atomic(self.ckpt_path, save(tensors, metadata={"installation": json.dumps(info)}))
         return self.ckpt_path
 
+    def _read_checkpoint(self) -> dict:
+        """The checkpoint as one dict (the layout of the earlier torch.save one): safetensors, or an earlier
+        version's checkpoint.pt through torch's weights-only unpickler (tensors, containers and numbers only)."""
+        if not self.ckpt_path.is_file():
+            try:
+                return torch.load(self.legacy_ckpt, map_location=self.device, weights_only=True)
+            except Exception as e:  # noqa: BLE001 - UnpicklingError for anything but plain data; a damaged file
+                raise ValueError(f"{self.legacy_ckpt}: not loaded, it holds more than tensors and numbers (a pickle "
+                                 f"could run code) or is damaged ({type(e).__name__}); use --fresh to start over"
+                                 ) from None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.ckpt_path), "pt", device=str(self.device)) as f:
+                info = json.loads((f.metadata() or {})["installation"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            state = {**info, "torch_rng": tensors.pop("torch_rng").cpu()}
+            for name in ("G", "D", "G_ema"):
+                state[name] = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            for name in ("opt_g", "opt_d"):
+                entries: dict[int, dict] = {}
+                for key, value in [*info[name]["numbers"].items(),
+                                   *((k[len(name) + 1:], v) for k, v in tensors.items() if k.startswith(name + "."))]:
+                    idx, _, field = key.partition(".")
+                    entries.setdefault(int(idx), {})[field] = value
+                state[name] = {"state": entries, "param_groups": info[name]["param_groups"]}
+            return state
+        except Exception as e:  # noqa: BLE001 - SafetensorError, missing keys, bad JSON: one line
+            raise ValueError(f"{self.ckpt_path}: not a training checkpoint ({type(e).__name__}: {e}); use --fresh "
+                             f"to start over") from None
+
     def _load(self) -> None:
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        state = self._read_checkpoint()
+        path = self.ckpt_path if self.ckpt_path.is_file() else self.legacy_ckpt
         if state["config"] != asdict(self.cfg):
-            raise ValueError(f"{self.ckpt_path} was trained with {state['config']}; this run asks for "
+            raise ValueError(f"{path} was trained with {state['config']}; this run asks for "
                              f"{asdict(self.cfg)} (use --fresh to start over, or another --work folder)")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
@@ -470,7 +521,7 @@ class Trainer:
         self.step, self.seconds, self.next_preview = state["step"], state["seconds"], state["next_preview"]
         self.aug_p, self._rt = state["aug_p"], list(state["rt"])
         self.resumed = True
-        log.info("resumed %s at step %d (%.1f min trained)", self.ckpt_path, self.step, self.seconds / 60)
+        log.info("resumed %s at step %d (%.1f min trained)", path, self.step, self.seconds / 60)
 
     # -- one step ------------------------------------------------------------------------------------------------
 
@@ -562,13 +613,12 @@ class Trainer:
         """The EMA generator (with its w_avg truncation) for the GAN decoder, with metadata."""
         from ..decoders.gan import save_generator
 
-        gen = ExportedGenerator(copy.deepcopy(self.G_ema).cpu()).eval()
+        gen = ExportedGenerator(self.cfg, copy.deepcopy(self.G_ema).cpu()).eval()
         meta = {"trained_by": "installation train", "size": self.cfg.size, "steps": self.step,
                 "minutes": round(self.seconds / 60, 2), "images": len(self.data),
                 "folder": Path(self.opts.folder).name, "config": asdict(self.cfg)}
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        return save_generator(gen, self.out, (self.cfg.z_dim,), output_range="tanh",
-                              export=self.out.suffix == ".pt2", meta=meta)
+        return save_generator(gen, self.out, (self.cfg.z_dim,), output_range="tanh", meta=meta)
 
     def done(self) -> bool:
         o = self.opts
@@ -646,8 +696,10 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.bench:
         return bench(opts, args.bench)
-    if not (opts.out.endswith(".pt2") or opts.out.endswith(".pt")):
-        print("installation: train: --out must end in .pt2 (torch.export) or .pt (TorchScript)", file=sys.stderr)
+    if not opts.out.endswith(".safetensors"):
+        print(f"installation: train: --out must end in .safetensors (the generator's weights; .pt2 and .pt files are "
+              f"programs that could run code), e.g. --out {Path(opts.out).with_suffix('.safetensors')}: the run "
+              f"folder beside it is the same, so an earlier run resumes", file=sys.stderr)
         return 2
     if opts.minutes <= 0 and opts.steps <= 0:
         print("installation: train: give --minutes or --steps above 0", file=sys.stderr)

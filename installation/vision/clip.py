@@ -42,6 +42,9 @@ def check_weights(settings: VisionSettings) -> None:
         if not Path(w).is_file():
             raise WeightsMissing(f"CLIP weights {w} not found; get them with "
                                  + DOWNLOAD.format(model=settings.model, tag=DEFAULT_TAG, path=w))
+        from ..decoders.weights import check_pickle
+
+        check_pickle(w, "[vision] weights")  # a .bin/.pt is read by the weights-only unpickler only, or refused
     elif _offline(settings):
         raise WeightsMissing(f"CLIP weights: pretrained tag {w!r} needs a download but this run is offline; "
                              "set weights to a local file, got with "
@@ -72,8 +75,9 @@ class ClipModel:
                 open_clip.add_model_config(settings.model_config_file)
             name = Path(settings.model_config_file).stem
         self.name = name
+        # weights_only: a pickled checkpoint goes through torch's weights-only unpickler (open_clip's default too).
         model = open_clip.create_model(name, pretrained=settings.weights, device=self.device,
-                                       precision="fp16" if self.device == "cuda" else "fp32")
+                                       precision="fp16" if self.device == "cuda" else "fp32", weights_only=True)
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(name)
         cfg = getattr(model.visual, "preprocess_cfg", {}) or {}

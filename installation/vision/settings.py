@@ -11,7 +11,7 @@ from ..inputs.prompt_guard import PromptGuardSettings
 
 # The command printed when the checkpoint file is missing (run it on a machine with internet, then copy the file).
 DOWNLOAD = ("python -c \"import open_clip; open_clip.create_model_and_transforms('{model}', "
-            "pretrained='{tag}')\"  (then copy the .bin/.safetensors from ~/.cache/huggingface/hub to {path})")
+            "pretrained='{tag}')\"  (then copy the .safetensors from ~/.cache/huggingface/hub to {path})")
 DEFAULT_TAG = "laion2b_s34b_b79k"
 SHIPPED_VOCABULARY = Path(__file__).resolve().parents[2] / "config" / "vocabulary.txt"
 

@@ -37,7 +37,7 @@ def _gan(tmp: Path, models) -> dict:
     from test_gan import TinyGenerator
 
     torch.manual_seed(0)
-    return {"path": str(save_generator(TinyGenerator(classes=3), tmp / "g.pt", (16,), class_dim=3))}
+    return {"path": str(save_generator(TinyGenerator(classes=3), tmp / "g.safetensors", (16,), class_dim=3))}
 
 
 BACKENDS = {"cppn": _cppn, "faulty": _cppn, "diffusion": _diffusion, "gan": _gan}

@@ -381,6 +381,64 @@ def test_weights_variant_choice(tmp_path):
     assert _weights_variant(tmp_path / "a", prefer_fp16=True) == "fp16"
     assert _weights_variant(tmp_path / "b") == "fp16"
     assert _weights_variant(tmp_path / "c") is False
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "diffusion_pytorch_model.bin").touch()
+    assert _weights_variant(tmp_path / "d") is False, "a pickled .bin never counts as weights"
+
+
+def test_pickled_weights_are_refused_and_never_unpickled(Diffusion, tiny_models, tmp_path):
+    """A folder whose UNet (or TAESD) has only a .bin, here a pickle whose payload would create a marker: refused
+    with one line at start (check) and by prepare; the payload never runs."""
+    import shutil
+
+    from installation.config import ConfigError, check_decoder_files
+    from installation.decoders.weights import UnsafeModelFile
+    from payloads import torch_saved
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_models["sd-turbo"], folder)
+    for f in (folder / "unet").glob("*.safetensors"):
+        f.unlink()
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(torch_saved(marker, w=torch.zeros(2)))
+    s = Diffusion.Settings(model=str(folder), width=W, height=H)
+    with pytest.raises(UnsafeModelFile, match=r"bin-only/unet: only pickled weights .*safetensors only"):
+        Diffusion.check(s)
+    with pytest.raises(UnsafeModelFile):
+        create(DecoderSpec("diffusion", s)).prepare()
+    taesd = tmp_path / "taesd-bin"
+    shutil.copytree(tiny_models["taesd"], taesd)
+    for f in taesd.glob("*.safetensors"):
+        f.unlink()
+    (taesd / "diffusion_pytorch_model.bin").write_bytes(torch_saved(marker, w=torch.zeros(2)))
+    s = _settings(Diffusion, tiny_models, taesd=str(taesd))
+    with pytest.raises(UnsafeModelFile, match="taesd-bin: only pickled weights"):
+        Diffusion.check(s)
+    with pytest.raises(UnsafeModelFile):
+        create(DecoderSpec("diffusion", s)).prepare()
+
+    class _Scene:  # what check_decoder_files reads: the start-up path to exit 2
+        path = tmp_path / "scene.toml"
+        decoder = DecoderSpec("diffusion", s)
+
+    with pytest.raises(ConfigError, match="only pickled weights"):
+        check_decoder_files(_Scene())
+    assert not marker.exists()
+    torch.load(taesd / "diffusion_pytorch_model.bin", weights_only=False)
+    assert marker.exists(), "the fixture is live: an unrestricted torch.load runs it"
+
+
+def test_a_pickled_lora_runs_nothing(Diffusion, tiny_models, tmp_path):
+    """A .bin/.pt LoRA is read only by torch's weights-only unpickler: a payload is refused with one line naming
+    the file, and never runs."""
+    from payloads import torch_saved
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "style.bin"
+    evil.write_bytes(torch_saved(marker, w=torch.zeros(2)))
+    with pytest.raises(ValueError, match=r"LoRA 'style': .*style.bin.*tensors"):
+        _decoder(Diffusion, tiny_models, loras=((str(evil), "style"),))
+    assert not marker.exists()
 
 
 def test_loading_does_not_warn_about_accelerate(Diffusion, tiny_models):

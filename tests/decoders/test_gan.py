@@ -1,31 +1,24 @@
-"""The GAN decoder on a tiny generator scripted (or exported) to a file and loaded back."""
+"""The GAN decoder on a tiny generator of a declared architecture saved to a .safetensors file and loaded back, and
+every other generator file refused without running anything from it (crafted payloads that would create a marker)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from installation.decoders import DecoderSpec, NonFiniteFrame, create, decoder_class
-from installation.decoders.gan import read_metadata, save_generator
+from installation.decoders.gan import UnsafeModelFile, load_generator, read_metadata, save_generator
+from installation.decoders.gan_nets import Dcgan, DcganConfig
+from payloads import pt2_with_pickled_weight, torch_saved
+from support import run_cli, scene_toml, write_show
 
 
-class TinyGenerator(nn.Module):
-    """z [B,16] (+ class [B,3]) -> [B,3,16,16] in -1..1."""
-
-    def __init__(self, latent: int = 16, classes: int = 0) -> None:
-        super().__init__()
-        self.classes = classes
-        self.embed = nn.Linear(max(classes, 1), latent)
-        self.fc = nn.Linear(latent, 8 * 4 * 4)
-        self.up = nn.Sequential(nn.ConvTranspose2d(8, 8, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(8, 3, 4, 2, 1))
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if c is not None:
-            z = z + self.embed(c)
-        x = self.fc(z).reshape(z.shape[0], 8, 4, 4)
-        return torch.tanh(self.up(x))
+def TinyGenerator(latent: int = 16, classes: int = 0) -> Dcgan:
+    """z [B,16] (+ class [B,3]) -> [B,3,16,16] in -1..1: the declared dcgan architecture at a tiny size."""
+    return Dcgan(DcganConfig(z_dim=latent, class_dim=classes, width=8, size=16)).eval()
 
 
 @pytest.fixture
@@ -39,12 +32,12 @@ def _expected(gen, z, c=None):
     return ((img[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("export", [False, True])
-def test_round_trip_renders_the_generator(Gan, tmp_path, make_request, unit_z, export):
+def test_round_trip_renders_the_generator(Gan, tmp_path, make_request, unit_z):
     torch.manual_seed(0)
-    gen = TinyGenerator().eval()
-    path = save_generator(gen, tmp_path / ("g.pt2" if export else "g.pt"), (16,), export=export)
-    assert read_metadata(path)["latent_shape"] == [16]
+    gen = TinyGenerator()
+    path = save_generator(gen, tmp_path / "g.safetensors", (16,))
+    meta = read_metadata(path)
+    assert meta["latent_shape"] == [16] and meta["architecture"] == "dcgan" and meta["config"]["width"] == 8
     s = Gan.Settings(path=str(path))
     assert Gan.latent_shape(s) == (16,)
     d = create(DecoderSpec("gan", s))
@@ -63,7 +56,7 @@ def test_round_trip_renders_the_generator(Gan, tmp_path, make_request, unit_z, e
 def test_class_conditional_and_nan_guard(Gan, tmp_path, make_request, unit_z):
     torch.manual_seed(1)
     gen = TinyGenerator(classes=3).eval()
-    path = save_generator(gen, tmp_path / "cond.pt", (16,), class_dim=3)
+    path = save_generator(gen, tmp_path / "cond.safetensors", (16,), class_dim=3)
     s = Gan.Settings(path=str(path), class_index=1)
     d = create(DecoderSpec("gan", s))
     d.prepare()
@@ -94,24 +87,156 @@ def test_class_conditional_and_nan_guard(Gan, tmp_path, make_request, unit_z):
 
 
 def test_missing_file_and_missing_metadata(Gan, tmp_path):
-    s = Gan.Settings(path=str(tmp_path / "none.pt"), latent_shape=(8,))
-    with pytest.raises(FileNotFoundError, match="none.pt"):
+    s = Gan.Settings(path=str(tmp_path / "none.safetensors"), latent_shape=(8,))
+    with pytest.raises(FileNotFoundError, match="none.safetensors"):
         create(DecoderSpec("gan", s)).prepare()
-    plain = tmp_path / "plain.pt"
-    torch.jit.save(torch.jit.script(TinyGenerator()), str(plain))
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"  # weights without the metadata that names their architecture
+    save_file({k: v.contiguous() for k, v in TinyGenerator().state_dict().items()}, str(plain))
     with pytest.raises(ValueError, match="latent_shape"):
         Gan.latent_shape(Gan.Settings(path=str(plain)))
-    assert Gan.latent_shape(Gan.Settings(path=str(plain), latent_shape=(16,))) == (16,)
+    with pytest.raises(UnsafeModelFile, match="plain.safetensors.*architecture"):
+        Gan.check(Gan.Settings(path=str(plain), latent_shape=(16,)))
 
 
-def test_compile_on_a_torchscript_file_runs_it_as_it_is(Gan, tmp_path, make_request, unit_z, caplog):
-    """torch.compile refuses TorchScript: the decoder says so and renders uncompiled instead of failing to start."""
+def test_the_file_fills_a_network_built_here(tmp_path, unit_z):
+    """The network is the declared class, built in this program and filled with the file's tensors."""
     torch.manual_seed(0)
-    gen = TinyGenerator().eval()
-    path = save_generator(gen, tmp_path / "g.pt", (16,), export=False)
-    s = Gan.Settings(path=str(path), compile=True)
+    gen = TinyGenerator()
+    net, meta = load_generator(save_generator(gen, tmp_path / "g.safetensors", (16,)))
+    assert type(net) is Dcgan and meta["output_range"] == "tanh"
+    z = torch.from_numpy(unit_z((16,)))[None]
+    with torch.no_grad():
+        assert torch.equal(net(z), gen(z))
+    with pytest.raises(TypeError, match="not a declared architecture"):
+        save_generator(torch.nn.Linear(16, 16), tmp_path / "x.safetensors", (16,))
+
+
+def test_tensors_that_do_not_fit_the_declared_architecture_are_refused(Gan, tmp_path):
+    torch.manual_seed(0)
+    path = save_generator(TinyGenerator(), tmp_path / "g.safetensors", (16,))
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["installation"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    wide = tmp_path / "wide.safetensors"  # claims width 9: every shape is off
+    save_file(tensors, str(wide), metadata={"installation": json.dumps({**meta, "config": {**meta["config"],
+                                                                                            "width": 9}})})
+    with pytest.raises(UnsafeModelFile, match="wide.safetensors.*do not fit"):
+        load_generator(wide)
+    huge = tmp_path / "huge.safetensors"  # an absurd network is refused from the header, before anything is built
+    save_file(tensors, str(huge), metadata={"installation": json.dumps({**meta, "config": {**meta["config"],
+                                                                                            "width": 1 << 40}})})
+    with pytest.raises(UnsafeModelFile, match="whole number"):
+        Gan.check(Gan.Settings(path=str(huge)))
+    other = tmp_path / "other.safetensors"  # an architecture this program does not declare
+    save_file(tensors, str(other), metadata={"installation": json.dumps({**meta, "architecture": "os.system"})})
+    with pytest.raises(UnsafeModelFile, match="os.system.*allowed: dcgan, stylegan-lite"):
+        Gan.check(Gan.Settings(path=str(other)))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(UnsafeModelFile, match="garbage.safetensors"):
+        Gan.check(Gan.Settings(path=str(garbage), latent_shape=(16,)))
+
+
+# -- crafted files whose payload would create a marker: none may run -----------------------------------------------
+
+
+def _export_legacy(path, cfg_kw=None, module_cls=None):
+    """A .pt2 as an earlier `installation train` wrote it: torch.export of the EMA generator plus its metadata."""
+    from dataclasses import asdict
+
+    from installation.spaces.train import ExportedGenerator, GanConfig
+
+    cfg = GanConfig(**(cfg_kw or dict(size=8, z_dim=8, w_dim=8, mapping_layers=1, base=4, cap=8)))
+    torch.manual_seed(3)
+    gen = (module_cls or ExportedGenerator)(cfg).eval()
+    gen.w_avg.normal_()
+    meta = {"trained_by": "installation train", "config": asdict(cfg), "latent_shape": [cfg.z_dim], "class_dim": 0,
+            "output_range": "tanh"}
+    ep = torch.export.export(gen, (torch.zeros(1, cfg.z_dim),))
+    torch.export.save(ep, str(path), extra_files={"installation.json": json.dumps(meta)})
+    return gen, path
+
+
+def test_a_legacy_train_pt2_still_loads_as_weights_only(Gan, tmp_path, make_request, unit_z):
+    """Users' existing `installation train` .pt2 files keep working: the raw weights are read and built as
+    stylegan-lite; neither torch.export.load nor the archive's graph is used."""
+    from installation.spaces.train import ExportedGenerator
+
+    gen, path = _export_legacy(tmp_path / "old.pt2")
+    s = Gan.Settings(path=str(path))
+    Gan.check(s)
     d = create(DecoderSpec("gan", s))
     d.prepare()
-    z = unit_z((16,))
-    assert np.array_equal(d.render(make_request(s, z, kind="gan")), _expected(gen, z))
-    assert "TorchScript" in caplog.text
+    assert type(d.gen) is ExportedGenerator
+    z = unit_z((8,), 5)
+    f = d.render(make_request(s, z, kind="gan"))
+    with torch.no_grad():
+        want = gen(torch.from_numpy(z)[None])
+    want = ((want[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    assert np.abs(f.astype(int) - want.astype(int)).max() <= 1
+    d.close()
+
+
+def test_the_reviews_pt2_with_a_pickled_weight_is_refused_before_loading(Gan, tmp_path):
+    """The review's exploit (use_pickle: true and a pickle whose __reduce__ runs) is refused at start, and prepare
+    refuses it too (no retry runs it); torch.export.load would have run it."""
+    marker = tmp_path / "pwned"
+    _, good = _export_legacy(tmp_path / "good.pt2")
+    evil = pt2_with_pickled_weight(good, tmp_path / "evil.pt2", marker)
+    s = Gan.Settings(path=str(evil))
+    with pytest.raises(UnsafeModelFile, match=r"evil.pt2: weight .* is a pickle"):
+        Gan.check(s)
+    for _ in range(2):
+        with pytest.raises(UnsafeModelFile):
+            create(DecoderSpec("gan", s)).prepare()
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        torch.export.load(str(evil))
+    assert marker.exists(), "the fixture is live: torch.export.load unpickled the weight"
+
+
+def test_other_exports_torchscript_and_pickles_are_refused(Gan, tmp_path):
+    marker = tmp_path / "pwned"
+    export = tmp_path / "mine.pt2"  # a torch.export program not written by `installation train`
+    torch.export.save(torch.export.export(TinyGenerator(), (torch.zeros(1, 16),)), str(export))
+    script = tmp_path / "g.pt"  # TorchScript: its code runs when called (here it creates a file)
+
+    class Trap(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.marker = str(marker)
+
+        def forward(self, z):
+            t = torch.from_file(self.marker, shared=True, size=1, dtype=torch.uint8)
+            return z.reshape(1, 1, 4, 4).expand(1, 3, 4, 4) + t.float().sum() * 0
+
+    torch.jit.save(torch.jit.script(Trap()), str(script))
+    pickle_file = tmp_path / "g.pth"
+    pickle_file.write_bytes(torch_saved(marker, w=torch.zeros(2)))
+    for path, why in [(export, "not written by `installation train`"), (script, "TorchScript"),
+                      (pickle_file, "TorchScript and pickled")]:
+        s = Gan.Settings(path=str(path), latent_shape=(16,))
+        with pytest.raises(UnsafeModelFile, match=why):
+            Gan.check(s)
+        with pytest.raises(UnsafeModelFile):
+            create(DecoderSpec("gan", s)).prepare()
+    assert not marker.exists()
+    torch.jit.load(str(script))(torch.zeros(1, 16))
+    assert marker.exists(), "the fixture is live: TorchScript ran its code"
+
+
+def test_run_refuses_an_unsafe_generator_with_one_line_and_exit_2(tmp_path):
+    marker = tmp_path / "pwned"
+    _, good = _export_legacy(tmp_path / "good.pt2")
+    evil = pt2_with_pickled_weight(good, tmp_path / "evil.pt2", marker)
+    cfg = write_show(tmp_path, {"g": scene_toml(f'type = "gan"\npath = "{evil}"', 'kind = "walk"')})
+    r = run_cli("run", "--config", str(cfg), "--headless", "--fixed-step", "--duration", "1")
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "evil.pt2" in ln]
+    assert len(lines) == 1 and "is a pickle" in lines[0], r.stderr
+    assert not marker.exists()

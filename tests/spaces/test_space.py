@@ -213,3 +213,22 @@ def test_the_map_command_draws_a_space_file_with_its_tour(space, tmp_path, capfd
     img = np.asarray(Image.open(out))
     assert img.shape == (400, 640, 3) and img.std() > 10  # thumbnails and a path on the dark ground
     assert page.read_text().count("data:image/jpeg;base64") >= 13
+
+
+def test_a_space_file_with_a_pickled_array_runs_nothing(space, tmp_path):
+    """np.load(allow_pickle=False): an object array (a pickle, here with a payload that would create a marker) in a
+    space file is refused with one line; the payload never runs."""
+    from payloads import Payload
+
+    marker = tmp_path / "pwned"
+    with np.load(space, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["names"] = np.array([Payload(marker)], dtype=object)
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, **arrays)
+    with pytest.raises(ValueError, match=r"evil.npz is not a space file"):
+        load_space(evil)
+    assert not marker.exists()
+    with np.load(evil, allow_pickle=True) as z:
+        z["names"]
+    assert marker.exists(), "the fixture is live: np.load with allow_pickle runs it"

@@ -25,7 +25,7 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def _opts(shapes, tmp_path, **kw) -> TrainOptions:
-    base = dict(folder=str(shapes), out=str(tmp_path / "g.pt2"), size=64, minutes=0, batch=4, kid_samples=0,
+    base = dict(folder=str(shapes), out=str(tmp_path / "g.safetensors"), size=64, minutes=0, batch=4, kid_samples=0,
                 preview_minutes=0, checkpoint_minutes=1e9, progress=False, work=str(tmp_path / "run"))
     return TrainOptions(**{**base, **kw})
 
@@ -52,7 +52,7 @@ def test_checkpoint_resumes_to_the_same_step_and_state(shapes, tmp_path):
         straight.train_step()
     first = Trainer(_opts(shapes, tmp_path / "b", steps=2))
     first.run()
-    assert (tmp_path / "b" / "run" / "checkpoint.pt").is_file() and first.step == 2
+    assert (tmp_path / "b" / "run" / "checkpoint.safetensors").is_file() and first.step == 2
     resumed = Trainer(_opts(shapes, tmp_path / "b", steps=4))
     assert resumed.resumed and resumed.step == 2
     for a, b in zip(first.G_ema.state_dict().values(), resumed.G_ema.state_dict().values()):
@@ -64,6 +64,40 @@ def test_checkpoint_resumes_to_the_same_step_and_state(shapes, tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="--fresh"):
         Trainer(_opts(shapes, tmp_path / "b", size=128))
+
+
+def _legacy_state(t: Trainer) -> dict:
+    """The checkpoint dict an earlier version wrote with torch.save."""
+    from dataclasses import asdict
+
+    return {"config": asdict(t.cfg), "step": t.step, "seconds": t.seconds, "next_preview": t.next_preview,
+            "aug_p": t.aug_p, "rt": list(t._rt), "G": t.G.state_dict(), "D": t.D.state_dict(),
+            "G_ema": t.G_ema.state_dict(), "opt_g": t.opt_g.state_dict(), "opt_d": t.opt_d.state_dict(),
+            "torch_rng": torch.get_rng_state(), "np_rng": t.rng.bit_generator.state, "folder": str(t.opts.folder)}
+
+
+def test_an_earlier_checkpoint_pt_resumes_and_a_crafted_one_runs_nothing(shapes, tmp_path):
+    from payloads import Payload
+
+    first = Trainer(_opts(shapes, tmp_path / "a", steps=2))
+    for _ in range(2):
+        first.train_step()
+    torch.save(_legacy_state(first), tmp_path / "a" / "run" / "checkpoint.pt")
+    resumed = Trainer(_opts(shapes, tmp_path / "a", steps=4))
+    assert resumed.resumed and resumed.step == 2
+    for a, b in zip(first.G_ema.state_dict().values(), resumed.G_ema.state_dict().values()):
+        assert torch.equal(a, b)
+    resumed.save_checkpoint()  # from now on the run's checkpoint is tensors plus JSON
+    assert Trainer(_opts(shapes, tmp_path / "a", steps=4)).step == 2
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "b" / "run" / "checkpoint.pt"
+    evil.parent.mkdir(parents=True)
+    torch.save({**_legacy_state(first), "np_rng": Payload(marker)}, evil)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: not loaded.*--fresh"):
+        Trainer(_opts(shapes, tmp_path / "b", steps=4))
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)
+    assert marker.exists(), "the fixture is live: an unrestricted torch.load runs it"
 
 
 def test_export_loads_and_renders_through_the_gan_decoder(shapes, tmp_path):
@@ -87,7 +121,7 @@ def test_export_loads_and_renders_through_the_gan_decoder(shapes, tmp_path):
     f = frame(z)
     assert f.shape == (64, 64, 3) and f.dtype == np.uint8
     with torch.no_grad():
-        img = ExportedGenerator(t.G_ema)(torch.from_numpy(z)[None])[0]
+        img = ExportedGenerator(t.cfg, t.G_ema)(torch.from_numpy(z)[None])[0]
     want = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     assert np.abs(f.astype(int) - want.astype(int)).max() <= 1, "the file is the EMA generator"
     mean_image = frame(z, 0.0)
@@ -99,7 +133,7 @@ def test_export_loads_and_renders_through_the_gan_decoder(shapes, tmp_path):
 def test_truncation_pulls_toward_w_avg():
     g = Generator(GanConfig(size=64)).eval()
     g.w_avg.normal_()
-    e = ExportedGenerator(g)
+    e = ExportedGenerator(GanConfig(size=64), g)
     z = torch.randn(2, 128)
     z = z / z.norm(dim=1, keepdim=True) * 128 ** 0.5  # length sqrt(dim): the trained model itself
     with torch.no_grad():
@@ -125,12 +159,13 @@ def test_kid_separates_sets():
 
 
 def test_cli_train_end_to_end_and_bad_input(shapes, tmp_path, capfd):
-    out = tmp_path / "cli.pt"
+    out = tmp_path / "cli.safetensors"
     assert cli_main(["train", str(shapes), "--out", str(out), "--steps", "1", "--batch", "4", "--kid-samples", "0",
                      "--preview-minutes", "0"]) == 0
     assert out.is_file() and read_metadata(out)["steps"] == 1
     assert cli_main(["train", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert cli_main(["train", str(shapes), "--out", str(tmp_path / "g.pt2")]) == 2  # programs are not written
     assert cli_main(["train", str(shapes), "--out", str(tmp_path / "g.onnx")]) == 2
     assert cli_main(["train", str(shapes), "--out", str(out), "--minutes", "0"]) == 2
     err = capfd.readouterr().err
-    assert "not found" in err and ".pt2" in err
+    assert "not found" in err and "--out must end in .safetensors" in err and "g.safetensors" in err

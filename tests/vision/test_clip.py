@@ -11,10 +11,43 @@ from installation.vision.clip import ClipModel, WeightsMissing, check_weights
 
 
 def test_the_checkpoint_file_is_what_gets_loaded(tiny_clip, clip_model):
-    saved = torch.load(tiny_clip.weights)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_clip.weights))
     loaded = clip_model.model.state_dict()
     assert set(saved) == set(loaded)
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)  # not a freshly initialised model
+
+
+def test_a_pickled_checkpoint_loads_as_data_and_a_crafted_one_runs_nothing(tiny_clip, tmp_path):
+    """A .pt/.bin checkpoint (what open_clip's hub folders ship) is read by the weights-only unpickler; one with a
+    payload is refused at start with one line (exit 2) and by the loader, and the payload never runs."""
+    from safetensors.torch import load_file
+    from support import run_cli, scene_toml, write_show
+
+    from installation.decoders.weights import UnsafeModelFile
+    from payloads import torch_saved
+
+    plain = tmp_path / "clip.bin"
+    torch.save(load_file(str(tiny_clip.weights)), plain)
+    model = ClipModel(tiny_clip.settings(weights=str(plain)))
+    assert np.array_equal(model.embed_texts(["a red door"]), ClipModel(tiny_clip.settings()).embed_texts(["a red door"]))
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(torch_saved(marker, w=torch.zeros(2)))
+    s = tiny_clip.settings(weights=str(evil))
+    with pytest.raises(UnsafeModelFile, match=r"\[vision\] weights: .*evil.bin is not a file of tensors"):
+        check_weights(s)
+    with pytest.raises(Exception):
+        ClipModel(s)
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml().replace(str(tiny_clip.weights), str(evil)))
+    out = run_cli("run", "--config", str(cfg), "--headless", "--duration", "1")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "evil.bin" in lines[0] and "safetensors" in lines[0], out.stderr
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)
+    assert marker.exists(), "the fixture is live: an unrestricted torch.load runs it"
 
 
 def test_embeddings_are_unit_float16_and_texts_are_cached(clip_model):
