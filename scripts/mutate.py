@@ -41,21 +41,33 @@ class Mutant:
     name: str
     why: str  # what the mistake would do to a show
     path: str
-    old: str  # must occur exactly once in the file
-    new: str
+    old: str | tuple[str, ...]  # each must occur exactly once in the file (a tuple: several places, one mistake)
+    new: str | tuple[str, ...]
     tests: tuple[str, ...]  # pytest arguments: files, node ids, -k selections
+
+    def apply(self, text: str) -> str | None:
+        """The file's text with the mistake made, or None when a line to change is not there exactly once."""
+        olds = self.old if isinstance(self.old, tuple) else (self.old,)
+        news = self.new if isinstance(self.new, tuple) else (self.new,)
+        for old, new in zip(olds, news):
+            if text.count(old) != 1:
+                return None
+            text = text.replace(old, new)
+        return text
 
 
 MUTANTS = (
     # -- the prompt guard
     Mutant("guard-no-nfkc", "full-width or compatibility letters slip past the blocklist",
            "installation/inputs/prompt_guard.py",
-           'clean = _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()', 'clean = _WS.sub(" ", text).strip()',
+           ('clean = _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()',
+            'folded = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text).casefold())'),
+           ('clean = _WS.sub(" ", text).strip()', 'folded = unicodedata.normalize("NFD", text.casefold())'),
            ("tests/inputs", "-k", "guard")),
-    Mutant("guard-no-casefold", "blocked words in capitals reach the decoder",
+    Mutant("guard-no-look-alikes", "a blocked word spelt with Cyrillic or Greek look-alike letters passes",
            "installation/inputs/prompt_guard.py",
-           "if self._block_re is not None and self._block_re.search(clean.casefold()):",
-           "if self._block_re is not None and self._block_re.search(clean):",
+           "return _WS.sub(\" \", self._checker.getSkeleton(0, bare).casefold())",
+           "return _WS.sub(\" \", bare.casefold())",
            ("tests/inputs", "-k", "guard")),
     Mutant("guard-any-chars", "control and invisible characters pass",
            "installation/inputs/prompt_guard.py",
@@ -202,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             src = tree / m.path
             original = src.read_text()
-            count = original.count(m.old)
-            if count != 1:
+            mutated = m.apply(original)
+            if mutated is None:
                 results.append({"name": m.name, "outcome": "stale", "seconds": 0.0,
-                                "detail": f"the line occurs {count} times in {m.path}"})
+                                "detail": f"a line to change is not in {m.path} exactly once"})
             else:
-                src.write_text(original.replace(m.old, m.new))
+                src.write_text(mutated)
                 try:
                     code, secs, tail = _pytest(tree, m.tests, a.timeout)
                 finally:
