@@ -304,10 +304,18 @@ def test_kill_9_loses_at_most_the_last_batch_and_never_the_file(tmp_path):
 
         before = wait_until(committed, 30)
         assert wait_until(lambda: committed() > before + 1.0, 30)  # batches keep landing while it runs
-        seen = committed()
-        time.sleep(0.5)
+        # watch the commits for a while: the last one seen must survive the kill, and the longest wait between two
+        # says how often the writer gets to commit on this machine now (every batch_s idle, less often under load)
+        seen, advances, end = committed(), [time.monotonic()], time.monotonic() + 1.0
+        while time.monotonic() < end:
+            now = committed()
+            if now > seen:
+                seen = now
+                advances.append(time.monotonic())
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        cadence = max(np.diff(advances + [killed_at]).max(), 0.2)
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -323,14 +331,15 @@ def test_kill_9_loses_at_most_the_last_batch_and_never_the_file(tmp_path):
     finally:
         store.close()
     assert sess["ended"] is None  # it never closed
-    assert sess["last_t"] >= seen and np.all(np.diff(ticks) > 0) and ticks[-1] == sess["last_t"]
+    assert sess["last_t"] >= seen  # nothing seen committed was lost
+    assert np.all(np.diff(ticks) > 0) and ticks[-1] == sess["last_t"]
     assert speed and speed[0]["value"] == 2.0 and speed[0]["source"] == "osc:127.0.0.1"
     assert len(points) >= 10 and all(p.latent is not None for p in points)
     # What was lost: the show time between the last commit and the kill. The speed message dates the show clock
     # (its journal time is when it arrived, a moment after it was sent), so the kill's show time is known.
     killed_show_t = killed_at - sent_at + speed[0]["t"]
     lost = killed_show_t - sess["last_t"]
-    assert lost <= 0.2 + 1.0, lost  # one batch, plus slack for the loop's and the writer's scheduling under load
+    assert lost <= cadence + 1.0, (lost, cadence)  # the last batch, at the writer's pace, plus slack for the loop's
 
 
 def test_a_full_disk_is_a_counted_fault_and_the_show_goes_on(tmp_path):
