@@ -29,10 +29,11 @@ def _setup_logging(level: str, spec: ShowSpec | None = None) -> None:
     from .ops import LogSettings, setup_logging
 
     if spec is None:
-        settings, base = LogSettings(level=level), None
+        settings, base, secrets = LogSettings(level=level), None, ()
     else:
         settings, base = spec.config.log.model_copy(update={"level": level}), spec.path.resolve().parent
-    setup_logging(settings, base)
+        secrets = (spec.config.web.token,)  # never in a log line, whatever logs it
+    setup_logging(settings, base, secrets=secrets)
 
 
 def _fail(message: str) -> int:
@@ -328,6 +329,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .render.first_light import first_light_bench
 
         result = first_light_bench(spec)
+    elif args.http is not None:
+        from .ops.http_bench import http_bench
+
+        result = http_bench(slow=args.http, rounds=args.trials * 2)
     elif args.osc_latency:
         from .bench import osc_latency
 
@@ -457,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement")
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
-    b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency")
+    b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency (requests: twice "
+                   "that for --http)")
+    b.add_argument("--http", type=int, metavar="N", nargs="?", const=1000,
+                   help="latency of a real request to the health endpoint, the web page and OSCQuery while N "
+                        "(default 1000) slow connections from other loopback addresses are held, instead")
     b.add_argument("--passes", action="store_true",
                    help="milliseconds per presented frame of the shader chain, the palette pass's parts in turn")
     b.add_argument("--first-light", action="store_true",

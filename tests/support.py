@@ -70,6 +70,19 @@ def wait_until(pred, timeout: float = 5.0, every: float = 0.01):
     return pred()
 
 
+def read_all(sock) -> bytes:
+    """Everything a socket receives until the other side closes it (or resets it, after an answer)."""
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
 def bench_result(r: subprocess.CompletedProcess, keys=()) -> dict:
     """What an ``installation bench ... --json`` run printed, checked for structure: exit status 0, the figures one
     per line (key, then its value), then the same figures as one JSON object on the last line, every number in it

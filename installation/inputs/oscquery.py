@@ -13,10 +13,14 @@ transport: OSC, MIDI, the page, a scene's defaults) arrives as a binary OSC mess
 that adds or removes parameters or scenes, or changes a range), every websocket gets
 ``{"COMMAND": "PATH_CHANGED", "DATA": "/"}`` and a client fetches the tree again.
 
-The service is advertised as ``_oscjson._tcp`` (this server) and ``_osc._udp`` (the OSC port) via ``zeroconf``, in a
-background thread; where multicast is impossible (a sandbox, no network) that is a logged warning and the HTTP
-server serves on. The server runs an asyncio loop (``websockets``) on its own thread and never touches the runtime:
-it reads bus targets and drains a bus journal subscription.
+Only the server's own origin, native clients (no ``Origin``) and the web pages listed in ``allow_origins`` may read
+the tree or listen: a page from any other site that a visitor opens on the same machine or network is refused (403),
+over HTTP and for the websocket alike; served on loopback, a request must also name loopback as its Host (DNS
+rebinding). The service is advertised as ``_oscjson._tcp`` (this server) and ``_osc._udp`` (the OSC port) via
+``zeroconf``, in a background thread; where multicast is impossible (a sandbox, no network) that is a logged warning
+and the HTTP server serves on. The server is an :class:`~installation.ops.http.HttpServer` (aiohttp, HTTP and the
+websocket on one port, on a loop thread of its own, with the deadlines and caps of ``ops/http.py``) and never touches
+the runtime: it reads bus targets and drains a bus journal subscription.
 """
 
 from __future__ import annotations
@@ -26,17 +30,19 @@ import json
 import logging
 import socket
 import threading
-from http import HTTPStatus
-from typing import Annotated, Any, Sequence
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from installation.bus import ParamBus
 from installation.inputs.osc import OscSettings, _encode, address_map
 from installation.inputs.surface import Scenes, scene_list
-from installation.ops.health import http_url
+from installation.ops.http import (HttpLimits, HttpServer, allowed_origin, host_refusal, http_url, json_error,
+                                   json_response, respond)
 from installation.parts import PartContext, register
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +58,12 @@ _TYPES = {"": None, "f": "f", "s": "s", "i": "i", "i|f": "i", "i|f|T|F": "i", "s
 _GATE_RANGE = {"/freeze": (0, 1), "/blackout": (0, 1)}
 
 
-class OscQuerySettings(BaseModel):
-    """``[oscquery]``: the namespace server (off by default; loopback like the OSC port unless told)."""
+QUEUE = 256  # messages waiting for one websocket; a listener that does not read loses the newest, counted
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class OscQuerySettings(HttpLimits):
+    """``[oscquery]``: the namespace server (off by default; loopback like the OSC port unless told), the web pages
+    allowed to use it, and the connection rules of ``ops/http.py``."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -64,6 +72,9 @@ class OscQuerySettings(BaseModel):
     advertise: bool = Field(default=True, description="advertise _oscjson._tcp and _osc._udp over mDNS (zeroconf)")
     listen_rate: Annotated[float, Field(gt=0.0, le=240.0)] = 60.0
     max_clients: Annotated[int, Field(ge=1, le=256)] = 16
+    allow_origins: tuple[str, ...] = Field(
+        default=(), description="web pages (scheme://host:port) besides the server's own that may read the tree and "
+                                "listen, e.g. 'http://192.168.1.20:8080'; '*' allows any page (not for a public room)")
 
 
 def _node(path: str, description: str = "", **attrs: Any) -> dict[str, Any]:
@@ -164,6 +175,15 @@ def find(tree: dict[str, Any], address: str) -> dict[str, Any] | None:
     return node
 
 
+class _Listener:
+    """One websocket's addresses and the messages waiting to go to it (sent by its own task, so one client that
+    reads slowly never holds up the others)."""
+
+    def __init__(self) -> None:
+        self.listening: set[str] = set()
+        self.queue: asyncio.Queue[str | bytes] = asyncio.Queue(QUEUE)
+
+
 class OscQueryServer:
     """The OSCQuery HTTP + websocket server and its mDNS advertisement; a part."""
 
@@ -175,22 +195,24 @@ class OscQueryServer:
         self.scenes = scenes
         self.osc = osc
         self.snapshot = snapshot
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._port = settings.port
+        self._http = HttpServer("oscquery", settings.host, settings.port, settings, self._handle,
+                                tasks=(self._pump,), label="OSCQuery")
+        self._clients: dict["web.WebSocketResponse", _Listener] = {}  # on the server's loop only
         self._zeroconf: Any = None
         self._zc_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.counts = {"http": 0, "not_found": 0, "ws_clients": 0, "listens": 0, "sent": 0, "dropped": 0,
-                       "bad_commands": 0, "advertised": 0, "path_changes": 0}
+                       "bad_commands": 0, "advertised": 0, "path_changes": 0, "cross_origin": 0, "busy": 0}
 
     # -- part ----------------------------------------------------------------------------------------------------
     @property
     def port(self) -> int:
-        return self._port
+        return self._http.port
+
+    @property
+    def http(self) -> HttpServer:
+        """HttpServer: the server itself (its connection figures: ``http.stats()``)."""
+        return self._http
 
     @property
     def url(self) -> str:
@@ -198,12 +220,16 @@ class OscQueryServer:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._http.alive
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            out = dict(self.counts)
-        out["rejects"] = {"not_found": out.pop("not_found"), "bad_commands": out.pop("bad_commands")}
+            out: dict[str, Any] = dict(self.counts)
+        http = self._http.stats()
+        out["rejects"] = {"not_found": out.pop("not_found"), "bad_commands": out.pop("bad_commands"),
+                          "cross_origin": out.pop("cross_origin"),
+                          "busy": out.pop("busy") + http["refused_busy"] + http["refused_client"]}
+        out["connections"] = http
         return out
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -212,35 +238,16 @@ class OscQueryServer:
 
     def start(self) -> None:
         """Bind and serve on a thread (OSError naming host:port if it cannot); advertise in the background."""
-        if self._thread is not None:
+        if self._http.alive:
             return
-        self._ready.clear()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, name="oscquery", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            self._thread.join(5)
-            self._thread = None
-            e = self._error
-            raise OSError(getattr(e, "errno", None), f"OSCQuery cannot listen on {self.settings.host}:"
-                                                     f"{self.settings.port}: {getattr(e, 'strerror', None) or e}")
+        self._http.start()
         log.info("OSCQuery on %s (OSC udp port %s)", self.url, self.osc.port)
-        if self.settings.advertise:
+        if self.settings.advertise and self._zc_thread is None:
             self._zc_thread = threading.Thread(target=self._advertise, name="oscquery-mdns", daemon=True)
             self._zc_thread.start()
 
     def stop(self) -> None:
-        thread, loop, stop = self._thread, self._loop, self._stop
-        self._thread = None
-        if thread is None:
-            return
-        if loop is not None and stop is not None:
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:
-                pass  # the loop has ended already
-        thread.join(5)
+        self._http.stop()
         if self._zc_thread is not None:
             self._zc_thread.join(10)
             self._zc_thread = None
@@ -282,85 +289,63 @@ class OscQueryServer:
             log.warning("OSCQuery: mDNS advertising failed (%s: %s); clients must be given %s by hand",
                         type(e).__name__, e, self.url)
 
-    # -- the server thread -------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported by start() or seen as a dead part
-            if not self._ready.is_set():
-                self._error = e
-                self._ready.set()
-            else:
-                log.exception("OSCQuery server ended")
-
-    async def _main(self) -> None:
-        from websockets.asyncio.server import serve
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._clients: dict[Any, set[str]] = {}
-        ws_log = logging.getLogger("installation.inputs.oscquery.ws")
-        ws_log.setLevel(logging.WARNING)  # websockets logs each plain HTTP answer as a refused handshake
-        async with serve(self._ws, self.settings.host, self.settings.port, process_request=self._http,
-                         logger=ws_log, max_size=4096, ping_interval=20) as server:
-            self._port = server.sockets[0].getsockname()[1] if server.sockets else self.settings.port
-            self._ready.set()
-            sub = self.bus.subscribe()
-            try:
-                pump = asyncio.create_task(self._pump(sub))
-                await self._stop.wait()
-                pump.cancel()
-            finally:
-                sub.close()
-
+    # -- the server (on its loop) -----------------------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
         scene = None
         if self.snapshot is not None:
             scene = (self.snapshot() or {}).get("scene")
         return build_tree(self.bus, self.scenes, self.osc, scene, self.outputs)
 
-    def _http(self, connection: Any, request: Any) -> Any:
-        from websockets.datastructures import Headers
-        from websockets.http11 import Response
-
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return json_error(501, detail="GET or HEAD")
+        refusal = host_refusal(request, self.settings.host)
+        allowed, allow_header = allowed_origin(request, self.settings.allow_origins)
+        if refusal or not allowed:
+            self._count("cross_origin")
+            return json_error(403, "forbidden", detail=refusal or "a page from another origin (see [oscquery] "
+                                                                  "allow_origins)")
+        headers = {"Vary": "Origin"}
+        if allow_header:
+            headers["Access-Control-Allow-Origin"] = allow_header
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            if len(self._clients) >= self.settings.max_clients:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many listeners\n")
-            return None  # a websocket: go on with the handshake
+            return await self._websocket(request)  # browsers check no CORS header on a websocket: the Origin is it
         self._count("http")
-        url = urlsplit(request.path)
-        path, attr = unquote(url.path) or "/", url.query.split("&", 1)[0].upper()
+        path, attr = request.path or "/", request.query_string.split("&", 1)[0].upper()
         if attr == "HOST_INFO":
-            body: Any = {"NAME": self.settings.name, "OSC_IP": self.osc.host, "OSC_PORT": self.osc.port,
-                         "OSC_TRANSPORT": "UDP", "WS_IP": self.settings.host, "WS_PORT": self.port,
-                         "EXTENSIONS": EXTENSIONS}
-            status = 200
-        else:
-            node = find(self._tree(), path)
-            if node is None:
-                self._count("not_found")
-                body, status = {"error": "no such address", "path": path[:200]}, 404
-            elif attr:
-                if attr not in ATTRIBUTES or attr not in node:
-                    status, body = (204, None) if attr in ATTRIBUTES else (400, {"error": f"unknown attribute {attr}"})
-                else:
-                    body, status = {attr: node[attr]}, 200
-            else:
-                body, status = node, 200
-        data = b"" if body is None else json.dumps(body, allow_nan=False).encode()
-        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-                           ("Access-Control-Allow-Origin", "*"), ("Cache-Control", "no-store"),
-                           ("Connection", "close")])
-        return Response(status, HTTPStatus(status).phrase, headers, data)
+            return json_response(200, {"NAME": self.settings.name, "OSC_IP": self.osc.host, "OSC_PORT": self.osc.port,
+                                       "OSC_TRANSPORT": "UDP", "WS_IP": self.settings.host, "WS_PORT": self.port,
+                                       "EXTENSIONS": EXTENSIONS}, headers)
+        node = find(await self._http.call(self._tree), path)
+        if node is None:
+            self._count("not_found")
+            return json_response(404, {"error": "no such address", "path": path[:200]}, headers)
+        if not attr:
+            return json_response(200, node, headers)
+        if attr in ATTRIBUTES and attr in node:
+            return json_response(200, {attr: node[attr]}, headers)
+        if attr in ATTRIBUTES:
+            return respond(204, b"", headers=headers)
+        return json_response(400, {"error": f"unknown attribute {attr[:64]}"}, headers)
 
-    async def _ws(self, ws: Any) -> None:
-        listening: set[str] = set()
-        self._clients[ws] = listening
+    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
+        if len(self._clients) >= self.settings.max_clients:
+            self._count("busy")
+            return json_error(503, "too many listeners", detail=f"at most {self.settings.max_clients}")
+        from aiohttp import WSMsgType, web  # noqa: PLC0415 - with the server, not the config
+
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        await ws.prepare(request)
+        client = _Listener()
+        self._clients[ws] = client
         self._count("ws_clients")
+        sender = asyncio.create_task(self._sender(ws, client.queue))
         try:
             async for message in ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    continue
                 try:
-                    cmd = json.loads(message)
+                    cmd = json.loads(message.data)
                     command, data = cmd["COMMAND"], cmd["DATA"]
                     if command not in ("LISTEN", "IGNORE") or not isinstance(data, str) or len(data) > 256:
                         raise ValueError(command)
@@ -368,69 +353,88 @@ class OscQueryServer:
                     self._count("bad_commands")
                     continue
                 if command == "LISTEN":
-                    if len(listening) < 4096:
-                        listening.add(data)
+                    if len(client.listening) < 4096:
+                        client.listening.add(data)
                         self._count("listens")
                 else:
-                    listening.discard(data)
-        except Exception:  # noqa: BLE001 - a client that goes away mid-message
-            log.debug("OSCQuery websocket ended", exc_info=True)
+                    client.listening.discard(data)
         finally:
             self._clients.pop(ws, None)
+            sender.cancel()
+        return ws
 
-    async def _pump(self, sub: Any) -> None:
+    async def _sender(self, ws: web.WebSocketResponse, queue: asyncio.Queue[str | bytes]) -> None:
+        """Send one websocket its queued messages, in order, as fast as it reads them."""
+        while True:
+            message = await queue.get()
+            try:
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    await ws.send_bytes(message)
+                self._count("sent")
+            except (ConnectionError, RuntimeError):  # closed or closing: its handler drops it
+                self._count("dropped")
+                return
+
+    async def _pump(self) -> None:
         """Send accepted parameter changes to the websockets listening to them, at most ``listen_rate`` a second
         (the newest value of each address per round); about once a second, the playing scene to those listening to
         ``/scene/goto`` when it changed, and PATH_CHANGED to everyone when the namespace changed."""
         period = 1.0 / self.settings.listen_rate
         loop = asyncio.get_running_loop()
-        known, scene, checked = shape(self._tree()), None, loop.time()
-        while True:
-            await asyncio.sleep(period if self._clients else 0.5)  # nobody listening: wake rarely
-            changes = sub.drain()
-            if loop.time() - checked >= 1.0:
-                checked = loop.time()
-                tree = self._tree()
-                now = shape(tree)
-                if now != known:
-                    known = now
-                    self._count("path_changes")
-                    await self._send_all(json.dumps({"COMMAND": "PATH_CHANGED", "DATA": "/"}), None)
-                playing = (find(tree, "/scene/goto") or {}).get("VALUE")
-                if playing and playing[0] != scene:
-                    scene = playing[0]
-                    await self._send_all(_encode("/scene/goto", scene), "/scene/goto")
-            if not changes or not self._clients:
-                continue
-            latest: dict[str, float] = {}
-            for c in changes:
-                if c.kind == "set":
-                    latest[c.name] = c.value
-                elif c.kind == "reset":
-                    latest.update(c.value)
-            for ws, listening in list(self._clients.items()):
-                for name, value in latest.items():
-                    spec = self.bus.spec(name)
-                    if spec is None:
-                        continue
-                    for address, v in ((f"/param/{name}", value),
-                                       (f"/param/{name}/norm", (value - spec.min) / (spec.max - spec.min)
-                                        if spec.max > spec.min else 0.0)):
-                        if address in listening:
-                            arg = float(v) if spec.type == "float" or address.endswith("/norm") else int(v)
-                            await self._send(ws, _encode(address, arg))
-
-    async def _send_all(self, message: str | bytes, address: str | None) -> None:
-        """``message`` to every websocket, or (with ``address``) to those listening to it."""
-        for ws, listening in list(self._clients.items()):
-            if address is None or address in listening:
-                await self._send(ws, message)
-
-    async def _send(self, ws: Any, message: str | bytes) -> None:
+        sub = self.bus.subscribe()
         try:
-            await ws.send(message)
-            self._count("sent")
-        except Exception:  # noqa: BLE001 - a closed client; it is dropped by _ws
+            known, scene, checked = shape(await self._http.call(self._tree)), None, loop.time()
+            while True:
+                await asyncio.sleep(period if self._clients else 0.5)  # nobody listening: wake rarely
+                changes = sub.drain()
+                if loop.time() - checked >= 1.0:
+                    checked = loop.time()
+                    tree = await self._http.call(self._tree)
+                    now = shape(tree)
+                    if now != known:
+                        known = now
+                        self._count("path_changes")
+                        self._send_all(json.dumps({"COMMAND": "PATH_CHANGED", "DATA": "/"}), None)
+                    playing = (find(tree, "/scene/goto") or {}).get("VALUE")
+                    if playing and playing[0] != scene:
+                        scene = playing[0]
+                        self._send_all(_encode("/scene/goto", scene), "/scene/goto")
+                if changes and self._clients:
+                    self._send_changes(changes)
+        finally:
+            sub.close()
+
+    def _send_changes(self, changes: Sequence[Any]) -> None:
+        latest: dict[str, float] = {}
+        for c in changes:
+            if c.kind == "set":
+                latest[c.name] = c.value
+            elif c.kind == "reset":
+                latest.update(c.value)
+        for client in list(self._clients.values()):
+            for name, value in latest.items():
+                spec = self.bus.spec(name)
+                if spec is None:
+                    continue
+                for address, v in ((f"/param/{name}", value),
+                                   (f"/param/{name}/norm", (value - spec.min) / (spec.max - spec.min)
+                                    if spec.max > spec.min else 0.0)):
+                    if address in client.listening:
+                        arg = float(v) if spec.type == "float" or address.endswith("/norm") else int(v)
+                        self._send(client, _encode(address, arg))
+
+    def _send_all(self, message: str | bytes, address: str | None) -> None:
+        """``message`` to every websocket, or (with ``address``) to those listening to it."""
+        for client in list(self._clients.values()):
+            if address is None or address in client.listening:
+                self._send(client, message)
+
+    def _send(self, client: _Listener, message: str | bytes) -> None:
+        try:
+            client.queue.put_nowait(message)
+        except asyncio.QueueFull:  # it does not read: drop, count
             self._count("dropped")
 
 

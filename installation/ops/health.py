@@ -1,330 +1,66 @@
 """Health reporting: a tiny HTTP endpoint (GET /health -> JSON), memory trends and the time left before out-of-memory.
 
-The server runs in its own daemon thread and only calls the ``snapshot`` callable it is given; it never touches the
-runtime's objects, so a slow or odd client cannot stall the show. It holds at most ``max_connections`` connections
-(one thread and one descriptor each), so clients can never exhaust the process's descriptors (which the state file,
-logs and the decoder need); each request must arrive whole within ``request_timeout_s`` of the connection, however
-slowly it trickles in. Every answer, errors included, is JSON. Trends are least-squares slopes over a sliding window
-of samples taken on an injected clock, so a slow leak shows up as MiB per hour long before it kills the process.
+The endpoint is an :class:`~installation.ops.http.HttpServer` (aiohttp on a loop thread of its own): it only calls
+the ``snapshot`` callable it is given, on a worker thread, and never touches the runtime's objects, so a slow or odd
+client cannot stall the show. Slow or idle connections cost no thread; each request must arrive whole within
+``request_timeout_s``, connections are capped per client address and in all, and every answer, errors included, is
+JSON (``ops/http.py``). Trends are least-squares slopes over a sliding window of samples taken on an injected
+clock, so a slow leak shows up as MiB per hour long before it kills the process.
 """
 
 from __future__ import annotations
 
-import errno
-import io
-import json
 import logging
 import math
 import os
-import socket
 import sys
-import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..parts import PartContext, register
+from .http import HttpLimits, HttpServer, host_refusal, http_url, json_bytes, json_error, json_response, respond
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
+__all__ = ["HealthServer", "HealthSettings", "MemoryWatch", "Trend", "eta_to_limit_s", "http_url", "memory_limit_mb",
+           "rss_mb", "vram_mb", "vram_total_mb"]
 
-class HealthSettings(BaseModel):
-    """``[health]``: where the JSON endpoint listens (loopback by default; port 0 picks a free one)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class HealthSettings(HttpLimits):
+    """``[health]``: where the JSON endpoint listens (loopback by default; port 0 picks a free one), and the
+    connection rules of ``ops/http.py``."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9080
-    # Connections held at once (each is a thread and a descriptor). When full, a newcomer takes the place of the
-    # oldest connection still sending its request (a slow client); when all are being answered it gets a 503.
-    max_connections: Annotated[int, Field(ge=1, le=1024)] = 32
-    # Seconds from connecting to the whole request being read (not per read): a client trickling bytes is cut off.
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
 
 
-# -- JSON -----------------------------------------------------------------------------------------------------------
-
-def _clean(obj: Any) -> Any:
-    """Make a snapshot strict JSON: non-finite floats become null, numpy scalars plain numbers, the rest strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    item = getattr(obj, "item", None)  # numpy scalar, 0-d tensor
-    if callable(item):
-        try:
-            return _clean(item())
-        except Exception:  # noqa: BLE001 - fall through to str
-            pass
-    return str(obj)
-
-
-def http_url(host: str, port: int, path: str = "/") -> str:
-    """str: the URL of an HTTP endpoint listening on ``host``:``port`` (IPv6 literals bracketed), for logs."""
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(_clean(obj), allow_nan=False, separators=(",", ":")).encode()
-
-
-# -- the server -----------------------------------------------------------------------------------------------------
-
-_ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-class _Conn:
-    __slots__ = ("started", "answering", "evicted")
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.answering = False  # the request is read; the answer is being made or written
-        self.evicted = False
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Reads a socket until a fixed deadline: each read may wait only for the time left, so trickling bytes (one every
-    few seconds) cannot stretch a request past it."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._deadline = deadline
-        self.expired = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            self.expired = True
-            raise TimeoutError("request deadline passed")
-        self._sock.settimeout(left)
-        try:
-            return self._sock.recv_into(b)
-        except TimeoutError:
-            self.expired = True
-            raise
-
-
-def _error_body(code: int, error: str, **extra: Any) -> bytes:
-    return _encode({"error": error, "code": code, **extra})
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client never blocks shutdown
-    allow_reuse_address = True  # restart right after a crash (TIME_WAIT); a live listener still makes bind fail
-    request_queue_size = 16
-
-    def __init__(self, addr: tuple[str, int], snapshot: Callable[[], dict[str, Any]], max_connections: int = 32,
-                 timeout_s: float = 5.0) -> None:
-        self.snapshot = snapshot
-        self.max_connections = max_connections
-        self.timeout_s = timeout_s
-        self.evict_after = 0.0  # seconds a connection must have waited before it may be taken for a slow one
-        self._conns: dict[Any, _Conn] = {}
-        self._conns_lock = threading.Lock()
-        self.counts = {"accepted": 0, "answered": 0, "refused_busy": 0, "evicted": 0, "timed_out": 0,
-                       "accept_errors": 0}
-        self._last_accept_warning = -math.inf
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(addr, _Handler)
-
-    def count(self, key: str) -> None:
-        with self._conns_lock:
-            self.counts[key] += 1
-
-    def stats(self) -> dict[str, Any]:
-        with self._conns_lock:
-            return {"open": len(self._conns), "max_connections": self.max_connections, **self.counts}
-
-    def get_request(self) -> tuple[Any, Any]:
-        """Accept; when the process is out of descriptors, count it and pause briefly instead of spinning."""
-        try:
-            return super().get_request()
-        except OSError as e:
-            if e.errno in _ACCEPT_ERRNOS:
-                self.count("accept_errors")
-                now = time.monotonic()
-                if now - self._last_accept_warning > 60:
-                    self._last_accept_warning = now
-                    log.warning("health endpoint cannot accept a connection: %s (open files: raise the limit)", e)
-                time.sleep(0.05)
-            raise  # socketserver drops this round quietly
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Admit the connection (a thread of its own) within ``max_connections``, or refuse it at once with a 503."""
-        now = time.monotonic()
-        victim = None
-        with self._conns_lock:
-            if len(self._conns) >= self.max_connections:
-                waiting = [(c.started, sock) for sock, c in self._conns.items()
-                           if not c.answering and not c.evicted and now - c.started >= self.evict_after]
-                if not waiting:
-                    self.counts["refused_busy"] += 1
-                    admitted = False
-                else:
-                    victim = min(waiting, key=lambda w: w[0])[1]
-                    self._conns[victim].evicted = True
-                    self.counts["evicted"] += 1
-                    admitted = True
-            else:
-                admitted = True
-            if admitted:
-                self._conns[request] = _Conn(now)
-                self.counts["accepted"] += 1
-        if victim is not None:
-            try:
-                victim.shutdown(socket.SHUT_RDWR)  # its thread reads end-of-file and closes it
-            except OSError:
-                pass
-        if not admitted:
-            self._refuse(request)
-            return
-        super().process_request(request, client_address)
-
-    def _refuse(self, request: Any) -> None:
-        body = _error_body(503, "busy", detail=f"more than {self.max_connections} connections; try again")
-        head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        try:
-            request.setblocking(False)  # never wait on a client we are turning away
-            request.recv(65536)  # what already came: closing with unread data would reset the connection
-        except OSError:
-            pass
-        try:
-            request.send(head + body)
-        except OSError:
-            pass
-        self.shutdown_request(request)
-
-    def conn(self, request: Any) -> _Conn | None:
-        with self._conns_lock:
-            return self._conns.get(request)
-
-    def begin_answer(self, conn: _Conn) -> bool:
-        """Mark a connection whose request is read (no longer to be taken for a slow client); False if already cut."""
-        with self._conns_lock:
-            conn.answering = not conn.evicted
-            return conn.answering
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.pop(request, None)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-answer is not worth a traceback on stderr (socketserver's default)."""
-        log.debug("health request from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "installation-health"
-    default_request_version = "HTTP/1.0"  # so even an answer to garbage has a status line and headers
-
-    def setup(self) -> None:
-        self.timeout = self.server.timeout_s
-        self.requestline, self.request_version, self.command = "", self.default_request_version, None
-        super().setup()
-        conn = self.server.conn(self.request)
-        self._conn = conn if conn is not None else _Conn(time.monotonic())
-        self._deadline = self._conn.started + self.server.timeout_s
-        self.rfile.close()  # the makefile() one: reads go through the deadline instead
-        self._reader = _DeadlineReader(self.connection, self._deadline)
-        self.rfile = io.BufferedReader(self._reader)
-        self._responded = False
-
-    def handle_one_request(self) -> None:
-        super().handle_one_request()  # a read past the deadline ends in TimeoutError, which it catches
-        if self._reader.expired and not self._responded and not self._conn.evicted:
-            self.server.count("timed_out")
-            self.close_connection = True
-            self.send_error(408, f"the whole request must arrive within {self.server.timeout_s:g} s")
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        if ok and not self.server.begin_answer(self._conn):
-            self.close_connection = True
-            return False
-        return ok
-
-    def _write_timeout(self) -> None:
-        self.connection.settimeout(max(self._deadline - time.monotonic(), 1.0))
-
-    def _send(self, code: int, body: bytes, head_only: bool = False) -> None:
-        if self._conn.evicted:  # cut off for a newcomer: the socket is shut already
-            self.close_connection = True
-            return
-        self._responded = True
-        self._write_timeout()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
-        self.server.count("answered")
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's errors (400, 408, 414, 431, 501, ...) as JSON instead of its HTML page."""
-        self.log_error("code %d, message %s", code, message)
-        phrase = self.responses.get(code, ("error",))[0]
-        extra = {"detail": message[:200]} if message and message != phrase else {}
-        self.close_connection = True
-        self._send(code, _error_body(code, phrase.lower(), **extra),
-                   head_only=getattr(self, "command", None) == "HEAD" or code < 200 or code in (204, 304))
-
-    def _respond(self, head_only: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        if path != "/health":
-            self._send(404, _encode({"error": "not found", "path": path[:200], "try": "/health"}), head_only)
-            return
-        try:
-            body = _encode(self.server.snapshot())
-        except Exception as e:  # noqa: BLE001 - report it, keep serving
-            log.warning("health snapshot failed: %s: %s", type(e).__name__, e)
-            self._send(500, _encode({"status": "error", "error": f"{type(e).__name__}: {e}"}), head_only)
-            return
-        self._send(200, body, head_only)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._respond(head_only=False)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._respond(head_only=True)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server signature
-        log.debug("health %s: " + format, self.client_address[0], *args)
-
-
 class HealthServer:
-    """Serves ``GET /health`` with ``snapshot()`` as JSON from a daemon thread; ``start()``/``stop()``."""
+    """Serves ``GET /health`` (and HEAD) with ``snapshot()`` as JSON from its own loop thread; ``start()``/``stop()``."""
 
     def __init__(self, settings: HealthSettings, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.settings = settings
         self._snapshot = snapshot
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._http = HttpServer("health-http", settings.host, settings.port, settings, self._handle,
+                                 label="health endpoint")
 
     @property
     def port(self) -> int:
-        """int: the port actually listened on (the chosen one when settings say 0), or the configured one if stopped."""
-        server = self._server
-        return server.server_address[1] if server is not None else self.settings.port
+        """int: the port actually listened on (the chosen one when settings say 0; after stop(), the last one)."""
+        return self._http.port
+
+    @property
+    def http(self) -> HttpServer:
+        """HttpServer: the server itself (its connection figures: ``http.stats()``)."""
+        return self._http
 
     @property
     def url(self) -> str:
@@ -334,50 +70,27 @@ class HealthServer:
     @property
     def running(self) -> bool:
         """bool: whether the server thread is serving."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._http.alive
 
     @property
     def alive(self) -> bool:
         """bool: the server thread serves (as a part: False once it has ended without stop())."""
-        return self.running
+        return self._http.alive
 
     def stats(self) -> dict[str, Any]:
-        """Connection counters for the health report: open, max_connections, accepted, answered, refused_busy (turned
-        away when full), evicted (slow clients cut off for a newcomer), timed_out (request not whole in time),
-        accept_errors (out of descriptors)."""
-        server = self._server
-        if server is None:
-            return {"open": 0, "max_connections": self.settings.max_connections}
-        return server.stats()
+        """Connection counters for the health report (see :meth:`HttpServer.stats`)."""
+        return self._http.stats()
 
     def start(self) -> None:
-        """Bind and serve in a daemon thread; raises OSError naming host:port when it cannot listen there."""
-        with self._lock:
-            if self._server is not None:
-                return
-            host, port = self.settings.host, self.settings.port
-            try:
-                server = _Server((host, port), self._snapshot, self.settings.max_connections,
-                                 self.settings.request_timeout_s)
-            except OSError as e:
-                raise OSError(e.errno, f"health endpoint cannot listen on {host}:{port}: {e.strerror or e}") from e
-            self._server = server
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                            name="health-http", daemon=True)
-            self._thread.start()
+        """Bind and serve; raises OSError naming host:port when it cannot listen there."""
+        if self._http.alive:
+            return
+        self._http.start()
         log.info("health endpoint on %s", self.url)
 
     def stop(self) -> None:
         """Stop serving and close the socket; safe to call more than once or before start()."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        self._http.stop()
 
     def __enter__(self) -> "HealthServer":
         self.start()
@@ -385,6 +98,21 @@ class HealthServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return json_error(501, detail="GET or HEAD")
+        refusal = host_refusal(request, self.settings.host)
+        if refusal:
+            return json_error(403, "forbidden", detail=refusal)
+        if request.path != "/health":
+            return json_response(404, {"error": "not found", "path": request.path[:200], "try": "/health"})
+        try:
+            body = json_bytes(await self._http.call(self._snapshot))
+        except Exception as e:  # noqa: BLE001 - report it, keep serving
+            log.warning("health snapshot failed: %s: %s", type(e).__name__, e)
+            return json_response(500, {"status": "error", "error": f"{type(e).__name__}: {e}"})
+        return respond(200, body)
 
 
 @register("health", table="health", settings=HealthSettings, order=0)

@@ -1,68 +1,63 @@
 """The web control page: scenes, a fader per parameter, prompt slots, freeze/blackout/panic, health figures and a
 low-resolution live preview, for a phone or a laptop on the venue's network.
 
-Served by the runtime from its own daemon threads (stdlib ``http.server``), loopback by default; bound to any other
-interface it refuses to start without a ``token`` (start-up error). Every request then needs the token, as
-``?token=`` (the address the phone opens), an ``Authorization: Bearer`` header (what the page's script sends) or
-``X-Token``. Controls go through the same control surface as OSC (``inputs/surface.py``: range checks, the prompt
-guard, structural-event coalescing, counters), as transport ``web``.
+Served by an :class:`~installation.ops.http.HttpServer` (aiohttp on a loop thread of its own: slow or idle
+connections cost no thread; deadlines, per-client caps and JSON errors as ``ops/http.py`` has them), loopback by
+default; bound to any other interface it refuses to start without a ``token`` (start-up error). Every request then
+needs the token, as ``?token=`` (the address the phone opens), an ``Authorization: Bearer`` header (what the page's
+script sends) or ``X-Token``; no log line shows it. Controls go through the same control surface as OSC
+(``inputs/surface.py``: range checks, the prompt guard, structural-event coalescing, counters), as transport ``web``.
 
 The preview is a presented-frame sink (``ctx.presented``): it asks for a frame at most ``preview_fps`` times a
 second and only while someone watched within the last few seconds, so with no viewer the loop reads nothing back.
-Frames are scaled and JPEG-encoded on the viewer's HTTP thread, once per frame however many watch.
+Frames are scaled and JPEG-encoded on one of the server's worker threads, once per frame however many watch.
 
 Endpoints: ``GET /`` (the page), ``GET /api/state`` (scenes, parameters with ranges and targets, health figures),
 ``POST /api/control`` (``{"address": "/param/x", "args": [0.5]}``, any control-surface address), and
-``GET /preview.jpg?after=<n>`` (the newest frame, waiting up to a second for one newer than frame ``n``).
+``GET /preview.jpg?after=<n>`` (the newest frame, waiting up to a second for one newer than frame ``n``); HEAD too.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
+import asyncio
 import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Annotated, Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..bus import ParamBus
 from ..inputs.prompt_guard import PromptGuardSettings
 from ..parts import PartContext, register
 from ..render.outputs import LatestFrame
-from .health import _encode, http_url
+from .http import (HttpError, HttpLimits, HttpServer, host_refusal, http_url, is_loopback, json_error, json_response,
+                   read_body, respond, same_origin, token_ok)
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PreviewSink", "WebPage", "WebSettings", "is_loopback"]
+
 MAX_BODY = 8192  # bytes of a control request
 VIEWER_IDLE_S = 5.0  # the preview stops reading frames back this long after the last viewer asked for one
+PREVIEW_WAIT_S = 1.0  # how long /preview.jpg waits for a frame newer than the one the viewer has
 _HEALTH_KEYS = ("status", "scene", "present_fps", "decoder_fps", "frames_presented", "frames_decoded",
                 "frames_dropped", "uptime_s", "rss_mb", "vram_mb", "open")
 
 
-def is_loopback(host: str) -> bool:
-    """bool: ``host`` is a loopback address or ``localhost`` (what may be served without a token)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class WebSettings(BaseModel):
-    """``[web]``: the control page (off by default; loopback unless told; a token when bound elsewhere)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class WebSettings(HttpLimits):
+    """``[web]``: the control page (off by default; loopback unless told; a token when bound elsewhere), and the
+    connection rules of ``ops/http.py``."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9090
-    token: str = Field(default="", description="required on every request when set; must be set unless loopback")
+    token: str = Field(default="", repr=False,
+                       description="required on every request when set; must be set unless loopback")
     preview_fps: Annotated[float, Field(ge=0.0, le=30.0)] = 4.0
     preview_width: Annotated[int, Field(ge=16, le=1920)] = 320
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 70
@@ -70,7 +65,6 @@ class WebSettings(BaseModel):
     prompt: PromptGuardSettings = PromptGuardSettings()
     structural_interval: Annotated[float, Field(ge=0.0, le=10.0)] = 0.25
     exclude_prefixes: tuple[str, ...] = ("audio.", "camera.", "midi.", "link.")
-    max_connections: Annotated[int, Field(ge=1, le=256)] = 16
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "WebSettings":
@@ -81,12 +75,14 @@ class WebSettings(BaseModel):
 
 class PreviewSink(LatestFrame):
     """A presented-frame sink that wants a frame only while someone watches, at most ``max_fps`` a second (on the
-    monotonic clock, so a fixed-step render is not read back every frame either)."""
+    monotonic clock, so a fixed-step render is not read back every frame either). ``on_frame`` (set by the server)
+    is called from the loop's thread after each frame, to wake the viewers waiting on the server's own loop."""
 
     def __init__(self, max_fps: float) -> None:
         super().__init__(max_fps)
         self.watched_until = 0.0
-        self.cond = threading.Condition()
+        self.numbered: tuple[int, Any] = (0, None)
+        self.on_frame: Callable[[], None] | None = None
         self._due = 0.0
 
     def watch(self) -> None:
@@ -98,16 +94,12 @@ class PreviewSink(LatestFrame):
 
     def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
         self._due = time.monotonic() + self.period
-        with self.cond:
-            self.frame = (rgb, size, t)
-            self.taken += 1
-            self.cond.notify_all()
-
-    def newer(self, after: int, timeout: float) -> tuple[int, Any]:
-        """(frame number, frame) of a frame newer than ``after``, waiting up to ``timeout``; the newest otherwise."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.taken > after, timeout)
-            return self.taken, self.frame
+        self.frame = (rgb, size, t)
+        self.taken += 1
+        self.numbered = (self.taken, self.frame)  # one reference, replaced whole: a reader sees a matching pair
+        on_frame = self.on_frame
+        if on_frame is not None:
+            on_frame()
 
 
 class WebPage:
@@ -131,16 +123,20 @@ class WebPage:
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._jpeg_lock = threading.Lock()
         self._control_lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "busy": 0, "previews": 0}
+        self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle, label="web page")
+        self._frame_event: asyncio.Event | None = None  # on the server's loop: set (and replaced) on each frame
+        self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "previews": 0}
         self._count_lock = threading.Lock()
 
     # -- part ----------------------------------------------------------------------------------------------------
     @property
     def port(self) -> int:
-        server = self._server
-        return server.server_address[1] if server is not None else self.settings.port
+        return self._http.port
+
+    @property
+    def http(self) -> HttpServer:
+        """HttpServer: the server itself (its connection figures: ``http.stats()``)."""
+        return self._http
 
     @property
     def url(self) -> str:
@@ -148,40 +144,33 @@ class WebPage:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._http.alive
 
     def start(self) -> None:
-        if self._server is not None:
+        if self._http.alive:
             return
         s = self.settings
-        try:
-            server = _Server((s.host, s.port), self)
-        except OSError as e:
-            raise OSError(e.errno, f"web page cannot listen on {s.host}:{s.port}: {e.strerror or e}") from e
-        self._server = server
+        self._frame_event = None  # an event of an earlier loop cannot be awaited on the new one
+        self._http.start()
+        self.preview.on_frame = self._wake_viewers
         if self._presented is not None and self.preview not in self._presented.sinks:
             self._presented.add(self.preview)
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="web-page", daemon=True)
-        self._thread.start()
         log.info("web control page on %s%s", self.url, " (token required)" if s.token else "")
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        self.preview.on_frame = None
+        self._http.stop()
+        self._frame_event = None
 
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
             out: dict[str, Any] = dict(self.counts)
         surface = self.surface.stats()
-        out.update(applied=surface["applied"], rejects=surface["rejects"], preview_frames=self.preview.taken)
-        out["rejects"] = {**surface["rejects"], "unauthorized": out.pop("unauthorized"), "busy": out.pop("busy")}
+        http = self._http.stats()
+        out.update(applied=surface["applied"], rejects=surface["rejects"], preview_frames=self.preview.taken,
+                   connections=http)
+        out["rejects"] = {**surface["rejects"], "unauthorized": out.pop("unauthorized"),
+                          "busy": http["refused_busy"] + http["refused_client"]}
         return out
 
     def count(self, key: str) -> None:
@@ -189,28 +178,16 @@ class WebPage:
             self.counts[key] += 1
 
     # -- what the handlers ask ---------------------------------------------------------------------------------
-    def authorized(self, query: dict[str, list[str]], headers: Any) -> bool:
-        token = self.settings.token
-        if not token:
-            return True
-        given = (query.get("token") or [""])[0]
-        auth = headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[len("Bearer "):]
-        given = headers.get("X-Token", given)
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    def same_site(self, method: str, headers: Any) -> bool:
-        """bool: not a request another web site made a visitor's browser send. Served on loopback without a token,
-        the Host must be a loopback name (a DNS-rebinding site has its own name); a POST carrying an Origin must
-        come from this page's own origin (a cross-site form or fetch to 127.0.0.1 carries the other site's)."""
-        host = headers.get("Host", "") or ""
-        if not self.settings.token and is_loopback(self.settings.host):
-            name = host.rsplit(":", 1)[0].strip("[]") if not host.endswith("]") else host.strip("[]")
-            if host and not is_loopback(name):
-                return False
-        origin = headers.get("Origin")
-        return method != "POST" or origin is None or urlsplit(origin).netloc == host
+    def cross_site(self, request: web.BaseRequest) -> str | None:
+        """Why a request is one another web site made a visitor's browser send, or None. Served on loopback, the
+        Host must be a loopback name (a DNS-rebinding site has its own name); a POST carrying an Origin must come
+        from this page's own origin (a cross-site form or fetch to 127.0.0.1 carries the other site's)."""
+        refusal = host_refusal(request, self.settings.host)
+        if refusal:
+            return refusal
+        if request.method == "POST" and not same_origin(request):
+            return "a request from another site's page (Origin)"
+        return None
 
     def state(self) -> dict[str, Any]:
         """What the page shows: scenes, parameters (ranges, defaults, targets), prompt slots, health figures."""
@@ -238,16 +215,40 @@ class WebPage:
         reasons = [r for r, n in after["rejects"].items() if n > before["rejects"].get(r, 0)]
         return False, reasons[0] if reasons else "rejected"
 
-    def jpeg(self, after: int) -> tuple[int, bytes] | None:
-        """(frame number, JPEG) of the preview, newer than ``after`` if one comes within a second."""
-        self.preview.watch()
-        seq, frame = self.preview.newer(after, 1.0)
-        if frame is None:
-            return None
-        with self._jpeg_lock:
+    def _jpeg_of(self, seq: int, frame: Any) -> tuple[int, bytes]:
+        with self._jpeg_lock:  # once per frame, however many watch
             if self._jpeg[0] != seq:
                 self._jpeg = (seq, self._encode(frame))
             return self._jpeg
+
+    def _wake_viewers(self) -> None:
+        """From the loop's thread after each preview frame: wake the viewers waiting on the server's loop."""
+        loop = self._http.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._frame_arrived)
+            except RuntimeError:
+                pass  # the server's loop has ended (stopping, or dead until the supervisor restarts it)
+
+    def _frame_arrived(self) -> None:
+        """On the server's loop: wake the viewers waiting for a frame."""
+        event, self._frame_event = self._frame_event, asyncio.Event()
+        if event is not None:
+            event.set()
+
+    async def _newer(self, after: int) -> tuple[int, Any]:
+        """(frame number, frame): a frame newer than ``after`` if one comes within :data:`PREVIEW_WAIT_S`, else the
+        newest (None before the first)."""
+        deadline = asyncio.get_running_loop().time() + PREVIEW_WAIT_S
+        while self.preview.taken <= after:
+            if self._frame_event is None:
+                self._frame_event = asyncio.Event()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._frame_event.wait()
+            except TimeoutError:
+                break
+        return self.preview.numbered
 
     def _encode(self, frame: tuple[bytes, tuple[int, int], Any]) -> bytes:
         import cv2
@@ -261,123 +262,61 @@ class WebPage:
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
         return buf.tobytes() if ok else b""
 
+    # -- the server's handler (on its loop) ------------------------------------------------------------------------
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.count("requests")
+        method, path = request.method, request.path
+        if method not in ("GET", "HEAD", "POST"):
+            return json_error(501, detail="GET, HEAD or POST")
+        if not token_ok(request, self.settings.token):
+            self.count("unauthorized")
+            return json_response(401, {"error": "unauthorized", "detail": "this page needs its token (?token=...)"})
+        refusal = self.cross_site(request)
+        if refusal:
+            self.count("cross_site")
+            return json_response(403, {"error": "forbidden", "detail": refusal})
+        get = method in ("GET", "HEAD")
+        if get and path in ("/", "/index.html"):
+            return respond(200, PAGE_BYTES, "text/html; charset=utf-8", {"X-Frame-Options": "DENY"})
+        if get and path == "/api/state":
+            return json_response(200, await self._http.call(self.state))
+        if method == "POST" and path == "/api/control":
+            return await self._control(request)
+        if get and path == "/preview.jpg":
+            return await self._preview(request)
+        return json_response(404, {"error": "not found", "path": path[:200]})
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], page: WebPage) -> None:
-        import socket
-
-        self.page = page
-        self.slots = threading.BoundedSemaphore(page.settings.max_connections)
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(addr, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.page.count("busy")
-            try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    async def _control(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("web request from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "installation-web"
-    timeout = 10.0
-
-    def _reply(self, code: int, body: bytes, ctype: str = "application/json", extra: dict[str, str] | None = None,
-               head_only: bool = False) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any) -> None:
-        self._reply(code, _encode(obj))
-
-    def _route(self, method: str) -> None:
-        page = self.server.page
-        page.count("requests")
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        if not page.authorized(query, self.headers):
-            page.count("unauthorized")
-            self._json(401, {"error": "unauthorized", "detail": "this page needs its token (?token=...)"})
-            return
-        if not page.same_site(method, self.headers):
-            page.count("cross_site")
-            self._json(403, {"error": "forbidden", "detail": "a request from another site (Host or Origin)"})
-            return
-        path = url.path
-        if method == "GET" and path in ("/", "/index.html"):
-            self._reply(200, PAGE.encode(), "text/html; charset=utf-8")
-        elif method == "GET" and path == "/api/state":
-            self._json(200, page.state())
-        elif method == "POST" and path == "/api/control":
-            self._control(page)
-        elif method == "GET" and path == "/preview.jpg":
-            try:
-                after = int((query.get("after") or ["0"])[0])
-            except ValueError:
-                after = 0
-            got = page.jpeg(after)
-            if got is None:
-                self._json(503, {"error": "no frame yet"})
-                return
-            page.count("previews")
-            self._reply(200, got[1], "image/jpeg", {"X-Frame": str(got[0])})
-        else:
-            self._json(404, {"error": "not found", "path": path[:200]})
-
-    def _control(self, page: WebPage) -> None:
+            body = await read_body(request, MAX_BODY)
+        except HttpError as e:
+            if e.code != 413:
+                raise
+            self.surface.reject("malformed")
+            return json_response(413, {"ok": False, "reason": "too_large"})
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if not 0 < length <= MAX_BODY:
-            self._json(400, {"ok": False, "reason": "malformed"})
-            return
-        try:
-            msg = json.loads(self.rfile.read(length))
+            msg = json.loads(body)
             address, args = msg["address"], msg.get("args", [])
             if not isinstance(address, str) or not isinstance(args, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            page.surface.reject("malformed")
-            self._json(400, {"ok": False, "reason": "malformed"})
-            return
-        ok, reason = page.control(address, args, self.client_address[0])
-        self._json(200 if ok else 422, {"ok": ok, "reason": reason})
+            self.surface.reject("malformed")
+            return json_response(400, {"ok": False, "reason": "malformed"})
+        ok, reason = await self._http.call(self.control, address, args, request.remote or "?")
+        return json_response(200 if ok else 422, {"ok": ok, "reason": reason})
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._route("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._route("POST")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("web %s: " + format, self.client_address[0], *args)
+    async def _preview(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            after = 0
+        self.preview.watch()
+        seq, frame = await self._newer(after)
+        if frame is None:
+            return json_response(503, {"error": "no frame yet"})
+        seq, jpeg = await self._http.call(self._jpeg_of, seq, frame)
+        self.count("previews")
+        return respond(200, jpeg, "image/jpeg", {"X-Frame": str(seq)})
 
 
 @register("web", table="web", settings=WebSettings, order=5)
@@ -532,3 +471,4 @@ refresh(); setInterval(refresh, 1000);
 preview();
 </script></body></html>
 """
+PAGE_BYTES = PAGE.encode()

@@ -216,3 +216,89 @@ def test_the_projector_outputs_calibration_addresses_are_spelled_out(tmp_path):
     assert not [p for p in paths if p.startswith("/output/1/mesh")]
     # a show without projector outputs has none of them
     assert not [p for p in _walk(build_tree(bus, ["a"], OscSettings()), {}) if p.startswith("/output")]
+
+
+PROBE_JS = """async (hostport) => {
+  const out = {};
+  try { const r = await fetch(`http://${hostport}/?HOST_INFO`); out.fetch = r.status; out.name = (await r.json()).NAME; }
+  catch (e) { out.fetch = "refused"; }
+  out.ws = await new Promise((ok) => {
+    const ws = new WebSocket(`ws://${hostport}/`);
+    ws.onopen = () => { ws.close(); ok("open"); };
+    ws.onerror = () => ok("refused");
+  });
+  return out;
+}"""
+
+
+def test_a_page_from_another_origin_can_neither_read_the_tree_nor_listen():
+    """A page from another origin that a visitor opens in Chromium: its fetch of the tree and its websocket are
+    refused (403); the same page listed in ``allow_origins`` may do both. Clients that send no Origin (TouchOSC,
+    python-oscquery) are not affected, and the server's own origin is always allowed."""
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (its browsers are not needed)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("apt-get install chromium: no browser to test with")
+    import urllib.error
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from installation.ops.http import HttpLimits, HttpServer, respond
+
+    async def another_site(request):
+        return respond(200, b"<!doctype html><title>another site</title><p>hello", "text/html; charset=utf-8")
+
+    site = HttpServer("another-site", "127.0.0.1", 0, HttpLimits(), another_site)
+    site.start()
+    origin = f"http://127.0.0.1:{site.port}"
+    bus = ParamBus([ParamSpec("speed", max=10.0, default=1.0)])
+    strict = OscQueryServer(OscQuerySettings(enabled=True, port=0, advertise=False), bus, ["a"],
+                            OscSettings(port=9555))
+    listed = OscQueryServer(OscQuerySettings(enabled=True, port=0, advertise=False, allow_origins=(origin,)), bus,
+                            ["a"], OscSettings(port=9555))
+
+    def get(server, origin_header=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/param/speed",
+                                     headers={"Origin": origin_header} if origin_header else {})
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, r.headers.get("Access-Control-Allow-Origin")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Access-Control-Allow-Origin")
+
+    strict.start()
+    listed.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page()
+                assert page.goto(origin + "/").status == 200
+                seen = {name: page.evaluate(PROBE_JS, f"127.0.0.1:{server.port}")
+                        for name, server in (("strict", strict), ("listed", listed))}
+            finally:
+                browser.close()
+        # the same requests, as a script would send them: no Origin, another one, the server's own, a listed one
+        raw = {"none": get(strict), "other": get(strict, "http://evil.example"),
+               "own": get(strict, f"http://127.0.0.1:{strict.port}"), "listed": get(listed, origin.upper()),
+               "other_on_listed": get(listed, "http://evil.example")}
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{strict.port}", origin="http://evil.example", open_timeout=20)
+        with connect(f"ws://127.0.0.1:{listed.port}", origin=origin, open_timeout=20) as ws:
+            ws.send('{"COMMAND": "LISTEN", "DATA": "/param/speed"}')
+            assert wait_until(lambda: listed.stats()["listens"] == 1, 20)
+            bus.set("speed", 3.0)
+            assert OscMessage(ws.recv(timeout=20)).params == [3.0]
+        stats = strict.stats()
+    finally:
+        strict.stop()
+        listed.stop()
+        site.stop()
+    assert seen["strict"] == {"fetch": "refused", "ws": "refused"}, seen
+    assert seen["listed"] == {"fetch": 200, "name": "installation", "ws": "open"}, seen
+    assert stats["rejects"]["cross_origin"] >= 3 and stats["ws_clients"] == 0, stats
+    assert raw == {"none": (200, None), "other": (403, None), "own": (200, None), "listed": (200, origin.upper()),
+                   "other_on_listed": (403, None)}, raw
+    assert refused.value.response.status_code == 403

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from installation.ops.health import (HealthServer, HealthSettings, MemoryWatch, Trend, eta_to_limit_s,
                                      memory_limit_mb, rss_mb, vram_mb)
-from support import ROOT, wait_until
+from support import ROOT, read_all, wait_until
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -269,18 +269,6 @@ def raw_request(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict]
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         return parse_answer(read_all(s))
-
-
-def read_all(s: socket.socket) -> bytes:
-    out = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            return out
-        if not chunk:
-            return out
-        out += chunk
 
 
 def parse_answer(raw: bytes) -> tuple[int, dict]:
