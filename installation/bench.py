@@ -235,7 +235,7 @@ def upload_ms(size: tuple[int, int], frames: int = 50) -> float:
 def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int, steps: int, frames: int,
                         seconds: float) -> dict[str, Any]:
     """Decoder figures from the diffusion decoder's own bench, then the same model inside the full loop."""
-    from .decoders.diffusion_bench import bench
+    from .decoders.diffusion.bench import bench
 
     import torch
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from installation.decoders.diffusion_bench import bench  # noqa: E402
+from installation.decoders.diffusion.bench import bench  # noqa: E402
 from installation.decoders.random_models import make_sd21, make_sdxl, make_taesd  # noqa: E402
 
 

@@ -5,7 +5,7 @@ Tiny shapes by default (seconds, a few MB); ``--full`` writes the real configs (
 
     python scripts/make_random_models.py --full --out /data/random-models
     installation bench --decoder diffusion --model /data/random-models/sd-turbo --json
-    python -c "from installation.decoders.diffusion_bench import bench; import json; print(json.dumps(bench(
+    python -c "from installation.decoders.diffusion.bench import bench; import json; print(json.dumps(bench(
         '/data/random-models/sd-turbo', 512, 1, 200, 'cuda', taesd='/data/random-models/taesd'), indent=2))"
 """
 

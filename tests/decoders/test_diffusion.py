@@ -359,7 +359,7 @@ def test_missing_folder_and_missing_parts(Diffusion, tiny_models, tmp_path, monk
 
 
 def test_bench_on_cpu(tiny_models):
-    from installation.decoders.diffusion_bench import bench
+    from installation.decoders.diffusion.bench import bench
 
     out = bench(str(tiny_models["sd-turbo"]), size=64, steps=1, frames=3, device="cpu",
                 taesd=str(tiny_models["taesd"]))
@@ -369,7 +369,7 @@ def test_bench_on_cpu(tiny_models):
 
 
 def test_weights_variant_choice(tmp_path):
-    from installation.decoders.diffusion import _weights_variant
+    from installation.decoders.diffusion.loading import _weights_variant
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "diffusion_pytorch_model.safetensors").touch()

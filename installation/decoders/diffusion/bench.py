@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from . import DecoderSpec, LatentRequest, create, decoder_class
+from .. import DecoderSpec, LatentRequest, create, decoder_class
 
 log = logging.getLogger(__name__)
 

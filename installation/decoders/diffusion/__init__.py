@@ -1,0 +1,21 @@
+"""Diffusion decoder: SD-Turbo / SDXL-Turbo / LCM (+ optional TAESD) with an own 1-8 step loop per frame.
+
+The model is built from its diffusers components (never a pipeline ``__call__`` per frame); the timesteps and the
+starting latent are the ones the folder's scheduler gives a diffusers pipeline, so a frame is the pipeline's for the
+same noise and prompt (tests/decoders/test_diffusion_parity.py). Prompts are encoded once each (LRU cache) and
+blended by weight; img2img, reference-image blends, emergence (seeing x0 develop) and live-scaled LoRAs are
+supported. On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8 conversion + finite flag) is one
+captured graph over static buffers; float32 eager on the CPU always works.
+
+The parts, by seam: ``settings`` (what a scene sets, bounded bus values), ``loading`` (folder checks, family
+detection, the components), ``schedules`` (the timesteps, as the folder's scheduler sets them), ``prompts`` (encode,
+cache, blend), ``sources`` (img2img images on the host), ``program`` (the per-frame program over static buffers and
+its CUDA graph) and ``decoder`` (prepare and render, registered as "diffusion").
+"""
+
+from .decoder import DiffusionDecoder
+from .loading import check_weights, detect_family, resolve_model_dir, validate_model_dir, vae_factor
+from .settings import DiffusionSettings
+
+__all__ = ["DiffusionDecoder", "DiffusionSettings", "check_weights", "detect_family", "resolve_model_dir",
+           "validate_model_dir", "vae_factor"]

@@ -1,0 +1,353 @@
+"""The diffusion decoder: prepare (load, buffers, warm-up, graph capture) and render (read the frame's inputs from
+the request, write them into the program's static buffers, run the program, read the frame back).
+
+Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
+``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
+embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
+``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order).
+From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .. import register
+from .._accel import PrepareProgress, Readback, StageTimer, resolve_device, resolve_dtype
+from ...bus import ParamSpec
+from ..base import LatentRequest, NonFiniteFrame
+from .loading import check_settings, load_components, load_image, vae_config, vae_factor
+from .program import FrameProgram
+from .prompts import PromptEncoder, blend_tensors, prompt_set
+from .schedules import Schedule
+from .settings import PROMPT_GAINS, DiffusionSettings, bounded
+from .sources import SourceFilter
+
+log = logging.getLogger(__name__)
+
+
+@register("diffusion")
+class DiffusionDecoder:
+    """Walks a text-to-image model: trajectory noise + blended prompt embeddings -> 1-8 denoising steps -> RGB."""
+
+    Settings = DiffusionSettings
+
+    @classmethod
+    def latent_shape(cls, settings: DiffusionSettings) -> tuple[int, ...]:
+        """(C, H/f, W/f): C from a local UNet config, f from the VAE's (or TAESD's) config; 4 and 8 for SD models."""
+        channels = 4
+        cfg = Path(settings.model).expanduser() / "unet" / "config.json"
+        try:
+            if cfg.is_file():
+                channels = int(json.loads(cfg.read_text()).get("in_channels", 4))
+        except (OSError, ValueError):
+            pass
+        f = vae_factor(vae_config(settings))
+        return (channels, settings.height // f, settings.width // f)
+
+    @classmethod
+    def param_specs(cls, settings: DiffusionSettings) -> list[ParamSpec]:
+        """The live parameters this decoder reads, with the scene's settings as their defaults."""
+        specs = [
+            ParamSpec("diffusion.strength", "float", 0.0, 1.0, settings.strength, 0.3, 0.3,
+                      "img2img strength: 0 shows the source (camera, image), 1 ignores it"),
+            ParamSpec("diffusion.guidance", "float", 0.0, 30.0, settings.guidance, 0.3, 0.3,
+                      "guidance scale (CFG when the scene's guidance > 1; LCM's guidance embedding)"),
+        ]
+        specs += [ParamSpec(f"prompt.{i}.gain", "float", 0.0, 4.0, 1.0, 0.5, 0.5,
+                            f"multiplies prompt {i}'s weight in the blend (0 mutes it)")
+                  for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
+        specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
+                  for _, name in settings.loras]
+        images = ([settings.source] if settings.source else []) + list(settings.references)
+        specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
+                            f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
+        return specs
+
+    @classmethod
+    def check(cls, settings: DiffusionSettings) -> None:
+        """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
+        check_settings(settings)
+
+    def __init__(self, settings: DiffusionSettings, device: str = "cpu") -> None:
+        if not isinstance(settings, DiffusionSettings):
+            settings = DiffusionSettings.model_validate(settings)
+        self.settings = settings
+        self.device_name = device
+        self.prepared = False
+        self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
+                          "prompt_cache_misses": 0}
+        self.prompts: PromptEncoder | None = None
+        self.program: FrameProgram | None = None
+
+    # -- what tests and the benchmark read ----------------------------------------------------------------------
+
+    @property
+    def encode_calls(self) -> int:
+        """int: text-encoder runs so far (prompt cache misses)."""
+        return self.prompts.calls if self.prompts is not None else 0
+
+    @property
+    def timesteps_now(self) -> tuple:
+        """tuple: the timesteps the last frame took."""
+        return self.program.timesteps_now
+
+    @property
+    def buf(self) -> dict[str, torch.Tensor]:
+        """dict: the program's static buffers."""
+        return self.program.buf
+
+    def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeds [1,L,D], pooled [1,P] or None) for one prompt, through the LRU cache."""
+        return self.prompts.encode(text)
+
+    # -- prepare ------------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Resolve and validate the folder, load components, apply acceleration, warm up and capture graphs.
+
+        All-or-nothing: on any error the partly loaded parts are released before the error propagates.
+        """
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        s = self.settings
+        self.device = resolve_device(self.device_name)
+        self.dtype = resolve_dtype(s.dtype, self.device)
+        t0 = time.perf_counter()
+        with PrepareProgress(f"diffusion {Path(s.model).name} {s.width}x{s.height}",
+                             6 + len(self._warm_plan())) as progress:
+            self._prepare_steps(progress, t0)
+
+    def _prepare_steps(self, progress: PrepareProgress, t0: float) -> None:
+        s = self.settings
+        comps = load_components(s, self.device, self.dtype, progress)
+        self.comps = comps
+        self.family, self.model_dir = comps.family, comps.model_dir
+        self.unet, self.vae, self.scheduler = comps.unet, comps.vae, comps.scheduler
+        self.tokenizers, self.text_encoders = comps.tokenizers, comps.text_encoders
+        self.tiny_vae, self.vae_dtype, self.vae_scale = comps.tiny_vae, comps.vae_dtype, comps.vae_scale
+        self.vae_factor, self.prediction = comps.vae_factor, comps.prediction
+        self.schedule = Schedule(comps.scheduler, s.steps, s.timesteps, comps.family == "lcm")
+        self.full_schedule, self.z_coef = self.schedule.full, self.schedule.z_coef
+
+        from .._lora import apply_loras
+
+        progress.step(f"moving to {self.device}, LoRAs" + (", compile set-up" if s.compile else ""))
+
+        self.lora_scales = apply_loras(self.unet, s.loras, self.device, self.dtype)
+        self._lora_values = {name: 1.0 for name in self.lora_scales}
+        self.prompts = PromptEncoder(comps.tokenizers, comps.text_encoders, comps.family == "sdxl", self.device,
+                                     self.dtype, s.prompt_cache_size, self._counters)
+        self.timer = StageTimer(self.device)
+        self.readback = Readback(self.device)
+        self._sources = SourceFilter(s.similar_threshold, self._counters)
+        with torch.inference_mode():
+            progress.step("static buffers, negative prompt, reference images")
+            self.program = FrameProgram(s, comps, self.schedule, self.device, self.dtype, self.prompts.max_len,
+                                        self.timer)
+            self.programs, self.use_graphs, self.lat_shape = (self.program.programs, self.program.use_graphs,
+                                                              self.program.lat_shape)
+            self.cfg = self.program.cfg
+            self._forget()
+            if self.cfg:
+                self.program.set_negative(*self.prompts.encode(s.negative_prompt))
+            self._load_references()
+            self.prepared = True
+            log.info("diffusion: loaded in %.1f s; warming up%s%s", time.perf_counter() - t0,
+                     ", compiling" if s.compile else "", " and capturing CUDA graphs" if self.use_graphs else "")
+            self._warm_up(progress)
+        log.info("diffusion: ready in %.1f s (graphs=%s, captures=%d)", time.perf_counter() - t0, self.use_graphs,
+                 self.programs.captures)
+
+    def _load_references(self) -> None:
+        """Encode the configured source/reference images to latents once (img2img and reference blends)."""
+        s = self.settings
+        paths = ([s.source] if s.source else []) + list(s.references)
+        self.ref_latents = []
+        for p in paths:
+            img = load_image(p, s.width, s.height)
+            self.program.encode_source(img)
+            self.ref_latents.append(self.buf["src"].clone())
+            self.programs.sync()  # the next image reuses the pinned staging buffer this upload reads from
+        self._src_key = None
+
+    def _warm_plan(self) -> list[tuple[str, dict, dict]]:
+        """The warm-up frames (label, params, extras) that reach every program a show can use."""
+        s = self.settings
+        plan: list[tuple[str, dict, dict]] = []
+        steps = s.steps if s.emergence else 1
+        full = {"diffusion.strength": s.strength or 1.0}  # strength 0 would take the reconstruction path instead
+        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", full, {})
+                 for i in range(steps)]
+        # Always the source encode (a camera may feed any diffusion scene) and the strength-0 reconstruction.
+        src = {"source": np.zeros((s.height, s.width, 3), np.uint8)}
+        plan.append(("source encode", {}, src))
+        plan.append(("strength-0 reconstruction", {"diffusion.strength": 0.0}, src))
+        return plan
+
+    def _warm_up(self, progress: PrepareProgress) -> None:
+        """Render a first frame for every program a show can use, so compile and capture never happen mid-show."""
+        req_z = np.zeros(self.lat_shape, np.float32)
+        what = "compile + capture" if self.settings.compile and self.use_graphs else (
+            "compile" if self.settings.compile else "capture" if self.use_graphs else "warm-up")
+        for label, params, extras in self._warm_plan():
+            progress.step(f"{what}: {label}")
+            self._render(req_z, params, extras, force=True)
+        self.reset()
+        for k in ("frames", "skipped", "nonfinite"):
+            self._counters[k] = 0
+
+    # -- render -------------------------------------------------------------------------------------------------
+
+    def _set_condition(self, prompts: tuple[tuple[str, float], ...]) -> None:
+        """Blend the cached embeddings into the static conditioning buffer (only when the blend changed)."""
+        if prompts == self._cond_key:
+            return
+        self.program.set_condition(*self.prompts.blend(prompts, self.settings.blend))
+        self._cond_key = prompts
+
+    def render(self, request: LatentRequest) -> np.ndarray:
+        """One frame, HxWx3 uint8. Raises NonFiniteFrame (after resetting cross-frame state) on NaN/Inf."""
+        if not self.prepared:
+            raise RuntimeError("diffusion decoder: call prepare() before render()")
+        z = np.asarray(request.z, dtype=np.float32)
+        if z.shape != self.lat_shape:
+            raise ValueError(f"diffusion: request.z has shape {z.shape}, expected {self.lat_shape}")
+        return self._render(z, request.params or {}, request.extras or {})
+
+    @torch.inference_mode()
+    def _render(self, z: np.ndarray, params: Mapping[str, float], extras: Mapping[str, Any],
+                force: bool = False) -> np.ndarray:
+        s, b, prog = self.settings, self.buf, self.program
+        self.timer.start()
+        prompts = prompt_set(s, params, extras)
+        self._set_condition(prompts)
+        self.timer.mark("encode")
+        # Live scalars: only written when they move (each write is a tiny async device op).
+        for name, tensor in self.lora_scales.items():
+            v = bounded(params, f"lora.{name}.scale", 1.0, -4.0, 4.0)
+            if v != self._lora_values[name]:
+                tensor.fill_(v)
+                self._lora_values[name] = v
+        g = bounded(params, "diffusion.guidance", s.guidance, 0.0, 30.0)
+        prog.set_guidance(g)
+
+        src = None if s.latent_source else self._sources.take(extras)
+        img2img = src is not None or bool(self.ref_latents) or s.latent_source
+        strength = bounded(params, "diffusion.strength", s.strength, 0.0, 1.0) if img2img else 1.0
+        src_changed = False
+        if src is not None:
+            src_changed = self._sources.changed(src) or self._src_key != "camera"
+            if src_changed:
+                prog.encode_source(src)
+                self._src_key = "camera"
+        elif s.latent_source:  # the trajectory's latent is the clean source (in the skip key); the noise is fixed
+            self._src_key = ("z", z.tobytes())
+        elif self.ref_latents:
+            n = len(self.ref_latents)
+            weights = tuple(bounded(params, f"reference.{i}.weight", 1.0, 0.0, 1e6) for i in range(n))
+            if sum(weights) <= 0:
+                weights = (1.0,) * n
+            if self._src_key != ("refs", weights):
+                b["src"].copy_(blend_tensors(self.ref_latents, list(weights), s.blend))
+                self._src_key = ("refs", weights)
+                src_changed = True
+        use_z = not img2img or (s.img2img_noise == "trajectory" and not s.latent_source)
+
+        # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera).
+        key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
+               z.tobytes() if use_z else None)
+        if (not force and not s.emergence and self._last_frame is not None and key == self._last_key
+                and not src_changed and self._skip_run < s.similar_max_skip):
+            self._skip_run += 1
+            self._counters["skipped"] += 1
+            return self._last_frame.copy()
+        self._skip_run = 0
+
+        if use_z or s.latent_source:
+            prog.set_z(z, "src" if s.latent_source else "z")
+        if not use_z:
+            b["z"].copy_(b["fixed_noise"])
+        self.timer.mark("upload")
+        if img2img and strength <= 0.0:
+            program, fn = ("recon",), prog.recon
+        else:
+            prog.set_table(strength)
+            if img2img:  # the source noised to the first timestep (the scheduler's add_noise)
+                a = prog.alpha_start
+                prog.set_init((math.sqrt(a), math.sqrt(1 - a)))
+            else:  # noise as the folder's scheduler starts it (init_noise_sigma, scale_model_input)
+                prog.set_init((0.0, self.z_coef))
+            if s.emergence and s.steps > 1:
+                i = self._em_index
+                program, fn = ("emergence", i), (lambda i=i: prog.emergence(i))
+                self._em_index = (i + 1) % s.steps
+            else:
+                program, fn = ("full",), prog.full
+        self.programs.run(program, fn)
+        if self.use_graphs:
+            self.timer.mark("graph")
+        try:
+            frame = self.readback.fetch(b["rgb"], b["ok"])
+        except NonFiniteFrame:
+            self._counters["nonfinite"] += 1
+            self.reset()
+            log.warning("diffusion: non-finite frame caught; cross-frame state reset")
+            raise
+        self.timer.mark("download")
+        self._counters["frames"] += 1
+        self._last_frame, self._last_key = frame, key
+        return frame.copy()
+
+    def _forget(self) -> None:
+        """The host side of the cross-frame state."""
+        self._em_index = 0
+        self._last_frame, self._last_key = None, None
+        self._skip_run = 0
+        self._src_key = None
+        self._cond_key = None
+        if getattr(self, "_sources", None) is not None:
+            self._sources.reset()
+
+    def reset(self) -> None:
+        """Forget every cross-frame state (emergence chain, skip cache, source cache); keep models and graphs."""
+        self._forget()
+        if self.program is not None and self.program.buf is not None:
+            self.program.reset()
+
+    def stats(self) -> dict[str, float]:
+        """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""
+        timer = getattr(self, "timer", None)
+        out: dict[str, float] = {f"{k}_ms": v for k, v in timer.ms.items()} if timer is not None else {}
+        out.update({k: float(v) for k, v in self._counters.items()})
+        out["encode_calls"] = float(self.encode_calls)
+        out["graph_captures"] = float(self.programs.captures) if self.prepared else 0.0
+        return out
+
+    def close(self) -> None:
+        """Drop graphs, models and caches so the memory goes back (safe to call twice)."""
+        if self.program is not None:
+            self.program.close()
+        self.program = None
+        for name in ("unet", "vae", "text_encoders", "tokenizers", "ref_latents", "lora_scales", "comps",
+                     "programs"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        if self.prompts is not None:
+            self.prompts.clear()
+        self.prepared = False
+        if torch.cuda.is_available() and self.device_name.startswith("cuda"):
+            torch.cuda.empty_cache()

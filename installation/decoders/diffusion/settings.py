@@ -1,0 +1,88 @@
+"""What a scene sets for the diffusion decoder, and the bounded reading of its live values from the bus."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal, Mapping
+
+from pydantic import Field, field_validator, model_validator
+
+from ..base import DecoderSettings
+
+FAMILIES = ("sd21", "sdxl", "lcm")
+STEP_RANGE = {"sd21": (1, 4), "sdxl": (1, 4), "lcm": (2, 8)}
+EXAMPLE_REPO = {"sd21": "stabilityai/sd-turbo", "sdxl": "stabilityai/sdxl-turbo",
+                "lcm": "SimianLuo/LCM_Dreamshaper_v7", "auto": "stabilityai/sd-turbo"}
+MAX_PROMPT_CHARS = 2000
+PROMPT_GAINS = 16  # prompt.0.gain .. prompt.15.gain on the bus: as many as a show's live prompt set may hold
+
+
+class DiffusionSettings(DecoderSettings):
+    """What a scene sets for the diffusion decoder (all hashable, so equal settings share one prepared model)."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ("model", "taesd", "source")
+
+    model: str = Field(description="local diffusers folder, or a hub id (used only when online)")
+    local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
+    family: Literal["auto", "sd21", "sdxl", "lcm"] = "auto"
+    steps: int = Field(1, ge=1, le=8, description="denoising steps per frame: 1-4 (LCM 2-8)")
+    timesteps: tuple[int, ...] = Field((), description="explicit timesteps (descending); empty = as the folder's "
+                                                      "scheduler sets them")
+    taesd: str = Field("", description="folder of an AutoencoderTiny (TAESD) used instead of the full VAE")
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    cuda_graph: bool = True
+    compile: bool = False
+    compile_cache_dir: str = ""
+    prompts: tuple[tuple[str, float], ...] = ()
+    negative_prompt: str = ""
+    guidance: float = Field(0.0, ge=0.0, le=30.0, description=">1 enables classifier-free guidance (2x UNet batch)")
+    blend: Literal["lerp", "slerp"] = "lerp"
+    source: str = Field("", description="image file used as the img2img source")
+    references: tuple[str, ...] = Field((), description="image files encoded and blended as the img2img source")
+    strength: float = Field(0.5, ge=0.0, le=1.0, description="img2img strength (0 = the source's reconstruction)")
+    img2img_noise: Literal["fixed", "trajectory"] = "fixed"
+    latent_source: bool = Field(False, description="request.z is an image latent (the images trajectory over a space "
+                                                   "file), rendered by img2img from it at diffusion.strength")
+    similar_threshold: float = Field(0.004, ge=0.0, le=1.0,
+                                     description="mean |diff| (0..1) under which a camera source counts unchanged")
+    similar_max_skip: int = Field(30, ge=0, description="render at least every N frames even when nothing changed")
+    emergence: bool = False
+    loras: tuple[tuple[str, str], ...] = Field((), description="(path, name) pairs; scale on lora.<name>.scale")
+    seed: int = 0
+    prompt_cache_size: int = Field(64, ge=2, le=4096)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8, not {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> "DiffusionSettings":
+        if self.family != "auto":
+            lo, hi = STEP_RANGE[self.family]
+            if not lo <= self.steps <= hi:
+                raise ValueError(f"steps={self.steps} outside {lo}-{hi} for family {self.family}")
+        if self.timesteps and len(self.timesteps) != self.steps:
+            raise ValueError(f"timesteps has {len(self.timesteps)} entries but steps={self.steps}")
+        if any(not 0 <= t < 1000 for t in self.timesteps):
+            raise ValueError("timesteps must lie in 0..999")
+        names = [n for _, n in self.loras]
+        if len(set(names)) != len(names):
+            raise ValueError("LoRA names must be unique")
+        return self
+
+
+def bounded(params: Mapping[str, float], name: str, default: float, lo: float, hi: float) -> float:
+    """A bus value, bounded; anything non-finite or non-numeric falls back to the default."""
+    v = params.get(name, default)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return default
+    if not math.isfinite(v):
+        return default
+    return min(max(v, lo), hi)
