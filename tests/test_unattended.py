@@ -475,7 +475,12 @@ def test_soak_command_reports_and_never_crashes():
     assert result["injected"]["decoder_kills"] >= 1 and result["injected"]["shader_errors"] >= 1
     faults = result["faults_contained"]
     assert faults["decoder_process_crashes"] >= 1 and faults["shader"] >= 1
-    assert sum(faults["decoder"].values()) >= 1
+    # The decoder raises on every 5th frame of a process's life: some life decoded 7 frames or more whenever the
+    # frames decoded average that many per life (a loaded machine may not: the process is killed every 6 s, and at a
+    # load of 45 it spent most of each life starting)
+    lives = result["injected"]["decoder_kills"] + 1
+    if result["frames_decoded"] >= 7 * lives:
+        assert sum(faults["decoder"].values()) >= 1, result
 
 
 def test_the_first_scene_is_timed_from_when_it_is_on_screen(tmp_path):
