@@ -81,3 +81,40 @@ def read_all(sock) -> bytes:
         if not chunk:
             return out
         out += chunk
+
+
+def bench_result(r: subprocess.CompletedProcess, keys=()) -> dict:
+    """What an ``installation bench ... --json`` run printed, checked for structure: exit status 0, the figures one
+    per line (key, then its value), then the same figures as one JSON object on the last line, every number in it
+    finite, and ``keys`` among them. Returns the object."""
+    import json
+    import math
+
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert isinstance(result, dict) and set(keys) <= set(result), sorted(set(keys) - set(result))
+    printed = {}
+    for line in lines[:-1]:
+        key, _, value = line.partition(" ")
+        printed[key] = value.strip()
+    for key, value in result.items():
+        assert printed.get(key) == str(value), (key, printed.get(key), value)  # the table says what the JSON says
+
+    def finite(value) -> bool:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, dict):
+            return all(finite(v) for v in value.values())
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return True
+
+    assert all(finite(v) for v in result.values()), result
+    return result
+
+
+def ratio_of(result: dict, ratio: str, top: str, bottom: str) -> None:
+    """``result[ratio]`` is ``result[top] / result[bottom]`` (both rounded for print: within 1 %)."""
+    assert result[bottom] > 0 and abs(result[ratio] - result[top] / result[bottom]) <= 0.01 * result[ratio] + 1e-3, \
+        (ratio, result[ratio], result[top], result[bottom])

@@ -89,7 +89,7 @@ def test_live_loop_with_decoder_process(tmp_path):
 
 
 class _SlowDisplay:
-    """A target whose swap takes 0.1 s: a display (or machine) slower than the show's fps."""
+    """A target whose swap takes at least 0.1 s: a display (or machine) slower than the show's fps."""
 
     def __init__(self, target):
         self._t = target
@@ -112,9 +112,14 @@ def test_live_duration_is_wall_clock_seconds_on_a_slow_display(tmp_path):
     target = HeadlessTarget(spec.config.output.size)
     try:
         rt = Runtime(spec, _SlowDisplay(target), WallClock(), fps=20, inputs=False)
-        stats = rt.run(1.0)  # 20 frames would take 2 s here: a frame count would overrun by a second
-        assert 1.0 <= stats.loop_s < 1.6, stats.loop_s
-        assert 3 <= stats.presented <= 11
+        ended: list[float] = []
+        stats = rt.run(1.0, on_tick=lambda _: ended.append(time.perf_counter()))
+        # 20 frames take 2 s or more here: a frame count would overrun by a second. By the wall clock the loop stops
+        # at the first tick that ends past 1 s: at most one tick (and the wait before it) over, however long ticks
+        # take on a loaded machine.
+        longest = max(np.diff(ended)) if len(ended) > 1 else stats.loop_s
+        assert 1.0 <= stats.loop_s <= 1.0 + longest + 0.05, (stats.loop_s, longest)
+        assert 1 <= len(ended) <= 11  # each tick takes 0.1 s or more: no more than 11 can start within the second
     finally:
         target.close()
 
@@ -237,8 +242,10 @@ def test_osc_from_another_process_steers_the_live_show(tmp_path):
         while rt.show.scene.name != "b" and time.monotonic() < deadline:
             time.sleep(0.05)
         result["scene"] = rt.show.scene.name
+        handled = rt.osc.stats()["messages"]
         send(port, "c.send_message('/param/speed/norm', 0.5)", "c.send_message('/param/grade.saturation', 9.0)")
-        time.sleep(0.5)
+        while rt.osc.stats()["messages"] < handled + 2 and time.monotonic() < deadline:  # both handled
+            time.sleep(0.05)
         result["targets"] = rt.bus.targets()
         result["osc"] = rt.osc.stats()
 

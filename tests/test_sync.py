@@ -35,11 +35,14 @@ show.update(0.0, 0.0, bus.tick(0.0))  # as Runtime.start(): the first plan, then
 show.started += clock.now()
 clock.align(show, clock.now())
 last = clock.now()
+steps = []  # (time, length) of the node's recent frames
 
 
 def tick(t):  # one frame of the node's loop: the show advances as the runtime advances it
     global last
     show.update(t, t - last, bus.tick(t - last))
+    steps.append((t, t - last))
+    del steps[:-600]
     last = t
 
 
@@ -57,9 +60,16 @@ while True:
         tick(clock.now())
     while raw() < at:
         time.sleep(0.0005)
-    a = raw(); t = clock.now(); b = raw()
+    reads = []
+    for _ in range(5):  # the tightest of a few reads: one cut by a preemption says little about the clock
+        a = raw(); t = clock.now(); b = raw()
+        reads.append((b - a, a, t, b))
+        if b - a < 0.0005:
+            break
+    _, a, t, b = min(reads)
     tick(t - ((a + b) / 2 - at))  # the frame at `at` (show time runs one second per second at the reference tempo)
-    print(last, show.scene.name, show.tau, clock.link.numPeers(), flush=True)
+    longest = max(d for w, d in steps if w > last - 4.0)  # the node's longest frame of the last 4 s
+    print(last, show.scene.name, show.tau, clock.link.numPeers(), longest, flush=True)
 """
 
 
@@ -77,16 +87,16 @@ class Node:
         self.proc.stdin.write(f"{at!r}\n")
         self.proc.stdin.flush()
 
-    def answer(self) -> tuple[float, str, float, int]:
-        t, scene, tau, peers = self.proc.stdout.readline().split()
-        return float(t), scene, float(tau), int(peers)
+    def answer(self) -> tuple[float, str, float, int, float]:
+        t, scene, tau, peers, longest = self.proc.stdout.readline().split()
+        return float(t), scene, float(tau), int(peers), float(longest)
 
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
-def _times(nodes: list[Node], rounds: int = 3, gap: float = 0.5) -> list[list[tuple[float, str, float, int]]]:
+def _times(nodes: list[Node], rounds: int = 3, gap: float = 0.5) -> list[list[tuple[float, str, float, int, float]]]:
     out = []
     for _ in range(rounds):
         at = time.clock_gettime(time.CLOCK_MONOTONIC_RAW) + gap
@@ -96,12 +106,13 @@ def _times(nodes: list[Node], rounds: int = 3, gap: float = 0.5) -> list[list[tu
     return out
 
 
-def _in_step(answers: list[tuple[float, str, float, int]]) -> None:
+def _in_step(answers: list[tuple[float, str, float, int, float]]) -> None:
     ts, scenes, taus = [a[0] for a in answers], {a[1] for a in answers}, [a[2] for a in answers]
     assert max(ts) - min(ts) < FRAME, answers  # show time
     # path time (speed 1): a node's path steps once per frame, so at one instant two nodes' positions differ by
-    # less than a frame's step of the slower one (the frame that crossed the last scene boundary)
-    assert max(taus) - min(taus) < 2 * FRAME, answers
+    # less than the show-time spread plus one step of the slower node (the frame that crossed the last scene
+    # boundary): 1/60 s idle; on a loaded machine a node's frames run longer, and each node reports its longest
+    assert max(taus) - min(taus) < FRAME + max(a[4] for a in answers), answers
     assert len(scenes) == 1, answers
 
 

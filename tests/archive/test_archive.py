@@ -24,9 +24,10 @@ from installation.archive.store import Store
 from installation.bus import Event
 from installation.clock import FixedClock
 from installation.config import load_show
+from installation.latent import build
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
-from support import ROOT, run_cli, scene_toml, wait_until, write_show
+from support import ROOT, bench_result, ratio_of, run_cli, scene_toml, wait_until, write_show
 
 SCENES = {"a": scene_toml(shaders='["present", "grade"]'), "b": scene_toml(trajectory='kind = "walk"')}
 
@@ -46,12 +47,29 @@ class Frames:
         self.frames.append(np.frombuffer(rgb, np.uint8).astype(np.int16))
 
 
+def watch_show(rt: Runtime) -> dict[float, dict]:
+    """What the show itself did at each tick, read from the runtime, never from the archive: by show time, the
+    path time, seed and scene it was at and the latent and parameters the decoder was asked to render."""
+    seen: dict[float, dict] = {}
+    render = rt.guard.render
+
+    def spy(request):
+        seen[request.t] = {"tau": rt.show.tau, "seed": rt.show.seed, "scene": rt.show.scene.name,
+                           "z": np.array(request.z), "params": dict(request.params)}
+        return render(request)
+
+    rt.guard.render = spy  # passes every request on unchanged: it only looks
+    return seen
+
+
 def fixed_run(cfg: Path, steps: int, actions: dict[int, callable], fps: int = 20) -> tuple[Runtime, Frames]:
-    """A fixed-step run of ``steps`` ticks, ``actions[n](bus)`` before tick n; returns the runtime and its frames."""
+    """A fixed-step run of ``steps`` ticks, ``actions[n](bus)`` before tick n; returns the runtime and its frames
+    (``frames.show``: what the show did at each tick, see :func:`watch_show`)."""
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, FixedClock(fps), fps=fps, inputs=False)
     frames = Frames()
+    frames.show = watch_show(rt)
     rt.tap.add(frames)
     try:
         rt.start()
@@ -99,6 +117,20 @@ def test_a_fixed_step_run_is_archived_and_replays_to_the_bit(tmp_path):
     assert len(points) == 18 and [p.t for p in points[:3]] == [0.0, 0.25, 0.5]
     assert {p.scene for p in points} == {"a", "b"} and points[5].seed == 77 and points[0].seed == 3
     assert points[0].latent.shape == (8,) and points[0].thumb[:2] == b"\xff\xd8"  # a JPEG
+    # Each point against the show itself at that tick (not against other stored values): its path time, seed and
+    # scene, and its latent both as the decoder was asked for it and as the scene's trajectory gives it there
+    # (outside the seed jump's and the scene change's blends, t 1.0..2.75, where the latent is a slerp of two).
+    assert [p.tau for p in points[:3]] == [0.0, 0.25, 0.5]  # speed 1 from the start: path time is show time
+    steady = 0
+    for p in points:
+        shown = live.show[p.t]
+        assert (p.tau, p.seed, p.scene) == (shown["tau"], shown["seed"], shown["scene"]), p.t
+        assert np.allclose(p.latent, shown["z"], rtol=1e-3, atol=2e-3), p.t  # stored as float16
+        if p.t < 1.0 or p.t >= 3.0:
+            traj = build(load_show(cfg).scene(p.scene).trajectory, p.latent.shape, p.seed)
+            assert np.array_equal(traj(p.tau, shown["params"]), shown["z"]), p.t
+            steady += 1
+    assert steady >= 10
     thumb = cv2.imdecode(np.frombuffer(points[-1].thumb, np.uint8), cv2.IMREAD_COLOR)
     assert thumb.shape[1] == 96 and thumb.mean() > 10  # what the output showed, shrunk
 
@@ -193,7 +225,8 @@ def test_a_live_show_steered_over_osc_replays_at_the_live_size(tmp_path):
     """The key test. The path (every archived point's scene, seed and latent) replays to the bit. The frames: the
     live decoder runs beside the loop, so what the live show presents at tick k was decoded from tick k-1's plan (at
     the decoder's own moment, crossfaded by age); a replay renders tick k's frame in lockstep. So live frame k is
-    compared with replay frame k-1. Stated tolerance, as long as the live recorder dropped no frame: the per-frame
+    compared with replay frame k-1 (live video frames are mapped to ticks through the archived tick times: a loaded
+    machine presents some late). Stated tolerance, as long as the live recorder dropped no frame: the per-frame
     mean absolute difference (0..255) is <= 4 at the median, and <= 4 for every frame from a second after the last
     OSC message on (against the nearest of the replay's last three ticks: under load the live decoder trails by
     more than one). While the performer drives the path fast (speed 3, a seed blend, a scene transition) a tick of
@@ -223,21 +256,34 @@ def test_a_live_show_steered_over_osc_replays_at_the_live_size(tmp_path):
     assert result["timing"] == "live ticks" and result["size"] == "160x96" and result["events_posted"] == 5
     assert result["points_compared"] >= 15 and result["points_identical"] == result["points_compared"]
     live, again = video(tmp_path / "live.mp4"), video(tmp_path / "replay.mp4")
-    assert len(live) == len(again) == result["frames"]
-    same_tick = [np.abs(a - b).mean() for a, b in zip(live[1:], again[1:])]
-    one_behind = [np.abs(a - b).mean() for a, b in zip(live[1:], again[:-1])]
-    nearest = [min(np.abs(live[k] - again[k - lag]).mean() for lag in (1, 2, 3)) for k in range(3, len(live))]
     store = Store(archive, readonly=True)
     try:
-        start = store.session()["first"]["t"]
+        ticks = store.ticks(1)
         last_change = max(e["t"] for e in store.events(1) if e["source"].startswith("osc"))
     finally:
         store.close()
-    settled = int(np.ceil((last_change + 1.0 - start) * 20)) - 3  # video frame j shows tick j (20 fps)
+    # The live recording runs on the wall clock: a tick presented late (a loaded machine) is written as many times as
+    # 20 fps asks for by then, one presented early may be left out; the replay's recording repeats and leaves out the
+    # same, so the two videos line up frame for frame. Which tick a video frame shows is counted from the archived
+    # tick times as the recorder counts them; each shown tick is compared once, at its first frame.
+    shows: list[int] = []
+    for k, due in enumerate(np.round((ticks - ticks[0]) * 20).astype(int) + 1):
+        shows += [k] * max(due - len(shows), 0)
+    assert result["frames"] == len(ticks) and len(live) == len(again) == len(shows)
+    at = {}
+    for j, k in enumerate(shows):
+        at.setdefault(k, j)
+    shown = [k for k in at if k >= 3 and k - 1 in at]
+    same_tick = [np.abs(live[at[k]] - again[at[k]]).mean() for k in shown]
+    one_behind = [np.abs(live[at[k]] - again[at[k - 1]]).mean() for k in shown]
+    nearest = [min(np.abs(live[at[k]] - again[at[k - lag]]).mean() for lag in (1, 2, 3) if k - lag in at)
+               for k in shown]
+    settled = [n for n, k in zip(nearest, shown) if ticks[k] >= last_change + 1.0]
+    assert len(settled) >= 20  # a second and more of show after the last OSC message
     print("live vs replay, mean abs difference per frame (0..255): one tick behind: median %.2f, max %.2f; nearest "
           "of the last three ticks once the steering settled: max %.2f" %
-          (np.median(one_behind), max(one_behind), max(nearest[settled:])))
-    assert np.median(one_behind) <= 4.0 and max(nearest[settled:]) <= 4.0
+          (np.median(one_behind), max(one_behind), max(settled)))
+    assert np.median(one_behind) <= 4.0 and max(settled) <= 4.0
     assert np.mean(one_behind) < np.mean(same_tick)  # the live show trails its plan by a tick, as explained
 
 
@@ -258,10 +304,18 @@ def test_kill_9_loses_at_most_the_last_batch_and_never_the_file(tmp_path):
 
         before = wait_until(committed, 30)
         assert wait_until(lambda: committed() > before + 1.0, 30)  # batches keep landing while it runs
-        seen = committed()
-        time.sleep(0.5)
+        # watch the commits for a while: the last one seen must survive the kill, and the longest wait between two
+        # says how often the writer gets to commit on this machine now (every batch_s idle, less often under load)
+        seen, advances, end = committed(), [time.monotonic()], time.monotonic() + 1.0
+        while time.monotonic() < end:
+            now = committed()
+            if now > seen:
+                seen = now
+                advances.append(time.monotonic())
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
+        cadence = max(np.diff(advances + [killed_at]).max(), 0.2)
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -277,14 +331,15 @@ def test_kill_9_loses_at_most_the_last_batch_and_never_the_file(tmp_path):
     finally:
         store.close()
     assert sess["ended"] is None  # it never closed
-    assert sess["last_t"] >= seen and np.all(np.diff(ticks) > 0) and ticks[-1] == sess["last_t"]
+    assert sess["last_t"] >= seen  # nothing seen committed was lost
+    assert np.all(np.diff(ticks) > 0) and ticks[-1] == sess["last_t"]
     assert speed and speed[0]["value"] == 2.0 and speed[0]["source"] == "osc:127.0.0.1"
     assert len(points) >= 10 and all(p.latent is not None for p in points)
     # What was lost: the show time between the last commit and the kill. The speed message dates the show clock
     # (its journal time is when it arrived, a moment after it was sent), so the kill's show time is known.
     killed_show_t = killed_at - sent_at + speed[0]["t"]
     lost = killed_show_t - sess["last_t"]
-    assert lost <= 0.2 + 1.0, lost  # one batch, plus slack for the loop's and the writer's scheduling under load
+    assert lost <= cadence + 1.0, (lost, cadence)  # the last batch, at the writer's pace, plus slack for the loop's
 
 
 def test_a_full_disk_is_a_counted_fault_and_the_show_goes_on(tmp_path):
@@ -308,16 +363,30 @@ def test_a_full_disk_is_a_counted_fault_and_the_show_goes_on(tmp_path):
         rt.step()
         assert rt.health_snapshot()["archive"]["failures"] >= 1  # health says degraded
         assert rt.health_snapshot()["status"] == "degraded"
-        archive._store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again: writing resumes
         lost = archive.counts["batches_lost"]
+        assert lost >= 1 and archive.faults["disk_full"] == lost  # every batch lost was lost to the full disk
+        archive._store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again: writing resumes
+        batches, points = archive.counts["batches"], archive.counts["points"]
         for _ in range(10):
             rt.step()
-        assert wait_until(lambda: archive.counts["batches"] > 2 and archive.faults["disk_full"] == lost, 10) or \
-            archive.counts["batches_lost"] == lost
+        # new batches commit from the writer thread, while the show runs (not only the flush at close)
+        assert wait_until(lambda: archive.counts["batches"] > batches and archive.counts["points"] > points, 10), \
+            archive.stats()
+        assert archive.alive and rt.stats.tick_faults == 0
+        assert archive.counts["batches_lost"] <= lost + 1  # at most the one batch in flight when space came back
     finally:
         rt.close()
         target.close()
-    assert Store(archive.path, readonly=True).integrity() == "ok"
+    store = Store(archive.path, readonly=True)
+    try:
+        assert store.integrity() == "ok"
+        stored = [p.t for p in store.points()]
+    finally:
+        store.close()
+    every = {round(n * 0.1, 6) for n in range(31)}  # a point every 0.1 s of the 61 ticks (0 .. 3.0 s)
+    missing = every - {round(t, 6) for t in stored}
+    assert stored[:5] == [0.0, 0.1, 0.2, 0.3, 0.4] and max(stored) >= 2.9  # before the disk filled, and after
+    assert missing and all(0.5 <= t <= 2.6 for t in missing), sorted(missing)  # only the full disk's were lost
 
 
 def test_the_file_stays_under_max_mb_thinning_points_before_events(tmp_path):
@@ -431,8 +500,8 @@ def test_map_goto_glides_the_walk_to_the_nearest_archived_point(tmp_path):
             store.close()
         x, kept, what = features(points)
         pos = layout(project(x)[0], (0, 0, 1, 1))
-        goal = kept[1]  # t = 0.25 s: seed 3, early on the path
-        assert what == "latents" and goal.seed == 3 and rt.show.seed == 77
+        goal = kept[1]  # t = 0.25 s: seed 3, early on the path, which it walked at speed 1 from 0
+        assert what == "latents" and goal.seed == 3 and goal.tau == 0.25 and rt.show.seed == 77
         SimpleUDPClient("127.0.0.1", rt.osc.address[1]).send_message("/map/goto", [float(pos[1][0]), float(pos[1][1])])
         SimpleUDPClient("127.0.0.1", rt.osc.address[1]).send_message("/map/goto", [2.0, 0.5])  # off the map
 
@@ -467,10 +536,10 @@ def test_an_archive_that_cannot_be_opened_never_stops_the_show(tmp_path):
 def test_bench_archive_reports_cost_size_and_replay_equality(tmp_path):
     cfg = write_show(tmp_path, SCENES)
     r = run_cli("bench", "--archive", "--config", str(cfg), "--seconds", "3", "--json", timeout=300)
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result = bench_result(r, ["fps_archive_off", "fps_archive_on", "fps_ratio", "archive_cpu_share", "bytes_per_point"])
     assert result["size"] == "160x96" and result["block_ticks"] == 3
-    assert result["fps_archive_off"] > 0 and result["fps_archive_on"] > 0 and result["fps_ratio"] > 0
+    assert result["fps_archive_off"] > 0 and result["fps_archive_on"] > 0
+    ratio_of(result, "fps_ratio", "fps_archive_on", "fps_archive_off")  # seconds per block off / on: fps on / off
     assert 0 < result["archive_cpu_share"] < 1 and result["loop_hook_us_per_tick"] > 0
     assert result["bytes_per_point"] > 100 and result["bytes_per_tick"] > 0 and result["bytes_per_hour"] > 0
     assert result["replay_frames_identical"] == "60/60" and result["replay_points_identical"] == "3/3"

@@ -3,7 +3,6 @@ file, the picture drawn over the window through the real GL path; compared with 
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ from installation.clock import FixedClock
 from installation.config import load_show
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
-from support import run_cli, scene_toml, write_show
+from support import bench_result, ratio_of, run_cli, scene_toml, write_show
 
 SCENES = {"a": scene_toml(trajectory='kind = "walk"')}
 SIZE = (160, 96)
@@ -93,6 +92,7 @@ def test_a_fit_puts_points_in_its_box_and_projects_new_latents_alike():
 def test_bench_map_prints_present_p99_with_and_without(tmp_path):
     cfg = write_show(tmp_path, SCENES)
     out = run_cli("bench", "--config", str(cfg), "--map", "--seconds", "3", "--json", timeout=300)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_result(out, ["map_off_present_ms_p99", "map_on_present_ms_p99", "present_ms_p99_on_vs_off"])
     assert result["map_off_present_ms_p99"] > 0 and result["map_on_present_ms_p99"] > 0
-    assert result["present_ms_p99_on_vs_off"] is not None
+    ratio_of(result, "present_ms_p99_on_vs_off", "map_on_present_ms_p99", "map_off_present_ms_p99")
+    assert result["map_refits"] >= 1 and result["map_pictures"] >= 1 and result["map_draw_ms_mean"] > 0  # it drew

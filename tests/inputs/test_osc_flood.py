@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -86,6 +87,7 @@ class Pinger:
         self.port, self.every = port, every
         self.sent: dict[int, float] = {}
         self.answered: dict[int, float] = {}
+        self._cpu: list[tuple[float, float]] = []  # (monotonic, this process's CPU time), sampled by the thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -102,6 +104,7 @@ class Pinger:
         i, next_at = 0, 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            self._cpu.append((now, time.process_time()))
             if now >= next_at:
                 self.sent[i] = now
                 self.sock.sendto(msg("/ping", i), ("127.0.0.1", self.port))
@@ -112,6 +115,11 @@ class Pinger:
                 continue
             if reply.address == "/pong" and reply.params:
                 self.answered.setdefault(reply.params[0], time.monotonic())
+
+    def cpu_at(self, t: float) -> float:
+        """This process's CPU time (all threads) at monotonic time ``t``, from the thread's samples."""
+        samples = list(self._cpu)
+        return float(np.interp(t, [m for m, _ in samples], [c for _, c in samples]))
 
     def answered_between(self, t0: float, t1: float) -> list[int]:
         """Pings sent in [t0, t1] that were answered (whenever)."""
@@ -139,17 +147,18 @@ def test_host_key_groups_loopback_and_ipv6_prefixes():
     assert host_key("2001:db8:0:1::1") != host_key("2001:db8::1")
 
 
-def run_limiter(lim: FairLimiter, senders: dict, seconds: float, step: float = 0.001) -> dict:
-    """Each sender (host, port) -> messages per second it tries; returns messages let through per sender."""
-    got = {s: 0 for s in senders}
-    debt = {s: 0.0 for s in senders}
+def run_limiter(lim: FairLimiter, senders, seconds: float, step: float = 0.001) -> dict:
+    """Each sender (host, port) -> messages per second it tries (a dict, or a function of the time giving one);
+    returns messages let through per sender."""
+    got: dict = {}
+    debt: dict = {}
     t = 0.0
     while t < seconds:
-        for s, rate in senders.items():
-            debt[s] += rate * step
+        for s, rate in (senders(t) if callable(senders) else senders).items():
+            debt[s] = debt.get(s, 0.0) + rate * step
             while debt[s] >= 1.0:
                 debt[s] -= 1.0
-                got[s] += lim.take(*s, now=t)
+                got[s] = got.get(s, 0) + lim.take(*s, now=t)
         t += step
     return got
 
@@ -177,6 +186,21 @@ def test_ports_and_loopback_addresses_do_not_multiply_the_budget():
     assert lim.senders("loopback") == 17  # 16 ports with a share each, the rest pooled in one
 
 
+def test_over_a_long_window_a_host_gets_its_budget_and_no_more():
+    """Two simulated minutes. A sender that moves to a new source port every 0.3 s (each new port is a new sender
+    with a fresh share, and the old ones are forgotten after ``idle_s``) gets the host's budget and not a message
+    more; with a burst this large against the rate, fresh shares would otherwise triple it. And a busy sender
+    beside a quiet one gets all the budget the quiet one leaves, not only its half share."""
+    rate, burst, seconds = 10, 50, 120.0
+    lim = FairLimiter(rate, burst, idle_s=1.0, clock=lambda: 0.0)
+    got = sum(run_limiter(lim, lambda t: {("10.0.0.7", int(t / 0.3)): 1000}, seconds, step=0.002).values())
+    assert rate * seconds <= got <= rate * seconds + 2 * burst + 1, got
+    lim = FairLimiter(100, 50, clock=lambda: 0.0)
+    got = run_limiter(lim, {("loopback", 1): 1000, ("loopback", 2): 1}, seconds, step=0.002)
+    assert got[("loopback", 2)] >= seconds - 1  # every message of the quiet one
+    assert 100 * seconds - got[("loopback", 2)] <= got[("loopback", 1)] <= 100 * seconds + 2 * 50 + 1, got
+
+
 def test_senders_gone_quiet_give_their_share_back():
     lim = FairLimiter(100, 50, idle_s=1.0, clock=lambda: 0.0)
     for p in range(8):
@@ -198,7 +222,7 @@ def test_a_paced_flood_on_the_same_host_does_not_starve_a_local_client(server):
     """The case from the field: 1,000 messages/s from one local process, TouchDesigner pinging beside it."""
     srv, bus = server
     proc = flood(srv.address[1], count=2500, seconds=2.5, pace=1000, kind="param")
-    wait_until(lambda: srv.stats()["rejects"].get("rate_limited", 0) > 0, timeout=10)  # the flood is being limited
+    assert wait_until(lambda: srv.stats()["rejects"].get("rate_limited", 0) > 0, timeout=10)  # being limited
     with Pinger(srv.address[1], every=0.1) as pinger:
         t0 = time.monotonic()
         time.sleep(1.0)
@@ -215,20 +239,25 @@ def test_a_legitimate_client_is_answered_during_a_fast_flood_and_within_a_second
     """10,000 hostile datagrams a second for 1.5 s, then 20,000 as fast as one process can send them."""
     srv, bus = server
     with Pinger(srv.address[1], every=0.05) as pinger:
-        time.sleep(0.2)
+        assert wait_until(lambda: pinger.answered, timeout=10)  # the client is heard before the flood begins
         start = time.monotonic()
         fast_end, fast_sent = finished(flood(srv.address[1], count=15_000, seconds=1.5, pace=10_000))
         burst_end, burst_sent = finished(flood(srv.address[1], count=20_000, seconds=2.0))
-        wait_until(lambda: any(t >= burst_end for t in pinger.answered.values()), timeout=5)
-        time.sleep(0.2)
+        assert wait_until(lambda: any(t >= burst_end for t in pinger.answered.values()), timeout=30)
+        accounted = wait_until(lambda: (lambda st: st["packets"] + st["kernel_drops"])(srv.stats()) >=
+                               fast_sent + burst_sent, timeout=30)
     stats = srv.stats()
     during = pinger.answered_between(start, fast_end)
     after = sorted(t for t in pinger.answered.values() if t >= burst_end)
     # A ping lands in the kernel's queue only when there is room: a sender faster than the drain keeps it full, so
     # during the full-speed burst some pings are lost (counted in kernel_drops); at 10,000/s there is room.
     assert during, f"no ping sent during the fast flood was answered ({len(pinger.sent)} sent, stats {stats})"
-    assert after and after[0] - burst_end <= 1.0, f"first answer {after[0] - burst_end if after else None} s after"
-    assert stats["packets"] + stats["kernel_drops"] >= fast_sent + burst_sent  # every datagram accounted for
+    # Within a second after the burst, counted in this process's CPU time (the server and the client's threads), not
+    # in wall time: on a loaded machine the server waits for a core, which says nothing about what a burst costs it.
+    cpu_after = pinger.cpu_at(after[0]) - pinger.cpu_at(burst_end)
+    print(f"first answer after the burst: {after[0] - burst_end:.3f} s, {cpu_after:.3f} s of CPU")
+    assert cpu_after <= 1.0, cpu_after
+    assert accounted, stats  # every datagram accounted for: handled or dropped by the kernel (counted)
     assert stats["rejects"]["rate_limited"] > 0 and srv.running
 
 
@@ -247,7 +276,7 @@ def test_many_loopback_addresses_and_ports_share_one_budget(server):
             for s in socks:
                 s.sendto(msg("/param/speed", 1.0 + (i % 2)), srv.address)
         total = 60 * len(socks)
-        wait_until(lambda: srv.stats()["packets"] + (srv.stats()["kernel_drops"] or 0) >= total, timeout=10)
+        assert wait_until(lambda: srv.stats()["packets"] + (srv.stats()["kernel_drops"] or 0) >= total, timeout=10)
         elapsed = time.monotonic() - t0
     finally:
         for s in socks:
@@ -270,9 +299,14 @@ def test_scene_changes_are_coalesced_and_the_newest_wins(server):
     tx.close()
     assert wait_until(lambda: srv.stats()["messages"] >= 403, timeout=10)
     assert wait_until(lambda: srv.stats()["coalesced"] >= 399, timeout=5)
-    time.sleep(0.6)  # past the interval: the held ones are released
+    events = []
+
+    def released():  # past the interval the held ones are released: the last word and the newest seed arrive
+        events.extend((e.kind, e.value) for e in bus.tick(0.0).events)
+        return ("scene.goto", "calm") in events and ("seed", 6) in events
+
+    assert wait_until(released, timeout=10), events
     elapsed = time.monotonic() - t0
-    events = [(e.kind, e.value) for e in bus.tick(0.0).events]
     scene = [e for e in events if e[0].startswith("scene")]
     assert len(scene) <= elapsed / srv.settings.structural_interval + 1
     assert scene[0] == ("scene.next", None) and scene[-1] == ("scene.goto", "calm")
@@ -288,8 +322,13 @@ def test_prompts_are_coalesced_per_slot(server):
         tx.sendto(msg("/prompt/1", f"sky {i}"), srv.address)
     tx.close()
     assert wait_until(lambda: srv.stats()["applied"] >= 40, timeout=10)
-    time.sleep(0.6)
-    prompts = [e.value for e in bus.tick(0.0).events if e.kind == "prompt"]
+    prompts = []
+
+    def released():  # the newest of each slot, held until the interval ends
+        prompts.extend(e.value for e in bus.tick(0.0).events if e.kind == "prompt")
+        return (0, "sea 19", None) in prompts and (1, "sky 19", None) in prompts
+
+    assert wait_until(released, timeout=10), prompts
     assert prompts[-2:] in ([(0, "sea 19", None), (1, "sky 19", None)], [(1, "sky 19", None), (0, "sea 19", None)])
     assert len(prompts) <= 6
 
@@ -313,9 +352,10 @@ def test_unknown_type_tags_are_counted_not_logged(server, caplog):
 
 def test_kernel_drops_are_in_the_stats():
     """Stall the receive thread (a scene list that blocks), overfill a small buffer, see the drops counted."""
-    gate = threading.Event()
+    gate, stalled = threading.Event(), threading.Event()
 
     def scenes():
+        stalled.set()
         gate.wait(10)
         return SCENES
 
@@ -326,7 +366,7 @@ def test_kernel_drops_are_in_the_stats():
         assert srv.stats()["kernel_drops"] == 0 and srv.stats()["rcvbuf_bytes"] >= 4096
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tx.sendto(msg("/scene/goto", "storm"), srv.address)  # the receive thread now waits in scenes()
-        time.sleep(0.2)
+        assert stalled.wait(10)
         for _ in range(500):
             tx.sendto(msg("/param/speed", 2.0), srv.address)
         tx.close()

@@ -1,15 +1,20 @@
 """The web control page in a real browser (Chromium driven by Playwright) against the real runtime: the page loads,
-a fader moves a parameter on the bus, the preview updates, a request without the token is refused, and the preview
-reads nothing back while nobody watches."""
+a fader moves a parameter on the bus, the preview updates and shows the presented frame (its JPEG's pixels against
+the frame read back from the output), a request without the token is refused, and the preview reads nothing back
+while nobody watches."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 
+import cv2
+import numpy as np
 import pytest
 
 from installation.clock import WallClock
@@ -40,6 +45,27 @@ def _runtime(tmp_path, extra: str) -> Runtime:
     rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
     rt._test_target = target
     return rt
+
+
+class _Presented:
+    """A presented-frame sink keeping the newest frames as RGB images, top row first."""
+
+    def __init__(self) -> None:
+        self._frames: deque = deque(maxlen=200)
+        self._lock = threading.Lock()
+
+    @property
+    def frames(self) -> list:
+        with self._lock:
+            return list(self._frames)
+
+    def wants(self, t):
+        return True
+
+    def put(self, rgb, size, t):
+        w, h = size
+        with self._lock:
+            self._frames.append(np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1].astype(float))
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
@@ -140,6 +166,16 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
         status, _ = _get(page_part.url + "preview.jpg")
         seen["preview"] = status
         seen["reads_watched"] = rt.tap.reads
+        # the preview shows what the output presents: the frames presented from now on, as read back for any sink,
+        # against the JPEG of a preview frame taken after them (?after=<its X-Frame> waits for a newer one)
+        presented = _Presented()
+        rt.tap.add(presented)
+        assert wait_until(lambda: len(presented.frames) >= 2, 30)
+        with urllib.request.urlopen(page_part.url + "preview.jpg", timeout=10) as r:
+            after = int(r.headers["X-Frame"])
+        status, jpeg = _get(page_part.url + f"preview.jpg?after={after}")
+        rt.tap.remove(presented)
+        seen["jpeg"] = (status, jpeg, presented.frames)
 
     play_while(rt, rt._test_target, actor, seconds=120)
     rt.close()
@@ -152,6 +188,17 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
     assert [code for code, _ in seen["cross_site"]] == [403, 403] and not seen["blackout"]
     assert page_part.counts["cross_site"] == 2
     assert seen["preview"] == 200 and seen["reads_watched"] >= 1
+    status, jpeg, frames = seen["jpeg"]
+    assert status == 200 and len(frames) >= 2
+    shown = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].astype(float)  # BGR -> RGB
+    diffs = [np.abs(shown - f).mean() for f in frames]
+    best = frames[int(np.argmin(diffs))]
+    assert shown.shape == best.shape == (96, 160, 3) and best.std() > 20  # a picture, at the output's size
+    print("preview JPEG vs the presented frame, mean abs difference (0..255): %.2f" % min(diffs))
+    assert min(diffs) < 3.0, sorted(diffs)[:3]  # one of the presented frames, up to JPEG's loss
+    # and not merely something like it: upside down or with red and blue swapped it would be far off
+    assert np.abs(shown - best[::-1]).mean() > 3 * min(diffs) + 5
+    assert np.abs(shown - best[:, :, ::-1]).mean() > 3 * min(diffs) + 5
 
 
 def test_off_loopback_without_a_token_is_a_start_up_error(tmp_path):

@@ -118,10 +118,10 @@ def test_a_stop_during_a_long_prepare_leaves_no_decoder_behind():
     worker = DecoderWorker(guard, slot, time.monotonic, max_fps=100)
     worker.submit(Plan(DecoderSpec("faulty", FaultySettings(**SMALL, prepare_s=1.0))))
     worker.start()
-    wait_until(lambda: guard.stats()["busy_s"] > 0.1, 10)
+    assert wait_until(lambda: guard.stats()["busy_s"] > 0.1, 10)
     worker.stop(timeout=0.1)
     assert worker.alive  # still inside prepare()
-    wait_until(lambda: not worker.alive, 10)
+    assert wait_until(lambda: not worker.alive, 10)
     assert guard._decoder is None and slot.latest() is None
     worker.start()  # the worker is usable again afterwards (opening hours reopen it)
     try:
@@ -171,7 +171,7 @@ def test_a_frame_that_cannot_be_sent_is_dropped_and_counted_not_the_sender():
     reader, writer = mp.Pipe(duplex=False)
     slot = _PipeSlot(writer, DecoderGuard("cpu"))
     slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 1, 0.0, 0.0, scene=lambda: None))  # cannot be pickled
-    wait_until(lambda: slot.send_errors == 1, 5)
+    assert wait_until(lambda: slot.send_errors == 1, 5)
     slot.publish(Frame(np.zeros((4, 4, 3), np.uint8), 2, 0.0, 0.0))
     assert reader.poll(5)
     kind, frame, _ = reader.recv()

@@ -81,7 +81,7 @@ def test_a_missing_checkpoint_names_the_path_and_the_download(tiny_clip, tmp_pat
 
 
 def test_run_stops_with_one_line_and_exit_2(tiny_clip, tmp_path):
-    from support import run_cli, scene_toml, write_show
+    from support import bench_result, ratio_of, run_cli, scene_toml, write_show
 
     missing = tmp_path / "clip.safetensors"
     cfg = write_show(tmp_path, {"a": scene_toml()},
@@ -94,7 +94,7 @@ def test_run_stops_with_one_line_and_exit_2(tiny_clip, tmp_path):
 
 def test_doctor_says_whether_a_clip_model_is_usable(tiny_clip, tmp_path):
     from installation.doctor import _vision
-    from support import run_cli, scene_toml, write_show
+    from support import bench_result, ratio_of, run_cli, scene_toml, write_show
 
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml())
     out = run_cli("doctor", "--config", str(cfg), timeout=300)  # as a user runs it: GL checked before CLIP loads
@@ -109,15 +109,13 @@ def test_doctor_says_whether_a_clip_model_is_usable(tiny_clip, tmp_path):
 
 
 def test_bench_vision_prints_both_fps_figures_from_one_run(tiny_clip, tmp_path):
-    import json
-
-    from support import run_cli, scene_toml, write_show
+    from support import bench_result, ratio_of, run_cli, scene_toml, write_show
 
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=tiny_clip.toml())
     out = run_cli("bench", "--config", str(cfg), "--vision", "--seconds", "2", "--json", timeout=300)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_result(out, ["decoder_fps_without_vision", "decoder_fps_with_vision", "ratio", "embedded"])
     assert result["decoder_fps_without_vision"] > 0 and result["decoder_fps_with_vision"] > 0
+    ratio_of(result, "ratio", "decoder_fps_with_vision", "decoder_fps_without_vision")
     assert result["embedded"] > 0 and result["every_n"] == 1 and result["check"] is False
     (tmp_path / "off").mkdir()
     off = run_cli("bench", "--config", str(write_show(tmp_path / "off", {"a": scene_toml()})), "--vision")

@@ -11,6 +11,7 @@ import pytest
 from installation.bus import ParamBus
 from installation.render.hooks import HookRunner, apply_result
 from installation.render.slot import Frame
+from installation.vision.clip import similarity
 from installation.vision.hook import VisionHook, VisionHookOptions
 from installation.vision.part import vision_params
 from support import wait_until
@@ -21,31 +22,71 @@ def _frame(seed: int, seq: int, prompts=(), scene="a") -> Frame:
     return Frame(rgb, seq, seq / 20, time.monotonic(), scene, 0, tuple(prompts))
 
 
+CONCEPTS = ("a cat", "a dog", "a red circle", "a storm at sea", "a lighthouse", "a forest", "a city at night",
+            "a weapon", "a face", "fire", "snow", "a green field", "the moon", "a blue square", "smoke", "a crowd")
+
+
+def _pictures() -> dict[str, np.ndarray]:
+    yy, xx = np.indices((40, 64))
+    solid = lambda r, g, b: np.dstack([np.full((40, 64), v, np.uint8) for v in (r, g, b)])  # noqa: E731
+    return {"noise": np.random.default_rng(1).integers(0, 256, (40, 64, 3), dtype=np.uint8),
+            "black": solid(0, 0, 0), "white": solid(255, 255, 255), "red": solid(255, 0, 0),
+            "stripes": (xx // 4 % 2 * 255).astype(np.uint8)[:, :, None].repeat(3, 2),
+            "ramp": np.dstack([xx * 4, yy * 6, 255 - xx * 4]).astype(np.uint8)}
+
+
+def _a_match(clip_model):
+    """A blocked concept made to match one picture and not another, through the concept's text alone: of a few
+    texts and pictures, the text whose similarity to its most and least similar picture lies furthest apart, and a
+    threshold halfway. Returns (text, matching picture, other picture, threshold, a text matching neither)."""
+    pics = _pictures()
+    sims = similarity(clip_model.embed_texts(list(CONCEPTS)), clip_model.embed_frames(list(pics.values())))
+    gaps = sims.max(1) - sims.min(1)
+    best = int(gaps.argmax())
+    bad, good = list(pics.values())[int(sims[best].argmax())], list(pics.values())[int(sims[best].argmin())]
+    threshold = float(sims[best].max() + sims[best].min()) / 2
+    assert gaps[best] > 0.08, gaps  # a clear margin on both sides of the threshold (seen: 0.12)
+    decoy = CONCEPTS[int(sims.max(1).argmin())]  # below the threshold for every picture
+    assert sims.max(1).min() < threshold - 0.04
+    return CONCEPTS[best], bad, good, threshold, float(sims[best].max()), decoy
+
+
+def _picture_frame(rgb: np.ndarray, seq: int, scene: str = "a") -> Frame:
+    return Frame(rgb, seq, seq / 20, time.monotonic(), scene, 0, ())
+
+
 def test_a_blocked_concept_made_to_match_holds_the_frame(tiny_clip, clip_model):
-    hook = VisionHook(VisionHookOptions(tiny_clip.settings(blocked=("a cat",), threshold=0.999)), clip_model)
+    text, bad, good, threshold, score, decoy = _a_match(clip_model)
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings(blocked=(decoy, text), threshold=threshold)), clip_model)
     try:
         results = []
         hook.bind(results.append)
-        bad, good = _frame(1, 1), _frame(2, 2)
-        assert hook.admit(bad) and hook.admit(good)  # the text concept matches neither at 0.999
-        hook._blocked_all = clip_model.embed_frames([bad.rgb])  # the concept's embedding set to the frame's
-        assert not hook.admit(bad)
-        assert hook.admit(good)
-        assert hook.blocked == 1 and hook.checked == 4
+        assert not hook.admit(_picture_frame(bad, 1))  # the concept's text matches it: held
+        assert hook.admit(_picture_frame(good, 2))
+        assert not hook.admit(_picture_frame(bad, 3)) and hook.blocked == 2 and hook.checked == 3
         verdicts = [r["notes"]["vision.frame_check"]["verdict"] for r in results if "notes" in r]
-        assert "blocked" in verdicts
+        assert verdicts[0] == "blocked" and "passed" not in verdicts[:1]
         assert any(r["params"]["vision.blocked"] == 1.0 for r in results)
     finally:
         hook.close()
+    # the same pictures with only the decoy concept, or with the threshold just over the match: nothing is held
+    for blocked, over in (((decoy,), threshold), ((decoy, text), score + 0.005)):
+        hook = VisionHook(VisionHookOptions(tiny_clip.settings(blocked=blocked, threshold=over)), clip_model)
+        try:
+            assert hook.admit(_picture_frame(bad, 1)) and hook.admit(_picture_frame(good, 2)) and hook.blocked == 0
+        finally:
+            hook.close()
 
 
 def test_a_scenes_negative_concepts_apply_to_its_frames_only(tiny_clip, clip_model):
-    hook = VisionHook(VisionHookOptions(tiny_clip.settings(threshold=0.999), {"b": ("a hidden thing",)}), clip_model)
+    text, bad, good, threshold, _, _ = _a_match(clip_model)
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings(threshold=threshold), {"b": (text,)}), clip_model)
     try:
         assert hook.concepts_for("a") is None and hook.concepts_for("b").shape[0] == 1
-        frame = _frame(3, 1, scene="b")
-        hook._blocked["b"] = clip_model.embed_frames([frame.rgb])
-        assert not hook.admit(frame) and hook.admit(_frame(3, 2, scene="a"))
+        assert not hook.admit(_picture_frame(bad, 1, scene="b"))  # scene b's negative concept matches it
+        assert hook.admit(_picture_frame(good, 2, scene="b"))
+        assert hook.admit(_picture_frame(bad, 3, scene="a"))  # scene a has no negative concepts
+        assert hook.blocked == 1
     finally:
         hook.close()
 

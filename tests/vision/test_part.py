@@ -135,20 +135,21 @@ def test_the_frame_check_holds_frames_in_the_decoder_process(tiny_clip, tmp_path
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, WallClock(), fps=20, inputs=False)
+
+    def step_until(cond, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not cond():
+            rt.step()
+            time.sleep(0.05)
+        return cond()
+
     try:
         assert rt.start(first_frame_timeout=3.0) is False  # every frame held: nothing reaches the presenter
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and rt.part("vision").blocked < 5:
-            rt.step()
-            time.sleep(0.05)
-        for _ in range(25):  # a second more for the health snapshot
-            rt.step()
-            time.sleep(0.05)
-        assert rt.part("vision").blocked >= 5
+        assert step_until(lambda: rt.part("vision").blocked >= 5)
+        # the decoder went on walking and rendering; its counters reach the health snapshot at its next refresh
+        assert step_until(lambda: rt.decoder_stats()["frames"] >= 5 and rt.health_snapshot()["vision"]["blocked"] >= 5)
         assert rt.slot.published == 0 and rt.slot.latest() is None
-        assert rt.decoder_stats()["frames"] >= 5  # the decoder went on walking and rendering
         assert rt.bus.targets()["vision.blocked"] == 1.0
-        assert rt.health_snapshot()["vision"]["blocked"] >= 5
     finally:
         rt.close()
         target.close()
