@@ -217,6 +217,27 @@ def leave(code: int = 0) -> None:
     os._exit(code)
 
 
+def join_process(proc: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a ``multiprocessing`` process to end; True when it has.
+
+    Two threads joining one child race: both wait in ``waitpid``, one reaps it, the other gets ECHILD, which
+    ``multiprocessing`` reads as "not ended", and ``is_alive()`` says True until the first thread has stored the exit
+    code. A CI run saw it: the decoder's pipe reader joined the leaving decoder process while ``stop`` did, and the
+    show killed a process that had stopped in time ("did not stop in 6 s" 1.6 s after the stop). A child whose pid
+    is gone has ended, whoever reaped it."""
+    deadline = time.monotonic() + timeout
+    proc.join(timeout)
+    while proc.exitcode is None:
+        try:
+            os.kill(proc.pid, 0)  # a running child, or one ended and not yet reaped (then join/exitcode reap it)
+        except ProcessLookupError:
+            return True  # reaped by another thread's wait
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def supervised(name: str, target: Callable[..., Any], *args: Any, start: bool = True,
                **kwargs: Any) -> SupervisedThread:
     """A :class:`SupervisedThread`, started unless ``start=False``."""
@@ -227,4 +248,4 @@ def supervised(name: str, target: Callable[..., Any], *args: Any, start: bool = 
 
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_S", "InjectedFault", "SETTLE_S", "SupervisedThread", "THREADS",
-           "ThreadRegistry", "die_with_parent", "leave", "supervised"]
+           "ThreadRegistry", "die_with_parent", "join_process", "leave", "supervised"]

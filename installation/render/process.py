@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from ..ops.logs import RepeatLog
-from ..ops.supervise import THREADS, SupervisedThread, die_with_parent, leave, supervised
+from ..ops.supervise import THREADS, SupervisedThread, die_with_parent, join_process, leave, supervised
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
 
@@ -349,7 +349,7 @@ class ProcessWorker:
         """The child's pipe is done: forget its memory and, unless stopping, schedule its restart."""
         conn.close()
         self._forget_memory()
-        proc.join(5)
+        join_process(proc, 5)  # stop() may be joining it too: see join_process
         if self._stop.is_set():
             return
         self.crashes += 1
@@ -389,8 +389,8 @@ class ProcessWorker:
             except (OSError, ValueError):
                 pass
         if self._proc is not None:
-            self._proc.join(timeout)
-            if self._proc.is_alive():  # it ignores SIGTERM (the service's stop is ours to handle): kill it
+            # It ignores SIGTERM (the service's stop is ours to handle): one that has not left in time is killed.
+            if not join_process(self._proc, timeout):
                 log.warning("decoder process did not stop in %.0f s; killing it", timeout)
                 self._proc.kill()
                 self._proc.join(2)

@@ -156,3 +156,34 @@ def test_an_event_loops_repeated_fault_is_logged_once_per_interval(tmp_path):
         setup_logging(LogSettings(), logger=logger, stream=io.StringIO())
     text = stream.getvalue()
     assert text.count("socket.accept() out of system resource") == 1 and text.count("Traceback") == 1
+
+
+def _linger(seconds: float) -> None:
+    import time
+    time.sleep(seconds)
+
+
+def test_join_process_sees_a_child_another_thread_reaped():
+    """The race a CI run lost: two threads join the leaving decoder process; one reaps it, the other's waitpid gets
+    ECHILD, and multiprocessing says 'alive' until the first has stored the exit code. Here the other thread is
+    held at that point (it reaped the child with waitpid and stored nothing): ended all the same."""
+    import multiprocessing as mp
+    import os
+    import threading
+
+    from installation.ops.supervise import join_process
+
+    proc = mp.get_context("fork").Process(target=_linger, args=(0.3,))
+    proc.start()
+    reaper = threading.Thread(target=os.waitpid, args=(proc.pid, 0))
+    reaper.start()
+    reaper.join(10)
+    proc.join(5)
+    assert proc.is_alive()  # what the show saw (and then it killed a process that had stopped)
+    assert join_process(proc, 5)
+
+    slow = mp.get_context("fork").Process(target=_linger, args=(30,))
+    slow.start()
+    assert not join_process(slow, 0.3) and slow.is_alive()  # one that does not leave in time: False
+    slow.kill()
+    assert join_process(slow, 10) and slow.exitcode == -9
