@@ -326,7 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = pass_costs(spec)
     elif args.first_light:
-        from .render.first_light import first_light_bench
+        from .bench import first_light_bench
 
         result = first_light_bench(spec)
     elif args.http is not None:

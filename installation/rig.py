@@ -14,7 +14,8 @@ from dataclasses import replace as dc_replace
 from typing import Any, Callable
 
 from .config import ShowSpec
-from .runtime import Runtime, resolve_device
+from .decoders.base import resolve_device
+from .runtime import Runtime
 
 MIDI_PORT = "installation-bench"
 

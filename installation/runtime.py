@@ -20,6 +20,7 @@ from . import parts as registry
 from .bus import Event, ParamBus, Tick
 from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
+from .decoders.base import resolve_device
 from .modulation import ModMatrix
 from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
 from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
@@ -49,18 +50,6 @@ OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, 
 DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
 INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died; a part may say less
 PART_SETTLE_S = 10.0  # a part that ran this long since its last restart is restarted at once when it dies
-
-
-def resolve_device(choice: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        log.warning("decoder.device is 'cuda' but torch sees no GPU; using the CPU")
-        return "cpu"
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
 
 
 @dataclass

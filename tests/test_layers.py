@@ -25,18 +25,16 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
     ("config", "decoders.cppn"), ("config", "latent.prompts"), ("config", "latent.trajectories"),
     ("config", "modulation"), ("config", "ops"), ("config", "render.hooks"), ("config", "render.projection"),
     ("config", "render.shaders"), ("config", "vision.settings"), ("inputs.camera", "show"),
-    ("render.first_light", "runtime"), ("render.process", "show"),
+    ("render.process", "show"),
 }
 # Import circles today, each as the set of modules it joins: a circle may only shrink or go.
 KNOWN_CIRCLES: list[frozenset[str]] = [frozenset(c.split()) for c in (
     "archive.live_map archive.maps archive.replay archive.writer",
-    "cli spaces.cli",
     "config ops ops.health ops.state parts render.calibration render.projection",
     "decoders.gan decoders.gan_nets spaces.train",
     "inputs.camera inputs.camera_worker",
     "inputs.osc inputs.surface",
     "ops.http ops.http_conn",
-    "render.first_light runtime",
     "render.outputs render.present",
 )]
 

@@ -8,11 +8,14 @@ raises :class:`NonFiniteFrame`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteFrame(RuntimeError):
@@ -70,3 +73,15 @@ class Decoder(Protocol):
     def render(self, request: LatentRequest) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def resolve_device(choice: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        log.warning("decoder.device is 'cuda' but torch sees no GPU; using the CPU")
+        return "cpu"
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice

@@ -69,6 +69,9 @@ class FirstLight:
             return None
         finally:
             self.render_s += time.perf_counter() - t0
+            # The next one a period after this one ended: a render slower than the period (the first one prepares
+            # the network; any one at a high load) must not make the next due at once and take the loop thread.
+            self._next = max(self._next, time.monotonic() + self.period)
         if not np.isfinite(rgb).all():
             return None
         self._seq -= 1  # negative: never equal to a decoder frame's seq
@@ -96,59 +99,3 @@ class _threads:
         import torch
 
         torch.set_num_threads(self.before)
-
-
-def measure(spec: Any, preview: bool, device: str, size: tuple[int, int] | None = None,
-            after_live_s: float = 1.0) -> dict[str, Any]:
-    """Seconds from opening the output (a headless framebuffer here, the window's stand-in) to the first non-black
-    presented frame and to the first live decoder frame on screen, with or without the preview; the real runtime
-    with its decoder process, inputs off. Every presented frame is read back to judge it."""
-    from ..clock import WallClock
-    from ..runtime import Runtime
-    from .targets import HeadlessTarget, pixels
-
-    size = size or tuple(spec.config.output.size)
-    t0 = time.perf_counter()
-    target = HeadlessTarget(size)
-    marks: dict[str, float] = {}
-    rt = None
-    try:
-        rt = Runtime(spec, target, WallClock(), device=device, inputs=False, first_light=preview)
-        swap, take = target.swap, rt.presenter.take
-
-        def timed_swap() -> None:
-            swap()
-            if "non_black" not in marks and pixels(target.read(), target.size).max() > 8:
-                marks["non_black"] = time.perf_counter() - t0
-
-        def timed_take(frame: Frame | None, now: float, transition: float = 0.0) -> bool:
-            taken = take(frame, now, transition)
-            if taken and frame is not None and frame.cut != PREVIEW_CUT and "live" not in marks:
-                marks["live"] = time.perf_counter() - t0
-            return taken
-
-        target.swap = timed_swap  # type: ignore[method-assign]
-        rt.presenter.take = timed_take  # type: ignore[method-assign]
-        rt.start()
-        rt.run(after_live_s)
-    finally:
-        if rt is not None:
-            rt.close()
-        target.close()
-    return {"preview": preview, "first_non_black_s": round(marks.get("non_black", float("nan")), 3),
-            "first_live_s": round(marks.get("live", float("nan")), 3)}
-
-
-def first_light_bench(spec: Any) -> dict[str, Any]:
-    """``installation bench --first-light``: :func:`measure` without the preview (as before it existed), then
-    with it, on the show's first scene at the config's output size."""
-    from ..runtime import resolve_device
-
-    device = resolve_device(spec.config.decoder.device)
-    out: dict[str, Any] = {"scene": spec.scenes[0].name, "output_size": str(spec.config.output.size)}
-    for preview in (False, True):
-        m = measure(spec, preview, device)
-        key = "preview" if preview else "no_preview"
-        out[f"{key}_first_non_black_s"] = m["first_non_black_s"]
-        out[f"{key}_first_live_s"] = m["first_live_s"]
-    return out

@@ -43,8 +43,14 @@ def _log_level(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
 
 
+def _setup_logging(level: str) -> None:
+    """stderr at ``level``: these commands read no show config, so no log file and no secrets to scrub."""
+    from ..ops import LogSettings, setup_logging
+
+    setup_logging(LogSettings(level=level), None)
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    from ..cli import _setup_logging
     from .train import main
 
     _setup_logging(args.log_level or "info")
@@ -80,7 +86,6 @@ def _run_space_build(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from ..cli import _setup_logging
     from .space import build_space
 
     _setup_logging(args.log_level or "info")

@@ -25,7 +25,7 @@ def vision_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2, every_n
     import torch
 
     from ..parts import hook_specs
-    from ..runtime import resolve_device
+    from ..decoders.base import resolve_device
 
     settings = spec.config.vision
     if not settings.enabled:
@@ -86,7 +86,7 @@ def steer_bench(spec: ShowSpec, text: str, seconds: float = 30.0, fps: float = 4
     import torch
 
     from ..bus import Event
-    from ..runtime import resolve_device
+    from ..decoders.base import resolve_device
     from .clip import ClipModel, similarity
     from .steer import Steerer
 

@@ -12,7 +12,8 @@ import cv2
 from installation.bus import ParamBus
 from installation.config import load_show, modulation_for
 from installation.modulation import ModMatrix
-from installation.render.first_light import PREVIEW_CUT, FirstLight, measure
+from installation.bench import first_light_measure as measure
+from installation.render.first_light import PREVIEW_CUT, FirstLight
 from installation.clock import WallClock
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
