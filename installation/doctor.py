@@ -26,6 +26,9 @@ def _torch() -> str:
 def _gl() -> str:
     import moderngl
 
+    from .render.glenv import prepare_gl_env
+
+    prepare_gl_env()  # the same Mesa settings as the show's own contexts
     ctx = moderngl.create_context(standalone=True, backend="egl")
     try:
         info = ctx.info
