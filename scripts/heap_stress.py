@@ -217,6 +217,9 @@ def gl_worker(args) -> int:
         presenter.take(slot.latest(), now, transition=0.5)
         output.show(presenter.render(now, {}), 1.0)
         tap.offer(now)
+        for _ in range(args.flushes):  # more sinks' read-backs and waits on llvmpipe's fences per frame
+            output.read()
+            target.swap()
         target.swap()
         frames += 1
     stop.set()
@@ -324,7 +327,7 @@ def worker_cmd(args, index: int, life: Path) -> list[str]:
     if args.mode == "gl":
         return [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", "gl", "--index", str(index),
                 "--seconds", str(args.life_s), "--size", args.size, "--scene-frames", str(args.scene_frames),
-                "--reload-frames", str(args.reload_frames)]
+                "--reload-frames", str(args.reload_frames), "--flushes", str(args.flushes)]
     isolation = "process" if index % 2 == 0 else "thread"
     config = write_show_config(life / "show", isolation, index)
     show = [sys.executable, "-m", "installation", "run", "--headless", "--config", str(config), "--no-resume",
@@ -468,6 +471,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="320x180", help="gl mode: output size")
     ap.add_argument("--scene-frames", type=int, default=40, help="gl mode: frames per scene")
     ap.add_argument("--reload-frames", type=int, default=60, help="gl mode: frames between chain reloads")
+    ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0, help=argparse.SUPPRESS)
