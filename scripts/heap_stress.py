@@ -69,6 +69,24 @@ def _frame(size, seq):
     return rgb
 
 
+def _torch_frames():
+    """Frames from a CPPN-like forward pass in torch (its own threads), as the decoder thread makes them."""
+    import torch
+
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(3, 32, generator=gen), torch.randn(32, 3, generator=gen)
+
+    def make(size, seq):
+        w, h = size
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        inp = torch.stack([xs, ys, torch.full_like(xs, seq * 0.01)], -1).reshape(-1, 3)
+        out = torch.sigmoid(torch.sin(inp @ w1) @ w2).reshape(h, w, 3)
+        return (out * 255).to(torch.uint8).numpy()
+
+    return make
+
+
 def _child_frames(conn, size, count):
     """The "decoder process": frames up a pipe, as the decoder process sends them."""
     from installation.render.slot import Frame
@@ -95,6 +113,12 @@ def gl_worker(args) -> int:
     from installation.render.targets import HeadlessTarget
 
     out_size = tuple(int(v) for v in args.size.split("x"))
+    make = _frame
+    if args.torch:  # as a show with an in-process decoder: torch (and Triton's LLVM) loaded before Mesa's
+        from installation.render.targets import preload_decoders
+
+        preload_decoders(["gan"])
+        make = _torch_frames()
     target = HeadlessTarget(out_size)
     shaders = load_dir(ROOT / "shaders")
     chain = [shaders["present"]] + [s for n, s in sorted(shaders.items()) if n != "present"]
@@ -166,7 +190,7 @@ def gl_worker(args) -> int:
         seq = 0
         while not producer_stop.is_set():
             seq += 1
-            slot.publish(Frame(_frame(size, seq), seq, 0.0, time.monotonic(), cut=cut))
+            slot.publish(Frame(make(size, seq), seq, 0.0, time.monotonic(), cut=cut))
             time.sleep(0.002)
 
     def pipe_source(size, cut):
@@ -327,7 +351,7 @@ def worker_cmd(args, index: int, life: Path) -> list[str]:
     if args.mode == "gl":
         return [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", "gl", "--index", str(index),
                 "--seconds", str(args.life_s), "--size", args.size, "--scene-frames", str(args.scene_frames),
-                "--reload-frames", str(args.reload_frames), "--flushes", str(args.flushes)]
+                "--reload-frames", str(args.reload_frames), "--flushes", str(args.flushes)] + (["--torch"] if args.torch else [])
     isolation = "process" if index % 2 == 0 else "thread"
     config = write_show_config(life / "show", isolation, index)
     show = [sys.executable, "-m", "installation", "run", "--headless", "--config", str(config), "--no-resume",
@@ -471,6 +495,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="320x180", help="gl mode: output size")
     ap.add_argument("--scene-frames", type=int, default=40, help="gl mode: frames per scene")
     ap.add_argument("--reload-frames", type=int, default=60, help="gl mode: frames between chain reloads")
+    ap.add_argument("--torch", action="store_true", help="gl mode: torch loaded first, frames from a torch pass")
     ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
