@@ -260,33 +260,51 @@ def gl_worker(args) -> int:
 # the show worker's config
 # ----------------------------------------------------------------------------------------------------------------
 
-def write_show_config(folder: Path, isolation: str, index: int) -> Path:
-    """A copy of config/default.toml for a stress show: 3-second scenes whose CPPN decoders have different sizes,
-    every sink on (web preview, state picture, archive thumbnails; the recorder is `--record`), ports of 0 where
-    a port is needed (each worker runs in its own network namespace anyway)."""
+def write_show_config(folder: Path, isolation: str, index: int, default: bool = False, ndi: bool = True) -> Path:
+    """A copy of config/default.toml for a stress show, every sink on: web preview (a watcher fetches it), state
+    picture every second, archive points and thumbnails 4 a second, NDI out (if cyndilib is installed), and the
+    recorder (``--record``). ``default``: the default show's own scenes, 5 s each, at its output size; otherwise
+    3-second scenes whose CPPN decoders have 7 different sizes, at 320x180."""
     folder.mkdir(parents=True, exist_ok=True)
     scenes_dir = folder / "scenes"
     scenes_dir.mkdir(exist_ok=True)
-    names = []
-    src = (ROOT / "scenes" / "aurora.toml").read_text()
-    for i, (w, h) in enumerate(FRAME_SIZES):
-        name = f"stress{i}"
-        names.append(name)
-        (scenes_dir / f"{name}.toml").write_text(_scene_toml(src, w, h, 11 + i + index))
     text = (ROOT / "config" / "default.toml").read_text()
+    if default:
+        import tomllib
+
+        names = tomllib.loads(text)["show"]["scenes"]
+        for name in names:
+            src = (ROOT / "scenes" / f"{name}.toml").read_text()
+            (scenes_dir / f"{name}.toml").write_text(_scene_toml(src, duration=5.0))
+    else:
+        names = []
+        src = (ROOT / "scenes" / "aurora.toml").read_text()
+        for i, (w, h) in enumerate(FRAME_SIZES):
+            name = f"stress{i}"
+            names.append(name)
+            (scenes_dir / f"{name}.toml").write_text(_scene_toml(src, 3.0, (w, h), 11 + i + index))
+        text = text.replace('size = "1280x720"', 'size = "320x180"')
     text = text.replace('scenes = ["aurora", "halo", "tide", "lattice", "nocturne", "voyage", "vigil"]',
                         f"scenes = {json.dumps(names)}")
     text = text.replace('scenes_dir = "../scenes"', 'scenes_dir = "scenes"')
     text = text.replace('shaders_dir = "../shaders"', f'shaders_dir = "{ROOT / "shaders"}"')
     text = text.replace('isolation = "process"', f'isolation = "{isolation}"')
-    text = text.replace('size = "1280x720"', 'size = "320x180"')
     text = text.replace('[web]                    # the control page for a phone or laptop: http://127.0.0.1:9090/ '
                         '(README "A phone")\nenabled = false', '[web]\nenabled = true')
     text = text.replace("preview_fps = 4.0", "preview_fps = 30.0")
     text = text.replace("point_every = 1.0", "point_every = 0.25")
     text = text.replace('path = "state/show.json" # relative to this file\ninterval_s = 5.0',
                         'path = "state/show.json" # relative to this file\ninterval_s = 1.0')
-    for key in ("enabled = true", "preview_fps = 30.0", "point_every = 0.25", "interval_s = 1.0"):
+    keys = ["enabled = true", "preview_fps = 30.0", "point_every = 0.25", "interval_s = 1.0"]
+    if ndi:
+        try:
+            import cyndilib  # noqa: F401
+        except ImportError:
+            ndi = False
+    if ndi:
+        text = text.replace("sinks = []", f'sinks = [{{ kind = "ndi", name = "stress-{index}" }}]', 1)
+        keys.append("kind = \"ndi\"")
+    for key in keys:
         if key not in text:
             raise SystemExit(f"stress config: could not set {key!r} in config/default.toml")
     path = folder / "stress.toml"
@@ -294,19 +312,19 @@ def write_show_config(folder: Path, isolation: str, index: int) -> Path:
     return path
 
 
-def _scene_toml(src: str, w: int, h: int, seed: int) -> str:
-    """aurora.toml with a 3-second duration, a decoder of w x h and its own seed."""
+def _scene_toml(src: str, duration: float, size: tuple[int, int] | None = None, seed: int | None = None) -> str:
+    """A scene file with another duration (and decoder resolution and seed when given)."""
     out = []
     for line in src.splitlines():
         key = line.split("=")[0].strip()
         if key == "duration":
-            line = "duration = 3.0"
+            line = f"duration = {duration}"
         elif key == "transition":
-            line = "transition = 1.0"
-        elif key == "seed":
+            line = f"transition = {min(1.0, duration / 3)}"
+        elif key == "seed" and seed is not None:
             line = f"seed = {seed}"
-        elif key == "resolution":
-            line = f'resolution = "{w}x{h}"'
+        elif key == "resolution" and size is not None:
+            line = f'resolution = "{size[0]}x{size[1]}"'
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -353,7 +371,9 @@ def worker_cmd(args, index: int, life: Path) -> list[str]:
                 "--seconds", str(args.life_s), "--size", args.size, "--scene-frames", str(args.scene_frames),
                 "--reload-frames", str(args.reload_frames), "--flushes", str(args.flushes)] + (["--torch"] if args.torch else [])
     isolation = "process" if index % 2 == 0 else "thread"
-    config = write_show_config(life / "show", isolation, index)
+    if args.default_show:
+        isolation = "process"  # the default show's own setting
+    config = write_show_config(life / "show", isolation, index, default=args.default_show)
     show = [sys.executable, "-m", "installation", "run", "--headless", "--config", str(config), "--no-resume",
             "--duration", str(args.life_s), "--record", str(life / "record.mp4")]
     # Its own network namespace: the web page, health and OSC ports of several shows do not collide. A watcher
@@ -488,6 +508,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lp-threads", default="unset", help="LP_NUM_THREADS for the workers: 'unset' or a number")
     ap.add_argument("--gallium", default="", help="GALLIUM_DRIVER for the workers (e.g. softpipe); '' = default")
     ap.add_argument("--no-check", dest="check", action="store_false", help="without glibc's malloc checking")
+    ap.add_argument("--default-show", action="store_true",
+                    help="show mode: the default show's scenes (5 s each) at its own size instead of the stress scenes")
     ap.add_argument("--hup-s", type=float, default=10.0, help="show mode: seconds between SIGHUP reloads")
     ap.add_argument("--out", default="stress/run", help="folder for logs, cores, backtraces and summary.json")
     ap.add_argument("--keep-cores", type=int, default=3, help="cores kept (the rest deleted after gdb read them)")
