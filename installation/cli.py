@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, ShowSpec, all_scene_files, check_decoder_files, load_scene, load_show
+from .render.glenv import prepare_gl_env
 from .render.shaders import ShaderError
 from .sizes import parse_size
 
@@ -519,6 +520,9 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
     the list, so a stop that arrived meanwhile still stops it."""
     # A native crash (a GL driver, a C extension) leaves every thread's Python stack on stderr, i.e. in the journal.
     faulthandler.enable()
+    # Mesa's settings (LP_NUM_THREADS=0, issue 23) before any GL context exists and before any child process is
+    # started: the decoder's and the camera's processes inherit them.
+    prepare_gl_env()
     args = build_parser().parse_args(argv)
     args.early_signals = early_signals if early_signals is not None else []
     return args.func(args)

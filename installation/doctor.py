@@ -26,10 +26,14 @@ def _torch() -> str:
 def _gl() -> str:
     import moderngl
 
+    from .render.glenv import prepare_gl_env
+
+    prepare_gl_env()  # the same Mesa settings as the show's own contexts
     ctx = moderngl.create_context(standalone=True, backend="egl")
     try:
         info = ctx.info
-        return f"{info['GL_RENDERER']}, OpenGL {info['GL_VERSION']} (headless EGL)"
+        return f"{info['GL_RENDERER']}, OpenGL {info['GL_VERSION']} (headless EGL; " \
+               f"LP_NUM_THREADS={os.environ.get('LP_NUM_THREADS')})"
     finally:
         ctx.release()
 
@@ -50,6 +54,28 @@ def _displays() -> str:
     finally:
         pygame.display.quit()
     return f"{len(sizes)} via {driver}: " + ", ".join(f"#{i} {w}x{h}" for i, (w, h) in enumerate(sizes))
+
+
+def _cores() -> str:
+    """Whether a native crash of this process would leave a core dump, and where (README: Troubleshooting)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    try:
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    except OSError:
+        pattern = "?"
+    where = "systemd-coredump (coredumpctl list)" if "systemd-coredump" in pattern else \
+        f"a pipe to {pattern[1:].split()[0]}" if pattern.startswith("|") else \
+        f"{pattern} (a relative name is in the crashing process's working directory)"
+
+    def limit(v: int) -> str:
+        return "unlimited" if v == resource.RLIM_INFINITY else f"{v} bytes"
+
+    if soft == 0:
+        how = "LimitCORE=infinity in the service unit" if hard != 0 else "ulimit -c unlimited (hard limit is 0)"
+        return f"off (ulimit -c is 0; {how}); would go to {where}"
+    return f"on (limit {limit(soft)}), to {where}"
 
 
 def _ffmpeg() -> str:
@@ -82,7 +108,7 @@ def _config(path: Path | None) -> str:
 
 
 CHECKS: list[tuple[str, Callable[..., str]]] = [
-    ("python", _python), ("torch", _torch), ("gl", _gl), ("displays", _displays), ("ffmpeg", _ffmpeg),
+    ("python", _python), ("torch", _torch), ("gl", _gl), ("displays", _displays), ("cores", _cores), ("ffmpeg", _ffmpeg),
     ("audio", _audio), ("cameras", _cameras),
 ]
 

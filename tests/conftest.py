@@ -8,13 +8,16 @@ import moderngl
 import pytest
 import torch._dynamo  # noqa: F401  - Triton's LLVM must load before Mesa's llvmpipe (see preload_decoders)
 
+from installation.render.glenv import prepare_gl_env
+
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
 @pytest.fixture(scope="session")
 def gl_ctx():
-    """One standalone EGL context (Mesa llvmpipe on CI) for every GL test."""
+    """One standalone EGL context (Mesa llvmpipe on CI) for every GL test, made as the show makes its own."""
+    prepare_gl_env()
     ctx = moderngl.create_context(standalone=True, backend="egl")
     yield ctx
     ctx.release()

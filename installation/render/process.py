@@ -32,7 +32,8 @@ STATS_EVERY = 0.5  # seconds between stats messages from the child
 
 
 def gl_threads() -> int:
-    """Rasteriser threads for software GL (llvmpipe): a quarter of the cores, at least one."""
+    """Cores left to software GL (llvmpipe) when sharing out the CPU: a quarter of them, at least one. llvmpipe
+    rasterises on the loop's own thread (``LP_NUM_THREADS=0``, see :mod:`.glenv`), which needs that core."""
     return max(1, (os.cpu_count() or 2) // 4)
 
 

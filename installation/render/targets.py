@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import moderngl
 import numpy as np
 
-from .process import gl_threads
+from .glenv import prepare_gl_env
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,6 @@ class Target(Protocol):
     def poll(self) -> list[str]: ...
 
     def close(self) -> None: ...
-
-
-def _prepare_gl_env() -> None:
-    """Bound llvmpipe's threads so a software-GL presenter leaves cores to the decoder (no effect on GPUs)."""
-    os.environ.setdefault("LP_NUM_THREADS", str(gl_threads()))
 
 
 def preload_decoders(types) -> None:
@@ -75,7 +70,7 @@ class HeadlessTarget:
     kind = "headless"
 
     def __init__(self, size: tuple[int, int]) -> None:
-        _prepare_gl_env()
+        prepare_gl_env()
         self.ctx = moderngl.create_context(standalone=True, backend="egl")
         self._finish = _gl_finish() or self.ctx.finish
         self.size = (int(size[0]), int(size[1]))
@@ -118,7 +113,7 @@ class WindowTarget:
         if borderless:  # projector outputs: one undecorated window from the desktop's top-left over all of them
             os.environ.setdefault("SDL_VIDEO_WINDOW_POS", "0,0")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-        _prepare_gl_env()
+        prepare_gl_env()
         import pygame
 
         self._pg = pygame
