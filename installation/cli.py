@@ -380,10 +380,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Options anywhere among a command's positionals (``archive info --config C FILE`` as well as ``archive info
+    FILE --config C``): argparse's intermixed parsing for every command that has no subcommands of its own."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        nested = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        if self._mixing or nested:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="installation", description="Walk the latent space of a generative model in "
+    p = _Parser(prog="installation", description="Walk the latent space of a generative model in "
                                 "real time, for galleries and live performance.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", type=Path, default=None, help="config TOML (default: config/default.toml)")

@@ -6,8 +6,8 @@ parameter they set) is checked here before a window opens or a decoder loads.
 
 from __future__ import annotations
 
+import logging
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from . import decoders, parts
+from . import decoders, files, parts
 from .bus import ParamSpec
 from .decoders import DecoderSpec
 from .modulation import ModMatrix, ModulationSettings
@@ -27,6 +27,8 @@ from .render.projection import CanvasConfig, OutputSpec, check_outputs
 from .render.shaders import ShaderError, ShaderFile, load_dir
 from .sizes import Size, SizeT
 from .vision.settings import SceneVision, SteerSettings
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "default.toml"
@@ -209,6 +211,7 @@ class ShowSpec:
     shaders: dict[str, ShaderFile]
     params: dict[str, ParamSpec] = field(default_factory=dict)
     safe: Scene | None = None  # the configured safe scene (None: the built-in one, see :func:`builtin_safe_scene`)
+    refused: dict[str, str] = field(default_factory=dict)  # shader files left out (name -> why), chained by no scene
 
     def scene(self, name: str) -> Scene:
         for s in self.scenes:
@@ -220,35 +223,16 @@ class ShowSpec:
 # -- reading ---------------------------------------------------------------------------------------------------
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """A whole config or scene file (bounded, stable, UTF-8, no inf/nan, not too deep: :mod:`installation.files`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "", "file not found")
     try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML ({e})") from None
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, "", f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    key = _non_finite(doc)
-    if key is not None:
-        raise ConfigError(path, key, "must be a finite number (TOML's inf and nan are not allowed)")
-    return doc
-
-
-def _non_finite(value: Any, key: str = "") -> str | None:
-    """The dotted key of the first inf or nan in a TOML document, or None: such a value would stop a path, a fade or
-    a timer for good, so no file may carry one."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else key
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _non_finite(v, f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k))
-        if found is not None:
-            return found
-    return None
+        return files.load_toml(path)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except files.FileError as e:
+        raise ConfigError(path, e.key, e.why) from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple, data: Any) -> list[str] | None:
@@ -340,6 +324,8 @@ def check_decoder_files(scene: "Scene") -> None:
 
 def load_scene(path: Path) -> Scene:
     data = read_toml(path)
+    if not data:  # a truncated file (an editor rewriting it, a full disk) is no scene of defaults
+        raise ConfigError(path, "", "empty: a scene sets at least its [decoder] or [trajectory] (see scenes/*.toml)")
     if not isinstance(data.get("decoder", {"type": "cppn"}), dict):
         raise ConfigError(path, "decoder", "must be a table such as [decoder] type = \"cppn\"")
     spec = decoder_spec(data.pop("decoder", {"type": "cppn"}), path)
@@ -378,8 +364,9 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
         raise ConfigError(path, "outputs", str(e)) from None
     scenes_dir = (base / config.show.scenes_dir).resolve()
     shaders_dir = (base / config.show.shaders_dir).resolve()
+    refused: dict[str, str] = {}
     try:
-        shaders = load_dir(shaders_dir)
+        shaders = load_dir(shaders_dir, refused)
     except ShaderError as e:
         raise ConfigError(path, "show.shaders_dir", str(e)) from None
     available = sorted(p.stem for p in scenes_dir.glob("*.toml")) if scenes_dir.is_dir() else []
@@ -408,7 +395,9 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
     check_params(config.params, specs, path, "params")
     check_modulation(config.modulation, specs, path)
     for scene in scenes:
-        _check_scene(scene, shaders, shaders_dir, specs, config)
+        _check_scene(scene, shaders, shaders_dir, specs, config, refused)
+    for reason in refused.values():  # chained by no scene of this show: the show goes on without it
+        log.warning("shader left out: %s", reason)
     sched = config.schedule
     if sched.enabled and sched.closed_action == "standby" and sched.standby_scene not in {s.name for s in scenes}:
         raise ConfigError(path, "schedule.standby_scene", f"{sched.standby_scene!r} is not a scene of this show; "
@@ -424,8 +413,8 @@ def load_show(path: Path | str | None = None, only_scene: str | None = None) -> 
                                   f"{', '.join(available) or 'none'}")
             safe = load_scene(file)
             _add_decoder_params(specs, safe)
-            _check_scene(safe, shaders, shaders_dir, specs, config)
-    return ShowSpec(config, path, scenes, shaders, specs, safe)
+            _check_scene(safe, shaders, shaders_dir, specs, config, refused)
+    return ShowSpec(config, path, scenes, shaders, specs, safe, refused)
 
 
 def _add_decoder_params(specs: dict[str, ParamSpec], scene: Scene) -> None:
@@ -438,9 +427,11 @@ def _add_decoder_params(specs: dict[str, ParamSpec], scene: Scene) -> None:
 
 
 def _check_scene(scene: Scene, shaders: dict[str, ShaderFile], shaders_dir: Path, specs: dict[str, ParamSpec],
-                 config: Config) -> None:
+                 config: Config, refused: dict[str, str] | None = None) -> None:
     """A scene's shader chain, parameters and modulation must fit the show."""
     for i, sname in enumerate(scene.shaders):
+        if refused and sname in refused:
+            raise ConfigError(scene.path, f"shaders[{i}]", f"shader {sname!r} cannot be used: {refused[sname]}")
         if sname not in shaders:
             raise ConfigError(scene.path, f"shaders[{i}]",
                               f"no shader {sname!r} in {shaders_dir}; available: {', '.join(sorted(shaders))}")

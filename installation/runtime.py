@@ -435,6 +435,12 @@ class Runtime:
                 self.faults["reload"] += 1
                 log.error("reload failed, the show goes on with the old config: %s", e)
                 return False
+            except Exception as e:  # noqa: BLE001 - a loader bug on an odd file: still a reload fault, not a tick's
+                self.faults["reload"] += 1
+                log.error("reload failed on an unexpected error, the show goes on with the old config: %s: %s",
+                          type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                log.debug("the unexpected reload error", exc_info=True)
+                return False
             new.config = new.config.model_copy(update={k: getattr(self.spec.config, k) for k in
                                                        ("output", "canvas", "outputs")})
             for name, p in new.params.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import logging
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,7 @@ CONFIG_CASES = {
     "infinite-in-a-list": ('[modulation]\nlfos = [{ name = "a", rate = -inf }]\n', "modulation.lfos[0].rate",
                            ["must be a finite number"]),
     "param-wrong-type": ('[params]\nspeed = "fast"\n', "params.speed", ["number", "'fast'"]),
+    "deeply-nested": ("x = " + "[" * 5000 + "]" * 5000 + "\n", "", ["nested more than 32 levels"]),
     "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: aurora, halo, lattice, nocturne, tide"]),
 }
 
@@ -221,6 +223,10 @@ SCENE_CASES = {
                        ["no shader 'blur'", "available: detail, feedback, grade, palette, present"]),
     "empty-chain": ('shaders = []\n', "shaders", ["at least 1"]),
     "bad-prompt": ('[[prompts]]\ntext = ""\n', "prompts.0.text", ["at least 1"]),
+    "deeply-nested": ("x = " + "[" * 5000 + "]" * 5000 + "\n", "", ["nested more than 32 levels"]),  # RecursionError
+    "nested-40": ("x = " + "[" * 40 + "]" * 40 + "\n", "", ["nested more than 32 levels"]),
+    "huge-integer": ("seed = " + "9" * 5000 + "\n", "", ["not valid TOML"]),
+    "empty": ("", "", ["empty"]),
 }
 
 
@@ -306,30 +312,54 @@ def test_missing_shaders_dir(tmp_path):
     _expect(info.value, path, "show.shaders_dir", "not found")
 
 
-def test_bad_shader_in_the_shader_folder(tmp_path):
+def test_a_bad_shader_in_the_folder_is_left_out_and_stops_only_the_scenes_that_chain_it(tmp_path, caplog):
+    """One bad file in shaders/ used to stop every scene (issue 25): now it is left out with one warning, and a scene
+    that chains it is the one-line ConfigError naming the scene, the shader and why."""
     shaders = tmp_path / "shaders"
     shutil.copytree(SHADERS, shaders)
     (shaders / "bad.frag").write_text('/*{"uniforms": {"time": {"type": "float", "min": 0, "max": 1, "default": 0}}}*/\n')
     path = _config(tmp_path, "", shaders_dir=shaders)
+    with caplog.at_level(logging.WARNING, logger="installation.config"):
+        spec = load_show(path)
+    assert "bad" not in spec.shaders and "reserved" in spec.refused["bad"] and "present" in spec.shaders
+    assert [r.getMessage() for r in caplog.records if "bad.frag" in r.getMessage()] == \
+        [f"shader left out: {shaders / 'bad.frag'}: uniform 'time': name is reserved for a built-in"]
+    scenes = _scene_dir(tmp_path, "uses", 'shaders = ["present", "bad"]\n')
+    path = _config(tmp_path, "", scenes_dir=scenes, shaders_dir=shaders, scenes='["aurora", "uses"]')
     with pytest.raises(ConfigError) as info:
         load_show(path)
-    _expect(info.value, path, "show.shaders_dir", "bad.frag", "reserved")
+    _expect(info.value, scenes / "uses.toml", "shaders[1]", "shader 'bad' cannot be used", "bad.frag", "reserved")
 
 
-@pytest.mark.parametrize("content", [
-    b'/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1, "default": 0}}, "identity": {"k": "off"}}*/\n',
-    b'/*{"uniforms": [{"name": "k"}]}*/\n',
-    b'/*{"description": "caf\xe9"}*/\n',
-], ids=["identity-not-number", "uniforms-not-object", "not-utf8"])
-def test_malformed_shader_in_the_folder_is_a_config_error_not_a_crash(tmp_path, content):
-    """Shader files are untrusted input: any malformed header must end as the one-line ConfigError (exit 2)."""
+@pytest.mark.parametrize("content, why", [
+    (b'/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1, "default": 0}}, "identity": {"k": "off"}}*/\n',
+     "identity"),
+    (b'/*{"uniforms": [{"name": "k"}]}*/\n', "uniforms"),
+    (b'/*{"description": "caf\xe9"}*/\n', "not UTF-8"),
+    (b'/*{"description": ' + b"[" * 5000 + b"]" * 5000 + b"}*/\n", "nested more than 8 levels"),  # RecursionError
+    (b'/*{"uniforms": {"k": {"type": "float", "min": 0, "max": 1e400, "default": 0}}}*/\n', "too large"),
+], ids=["identity-not-number", "uniforms-not-object", "not-utf8", "deeply-nested", "huge-number"])
+def test_malformed_shader_chained_by_a_scene_is_a_config_error_not_a_crash(tmp_path, content, why):
+    """Shader files are untrusted input: any malformed header a scene needs ends as the one-line ConfigError (exit 2)."""
     shaders = tmp_path / "shaders"
     shutil.copytree(SHADERS, shaders)
     (shaders / "odd.frag").write_bytes(content + b"#version 330\nvoid main() {}\n")
-    path = _config(tmp_path, "", shaders_dir=shaders)
+    scenes = _scene_dir(tmp_path, "uses", 'shaders = ["present", "odd"]\n')
+    path = _config(tmp_path, "", scenes_dir=scenes, shaders_dir=shaders, scenes='["uses"]')
     with pytest.raises(ConfigError) as info:
         load_show(path)
-    _expect(info.value, path, "show.shaders_dir", "odd.frag")
+    _expect(info.value, scenes / "uses.toml", "shaders[1]", "odd.frag", why)
+
+
+def test_an_empty_or_keyless_scene_is_refused(tmp_path):
+    """An empty scene used to be a valid scene of defaults (cppn, loop, seed 0): what a reload installed when it read
+    a file an editor had just truncated (issue 25)."""
+    for text in ("", "\n\n# only a comment\n"):
+        scenes = _scene_dir(tmp_path / text.count("#").__str__(), "halo", text)
+        path = _config(tmp_path, "", scenes_dir=scenes, scenes='["aurora", "halo"]')
+        with pytest.raises(ConfigError) as info:
+            load_show(path)
+        _expect(info.value, scenes / "halo.toml", "", "empty")
 
 
 def test_relative_dirs_resolve_from_the_config_file(tmp_path):

@@ -321,3 +321,58 @@ def test_a_diffusion_scene_declares_its_live_parameters_on_the_bus(tmp_path):
     (tmp_path / "scenes" / "two.toml").write_text(two.replace('"prompt.0.gain"', '"lora.ink.scale"'))
     with pytest.raises(ConfigError, match="lora.ink.scale.*unknown parameter"):
         load_show(cfg)  # no LoRA named ink in this scene: not a parameter
+
+
+def test_a_reload_refuses_bad_files_as_a_counted_reload_fault_and_keeps_the_running_scene(tmp_path, caplog):
+    """SIGHUP with a deeply nested scene or shader header was a 'tick failed' (RecursionError), status degraded, and
+    faults.reload stayed 0; an empty scene (an editor's truncate-then-write) was installed as a scene of defaults
+    (issue 25). Each is now a counted reload fault, one line, and the running show goes on as it was."""
+    import logging
+    import shutil
+
+    from support import ROOT
+
+    shaders = tmp_path / "shaders"
+    shutil.copytree(ROOT / "shaders", shaders)
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present", "grade"]'), "b": scene_toml()})
+    cfg.write_text(cfg.read_text().replace(f'shaders_dir = "{ROOT / "shaders"}"', 'shaders_dir = "shaders"'))
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    scene_a = (tmp_path / "scenes" / "a.toml").read_text()
+    grade = (shaders / "grade.frag").read_text()
+    deep = "[" * 5000 + "]" * 5000
+    bad = [("scenes/a.toml", f"x = {deep}\n", "nested more than 32 levels"),
+           ("scenes/a.toml", "", "empty"),
+           ("scenes/a.toml", "\n# saved halfway\n", "empty"),
+           ("shaders/grade.frag", '/*{"description": ' + deep + "}*/\n" + grade.split("*/", 1)[1], "nested more"),
+           ("shaders/grade.frag", b"\xff" + grade.encode(), "not UTF-8")]
+    try:
+        for _ in range(3):
+            rt.step()
+        before = (rt.show.scene.name, rt.show.scene.path, rt.show.seed, rt.show.scene.decoder)
+        for n, (name, content, why) in enumerate(bad, 1):
+            path = tmp_path / name
+            (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="installation"):
+                rt.request_reload()
+                rt.step()
+            assert rt.faults["reload"] == n and rt.stats.tick_faults == 0, (name, caplog.text)
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(errors) == 1 and why in errors[0] and str(path) in errors[0], errors
+            assert "Traceback" not in caplog.text
+            assert (rt.show.scene.name, rt.show.scene.path, rt.show.seed, rt.show.scene.decoder) == before
+            rt.step()
+            (tmp_path / "scenes" / "a.toml").write_text(scene_a)
+            (shaders / "grade.frag").write_text(grade)
+        assert rt._snapshot(rt.clock.now())["faults"]["reload"] == len(bad)
+        # A bad shader that no scene chains does not stop a reload: it is left out with one warning.
+        (shaders / "spare.frag").write_text('/*{"description": ' + deep + "}*/\nvoid main() {}\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="installation"):
+            assert rt.reload(rt.clock.now())
+        assert "spare" in rt.spec.refused and "spare.frag" in caplog.text
+    finally:
+        rt.close()
+        target.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -54,30 +55,41 @@ def cmd_archive(args: argparse.Namespace) -> int:
             return _info(store, args) if args.action == "info" else _export(store, args)
         finally:
             store.close()
+    except sqlite3.DatabaseError as e:  # a damaged file found while reading it
+        return _fail(f"{files[0] if files else args.archive}: damaged archive ({e})")
     except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
         return _fail(str(e).strip("'\""))
 
 
 def _ls(files: list[Path]) -> int:
+    damaged = 0
     for f in files:
-        store = Store(f, readonly=True)
         try:
-            sessions = store.sessions()
-        finally:
-            store.close()
+            store = Store(f, readonly=True)
+            try:
+                sessions = store.sessions()
+            finally:
+                store.close()
+        except (ValueError, sqlite3.DatabaseError) as e:  # one damaged file does not hide the others
+            damaged += 1
+            print(f"{f}  {_mb(f):.2f} MB, unreadable: {str(e).removeprefix(f'{f}: ')}")
+            continue
         print(f"{f}  {_mb(f):.2f} MB, {len(sessions)} session{'s' * (len(sessions) != 1)}")
         print(f"  {'session':>7}  {'kind':<6} {'started':<25} {'show s':>9} {'events':>7} {'points':>7}")
         for s in sessions:
             print(f"  {s['id']:>7}  {s['kind']:<6} {s['started']:<25} {s['last_t'] or 0:>9.1f} {s['events']:>7} "
                   f"{s['points']:>7}")
-    return 0
+    return 2 if damaged else 0
 
 
 def _info(store: Store, args: argparse.Namespace) -> int:
+    integrity = store.integrity()
+    if integrity != "ok":  # before reading it: a damaged file is reported as such, in one line, exit 2
+        return _fail(f"{store.path}: integrity check {integrity}")
     sessions = store.sessions() if args.session is None else [s for s in store.sessions() if s["id"] == args.session]
     if not sessions:
         raise KeyError(f"no session {args.session} in {store.path}")
-    info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": store.integrity(),
+    info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": integrity,
             "sessions": sessions}
     if args.json:
         print(json.dumps(info))

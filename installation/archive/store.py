@@ -82,6 +82,20 @@ class Point:
     prompts: Any
 
 
+class CorruptArchive(ValueError):
+    """An archive file SQLite finds damaged (truncated, pages overwritten, not a database at all)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path, self.why = Path(path), why
+        super().__init__(f"{path}: damaged archive ({why})")
+
+
+def is_corrupt(e: BaseException) -> bool:
+    """Whether an SQLite error means the file itself is damaged (not a full disk, a lock or a missing folder)."""
+    return isinstance(e, sqlite3.DatabaseError) and getattr(e, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def archive_file(folder: Path, config: Path | str) -> Path:
     """The show's archive file in ``folder``: named after its config file (one file per show)."""
     return Path(folder) / f"{Path(config).stem}{SUFFIX}"
@@ -99,14 +113,17 @@ class Store:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
-            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new, empty file
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses the last commits, never the file
-            self.conn.executescript(SCHEMA)
         try:
+            if not readonly:
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new, empty file
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses the last commits, never the file
+                self.conn.executescript(SCHEMA)
             self.conn.execute("SELECT 1 FROM sessions LIMIT 1")
         except sqlite3.DatabaseError as e:
             self.conn.close()
+            if is_corrupt(e):
+                raise CorruptArchive(self.path, str(e)) from None
             raise ValueError(f"{self.path} is not an archive ({e})") from None
 
     def close(self) -> None:
@@ -251,8 +268,17 @@ class Store:
         return np.concatenate(blobs) if blobs else np.zeros(0)
 
     def integrity(self) -> str:
-        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+        """"ok", or SQLite's first finding and how many there are (one line); a file too damaged to check says why."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check(100)").fetchall()]
+        except sqlite3.DatabaseError as e:
+            return f"failed ({e})"
+        if rows == ["ok"]:
+            return "ok"
+        first = " ".join(str(rows[0]).split())
+        return f"failed: {first}" + (f" (and {len(rows) - 1} more{'+' if len(rows) >= 100 else ''})"
+                                     if len(rows) > 1 else "")
 
 
-__all__ = ["Point", "Store", "archive_file", "pack_latent", "pack_vector", "to_json", "unpack_latent",
+__all__ = ["CorruptArchive", "Point", "Store", "is_corrupt", "archive_file", "pack_latent", "pack_vector", "to_json", "unpack_latent",
            "unpack_vector"]

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import files
 from ..bus import Event
 from ..ops.supervise import SupervisedThread, supervised
 from ..parts import Moment, PartContext
-from .store import Store, archive_file, pack_latent, pack_vector, to_json
+from .store import CorruptArchive, Store, archive_file, is_corrupt, pack_latent, pack_vector, to_json
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,11 @@ class Archive:
             return self._store is not None
         config, initial = self._opening
         try:
-            self._store = Store(self.path)
+            try:
+                self._store = Store(self.path)
+            except CorruptArchive as e:  # truncated, pages overwritten, not a database: set aside, start a new one
+                self._set_aside(e.why)
+                self._store = Store(self.path)
             if self.session is None:
                 size = getattr(getattr(self.ctx.presented, "output", None), "size", None)
                 self.session = self._store.new_session(_now(), config, list(self.ctx.scenes()), size, initial,
@@ -277,6 +282,12 @@ class Archive:
             store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
                               last_t=self._last_t, ended=ended)
         except Exception as e:  # noqa: BLE001 - a full disk or a broken file is a counted fault, never a crash
+            if is_corrupt(e):  # the file was damaged under us: this batch is lost, the next goes to a new file
+                self.counts["batches_lost"] += 1
+                store.close()
+                self._store = None
+                self._set_aside(str(e))
+                return
             kind = "disk_full" if "full" in str(e) else type(e).__name__
             self.faults[kind] += 1
             self.counts["batches_lost"] += 1
@@ -292,6 +303,15 @@ class Archive:
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
         self._bound(store)  # three PRAGMA reads unless over the bound
+
+    def _set_aside(self, why: str) -> None:
+        """A damaged archive file is renamed ``<name>.corrupt-<time>`` (its WAL beside it), as the state file is,
+        counted (``corrupt`` in the part's faults and /health) and a new file with a new session started."""
+        self.faults["corrupt"] += 1
+        files.set_aside(self.path, why, what="archive", companions=("-wal", "-shm"), logger=log,
+                        then="starting a new one")
+        self.session = None
+        self._first_sent = False  # the new session starts where the show is
 
     def _goto(self, store: Store, place: Any) -> None:
         """/map/goto: glide the walk to the archived point nearest ``place`` on the map (its scene, seed and path
@@ -317,6 +337,11 @@ class Archive:
         try:
             removed = store.enforce(int(self.settings.max_mb * 1e6))
         except Exception as e:  # noqa: BLE001
+            if is_corrupt(e):
+                store.close()
+                self._store = None
+                self._set_aside(str(e))
+                return
             self.faults[type(e).__name__] += 1
             log.error("archive %s: retention failed (%s)", self.path, e)
             return

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from installation import files
 from installation.bus import Event, ParamBus, ParamSpec
 from installation.inputs.base import ThreadedInput
 from installation.modulation import EVENT_KINDS, GATE_KINDS
@@ -35,6 +36,7 @@ from installation.parts import PartContext, register
 log = logging.getLogger(__name__)
 
 LEARN_EVENT = "midi.learn"
+MAX_LEARN_BYTES = 1 << 20  # a learn file holds a few hundred bindings at most
 Channel = Annotated[int, Field(ge=1, le=16)]
 Number = Annotated[int, Field(ge=0, le=127)]
 
@@ -99,6 +101,18 @@ def midi_specs(s: MidiSettings) -> list[ParamSpec]:
     return out
 
 
+def _binding(b: Any) -> dict[str, Any] | None:
+    """A learned binding as saved (kind, channel 1-16, number 0-127), or None when it is not one."""
+    if not isinstance(b, dict) or b.get("kind") not in ("cc", "cc14", "bend", "note"):
+        return None
+    channel, number = b.get("channel", 1), b.get("number", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (channel, number)):
+        return None
+    if not (1 <= channel <= 16 and 0 <= number <= 127):
+        return None
+    return {"kind": b["kind"], "channel": channel, "number": number}
+
+
 class MidiInput(ThreadedInput):
     """The MIDI part: a supervising thread opens the port and reopens it when it vanishes; rtmidi's callback
     writes sources, events and learned bindings to the bus."""
@@ -122,17 +136,28 @@ class MidiInput(ThreadedInput):
 
     # -- learn file ------------------------------------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:
+        """The learned bindings. A file that is no learn file (not JSON, too big or deep, not {"bindings": {...}})
+        is set aside (``.corrupt-<time>``) with one warning; a binding that does not fit this show is dropped."""
         try:
-            data = json.loads(self.learn_path.read_text())
+            data = files.load_json(self.learn_path, max_bytes=MAX_LEARN_BYTES, max_depth=4)
+            if not isinstance(data, dict) or not isinstance(data.get("bindings", {}), dict):
+                raise files.FileError(self.learn_path, 'not a learn file ({"bindings": {PARAM: {...}}})')
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
-            log.warning("MIDI learn file %s unreadable (%s); starting without learned bindings", self.learn_path, e)
+        except files.FileError as e:
+            self._reject("learn_file")
+            files.set_aside(self.learn_path, e.why, what="MIDI learn file", then="starting without learned bindings")
             return {}
-        out = {}
-        for param, b in (data.get("bindings", {}) if isinstance(data, dict) else {}).items():
-            if isinstance(b, dict) and b.get("kind") in ("cc", "cc14", "bend", "note") and self.bus.spec(param):
-                out[param] = {"kind": b["kind"], "channel": int(b.get("channel", 1)), "number": int(b.get("number", 0))}
+        out, dropped = {}, []
+        for param, b in data.get("bindings", {}).items():
+            binding = _binding(b)
+            if binding is not None and self.bus.spec(param):
+                out[param] = binding
+            else:
+                dropped.append(param)
+        if dropped:
+            log.warning("MIDI learn file %s: %d binding%s dropped (no such parameter, or not a control): %s",
+                        self.learn_path, len(dropped), "s" * (len(dropped) != 1), ", ".join(dropped[:5])[:200])
         return out
 
     def _save(self) -> None:

@@ -15,13 +15,13 @@ import os
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import files
 from ..parts import Moment, PartContext, register
 from .logs import RepeatLog
 from .supervise import SupervisedThread, supervised
@@ -138,22 +138,8 @@ def check_show_state(state: Mapping[str, Any]) -> str | None:
 
 def _set_aside(path: Path, why: str, wall: Callable[[], float]) -> Path | None:
     """Rename a bad state file to ``<name>.corrupt-<UTC time>`` so it can be inspected and no longer loads."""
-    stamp = datetime.fromtimestamp(wall(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    try:
-        os.replace(path, target)
-    except OSError as e:
-        log.warning("state file %s is unusable (%s) and could not be moved aside (%s); starting from the beginning",
-                    path, why, e)
-        return None
-    _fsync_dir(path.parent)
-    log.warning("state file %s is unusable (%s); moved it to %s and starting the show from the beginning",
-                path, why, target.name)
-    return target
+    return files.set_aside(path, why, what="state file", wall=wall, then="starting the show from the beginning",
+                           logger=log)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -187,9 +173,9 @@ def load_state(path: Path | str, current_version: int = STATE_VERSION,
         if len(raw) > MAX_STATE_BYTES:
             raise StateError(f"larger than {MAX_STATE_BYTES} bytes")
         try:
-            state = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise StateError(f"not valid JSON: {e}") from None
+            state = files.parse_json(raw, path, max_depth=16)
+        except files.FileError as e:
+            raise StateError(e.why) from None
         if not isinstance(state, dict):
             raise StateError(f"expected a JSON object, got {type(state).__name__}")
         version = state.get("version")

@@ -16,7 +16,6 @@ undo, S save. The mouse drags the nearest handle. OSC: see :mod:`installation.in
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import files
 from ..bus import Event
 from .projection import SIDES, BlendSettings, MeshSettings, Warp, apply, corner_pin, orientation, regular_grid
 
@@ -36,6 +36,7 @@ AUTOSAVE_S = 1.0
 UNDO_DEPTH = 200
 BLEND_STEP = 0.01
 PATTERN_MAX = 1024  # widest test pattern texture
+MAX_FILE_BYTES = 16 << 20  # a calibration with dense meshes on many outputs stays far below this
 
 
 def calibration_path(config_path: Path) -> Path:
@@ -101,17 +102,25 @@ class Calibration:
         if self.path is None or not self.path.is_file():
             return False
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = files.load_json(self.path, max_bytes=MAX_FILE_BYTES)
             if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("outputs"), list):
                 raise ValueError(f"not a version {VERSION} calibration")
-            saved = {e.get("name"): e for e in data["outputs"] if isinstance(e, dict)}
+            saved = {}
+            for e in data["outputs"]:
+                if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                    raise ValueError("an output entry is not an object with a \"name\" string")
+                saved[e["name"]] = e
             warps = []
             for out in self.proj.outputs:
                 entry = saved.get(out.placed.name)
                 warps.append(out.warp if entry is None else warp_from_json(entry, out.warp))
-        except (OSError, ValueError, UnicodeDecodeError) as e:  # pydantic's ValidationError is a ValueError
-            log.warning("calibration %s not used (%s); the config's warps apply until the next save", self.path,
-                        str(e).splitlines()[0])
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, TypeError, ArithmeticError) as e:  # pydantic's ValidationError is a ValueError
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, files.FileError):
+                why = e.why
+            log.warning("calibration %s not used (%s); the config's warps apply until the next save", self.path, why)
             return False
         for out, w in zip(self.proj.outputs, warps):
             out.warp = w

@@ -18,17 +18,18 @@ declared. Parsing needs no GL context, so configs and scenes are validated befor
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import files
 from ..bus import ParamSpec
 
 _HEADER = re.compile(r"\A\s*/\*(\{.*?\})\*/", re.S)
 _GLSL_ERROR = re.compile(r"^\s*\d+:(\d+)\(\d+\): error: (.*)$", re.M)  # Mesa's "0:LINE(COL): error: ..."
 UNIFORM_TYPES = ("float", "int", "bool")
+MAX_SHADER_BYTES = 1 << 20  # a fragment shader is a few KiB
 BUILTINS = frozenset({"src", "time", "resolution", "tex_prev", "tex_cur", "tex_hold", "frame_mix", "hold_mix",
                       "cur_scale", "prev_scale", "hold_scale", "feedback"})
 
@@ -69,20 +70,19 @@ def parse(path: Path) -> ShaderFile:
     """Read and validate one shader file's header."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ShaderError(f"{path}: cannot read shader ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise ShaderError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = files.read_text(path, MAX_SHADER_BYTES)
+    except FileNotFoundError:
+        raise ShaderError(f"{path}: cannot read shader (No such file or directory)") from None
+    except files.FileError as e:
+        raise ShaderError(f"{path}: {e.why}") from None
     m = _HEADER.match(text)
     if not m:
         raise ShaderError(f"{path}: missing the JSON header comment /*{{...}}*/ at the top")
     try:
-        header = json.loads(m.group(1), parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise ShaderError(f"{path}: header is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except ValueError as e:  # Infinity or NaN
-        raise ShaderError(f"{path}: header: {e}") from None
+        header = files.parse_json(m.group(1), path, max_depth=8)
+    except files.FileError as e:
+        raise ShaderError(f"{path}: header is {e.why}" if e.why.startswith("not ") else f"{path}: header: {e.why}") \
+            from None
     if not isinstance(header, dict):
         raise ShaderError(f"{path}: header must be a JSON object")
     unknown = set(header) - {"description", "uniforms", "identity", "size", "precision"}
@@ -137,14 +137,18 @@ def parse(path: Path) -> ShaderFile:
                       header.get("precision") == "half")
 
 
-def _no_constant(name: str):
-    """JSON's Infinity and NaN are no numbers a uniform can have."""
-    raise ValueError(f"{name} is not allowed (numbers must be finite)")
-
-
-def load_dir(directory: Path) -> dict[str, ShaderFile]:
-    """Every ``*.frag`` in a folder, by name."""
+def load_dir(directory: Path, refused: dict[str, str] | None = None) -> dict[str, ShaderFile]:
+    """Every ``*.frag`` in a folder, by name. With ``refused``, a file that cannot be used is left out (its one
+    line under its name there) instead of raising: one bad shader need not stop the scenes that do not chain it."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ShaderError(f"{directory}: shader folder not found")
-    return {p.stem: parse(p) for p in sorted(directory.glob("*.frag"))}
+    out = {}
+    for p in sorted(directory.glob("*.frag")):
+        try:
+            out[p.stem] = parse(p)
+        except ShaderError as e:
+            if refused is None:
+                raise
+            refused[p.stem] = str(e)
+    return out

@@ -533,6 +533,66 @@ def test_an_archive_that_cannot_be_opened_never_stops_the_show(tmp_path):
     assert archive.faults["open"] >= 1 and archive.stats()["failures"] >= 1 and archive.session is None
 
 
+def _damaged_archive(path: Path, how: str) -> None:
+    """A real archive of one session, then damaged as a crash, a bad disk or a stray write would."""
+    store = Store(path)
+    sid = store.new_session("2026-01-01T00:00:00+00:00", "show.toml", ["a"], (64, 40), {"scene": "a"})
+    for i in range(40):
+        store.write_batch(sid, events=[(i + j / 1000, "set", "speed", "1.0", "osc") for j in range(200)],
+                          ticks=np.arange(100.0), last_t=float(i))
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        if how == "truncated":
+            f.truncate(size // 2)
+        elif how == "pages-overwritten":
+            f.seek(4096 * 5)
+            f.write(np.random.default_rng(1).integers(0, 256, 4096 * 3, dtype=np.uint8).tobytes())
+        else:  # not-a-database
+            f.seek(0)
+            f.write(b"garbage " * 32)
+
+
+@pytest.mark.parametrize("how", ["truncated", "pages-overwritten", "not-a-database"])
+def test_a_damaged_archive_is_set_aside_and_a_new_one_started(tmp_path, how):
+    """A damaged archive was never set aside (issue 25): truncated, the show went on 'unarchived, retrying' forever;
+    with pages overwritten it appended a session that kept 0 events. Now it is renamed .corrupt-<time> (its WAL with
+    it), counted in /health, and a new file archives the whole run; `archive info` on it is one line, exit 2."""
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.1\nbatch_s = 0.05\n")
+    path = tmp_path / "archive" / "show.sqlite"
+    path.parent.mkdir()
+    _damaged_archive(path, how)
+    damaged = path.read_bytes()
+    r = run_cli("archive", "info", "--config", str(cfg), str(path))  # options before the file too (issue 25)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and str(path) in r.stderr and ("integrity check failed" in r.stderr or
+                                                                    "damaged archive" in r.stderr), r.stderr
+    r = run_cli("archive", "ls", str(path.parent))
+    assert r.returncode == 2 and "unreadable" in r.stdout and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    rt, frames = fixed_run(cfg, 40, ACTIONS)
+    archive = rt.part("archive")
+    assert len(frames.hashes) == 40 and rt.stats.tick_faults == 0
+    aside = list(path.parent.glob("show.sqlite.corrupt-*"))
+    kept = [p for p in aside if not p.name.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1
+    if how == "pages-overwritten":  # opened and written to before a write met the damage: the damage is kept
+        assert kept[0].read_bytes()[4096 * 5:4096 * 8] == damaged[4096 * 5:4096 * 8]
+    else:
+        assert kept[0].read_bytes() == damaged  # kept as it was, to look at
+    assert archive.faults["corrupt"] == 1 and archive.stats()["faults"]["corrupt"] == 1
+    assert archive.faults["open"] == 0
+    store = Store(path, readonly=True)
+    try:
+        assert store.integrity() == "ok"
+        sessions = store.sessions()
+    finally:
+        store.close()
+    assert len(sessions) == 1 and sessions[0]["points"] >= 15 and sessions[0]["events"] >= 4, sessions
+    r = run_cli("archive", "info", str(path), "--config", str(cfg))
+    assert r.returncode == 0 and "integrity ok" in r.stdout, r.stderr
+
+
 def test_bench_archive_reports_cost_size_and_replay_equality(tmp_path):
     cfg = write_show(tmp_path, SCENES)
     r = run_cli("bench", "--archive", "--config", str(cfg), "--seconds", "3", "--json", timeout=300)

@@ -6,6 +6,7 @@ vanishes is reopened when it comes back."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 import pytest
@@ -163,3 +164,33 @@ def test_learned_bindings_load_at_start_and_bad_ones_are_dropped(tmp_path):
     assert midi.bindings == {"speed": {"kind": "cc14", "channel": 1, "number": 1}}
     assert midi.learn("nope") is False and midi.stats()["rejects"]["learn_unknown_param"] == 1
     assert bus.spec("midi.bend.1").min == -1.0 and bus.spec("midi.cc.1.1").doc.endswith("(14-bit), 0..1")
+
+
+@pytest.mark.parametrize("content, set_aside", [
+    (b'{"bindings": {"speed": {"kind": "cc", "channel": "abc", "number": 1}}}', False),  # was ValueError, exit 1
+    (b'{"bindings": {"speed": {"kind": "cc", "channel": 1e400, "number": 1}}}', True),  # was OverflowError
+    (b'{"bindings": {"speed": {"kind": "cc", "channel": null, "number": 1}}}', False),  # was TypeError
+    (b'{"bindings": {"speed": {"kind": "cc", "channel": 99, "number": 1}}}', False),
+    (b'{"bindings": []}', True),  # was AttributeError
+    (b"null", True),
+    (b'{"bindings": ' + b"[" * 5000 + b"]" * 5000 + b"}", True),  # was RecursionError
+    (b"\xff\xfe", True),
+    (b"", True),
+])
+def test_a_bad_learn_file_never_stops_the_show(tmp_path, caplog, content, set_aside):
+    """midi-learn.json is untrusted (issue 25): a file that is no learn file is set aside with one warning, a binding
+    that is no control is dropped with one warning; the part starts either way, without learned bindings."""
+    from installation.bus import ParamSpec
+
+    settings = MidiSettings(enabled=True)
+    bus = ParamBus([ParamSpec("speed", max=10.0), *midi_specs(settings)])
+    path = tmp_path / "midi-learn.json"
+    path.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="installation"):
+        midi = MidiInput(settings, bus, tmp_path)
+    assert midi.bindings == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "\n" not in warnings[0], warnings
+    assert path.exists() is not set_aside
+    assert len(list(tmp_path.glob("midi-learn.json.corrupt-*"))) == int(set_aside)
+    assert midi.stats()["rejects"]["learn_file"] == int(set_aside)

@@ -56,7 +56,9 @@ def test_replace_is_a_rename_not_an_overwrite(tmp_path):
 @pytest.mark.parametrize("content, why", [
     (b"", "not valid JSON"),
     (b'{"scene": "aurora", "position": 2, "sce', "not valid JSON"),  # truncated by a power cut
-    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (b"[" * 100000, "nested more than 16 levels"),
+    (b'{"version": 1, "tau": 1e400}', "too large"),
     (b"[1, 2, 3]", "expected a JSON object"),
     (b'{"scene": "aurora"}', "no usable 'version'"),
     (b'{"version": 1, "tau": "fast"}', "'tau'"),

@@ -344,7 +344,11 @@ def test_a_broken_calibration_file_is_ignored_not_half_applied(gl_ctx, canvas_te
     good = {"name": "left", "corners": [[0.1, 0.1], [0.9, 0.0], [1.0, 1.0], [0.0, 1.0]], "blend": {}, "mesh": None}
     bad = {"name": "right", "corners": [[0, 0], [1, 0], [1, 1], [float("nan"), 1]]}
     for text in ("{not json", json.dumps({"version": 1, "outputs": [good, bad]}),
-                 json.dumps({"version": 99, "outputs": [good]})):
+                 json.dumps({"version": 99, "outputs": [good]}),
+                 json.dumps({"version": 1, "outputs": [good, {**good, "name": [1]}]}),  # was TypeError, exit 1
+                 '{"version": 1, "outputs": ' + "[" * 5000 + "]" * 5000 + "}",  # was RecursionError, exit 1
+                 json.dumps({"version": 1, "outputs": [{**good, "corners": [[1e400, 0]] * 4}]}).replace("Infinity",
+                                                                                                        "1e400")):
         path.write_text(text)
         proj, _, cleanup = _project(gl_ctx, load_show(cfg_path).config, canvas_tex, calibration=path)
         try:
