@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(sig, lambda signum, _frame: early.append(signum))
     from .cli import main as cli_main
 
-    code = cli_main(argv, early_signals=early)
+    try:
+        code = cli_main(argv, early_signals=early)
+    except BrokenPipeError:  # `installation scenes | head`: the reader has gone; that is not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        return 0
     if args[:1] == ["run"] and argv is None:  # the process's own entry point, not a caller's
         from .ops.supervise import leave
 

@@ -429,3 +429,14 @@ def test_cli_missing_config_file_exits_2(tmp_path):
     proc = _cli("run", "--config", str(path), "--headless", "--duration", "1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"installation: {path}: file not found"
+
+
+def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`installation scenes | head -0`: the reader has closed the pipe; no BrokenPipeError traceback, exit 0."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the command prints its first line
+    proc = subprocess.Popen([sys.executable, "-m", "installation", "scenes"], stdout=write,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    os.close(write)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
