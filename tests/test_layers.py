@@ -31,7 +31,6 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
 KNOWN_CIRCLES: list[frozenset[str]] = [frozenset(c.split()) for c in (
     "archive.live_map archive.maps archive.replay archive.writer",
     "config ops ops.health ops.state parts render.calibration render.projection",
-    "decoders.gan decoders.gan_nets spaces.train",
     "inputs.camera inputs.camera_worker",
     "inputs.osc inputs.surface",
     "ops.http ops.http_conn",

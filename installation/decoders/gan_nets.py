@@ -56,7 +56,7 @@ class Dcgan(nn.Module):
 
 
 def _stylegan_lite() -> type[nn.Module]:
-    from ..spaces.train import ExportedGenerator  # what `installation train` writes
+    from .stylegan_lite import ExportedGenerator  # what `installation train` writes
 
     return ExportedGenerator
 
