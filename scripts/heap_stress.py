@@ -365,7 +365,17 @@ def worker_env(args, index: int) -> dict[str, str]:
     return env
 
 
+def build_c(out: Path) -> Path:
+    """Compile scripts/llvmpipe_race.c (the presenter's GL calls in C) for ``--mode c``."""
+    exe = out / "llvmpipe_race"
+    subprocess.run(["gcc", "-O1", "-g", "-o", str(exe), str(ROOT / "scripts" / "llvmpipe_race.c"), "-lEGL",
+                    "-lOpenGL"], check=True)
+    return exe
+
+
 def worker_cmd(args, index: int, life: Path) -> list[str]:
+    if args.mode == "c":
+        return [str(Path(args.out).resolve() / "llvmpipe_race"), str(args.c_frames), str(args.flushes)]
     if args.mode == "gl":
         return [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", "gl", "--index", str(index),
                 "--seconds", str(args.life_s), "--size", args.size, "--scene-frames", str(args.scene_frames),
@@ -462,9 +472,11 @@ class Supervisor:
             self.write()
             print(json.dumps(run), flush=True)
 
-    @staticmethod
-    def _exe(core: Path) -> str:
-        """The executable a core came from (gdb needs it): the Python that ran the worker or the show."""
+    def _exe(self, core: Path) -> str:
+        """The executable a core came from (gdb needs it): the C program, or the Python that ran the worker or
+        the show."""
+        if self.args.mode == "c":
+            return str(self.out / "llvmpipe_race")
         return sys.executable if os.path.exists(sys.executable) else shutil.which("python3")
 
     @staticmethod
@@ -476,6 +488,8 @@ class Supervisor:
             pass
 
     def run(self) -> int:
+        if self.args.mode == "c":
+            build_c(self.out)
         deadline = time.time() + self.args.minutes * 60
         threads = [threading.Thread(target=self.slot, args=(i, deadline), daemon=True) for i in range(self.args.procs)]
         for i, t in enumerate(threads):
@@ -501,7 +515,9 @@ def _first_frames(bt: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("gl", "show"), default="gl")
+    ap.add_argument("--mode", choices=("gl", "show", "c"), default="gl",
+                    help="gl: the show's GL parts; show: real shows; c: scripts/llvmpipe_race.c (no Python)")
+    ap.add_argument("--c-frames", type=int, default=20000, help="c mode: frames per worker life")
     ap.add_argument("--procs", type=int, default=3, help="workers at once")
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock minutes for the whole run")
     ap.add_argument("--life-s", type=float, default=300.0, help="seconds each worker life lasts before a restart")
@@ -518,7 +534,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scene-frames", type=int, default=40, help="gl mode: frames per scene")
     ap.add_argument("--reload-frames", type=int, default=60, help="gl mode: frames between chain reloads")
     ap.add_argument("--torch", action="store_true", help="gl mode: torch loaded first, frames from a torch pass")
-    ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame")
+    ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame; c mode: small draws and flushes per frame")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0, help=argparse.SUPPRESS)
