@@ -451,6 +451,8 @@ class Supervisor:
                         next_hup += self.args.hup_s
                     time.sleep(0.5)
             rc = p.returncode
+            if rc > 128 and self.args.mode == "show" and rc - 128 in signal.valid_signals():
+                rc = 128 - rc  # the show's wrapper shell reports a show killed by signal N as exit 128+N
             end = f"exit {rc}" if rc >= 0 else signal.Signals(-rc).name
             run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": end}
             cores = sorted(life.glob("core*"))
