@@ -173,9 +173,10 @@ class NdiSink:
         vf.set_fourcc(FourCC.RGBA)
         vf.set_frame_rate(Fraction(s.fps).limit_denominator(1001))
         sender.set_video_frame(vf)
-        # When NDI cannot create the sender (NDIlib_send_create returns NULL: seen once under a load of 80 on 2
-        # cores, issue 23's stress run), cyndilib's Sender.open cleans up its audio frame without checking there is
-        # one and the whole show dies of a SIGSEGV. With an audio frame set (never written, not clocking) it raises
+        # When NDI cannot create the sender (NDIlib_send_create returns NULL: another process on this machine already
+        # sends under the same name, even from another network namespace; seen twice in issue 23's stress runs),
+        # cyndilib's Sender.open cleans up its audio frame without checking there is one and the whole show dies of
+        # a SIGSEGV. With an audio frame set (never written, not clocking) it raises
         # MemoryError instead, which is this sink's failure to count.
         sender.set_audio_frame(AudioSendFrame())
         try:

@@ -97,8 +97,8 @@ def test_the_sink_never_blocks_and_counts_what_it_drops():
 REFUSED_SENDER = """
 import json, sys, time
 from installation.render.ndi import NdiSink, NdiSinkSettings
-# A name NDI refuses (5,000 characters; the config allows 200) makes NDIlib_send_create return NULL, as it once did
-# under a load of 80 for an ordinary name in issue 23's stress run.
+# A name NDI refuses (5,000 characters; the config allows 200) makes NDIlib_send_create return NULL, as a name
+# another process on the machine already sends under does (issue 23's stress runs: two shows named "stress-0").
 sink = NdiSink(NdiSinkSettings.model_construct(kind="ndi", name="x" * 5000, fps=30.0, groups="", crop=()))
 sink.start()
 sink.put(bytes(16 * 8 * 3), (16, 8), None)
