@@ -307,7 +307,9 @@ def write_show_config(folder: Path, isolation: str, index: int, default: bool = 
         except ImportError:
             ndi = False
     if ndi:
-        text = text.replace("sinks = []", f'sinks = [{{ kind = "ndi", name = "stress-{index}" }}]', 1)
+        # One NDI name per run and worker: two senders of one name on a machine is a refused sender (see ndi.py).
+        name = f"{folder.parent.parent.name}-{index}"
+        text = text.replace("sinks = []", f'sinks = [{{ kind = "ndi", name = "{name}" }}]', 1)
         keys.append("kind = \"ndi\"")
     for key in keys:
         if key not in text:
