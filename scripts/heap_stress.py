@@ -363,7 +363,7 @@ def worker_env(args, index: int) -> dict[str, str]:
     if args.gallium:
         env["GALLIUM_DRIVER"] = args.gallium
     if args.check:
-        env["GLIBC_TUNABLES"] = "glibc.malloc.check=3"
+        env["GLIBC_TUNABLES"] = ":".join(["glibc.malloc.check=3"] + ([args.tunables] if args.tunables else []))
         env["MALLOC_PERTURB_"] = "165"
         if os.path.exists(MALLOC_DEBUG):
             env["LD_PRELOAD"] = (env.get("LD_PRELOAD", "") + " " + MALLOC_DEBUG).strip()
@@ -535,6 +535,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-check", dest="check", action="store_false", help="without glibc's malloc checking")
     ap.add_argument("--default-show", action="store_true",
                     help="show mode: the default show's scenes (5 s each) at its own size instead of the stress scenes")
+    ap.add_argument("--tunables", default="", help="more glibc tunables, e.g. 'glibc.malloc.tcache_count=0:"
+                    "glibc.malloc.mxfast=0' so a freed small block goes to the unsorted bin, where a stray write "
+                    "into it is noticed (in tcache or a fastbin, a write at offset 8 goes unseen)")
     ap.add_argument("--hup-s", type=float, default=10.0, help="show mode: seconds between SIGHUP reloads")
     ap.add_argument("--out", default="stress/run", help="folder for logs, cores, backtraces and summary.json")
     ap.add_argument("--keep-cores", type=int, default=3, help="cores kept (the rest deleted after gdb read them)")
