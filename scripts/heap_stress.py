@@ -347,8 +347,12 @@ def _core_limit() -> None:
 
 def backtrace(core: Path, exe: str) -> str:
     """Every thread's stack in a core, as the README's troubleshooting recipe reads it."""
-    r = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "info sharedlibrary",
-                        "-ex", "thread apply all bt", exe, str(core)], capture_output=True, text=True, timeout=600)
+    try:
+        r = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "info sharedlibrary",
+                            "-ex", "thread apply all bt", exe, str(core)], capture_output=True, text=True,
+                            timeout=1800)
+    except subprocess.TimeoutExpired:  # a 1 GB core at a load of 80 took longer than 10 minutes: keep the core
+        return f"gdb did not finish reading {core} in 30 minutes; read it by hand"
     return r.stdout + r.stderr
 
 
@@ -464,7 +468,7 @@ class Supervisor:
                 (life / "bt.txt").write_text(bt)
                 run["first_frame"] = _first_frames(bt)
                 with self.lock:
-                    keep = self.cores_kept < self.args.keep_cores
+                    keep = self.cores_kept < self.args.keep_cores or bt.startswith("gdb did not finish")
                     self.cores_kept += keep
                 if keep:
                     run["core"] = str(cores[0])
