@@ -32,7 +32,8 @@ fix; ``0`` rasterises on the calling thread).
 
 Results: ``<out>/summary.json`` (rewritten as runs end), one folder per worker life with its log, and for each
 core dump ``bt.txt`` (``gdb -batch -ex "thread apply all bt"``). Cores beyond ``--keep-cores`` are deleted after
-their backtrace is taken. Exit 0 when no worker died of a signal or a heap abort, 1 otherwise.
+their backtrace is taken. A worker that uses no CPU for ``--hang-s`` is hung: gdb reads its threads into
+hang.txt, then SIGABRT leaves a core. Exit 0 when no worker died of a signal, aborted or hung, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -423,11 +424,12 @@ class Supervisor:
             ends[r["end"]] = ends.get(r["end"], 0) + 1
         worker_s = sum(r["seconds"] for r in self.runs)
         aborts = sum(1 for r in self.runs if r["end"] in ("SIGABRT", "exit 134"))
+        hangs = sum(1 for r in self.runs if r["end"] == "hang")
         crashes = sum(1 for r in self.runs if r["end"].startswith("SIG") and r["end"] not in ("SIGKILL", "SIGTERM"))
         return {"mode": self.args.mode, "lp_threads": self.args.lp_threads, "gallium": self.args.gallium,
                 "malloc_check": self.args.check, "procs": self.args.procs, "started": time.ctime(self.started),
                 "wall_h": round((time.time() - self.started) / 3600, 3), "worker_h": round(worker_s / 3600, 3),
-                "lives": len(self.runs), "ends": ends, "heap_aborts": aborts, "native_crashes": crashes,
+                "lives": len(self.runs), "ends": ends, "heap_aborts": aborts, "native_crashes": crashes, "hangs": hangs,
                 "crashes_per_worker_h": round(crashes / (worker_s / 3600), 3) if worker_s else None,
                 "cores": [r["core"] for r in self.runs if r.get("core")],
                 "first_frames": [r["first_frame"] for r in self.runs if r.get("first_frame")]}
@@ -449,9 +451,20 @@ class Supervisor:
                 p = subprocess.Popen(cmd, cwd=life, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=_core_limit)
                 next_hup = start + self.args.hup_s if self.args.mode == "show" else float("inf")
+                cpu, still_since, hung = -1, time.time(), False
                 while p.poll() is None:
                     if time.time() > deadline + 120:
                         os.killpg(p.pid, signal.SIGKILL)
+                    now_cpu = _cpu_ticks(self._worker_pid(p, life))
+                    if now_cpu != cpu:
+                        cpu, still_since = now_cpu, time.time()
+                    elif not hung and time.time() - still_since > self.args.hang_s:
+                        hung = True  # no CPU used for hang_s: every thread waits; read them, then abort it (core)
+                        pid = self._worker_pid(p, life)
+                        r = subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
+                                           capture_output=True, text=True, timeout=900)
+                        (life / "hang.txt").write_text(r.stdout + r.stderr)
+                        os.kill(pid, signal.SIGABRT)
                     if time.time() >= next_hup:
                         self._hup(life)
                         next_hup += self.args.hup_s
@@ -460,7 +473,7 @@ class Supervisor:
             if rc > 128 and self.args.mode == "show" and rc - 128 in signal.valid_signals():
                 rc = 128 - rc  # the show's wrapper shell reports a show killed by signal N as exit 128+N
             end = f"exit {rc}" if rc >= 0 else signal.Signals(-rc).name
-            run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": end}
+            run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": "hang" if hung else end}
             cores = sorted(life.glob("core*"))
             if cores:
                 exe = self._exe(cores[0])
@@ -492,6 +505,15 @@ class Supervisor:
             return str(self.out / "llvmpipe_race")
         return sys.executable if os.path.exists(sys.executable) else shutil.which("python3")
 
+    def _worker_pid(self, p, life: Path) -> int:
+        """The process to watch: the show (its pid in show.pid) or the worker itself."""
+        if self.args.mode == "show":
+            try:
+                return int((life / "show.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                return p.pid
+        return p.pid
+
     @staticmethod
     def _hup(life: Path) -> None:
         """SIGHUP to the show (its pid is in show.pid, written by the wrapper)."""
@@ -513,7 +535,16 @@ class Supervisor:
         self.write()
         s = self.summary()
         print(json.dumps(s, indent=1))
-        return 0 if not s["native_crashes"] and not s["heap_aborts"] else 1
+        return 0 if not s["native_crashes"] and not s["heap_aborts"] and not s["hangs"] else 1
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time (user + system, all threads) a process has used so far, in clock ticks; -1 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _first_frames(bt: str) -> str:
@@ -542,6 +573,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tunables", default="", help="more glibc tunables, e.g. 'glibc.malloc.tcache_count=0:"
                     "glibc.malloc.mxfast=0' so a freed small block goes to the unsorted bin, where a stray write "
                     "into it is noticed (in tcache or a fastbin, a write at offset 8 goes unseen)")
+    ap.add_argument("--hang-s", type=float, default=180.0,
+                    help="a worker that uses no CPU for this long is hung: gdb reads its threads (hang.txt), then it "
+                         "is sent SIGABRT for a core")
     ap.add_argument("--hup-s", type=float, default=10.0, help="show mode: seconds between SIGHUP reloads")
     ap.add_argument("--out", default="stress/run", help="folder for logs, cores, backtraces and summary.json")
     ap.add_argument("--keep-cores", type=int, default=3, help="cores kept (the rest deleted after gdb read them)")
