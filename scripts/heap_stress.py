@@ -19,6 +19,11 @@ Two kinds of worker (``--mode``):
   different sizes, process and thread isolation alternating between workers, and a SIGHUP reload every
   ``--hup-s`` seconds from this supervisor.
 
+- ``c``: ``scripts/llvmpipe_race.c``, the presenter's GL calls in C without Python (frame texture re-allocated at
+  another size every 4 frames, upload, draw, read-back, glFinish), plus ``--flushes`` small draws each followed by
+  glFlush and malloc/free churn on the drawing thread: about 2,000 llvmpipe scenes a second per worker here, tens
+  of times what the gl mode reaches.
+
 Mesa's threads are the variable: ``--lp-threads unset|N`` sets ``LP_NUM_THREADS`` for the workers (``unset``
 removes it, so the runtime's own choice applies; ``1`` was the runtime's choice on a 2-core machine before the
 fix; ``0`` rasterises on the calling thread).
@@ -27,7 +32,8 @@ fix; ``0`` rasterises on the calling thread).
 
 Results: ``<out>/summary.json`` (rewritten as runs end), one folder per worker life with its log, and for each
 core dump ``bt.txt`` (``gdb -batch -ex "thread apply all bt"``). Cores beyond ``--keep-cores`` are deleted after
-their backtrace is taken. Exit 0 when no worker died of a signal or a heap abort, 1 otherwise.
+their backtrace is taken. A worker that uses no CPU for ``--hang-s`` is hung: gdb reads its threads into
+hang.txt, then SIGABRT leaves a core. Exit 0 when no worker died of a signal, aborted or hung, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -302,7 +308,9 @@ def write_show_config(folder: Path, isolation: str, index: int, default: bool = 
         except ImportError:
             ndi = False
     if ndi:
-        text = text.replace("sinks = []", f'sinks = [{{ kind = "ndi", name = "stress-{index}" }}]', 1)
+        # One NDI name per run and worker: two senders of one name on a machine is a refused sender (see ndi.py).
+        name = f"{folder.parent.parent.name}-{index}"
+        text = text.replace("sinks = []", f'sinks = [{{ kind = "ndi", name = "{name}" }}]', 1)
         keys.append("kind = \"ndi\"")
     for key in keys:
         if key not in text:
@@ -340,8 +348,12 @@ def _core_limit() -> None:
 
 def backtrace(core: Path, exe: str) -> str:
     """Every thread's stack in a core, as the README's troubleshooting recipe reads it."""
-    r = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "info sharedlibrary",
-                        "-ex", "thread apply all bt", exe, str(core)], capture_output=True, text=True, timeout=600)
+    try:
+        r = subprocess.run(["gdb", "-batch", "-nx", "-ex", "set debuginfod enabled off", "-ex", "info sharedlibrary",
+                            "-ex", "thread apply all bt", exe, str(core)], capture_output=True, text=True,
+                            timeout=1800)
+    except subprocess.TimeoutExpired:  # a 1 GB core at a load of 80 took longer than 10 minutes: keep the core
+        return f"gdb did not finish reading {core} in 30 minutes; read it by hand"
     return r.stdout + r.stderr
 
 
@@ -356,7 +368,7 @@ def worker_env(args, index: int) -> dict[str, str]:
     if args.gallium:
         env["GALLIUM_DRIVER"] = args.gallium
     if args.check:
-        env["GLIBC_TUNABLES"] = "glibc.malloc.check=3"
+        env["GLIBC_TUNABLES"] = ":".join(["glibc.malloc.check=3"] + ([args.tunables] if args.tunables else []))
         env["MALLOC_PERTURB_"] = "165"
         if os.path.exists(MALLOC_DEBUG):
             env["LD_PRELOAD"] = (env.get("LD_PRELOAD", "") + " " + MALLOC_DEBUG).strip()
@@ -365,7 +377,17 @@ def worker_env(args, index: int) -> dict[str, str]:
     return env
 
 
+def build_c(out: Path) -> Path:
+    """Compile scripts/llvmpipe_race.c (the presenter's GL calls in C) for ``--mode c``."""
+    exe = out / "llvmpipe_race"
+    subprocess.run(["gcc", "-O1", "-g", "-o", str(exe), str(ROOT / "scripts" / "llvmpipe_race.c"), "-lEGL",
+                    "-lOpenGL"], check=True)
+    return exe
+
+
 def worker_cmd(args, index: int, life: Path) -> list[str]:
+    if args.mode == "c":
+        return [str(Path(args.out).resolve() / "llvmpipe_race"), str(args.c_frames), str(args.flushes)]
     if args.mode == "gl":
         return [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", "gl", "--index", str(index),
                 "--seconds", str(args.life_s), "--size", args.size, "--scene-frames", str(args.scene_frames),
@@ -402,11 +424,12 @@ class Supervisor:
             ends[r["end"]] = ends.get(r["end"], 0) + 1
         worker_s = sum(r["seconds"] for r in self.runs)
         aborts = sum(1 for r in self.runs if r["end"] in ("SIGABRT", "exit 134"))
+        hangs = sum(1 for r in self.runs if r["end"] == "hang")
         crashes = sum(1 for r in self.runs if r["end"].startswith("SIG") and r["end"] not in ("SIGKILL", "SIGTERM"))
         return {"mode": self.args.mode, "lp_threads": self.args.lp_threads, "gallium": self.args.gallium,
                 "malloc_check": self.args.check, "procs": self.args.procs, "started": time.ctime(self.started),
                 "wall_h": round((time.time() - self.started) / 3600, 3), "worker_h": round(worker_s / 3600, 3),
-                "lives": len(self.runs), "ends": ends, "heap_aborts": aborts, "native_crashes": crashes,
+                "lives": len(self.runs), "ends": ends, "heap_aborts": aborts, "native_crashes": crashes, "hangs": hangs,
                 "crashes_per_worker_h": round(crashes / (worker_s / 3600), 3) if worker_s else None,
                 "cores": [r["core"] for r in self.runs if r.get("core")],
                 "first_frames": [r["first_frame"] for r in self.runs if r.get("first_frame")]}
@@ -428,16 +451,29 @@ class Supervisor:
                 p = subprocess.Popen(cmd, cwd=life, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      preexec_fn=_core_limit)
                 next_hup = start + self.args.hup_s if self.args.mode == "show" else float("inf")
+                cpu, still_since, hung = -1, time.time(), False
                 while p.poll() is None:
                     if time.time() > deadline + 120:
                         os.killpg(p.pid, signal.SIGKILL)
+                    now_cpu = _cpu_ticks(self._worker_pid(p, life))
+                    if now_cpu != cpu:
+                        cpu, still_since = now_cpu, time.time()
+                    elif not hung and time.time() - still_since > self.args.hang_s:
+                        hung = True  # no CPU used for hang_s: every thread waits; read them, then abort it (core)
+                        pid = self._worker_pid(p, life)
+                        r = subprocess.run(["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
+                                           capture_output=True, text=True, timeout=900)
+                        (life / "hang.txt").write_text(r.stdout + r.stderr)
+                        os.kill(pid, signal.SIGABRT)
                     if time.time() >= next_hup:
                         self._hup(life)
                         next_hup += self.args.hup_s
                     time.sleep(0.5)
             rc = p.returncode
+            if rc > 128 and self.args.mode == "show" and rc - 128 in signal.valid_signals():
+                rc = 128 - rc  # the show's wrapper shell reports a show killed by signal N as exit 128+N
             end = f"exit {rc}" if rc >= 0 else signal.Signals(-rc).name
-            run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": end}
+            run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": "hang" if hung else end}
             cores = sorted(life.glob("core*"))
             if cores:
                 exe = self._exe(cores[0])
@@ -445,7 +481,7 @@ class Supervisor:
                 (life / "bt.txt").write_text(bt)
                 run["first_frame"] = _first_frames(bt)
                 with self.lock:
-                    keep = self.cores_kept < self.args.keep_cores
+                    keep = self.cores_kept < self.args.keep_cores or bt.startswith("gdb did not finish")
                     self.cores_kept += keep
                 if keep:
                     run["core"] = str(cores[0])
@@ -462,10 +498,21 @@ class Supervisor:
             self.write()
             print(json.dumps(run), flush=True)
 
-    @staticmethod
-    def _exe(core: Path) -> str:
-        """The executable a core came from (gdb needs it): the Python that ran the worker or the show."""
+    def _exe(self, core: Path) -> str:
+        """The executable a core came from (gdb needs it): the C program, or the Python that ran the worker or
+        the show."""
+        if self.args.mode == "c":
+            return str(self.out / "llvmpipe_race")
         return sys.executable if os.path.exists(sys.executable) else shutil.which("python3")
+
+    def _worker_pid(self, p, life: Path) -> int:
+        """The process to watch: the show (its pid in show.pid) or the worker itself."""
+        if self.args.mode == "show":
+            try:
+                return int((life / "show.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                return p.pid
+        return p.pid
 
     @staticmethod
     def _hup(life: Path) -> None:
@@ -476,6 +523,8 @@ class Supervisor:
             pass
 
     def run(self) -> int:
+        if self.args.mode == "c":
+            build_c(self.out)
         deadline = time.time() + self.args.minutes * 60
         threads = [threading.Thread(target=self.slot, args=(i, deadline), daemon=True) for i in range(self.args.procs)]
         for i, t in enumerate(threads):
@@ -486,7 +535,16 @@ class Supervisor:
         self.write()
         s = self.summary()
         print(json.dumps(s, indent=1))
-        return 0 if not s["native_crashes"] and not s["heap_aborts"] else 1
+        return 0 if not s["native_crashes"] and not s["heap_aborts"] and not s["hangs"] else 1
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time (user + system, all threads) a process has used so far, in clock ticks; -1 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _first_frames(bt: str) -> str:
@@ -501,7 +559,9 @@ def _first_frames(bt: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("gl", "show"), default="gl")
+    ap.add_argument("--mode", choices=("gl", "show", "c"), default="gl",
+                    help="gl: the show's GL parts; show: real shows; c: scripts/llvmpipe_race.c (no Python)")
+    ap.add_argument("--c-frames", type=int, default=20000, help="c mode: frames per worker life")
     ap.add_argument("--procs", type=int, default=3, help="workers at once")
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock minutes for the whole run")
     ap.add_argument("--life-s", type=float, default=300.0, help="seconds each worker life lasts before a restart")
@@ -510,6 +570,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-check", dest="check", action="store_false", help="without glibc's malloc checking")
     ap.add_argument("--default-show", action="store_true",
                     help="show mode: the default show's scenes (5 s each) at its own size instead of the stress scenes")
+    ap.add_argument("--tunables", default="", help="more glibc tunables, e.g. 'glibc.malloc.tcache_count=0:"
+                    "glibc.malloc.mxfast=0' so a freed small block goes to the unsorted bin, where a stray write "
+                    "into it is noticed (in tcache or a fastbin, a write at offset 8 goes unseen)")
+    ap.add_argument("--hang-s", type=float, default=180.0,
+                    help="a worker that uses no CPU for this long is hung: gdb reads its threads (hang.txt), then it "
+                         "is sent SIGABRT for a core")
     ap.add_argument("--hup-s", type=float, default=10.0, help="show mode: seconds between SIGHUP reloads")
     ap.add_argument("--out", default="stress/run", help="folder for logs, cores, backtraces and summary.json")
     ap.add_argument("--keep-cores", type=int, default=3, help="cores kept (the rest deleted after gdb read them)")
@@ -518,7 +584,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scene-frames", type=int, default=40, help="gl mode: frames per scene")
     ap.add_argument("--reload-frames", type=int, default=60, help="gl mode: frames between chain reloads")
     ap.add_argument("--torch", action="store_true", help="gl mode: torch loaded first, frames from a torch pass")
-    ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame")
+    ap.add_argument("--flushes", type=int, default=0, help="gl mode: extra read-backs and finishes per frame; c mode: small draws and flushes per frame")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0, help=argparse.SUPPRESS)

@@ -5,9 +5,15 @@
  * triangle sampling it into an RGB framebuffer, read the framebuffer back (a sink's read-back), glFinish (swap).
  * No Python, so what helgrind or DRD report is Mesa's own threads against the calling thread.
  *
+ * A second argument N > 0 adds N small draws per frame, each followed by glFlush (every flush hands llvmpipe a
+ * scene, and recycling scenes is where its threads meet), plus malloc/free churn on the calling thread, so a heap
+ * damaged by another thread is noticed soon: a stress loop, run under glibc's checking.
+ *
  *   gcc -O1 -g -o /tmp/llvmpipe_race scripts/llvmpipe_race.c -lEGL -lOpenGL
  *   LP_NUM_THREADS=1 valgrind --tool=helgrind /tmp/llvmpipe_race 60     # llvmpipe's rasteriser thread
  *   LP_NUM_THREADS=0 valgrind --tool=helgrind /tmp/llvmpipe_race 60     # rasterised on the calling thread
+ *   LP_NUM_THREADS=4 LD_PRELOAD=/lib/x86_64-linux-gnu/libc_malloc_debug.so.0 GLIBC_TUNABLES=glibc.malloc.check=3 \
+ *       /tmp/llvmpipe_race 100000 20                                    # stress: 100,000 frames, 20 flushes each
  */
 #define GL_GLEXT_PROTOTYPES 1
 #include <EGL/egl.h>
@@ -35,6 +41,8 @@ static GLuint shader(GLenum kind, const char *src) {
 
 int main(int argc, char **argv) {
     int frames = argc > 1 ? atoi(argv[1]) : 60;
+    int flushes = argc > 2 ? atoi(argv[2]) : 0;
+    void *churn[64] = {0};
     static const int sizes[][2] = {{161, 97}, {256, 256}, {97, 61}, {320, 180}, {333, 7}};
     const int W = 161, H = 97;  /* the output: 3 * 161 is not a multiple of 4 */
     EGLDisplay dpy = eglGetDisplay(EGL_DEFAULT_DISPLAY);
@@ -87,6 +95,16 @@ int main(int argc, char **argv) {
         glUniform1i(glGetUniformLocation(prog, "src"), 0);
         glBindVertexArray(vao);
         glDrawArrays(GL_TRIANGLES, 0, 3);
+        for (int k = 0; k < flushes; k++) {  /* small draws, each its own scene */
+            glViewport(k % 8, k % 5, 8 + k % 7, 4 + k % 3);
+            glDrawArrays(GL_TRIANGLES, 0, 3);
+            glFlush();
+            int slot = (f * 7 + k) % 64;
+            free(churn[slot]);
+            churn[slot] = malloc(16 + (size_t)((f * 131 + k * 17) % 2000));
+            memset(churn[slot], k, 16);
+        }
+        glViewport(0, 0, W, H);
         glReadPixels(0, 0, W, H, GL_RGB, GL_UNSIGNED_BYTE, back);  /* a sink's read-back */
         sum += back[(f * 31) % (W * H * 3)];
         glFinish();  /* the headless target's swap */
@@ -97,5 +115,6 @@ int main(int argc, char **argv) {
     eglTerminate(dpy);
     free(frame);
     free(back);
+    for (int i = 0; i < 64; i++) free(churn[i]);
     return 0;
 }

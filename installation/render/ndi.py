@@ -130,7 +130,16 @@ class NdiSink:
                 if fsize != size:
                     if sender is not None:
                         sender.close()
-                    sender, size = self._open(fsize), fsize
+                    sender, size = None, None
+                    try:
+                        sender, size = self._open(fsize), fsize
+                    except RuntimeError as e:  # NDI refused the sender: counted, said once, tried again in 1 s
+                        self.failures += 1
+                        if self.error != str(e):
+                            self.error = str(e)
+                            log.warning("NDI sink %s: %s; trying again", self.settings.name, e)
+                        self._stop.wait(1.0)
+                        continue
                 rgba = np.empty((size[1], size[0], 4), np.uint8)
                 rgba[..., :3] = img
                 rgba[..., 3] = 255
@@ -151,18 +160,29 @@ class NdiSink:
     def _open(self, size: tuple[int, int]):
         from fractions import Fraction
 
+        from cyndilib.audio_frame import AudioSendFrame
         from cyndilib.sender import Sender
         from cyndilib.video_frame import VideoSendFrame
         from cyndilib.wrapper.ndi_structs import FourCC
 
         s = self.settings
-        sender = Sender(s.name, ndi_groups=s.groups) if s.groups else Sender(s.name)
+        sender = Sender(s.name, ndi_groups=s.groups, clock_audio=False) if s.groups else \
+            Sender(s.name, clock_audio=False)
         vf = VideoSendFrame()
         vf.set_resolution(*size)
         vf.set_fourcc(FourCC.RGBA)
         vf.set_frame_rate(Fraction(s.fps).limit_denominator(1001))
         sender.set_video_frame(vf)
-        sender.open()
+        # When NDI cannot create the sender (NDIlib_send_create returns NULL: another process on this machine already
+        # sends under the same name, even from another network namespace; seen twice in issue 23's stress runs),
+        # cyndilib's Sender.open cleans up its audio frame without checking there is one and the whole show dies of
+        # a SIGSEGV. With an audio frame set (never written, not clocking) it raises
+        # MemoryError instead, which is this sink's failure to count.
+        sender.set_audio_frame(AudioSendFrame())
+        try:
+            sender.open()
+        except MemoryError:
+            raise RuntimeError(f"NDI could not create a sender named {s.name!r}") from None
         log.info("NDI: sending %dx%d as %r", size[0], size[1], s.name)
         return sender
 

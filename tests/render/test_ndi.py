@@ -94,6 +94,35 @@ def test_the_sink_never_blocks_and_counts_what_it_drops():
     assert not sink.wants(1.05) and sink.wants(1.1)  # at most fps frames a second are read back
 
 
+REFUSED_SENDER = """
+import json, sys, time
+from installation.render.ndi import NdiSink, NdiSinkSettings
+# A name NDI refuses (5,000 characters; the config allows 200) makes NDIlib_send_create return NULL, as a name
+# another process on the machine already sends under does (issue 23's stress runs: two shows named "stress-0").
+sink = NdiSink(NdiSinkSettings.model_construct(kind="ndi", name="x" * 5000, fps=30.0, groups="", crop=()))
+sink.start()
+sink.put(bytes(16 * 8 * 3), (16, 8), None)
+deadline = time.monotonic() + 60
+while sink.failures == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+alive = sink.alive
+sink.stop()
+print(json.dumps({"failures": sink.failures, "error": sink.error[:40], "alive": alive}))
+"""
+
+
+def test_a_sender_ndi_refuses_is_a_counted_failure_not_a_crash(ndi_env):
+    """cyndilib's Sender.open, when the NDI runtime returns no sender, cleans up an audio frame it does not check
+    for and the process dies of a SIGSEGV (the stress run's core: ``Sender._open`` at sender.cpp:10461, from the
+    NDI sink's thread). The sink gives it an unused audio frame, so the failure is an exception it counts."""
+    out = subprocess.run([sys.executable, "-c", REFUSED_SENDER], env=ndi_env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-1500:]}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["failures"] >= 1 and result["alive"]
+    assert result["error"].startswith("NDI could not create a sender named")
+
+
 def test_an_ndi_source_is_the_camera(ndi_env):
     sender = textwrap.dedent('''
         import time, numpy as np

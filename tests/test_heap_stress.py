@@ -1,0 +1,43 @@
+"""scripts/heap_stress.py (issue 23): its supervisor with real workers, cores read by gdb, hangs detected."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import heap_stress  # noqa: E402
+
+
+def test_c_mode_runs_workers_with_the_checks_and_counts_their_lives(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "heap_stress.py"), "--mode", "c", "--procs", "1",
+                        "--minutes", "0.3", "--c-frames", "40", "--flushes", "2", "--lp-threads", "0",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lives"] >= 1 and summary["ends"] == {"exit 0": summary["lives"]}
+    assert summary["malloc_check"] and summary["lp_threads"] == "0" and summary["hangs"] == 0
+    log = next(out.glob("life-*/log.txt")).read_text()
+    assert "frames 40" in log and "llvmpipe" in log
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb reads the hung worker")
+def test_a_worker_that_stops_using_cpu_is_a_hang_with_its_threads_read_and_a_core(tmp_path, monkeypatch):
+    """A real process that waits forever (sleep) stands for a worker whose threads all wait."""
+    monkeypatch.setattr(heap_stress, "worker_cmd", lambda args, index, life: ["sleep", "120"])
+    monkeypatch.setattr(heap_stress, "build_c", lambda out: None)
+    out = tmp_path / "run"
+    code = heap_stress.main(["--mode", "c", "--procs", "1", "--minutes", "0.2", "--hang-s", "3",
+                             "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 1 and summary["hangs"] >= 1 and set(summary["ends"]) == {"hang"}
+    life = out / "life-0001-w0"
+    assert "Thread 1" in (life / "hang.txt").read_text()  # gdb read its threads while it hung
+    assert (life / "bt.txt").exists()  # and the SIGABRT's core was read too
