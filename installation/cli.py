@@ -120,6 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             from .archive.commands import with_replay
 
             spec = with_replay(spec, args.replay)
+        from .render.shader_check import refuse_hanging
+
+        # A test draw of each shader in a child process: an endless loop never reaches the loop (a stop ends it).
+        refuse_hanging(spec, cancel=lambda: signals.stop)
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
         return _fail(str(e).strip("'\""))
     out = spec.config.output

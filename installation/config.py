@@ -298,6 +298,9 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
     name = table.pop("type", None)
     if name is None:
         raise ConfigError(file, f"{key}.type", f"missing; allowed: {', '.join(decoders.names())}")
+    if not isinstance(name, str):
+        raise ConfigError(file, f"{key}.type", f"must be a name such as \"cppn\" (got {name!r:.40}); allowed: "
+                          f"{', '.join(decoders.names())}")
     try:
         cls = decoders.decoder_class(name)
     except KeyError:

@@ -37,6 +37,7 @@ from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import FrameSlot
 from .render.process import ProcessWorker, default_threads
+from .render.shader_check import refuse_hanging
 from .render.shaders import ShaderError
 from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
@@ -431,6 +432,9 @@ class Runtime:
         try:
             try:
                 new = load_show(self.spec.path, only_scene=self._only_scene)
+                new.config = new.config.model_copy(update={k: getattr(self.spec.config, k) for k in
+                                                           ("output", "canvas", "outputs")})
+                refuse_hanging(new)  # a test draw in a child process, of what changed since the last one
             except ConfigError as e:
                 self.faults["reload"] += 1
                 log.error("reload failed, the show goes on with the old config: %s", e)
@@ -441,8 +445,6 @@ class Runtime:
                           type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
                 log.debug("the unexpected reload error", exc_info=True)
                 return False
-            new.config = new.config.model_copy(update={k: getattr(self.spec.config, k) for k in
-                                                       ("output", "canvas", "outputs")})
             for name, p in new.params.items():
                 if self.bus.spec(name) != p:
                     self.bus.declare(p)

@@ -140,7 +140,7 @@ class MidiInput(ThreadedInput):
         is set aside (``.corrupt-<time>``) with one warning; a binding that does not fit this show is dropped."""
         try:
             data = files.load_json(self.learn_path, max_bytes=MAX_LEARN_BYTES, max_depth=4)
-            if not isinstance(data, dict) or not isinstance(data.get("bindings", {}), dict):
+            if not isinstance(data, dict) or set(data) - {"bindings"} or not isinstance(data.get("bindings", {}), dict):
                 raise files.FileError(self.learn_path, 'not a learn file ({"bindings": {PARAM: {...}}})')
         except FileNotFoundError:
             return {}

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import files
+
 log = logging.getLogger(__name__)
 
 THUMB = 64
@@ -59,15 +61,28 @@ def _read(path: str | Path, take: Callable[[Any], Any]) -> Any:
     try:
         with np.load(p, allow_pickle=False) as z:
             return take(z)
-    except (KeyError, ValueError, OSError) as e:
-        raise ValueError(f"{p} is not a space file ({e})") from None
+    except files.FileError as e:
+        raise ValueError(f"{p} is not a space file (meta: {e.why})") from None
+    except Exception as e:  # noqa: BLE001 - an untrusted zip of arrays fails in many ways (zlib, zipfile, struct, ...)
+        raise ValueError(f"{p} is not a space file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
+def _meta(z: Any, path: str | Path) -> dict[str, Any]:
+    """A space file's ``meta`` entry: a JSON object whose ``latent_shape`` is a list of positive integers."""
+    meta = files.parse_json(str(z["meta"]), path, max_depth=8)
+    shape = meta.get("latent_shape") if isinstance(meta, dict) else None
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 8 and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20 for n in shape)):
+        raise ValueError("its meta entry has no usable latent_shape")
+    return meta
 
 
 def load_space(path: str | Path) -> Space:
     """Read a space file; a clear error for a missing or malformed one."""
     space = _read(path, lambda z: Space(
         latents=z["latents"], embeddings=z["embeddings"], thumbnails=z["thumbnails"],
-        names=[str(n) for n in z["names"]], skipped=[tuple(r) for r in z["skipped"]], meta=json.loads(str(z["meta"]))))
+        names=[str(n) for n in z["names"]], skipped=[tuple(r) for r in z["skipped"]], meta=_meta(z, path)))
     if space.latents.ndim != 4 or len(space.latents) == 0 or len(space.embeddings) != len(space.latents):
         raise ValueError(f"{path}: a space file needs N >= 1 latents (N x C x h x w) and N embeddings")
     return space
@@ -94,7 +109,7 @@ def shared_space(path: str | Path) -> Space:
 
 def space_meta(path: str | Path) -> dict[str, Any]:
     """Only the ``meta`` entry of a space file (cheap: the latents are not read)."""
-    return _read(path, lambda z: json.loads(str(z["meta"])))
+    return _read(path, lambda z: _meta(z, path))
 
 
 def similarity_order(embeddings: np.ndarray, start: int = 0) -> list[int]:
