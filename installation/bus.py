@@ -9,6 +9,12 @@ Everything accepted is also written to a journal that other parts may watch with
 records who changed what and when): :meth:`ParamBus.subscribe` hands out a bounded queue of :class:`Change` entries,
 each with its show time and source; a subscriber that falls behind loses its oldest entries, counted, and never
 slows a writer.
+
+A continuous feature (the camera's and the microphone's, many times a second) is set with ``sampled=True``: its
+target changes at once, but the journal records it as the loop consumed it, once per tick at that tick's show time,
+and only when the value differs from the one the journal last gave that parameter. What the show read at each tick
+is then in the journal exactly (a replay that posts it before the same tick reads the same), at the tick's rate at
+most rather than the input's, and none of the values no tick read.
 """
 
 from __future__ import annotations
@@ -109,6 +115,7 @@ class Change:
     name: str
     value: Any
     source: str = ""
+    sampled: bool = False  # a continuous feature's value as a tick consumed it (see the module's doc)
 
 
 class Subscription:
@@ -162,6 +169,8 @@ class ParamBus:
         self._pending: set[str] = set()
         self._events: deque[Event] = deque()
         self._notes: dict[str, Any] = {}
+        self._sampled: dict[str, str] = {}  # sampled parameters set since the last tick -> the newest setter
+        self._journaled: dict[str, float] = {}  # the value the journal last gave each parameter
         self._max_events = max_events
         self.rejects: Counter[str] = Counter()
         self.accepted = 0
@@ -183,8 +192,9 @@ class ParamBus:
         return self._specs.get(name)
 
     # -- writers (any thread) ----------------------------------------------------------------------------------
-    def set(self, name: str, value: Any, source: str = "") -> bool:
-        """Set a parameter's target. Returns False (and counts why) when the value was rejected."""
+    def set(self, name: str, value: Any, source: str = "", sampled: bool = False) -> bool:
+        """Set a parameter's target. Returns False (and counts why) when the value was rejected. ``sampled``: a
+        continuous feature, journaled as the next tick consumes it (see the module's doc)."""
         spec = self._specs.get(name)
         if spec is None:
             self.reject("unknown")
@@ -199,7 +209,12 @@ class ParamBus:
             self._targets[name] = v
             self._pending.add(name)
             self.accepted += 1
-            self._journal("set", name, v, source)
+            if sampled:
+                if self._subscribers:
+                    self._sampled[name] = source
+            else:
+                self._sampled.pop(name, None)  # this entry carries the newest value
+                self._journal("set", name, v, source)
         return True
 
     def set_norm(self, name: str, u: Any, source: str = "") -> bool:
@@ -247,6 +262,7 @@ class ParamBus:
                 if name in self._specs:
                     applied[name] = self._targets[name] = float(v)
                     self._pending.add(name)
+                    self._sampled.pop(name, None)
                     if snap:
                         self._followers[name].value = float(v)
             self._journal("reset", "", applied, source)
@@ -264,9 +280,14 @@ class ParamBus:
             if sub in self._subscribers:
                 self._subscribers.remove(sub)
 
-    def _journal(self, kind: str, name: str, value: Any, source: str) -> None:  # under the lock
+    def _journal(self, kind: str, name: str, value: Any, source: str, t: float | None = None,
+                 sampled: bool = False) -> None:  # under the lock
         if self._subscribers:
-            change = Change(self._clock(), kind, name, value, source)
+            if kind == "set":
+                self._journaled[name] = value
+            elif kind == "reset":
+                self._journaled.update(value)
+            change = Change(self._clock() if t is None else t, kind, name, value, source, sampled)
             for sub in self._subscribers:
                 sub._put(change)
 
@@ -275,14 +296,22 @@ class ParamBus:
             self.rejects[why] += 1
 
     # -- the loop (one thread) ---------------------------------------------------------------------------------
-    def tick(self, dt: float) -> Tick:
-        """Drain targets and events, advance the followers by ``dt`` and return the frame's snapshot."""
+    def tick(self, dt: float, t: float | None = None) -> Tick:
+        """Drain targets and events, advance the followers by ``dt`` and return the frame's snapshot. ``t``: the
+        tick's show time, the journal's time for the sampled features this tick consumes (default: the clock's)."""
         with self._lock:
             targets = dict(self._targets)
             changed = frozenset(self._pending)
             self._pending.clear()
             events = tuple(self._events)
             self._events.clear()
+            if self._sampled:
+                stamp = self._clock() if t is None else t
+                for name, source in self._sampled.items():
+                    v = targets[name]
+                    if self._journaled.get(name) != v:
+                        self._journal("set", name, v, source, t=stamp, sampled=True)
+                self._sampled.clear()
         values = {name: f.step(targets[name], dt) for name, f in self._followers.items()}
         return Tick(values=values, events=events, changed=changed)
 

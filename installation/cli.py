@@ -291,7 +291,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     _setup_logging(args.log_level or "warning")
-    if args.camera is not None:
+    if args.archive_size:
+        from .archive.bench import archive_size_bench
+
+        camera = int(args.camera) if args.camera is not None and args.camera.isdigit() else args.camera
+        mic = int(args.mic) if args.mic is not None and args.mic.isdigit() else args.mic
+        try:
+            result = archive_size_bench(spec, seconds=args.seconds, camera=camera, mic=mic, osc_rate=args.osc_rate,
+                                        signal=args.mic_signal, modes=tuple(args.modes.split(",")))
+        except (ImportError, OSError, ValueError) as e:
+            return _fail(f"--archive-size: {e}")
+    elif args.camera is not None:
         from .bench import camera_bench
 
         source = int(args.camera) if args.camera.isdigit() else args.camera
@@ -504,6 +514,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--archive", action="store_true",
                    help="the archive's cost: fixed-step fps with it paused and recording by turns, its CPU share, "
                         "bytes per hour, replay equality, instead")
+    b.add_argument("--archive-size", action="store_true",
+                   help="the archive's bytes per hour of show time with no input, OSC, the microphone, the camera "
+                        "and all of them on (one live run of --seconds each; --camera SOURCE, --mic DEVICE, "
+                        "--osc-rate, --mic-signal), instead")
+    b.add_argument("--mic", metavar="DEVICE", help="--archive-size: the microphone (a name or index; default: the "
+                   "config's [inputs.audio] device)")
+    b.add_argument("--mic-signal", action="store_true",
+                   help="--archive-size: play a music-like test signal into the microphone when it is a JACK port")
+    b.add_argument("--osc-rate", type=float, default=30.0,
+                   help="--archive-size: OSC messages a second (a fader moving), default 30")
+    b.add_argument("--modes", default="none,osc,mic,camera,all",
+                   help="--archive-size: which of none,osc,mic,camera,all to run (default all five)")
     b.add_argument("--vision", action="store_true",
                    help="decoder fps without and with the [vision] CLIP worker (every_n = 1), alternating phases of "
                         "one run, instead")

@@ -304,7 +304,7 @@ class Runtime:
                 self._quit = True
             elif action in ("next", "prev"):
                 self.bus.post(Event(f"scene.{action}", source="keyboard"))
-        tick = self._modulate(self.bus.tick(dt), t, dt)
+        tick = self._modulate(self.bus.tick(dt, t), t, dt)
         for name, hook in self._event_hooks:  # parts that hold events back (Link: scene changes on the bar)
             try:
                 tick = replace(tick, events=tuple(hook(tick.events, Moment(t, dt, self.show.scene))))

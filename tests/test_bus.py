@@ -340,3 +340,40 @@ def test_a_slow_subscriber_loses_its_oldest_entries_counted_and_never_blocks_a_w
     got = sub.drain()
     assert len(got) == 10 and sub.dropped == 1990
     assert bus.stats()["accepted"] == 2000
+
+
+def test_a_sampled_feature_is_journaled_as_each_tick_consumed_it_and_only_when_it_changed():
+    """A continuous input (camera, microphone) sets many times between two ticks; the journal gets the value the
+    tick read, stamped with the tick's time, once, and nothing when the tick read what the journal last said."""
+    now = [0.0]
+    bus = _bus(clock=lambda: now[0])
+    journal = bus.subscribe()
+    for k, v in enumerate((0.1, 0.2, 0.3)):  # three blocks between two ticks
+        now[0] = 0.01 * (k + 1)
+        bus.set("level", v, source="audio", sampled=True)
+    assert journal.drain() == []  # nothing yet: no tick has read them
+    now[0] = 0.04
+    assert bus.tick(0.02, t=0.035).values["level"] == 0.3
+    assert [(c.t, c.kind, c.name, c.value, c.source, c.sampled) for c in journal.drain()] == [
+        (0.035, "set", "level", 0.3, "audio", True)]
+    bus.set("level", 0.3, source="audio", sampled=True)  # the same value again: nothing new to journal
+    bus.tick(0.02, t=0.05)
+    assert journal.drain() == []
+    # a performer's set after the input's carries the newest value itself; a reset too
+    bus.set("level", 0.6, source="audio", sampled=True)
+    bus.set("level", 0.7, source="osc:127.0.0.1")
+    bus.set("gain", 1.0, source="audio", sampled=True)
+    bus.reset({"gain": 0.5}, source="panic")
+    bus.tick(0.02, t=0.07)
+    assert [(c.kind, c.name, c.value, c.sampled) for c in journal.drain()] == [
+        ("set", "level", 0.7, False), ("reset", "", {"gain": 0.5}, False)]
+    # the input's value that a tick reads after the performer's set is journaled, even when it equals an older one
+    bus.set("level", 0.3, source="audio", sampled=True)
+    bus.tick(0.02)  # no time given: the clock's
+    assert [(c.t, c.name, c.value, c.sampled) for c in journal.drain()] == [(0.04, "level", 0.3, True)]
+    # set, but no tick read it before the performer's: only the performer's value was ever read
+    bus.set("level", 0.9, source="audio", sampled=True)
+    bus.set("level", 0.8, source="osc:127.0.0.1")
+    bus.tick(0.02, t=0.1)
+    assert [(c.name, c.value, c.sampled) for c in journal.drain()] == [("level", 0.8, False)]
+    assert bus.stats()["accepted"] == 10

@@ -134,3 +134,213 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         else f"{same}/{len(live.hashes)} (replay rendered {len(again.hashes)})",
         "replay_points_identical": f"{replay.get('points_identical', 0)}/{replay.get('points_compared', 0)}",
     }
+
+
+# -- ``installation bench --archive-size``: the file's growth with each input on ------------------------------------
+
+SIZE_MODES = ("none", "osc", "mic", "camera", "all")
+DEFAULT_CAMERA = "lavfi:testsrc2=size=320x240:rate=30,realtime"
+
+
+def _with_inputs(spec: ShowSpec, folder: Path, mode: str, camera: int | str, mic: int | str | None) -> ShowSpec:
+    """The show with the archive in ``folder`` and only the inputs ``mode`` names on (OSC on a free loopback port
+    for "osc" and "all"); the web page, OSCQuery, MIDI, Link and the state file off."""
+    cfg = spec.config
+    osc = mode in ("osc", "all")
+    audio = mode in ("mic", "all")
+    cam = mode in ("camera", "all")
+    inputs = cfg.inputs.model_copy(update={
+        "osc": cfg.inputs.osc.model_copy(update={"enabled": osc, "port": 0, "host": "127.0.0.1"}),
+        "audio": cfg.inputs.audio.model_copy(update={"enabled": audio, **({"device": mic} if mic is not None
+                                                                           else {})}),
+        "camera": cfg.inputs.camera.model_copy(update={"enabled": cam, "source": camera}),
+        "midi": cfg.inputs.midi.model_copy(update={"enabled": False})})
+    archive = cfg.archive.model_copy(update={"enabled": True, "path": str(folder), "replay": ""})
+    update = {"inputs": inputs, "archive": archive, "web": cfg.web.model_copy(update={"enabled": False}),
+              "oscquery": cfg.oscquery.model_copy(update={"enabled": False}),
+              "sync": cfg.sync.model_copy(update={"link": False})}
+    return replace(spec, config=cfg.model_copy(update=update))
+
+
+class _Signal:
+    """A JACK client playing something like music into PortAudio's inputs (the microphone on a JACK server): a
+    click on every beat at 120 BPM over two sines whose level swells and falls every 4 s, and a little noise."""
+
+    def __init__(self) -> None:
+        import jack
+        import numpy as np
+
+        self.np = np
+        self.client = jack.Client("archive-bench-signal", no_start_server=True)
+        self.port = self.client.outports.register("out")
+        self.sr = self.client.samplerate
+        self.n = 0
+        self.rng = np.random.default_rng(0)
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        np = self.np
+        t = (self.n + np.arange(frames)) / self.sr
+        self.n += frames
+        swell = 0.05 + 0.2 * (0.5 - 0.5 * np.cos(2 * np.pi * t / 4.0))
+        x = swell * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 1760 * t))
+        x += 0.01 * self.rng.standard_normal(frames)
+        x[(t % 0.5) < 0.004] += 0.6
+        self.port.get_array()[:] = x
+
+    def connect(self) -> None:
+        for p in self.client.get_ports("PortAudio", is_audio=True, is_input=True):
+            if self.port not in self.client.get_all_connections(p):
+                try:
+                    self.client.connect(self.port, p)
+                except Exception:  # noqa: BLE001 - connected meanwhile
+                    pass
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def _compact_bytes(path: Path) -> tuple[int, int]:
+    """(bytes of the archive file compacted, bytes of the same file with every row but its session's removed)."""
+    import sqlite3
+
+    out = []
+    for keep in (True, False):
+        copy = path.with_name(f"{path.stem}-{'all' if keep else 'empty'}.sqlite")
+        with sqlite3.connect(path) as db:
+            db.execute("VACUUM INTO ?", (str(copy),))
+        db = sqlite3.connect(copy)
+        try:
+            if not keep:
+                tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                for table in tables:
+                    if table != "sessions":
+                        db.execute(f"DELETE FROM {table}")
+                db.commit()
+                db.execute("VACUUM")
+        finally:
+            db.close()
+        out.append(copy.stat().st_size)
+        copy.unlink()
+    return out[0], out[1]
+
+
+def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: int | str, mic: int | str | None,
+              osc_rate: float, signal: Any) -> dict[str, Any]:
+    """One live-paced run with ``mode``'s inputs on; the archive's growth per hour of show time."""
+    import sqlite3
+    import threading
+
+    from ..clock import WallClock
+    from ..render.targets import HeadlessTarget
+    from ..runtime import Runtime
+    from .store import Store
+
+    run_spec = _with_inputs(spec, folder, mode, camera, mic)
+    cfg = run_spec.config
+    target = HeadlessTarget(cfg.output.size)
+    notes: dict[str, Any] = {}
+    try:
+        rt = Runtime(run_spec, target, WallClock(), fps=cfg.output.fps, inputs=True)
+        rt.start()
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:  # the inputs deliver before the measured stretch starts
+            waiting = (rt.camera is not None and rt.camera.stats().get("frames", 0) == 0) or \
+                (rt.audio is not None and rt.audio.stats().get("blocks", 0) == 0)
+            if not waiting:
+                break
+            if signal is not None and rt.audio is not None:
+                signal.connect()
+            time.sleep(0.05)
+        if signal is not None and rt.audio is not None:
+            signal.connect()
+        stop = threading.Event()
+        sender = None
+        if rt.osc is not None and osc_rate > 0:
+            from pythonosc.udp_client import SimpleUDPClient
+
+            client = SimpleUDPClient(*rt.osc.address)
+
+            def fader() -> None:  # a performer moving a fader back and forth, a sweep every 4 s
+                i = 0
+                while not stop.wait(1.0 / osc_rate):
+                    i += 1
+                    u = (i / osc_rate / 4.0) % 2.0
+                    client.send_message("/param/speed", 0.5 + (u if u <= 1.0 else 2.0 - u))
+                    notes["osc_sent"] = i
+
+            sender = threading.Thread(target=fader, name="bench-fader", daemon=True)
+            sender.start()
+        cam0 = rt.camera.stats().get("frames", 0) if rt.camera is not None else 0
+        blocks0 = rt.audio.stats().get("blocks", 0) if rt.audio is not None else 0
+        try:
+            stats = rt.run(seconds)
+        finally:
+            stop.set()
+            if sender is not None:
+                sender.join(5)
+        if rt.camera is not None:
+            notes["camera_fps"] = round((rt.camera.stats().get("frames", 0) - cam0) / max(stats.loop_s, 1e-9), 1)
+            notes["camera_error"] = rt.camera.stats().get("error", "")
+        if rt.audio is not None:
+            notes["mic_blocks_per_s"] = round((rt.audio.stats().get("blocks", 0) - blocks0) /
+                                              max(stats.loop_s, 1e-9), 1)
+        path = rt.part("archive").path
+    finally:
+        target.close()
+    store = Store(path, readonly=True)
+    try:
+        sess = store.session()
+        first = (sess.get("first") or {}).get("t") or 0.0
+        span = float(sess.get("last_t") or 0.0) - float(first)
+        sid = sess["id"]
+        events = store.conn.execute("SELECT count(*) FROM events WHERE session=?", (sid,)).fetchone()[0]
+        by_source = dict(store.conn.execute(
+            "SELECT source, count(*) FROM events WHERE session=? GROUP BY source", (sid,)).fetchall())
+        ticks = len(store.ticks(sid))
+    finally:
+        store.close()
+    try:
+        samples = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute(
+            "SELECT coalesce(sum(n), 0) FROM samples").fetchone()[0]
+    except sqlite3.Error:  # an archive without the samples table
+        samples = 0
+    full, empty = _compact_bytes(path)
+    grown = full - empty
+    per_hour = grown / max(span, 1e-9) * 3600.0
+    return {"show_s": round(span, 2), "bytes": grown, "bytes_per_hour": int(per_hour),
+            "mb_per_hour": round(per_hour / 1e6, 2), "ticks_per_s": round(ticks / max(span, 1e-9), 1),
+            "event_rows_per_s": round(events / max(span, 1e-9), 1),
+            "event_rows_per_s_by_source": {k: round(v / max(span, 1e-9), 1) for k, v in sorted(by_source.items())},
+            "samples_per_s": round(samples / max(span, 1e-9), 1), **notes}
+
+
+def archive_size_bench(spec: ShowSpec, seconds: float = 30.0, camera: int | str | None = None,
+                       mic: int | str | None = None, osc_rate: float = 30.0, signal: bool = False,
+                       modes: tuple[str, ...] = SIZE_MODES) -> dict[str, Any]:
+    """The archive's growth per hour of show time with no input, OSC (a fader moved ``osc_rate`` times a second),
+    the microphone, the camera and all of them on: one live-paced run of ``seconds`` each, the file compacted and
+    measured (less the same file with its rows removed). ``signal``: play a music-like test signal into the
+    microphone when it is a JACK port (a machine without a sound card)."""
+    unknown = [m for m in modes if m not in SIZE_MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown mode {unknown[0] if unknown else ''!r} (choose from {', '.join(SIZE_MODES)})")
+    camera = camera if camera is not None else DEFAULT_CAMERA
+    sig = None
+    if signal and any(m in ("mic", "all") for m in modes):
+        sig = _Signal()
+    runs: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="archive-size-") as tmp:
+            for mode in modes:
+                runs[mode] = _size_run(spec, Path(tmp) / mode, mode, seconds, camera, mic, osc_rate, sig)
+    finally:
+        if sig is not None:
+            sig.close()
+    w, h = spec.config.output.size
+    return {"size": f"{w}x{h}", "fps_setting": spec.config.output.fps, "scene": spec.scenes[0].name,
+            "seconds": seconds, "camera": str(camera), "mic": str(mic if mic is not None else "default"),
+            "osc_per_s": osc_rate, "mic_signal": "bench's JACK test signal" if sig is not None else "as it hears",
+            "mb_per_hour": {m: r["mb_per_hour"] for m, r in runs.items()}, "runs": runs}

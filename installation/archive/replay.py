@@ -10,8 +10,12 @@ its time. Changes the show makes itself (scene defaults, a resume, a panic's res
 show makes them again. Frames are rendered in lockstep; the live show's frames came from a decoder running beside
 the loop, so they match the replay's to within that decoder's timing, not to the bit.
 
-One race is left: a change that reached the bus in the microseconds between a live tick reading the clock and
-draining the bus was applied at that tick, and is applied one tick later by a replay.
+The continuous input features (camera, microphone) are journaled as the loop consumed them, stamped with the time of
+the tick that read them (:mod:`installation.bus`, ``sampled``): a replay posts each before that same tick, so every
+replayed tick reads exactly the values the live tick read, whatever the clock, the inputs' rates or the load.
+
+One race is left for the other changes: one that reached the bus in the microseconds between a live tick reading
+the clock and draining the bus was applied at that tick, and is applied one tick later by a replay.
 """
 
 from __future__ import annotations
@@ -149,7 +153,9 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
     try:
         sess = store.session(session if session is not None else sid)
         ticks = store.ticks(sess["id"])
-        changes = [c for c in store.events(sess["id"]) if replayable(c)]
+        # in time: a sampled feature is stamped with the tick that consumed it, which may be earlier than an entry
+        # that reached the journal between that tick reading the clock and draining the bus (the race above)
+        changes = sorted((c for c in store.events(sess["id"]) if replayable(c)), key=lambda c: c["t"])
         source_points = store.points(sess["id"], with_thumbs=False)
     finally:
         store.close()
@@ -292,7 +298,7 @@ class LiveFeeder:
         store = Store(path, readonly=True)
         try:
             sess = store.session(sid)
-            self.changes = [c for c in store.events(sess["id"]) if replayable(c)]
+            self.changes = sorted((c for c in store.events(sess["id"]) if replayable(c)), key=lambda c: c["t"])
         finally:
             store.close()
         self.initial = sess.get("initial") or {}

@@ -3,8 +3,11 @@
 Tables: ``sessions`` (when, which config and scenes, the output size, the show state it started from), ``events``
 (the bus journal: every accepted parameter set, event and reset with its show time and source, plus the models that
 came into play), ``points`` (once per ``point_every`` seconds: scene, seed, path time, the latent as float16+zlib, a
-JPEG thumbnail and, when a vision worker supplied one, a CLIP embedding) and ``ticks`` (the show time of every loop
-tick, float64+zlib per batch, so a replay walks the live show's exact timing).
+JPEG thumbnail and, when a vision worker supplied one, a CLIP embedding), ``ticks`` (the show time of every loop
+tick, float64+zlib per batch, so a replay walks the live show's exact timing) and ``samples`` (the continuous input
+features — camera, microphone — as the loop consumed them, once per tick at most: a batch's entries packed in one
+row, their times float64, their values float32 where every one is a float32, as the inputs make them, else float64;
+:meth:`Store.events` gives them back among the events, in time, exactly as they were).
 
 Every batch is one transaction: a kill -9 or a power cut loses at most the batch being written and never corrupts
 the file (WAL). The file is bounded by ``max_mb``: :meth:`Store.enforce` thins the oldest points first, then drops
@@ -13,6 +16,7 @@ the oldest tick times (a replay then steps at a fixed rate), and only then the o
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import zlib
@@ -32,6 +36,9 @@ CREATE TABLE IF NOT EXISTS points(id INTEGER PRIMARY KEY, session INTEGER, t REA
     latent BLOB, shape TEXT, thumb BLOB, clip BLOB, prompts TEXT);
 CREATE INDEX IF NOT EXISTS points_at ON points(session, t);
 CREATE TABLE IF NOT EXISTS ticks(id INTEGER PRIMARY KEY, session INTEGER, t0 REAL, n INTEGER, data BLOB);
+CREATE TABLE IF NOT EXISTS samples(id INTEGER PRIMARY KEY, session INTEGER, t0 REAL, t1 REAL, n INTEGER, names TEXT,
+    sources TEXT, dtype TEXT, data BLOB);
+CREATE INDEX IF NOT EXISTS samples_at ON samples(session, t0);
 """
 SUFFIX = ".sqlite"
 MIN_POINTS = 32  # thinning stops here; then tick times, then events go
@@ -55,6 +62,39 @@ def pack_vector(v: Any) -> bytes:
 
 def unpack_vector(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(zlib.decompress(blob), dtype=np.float32)
+
+
+def pack_samples(samples: list[tuple[float, str, float, str]]) -> tuple:
+    """Sampled entries ``(t, name, value, source)``, in journal order, as one row's ``(t0, t1, n, names, sources,
+    dtype, data)``: zlib of the times (float64), name and source indexes (uint16) and values (float32 when each one
+    is a float32 exactly, float64 otherwise), one column after the other."""
+    names: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    t = np.array([s[0] for s in samples], "<f8")
+    ni = np.array([names.setdefault(s[1], len(names)) for s in samples], "<u2")
+    si = np.array([sources.setdefault(s[3], len(sources)) for s in samples], "<u2")
+    v64 = np.array([s[2] for s in samples], "<f8")
+    v32 = v64.astype("<f4")
+    exact = bool(np.array_equal(v32.astype("<f8"), v64))
+    values = v32 if exact else v64
+    data = zlib.compress(t.tobytes() + ni.tobytes() + si.tobytes() + values.tobytes(), 6)
+    return (float(t.min()), float(t.max()), len(samples), json.dumps(list(names)), json.dumps(list(sources)),
+            "f4" if exact else "f8", data)
+
+
+def unpack_samples(n: int, names: str, sources: str, dtype: str, data: bytes) -> list[dict[str, Any]]:
+    """One ``samples`` row back as journal entries (kind "set", ``sampled`` True), in their order."""
+    raw = zlib.decompress(data)
+    width = 4 if dtype == "f4" else 8
+    if dtype not in ("f4", "f8") or len(raw) != n * (8 + 2 + 2 + width):
+        raise ValueError(f"a samples row of {n} entries holds {len(raw)} bytes")
+    t = np.frombuffer(raw, "<f8", n)
+    ni = np.frombuffer(raw, "<u2", n, 8 * n)
+    si = np.frombuffer(raw, "<u2", n, 10 * n)
+    v = np.frombuffer(raw, f"<{dtype}", n, 12 * n).astype(np.float64)
+    name_list, source_list = json.loads(names), json.loads(sources)
+    return [{"t": float(t[k]), "kind": "set", "name": name_list[ni[k]], "value": float(v[k]),
+             "source": source_list[si[k]], "sampled": True} for k in range(n)]
 
 
 def to_json(value: Any) -> str:
@@ -120,6 +160,9 @@ class Store:
                 self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses the last commits, never the file
                 self.conn.executescript(SCHEMA)
             self.conn.execute("SELECT 1 FROM sessions LIMIT 1")
+            # an archive written before sampled features had their table (read-only: not added)
+            self.has_samples = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='samples'").fetchone() is not None
         except sqlite3.DatabaseError as e:
             self.conn.close()
             if is_corrupt(e):
@@ -141,14 +184,18 @@ class Store:
     def write_batch(self, session: int, *, events: Iterable[tuple] = (), points: Iterable[tuple] = (),
                     ticks: np.ndarray | None = None, first: dict[str, Any] | None = None,
                     clips: Iterable[tuple[float, bytes]] = (), last_t: float | None = None,
-                    ended: str | None = None) -> None:
+                    ended: str | None = None, samples: list[tuple[float, str, float, str]] = ()) -> None:
         """One transaction: events ``(t, kind, name, value_json, source)``, points ``(t, scene, seed, tau, latent,
-        shape, thumb, clip, prompts_json)``, the batch's tick times, embeddings for the newest point at or before
-        their time, and the session's bookkeeping."""
+        shape, thumb, clip, prompts_json)``, the batch's tick times, sampled features ``(t, name, value, source)``
+        (one packed row), embeddings for the newest point at or before their time, and the session's
+        bookkeeping."""
         with self.conn:
             c = self.conn
             c.executemany("INSERT INTO events(session, t, kind, name, value, source) VALUES (?,?,?,?,?,?)",
                           [(session, *e) for e in events])
+            if samples:
+                c.execute("INSERT INTO samples(session, t0, t1, n, names, sources, dtype, data) "
+                          "VALUES (?,?,?,?,?,?,?,?)", (session, *pack_samples(list(samples))))
             c.executemany("INSERT INTO points(session, t, scene, seed, tau, latent, shape, thumb, clip, prompts) "
                           "VALUES (?,?,?,?,?,?,?,?,?,?)", [(session, *p) for p in points])
             if ticks is not None and len(ticks):
@@ -177,7 +224,7 @@ class Store:
         """Bring the file under ``max_bytes``: thin the oldest half of the points (every other one) while there are
         more than MIN_POINTS, then drop the oldest session's tick times, then the oldest tenth of the events. Returns
         what was removed."""
-        removed = {"points": 0, "ticks": 0, "events": 0}
+        removed = {"points": 0, "ticks": 0, "events": 0, "samples": 0}
         for _ in range(64):
             if self._data_bytes() <= max_bytes:
                 break
@@ -195,11 +242,15 @@ class Store:
                     removed["ticks"] += self.conn.execute("DELETE FROM ticks WHERE session=?", (row[0],)).rowcount
                     continue
                 n = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
-                if n == 0:
+                k = self.conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+                if n == 0 and k == 0:
                     break
                 cur = self.conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
                                         (max(n // 10, 1),))
                 removed["events"] += cur.rowcount
+                cur = self.conn.execute("DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id "
+                                        "LIMIT ?)", (max(k // 10, 1),))  # with them, the oldest sampled features
+                removed["samples"] += cur.rowcount
         pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
         if any(removed.values()) or pages * self.conn.execute("PRAGMA page_size").fetchone()[0] > max_bytes:
             self.conn.executescript("PRAGMA incremental_vacuum;")  # the file shrinks (execute() frees one page)
@@ -216,7 +267,9 @@ class Store:
         """Every session with its time span (show seconds), counts and tick coverage."""
         rows = self.conn.execute(
             "SELECT s.id, s.started, s.ended, s.config, s.scenes, s.size, s.kind, s.last_t, "
-            "(SELECT count(*) FROM events e WHERE e.session=s.id), (SELECT count(*) FROM points p WHERE p.session=s.id),"
+            "(SELECT count(*) FROM events e WHERE e.session=s.id)" +
+            (" + (SELECT coalesce(sum(n), 0) FROM samples m WHERE m.session=s.id), " if self.has_samples else ", ") +
+            "(SELECT count(*) FROM points p WHERE p.session=s.id),"
             " (SELECT coalesce(sum(n), 0) FROM ticks k WHERE k.session=s.id), "
             "(SELECT min(t) FROM events e WHERE e.session=s.id) FROM sessions s ORDER BY s.id").fetchall()
         keys = ("id", "started", "ended", "config", "scenes", "size", "kind", "last_t", "events", "points", "ticks",
@@ -242,10 +295,25 @@ class Store:
         return d
 
     def events(self, sid: int, t0: float = -1e300, t1: float = 1e300) -> Iterator[dict[str, Any]]:
-        for t, kind, name, value, source in self.conn.execute(
-                "SELECT t, kind, name, value, source FROM events WHERE session=? AND t>=? AND t<=? ORDER BY id",
-                (sid, t0, t1)):
-            yield {"t": t, "kind": kind, "name": name, "value": from_json(value), "source": source}
+        """A session's journal between ``t0`` and ``t1``: its events and its sampled features (``"sampled": True``),
+        merged in time (at equal times, the events first: the loop consumed the samples at that tick)."""
+        def events() -> Iterator[dict[str, Any]]:
+            for t, kind, name, value, source in self.conn.execute(
+                    "SELECT t, kind, name, value, source FROM events WHERE session=? AND t>=? AND t<=? ORDER BY id",
+                    (sid, t0, t1)):
+                yield {"t": t, "kind": kind, "name": name, "value": from_json(value), "source": source}
+
+        def samples() -> Iterator[dict[str, Any]]:
+            if not self.has_samples:
+                return
+            rows = self.conn.execute("SELECT n, names, sources, dtype, data FROM samples WHERE session=? AND t1>=? "
+                                     "AND t0<=? ORDER BY id", (sid, t0, t1)).fetchall()
+            for row in rows:
+                for entry in unpack_samples(*row):
+                    if t0 <= entry["t"] <= t1:
+                        yield entry
+
+        yield from heapq.merge(events(), samples(), key=lambda e: e["t"])
 
     def points(self, sid: int | None = None, with_thumbs: bool = True, newest: int | None = None) -> list[Point]:
         """A session's points (or every session's), in time; ``newest``: only the newest this many."""
@@ -280,5 +348,5 @@ class Store:
                                      if len(rows) > 1 else "")
 
 
-__all__ = ["CorruptArchive", "Point", "Store", "is_corrupt", "archive_file", "pack_latent", "pack_vector", "to_json", "unpack_latent",
-           "unpack_vector"]
+__all__ = ["CorruptArchive", "Point", "Store", "archive_file", "is_corrupt", "pack_latent", "pack_samples",
+           "pack_vector", "to_json", "unpack_latent", "unpack_samples", "unpack_vector"]

@@ -2,7 +2,8 @@
 
 What it takes, all through the taps a watching part has (``docs/architecture.md``):
 
-- the bus journal (``ctx.bus.subscribe()``): every accepted parameter set, event and reset, with show time and source;
+- the bus journal (``ctx.bus.subscribe()``): every accepted parameter set, event and reset, with show time and source
+  (the continuous input features as the loop consumed them, once per tick at most, kept packed: ``samples``);
 - the plan hook (on the loop thread, a few microseconds): each tick's show time, and every ``point_every`` seconds
   the tick's plan (immutable), from which the writer computes the point's latent, seed and path time;
 - a presented-frame sink (``ctx.presented``): the frame of a point's tick, shrunk to a thumbnail by the writer.
@@ -267,12 +268,14 @@ class Archive:
             first = self._first if not self._first_sent else None
             clips, self._clips = self._clips, []
         try:
-            events, goto = [], None
+            events, samples, goto = [], [], None
             for c in changes:
                 if c.kind == "event" and c.name == "map.goto":
                     goto = c.value  # the newest wins
                 if c.kind == "event" and c.name == EMBEDDING_EVENT:
                     clips.append((c.t, pack_vector(c.value)))
+                elif c.sampled:
+                    samples.append((c.t, c.name, c.value, c.source))
                 else:
                     events.append((c.t, c.kind, c.name, to_json(c.value), c.source))
             rows = []
@@ -280,7 +283,7 @@ class Archive:
                 events.extend(self._model_event(t, plan))
                 rows.append(self._point_row(t, plan, frame))
             store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
-                              last_t=self._last_t, ended=ended)
+                              last_t=self._last_t, ended=ended, samples=samples)
         except Exception as e:  # noqa: BLE001 - a full disk or a broken file is a counted fault, never a crash
             if is_corrupt(e):  # the file was damaged under us: this batch is lost, the next goes to a new file
                 self.counts["batches_lost"] += 1
@@ -299,6 +302,7 @@ class Archive:
         self._first_sent = self._first_sent or first is not None
         self.counts["batches"] += 1
         self.counts["events"] += len(events)
+        self.counts["samples"] += len(samples)
         self.counts["points"] += len(rows)
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
@@ -372,7 +376,7 @@ def post_change(bus: Any, change: dict[str, Any], source: str = "replay") -> boo
     """Re-post one archived journal entry on ``bus`` (a set, an event or a reset)."""
     kind, name, value = change["kind"], change["name"], change["value"]
     if kind == "set":
-        return bus.set(name, value, source=source)
+        return bus.set(name, value, source=source, sampled=bool(change.get("sampled")))
     if kind == "event":
         if name == "prompt" and isinstance(value, list):
             value = tuple(value)

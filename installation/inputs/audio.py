@@ -396,26 +396,27 @@ class AudioInput(ThreadedInput):
             else:
                 v = self._followers[name].step(raw[name] * self._envs[name].gain, dt)
             spec = specs[name]
-            out[name] = min(max(v, spec.min), spec.max)
+            # float32: plenty for a feature, and the archive keeps exactly what the show used in 4 bytes
+            out[name] = float(np.float32(min(max(v, spec.min), spec.max)))
         with self._lock:
             self._values = out
             self._stats["blocks"] += 1
             if onset is not None:
                 self._stats["onsets"] += 1
-        for name, v in out.items():
-            self.bus.set(name, v, source="audio")
+        for name, v in out.items():  # continuous: journaled as the loop consumes them (bus.set(sampled=True))
+            self.bus.set(name, v, source="audio", sampled=True)
         if onset is not None:
             self.bus.post(Event("onset", float(onset), "audio"))
 
     def _decay(self, dt: float) -> None:
         """No audio: every smoothed feature falls towards zero at its release rate; tempo resets."""
-        out = {n: f.step(0.0, dt) for n, f in self._followers.items()}
+        out = {n: float(np.float32(f.step(0.0, dt))) for n, f in self._followers.items()}
         out["audio.beat_phase"] = 0.0
         out["audio.bpm"] = 0.0
         with self._lock:
             self._values = out
         for name, v in out.items():
-            self.bus.set(name, v, source="audio")
+            self.bus.set(name, v, source="audio", sampled=True)
 
     def _idle(self, seconds: float) -> None:
         """Wait (interruptibly) while letting the features decay."""

@@ -260,8 +260,8 @@ class CameraInput(ThreadedInput):
                 self._frame, self._frame_time = frame, now
             for key, value in child.items():  # counts add up over the worker processes this input has run
                 self._stats[key] = self._carry.get(key, 0) + value if _is_count(value) else value
-        for name, v in values.items():
-            self.bus.set(name, v, source="camera")
+        for name, v in values.items():  # continuous: journaled as the loop consumes them (float32 values)
+            self.bus.set(name, v, source="camera", sampled=True)
 
     def _end(self, proc: Any, conn: Any, stop: Any, child: dict[str, Any]) -> None:
         """Stop the worker process (terminate, then kill, if it hangs), keep its counts, zero the features."""
@@ -300,7 +300,7 @@ class CameraInput(ThreadedInput):
                     self._stats["state"] = "died"
         self._wanted = None
         for name, v in zero.items():
-            self.bus.set(name, v, source="camera")
+            self.bus.set(name, v, source="camera", sampled=True)
 
 
 @register("camera", table="inputs.camera", settings=CameraSettings, params=feature_specs, order=12)
