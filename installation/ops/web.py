@@ -106,7 +106,8 @@ class WebPage:
     """The control page's server; a part (``start``/``stop``/``alive``/``stats``)."""
 
     def __init__(self, settings: WebSettings, bus: ParamBus, scenes: Callable[[], Any],
-                 snapshot: Callable[[], dict[str, Any]], presented: Any = None, base_dir: str | None = None) -> None:
+                 snapshot: Callable[[], dict[str, Any]], presented: Any = None, base_dir: str | None = None,
+                 caps: Any = None) -> None:
         from ..inputs.osc import OscSettings
         from ..inputs.surface import ControlSurface
 
@@ -117,7 +118,7 @@ class WebPage:
         surface_settings = OscSettings(prompt=settings.prompt, prompt_slots=settings.prompt_slots,
                                        structural_interval=settings.structural_interval,
                                        exclude_prefixes=settings.exclude_prefixes)
-        self.surface = ControlSurface(surface_settings, bus, scenes, base_dir=base_dir)
+        self.surface = ControlSurface(surface_settings, bus, scenes, base_dir=base_dir, caps=caps)
         self.preview = PreviewSink(settings.preview_fps)
         self._presented = presented
         self._jpeg: tuple[int, bytes] = (0, b"")
@@ -324,7 +325,10 @@ def build(settings: WebSettings, ctx: PartContext) -> WebPage | None:
     """The web page part: on with ``[web] enabled = true``; its port is bound at start (a start-up error)."""
     if not settings.enabled:
         return None
-    return WebPage(settings, ctx.bus, ctx.scenes, ctx.snapshot, ctx.presented, str(ctx.base_dir))
+    from ..inputs.surface import capabilities
+
+    return WebPage(settings, ctx.bus, ctx.scenes, ctx.snapshot, ctx.presented, str(ctx.base_dir),
+                   capabilities(ctx.config))
 
 
 PAGE = """<!doctype html>
