@@ -399,3 +399,13 @@ def test_cli_missing_config_file_exits_2(tmp_path):
     proc = _cli("run", "--config", str(path), "--headless", "--duration", "1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"installation: {path}: file not found"
+
+
+def test_the_default_show_lives_in_one_place():
+    """A config without [show] scenes plays what config/default.toml lists (issue 27: it played three of seven)."""
+    import tomllib
+
+    from installation.config import DEFAULT_SCENES, ShowConfig
+
+    listed = tomllib.loads((REPO / "config" / "default.toml").read_text())["show"]["scenes"]
+    assert ShowConfig().scenes == list(DEFAULT_SCENES) == listed
