@@ -222,3 +222,24 @@ def test_a_pending_learn_expires_can_be_cancelled_and_is_fed_back(tmp_path):
         osc.stop()
         rx.close()
     assert states == ["learning speed", "expired speed", "cancelled speed", "bound speed"]
+
+
+def test_doctor_lists_midi_ports_on_jack_and_explains_alsa(jack_server):
+    """`installation doctor` names MIDI ports (a JACK controller here) and, with no /dev/snd, says why ALSA has
+    none instead of printing the ALSA library's error (README MIDI step 1)."""
+    import os
+
+    from installation.doctor import _midi
+
+    name = f"ctl-{uuid.uuid4().hex[:6]}"
+    ctl = Controller(name)
+    try:
+            line = _midi()
+    finally:
+        ctl.unplug()
+    lonely = _midi()
+    assert f"JACK: RtMidiOut Client:{name}" in line, line
+    assert "installation-doctor" not in line  # its own probe is not a port
+    if not os.path.exists("/dev/snd/seq"):  # no ALSA sequencer here: said in words, no ALSA library error
+        assert "snd-seq" not in line  # ports were found, so no hint is needed
+        assert lonely.startswith("not found (ALSA: no /dev/snd/seq") and "JACK: no MIDI output port" in lonely
