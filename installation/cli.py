@@ -273,13 +273,25 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    """List every parameter a show declares: name, range, default, what it does."""
+    """List every parameter a show declares: name, range, default, the scenes it acts in, what it does. A
+    parameter no scene's chain or decoder reads (a shader pass in none of the chains) acts in none: setting it
+    changes no pixel."""
+    from .scene_params import group_of, scene_params
+
     try:
         spec = load_show(args.config, only_scene=args.scene)
     except ConfigError as e:
         return _fail(str(e))
-    for name, p in sorted(spec.params.items()):
-        print(f"{name:<22} {p.type:<5} [{p.min:g}, {p.max:g}] default {p.default:g}  {p.doc}")
+    acting = {s.name: set(scene_params(s, spec.shaders, spec.params)) for s in spec.scenes}
+    print(f"# {'name':<20} {'type':<5} range, default, group, scenes it acts in"
+          + (f" (only {args.scene})" if args.scene else ""))
+    for name, p in sorted(spec.params.items(), key=lambda kv: (not any(kv[0] in a for a in acting.values()), kv[0])):
+        where = [s for s, names in acting.items() if name in names]
+        scenes = "all" if where and len(where) == len(acting) else ",".join(where) if where else "none"
+        if name.startswith(("audio.", "camera.", "midi.", "link.", "vision.")):
+            scenes = "input"  # a part's measurement: a source for routes, not a control
+        print(f"{name:<22} {p.type:<5} [{p.min:g}, {p.max:g}] default {p.default:g}  {group_of(name):<7} "
+              f"{scenes:<12} {p.doc}")
     return 0
 
 
@@ -374,6 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_osc_map(args: argparse.Namespace) -> int:
     """Print every OSC address the show answers, with its argument types and what it does."""
     from .inputs.osc import address_map
+    from .inputs.surface import capabilities
 
     try:
         spec = load_show(args.config)
@@ -381,7 +394,8 @@ def cmd_osc_map(args: argparse.Namespace) -> int:
         return _fail(str(e))
     osc = spec.config.inputs.osc
     print(f"# OSC on udp://{osc.host}:{osc.port} ({'enabled' if osc.enabled else 'disabled'})")
-    for address, types, doc in address_map(spec.params, [s.name for s in spec.scenes], osc):
+    for address, types, doc in address_map(spec.params, [s.name for s in spec.scenes], osc,
+                                           capabilities(spec.config)):
         print(f"{address:<34} {types:<8} {doc}")
     return 0
 

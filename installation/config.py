@@ -82,8 +82,13 @@ class OutputConfig(_Strict):
     map: MapOverlayConfig = MapOverlayConfig()
 
 
+# The default show, in play order: a config without [show] scenes plays these (config/default.toml lists the same,
+# and a test holds the two together).
+DEFAULT_SCENES = ("aurora", "halo", "tide", "lattice", "nocturne", "voyage", "vigil")
+
+
 class ShowConfig(_Strict):
-    scenes: Annotated[list[str], Field(min_length=1)] = ["aurora", "tide", "lattice"]
+    scenes: Annotated[list[str], Field(min_length=1)] = list(DEFAULT_SCENES)
     order: Literal["sequence", "shuffle"] = "sequence"
     shuffle_seed: Annotated[int, Field(ge=0)] = 0
     scenes_dir: str = "../scenes"

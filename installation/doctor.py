@@ -100,6 +100,49 @@ def _cameras() -> str:
     return ", ".join(map(str, cams)) if cams else f"not found ({reason})"
 
 
+def _jack_running() -> bool | None:
+    """Whether a JACK server runs (``jack_wait -c``), None when JACK's tools are not installed."""
+    exe = shutil.which("jack_wait")
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "-c"], capture_output=True, text=True, timeout=10).stdout.strip()
+    return out == "running"
+
+
+def _midi() -> str:
+    """MIDI input ports on ALSA and JACK (what ``[inputs.midi] port`` and ``api`` can name), without the ALSA
+    library's error text on a machine with no sequencer device, and a hint when there is none."""
+    import rtmidi
+
+    apis = rtmidi.get_compiled_api()
+    found: list[str] = []
+    why: list[str] = []
+    if rtmidi.API_LINUX_ALSA in apis:
+        if not os.path.exists("/dev/snd/seq"):
+            why.append("ALSA: no /dev/snd/seq (no sound hardware, or load the sequencer: sudo modprobe snd-seq)")
+        else:
+            ports = rtmidi.MidiIn(rtapi=rtmidi.API_LINUX_ALSA, name="installation-doctor").get_ports()
+            found += [f"ALSA: {p}" for p in ports] or []
+            if not ports:
+                why.append("ALSA: no input port (plug the controller in)")
+    if rtmidi.API_UNIX_JACK in apis:
+        running = _jack_running()
+        if not running:
+            why.append("JACK: no server running" if running is False else "JACK: jackd2 not installed")
+        else:
+            probe = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name="installation-doctor")
+            try:
+                ports = [p for p in probe.get_ports() if "installation-doctor" not in p]
+            finally:
+                probe.delete()
+            found += [f"JACK: {p}" for p in ports]
+            if not ports:
+                why.append("JACK: no MIDI output port to read from")
+    if found:
+        return "; ".join(found) + '  (set [inputs.midi] port = "<part of a name>", api = "UNIX_JACK" for JACK)'
+    return "not found (" + "; ".join(why or ["rtmidi has neither ALSA nor JACK"]) + ")"
+
+
 def _config(path: Path | None) -> str:
     from .config import DEFAULT_CONFIG, load_show
 
@@ -109,7 +152,7 @@ def _config(path: Path | None) -> str:
 
 CHECKS: list[tuple[str, Callable[..., str]]] = [
     ("python", _python), ("torch", _torch), ("gl", _gl), ("displays", _displays), ("cores", _cores), ("ffmpeg", _ffmpeg),
-    ("audio", _audio), ("cameras", _cameras),
+    ("audio", _audio), ("cameras", _cameras), ("midi", _midi),
 ]
 
 

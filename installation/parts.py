@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -92,6 +92,9 @@ class PartContext:
     # The whole validated config, for a part that serves what another part's table says (OSCQuery: the OSC port).
     config: Any = None
     clock: Any = None  # the show clock (a part may share its source: Link)
+    # Scene name -> {"params": the parameters that act in it, "prompts": whether its decoder reads prompts,
+    # "description"} (installation/scene_params.py), for the page and presets.
+    scene_info: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
 
 
 Builder = Callable[[Any, PartContext], "Part | None"]
@@ -147,6 +150,7 @@ _BUILTINS = {
     "vision": "installation.vision.part",
     "sinks": "installation.render.ndi",
     "web": "installation.ops.web",
+    "presets": "installation.ops.presets",
     "oscquery": "installation.inputs.oscquery",
     "midi": "installation.inputs.midi",
     "link": "installation.sync",

@@ -206,7 +206,7 @@ class Runtime:
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
                           serve_health=serve_health, keep_state=keep_state, only_scene=only_scene,
-                          presented=self.tap, config=cfg, clock=self.clock)
+                          presented=self.tap, config=cfg, clock=self.clock, scene_info=self.scene_info)
         self.parts: dict[str, Part] = registry.build_all(cfg, ctx, inputs=inputs)
         self._supervised = {name: _Supervised(registry.info(name)) for name in self.parts}
         self._part_stats: dict[str, dict[str, Any]] = {}  # each part's stats at the last ops tick
@@ -231,6 +231,14 @@ class Runtime:
                 self._chain = tuple(self.show.scene.shaders)
                 self.set_chain(self._chain)
 
+    def scene_info(self) -> dict[str, dict[str, Any]]:
+        """Scene name -> {"params": the parameters that act in it (its chain's uniforms, its decoder's, the core
+        ones), "prompts": whether its decoder reads prompts, "description"}."""
+        from .scene_params import scene_info
+
+        spec = self.spec
+        return {s.name: scene_info(s, spec.shaders, spec.params) for s in spec.scenes}
+
     # -- events ------------------------------------------------------------------------------------------------
     def _handle(self, ev: Event) -> None:
         if ev.kind == "freeze":
@@ -248,8 +256,9 @@ class Runtime:
         elif ev.kind.startswith(("calibrate", "output.")) and getattr(self.output, "handle_event", None) and \
                 self.output.handle_event(ev):
             pass  # projector calibration (render/calibration.py)
-        elif ev.kind not in ("onset", "map.goto", "midi.learn"):  # onsets go through modulation routes; the
-            # archive takes map.goto and the MIDI part learn events, from the bus journal
+        elif ev.kind not in ("onset", "map.goto", "midi.learn", "preset.store", "preset.recall"):  # onsets go
+            # through modulation routes; the archive takes map.goto, the MIDI part learn events and the presets part
+            # its own, from the bus journal
             self.bus.reject("event")
 
     def _hook_result(self, result: dict[str, Any]) -> None:
@@ -964,6 +973,9 @@ class Runtime:
             "show_time_s": round(pos["scene_time"], 2),
             "position": {"scene": pos["scene"], "scene_time_s": round(pos["scene_time"], 2),
                          "tau": round(pos["tau"], 3), "seed": pos["seed"]},
+            # What a controller shows besides the parameters: the gates and the prompts playing (web page, OSCQuery).
+            "live": {"blackout": self.blackout, "frozen": self.frozen,
+                     "prompts": [[str(text), float(weight)] for text, weight in self.show.prompts]},
             "open": self.open, "schedule": self.schedule.describe(self.wall()), "decoder_released": self.released,
             "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
             "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,

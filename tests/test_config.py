@@ -440,3 +440,13 @@ def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly():
     os.close(write)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_the_default_show_lives_in_one_place():
+    """A config without [show] scenes plays what config/default.toml lists (issue 27: it played three of seven)."""
+    import tomllib
+
+    from installation.config import DEFAULT_SCENES, ShowConfig
+
+    listed = tomllib.loads((REPO / "config" / "default.toml").read_text())["show"]["scenes"]
+    assert ShowConfig().scenes == list(DEFAULT_SCENES) == listed

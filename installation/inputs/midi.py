@@ -82,6 +82,8 @@ class MidiSettings(BaseModel):
     bend: bool = True
     note_events: tuple[NoteEvent, ...] = ()
     learn_file: str = Field(default="midi-learn.json", description="learned bindings, relative to the config")
+    learn_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        default=30.0, description="a pending /midi/learn that no control answered within this many seconds expires")
     check_s: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
     reopen_min: Annotated[float, Field(gt=0.0, le=60.0)] = 0.5
     reopen_max: Annotated[float, Field(gt=0.0, le=600.0)] = 10.0
@@ -121,7 +123,7 @@ class MidiInput(ThreadedInput):
     delivery_key = "messages"
 
     def __init__(self, settings: MidiSettings, bus: ParamBus, base_dir: Path | str = ".") -> None:
-        super().__init__({"messages": 0, "reopens": 0, "learned": 0, "port": None,
+        super().__init__({"messages": 0, "reopens": 0, "learned": 0, "learn_expired": 0, "port": None,
                           "rejects": {"unmapped": 0, "learn_unknown_param": 0, "learn_file": 0}})
         self.settings = settings
         self.bus = bus
@@ -130,6 +132,7 @@ class MidiInput(ThreadedInput):
         self._msb: dict[tuple[int, int], int] = {}
         self._events = {(e.channel, e.note): e for e in settings.note_events}
         self._learning: str | None = None
+        self._learn_until = 0.0  # monotonic deadline of the pending learn
         self._bindings: dict[str, dict[str, Any]] = self._load()
         self._next_check = 0.0
         self._rng = random.Random()
@@ -176,13 +179,41 @@ class MidiInput(ThreadedInput):
             return {k: dict(v) for k, v in self._bindings.items()}
 
     def learn(self, param: str) -> bool:
-        """Bind the next moved control to ``param`` (False, counted, if there is no such parameter)."""
+        """Bind the next moved control to ``param`` within ``learn_timeout_s`` (False, counted, if there is no such
+        parameter); ``""`` cancels a pending learn. Each step is the bus note ``midi.learn`` (``learning <param>``,
+        ``bound <param>``, ``expired <param>``, ``cancelled <param>``), fed back over OSC as ``/midi/learn/state``."""
+        if not param:
+            with self._lock:
+                was, self._learning = self._learning, None
+            if was is not None:
+                self._learn_note("cancelled", was)
+                log.info("MIDI learn for %s cancelled", was)
+            return True
         if self.bus.spec(param) is None or param.startswith("midi."):
             self._reject("learn_unknown_param")
             return False
         with self._lock:
             self._learning = param
-        log.info("MIDI learn: move a control to bind it to %s", param)
+            self._learn_until = time.monotonic() + self.settings.learn_timeout_s
+        self._learn_note("learning", param)
+        log.info("MIDI learn: move a control within %g s to bind it to %s", self.settings.learn_timeout_s, param)
+        return True
+
+    def _learn_note(self, state: str, param: str) -> None:
+        self.bus.note("midi.learn", f"{state} {param}", "midi")
+
+    def expire_learn(self, now: float | None = None) -> bool:
+        """End a pending learn whose time is up (True when one ended); called by the port thread and on each
+        message, so a control moved minutes later is never bound."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            param = self._learning
+            if param is None or now < self._learn_until:
+                return False
+            self._learning = None
+            self._stats["learn_expired"] += 1
+        self._learn_note("expired", param)
+        log.info("MIDI learn for %s expired: no control moved within %g s", param, self.settings.learn_timeout_s)
         return True
 
     # -- messages (rtmidi's thread) --------------------------------------------------------------------------------
@@ -209,6 +240,7 @@ class MidiInput(ThreadedInput):
 
     def handle(self, msg: Any) -> None:
         """Apply one MIDI message: its source, a note's event, learn, and the learned bindings."""
+        self.expire_learn()
         with self._lock:
             self._stats["messages"] += 1
             learning = self._learning
@@ -250,6 +282,7 @@ class MidiInput(ThreadedInput):
                               if (b["kind"], b["channel"], b["number"]) != (kind, channel, number)}
             self._bindings[param] = {"kind": kind, "channel": channel, "number": number}
             self._stats["learned"] += 1
+        self._learn_note("bound", param)
         log.info("MIDI learn: %s channel %d number %d -> %s", kind, channel, number, param)
         self._save()
         return self._bindings
@@ -309,7 +342,7 @@ class MidiInput(ThreadedInput):
                         log.warning("MIDI: no input port matching %r yet; retrying with backoff",
                                     self.settings.port)
                     first = False
-                    if self._stop.wait(backoff):
+                    if self._wait_learning(backoff):
                         break
                     backoff = min(backoff * 2.0, self.settings.reopen_max)
                     continue
@@ -340,6 +373,15 @@ class MidiInput(ThreadedInput):
             probe.delete()
             sub.close()
 
+    def _wait_learning(self, seconds: float) -> bool:
+        """Wait ``seconds`` (True when stopped), ending a pending learn on time meanwhile."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.25)):
+                return True
+            self.expire_learn()
+        return self._stop.is_set()
+
     def _due_check(self) -> bool:
         now = time.monotonic()
         if now >= self._next_check:
@@ -355,6 +397,7 @@ class MidiInput(ThreadedInput):
             log.debug("MIDI message %r failed", msg, exc_info=True)
 
     def _drain_learn(self, sub: Any) -> None:
+        self.expire_learn()
         for change in sub.drain():
             if change.kind == "event" and change.name == LEARN_EVENT and isinstance(change.value, str):
                 self.learn(change.value)

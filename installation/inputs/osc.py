@@ -14,14 +14,15 @@ the rest when the interval ends (``coalesced`` counts those superseded).
 Address space (``installation osc-map`` prints it from :func:`address_map`)::
 
     /param/<name> <f>            native range; out of range is dropped, not clamped
-    /param/<name>/norm <f>       0..1 across the range
-    /scene/next  /scene/prev  /scene/goto <s name | i index>
-    /prompt <s>  /prompt/<slot> <s> [f weight]      through the prompt guard
+    /norm/<name> <f>             0..1 across the range (/param/<name>/norm, the older spelling, is taken too)
+    /scene/next  /scene/prev  /scene/goto <s name | i index>    events fire on 1 or no argument, 0 is ignored
+    /prompt/all <s>  /prompt/<slot> <s> [f weight]  through the prompt guard (/prompt <s> is taken too)
     /blend <f> [<f> ...]         img2img reference image weights, all at once
     /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
     /describe -> /vision/description s (to the sender)  /steer <s> [f]      with [vision] (installation/vision)
 
-Feedback (when ``feedback_host`` is set): ``/param/<name> f`` for changed parameters, ``/scene/current s`` and the
+Feedback (when ``feedback_host`` is set): ``/param/<name> f`` (``/norm/<name> f`` with ``feedback_norm``) for
+changed parameters, ``/unavailable s s`` for a message this show cannot act on, ``/scene/current s`` and the
 notes in ``surface.FEEDBACK_NOTES`` (``/vision/description s``, ``/vision/refused i``) when they change,
 at most ``feedback_rate`` flushes per second, never the value a sender just set back to that same sender. It is the
 OSC part's per-tick hook (:meth:`OscServer.tick`), so the runtime knows nothing of it.
@@ -46,7 +47,8 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from installation.bus import ParamBus, ParamSpec
 from installation.inputs.base import RateMeter
 from installation.inputs.prompt_guard import PromptGuardSettings
-from installation.inputs.surface import REJECT_REASONS, SEED_MAX, ControlSurface, Scenes, Sender, scene_list
+from installation.inputs.surface import (REJECT_REASONS, SEED_MAX, Capabilities, ControlSurface, Scenes, Sender,
+                                        capabilities, scene_list)
 from installation.inputs.udp import FairLimiter, UdpReceiver, host_key
 from installation.parts import Moment, PartContext, register
 
@@ -68,8 +70,12 @@ class OscSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 to listen on all interfaces")
     port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port (tests)")
     allow: tuple[str, ...] = Field(
-        default=(), description="sender IPs or CIDR networks; empty = loopback only; ['0.0.0.0/0', '::/0'] = all"
+        default=(), description="sender IPs or CIDR networks allowed besides loopback; empty = loopback only; "
+                                "['0.0.0.0/0', '::/0'] = all"
     )
+    allow_loopback: bool = Field(
+        default=True, description="senders on this machine (127.0.0.0/8, ::1) are allowed whatever `allow` says; "
+                                  "false: only the `allow` list (loopback only when it is empty)")
     rate_limit: float = Field(
         default=500.0, gt=0.0,
         description="messages per second per sender host (all of 127.0.0.0/8 and ::1 are one host), shared evenly "
@@ -126,23 +132,32 @@ def address_map(
     bus_specs: Mapping[str, ParamSpec] | Iterable[ParamSpec],
     scenes: Scenes,
     settings: OscSettings | None = None,
+    caps: Capabilities | None = None,
 ) -> list[tuple[str, str, str]]:
-    """The OSC address space as (address, argument types, doc) rows, for ``installation osc-map``."""
+    """The OSC address space as (address, argument types, doc) rows, for ``installation osc-map`` and OSCQuery.
+
+    With ``caps`` (the show's :class:`Capabilities`) only the addresses that can act in this show are listed, so the
+    map, OSCQuery's tree and what the OSC port answers agree; ``/blend`` is listed only when a scene blends reference
+    images."""
     s = settings or OscSettings()
     rows: list[tuple[str, str, str]] = []
-    for spec in sorted(_specs_of(bus_specs), key=lambda p: p.name):
+    specs = _specs_of(bus_specs)
+    for spec in sorted(specs, key=lambda p: p.name):
         if spec.name.startswith(s.exclude_prefixes):
             continue
         kind = {"float": "f", "int": "i|f", "bool": "i|f|T|F"}[spec.type]
         doc = f"{spec.type} {spec.min:g}..{spec.max:g} (default {spec.default:g})" + (f": {spec.doc}" if spec.doc else "")
         rows.append((f"/param/{spec.name}", kind, doc))
-        rows.append((f"/param/{spec.name}/norm", "f", f"0..1 across {spec.min:g}..{spec.max:g}"))
+    for spec in sorted(specs, key=lambda p: p.name):
+        if not spec.name.startswith(s.exclude_prefixes):
+            rows.append((f"/norm/{spec.name}", "f", f"{spec.name} from 0..1 across {spec.min:g}..{spec.max:g}"))
     names = scene_list(scenes)
     rows += [
-        ("/scene/next", "", "go to the next scene"),
+        ("/scene/next", "", "go to the next scene (events fire on 1 or no argument, a 0 is a button's release)"),
         ("/scene/prev", "", "go to the previous scene"),
         ("/scene/goto", "s|i", "scene by name or index: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))),
-        ("/prompt", "s", f"replace the prompt (guarded, at most {s.prompt.max_length} characters)"),
+        ("/prompt/all", "s", f"replace the whole prompt (guarded, at most {s.prompt.max_length} characters; "
+                             "/prompt s is taken too)"),
     ]
     lo, hi = s.prompt_weight
     rows += [(f"/prompt/{i}", "s [f]", f"prompt slot {i}, optional weight {lo:g}..{hi:g}") for i in range(s.prompt_slots)]
@@ -152,11 +167,15 @@ def address_map(
         ("/blend", "f [f ...]", "img2img reference image weights at once (reference.<i>.weight), all or none"),
         ("/freeze", "i|f|T|F", "1 holds the current frame, 0 releases"),
         ("/blackout", "i|f|T|F", "1 fades to black, 0 fades back"),
-        ("/panic", "", "blackout now and reset steering to the scene defaults"),
+        ("/panic", "", "blackout now and reset steering to the scene defaults (fires on 1 or no argument; 0 is "
+                       "ignored, as a button's release)"),
+        ("/preset/store", "s", "store the playing scene's parameters as a named preset (beside the config)"),
+        ("/preset/recall", "s [f]", "glide to a stored preset over f seconds ([presets] fade_s when not given)"),
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
         ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
         ("/steer", "s [f]", "bend the walk towards a text, strength 0..1 ([vision]; guarded); \"\" releases"),
-        ("/calibrate", "i|f|T|F", "1 shows the projector outputs' test patterns for calibration, 0 ends (and saves)"),
+        ("/calibrate/on", "i|f|T|F", "1 shows the projector outputs' test patterns for calibration, 0 ends (and "
+                                     "saves); /calibrate 1|0 is taken too"),
         ("/calibrate/save", "", "save the calibration beside the config now"),
         ("/calibrate/undo", "", "undo the last calibration change"),
         ("/output/<n>/corner/<0-3>", "f f", "move output n's corner (n from 1, as on its test pattern; corners "
@@ -164,10 +183,15 @@ def address_map(
                                             "output"),
         ("/output/<n>/mesh/<i>", "f f", "move output n's mesh point i (row by row) to x y, 0..1"),
         ("/output/<n>/blend/<side>", "f", "output n's soft-edge width at left|right|top|bottom, 0..0.5"),
-        ("/midi/learn", "s", "bind the next moved MIDI control to this parameter ([inputs.midi])"),
+        ("/midi/learn", "s", "bind the next moved MIDI control to this parameter ([inputs.midi]); \"\" cancels; "
+                             "a pending learn expires after [inputs.midi] learn_timeout_s"),
     ]
     if s.allow_quit:
         rows.append(("/quit", "", "stop the show"))
+    if not any(p.name == "reference.0.weight" for p in specs):
+        rows = [r for r in rows if r[0] != "/blend"]
+    if caps is not None:
+        rows = [r for r in rows if caps.why_not(r[0].replace("<n>", "1")) is None]
     if s.feedback_host:
         rows.append((f"-> {s.feedback_host}:{s.feedback_port} /param/<name>", "f", "feedback of changed parameters"))
         rows.append((f"-> {s.feedback_host}:{s.feedback_port} /scene/current", "s", "feedback of the scene"))
@@ -254,6 +278,43 @@ def _flat(params: list[Any]) -> Iterator[Any]:
             yield p
 
 
+def allowed_networks(settings: OscSettings) -> list[Any]:
+    """The networks whose senders may talk: ``allow``, plus loopback unless ``allow_loopback`` is off (loopback
+    alone when ``allow`` is empty)."""
+    nets: list[Any] = [ipaddress.ip_network(a, strict=False) for a in settings.allow]
+    if settings.allow_loopback or not nets:
+        nets += list(_LOOPBACK)  # TouchDesigner on the show's own machine stays live beside a tablet
+    return nets
+
+
+def is_allowed(nets: list[Any], host: str) -> bool:
+    """Whether a sender's address (IPv4, IPv6, IPv4-mapped, with or without a zone) is in ``nets``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in nets)
+
+
+def parse_packet(data: bytes) -> list[OscMessage] | str:
+    """The messages of one OSC packet (bundles unpacked, in order), or the reject reason when it is refused."""
+    try:
+        parts = list(_elements(data))
+    except ValueError:
+        return "malformed"
+    if not all(_tags_known(p) for p in parts):
+        return "unknown_type_tag"
+    try:
+        messages = [OscMessage(p) for p in parts]
+    except Exception:  # noqa: BLE001 - any parser failure is a malformed packet
+        return "malformed"
+    if not all(_complete(m) for m in messages):
+        return "malformed"
+    return messages
+
+
 def _encode(address: str, *args: Any) -> bytes:
     b = OscMessageBuilder(address=address)
     for a in args:
@@ -276,12 +337,13 @@ class OscServer:
         clock: Callable[[], float] = time.monotonic,
         base_dir: str | None = None,
         surface: ControlSurface | None = None,
+        caps: Capabilities | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
-        self.surface = surface or ControlSurface(settings, bus, scenes, clock=clock, base_dir=base_dir)
+        self.surface = surface or ControlSurface(settings, bus, scenes, clock=clock, base_dir=base_dir, caps=caps)
         self._packet_rate = RateMeter("packets")  # packets_per_s and last_packet_age_s for /health
-        self._allow = [ipaddress.ip_network(a, strict=False) for a in settings.allow] or list(_LOOPBACK)
+        self._allow = allowed_networks(settings)
         self._senders: OrderedDict[str, tuple[bool, str]] = OrderedDict()  # host -> (allowed, limiter host key)
         self._limiter = FairLimiter(settings.rate_limit, settings.burst, max_hosts=settings.max_senders,
                                     ports_per_host=settings.ports_per_host)
@@ -303,14 +365,7 @@ class OscServer:
         """(allowed, limiter host key) of a sender address, cached."""
         entry = self._senders.get(host)
         if entry is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%", 1)[0])
-                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                    ip = ip.ipv4_mapped
-                ok = any(ip in net for net in self._allow)
-            except ValueError:
-                ok = False
-            entry = self._senders[host] = (ok, host_key(host))
+            entry = self._senders[host] = (is_allowed(self._allow, host), host_key(host))
             if len(self._senders) > 1024:
                 self._senders.popitem(last=False)
         return entry
@@ -461,7 +516,7 @@ class OscServer:
         surface = self.surface
         for address, value in surface.feedback_due(values, scene, self._fb_host):
             try:
-                sock.sendto(_encode(address, value), addr)
+                sock.sendto(_encode(address, *(value if isinstance(value, tuple) else (value,))), addr)
                 surface.count("feedback_sent")
             except BlockingIOError:
                 surface.count("feedback_dropped")
@@ -474,7 +529,7 @@ def build(settings: OscSettings, ctx: PartContext) -> OscServer | None:
     """The OSC part: on unless ``[inputs.osc] enabled = false``; its port is bound at start (a start-up error)."""
     if not settings.enabled:
         return None
-    return OscServer(settings, ctx.bus, ctx.scenes, base_dir=str(ctx.base_dir))
+    return OscServer(settings, ctx.bus, ctx.scenes, base_dir=str(ctx.base_dir), caps=capabilities(ctx.config))
 
 
 def bench_latency(n: int = 2000, warmup: int = 100) -> dict[str, float]:

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Sequence
 from pydantic import Field
 
 from installation.bus import ParamBus
-from installation.inputs.osc import OscSettings, _encode, address_map
-from installation.inputs.surface import Scenes, scene_list
+from installation.inputs.osc import OscSettings, _encode, address_map, allowed_networks, is_allowed, parse_packet
+from installation.inputs.surface import Capabilities, ControlSurface, Scenes, Sender, capabilities, scene_list
 from installation.ops.http import (HttpLimits, HttpServer, allowed_origin, host_refusal, http_url, json_error,
                                    json_response, respond)
 from installation.parts import PartContext, register
@@ -52,10 +52,11 @@ EXTENSIONS = {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True,
               "PATH_RENAMED": False, "PATH_ADDED": False, "PATH_REMOVED": False, "HTML": False, "TYPE": True,
               "FULL_PATH": True, "CONTENTS": True}
 ATTRIBUTES = ("FULL_PATH", "CONTENTS", "TYPE", "RANGE", "VALUE", "ACCESS", "DESCRIPTION")
-# The osc-map's argument notation -> an OSC type tag string (optional arguments left out).
-_TYPES = {"": None, "f": "f", "s": "s", "i": "i", "i|f": "i", "i|f|T|F": "i", "s|i": "s", "s [f]": "s",
-          "f [f ...]": "f", "[any]": None}
-_GATE_RANGE = {"/freeze": (0, 1), "/blackout": (0, 1)}
+# The osc-map's argument notation -> an OSC type tag string (optional arguments left out); None: no argument.
+_TYPES = {"": None, "f": "f", "s": "s", "i": "i", "i|f": "i", "i|f|T|F": "T", "s|i": "s", "s [f]": "s",
+          "f [f ...]": "f", "f f": "ff", "[any]": None}
+_PLACEHOLDER = {"f": 0.0, "i": 0, "s": "", "T": False}
+_GATES = {"/freeze": "frozen", "/blackout": "blackout", "/calibrate/on": None}
 
 
 QUEUE = 256  # messages waiting for one websocket; a listener that does not read loses the newest, counted
@@ -85,13 +86,27 @@ def _node(path: str, description: str = "", **attrs: Any) -> dict[str, Any]:
     return node
 
 
+def _value_of(spec: Any, value: float) -> Any:
+    """A parameter's value as its OSC type carries it: float, int, or bool (``T``/``F``)."""
+    if spec.type == "bool":
+        return bool(value >= 0.5)
+    return float(value) if spec.type == "float" else int(value)
+
+
 def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | None = None,
-               outputs: Sequence[int] = ()) -> dict[str, Any]:
+               outputs: Sequence[int] = (), caps: Capabilities | None = None,
+               live: dict[str, Any] | None = None) -> dict[str, Any]:
     """The OSCQuery tree of the show's OSC address space, with each parameter's range and current target.
-    ``outputs``: the show's projector outputs, each as its number of mesh points (0 without a mesh); their
-    calibration addresses (``/output/<n>/...``) are spelled out for each, as a client sends them."""
+
+    Strict to the proposal (python-oscquery checks it): a node is either a folder (``CONTENTS``, ``ACCESS`` 0, no
+    value) or a method (``TYPE``, and ``VALUE`` unless it takes no argument), never both; a method with no argument
+    has ``ACCESS`` 0, a write-only one ``ACCESS`` 2 with a placeholder ``VALUE`` of its type (strict clients derive
+    the type from it; ``?VALUE`` answers 204). ``outputs``: the show's projector outputs, each as its number of mesh
+    points (0 without a mesh); their calibration addresses (``/output/<n>/...``) are spelled out for each, as a
+    client sends them. ``live``: the show's ``blackout`` and ``frozen`` state, read back as those gates' values."""
     root = _node("/", "installation: a latent-space show", CONTENTS={}, ACCESS=ACCESS_NONE)
     targets = bus.targets()
+    live = live or {}
 
     def place(address: str, node: dict[str, Any]) -> None:
         parent = root
@@ -99,58 +114,67 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
         for i, part in enumerate(parts[:-1]):
             contents = parent.setdefault("CONTENTS", {})
             parent = contents.setdefault(part, _node("/" + "/".join(parts[: i + 1]), ACCESS=ACCESS_NONE))
-        existing = parent.setdefault("CONTENTS", {}).get(parts[-1])
-        if existing is not None and "CONTENTS" in existing:
-            node["CONTENTS"] = existing["CONTENTS"]
+            if "TYPE" in parent or "VALUE" in parent:
+                raise ValueError(f"OSCQuery: {parent['FULL_PATH']} is a method and a folder")
+        if parts[-1] in parent.setdefault("CONTENTS", {}):
+            raise ValueError(f"OSCQuery: {address} is a folder and a method")
         parent["CONTENTS"][parts[-1]] = node
 
     names = scene_list(scenes)
-    for address, types, doc in address_map(bus.specs, names, osc):
+    for address, types, doc in address_map(bus.specs, names, osc, caps):
         if address.startswith("->") or "<" in address:
             continue  # feedback rows; the /output/<n>/... patterns are spelled out below
-        if address.startswith("/param/"):
-            name = address[len("/param/"):]
-            norm = name.endswith("/norm")
-            name = name[: -len("/norm")] if norm else name
-            spec = bus.spec(name)
+        if address.startswith(("/param/", "/norm/")):
+            norm = address.startswith("/norm/")
+            spec = bus.spec(address.split("/", 2)[2])
             if spec is None:
                 continue
-            value = targets.get(name, spec.default)
+            value = targets.get(spec.name, spec.default)
             if norm:
                 u = (value - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
                 place(address, _node(address, doc, TYPE="f", RANGE=[{"MIN": 0.0, "MAX": 1.0}], VALUE=[u],
                                      ACCESS=ACCESS_RW))
             else:
-                kind = "f" if spec.type == "float" else "i"
-                v: float | int = value if kind == "f" else int(value)
-                place(address, _node(address, doc, TYPE=kind, RANGE=[{"MIN": spec.min, "MAX": spec.max}], VALUE=[v],
+                kind = {"float": "f", "int": "i", "bool": "T"}[spec.type]
+                rng = None if kind == "T" else [{"MIN": spec.min, "MAX": spec.max}]
+                place(address, _node(address, doc, TYPE=kind, RANGE=rng, VALUE=[_value_of(spec, value)],
                                      ACCESS=ACCESS_RW))
             continue
         tag = _TYPES.get(types)
+        if tag is None:  # takes no argument (an event, /ping): nothing to read or write
+            place(address, _node(address, doc, ACCESS=ACCESS_NONE))
+            continue
         rng = None
-        value = None
+        value: list[Any] = [_PLACEHOLDER[t] for t in tag]
+        access = ACCESS_WRITE
         if address == "/scene/goto":
-            rng, value = [{"VALS": names}], ([scene] if scene else None)
-        elif address in _GATE_RANGE:
-            lo, hi = _GATE_RANGE[address]
-            rng = [{"MIN": lo, "MAX": hi}]
+            rng = [{"VALS": names}]
+            if scene:
+                value, access = [scene], ACCESS_RW
+        elif address in _GATES:
+            key = _GATES[address]
+            if key is not None and key in live:
+                value, access = [bool(live[key])], ACCESS_RW
         elif address == "/seed":
             rng = [{"MIN": 0, "MAX": 2**32 - 1}]
-        place(address, _node(address, doc, TYPE=tag, RANGE=rng, VALUE=value, ACCESS=ACCESS_WRITE))
+        elif address == "/map/goto":
+            rng = [{"MIN": 0.0, "MAX": 1.0}] * 2
+        place(address, _node(address, doc, TYPE=tag, RANGE=rng, VALUE=value, ACCESS=access))
     point = [{"MIN": -1.0, "MAX": 2.0}] * 2
-    for n, mesh_points in enumerate(outputs, start=1):
+    shown = [] if caps is not None and caps.outputs == 0 else outputs
+    for n, mesh_points in enumerate(shown, start=1):
         for i, corner in enumerate(("top-left", "top-right", "bottom-right", "bottom-left")):
             address = f"/output/{n}/corner/{i}"
             place(address, _node(address, f"move output {n}'s {corner} corner to x y (0..1 of the output)",
-                                 TYPE="ff", RANGE=point, ACCESS=ACCESS_WRITE))
+                                 TYPE="ff", RANGE=point, VALUE=[0.0, 0.0], ACCESS=ACCESS_WRITE))
         for i in range(mesh_points):
             address = f"/output/{n}/mesh/{i}"
             place(address, _node(address, f"move output {n}'s mesh point {i} (row by row) to x y",
-                                 TYPE="ff", RANGE=point, ACCESS=ACCESS_WRITE))
+                                 TYPE="ff", RANGE=point, VALUE=[0.0, 0.0], ACCESS=ACCESS_WRITE))
         for side in ("left", "right", "top", "bottom"):
             address = f"/output/{n}/blend/{side}"
             place(address, _node(address, f"output {n}'s soft-edge width at the {side}", TYPE="f",
-                                 RANGE=[{"MIN": 0.0, "MAX": 0.5}], ACCESS=ACCESS_WRITE))
+                                 RANGE=[{"MIN": 0.0, "MAX": 0.5}], VALUE=[0.0], ACCESS=ACCESS_WRITE))
     return root
 
 
@@ -188,8 +212,14 @@ class OscQueryServer:
     """The OSCQuery HTTP + websocket server and its mDNS advertisement; a part."""
 
     def __init__(self, settings: OscQuerySettings, bus: ParamBus, scenes: Scenes, osc: OscSettings,
-                 snapshot: Any = None, outputs: Sequence[int] = ()) -> None:
+                 snapshot: Any = None, outputs: Sequence[int] = (), caps: Capabilities | None = None,
+                 base_dir: str | None = None) -> None:
         self.settings = settings
+        self.caps = caps
+        # OSC packets sent over the websocket (binary frames, as the proposal allows) take the OSC port's path:
+        # the same allow list, checks, coalescing and counters, as transport "ws".
+        self.surface = ControlSurface(osc, bus, scenes, base_dir=base_dir, caps=caps)
+        self._allow = allowed_networks(osc)
         self.outputs = tuple(outputs)  # the projector outputs' mesh point counts (see build_tree)
         self.bus = bus
         self.scenes = scenes
@@ -202,7 +232,8 @@ class OscQueryServer:
         self._zc_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.counts = {"http": 0, "not_found": 0, "ws_clients": 0, "listens": 0, "sent": 0, "dropped": 0,
-                       "bad_commands": 0, "advertised": 0, "path_changes": 0, "cross_origin": 0, "busy": 0}
+                       "bad_commands": 0, "advertised": 0, "path_changes": 0, "cross_origin": 0, "busy": 0,
+                       "osc_packets": 0, "osc_not_allowed": 0}
 
     # -- part ----------------------------------------------------------------------------------------------------
     @property
@@ -230,6 +261,7 @@ class OscQueryServer:
                           "cross_origin": out.pop("cross_origin"),
                           "busy": out.pop("busy") + http["refused_busy"] + http["refused_client"]}
         out["connections"] = http
+        out["osc"] = self.surface.stats()  # OSC packets over the websocket: applied, rejects by reason
         return out
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -272,6 +304,8 @@ class OscQueryServer:
                          if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
             else:
                 addrs = [socket.gethostbyname(host)]
+            if not addrs:  # no interface but loopback (a sandbox): say so, advertise loopback
+                addrs = ["127.0.0.1"]
             packed = [socket.inet_aton(a) for a in addrs]
             name = self.settings.name
             server = f"{socket.gethostname().split('.')[0]}.local."
@@ -291,10 +325,28 @@ class OscQueryServer:
 
     # -- the server (on its loop) -----------------------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
-        scene = None
-        if self.snapshot is not None:
-            scene = (self.snapshot() or {}).get("scene")
-        return build_tree(self.bus, self.scenes, self.osc, scene, self.outputs)
+        snap = (self.snapshot() or {}) if self.snapshot is not None else {}
+        return build_tree(self.bus, self.scenes, self.osc, snap.get("scene"), self.outputs, self.caps,
+                          snap.get("live"))
+
+    def _host_info(self, request: web.BaseRequest) -> dict[str, Any]:
+        """HOST_INFO, with the address this request arrived on where a server listens on every interface: a tablet
+        that found the show by mDNS must not be told to send to 0.0.0.0 (itself)."""
+        local = ""
+        transport = request.transport
+        if transport is not None:
+            sockname = transport.get_extra_info("sockname")
+            if sockname:
+                local = str(sockname[0])
+                if local.startswith("::ffff:"):
+                    local = local[len("::ffff:"):]
+
+        def reachable(host: str) -> str:
+            return (local or "127.0.0.1") if host in ("0.0.0.0", "::", "") else host
+
+        return {"NAME": self.settings.name, "OSC_IP": reachable(self.osc.host), "OSC_PORT": self.osc.port,
+                "OSC_TRANSPORT": "UDP", "WS_IP": reachable(self.settings.host), "WS_PORT": self.port,
+                "EXTENSIONS": EXTENSIONS}
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -313,15 +365,15 @@ class OscQueryServer:
         self._count("http")
         path, attr = request.path or "/", request.query_string.split("&", 1)[0].upper()
         if attr == "HOST_INFO":
-            return json_response(200, {"NAME": self.settings.name, "OSC_IP": self.osc.host, "OSC_PORT": self.osc.port,
-                                       "OSC_TRANSPORT": "UDP", "WS_IP": self.settings.host, "WS_PORT": self.port,
-                                       "EXTENSIONS": EXTENSIONS}, headers)
+            return json_response(200, self._host_info(request), headers)
         node = find(await self._http.call(self._tree), path)
         if node is None:
             self._count("not_found")
             return json_response(404, {"error": "no such address", "path": path[:200]}, headers)
         if not attr:
             return json_response(200, node, headers)
+        if attr == "VALUE" and not node.get("ACCESS", 0) & ACCESS_READ:
+            return respond(204, b"", headers=headers)  # write-only or no value: nothing to read
         if attr in ATTRIBUTES and attr in node:
             return json_response(200, {attr: node[attr]}, headers)
         if attr in ATTRIBUTES:
@@ -342,7 +394,10 @@ class OscQueryServer:
         sender = asyncio.create_task(self._sender(ws, client.queue))
         try:
             async for message in ws:
-                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if message.type == WSMsgType.BINARY:  # an OSC packet (the proposal allows OSC over the websocket)
+                    await self._http.call(self._osc_packet, message.data, request.remote or "?", client)
+                    continue
+                if message.type != WSMsgType.TEXT:
                     continue
                 try:
                     cmd = json.loads(message.data)
@@ -362,6 +417,29 @@ class OscQueryServer:
             self._clients.pop(ws, None)
             sender.cancel()
         return ws
+
+    def _osc_packet(self, data: bytes, host: str, client: _Listener) -> None:
+        """Apply one OSC packet from a websocket through the control surface (a worker thread); answers such as
+        /pong go back over the same websocket."""
+        self._count("osc_packets")
+        if not is_allowed(self._allow, host):
+            self.surface.reject("not_allowed", packet=True)
+            return
+        messages = parse_packet(data)
+        if isinstance(messages, str):
+            self.surface.reject(messages, packet=True)
+            return
+        loop = self._http.loop
+
+        def reply(address: str, *args: Any) -> None:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._send, client, _encode(address, *args))
+
+        self.surface.count("packets")
+        sender = Sender("ws", host, None, reply)
+        for msg in messages:
+            self.surface.apply(msg.address, msg.params, sender)
+        self.surface.release_held()
 
     async def _sender(self, ws: web.WebSocketResponse, queue: asyncio.Queue[str | bytes]) -> None:
         """Send one websocket its queued messages, in order, as fast as it reads them."""
@@ -419,10 +497,10 @@ class OscQueryServer:
                 if spec is None:
                     continue
                 for address, v in ((f"/param/{name}", value),
-                                   (f"/param/{name}/norm", (value - spec.min) / (spec.max - spec.min)
+                                   (f"/norm/{name}", (value - spec.min) / (spec.max - spec.min)
                                     if spec.max > spec.min else 0.0)):
                     if address in client.listening:
-                        arg = float(v) if spec.type == "float" or address.endswith("/norm") else int(v)
+                        arg = float(v) if address.startswith("/norm/") else _value_of(spec, v)
                         self._send(client, _encode(address, arg))
 
     def _send_all(self, message: str | bytes, address: str | None) -> None:
@@ -448,4 +526,5 @@ def build(settings: OscQuerySettings, ctx: PartContext) -> OscQueryServer | None
         log.warning("OSCQuery is enabled but the OSC input is not: nothing to announce, not started")
         return None
     outputs = [o.mesh.cols * o.mesh.rows if o.mesh else 0 for o in ctx.config.outputs] if ctx.config else []
-    return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot, outputs)
+    return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot, outputs, capabilities(ctx.config),
+                          str(ctx.base_dir))

@@ -8,6 +8,16 @@ or a web page can, with the same type and range checks, the same counters and th
 of the rest when the interval ends; ``coalesced`` counts those superseded). Every dropped message is counted by
 reason (see :data:`REJECT_REASONS`). Bus writes carry ``<transport>:<host>`` as their source.
 
+Events (``/scene/next``, ``/scene/prev``, ``/panic``, ``/calibrate/save``, ``/calibrate/undo``, ``/describe``,
+``/quit``) fire on a non-zero argument or none and ignore 0 (counted as ``released``): a TouchOSC, Resolume or QLab
+button sends 1 on press and 0 on release, and must fire once per tap.
+
+An address whose part is off in this show (``/map/goto`` without the archive, ``/steer`` and ``/describe`` without
+``[vision]``, ``/midi/learn`` without MIDI, ``/blend`` where no scene blends reference images, ``/output/<n>`` past
+the show's outputs) is answered as ``unavailable``: counted under that reason and, when feedback is on, sent back
+as ``/unavailable s<address> s<why>``. What is available is a :class:`Capabilities`, read from the config
+(:func:`capabilities`).
+
 Feedback (:meth:`ControlSurface.feedback_due`) picks what to send: changed parameters and the scene, at most
 ``feedback_rate`` flushes per second and ``feedback_max_messages`` per flush, never the value a sender on the
 feedback host just set back to it; the transport encodes and sends it.
@@ -19,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -35,12 +45,14 @@ log = logging.getLogger(__name__)
 
 REJECT_REASONS = (
     "malformed", "unknown_type_tag", "unknown_address", "bad_type", "out_of_range", "not_allowed", "rate_limited",
-    "guard", "event_overflow", "error",
+    "guard", "event_overflow", "unavailable", "error",
 )
 MAX_ADDRESS = 256
 AUDIT_TEXT_MAX = 1000  # characters of a prompt kept in its audit note
 # Notes (ParamBus.note) sent as feedback when they change: the frame's description, the refusals made visible.
-FEEDBACK_NOTES = {"vision.description": "/vision/description", "vision.refused": "/vision/refused"}
+FEEDBACK_NOTES = {"vision.description": "/vision/description", "vision.refused": "/vision/refused",
+                  "midi.learn": "/midi/learn/state"}
+MAX_PENDING_FEEDBACK = 32  # /unavailable answers waiting for the next feedback flush; older ones dropped
 SEED_MAX = 2**32 - 1
 MAX_BLEND = 16  # reference images one /blend message may weigh
 MAX_OUTPUTS = 64  # projector outputs /output/<n>/... may address
@@ -48,6 +60,52 @@ MAX_MESH_POINTS = 33 * 33
 _STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
 
 Scenes = Sequence[str] | Callable[[], Sequence[str]]
+
+
+class Capabilities(NamedTuple):
+    """Which optional parts of the address space this show can act on. The defaults (everything, any output) are
+    for a surface with no show behind it (a test, a bench); a running show passes :func:`capabilities`."""
+
+    archive: bool = True  # /map/goto
+    vision: bool = True  # /steer, /describe
+    midi: bool = True  # /midi/learn
+    outputs: int | None = None  # projector outputs: /output/<1..n>, /calibrate (None: not known, any n)
+    presets: bool = True  # /preset/store, /preset/recall
+
+    def why_not(self, address: str) -> str | None:
+        """Why ``address`` cannot act in this show, or None when it can (or the address is not optional)."""
+        if address == "/map/goto" and not self.archive:
+            return "the archive is off ([archive] enabled = false)"
+        if address in ("/steer", "/describe") and not self.vision:
+            return "[vision] is off"
+        if address.startswith("/midi/learn") and not self.midi:
+            return "MIDI is off ([inputs.midi] enabled = false)"
+        if address.startswith("/preset/") and not self.presets:
+            return "presets are off ([presets] enabled = false)"
+        if self.outputs is not None:
+            if address.startswith("/calibrate") and self.outputs == 0:
+                return "no [[outputs]] to calibrate"
+            if address.startswith("/output/"):
+                n = address.split("/")[2] if address.count("/") >= 2 else ""
+                if n.isdigit() and int(n) > self.outputs:
+                    return f"this show has {self.outputs} output{'s' if self.outputs != 1 else ''}"
+        return None
+
+
+def capabilities(config: Any) -> Capabilities:
+    """The :class:`Capabilities` of a validated config (everything when there is none)."""
+    if config is None:
+        return Capabilities()
+
+    def on(*path: str) -> bool:
+        obj = config
+        for key in path:
+            obj = getattr(obj, key, None)
+        return bool(obj)
+
+    return Capabilities(archive=on("archive", "enabled"), vision=on("vision", "enabled"),
+                        midi=on("inputs", "midi", "enabled"), outputs=len(getattr(config, "outputs", ()) or ()),
+                        presets=on("presets", "enabled"))
 
 
 class Sender(NamedTuple):
@@ -71,6 +129,25 @@ class Reject(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Unavailable(Exception):
+    """Raised inside a handler when the show has no part that could act on the message (``why`` says which)."""
+
+
+class Released(Exception):
+    """Raised inside an event's handler for a 0 argument (a button's release): not applied, not an error."""
+
+
+def pressed(args: Sequence[Any]) -> bool:
+    """Whether an event's arguments fire it: none, or one non-zero number (``T`` too); 0 / ``F`` is a release."""
+    if not args:
+        return True
+    if len(args) != 1:
+        raise Reject("bad_type")
+    if args[0] is None:
+        return True  # an OSC nil fires like no argument
+    return finite(number(args[0])) != 0.0
 
 
 def number(arg: Any) -> float:
@@ -134,9 +211,11 @@ class ControlSurface:
     from any transport's thread (calls are serialised); ``stats`` and ``feedback_due`` never wait for one."""
 
     def __init__(self, settings: "OscSettings", bus: ParamBus, scenes: Scenes = (), *,
-                 clock: Callable[[], float] = time.monotonic, base_dir: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, base_dir: str | None = None,
+                 caps: Capabilities | None = None) -> None:
         self.settings = settings
         self.bus = bus
+        self.caps = caps or Capabilities()
         self._scenes = scenes
         self._clock = clock
         self._guard = PromptGuard(settings.prompt, base_dir)
@@ -153,6 +232,7 @@ class ControlSurface:
         self._fb_sent: dict[str, float] = {}
         self._fb_scene: str | None = None
         self._fb_notes: dict[str, Any] = {}
+        self._fb_pending: deque[tuple[str, tuple[Any, ...]]] = deque(maxlen=MAX_PENDING_FEEDBACK)
         self.dispatcher = self._build_dispatcher()
 
     # -- routing -----------------------------------------------------------------------------------------------
@@ -160,8 +240,9 @@ class ControlSurface:
         d = Dispatcher(strict_timing=False)
         table: dict[str, Callable[..., None]] = {
             "/param/*": self._h_param,
-            "/scene/next": lambda c, a, *args: self._post("scene.next", None, c),
-            "/scene/prev": lambda c, a, *args: self._post("scene.prev", None, c),
+            "/norm/*": self._h_param,
+            "/scene/next": lambda c, a, *args: self._fire("scene.next", args, c),
+            "/scene/prev": lambda c, a, *args: self._fire("scene.prev", args, c),
             "/scene/goto": self._h_goto,
             "/prompt": self._h_prompt,
             "/prompt/*": self._h_prompt,
@@ -170,19 +251,22 @@ class ControlSurface:
             "/blend": self._h_blend,
             "/freeze": lambda c, a, *args: self._h_gate("freeze", args, c),
             "/blackout": lambda c, a, *args: self._h_gate("blackout", args, c),
-            "/panic": lambda c, a, *args: self._post("panic", None, c),
+            "/panic": lambda c, a, *args: self._fire("panic", args, c),
             "/ping": self._h_ping,
             "/describe": self._h_describe,
             "/steer": self._h_steer,
             # projector calibration (render/calibration.py); the runtime counts what no output can take
             "/calibrate": lambda c, a, *args: self._h_gate("calibrate", args, c),
-            "/calibrate/save": lambda c, a, *args: self._post("calibrate.save", None, c),
-            "/calibrate/undo": lambda c, a, *args: self._post("calibrate.undo", None, c),
+            "/calibrate/on": lambda c, a, *args: self._h_gate("calibrate", args, c),
+            "/calibrate/save": lambda c, a, *args: self._fire("calibrate.save", args, c),
+            "/calibrate/undo": lambda c, a, *args: self._fire("calibrate.undo", args, c),
             "/output/*": self._h_output,
             "/midi/learn": self._h_learn,
+            "/preset/store": self._h_preset,
+            "/preset/recall": self._h_preset,
         }
         if self.settings.allow_quit:
-            table["/quit"] = lambda c, a, *args: self._post("quit", None, c)
+            table["/quit"] = lambda c, a, *args: self._fire("quit", args, c)
         for address, fn in table.items():
             d.map(address, fn, needs_reply_address=True)
         return d
@@ -204,15 +288,35 @@ class ControlSurface:
         if not handlers:
             self.reject("unknown_address")
             return
+        why = self.caps.why_not(address)
+        if why is not None:
+            self.unavailable(address, why)
+            return
         for handler in handlers:
             try:
                 handler.callback(sender, address, *args)
                 self.count("applied")
+            except Released:
+                self.count("released")
+            except Unavailable as u:
+                self.unavailable(address, str(u))
             except Reject as r:
                 self.reject(r.reason)
             except Exception:  # noqa: BLE001 - a handler bug must not stop the transport
                 self.reject("error")
                 log.debug("control handler for %r failed", address, exc_info=True)
+
+    def unavailable(self, address: str, why: str) -> None:
+        """Count a message this show cannot act on and queue ``/unavailable address why`` for the feedback."""
+        self.reject("unavailable")
+        with self._lock:
+            self._fb_pending.append(("/unavailable", (address[:MAX_ADDRESS], why)))
+
+    def _fire(self, kind: str, args: Sequence[Any], sender: Sender) -> None:
+        """An event that fires on press (no argument, or non-zero) and ignores a button's release (0)."""
+        if not pressed(args):
+            raise Released()
+        self._post(kind, None, sender)
 
     def _post(self, kind: str, value: Any, sender: Sender, group: Any = None) -> None:
         event = Event(kind, value, sender.source)
@@ -237,9 +341,14 @@ class ControlSurface:
 
     # -- handlers ----------------------------------------------------------------------------------------------
     def _h_param(self, sender: Sender, address: str, *args: Any) -> None:
-        rest = address[len("/param/"):]
-        norm = rest.endswith("/norm")
-        name = rest[: -len("/norm")] if norm else rest
+        """``/param/<name>`` (native range), ``/norm/<name>`` (0..1 across it; ``/param/<name>/norm``, its older
+        spelling, is still taken: OSCQuery cannot list it, since a node may not be both a method and a folder)."""
+        if address.startswith("/norm/"):
+            name, norm = address[len("/norm/"):], True
+        else:
+            rest = address[len("/param/"):]
+            norm = rest.endswith("/norm")
+            name = rest[: -len("/norm")] if norm else rest
         spec = self.bus.spec(name)
         if spec is None or name.startswith(self.settings.exclude_prefixes):
             raise Reject("unknown_address")
@@ -276,7 +385,7 @@ class ControlSurface:
 
     def _h_prompt(self, sender: Sender, address: str, *args: Any) -> None:
         slot: int | None = None
-        if address != "/prompt":
+        if address not in ("/prompt", "/prompt/all"):
             tail = address[len("/prompt/"):]
             if not tail.isdigit() or int(tail) >= self.settings.prompt_slots:
                 raise Reject("unknown_address")
@@ -322,8 +431,10 @@ class ControlSurface:
             raise Reject("bad_type")
         values = [finite(number(a)) for a in args]
         specs = [self.bus.spec(f"reference.{i}.weight") for i in range(len(values))]
+        if specs[0] is None:
+            raise Unavailable("no scene of this show blends reference images (img2img)")
         if any(spec is None for spec in specs):
-            raise Reject("unknown_address")  # no scene of this show blends that many images
+            raise Reject("out_of_range")  # no scene of this show blends that many images
         if any(not spec.min <= v <= spec.max for spec, v in zip(specs, values)):
             raise Reject("out_of_range")
         for spec, v in zip(specs, values):
@@ -362,6 +473,8 @@ class ControlSurface:
 
     def _h_describe(self, sender: Sender, address: str, *args: Any) -> None:
         """Answer the sender with the current description of the frame (``[vision]``; "" before the first)."""
+        if not pressed(args):
+            raise Released()
         if sender.reply is None:
             return
         try:
@@ -395,12 +508,37 @@ class ControlSurface:
             raise Reject("unknown_address")
 
     def _h_learn(self, sender: Sender, address: str, *args: Any) -> None:
-        """MIDI learn: the MIDI part (watching the bus journal) binds the next moved control to this parameter."""
+        """MIDI learn: the MIDI part (watching the bus journal) binds the next moved control to this parameter
+        (``""`` cancels a pending learn)."""
         if len(args) != 1 or not isinstance(args[0], str):
             raise Reject("bad_type")
-        if self.bus.spec(args[0]) is None or args[0].startswith(self.settings.exclude_prefixes):
+        if args[0] and (self.bus.spec(args[0]) is None or args[0].startswith(self.settings.exclude_prefixes)):
             raise Reject("out_of_range")
         self._post("midi.learn", args[0], sender)
+
+
+    def _h_preset(self, sender: Sender, address: str, *args: Any) -> None:
+        """``/preset/store s`` and ``/preset/recall s [f seconds]``: the presets part (ops/presets.py) does them; a
+        recall names a stored preset (the part's ``presets`` note), a fade of 0..600 s."""
+        from installation.ops.presets import MAX_FADE_S, valid_name  # noqa: PLC0415 - a small module, same layer
+
+        store = address == "/preset/store"
+        if not 1 <= len(args) <= (1 if store else 2) or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        if not valid_name(args[0]):
+            raise Reject("out_of_range")
+        if store:
+            self._post("preset.store", args[0], sender)
+            return
+        seconds = None
+        if len(args) == 2:
+            seconds = finite(number(args[1]))
+            if not 0.0 <= seconds <= MAX_FADE_S:
+                raise Reject("out_of_range")
+        known = self.bus.notes().get("presets")
+        if isinstance(known, list) and args[0] not in known:
+            raise Reject("out_of_range")  # no such preset
+        self._post("preset.recall", (args[0], seconds), sender)
 
     def _h_ping(self, sender: Sender, address: str, *args: Any) -> None:
         echo = [a for a in args[:8] if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
@@ -452,6 +590,9 @@ class ControlSurface:
         with self._lock:
             setters = dict(self._setters)
         out: list[tuple[str, Any]] = []
+        with self._lock:
+            while self._fb_pending and len(out) < s.feedback_max_messages // 2:
+                out.append(self._fb_pending.popleft())
         if scene != self._fb_scene:
             out.append(("/scene/current", str(scene)))
             self._fb_scene = scene
@@ -479,7 +620,7 @@ class ControlSurface:
             self._fb_sent[name] = v
             if s.feedback_norm:
                 u = (v - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
-                out.append((f"/param/{name}/norm", float(u)))
+                out.append((f"/norm/{name}", float(u)))
             else:
                 out.append((f"/param/{name}", float(v)))
         return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Callable
@@ -45,6 +46,9 @@ __all__ = ["PreviewSink", "WebPage", "WebSettings", "is_loopback"]
 MAX_BODY = 8192  # bytes of a control request
 VIEWER_IDLE_S = 5.0  # the preview stops reading frames back this long after the last viewer asked for one
 PREVIEW_WAIT_S = 1.0  # how long /preview.jpg waits for a frame newer than the one the viewer has
+GATE_HOLD_S = 3.0  # a gate seen in the journal wins over the runtime's report this long (the report lags)
+WS_PERIOD_S = 0.05  # the websocket pump's round: parameter changes at most 20 times a second
+WS_QUEUE = 64  # messages waiting for one websocket; a page that does not read loses them, counted
 _HEALTH_KEYS = ("status", "scene", "present_fps", "decoder_fps", "frames_presented", "frames_decoded",
                 "frames_dropped", "uptime_s", "rss_mb", "vram_mb", "open")
 
@@ -106,7 +110,8 @@ class WebPage:
     """The control page's server; a part (``start``/``stop``/``alive``/``stats``)."""
 
     def __init__(self, settings: WebSettings, bus: ParamBus, scenes: Callable[[], Any],
-                 snapshot: Callable[[], dict[str, Any]], presented: Any = None, base_dir: str | None = None) -> None:
+                 snapshot: Callable[[], dict[str, Any]], presented: Any = None, base_dir: str | None = None,
+                 caps: Any = None, scene_info: Callable[[], Any] = dict) -> None:
         from ..inputs.osc import OscSettings
         from ..inputs.surface import ControlSurface
 
@@ -117,15 +122,21 @@ class WebPage:
         surface_settings = OscSettings(prompt=settings.prompt, prompt_slots=settings.prompt_slots,
                                        structural_interval=settings.structural_interval,
                                        exclude_prefixes=settings.exclude_prefixes)
-        self.surface = ControlSurface(surface_settings, bus, scenes, base_dir=base_dir)
+        self.surface = ControlSurface(surface_settings, bus, scenes, base_dir=base_dir, caps=caps)
         self.preview = PreviewSink(settings.preview_fps)
         self._presented = presented
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._jpeg_lock = threading.Lock()
         self._control_lock = threading.Lock()
-        self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle, label="web page")
+        self.scene_info = scene_info
+        self._thumbs: dict[str, bytes] = {}  # scene -> the JPEG of a preview frame it showed (the scene grid)
+        self._sockets: set[Any] = set()  # live websockets (on the server's loop)
+        self._gates: dict[str, tuple[bool, float]] = {}  # blackout/frozen from the journal: (state, when)
+        self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle,
+                                tasks=(self._pump,), label="web page")
         self._frame_event: asyncio.Event | None = None  # on the server's loop: set (and replaced) on each frame
-        self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "previews": 0}
+        self.counts = {"requests": 0, "unauthorized": 0, "cross_site": 0, "previews": 0, "ws_clients": 0,
+                       "ws_sent": 0, "ws_dropped": 0}
         self._count_lock = threading.Lock()
 
     # -- part ----------------------------------------------------------------------------------------------------
@@ -190,16 +201,52 @@ class WebPage:
         return None
 
     def state(self) -> dict[str, Any]:
-        """What the page shows: scenes, parameters (ranges, defaults, targets), prompt slots, health figures."""
+        """What the page shows: scenes (with a thumbnail when one was seen), the playing scene and the parameters
+        that act in it, grouped (motion, look, palette, prompts, inputs; the rest as ``other``), every parameter's
+        range, label and target, whether the scene takes prompts, the live state (blackout, freeze, prompts),
+        presets, prompt slots and health figures."""
+        from ..scene_params import grouped, group_of, label
+
         targets = self.bus.targets()
-        params = [{"name": p.name, "type": p.type, "min": p.min, "max": p.max, "default": p.default, "doc": p.doc,
-                   "value": targets.get(p.name, p.default)}
+        health = self.snapshot() or {}
+        scene = health.get("scene")
+        info = (self.scene_info() or {}).get(scene) or {}
+        acting = [n for n in info.get("params", ()) if not n.startswith(self.settings.exclude_prefixes)]
+        params = [{"name": p.name, "label": label(p), "group": group_of(p.name), "type": p.type, "min": p.min,
+                   "max": p.max, "default": p.default, "doc": p.doc, "value": targets.get(p.name, p.default),
+                   "acting": p.name in acting}
                   for p in sorted(self.bus.specs.values(), key=lambda p: p.name)
                   if not p.name.startswith(self.settings.exclude_prefixes)]
-        health = self.snapshot() or {}
-        return {"scenes": list(self.scenes()), "scene": health.get("scene"), "params": params,
+        groups = grouped(acting, self.bus.specs)
+        rest = [p["name"] for p in params if not p["acting"]]
+        if rest:
+            groups["other"] = rest
+        with self._jpeg_lock:
+            thumbs = set(self._thumbs)
+        notes = self.bus.notes()
+        return {"scenes": [{"name": n, "thumb": n in thumbs} for n in self.scenes()], "scene": scene,
+                "description": info.get("description", ""), "params": params, "groups": groups,
+                "prompts_supported": bool(info.get("prompts", False)), "live": self.live(health),
+                "presets": notes.get("presets") if isinstance(notes.get("presets"), list) else None,
+                "preset": notes.get("preset"),
                 "prompt_slots": self.settings.prompt_slots, "preview": self.settings.preview_fps > 0,
                 "health": {k: health.get(k) for k in _HEALTH_KEYS if k in health}}
+
+    def live(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The show's state besides the parameters: scene, blackout, freeze, the prompts playing. The gates follow
+        the bus journal at once (any transport, the schedule) and the runtime's own report once it is newer."""
+        if health is None:
+            health = self.snapshot() or {}
+        live = dict(health.get("live") or {})
+        now = time.monotonic()
+        for key, (state, when) in list(self._gates.items()):
+            if now - when < GATE_HOLD_S:
+                live[key] = state  # the runtime's report (about once a second) may not have caught up yet
+        live.setdefault("blackout", False)
+        live.setdefault("frozen", False)
+        live.setdefault("prompts", [])
+        live["scene"] = health.get("scene")
+        return live
 
     def control(self, address: str, args: list[Any], host: str) -> tuple[bool, str]:
         """Apply one control-surface message from the page; (applied, reject reason)."""
@@ -219,6 +266,9 @@ class WebPage:
         with self._jpeg_lock:  # once per frame, however many watch
             if self._jpeg[0] != seq:
                 self._jpeg = (seq, self._encode(frame))
+                scene = (self.snapshot() or {}).get("scene")
+                if scene and self._jpeg[1]:
+                    self._thumbs[str(scene)] = self._jpeg[1]  # the scene grid shows what each scene looked like
             return self._jpeg
 
     def _wake_viewers(self) -> None:
@@ -284,6 +334,14 @@ class WebPage:
             return await self._control(request)
         if get and path == "/preview.jpg":
             return await self._preview(request)
+        if get and path == "/api/ws":
+            return await self._websocket(request)
+        if get and path.startswith("/thumb/") and path.endswith(".jpg"):
+            with self._jpeg_lock:
+                jpeg = self._thumbs.get(path[len("/thumb/"):-len(".jpg")])
+            if jpeg is None:
+                return json_response(404, {"error": "no thumbnail yet", "path": path[:200]})
+            return respond(200, jpeg, "image/jpeg")
         return json_response(404, {"error": "not found", "path": path[:200]})
 
     async def _control(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -305,6 +363,113 @@ class WebPage:
         ok, reason = await self._http.call(self.control, address, args, request.remote or "?")
         return json_response(200 if ok else 422, {"ok": ok, "reason": reason})
 
+    # -- the live channel (a websocket under /api/) -------------------------------------------------------------
+    async def _websocket(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The page's live channel: the whole state on connect (and again when the scene changes), then parameter
+        changes (any source) and the live state as they happen; the page sends controls over it as
+        ``{"address", "args"}`` and gets ``{"type": "ack", ...}`` back. The token and same-origin checks passed in
+        ``_handle`` (a browser's websocket carries its Origin)."""
+        from aiohttp import WSMsgType, web  # noqa: PLC0415 - with the server, not the config
+
+        if request.headers.get("Origin") and not same_origin(request):
+            self.count("cross_site")
+            return json_response(403, {"error": "forbidden", "detail": "a websocket from another site's page"})
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_BODY)
+        await ws.prepare(request)
+        queue: asyncio.Queue[str] = asyncio.Queue(WS_QUEUE)
+        self._sockets.add(queue)
+        self.count("ws_clients")
+        sender = asyncio.create_task(self._ws_sender(ws, queue))
+        try:
+            self._queue(queue, {"type": "state", **await self._http.call(self.state)})
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    msg = json.loads(message.data)
+                    address, args = msg["address"], msg.get("args", [])
+                    if not isinstance(address, str) or not isinstance(args, list):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    self.surface.reject("malformed")
+                    self._queue(queue, {"type": "ack", "ok": False, "reason": "malformed"})
+                    continue
+                ok, reason = await self._http.call(self.control, address, args, request.remote or "?")
+                self._queue(queue, {"type": "ack", "ok": ok, "reason": reason, "address": address[:256]})
+        finally:
+            self._sockets.discard(queue)
+            sender.cancel()
+        return ws
+
+    def _queue(self, queue: asyncio.Queue[str], message: dict[str, Any]) -> None:
+        try:
+            queue.put_nowait(json.dumps(message, allow_nan=False, default=str))
+        except asyncio.QueueFull:
+            self.count("ws_dropped")
+        except ValueError:  # a non-finite value: never sent as invalid JSON
+            self.count("ws_dropped")
+
+    async def _ws_sender(self, ws: Any, queue: asyncio.Queue[str]) -> None:
+        while True:
+            text = await queue.get()
+            try:
+                await ws.send_str(text)
+                self.count("ws_sent")
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def _pump(self) -> None:
+        """Push what changed to every open page: parameter targets (from the bus journal, any source, the newest
+        of each per round), the live state when it changes, and the whole state when the scene or the presets
+        change (a scene has its own controls)."""
+        sub = self.bus.subscribe(maxlen=1024)
+        last_live: Any = None
+        last_shape: Any = None
+        try:
+            while True:
+                await asyncio.sleep(WS_PERIOD_S if self._sockets else 0.5)
+                changes = sub.drain()
+                values: dict[str, float] = {}
+                for c in changes:
+                    if c.kind == "set":
+                        values[c.name] = c.value
+                    elif c.kind == "reset":
+                        values.update(c.value)
+                    elif c.kind == "event":
+                        self._gate_event(c.name, c.value)
+                if not self._sockets:
+                    continue
+                values = {k: v for k, v in values.items() if not k.startswith(self.settings.exclude_prefixes)
+                          and isinstance(v, (int, float)) and math.isfinite(v)}
+                if values:
+                    for q in list(self._sockets):
+                        self._queue(q, {"type": "params", "values": values})
+                live = await self._http.call(self.live)
+                notes = self.bus.notes()
+                shape = (live.get("scene"), tuple(notes.get("presets") or ()), notes.get("preset"))
+                if shape != last_shape:
+                    last_shape = shape
+                    state = await self._http.call(self.state)
+                    for q in list(self._sockets):
+                        self._queue(q, {"type": "state", **state})
+                    last_live = state["live"]
+                elif live != last_live:
+                    last_live = live
+                    for q in list(self._sockets):
+                        self._queue(q, {"type": "live", "live": live})
+        finally:
+            sub.close()
+
+    def _gate_event(self, kind: str, value: Any) -> None:
+        now = time.monotonic()
+        if kind == "blackout":
+            self._gates["blackout"] = (bool(value), now)
+        elif kind == "freeze":
+            self._gates["frozen"] = (bool(value), now)
+        elif kind == "panic":
+            self._gates["blackout"] = (True, now)
+            self._gates["frozen"] = (False, now)
+
     async def _preview(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             after = int(request.query.get("after", "0"))
@@ -324,123 +489,254 @@ def build(settings: WebSettings, ctx: PartContext) -> WebPage | None:
     """The web page part: on with ``[web] enabled = true``; its port is bound at start (a start-up error)."""
     if not settings.enabled:
         return None
-    return WebPage(settings, ctx.bus, ctx.scenes, ctx.snapshot, ctx.presented, str(ctx.base_dir))
+    from ..inputs.surface import capabilities
+
+    return WebPage(settings, ctx.bus, ctx.scenes, ctx.snapshot, ctx.presented, str(ctx.base_dir),
+                   capabilities(ctx.config), ctx.scene_info)
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover">
+<meta name="theme-color" content="#000000">
 <title>installation</title>
 <style>
- :root { color-scheme: dark; font-family: system-ui, sans-serif; }
- body { margin: 0; background: #111; color: #eee; }
- header { position: sticky; top: 0; background: #222; padding: .5rem; display: flex; flex-wrap: wrap; gap: .5rem;
-          align-items: center; z-index: 1; }
- main { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .75rem; padding: .75rem; }
- section { background: #1b1b1b; border-radius: .5rem; padding: .5rem .75rem; }
- h2 { font-size: 1rem; margin: .25rem 0 .5rem; }
- button, select, input[type=text] { font-size: 1rem; padding: .6rem .8rem; border-radius: .4rem; border: 1px solid #444;
-          background: #2a2a2a; color: #eee; }
- button.on { background: #a60; } #panic { background: #900; }
- .row { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; margin: .25rem 0; }
- .fader { display: grid; grid-template-columns: 1fr 4.5rem; gap: .25rem .5rem; margin: .4rem 0; }
- .fader label { grid-column: 1 / -1; font-size: .85rem; color: #bbb; }
- .fader input { width: 100%; height: 2rem; } .fader output { text-align: right; font-variant-numeric: tabular-nums; }
- #preview { width: 100%; background: #000; border-radius: .25rem; min-height: 4rem; }
+ :root { color-scheme: dark; font-family: system-ui, sans-serif; --bg: #000; --panel: #111; --line: #2a2a2a;
+         --text: #ddd; --dim: #888; --accent: #d08a2e; --danger: #b3261e; }
+ * { box-sizing: border-box; }
+ body { margin: 0; background: var(--bg); color: var(--text); -webkit-tap-highlight-color: transparent; }
+ header { position: sticky; top: 0; z-index: 2; background: #000d; backdrop-filter: blur(6px);
+          padding: .5rem .6rem; border-bottom: 1px solid var(--line); }
+ .top { display: flex; align-items: center; gap: .5rem; }
+ #scene { font-weight: 600; font-size: 1.1rem; flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+ #dot { width: .7rem; height: .7rem; border-radius: 50%; background: #555; flex: none; }
+ #dot.ok { background: #3a7; } #dot.degraded { background: #c80; } #dot.off { background: #733; }
+ .gates { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: .5rem; margin-top: .5rem; }
+ button { font: inherit; font-size: 1rem; min-height: 3rem; padding: .5rem .8rem; border-radius: .6rem;
+          border: 1px solid #333; background: #1a1a1a; color: var(--text); touch-action: manipulation; }
+ button:active { background: #2a2a2a; }
+ button.on { background: var(--accent); color: #000; border-color: var(--accent); font-weight: 600; }
+ #panic { background: var(--danger); border-color: var(--danger); color: #fff; }
+ main { padding: .6rem; display: grid; gap: .6rem; max-width: 60rem; margin: 0 auto; }
+ @media (min-width: 50rem) { main { grid-template-columns: 1fr 1fr; } }
+ section, details { background: var(--panel); border-radius: .8rem; border: 1px solid #1c1c1c; }
+ section { padding: .6rem; }
+ details > summary { list-style: none; cursor: pointer; padding: .8rem .7rem; font-weight: 600; min-height: 3rem;
+          display: flex; justify-content: space-between; align-items: center; }
+ details > summary::after { content: "+"; color: var(--dim); font-size: 1.3rem; }
+ details[open] > summary::after { content: "\\2212"; }
+ details > .body { padding: 0 .7rem .7rem; }
+ h2 { font-size: .85rem; text-transform: uppercase; letter-spacing: .08em; color: var(--dim); margin: 0 0 .5rem; }
+ #preview { width: 100%; aspect-ratio: 16 / 9; object-fit: contain; background: #050505; border-radius: .5rem;
+            display: block; }
+ #scenes { display: grid; grid-template-columns: repeat(3, 1fr); gap: .4rem; }
+ .tile { position: relative; aspect-ratio: 16 / 10; border-radius: .5rem; overflow: hidden; padding: 0;
+         background: #181818 center / cover no-repeat; border: 2px solid transparent; min-height: 0; }
+ .tile span { position: absolute; left: 0; right: 0; bottom: 0; padding: .25rem .35rem; font-size: .85rem;
+              background: linear-gradient(transparent, #000c); text-align: left; }
+ .tile.playing { border-color: var(--accent); }
+ .fader { margin: .35rem 0 .6rem; }
+ .fader .lab { display: flex; justify-content: space-between; font-size: .9rem; color: #bbb; gap: .5rem; }
+ .fader output { font-variant-numeric: tabular-nums; color: var(--text); }
+ input[type=range] { width: 100%; height: 2.75rem; margin: 0; accent-color: var(--accent); }
+ input[type=text], select { font: inherit; font-size: 1rem; width: 100%; min-height: 3rem; padding: .5rem .7rem;
+          border-radius: .6rem; border: 1px solid #333; background: #0b0b0b; color: var(--text); }
+ .row { display: flex; gap: .5rem; align-items: center; margin: .4rem 0; }
+ .row > * { flex: 1; } .row > button { flex: none; }
+ #xy { position: relative; width: 100%; aspect-ratio: 1; background: #0b0b0b; border-radius: .6rem;
+       border: 1px solid #333; touch-action: none; }
+ #xy .puck { position: absolute; width: 2.2rem; height: 2.2rem; margin: -1.1rem 0 0 -1.1rem; border-radius: 50%;
+             border: 2px solid var(--accent); background: #d08a2e44; pointer-events: none; }
+ .note { color: var(--dim); font-size: .9rem; margin: .3rem 0; }
+ .current { font-size: .9rem; color: #bbb; margin: .2rem 0 .5rem; }
+ #presets { display: flex; flex-wrap: wrap; gap: .4rem; }
+ #msg { color: #f88; font-size: .85rem; min-height: 1em; margin-top: .3rem; }
  dl { display: grid; grid-template-columns: auto 1fr; gap: .1rem .75rem; margin: 0; font-size: .9rem; }
- dt { color: #999; } dd { margin: 0; font-variant-numeric: tabular-nums; }
- #msg { color: #f88; font-size: .85rem; }
+ dt { color: var(--dim); } dd { margin: 0; font-variant-numeric: tabular-nums; }
 </style></head><body>
-<header><strong id="scene">-</strong><span id="status"></span><span id="msg"></span></header>
+<header>
+ <div class="top"><span id="dot" title="link"></span><span id="scene">-</span>
+  <button id="prev" aria-label="previous scene">&#9664;</button><button id="next" aria-label="next scene">&#9654;</button></div>
+ <div class="gates"><button id="blackout" aria-pressed="false">blackout</button>
+  <button id="freeze" aria-pressed="false">freeze</button><button id="panic">panic</button></div>
+ <div id="msg" role="status"></div>
+</header>
 <main>
- <section><h2>Preview</h2><img id="preview" alt="live preview" data-frame="0"></section>
- <section><h2>Scenes</h2>
-  <div class="row"><button id="prev">&#9664; prev</button><button id="next">next &#9654;</button></div>
-  <div class="row"><select id="scenes"></select><button id="goto">go</button></div>
-  <div class="row"><button id="freeze">freeze</button><button id="blackout">blackout</button>
-   <button id="panic">panic</button></div></section>
- <section><h2>Prompts</h2><div id="prompts"></div></section>
- <section><h2>Health</h2><dl id="health"></dl></section>
- <section id="params"><h2>Parameters</h2>
-  <div class="row"><select id="learn-param"></select><button id="learn">MIDI learn</button></div></section>
+ <section><img id="preview" alt="live preview" data-frame="0"></section>
+ <section><h2>Scenes</h2><div id="scenes"></div></section>
+ <div id="groups"></div>
+ <details id="xybox" open><summary>XY pad</summary><div class="body">
+  <div class="row"><select id="xsel" aria-label="x parameter"></select><select id="ysel" aria-label="y parameter"></select></div>
+  <div id="xy"><div class="puck"></div></div></div></details>
+ <details id="promptbox" open><summary>Prompts</summary><div class="body">
+  <p class="note" id="noprompts" hidden></p><div id="prompts"></div></div></details>
+ <details id="presetbox" open><summary>Presets</summary><div class="body">
+  <div id="presets"></div>
+  <div class="fader"><div class="lab"><label for="fade">recall fade</label><output id="fadeout">2.0 s</output></div>
+   <input type="range" id="fade" min="0" max="30" step="0.5" value="2"></div>
+  <div class="row"><input type="text" id="presetname" placeholder="preset name" maxlength="64">
+   <button id="store">store</button></div></div></details>
+ <details><summary>MIDI learn</summary><div class="body">
+  <div class="row"><select id="learn-param"></select><button id="learn">learn</button></div></div></details>
+ <details><summary>Health</summary><div class="body"><dl id="health"></dl></div></details>
 </main>
 <script>
 "use strict";
 const token = new URLSearchParams(location.search).get("token") || "";
 const auth = token ? {"Authorization": "Bearer " + token} : {};
 const $ = (id) => document.getElementById(id);
-const gates = {freeze: false, blackout: false};
-let dragging = null, built = false;
+const GROUP_NAMES = {motion: "Motion", look: "Look", palette: "Palette", prompts: "Prompts & references",
+                     inputs: "Inputs", other: "Not in this scene"};
+let S = null, ws = null, dragging = null, live = {blackout: false, frozen: false, prompts: []};
+const faders = new Map();   // name -> {input, out, spec}
 
-async function send(address, args = []) {
-  const r = await fetch("/api/control", {method: "POST", headers: {...auth, "Content-Type": "application/json"},
-                                          body: JSON.stringify({address, args})});
-  const j = await r.json().catch(() => ({}));
-  $("msg").textContent = j.ok ? "" : (address + ": " + (j.reason || r.status));
-  return j.ok;
+function note(text) { $("msg").textContent = text || ""; }
+function send(address, args = []) {
+  if (ws && ws.readyState === 1) { ws.send(JSON.stringify({address, args})); return; }
+  fetch("/api/control", {method: "POST", headers: {...auth, "Content-Type": "application/json"},
+                         body: JSON.stringify({address, args})})
+    .then((r) => r.json()).then((j) => note(j.ok ? "" : address + ": " + (j.reason || "refused")))
+    .catch(() => note("offline"));
 }
 const pending = new Map();
-function sendParam(name, v) {            // at most ~20 messages a second per fader while dragging
+function sendParam(name, v) {            // at most ~25 messages a second per control while dragging
   if (pending.has(name)) { pending.get(name).v = v; return; }
-  const entry = {v};
-  pending.set(name, entry);
-  send("/param/" + name, [v]).finally(() => setTimeout(() => {
-    pending.delete(name); if (entry.v !== v) sendParam(name, entry.v); }, 50));
+  const entry = {v}; pending.set(name, entry); send("/param/" + name, [v]);
+  setTimeout(() => { pending.delete(name); if (entry.v !== v) sendParam(name, entry.v); }, 40);
 }
-function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(3); }
+function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2); }
+function el(tag, props = {}, ...kids) { const e = Object.assign(document.createElement(tag), props);
+  for (const k of kids) e.append(k); return e; }
+
+function fader(p) {
+  const id = "p-" + p.name;
+  const step = p.type === "float" ? (p.max - p.min) / 1000 : 1;
+  const input = el("input", {type: "range", id, min: p.min, max: p.max, step, value: p.value});
+  const out = el("output", {textContent: fmt(p.value)});
+  const lab = el("label", {htmlFor: id, textContent: p.label, title: p.name + (p.doc ? " - " + p.doc : "")});
+  input.dataset.param = p.name;
+  input.addEventListener("pointerdown", () => dragging = p.name);
+  input.addEventListener("pointerup", () => dragging = null);
+  input.addEventListener("input", () => { out.textContent = fmt(+input.value); sendParam(p.name, +input.value); });
+  faders.set(p.name, {input, out, spec: p});
+  return el("div", {className: "fader"}, el("div", {className: "lab"}, lab, out), input);
+}
 
 function build(state) {
-  const box = $("params");
-  for (const p of state.params) {
-    const div = document.createElement("div"); div.className = "fader";
-    const id = "p-" + p.name;
-    const step = p.type === "float" ? (p.max - p.min) / 1000 : 1;
-    div.innerHTML = `<label for="${id}"></label><input type="range" id="${id}" min="${p.min}" max="${p.max}"
-      step="${step}" value="${p.value}"><output></output>`;
-    div.querySelector("label").textContent = p.name + (p.doc ? " - " + p.doc : "");
-    const input = div.querySelector("input"), out = div.querySelector("output");
-    out.textContent = fmt(p.value);
-    input.dataset.param = p.name;
-    input.addEventListener("pointerdown", () => dragging = p.name);
-    input.addEventListener("pointerup", () => dragging = null);
-    input.addEventListener("input", () => { out.textContent = fmt(+input.value); sendParam(p.name, +input.value); });
-    box.appendChild(div);
+  S = state; faders.clear();
+  $("scene").textContent = state.scene || "-";
+  const grid = $("scenes"); grid.innerHTML = "";
+  for (const sc of state.scenes) {
+    const b = el("button", {className: "tile" + (sc.name === state.scene ? " playing" : "")}, el("span", {textContent: sc.name}));
+    b.dataset.scene = sc.name;
+    if (sc.thumb) b.style.backgroundImage = `url("/thumb/${encodeURIComponent(sc.name)}.jpg${token ? "?token=" + encodeURIComponent(token) : ""}")`;
+    b.onclick = () => send("/scene/goto", [sc.name]);
+    grid.append(b);
   }
-  for (const p of state.params) {
-    const o = document.createElement("option"); o.value = o.textContent = p.name; $("learn-param").appendChild(o);
+  const byName = new Map(state.params.map((p) => [p.name, p]));
+  const box = $("groups"); const open = new Set([...box.querySelectorAll("details[open]")].map((d) => d.dataset.group));
+  const first = box.children.length === 0;
+  box.innerHTML = "";
+  for (const [g, names] of Object.entries(state.groups)) {
+    const d = el("details", {}, el("summary", {textContent: GROUP_NAMES[g] || g}));
+    d.dataset.group = g; d.id = "group-" + g;
+    d.open = first ? (g === "motion" || g === "look") : open.has(g);
+    const body = el("div", {className: "body"});
+    for (const n of names) if (byName.has(n)) body.append(fader(byName.get(n)));
+    d.append(body); box.append(d);
   }
-  const sel = $("scenes");
-  state.scenes.forEach((s) => { const o = document.createElement("option"); o.value = o.textContent = s; sel.appendChild(o); });
-  const pr = $("prompts");
+  for (const sel of [$("xsel"), $("ysel"), $("learn-param")]) {
+    const keep = sel.value; sel.innerHTML = "";
+    for (const p of state.params) if (p.acting || sel.id === "learn-param") sel.append(el("option", {value: p.name, textContent: p.label + " (" + p.name + ")"}));
+    if (keep && byName.has(keep)) sel.value = keep;
+  }
+  const acting = Object.entries(state.groups).filter(([g]) => g !== "other").flatMap(([, names]) => names);
+  if (!$("xsel").dataset.chosen && acting.length > 1) { $("xsel").value = acting[0]; $("ysel").value = acting[1]; }
+  placePuck();
+  const pr = $("prompts"); pr.innerHTML = "";
+  $("noprompts").hidden = state.prompts_supported;
+  $("noprompts").textContent = state.prompts_supported ? "" : `${state.scene || "this scene"} takes no prompts: its decoder draws without text. Pick a diffusion scene to type one.`;
   for (let i = 0; i < state.prompt_slots; i++) {
-    const row = document.createElement("div"); row.className = "row";
-    row.innerHTML = `<input type="text" id="prompt-${i}" placeholder="prompt ${i}" maxlength="400"><button>set</button>`;
-    row.querySelector("button").addEventListener("click", () => send("/prompt/" + i, [$("prompt-" + i).value]));
-    pr.appendChild(row);
+    const input = el("input", {type: "text", id: "prompt-" + i, placeholder: "prompt " + i, maxLength: 400, disabled: !state.prompts_supported});
+    const b = el("button", {textContent: "set", disabled: !state.prompts_supported});
+    b.onclick = () => send("/prompt/" + i, [input.value]);
+    pr.append(el("div", {className: "current", id: "current-" + i}), el("div", {className: "row"}, input, b));
   }
-  built = true;
+  const ps = $("presets"); ps.innerHTML = "";
+  if (state.presets === null) ps.append(el("p", {className: "note", textContent: "presets are off ([presets] enabled = false)"}));
+  else if (!state.presets.length) ps.append(el("p", {className: "note", textContent: "no presets yet: store one below"}));
+  else for (const name of state.presets) {
+    const b = el("button", {textContent: name, className: name === state.preset ? "on" : ""});
+    b.dataset.preset = name;
+    b.onclick = () => send("/preset/recall", [name, +$("fade").value]);
+    ps.append(b);
+  }
+  showLive(state.live); showHealth(state.health);
 }
 
-async function refresh() {
-  try {
-    const r = await fetch("/api/state", {headers: auth});
-    if (!r.ok) { $("msg").textContent = "state: " + r.status; return; }
-    const state = await r.json();
-    if (!built) build(state);
-    $("scene").textContent = state.scene || "-";
-    $("status").textContent = (state.health.status || "") + " " + (state.health.present_fps ?? "") + " fps";
-    for (const p of state.params) {
-      const input = $("p-" + p.name);
-      if (input && dragging !== p.name && !pending.has(p.name)) {
-        input.value = p.value; input.nextElementSibling.textContent = fmt(p.value);
-      }
-    }
-    const dl = $("health"); dl.innerHTML = "";
-    for (const [k, v] of Object.entries(state.health)) {
-      const dt = document.createElement("dt"), dd = document.createElement("dd");
-      dt.textContent = k; dd.textContent = v === null ? "-" : v; dl.append(dt, dd);
-    }
-  } catch (e) { $("msg").textContent = "offline"; }
+function showLive(l) {
+  live = l || live;
+  for (const [id, key] of [["blackout", "blackout"], ["freeze", "frozen"]]) {
+    $(id).classList.toggle("on", !!live[key]); $(id).setAttribute("aria-pressed", String(!!live[key]));
+  }
+  if (live.scene && S && live.scene !== S.scene) $("scene").textContent = live.scene;
+  for (let i = 0; S && i < S.prompt_slots; i++) {
+    const cur = $("current-" + i); if (!cur) continue;
+    const p = (live.prompts || [])[i];
+    cur.textContent = p ? "now: " + p[0] + (p[1] !== 1 ? " (" + p[1] + ")" : "") : (i === 0 && S.prompts_supported ? "now: (none)" : "");
+  }
+}
+function showHealth(h) {
+  if (!h) return;
+  const dl = $("health"); dl.innerHTML = "";
+  for (const [k, v] of Object.entries(h)) dl.append(el("dt", {textContent: k}), el("dd", {textContent: v === null ? "-" : v}));
+  $("dot").className = h.status === "ok" ? "ok" : h.status ? "degraded" : "";
+}
+function showParams(values) {
+  for (const [name, v] of Object.entries(values)) {
+    const f = faders.get(name);
+    if (f && dragging !== name && !pending.has(name)) { f.input.value = v; f.out.textContent = fmt(v); f.spec.value = v; }
+    if (S) { const p = S.params.find((q) => q.name === name); if (p) p.value = v; }
+  }
+  if (!xyDragging) placePuck();
+}
+
+// XY pad: two chosen parameters, 0..1 across each range
+let xyDragging = false;
+function spec(name) { return S ? S.params.find((p) => p.name === name) : null; }
+function placePuck() {
+  const x = spec($("xsel").value), y = spec($("ysel").value), puck = document.querySelector("#xy .puck");
+  if (!x || !y) return;
+  puck.style.left = (100 * (x.value - x.min) / (x.max - x.min || 1)) + "%";
+  puck.style.top = (100 * (1 - (y.value - y.min) / (y.max - y.min || 1))) + "%";
+}
+function xyMove(e) {
+  const r = $("xy").getBoundingClientRect();
+  const u = Math.min(1, Math.max(0, (e.clientX - r.left) / r.width)), v = Math.min(1, Math.max(0, 1 - (e.clientY - r.top) / r.height));
+  const puck = document.querySelector("#xy .puck"); puck.style.left = 100 * u + "%"; puck.style.top = 100 * (1 - v) + "%";
+  for (const [sel, w] of [[$("xsel"), u], [$("ysel"), v]]) {
+    const p = spec(sel.value); if (!p) continue;
+    let val = p.min + w * (p.max - p.min); if (p.type !== "float") val = Math.round(val);
+    sendParam(p.name, val);
+  }
+}
+$("xy").addEventListener("pointerdown", (e) => { xyDragging = true; $("xy").setPointerCapture(e.pointerId); xyMove(e); });
+$("xy").addEventListener("pointermove", (e) => { if (xyDragging) xyMove(e); });
+$("xy").addEventListener("pointerup", () => { xyDragging = false; });
+for (const s of [$("xsel"), $("ysel")]) s.onchange = () => { $("xsel").dataset.chosen = "1"; placePuck(); };
+
+function connect(delay = 500) {
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/ws" + (token ? "?token=" + encodeURIComponent(token) : "");
+  ws = new WebSocket(url);
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.type === "state") build(msg);
+    else if (msg.type === "params") showParams(msg.values);
+    else if (msg.type === "live") showLive(msg.live);
+    else if (msg.type === "ack") note(msg.ok ? "" : (msg.address || "") + ": " + (msg.reason === "unavailable" ? "not available in this show" : msg.reason));
+  };
+  ws.onopen = () => { delay = 500; note(""); };
+  ws.onclose = () => { $("dot").className = "off"; note("reconnecting..."); setTimeout(() => connect(Math.min(delay * 2, 8000)), delay); };
 }
 
 async function preview() {
@@ -452,22 +748,20 @@ async function preview() {
         const url = URL.createObjectURL(await r.blob());
         const old = img.src; img.src = url; if (old) URL.revokeObjectURL(old);
         img.dataset.frame = r.headers.get("X-Frame") || img.dataset.frame;
-      } else { await new Promise((ok) => setTimeout(ok, 1000)); }
+      } else { await new Promise((ok) => setTimeout(ok, r.status === 503 ? 200 : 1000)); }
     } catch (e) { await new Promise((ok) => setTimeout(ok, 1000)); }
   }
 }
 
 $("prev").onclick = () => send("/scene/prev");
 $("next").onclick = () => send("/scene/next");
-$("goto").onclick = () => send("/scene/goto", [$("scenes").value]);
 $("panic").onclick = () => send("/panic");
-$("learn").onclick = async () => { if (await send("/midi/learn", [$("learn-param").value]))
-  $("msg").textContent = "move a MIDI control to bind it to " + $("learn-param").value; };
-for (const g of ["freeze", "blackout"]) {
-  $(g).onclick = async () => { if (await send("/" + g, [gates[g] ? 0 : 1])) { gates[g] = !gates[g];
-    $(g).classList.toggle("on", gates[g]); } };
-}
-refresh(); setInterval(refresh, 1000);
+$("blackout").onclick = () => send("/blackout", [live.blackout ? 0 : 1]);
+$("freeze").onclick = () => send("/freeze", [live.frozen ? 0 : 1]);
+$("fade").oninput = () => $("fadeout").textContent = (+$("fade").value).toFixed(1) + " s";
+$("store").onclick = () => { const n = $("presetname").value.trim(); if (n) send("/preset/store", [n]); };
+$("learn").onclick = () => { send("/midi/learn", [$("learn-param").value]); note("move a MIDI control to bind it to " + $("learn-param").value); };
+connect();
 preview();
 </script></body></html>
 """

@@ -133,7 +133,7 @@ def test_a_controller_steers_the_show_learns_and_survives_an_unplug(tmp_path, ja
     assert seen["sources"] == {"midi.cc.1.7": pytest.approx(100 / 127),
                                "midi.cc.1.1": pytest.approx((64 << 7 | 32) / 16383),
                                "midi.note.1.60": 1.0}
-    assert seen["scene"] and seen["seed"] and seen["frozen"] and seen["released"]
+    assert seen["scene"] and seen["seed"] and seen["frozen"] and seen["released"], seen
     assert seen["learned_max"] and seen["learned_min"]
     saved = json.loads((tmp_path / "midi-learn.json").read_text())
     assert saved == {"bindings": {"feedback.amount": {"kind": "cc", "channel": 2, "number": 20}}}
@@ -194,3 +194,83 @@ def test_a_bad_learn_file_never_stops_the_show(tmp_path, caplog, content, set_as
     assert path.exists() is not set_aside
     assert len(list(tmp_path.glob("midi-learn.json.corrupt-*"))) == int(set_aside)
     assert midi.stats()["rejects"]["learn_file"] == int(set_aside)
+
+
+def test_a_pending_learn_expires_can_be_cancelled_and_is_fed_back(tmp_path):
+    """A /midi/learn nobody answered expires after learn_timeout_s (a knob moved minutes later is not bound); ""
+    or /midi/learn/cancel cancels it; each step is the note midi.learn, fed back over OSC as /midi/learn/state."""
+    import socket
+    import time
+
+    import mido
+    from pythonosc.osc_message import OscMessage
+
+    from installation.bus import ParamSpec
+    from installation.inputs.osc import OscServer, OscSettings
+
+    settings = MidiSettings(enabled=True, learn_timeout_s=5.0)
+    bus = ParamBus([ParamSpec("speed", max=10.0), *midi_specs(settings)])
+    midi = MidiInput(settings, bus, tmp_path)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    osc = OscServer(OscSettings(port=0, feedback_host="127.0.0.1", feedback_port=rx.getsockname()[1],
+                                feedback_rate=10.0), bus, ["a"], clock=lambda: now[0])
+    osc.start()
+    states, now = [], [0.0]
+
+    def fed_back():  # one feedback flush: the /midi/learn/state messages it carried
+        now[0] += 1.0  # past the flush period (feedback is rate-bounded)
+        osc.feedback(bus.targets(), "a")
+        rx.settimeout(0.5)
+        try:
+            while True:
+                m = OscMessage(rx.recv(65535))
+                if m.address == "/midi/learn/state":
+                    states.append(m.params[0])
+                rx.settimeout(0.05)
+        except TimeoutError:
+            pass
+
+    try:
+        assert midi.learn("speed") and bus.notes()["midi.learn"] == "learning speed"
+        fed_back()
+        assert not midi.expire_learn(time.monotonic() + 4.0)  # not yet
+        assert midi.expire_learn(time.monotonic() + 6.0)  # five seconds on: expired
+        fed_back()
+        midi.handle(mido.Message("control_change", channel=0, control=7, value=100))  # moved later: not bound
+        assert midi.bindings == {} and midi.stats()["learn_expired"] == 1
+        midi.learn("speed")
+        midi.learn("")  # cancel
+        fed_back()
+        midi.handle(mido.Message("control_change", channel=0, control=7, value=100))
+        assert midi.bindings == {}
+        midi.learn("speed")
+        midi.handle(mido.Message("control_change", channel=0, control=7, value=127))
+        fed_back()
+        assert midi.bindings == {"speed": {"kind": "cc", "channel": 1, "number": 7}}
+        assert bus.targets()["speed"] == 10.0
+    finally:
+        osc.stop()
+        rx.close()
+    assert states == ["learning speed", "expired speed", "cancelled speed", "bound speed"]
+
+
+def test_doctor_lists_midi_ports_on_jack_and_explains_alsa(jack_server):
+    """`installation doctor` names MIDI ports (a JACK controller here) and, with no /dev/snd, says why ALSA has
+    none instead of printing the ALSA library's error (README MIDI step 1)."""
+    import os
+
+    from installation.doctor import _midi
+
+    name = f"ctl-{uuid.uuid4().hex[:6]}"
+    ctl = Controller(name)
+    try:
+            line = _midi()
+    finally:
+        ctl.unplug()
+    lonely = _midi()
+    assert f"JACK: RtMidiOut Client:{name}" in line, line
+    assert "installation-doctor" not in line  # its own probe is not a port
+    if not os.path.exists("/dev/snd/seq"):  # no ALSA sequencer here: said in words, no ALSA library error
+        assert "snd-seq" not in line  # ports were found, so no hint is needed
+        assert lonely.startswith("not found (ALSA: no /dev/snd/seq") and "JACK: no MIDI output port" in lonely

@@ -84,7 +84,7 @@ def test_param_native_and_norm(served):
     assert bus.targets()["speed"] == pytest.approx(2.5)
     assert bus.targets()["mix"] == pytest.approx(0.25)
     assert bus.targets()["steps"] == 5.0
-    client.send_message("/param/speed/norm", 0.5)
+    client.send_message("/norm/speed", 0.5)  # /param/<name>/norm above is the older spelling, still taken
     assert wait_for(lambda: bus.targets()["speed"] == pytest.approx(2.0))
 
 
@@ -103,9 +103,9 @@ def _blend_checks(server, bus, client):
     assert wait_for(lambda: bus.targets()["reference.1.weight"] == 3.0)
     assert bus.targets()["reference.0.weight"] == 0.25
     client.send_message("/blend", [0.5, 0.5, 0.5])  # three images: no scene has a third
-    assert rejected(server, "unknown_address")
-    client.send_message("/blend", [0.5, 11.0])  # the second is out of range: the first is not applied either
     assert rejected(server, "out_of_range")
+    client.send_message("/blend", [0.5, 11.0])  # the second is out of range: the first is not applied either
+    assert rejected(server, "out_of_range", 2)
     client.send_message("/blend", ["a", 1.0])
     assert rejected(server, "bad_type")
     assert bus.targets()["reference.0.weight"] == 0.25 and bus.targets()["reference.1.weight"] == 3.0
@@ -143,6 +143,62 @@ def test_events(served):
     # /quit is not mapped unless allowed
     client.send_message("/quit", None)
     assert rejected(server, "unknown_address")
+
+
+@pytest.mark.parametrize("served", [{"structural_interval": 0.0}], indirect=True)
+def test_a_touchosc_button_fires_once_per_tap(served):
+    """A button sends 1.0 on press and 0.0 on release (TouchOSC, Resolume, QLab): events fire on the press only."""
+    server, bus, client, _ = served
+    for address in ("/scene/next", "/scene/prev", "/panic"):
+        client.send_message(address, 1.0)
+        client.send_message(address, 0.0)
+    client.send_message("/scene/next", True)  # T
+    client.send_message("/scene/next", False)  # F: a release too
+    client.send_message("/scene/next", 1)
+    client.send_message("/scene/next", 0)
+    client.send_message("/scene/next", ["a", "b"])  # two arguments: not a button
+    assert wait_for(lambda: server.stats()["messages"] == 11)
+    s = server.stats()
+    assert s["applied"] == 5 and s["released"] == 5 and s["rejects"] == {"bad_type": 1}
+    assert [e.kind for e in bus.tick(0.0).events] == ["scene.next", "scene.prev", "panic", "scene.next",
+                                                       "scene.next"]
+
+
+def test_what_this_show_cannot_do_is_answered_unavailable():
+    """/map/goto without the archive, /steer without vision, /midi/learn without MIDI, /blend with no reference
+    images, /output/2 on a one-output show: counted as unavailable and fed back, not counted as applied."""
+    from installation.inputs.surface import Capabilities
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    bus = make_bus()
+    caps = Capabilities(archive=False, vision=False, midi=False, outputs=1)
+    settings = OscSettings(port=0, feedback_host="127.0.0.1", feedback_port=rx.getsockname()[1])
+    server = OscServer(settings, bus, SCENES, caps=caps)
+    server.start()
+    try:
+        client = SimpleUDPClient(*server.address)
+        client.send_message("/map/goto", [0.5, 0.5])
+        client.send_message("/steer", "the sea")
+        client.send_message("/describe", [])
+        client.send_message("/midi/learn", "speed")
+        client.send_message("/blend", [0.5])
+        client.send_message("/output/2/corner/0", [0.1, 0.1])
+        client.send_message("/output/1/corner/0", [0.1, 0.1])  # output 1 exists
+        assert wait_for(lambda: server.stats()["messages"] == 7)
+        s = server.stats()
+        assert s["rejects"] == {"unavailable": 6} and s["applied"] == 1
+        server.feedback(bus.targets(), "intro")
+        got = [(a, p) for a, p in recv_all(rx) if a == "/unavailable"]
+        assert [p[0] for _, p in got] == ["/map/goto", "/steer", "/describe", "/midi/learn", "/blend",
+                                          "/output/2/corner/0"]
+        assert "archive" in got[0][1][1] and "1 output" in got[5][1][1]
+    finally:
+        server.stop()
+        rx.close()
+    rows = [r[0] for r in address_map(bus.specs, SCENES, settings, caps)]
+    assert not {"/map/goto", "/steer", "/describe", "/midi/learn", "/blend"} & set(rows)
+    assert "/output/<n>/corner/<0-3>" in rows and "/calibrate/on" in rows
 
 
 @pytest.mark.parametrize("served", [{"allow_quit": True}], indirect=True)
@@ -225,13 +281,29 @@ def test_patterns_when_enabled(served):
     assert [e.kind for e in bus.tick(0.0).events] == ["scene.next", "scene.prev"]
 
 
-@pytest.mark.parametrize("served", [{"allow": ("10.0.0.0/8",)}], indirect=True)
+@pytest.mark.parametrize("served", [{"allow": ("10.0.0.0/8",), "allow_loopback": False}], indirect=True)
 def test_allow_list_drops_others(served):
     server, bus, client, _ = served
     client.send_message("/param/speed", 2.0)
     assert rejected(server, "not_allowed")
     server.handle_datagram(msg("/param/speed", 2.0), ("10.1.2.3", 5000))
     assert bus.targets()["speed"] == 2.0
+
+
+@pytest.mark.parametrize("served", [{"allow": ("192.168.1.0/24",)}], indirect=True)
+def test_loopback_stays_allowed_beside_an_allow_list(served):
+    """The README's tablet recipe: TouchDesigner on the same laptop keeps working once a tablet's network is allowed
+    (python-osc's client, a real UDP socket from 127.0.0.1)."""
+    server, bus, client, _ = served
+    client.send_message("/ping", [])
+    reply = OscMessage(client.receive(timeout=2.0))
+    assert reply.address == "/pong"
+    client.send_message("/param/speed", 2.0)
+    assert wait_for(lambda: bus.targets()["speed"] == 2.0)
+    server.handle_datagram(msg("/param/speed", 3.0), ("192.168.1.20", 5000))  # the tablet
+    server.handle_datagram(msg("/param/speed", 4.0), ("10.0.0.9", 5000))  # not on the list
+    assert bus.targets()["speed"] == 3.0
+    assert server.stats()["rejects"] == {"not_allowed": 1}
 
 
 def test_default_allows_loopback_only(served):
@@ -333,9 +405,9 @@ def test_port_in_use_fails_fast():
 def test_address_map():
     rows = address_map(make_bus().specs, lambda: SCENES, OscSettings(prompt_slots=2))
     addrs = [r[0] for r in rows]
-    assert "/param/speed" in addrs and "/param/speed/norm" in addrs
+    assert "/param/speed" in addrs and "/norm/speed" in addrs and "/param/speed/norm" not in addrs
     assert not any(a.startswith("/param/audio.") for a in addrs)
-    assert {"/scene/next", "/scene/prev", "/scene/goto", "/prompt", "/prompt/0", "/prompt/1", "/seed",
+    assert {"/scene/next", "/scene/prev", "/scene/goto", "/prompt/all", "/prompt/0", "/prompt/1", "/seed",
             "/freeze", "/blackout", "/panic", "/ping"} <= set(addrs)
     assert "/prompt/2" not in addrs and "/quit" not in addrs
     assert "1=storm" in dict((r[0], r[2]) for r in rows)["/scene/goto"]

@@ -33,7 +33,7 @@ LISTEN_JS = """(url) => new Promise((ok, fail) => {
   ws.binaryType = "arraybuffer";
   ws.onmessage = (m) => window.got.push(Array.from(new Uint8Array(m.data)));
   ws.onopen = () => { window.ws = ws; ws.send(JSON.stringify({COMMAND: "LISTEN", DATA: "/param/speed"}));
-                      ws.send(JSON.stringify({COMMAND: "LISTEN", DATA: "/param/radius/norm"})); ok(true); };
+                      ws.send(JSON.stringify({COMMAND: "LISTEN", DATA: "/norm/radius"})); ok(true); };
   ws.onerror = () => fail("websocket error");
 })"""
 
@@ -85,7 +85,7 @@ def test_a_browser_reads_the_tree_and_hears_values_set_over_osc(tmp_path):
                 assert wait_until(lambda: query.stats()["listens"] == 2, 20)
                 client = SimpleUDPClient("127.0.0.1", osc_port)  # real OSC over UDP
                 client.send_message("/param/speed", 2.5)
-                client.send_message("/param/radius/norm", 0.5)
+                client.send_message("/norm/radius", 0.5)
                 page.wait_for_function("window.got.length >= 2", timeout=20000)
                 seen["heard"] = page.evaluate("window.got")
                 # IGNORE: after it, speed's changes no longer arrive (radius's, sent after speed's, still do)
@@ -94,7 +94,7 @@ def test_a_browser_reads_the_tree_and_hears_values_set_over_osc(tmp_path):
                               "'/param/grade.hue'}))")
                 assert wait_until(lambda: query.stats()["listens"] == 3, 20)
                 client.send_message("/param/speed", 4.0)
-                client.send_message("/param/radius/norm", 0.25)
+                client.send_message("/norm/radius", 0.25)
                 page.wait_for_function("window.got.length >= 1", timeout=20000)
                 page.wait_for_timeout(300)
                 seen["after_ignore"] = page.evaluate("window.got")
@@ -110,20 +110,24 @@ def test_a_browser_reads_the_tree_and_hears_values_set_over_osc(tmp_path):
             continue  # inputs' own features: not settable over OSC, so not in the map
         node = nodes[f"/param/{p.name}"]
         assert node["RANGE"] == [{"MIN": p.min, "MAX": p.max}], p.name
-        assert node["ACCESS"] == 3 and node["TYPE"] in ("f", "i")
+        assert node["ACCESS"] == 3 and node["TYPE"] in ("f", "i") and "CONTENTS" not in node
         assert node["VALUE"] == [pytest.approx(seen["targets"][p.name])], p.name  # the current value
-        assert nodes[f"/param/{p.name}/norm"]["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}]
+        assert nodes[f"/norm/{p.name}"]["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}]
     assert nodes["/scene/goto"]["RANGE"] == [{"VALS": ["a", "b"]}] and nodes["/scene/goto"]["VALUE"] == ["a"]
-    assert {"/scene/next", "/scene/prev", "/prompt", "/seed", "/freeze", "/blackout", "/panic"} <= set(nodes)
+    assert {"/scene/next", "/scene/prev", "/prompt/all", "/seed", "/freeze", "/blackout", "/panic"} <= set(nodes)
+    # strict: no node is both a method (a TYPE or a VALUE) and a folder (CONTENTS)
+    assert not [p for p, n in nodes.items() if "CONTENTS" in n and ("TYPE" in n or "VALUE" in n)]
+    assert nodes["/panic"]["ACCESS"] == 0 and "TYPE" not in nodes["/panic"]
+    assert nodes["/freeze"]["TYPE"] == "T" and nodes["/freeze"]["VALUE"] == [False]
     assert seen["host_info"]["OSC_PORT"] == osc_port and seen["host_info"]["OSC_TRANSPORT"] == "UDP"
     assert seen["host_info"]["EXTENSIONS"]["LISTEN"] is True
     assert seen["missing"] == 404 and len(seen["value"]["VALUE"]) == 1
     heard = [OscMessage(bytes(b)) for b in seen["heard"]]
     got = {m.address: m.params for m in heard}
     assert got["/param/speed"] == [2.5]
-    assert got["/param/radius/norm"] == [pytest.approx(0.5)]
+    assert got["/norm/radius"] == [pytest.approx(0.5)]
     after = [OscMessage(bytes(b)).address for b in seen["after_ignore"]]
-    assert "/param/radius/norm" in after and "/param/speed" not in after
+    assert "/norm/radius" in after and "/param/speed" not in after
 
 
 def test_mdns_finds_both_services_and_a_failure_to_advertise_is_only_a_warning(monkeypatch, caplog):
@@ -302,3 +306,96 @@ def test_a_page_from_another_origin_can_neither_read_the_tree_nor_listen():
     assert raw == {"none": (200, None), "other": (403, None), "own": (200, None), "listed": (200, origin.upper()),
                    "other_on_listed": (403, None)}, raw
     assert refused.value.response.status_code == 403
+
+
+def test_python_oscquery_browses_reads_sets_and_listens(tmp_path):
+    """python-oscquery (strict: it refuses a node with both a value and CONTENTS) finds the show by mDNS, browses
+    the whole tree of a show's real parameter set from /, reads every value, and sets a parameter through the OSC
+    address and port it found (python-osc, real UDP to the show's OSC server); a websocket LISTENs to it, and an OSC
+    packet sent over that websocket applies like one over UDP."""
+    pytest.importorskip("pythonoscquery", reason="pip install python-oscquery (a test dependency)")
+    import requests
+    from pythonoscquery.osc_query_browser import OSCQueryBrowser
+    from pythonoscquery.osc_query_client import OSCQueryClient
+    from pythonoscquery.shared.osc_access import OSCAccess
+    from websockets.sync.client import connect
+
+    from installation.inputs.osc import OscServer, _encode
+    from installation.inputs.surface import Capabilities
+
+    spec = load_show(write_show(tmp_path, {"a": scene_toml(shaders='["present", "feedback", "palette", "detail"]'),
+                                           "b": scene_toml()}))
+    bus = ParamBus(spec.params.values())
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    osc_settings = OscSettings(host="0.0.0.0", port=0)
+    osc = OscServer(osc_settings, bus, ["a", "b"])
+    osc.start()
+    osc_settings = osc_settings.model_copy(update={"port": osc.address[1]})
+    caps = Capabilities(archive=True, vision=False, midi=False, outputs=0)
+    query = OscQueryServer(OscQuerySettings(enabled=True, host="0.0.0.0", port=0, name=name), bus, ["a", "b"],
+                           osc_settings, snapshot=lambda: {"scene": "a", "live": {"blackout": False, "frozen": True}},
+                           caps=caps)
+    query.start()
+    seen: dict = {}
+    try:
+        browser = OSCQueryBrowser()
+        try:
+            assert wait_until(lambda: any(svc.name.startswith(name) for svc in browser.get_discovered_oscquery()), 30)
+            svc = next(svc for svc in browser.get_discovered_oscquery() if svc.name.startswith(name))
+        finally:
+            browser.zc.close()
+        client = OSCQueryClient(svc)
+        hi = client.get_host_info()
+        root = client.query_node("/")  # raises on a node that is both a method and a folder
+        nodes = {}
+
+        def walk(node):
+            nodes[node.full_path] = node
+            for child in node.contents or ():
+                walk(child)
+
+        walk(root)
+        base = f"http://127.0.0.1:{query.port}"
+        with requests.Session() as http:  # one kept-alive connection, as a client reading a tree would
+            values = {path: http.get(base + path + "?VALUE", timeout=20) for path in nodes}
+        targets = bus.targets()
+        with connect(f"ws://127.0.0.1:{query.port}", open_timeout=20) as ws:
+            ws.send('{"COMMAND": "LISTEN", "DATA": "/param/speed"}')
+            ws.send('{"COMMAND": "LISTEN", "DATA": "/norm/radius"}')
+            assert wait_until(lambda: query.stats()["listens"] == 2, 20)
+            SimpleUDPClient(hi.osc_ip, hi.osc_port).send_message(nodes["/param/speed"].full_path, 3.5)
+            seen["heard"] = OscMessage(ws.recv(timeout=20))
+            ws.send(_encode("/norm/radius", 0.25))  # OSC over the websocket, as the proposal allows
+            seen["heard_ws"] = OscMessage(ws.recv(timeout=20))
+            ws.send(_encode("/ping", 7))
+            seen["pong"] = OscMessage(ws.recv(timeout=20))
+            ws.send(b"\x00garbage")
+            assert wait_until(lambda: query.stats()["osc"]["rejects"].get("malformed", 0) == 1, 20)
+            seen["query_stats"] = query.stats()
+    finally:
+        query.stop()
+        osc.stop()
+
+    assert hi.osc_port == osc.settings.port or hi.osc_port == osc_settings.port
+    assert hi.osc_ip == "127.0.0.1"  # where this client reached the show, never 0.0.0.0
+    for path, node in nodes.items():
+        assert not (node.contents and node.value), path
+        r = values[path]
+        if node.access in (OSCAccess.READONLY_VALUE, OSCAccess.READWRITE_VALUE):
+            assert r.status_code == 200 and len(r.json()["VALUE"]) == len(node.value), path
+        else:
+            assert r.status_code == 204, (path, r.status_code)  # write-only, a folder or a no-argument method
+    for p in spec.params.values():
+        if not p.name.startswith(OscSettings().exclude_prefixes):
+            assert nodes[f"/param/{p.name}"].value == [pytest.approx(targets[p.name])], p.name
+            assert f"/norm/{p.name}" in nodes
+    assert nodes["/param/detail.dither"].type == [bool]  # a boolean parameter is T/F
+    assert nodes["/map/goto"].type == [float, float] and nodes["/blackout"].type == [bool]
+    assert nodes["/freeze"].value == [True] and nodes["/freeze"].access == OSCAccess.READWRITE_VALUE
+    assert nodes["/seed"].access == OSCAccess.WRITEONLY_VALUE
+    assert nodes["/scene/next"].access == OSCAccess.NO_VALUE and nodes["/ping"].access == OSCAccess.NO_VALUE
+    assert "/steer" not in nodes and "/midi/learn" not in nodes  # vision and MIDI are off in this show
+    assert (seen["heard"].address, seen["heard"].params) == ("/param/speed", [3.5])
+    assert seen["heard_ws"].address == "/norm/radius" and seen["heard_ws"].params == [pytest.approx(0.25)]
+    assert (seen["pong"].address, seen["pong"].params) == ("/pong", [7])
+    assert seen["query_stats"]["osc"]["applied"] == 2 and seen["query_stats"]["rejects"]["bad_commands"] == 0

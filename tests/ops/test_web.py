@@ -208,3 +208,99 @@ def test_off_loopback_without_a_token_is_a_start_up_error(tmp_path):
     assert e.value.key.startswith("web") and "token" in str(e.value)
     cfg.write_text(cfg.read_text() + 'token = "long-enough-token"\n')
     assert load_show(cfg).config.web.token == "long-enough-token"
+
+
+def test_a_phone_plays_the_show_state_follows_osc_and_a_preset_is_recalled(tmp_path, browser_available):
+    """At 390x844 in Chromium: the playing scene's controls grouped (palette present, grade offered only as 'not in
+    this scene'), the state following changes made over OSC (python-osc, real UDP) through the live websocket,
+    blackout still shown after a reload, a CPPN scene saying it takes no prompts, a preset stored from the page and
+    recalled from the page and over OSC (/preset/recall name seconds). Screenshots are written for a person to
+    look at (INSTALLATION_SHOTS=<folder> keeps them)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+    from pythonosc.udp_client import SimpleUDPClient
+
+    shots = os.environ.get("INSTALLATION_SHOTS") or str(tmp_path)
+    cfg = write_show(tmp_path, {"a": scene_toml(shaders='["present", "feedback", "palette"]'),
+                                "b": scene_toml(shaders='["present", "feedback"]')},
+                     extra="[state]\nenabled = false\n[archive]\nenabled = false\n[web]\nenabled = true\nport = 0\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20, serve_health=True)
+    page_part = rt.part("web")
+    seen: dict = {}
+
+    def actor():
+        assert wait_until(lambda: page_part.alive and rt.osc.address and rt.stats.presented > 5, 300)  # slow at load
+        osc = SimpleUDPClient(*rt.osc.address)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+                assert page.goto(page_part.url).status == 200
+                page.locator('input[data-param="speed"]').wait_for(timeout=30000)
+                page.wait_for_function("+document.getElementById('preview').dataset.frame > 0", timeout=30000)
+                page.screenshot(path=f"{shots}/page-top.png")
+                seen["groups"] = page.eval_on_selector_all("#groups details", "(ds) => ds.map((d) => d.dataset.group)")
+                seen["palette_faders"] = page.locator("#group-palette input[type=range]").count()
+                seen["grade_in_other"] = page.locator('#group-other input[data-param="grade.exposure"]').count()
+                seen["noprompts"] = page.locator("#noprompts").inner_text()
+                seen["xy"] = [page.locator("#xsel").input_value(), page.locator("#ysel").input_value()]
+                seen["prompt_disabled"] = page.locator("#prompt-0").is_disabled()
+                # changes made over OSC follow on the page (the websocket), without a reload
+                osc.send_message("/blackout", 1)
+                page.wait_for_function("document.getElementById('blackout').classList.contains('on')", timeout=20000)
+                osc.send_message("/param/speed", 3.0)
+                page.wait_for_function("+document.querySelector('input[data-param=speed]').value === 3",
+                                       timeout=20000)
+                # after a reload the blackout button still says what the show does (one tap to undo it)
+                page.reload()
+                page.locator('input[data-param="speed"]').wait_for(timeout=30000)
+                page.wait_for_function("document.getElementById('blackout').classList.contains('on')", timeout=20000)
+                seen["after_reload_speed"] = page.locator('input[data-param="speed"]').input_value()
+                page.click("#blackout")
+                seen["unblacked"] = wait_until(lambda: not rt.blackout, 20)
+                # a preset stored from the page, recalled from the page (no fade) and over OSC (with one)
+                osc.send_message("/param/speed", 2.0)
+                assert wait_until(lambda: rt.bus.targets()["speed"] == 2.0, 20)
+                page.fill("#presetname", "calm")
+                page.click("#store")
+                page.locator('#presets button[data-preset="calm"]').wait_for(timeout=20000)
+                seen["stored_file"] = json.loads((tmp_path / "presets.json").read_text())
+                osc.send_message("/param/speed", 6.0)
+                assert wait_until(lambda: rt.bus.targets()["speed"] == 6.0, 20)
+                page.locator("#fade").evaluate("(el) => { el.value = 0; el.dispatchEvent(new Event('input')); }")
+                page.click('#presets button[data-preset="calm"]')
+                seen["recalled_page"] = wait_until(lambda: rt.bus.targets()["speed"] == pytest.approx(2.0), 20)
+                page.wait_for_function("+document.querySelector('input[data-param=speed]').value === 2",
+                                       timeout=20000)
+                osc.send_message("/param/speed", 7.0)
+                assert wait_until(lambda: rt.bus.targets()["speed"] == 7.0, 20)
+                osc.send_message("/preset/recall", ["calm", 0.5])
+                seen["recalled_osc"] = wait_until(lambda: rt.bus.targets()["speed"] == pytest.approx(2.0), 20)
+                # the scene grid: tapping a tile changes the scene, and the header follows
+                page.click('#scenes .tile[data-scene="b"]')
+                seen["scene_b"] = wait_until(lambda: rt.show.scene.name == "b", 20)
+                page.wait_for_function("document.getElementById('scene').textContent === 'b'", timeout=20000)
+                seen["overflow"] = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+                seen["small_targets"] = page.evaluate("""[...document.querySelectorAll('button')]
+                    .filter((b) => b.offsetParent && b.getBoundingClientRect().height < 44).length""")
+                page.evaluate("window.scrollTo(0, 900)")
+                page.screenshot(path=f"{shots}/page-controls.png", full_page=True)
+            finally:
+                browser.close()
+        seen["stats"] = page_part.stats()
+
+    play_while(rt, target, actor, seconds=600)
+    rt.close()
+    assert seen["groups"][:2] == ["motion", "look"] and "palette" in seen["groups"] and seen["groups"][-1] == "other"
+    assert seen["palette_faders"] >= 3 and seen["grade_in_other"] == 1
+    assert "takes no prompts" in seen["noprompts"] and seen["prompt_disabled"]
+    assert float(seen["after_reload_speed"]) == pytest.approx(3.0) and seen["unblacked"]
+    assert seen["stored_file"]["presets"]["calm"]["params"]["speed"] == 2.0
+    assert "grade.exposure" not in seen["stored_file"]["presets"]["calm"]["params"]  # the scene's own set
+    assert seen["recalled_page"] and seen["recalled_osc"] and seen["scene_b"]
+    assert not seen["overflow"] and seen["small_targets"] == 0
+    assert seen["stats"]["ws_clients"] >= 2
+    assert seen["xy"] == ["speed", "radius"]  # the pad starts on the first two motion controls
