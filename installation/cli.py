@@ -231,8 +231,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "warning")
     result = run_soak(spec, minutes=args.minutes, raise_every=args.raise_every, nan_every=args.nan_every,
                       kill_every_s=args.kill_every, shader_every_s=args.shader_every,
-                      input_every_s=args.input_every)
+                      input_every_s=args.input_every, reload_every_s=args.reload_every, faults=not args.no_faults,
+                      sample_s=args.sample_every, warmup_s=args.warmup, memory_log=args.memory_log,
+                      trace=args.tracemalloc)
     for key, value in result.items():
+        if key == "memory":
+            print("memory (first -> last, per hour after the warm-up / in its second half):")
+            for name, m in value.items():
+                print(f"  {name:<26} {m['first']:>10} -> {m['last']:<10} {m['per_h']} / {m['per_h_second_half']}")
+            continue
         print(f"{key:<28} {value}")
     if args.json:
         print(json.dumps(result))
@@ -478,6 +485,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reload a shader that does not compile every N s (0 = never)")
     so.add_argument("--input-every", type=float, default=25.0,
                     help="kill a running input's thread every N s (0 = never)")
+    so.add_argument("--reload-every", type=float, default=0.0,
+                    help="reload config, scenes and shaders from disk every N s, as SIGHUP does (0 = never)")
+    so.add_argument("--no-faults", action="store_true",
+                    help="play the config as written (its parts, state and health on as configured) and inject "
+                         "nothing: a memory soak of the show itself")
+    so.add_argument("--sample-every", type=float, default=10.0,
+                    help="seconds between memory samples (each process, anonymous memory, malloc, GL objects, "
+                         "threads, files)")
+    so.add_argument("--warmup", type=float, default=None,
+                    help="seconds before memory is sampled (default: a fifth of the run, at most 60)")
+    so.add_argument("--memory-log", type=Path, help="append every memory sample to this file as a JSON line")
+    so.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                    help="trace Python allocations after the warm-up and report the N lines that grew most")
     so.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     so.set_defaults(func=cmd_soak, display=None)
 

@@ -4,11 +4,21 @@ Faults injected, each at its own rate: decoder exceptions and NaN frames (every 
 ``faulty`` decoder), the decoder process killed with SIGKILL, a shader that does not compile swapped in, and the
 thread of a running input stopped behind its back. The runtime must contain all of them: ``crashes`` counts only
 exceptions that escaped (the loop, a thread), and must stay 0.
+
+Memory (issue 33): ``reload_every_s`` reloads the show from disk on that schedule, as SIGHUP does; ``faults=False``
+plays the config as written (every part it enables, its state and health, no faulty decoder, no injected faults).
+Every ``sample_s`` after the warm-up the run samples each process's resident memory (this one, the decoder's, the
+camera's), this process's anonymous memory, malloc's bytes in use, live GL objects, threads and file descriptors;
+``memory`` in the report gives each one's first and last value and its slope per hour, over all samples after the
+warm-up and over their second half (a slope that only comes from warming up falls in the second half). A
+``memory_log`` file gets every sample as a JSON line while the run goes on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import parts
+from .ops import memory as probes
 from .clock import WallClock
 from .config import ShowSpec
 from .decoders import DecoderSpec
@@ -65,11 +76,14 @@ def faulty_spec(spec: ShowSpec, raise_every: int, nan_every: int) -> ShowSpec:
 class _Injector:
     """Called after every tick: injects process kills, broken shaders and input deaths on their schedules."""
 
-    def __init__(self, kill_every_s: float, shader_every_s: float, input_every_s: float) -> None:
-        self.every = {"kill": kill_every_s, "shader": shader_every_s, "input": input_every_s}
+    def __init__(self, kill_every_s: float, shader_every_s: float, input_every_s: float,
+                 reload_every_s: float = 0.0) -> None:
+        self.every = {"kill": kill_every_s, "shader": shader_every_s, "input": input_every_s,
+                      "reload": reload_every_s}
         start = time.monotonic()
         self.next = {k: start + v for k, v in self.every.items() if v > 0}
-        self.injected = {"decoder_kills": 0, "shader_errors": 0, "input_deaths": 0}
+        self.injected = {"decoder_kills": 0, "shader_errors": 0, "input_deaths": 0, "reloads": 0}
+        self.memory: MemorySampler | None = None
         self.rss = Trend(3600.0, min_samples=3, min_span_s=5.0, min_interval_s=1.0)
         self.warm_until = start
         self.last_sample = 0.0
@@ -79,6 +93,8 @@ class _Injector:
         if now >= self.warm_until and now - self.last_sample >= 1.0:
             self.last_sample = now
             self.rss.add(rss_mb())
+        if self.memory is not None and now >= self.warm_until:
+            self.memory.maybe_sample(rt, now)
         for kind, at in list(self.next.items()):
             if now < at:
                 continue
@@ -91,6 +107,9 @@ class _Injector:
                 self.injected["shader_errors"] += 1
                 if ok:
                     log.error("soak: a broken shader was accepted")
+            elif kind == "reload":
+                rt.request_reload()  # what SIGHUP does: the next tick reloads
+                self.injected["reloads"] += 1
             elif kind == "input":
                 part = next((p for name, p in rt.parts.items() if parts.info(name).is_input), None)
                 if part is not None and part._thread is not None:
@@ -98,9 +117,95 @@ class _Injector:
                     self.injected["input_deaths"] += 1
 
 
+def _slope_per_h(samples: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) samples, per hour; None with fewer than 3 or no time between them."""
+    if len(samples) < 3:
+        return None
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    mv = sum(v for _, v in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var <= 0:
+        return None
+    return sum((t - mt) * (v - mv) for t, v in samples) / var * 3600.0
+
+
+class MemorySampler:
+    """Samples the memory probes every ``every_s`` (GL objects every ``gl_every_s``: that walk is slower) from the
+    loop thread; ``report()`` gives each series' first, last and slopes per hour."""
+
+    def __init__(self, every_s: float = 10.0, gl_every_s: float = 60.0, log_path: Path | None = None) -> None:
+        self.every_s, self.gl_every_s = every_s, gl_every_s
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self.start = time.monotonic()
+        self.last = -math.inf
+        self.last_gl = -math.inf
+        self.log_path = log_path
+        self.log = open(log_path, "a", buffering=1) if log_path else None
+
+    def names(self, rt: Any) -> dict[int, str]:
+        out: dict[int, str] = {}
+        pid = getattr(rt.worker, "pid", None)
+        if pid:
+            out[pid] = "decoder"
+        camera = rt.parts.get("camera")
+        cpid = getattr(camera, "pid", None) if camera is not None else None
+        if cpid:
+            out[cpid] = "camera"
+        return out
+
+    def maybe_sample(self, rt: Any, now: float) -> None:
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        row: dict[str, float] = {}
+        for name, mb in probes.process_tree(names=self.names(rt)).items():
+            row[f"rss.{name}"] = mb
+        row["rss.total"] = sum(v for k, v in row.items() if k.startswith("rss."))
+        sm = probes.smaps()
+        if sm:
+            row["anon.self"] = sm["anon_mb"]
+            row["file.self"] = sm["file_mb"]
+        heap = probes.malloc_stats()
+        if heap:
+            row["malloc.in_use"] = heap["in_use_mb"]
+            row["malloc.free"] = heap["free_mb"]
+        row.update({f"count.{k}": v for k, v in probes.counts().items()})
+        if now - self.last_gl >= self.gl_every_s:
+            self.last_gl = now
+            gl = probes.gl_objects()
+            row["gl.total"] = sum(gl.values())
+            row.update({f"gl.{k}": v for k, v in gl.items()})
+        t = now - self.start
+        for key, value in row.items():
+            self.series.setdefault(key, []).append((t, float(value)))
+        if self.log is not None:
+            self.log.write(json.dumps({"t": round(t, 1), **{k: round(v, 3) for k, v in row.items()}}) + "\n")
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, samples in sorted(self.series.items()):
+            half = [s for s in samples if s[0] >= (samples[0][0] + samples[-1][0]) / 2]
+            slope, late = _slope_per_h(samples), _slope_per_h(half)
+            out[key] = {"first": round(samples[0][1], 2), "last": round(samples[-1][1], 2),
+                        "per_h": None if slope is None else round(slope, 2),
+                        "per_h_second_half": None if late is None else round(late, 2), "samples": len(samples)}
+        return out
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
 def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: int = 37, kill_every_s: float = 20.0,
-             shader_every_s: float = 30.0, input_every_s: float = 25.0) -> dict[str, Any]:
-    """Run the show headless for ``minutes`` with faults injected; returns the figures (see the module doc)."""
+             shader_every_s: float = 30.0, input_every_s: float = 25.0, reload_every_s: float = 0.0,
+             faults: bool = True, sample_s: float = 10.0, warmup_s: float | None = None,
+             memory_log: Path | None = None, trace: int = 0) -> dict[str, Any]:
+    """Run the show headless for ``minutes`` with faults injected (``faults=False``: the config as written, nothing
+    injected), reloading it every ``reload_every_s``; returns the figures (see the module doc). ``trace`` > 0 also
+    runs tracemalloc from the end of the warm-up and reports the ``trace`` source lines whose Python allocations
+    grew most."""
     from .render.targets import HeadlessTarget
     from .runtime import Runtime
 
@@ -113,22 +218,34 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
 
     threading.excepthook = thread_hook
     seconds = max(minutes * 60.0, 1.0)
-    injector = _Injector(kill_every_s, shader_every_s, input_every_s)
-    injector.warm_until = time.monotonic() + min(WARMUP * seconds, 60.0)
+    if not faults:
+        kill_every_s = shader_every_s = input_every_s = 0.0
+    injector = _Injector(kill_every_s, shader_every_s, input_every_s, reload_every_s)
+    warm = min(WARMUP * seconds, 60.0) if warmup_s is None else max(warmup_s, 0.0)
+    injector.warm_until = time.monotonic() + warm
+    injector.memory = MemorySampler(sample_s, log_path=memory_log)
+    tracer = _Tracer(trace, injector.warm_until) if trace > 0 else None
     rss_start = rss_mb()
-    show = faulty_spec(spec, raise_every, nan_every)
+    show = faulty_spec(spec, raise_every, nan_every) if faults else spec
     out = show.config.output
     target = HeadlessTarget(window_size(show.config)[0])  # [[outputs]]: the window spanning them
     rt = None
     started = time.monotonic()
     try:
-        rt = Runtime(show, target, WallClock(), fps=out.fps)
-        rt.run(seconds, on_tick=injector)
+        rt = Runtime(show, target, WallClock(), fps=out.fps, keep_state=not faults, serve_health=not faults)
+
+        def tick(runtime: Any) -> None:
+            injector(runtime)
+            if tracer is not None:
+                tracer.tick()
+
+        rt.run(seconds, on_tick=tick)
     except Exception as e:  # noqa: BLE001 - this is what the soak counts
         crashes.append(f"loop: {type(e).__name__}: {e}")
         log.exception("soak: the loop died")
     finally:
         threading.excepthook = old_hook
+        injector.memory.close()
         target.close()
     elapsed = time.monotonic() - started
     report = rt._snapshot(rt._last_t) if rt is not None else {}
@@ -146,5 +263,36 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
         "rss_mb_end": round(rss_mb() or 0.0, 1),
         "rss_mb_per_h_after_warmup": None if slope is None else round(slope, 2),
         "longest_without_new_frame_s": round(rt.stats.max_frame_gap, 3) if rt else None,
+        "reload_faults": rt.faults.get("reload", 0) if rt else 0,
+        "memory_warmup_s": round(warm, 1),
+        "memory": injector.memory.report(),
+        **({"tracemalloc_growth": tracer.report()} if tracer is not None else {}),
         "python": sys.version.split()[0],
     }
+
+
+class _Tracer:
+    """tracemalloc from ``start_at`` (monotonic) on; ``report()`` lists the source lines whose live allocations grew
+    most since then (Python objects only; native memory shows in the ``anon``/``malloc`` series)."""
+
+    def __init__(self, top: int, start_at: float) -> None:
+        self.top, self.start_at = top, start_at
+        self.base = None
+
+    def tick(self) -> None:
+        if self.base is None and time.monotonic() >= self.start_at:
+            import tracemalloc
+
+            tracemalloc.start(8)
+            self.base = tracemalloc.take_snapshot()
+
+    def report(self) -> list[str]:
+        import tracemalloc
+
+        if self.base is None or not tracemalloc.is_tracing():
+            return []
+        snap = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        stats = snap.compare_to(self.base, "lineno")
+        return [f"{s.traceback[0].filename}:{s.traceback[0].lineno} {s.size_diff / 1024:+.1f} KiB "
+                f"({s.count_diff:+d} blocks)" for s in stats[:self.top]]

@@ -164,6 +164,59 @@ def test_an_ndi_source_is_the_camera(ndi_env):
         proc.wait(10)
 
 
+def _threads_fds(pid: int) -> tuple[int, int]:
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_released_ndi_capture_closes_its_connection_at_once(ndi_env):
+    """Issue 33: a camera reopening its NDI source must not leave the old receiver connected. cyndilib's receiver is
+    a reference cycle; uncollected, each reopen kept a thread and 7 descriptors here and 4 threads and 2 descriptors
+    in the sending process (the show's own NDI sink, when the camera reads it)."""
+    sender = textwrap.dedent('''
+        import sys, time, numpy as np
+        from fractions import Fraction
+        from cyndilib.sender import Sender
+        from cyndilib.video_frame import VideoSendFrame
+        from cyndilib.wrapper.ndi_structs import FourCC
+        s = Sender("reopen-test")
+        vf = VideoSendFrame(); vf.set_resolution(32, 24); vf.set_fourcc(FourCC.RGBA)
+        vf.set_frame_rate(Fraction(20, 1)); s.set_video_frame(vf)
+        img = np.full((24, 32, 4), 200, np.uint8)
+        with s:
+            s.write_video(img.ravel())
+            print("open", flush=True)
+            end = time.time() + 240
+            while time.time() < end:
+                s.write_video(img.ravel()); time.sleep(1 / 20)
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", sender], env=ndi_env, stdout=subprocess.PIPE, text=True)
+    from installation.render.ndi import NdiCapture
+
+    try:
+        assert proc.stdout.readline().strip() == "open"
+        here = os.getpid()
+        connected = []
+        for i in range(4):
+            cap = NdiCapture("reopen-test", find_s=60)
+            assert cap.isOpened(), "source not found"
+            ok, _ = cap.read()
+            assert ok
+            connected.append((_threads_fds(proc.pid), _threads_fds(here)))
+            cap.release()
+        # after every release the sender is back where it was before the next connection: nothing piles up
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _threads_fds(proc.pid)[0] >= connected[0][0][0]:
+            time.sleep(0.05)  # libndi ends the connection's threads on its own schedule: wait for them
+        sender_now, here_now = _threads_fds(proc.pid), _threads_fds(here)
+        assert sender_now[0] < connected[0][0][0] and sender_now[1] < connected[0][0][1], (sender_now, connected)
+        assert here_now[0] < connected[0][1][0] and here_now[1] < connected[0][1][1], (here_now, connected)
+        # and four connections in turn cost no more than one at a time
+        assert connected[-1][0] == connected[0][0] and connected[-1][1] == connected[0][1], connected
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_sinks_config_is_validated(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[[sinks]]\nkind = "smoke-signals"\n')
     with pytest.raises(ConfigError, match="sinks"):

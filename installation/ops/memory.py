@@ -1,0 +1,187 @@
+"""Memory probes for long runs: what a process holds and what grows (issue 33).
+
+Resident memory alone does not say where growth comes from, so the probes split it:
+
+- :func:`smaps` reads ``/proc/<pid>/smaps_rollup``: ``anon_mb`` (heap, Python objects, driver buffers: what leaks),
+  ``file_mb`` (mapped libraries and files: grows with lazily loaded code, then stops);
+- :func:`malloc_stats` asks glibc (``mallinfo2``): bytes in use by ``malloc`` against bytes held free inside its
+  arenas (fragmentation that :func:`trim` hands back to the system);
+- :func:`gl_objects` counts live moderngl objects by type (programs, textures, framebuffers, vertex arrays,
+  buffers): released ones are not counted, so a count that rises across reloads is a GL leak;
+- :func:`process_tree` gives the resident memory of a process and of its children (the decoder and camera processes)
+  by name;
+- :func:`counts` the threads and file descriptors of this process.
+
+Everything here is Linux-only and returns ``None`` (or empty) where it cannot be read; nothing raises.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import threading
+import warnings
+from collections import Counter
+from typing import Any
+
+_MB = 2**20
+
+
+def rss_mb(pid: int | None = None) -> float | None:
+    """Resident memory of ``pid`` (this process by default) in MiB, or None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid or 'self'}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MB
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def smaps(pid: int | None = None) -> dict[str, float]:
+    """``rss_mb``, ``anon_mb``, ``file_mb`` (resident file-backed pages) and ``shmem_mb`` of ``pid`` from
+    ``/proc/<pid>/smaps_rollup``; empty where it cannot be read."""
+    fields: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid or 'self'}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                    fields[parts[0][:-1]] = int(parts[1]) / 1024
+    except OSError:
+        return {}
+    rss, anon = fields.get("Rss", 0.0), fields.get("Anonymous", 0.0)
+    shmem = fields.get("Pss_Shmem", 0.0)
+    return {"rss_mb": rss, "anon_mb": anon, "file_mb": max(rss - anon - shmem, 0.0), "shmem_mb": shmem}
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def malloc_stats() -> dict[str, float] | None:
+    """glibc's view of this process's heap in MiB: ``in_use_mb`` (allocated by malloc, mmapped blocks included),
+    ``free_mb`` (held inside its arenas, not returned to the system), ``mmap_mb``; None without glibc 2.33+."""
+    fn = getattr(_LIBC, "mallinfo2", None)
+    if fn is None:
+        return None
+    fn.restype = _Mallinfo2
+    m = fn()
+    return {"in_use_mb": (m.uordblks + m.hblkhd) / _MB, "free_mb": m.fordblks / _MB, "mmap_mb": m.hblkhd / _MB,
+            "arena_mb": m.arena / _MB}
+
+
+def trim() -> bool:
+    """Hand the free memory at the top and inside glibc's arenas back to the system (``malloc_trim(0)``); True when
+    some was returned. Cheap enough to call once a minute (a few ms on a heap of a few hundred MB)."""
+    fn = getattr(_LIBC, "malloc_trim", None)
+    if fn is None:
+        return False
+    return bool(fn(0))
+
+
+GL_TYPES = ("Program", "Texture", "Framebuffer", "VertexArray", "Buffer", "Renderbuffer", "Texture3D",
+            "TextureArray", "TextureCube", "Query", "Sampler", "ComputeShader", "Scope")
+
+
+def gl_objects() -> dict[str, int]:
+    """Live (not released) moderngl objects in this process by type name, found through the garbage collector.
+
+    A released object keeps its Python wrapper until nothing refers to it, but its ``glo`` is gone (moderngl sets
+    it to 0 or its ``mglo`` to an invalid object), so only objects still holding a GL name are counted. Walks every
+    tracked object: tens of milliseconds on a big heap, for probes and tests, not for every frame."""
+    try:
+        import moderngl
+    except ImportError:
+        return {}
+    types = tuple(t for t in (getattr(moderngl, n, None) for n in GL_TYPES) if isinstance(t, type))
+    out: Counter[str] = Counter()
+    with warnings.catch_warnings():  # isinstance on some modules' lazy attributes warns (torch.distributed)
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if type(obj) in types and _alive(obj):
+                out[type(obj).__name__] += 1
+    return dict(out)
+
+
+def _alive(obj: Any) -> bool:
+    mglo = getattr(obj, "mglo", None)
+    if mglo is None or type(mglo).__name__ == "InvalidObject":
+        return False
+    glo = getattr(obj, "_glo", getattr(obj, "glo", None))
+    return glo is None or glo != 0 or type(obj).__name__ in ("Scope", "Query")
+
+
+def counts() -> dict[str, int]:
+    """This process's Python threads, OS threads and open file descriptors."""
+    out = {"threads": threading.active_count()}
+    for key, path in (("os_threads", "/proc/self/task"), ("fds", "/proc/self/fd")):
+        try:
+            out[key] = len(os.listdir(path))
+        except OSError:
+            pass
+    return out
+
+
+def children(pid: int | None = None) -> list[int]:
+    """The direct children of ``pid`` (this process by default)."""
+    pid = pid or os.getpid()
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return kids
+
+
+def _name(pid: int, names: dict[int, str]) -> str:
+    if pid in names:
+        return names[pid]
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        text = " ".join(a.decode(errors="replace") for a in argv if a)
+    except OSError:
+        return "?"
+    for known in ("resource_tracker", "forkserver", "multiprocessing", "ffmpeg"):
+        if known in text:
+            return known
+    return os.path.basename(argv[0].decode(errors="replace")) if argv and argv[0] else "?"
+
+
+def process_tree(pid: int | None = None, names: dict[int, str] | None = None) -> dict[str, float]:
+    """Resident MiB of ``pid`` (``"self"``) and of each child by a short name (from ``names``, pid -> name, e.g. the
+    decoder's and the camera's processes; else ``multiprocessing``, ``ffmpeg``, the executable's name; several of
+    one name are summed), children's children included."""
+    names = names or {}
+    pid = pid or os.getpid()
+    out: Counter[str] = Counter()
+    own = rss_mb(pid)
+    if own is not None:
+        out["self"] += own
+    todo = children(pid)
+    seen: set[int] = set()
+    while todo:
+        kid = todo.pop()
+        if kid in seen:
+            continue
+        seen.add(kid)
+        mb = rss_mb(kid)
+        if mb is not None:
+            out[_name(kid, names)] += mb
+        todo += children(kid)
+    return {k: round(v, 2) for k, v in out.items()}

@@ -1,0 +1,67 @@
+"""The memory probes (issue 33) on real things: a real GL context, a real child process, real allocations."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from installation.ops import memory
+
+FRAG = "#version 330\nout vec4 c;\nvoid main() { c = vec4(1.0); }\n"
+VERT = "#version 330\nvoid main() { gl_Position = vec4(0.0); }\n"
+
+
+def test_gl_objects_counts_live_objects_and_not_released_ones(gl_ctx):
+    before = memory.gl_objects()
+    tex = gl_ctx.texture((8, 8), 4)
+    fbo = gl_ctx.framebuffer(color_attachments=[tex])
+    prog = gl_ctx.program(vertex_shader=VERT, fragment_shader=FRAG)
+    vao = gl_ctx.vertex_array(prog, [])
+    buf = gl_ctx.buffer(reserve=64)
+    grown = memory.gl_objects()
+    for name in ("Texture", "Framebuffer", "Program", "VertexArray", "Buffer"):
+        assert grown.get(name, 0) == before.get(name, 0) + 1, (name, before, grown)
+    for obj in (vao, fbo, tex, prog, buf):
+        obj.release()
+    assert memory.gl_objects() == before  # the wrappers are still referenced here, but hold no GL name
+
+
+def test_process_tree_names_children_and_sees_their_memory():
+    code = "import sys; b = bytearray(64 << 20); print('ready', flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"  # it holds 64 MiB, touched (bytearray zero-fills)
+        tree = memory.process_tree(names={child.pid: "big"})
+        assert tree["big"] >= 64 and tree["self"] > 0
+    finally:
+        child.stdin.close()
+        child.wait(30)
+
+
+def test_smaps_and_malloc_see_an_allocation_come_and_go():
+    before = memory.smaps()
+    assert before["rss_mb"] > 0 and before["anon_mb"] > 0 and before["file_mb"] > 0
+    heap = memory.malloc_stats()
+    assert heap is not None and heap["in_use_mb"] > 0
+    block = np.ones(32 << 20, dtype=np.uint8)  # 32 MiB, touched
+    assert memory.smaps()["anon_mb"] >= before["anon_mb"] + 30
+    assert memory.malloc_stats()["in_use_mb"] >= heap["in_use_mb"] + 30
+    del block
+    assert memory.smaps()["anon_mb"] < before["anon_mb"] + 30  # numpy's big block was mmapped: returned at once
+    memory.trim()  # callable, whatever it hands back
+
+
+def test_counts_threads_and_files():
+    c = memory.counts()
+    assert c["threads"] >= 1 and c["os_threads"] >= c["threads"] and c["fds"] >= 3
+    with open(__file__) as f:
+        assert memory.counts()["fds"] == c["fds"] + 1
+        f.read(1)
+
+
+def test_unreadable_process_gives_nothing_not_an_error():
+    assert memory.rss_mb(2**22 + 12345) is None
+    assert memory.smaps(2**22 + 12345) == {}
+    assert memory.process_tree(2**22 + 12345) == {}
