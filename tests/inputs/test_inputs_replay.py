@@ -19,7 +19,7 @@ from installation.inputs.audio import FEATURES as AUDIO
 from installation.inputs.camera import FEATURES as CAMERA
 from installation.render.targets import HeadlessTarget
 from installation.runtime import Runtime
-from support import scene_toml, wait_until, write_show
+from support import bench_result, run_cli, scene_toml, wait_until, write_show
 
 LIVE = "lavfi:testsrc2=size=160x120:rate=30,realtime"
 WATCHED = (*CAMERA, *AUDIO, "speed")
@@ -149,3 +149,24 @@ def test_sampled_features_are_packed_exactly_and_old_archives_still_read(tmp_pat
         assert [e["name"] for e in old.events(sid)] == ["speed"] and old.sessions()[0]["events"] == 1
     finally:
         old.close()
+
+
+def test_bench_archive_size_prints_bytes_per_hour_with_each_input_on(tmp_path, jack_server):
+    """``bench --archive-size``: one live run per input (OSC from a fader the bench moves, the microphone on JACK
+    with the bench's test signal, a lavfi camera), each the archive's growth per hour; structure, not speed."""
+    cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[decoder]\nisolation = "thread"\n')
+    r = run_cli("bench", "--archive-size", "--config", str(cfg), "--seconds", "2", "--mic", "system",
+                "--mic-signal", "--camera", LIVE, "--json", timeout=600)
+    result = bench_result(r, ["mb_per_hour", "runs"])
+    assert list(result["mb_per_hour"]) == ["none", "osc", "mic", "camera", "all"]
+    runs = result["runs"]
+    assert all(run["bytes_per_hour"] > 0 and run["show_s"] > 1.0 and run["ticks_per_s"] > 0 for run in runs.values())
+    assert runs["osc"]["osc_sent"] > 0 and runs["osc"]["event_rows_per_s_by_source"].get("osc:127.0.0.1", 0) > 0
+    assert runs["mic"]["mic_blocks_per_s"] > 0 and runs["camera"]["camera_fps"] > 0
+    for mode in ("mic", "camera", "all"):  # the features went to the packed samples, none to event rows
+        assert runs[mode]["samples_per_s"] > 0, mode
+        assert not {"audio", "camera"} & set(runs[mode]["event_rows_per_s_by_source"]), mode
+    assert runs["none"]["samples_per_s"] == 0
+    bad = run_cli("bench", "--archive-size", "--config", str(cfg), "--modes", "none,radio")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "installation: --archive-size: unknown mode 'radio' (choose from none, osc, mic, camera, all)"]
