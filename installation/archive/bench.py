@@ -306,11 +306,21 @@ def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: i
         ticks = len(store.ticks(sid))
     finally:
         store.close()
-    try:
-        samples = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute(
-            "SELECT coalesce(sum(n), 0) FROM samples").fetchone()[0]
-    except sqlite3.Error:  # an archive without the samples table
-        samples = 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:  # payload bytes (plus ROW for a row's own overhead), not pages: per-unit costs a short run can tell
+        row_bytes = db.execute("SELECT coalesce(sum(length(value) + length(name) + length(source) + 24), 0) "
+                               "FROM events WHERE source != 'archive'").fetchone()[0]
+        rows = db.execute("SELECT count(*) FROM events WHERE source != 'archive'").fetchone()[0]
+        try:
+            samples, sample_bytes = db.execute(
+                "SELECT coalesce(sum(n), 0), coalesce(sum(length(data) + length(names) + length(sources) + 40), 0) "
+                f"+ count(*) * {ROW} FROM samples").fetchone()
+        except sqlite3.Error:  # an archive without the samples table
+            samples, sample_bytes = 0, 0
+    finally:
+        db.close()
+    notes["payload_bytes_per_event_row"] = round(row_bytes / rows + ROW, 1) if rows else None
+    notes["payload_bytes_per_sample"] = round(sample_bytes / samples, 2) if samples else None
     full, empty, tables = _compact_bytes(path)
     grown = full - empty
     per_hour = grown / max(span, 1e-9) * 3600.0
