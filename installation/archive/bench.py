@@ -301,8 +301,8 @@ def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: i
         span = float(sess.get("last_t") or 0.0) - float(first)
         sid = sess["id"]
         events = store.conn.execute("SELECT count(*) FROM events WHERE session=?", (sid,)).fetchone()[0]
-        by_source = dict(store.conn.execute(
-            "SELECT source, count(*) FROM events WHERE session=? GROUP BY source", (sid,)).fetchall())
+        by_source = dict(store.conn.execute(  # parameter sets only (a microphone's onsets are events of its own)
+            "SELECT source, count(*) FROM events WHERE session=? AND kind='set' GROUP BY source", (sid,)).fetchall())
         ticks = len(store.ticks(sid))
     finally:
         store.close()
@@ -332,7 +332,7 @@ def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: i
             "bytes_per_sample": round(tables.get("samples", 0) / samples, 2) if samples else None,
             "ticks_per_s": round(ticks / max(span, 1e-9), 1),
             "event_rows_per_s": round(events / max(span, 1e-9), 1),
-            "event_rows_per_s_by_source": {k: round(v / max(span, 1e-9), 1) for k, v in sorted(by_source.items())},
+            "set_rows_per_s_by_source": {k: round(v / max(span, 1e-9), 1) for k, v in sorted(by_source.items())},
             "samples_per_s": round(samples / max(span, 1e-9), 1), **notes}
 
 
