@@ -176,8 +176,8 @@ class LinkPart:
         tempo = state.tempo()
         peers = link.numPeers()
         for name, v in (("link.beat", beat % 1.0), ("link.phase", phase), ("link.tempo", tempo),
-                        ("link.peers", float(peers))):
-            self.bus.set(name, v, source="link")
+                        ("link.peers", float(peers))):  # every tick: journaled as the next tick reads it
+            self.bus.set(name, v, source="link", sampled=True)
         self._figures = {"tempo": round(tempo, 3), "beat": round(beat, 3), "phase": round(phase, 3), "peers": peers}
         out: list[Event] = []
         for ev in events:

@@ -202,29 +202,33 @@ class _Signal:
         self.client.close()
 
 
-def _compact_bytes(path: Path) -> tuple[int, int]:
-    """(bytes of the archive file compacted, bytes of the same file with every row but its session's removed)."""
+def _compact_bytes(path: Path) -> tuple[int, int, dict[str, int]]:
+    """(bytes of the archive file compacted, bytes of the same file with every row but its session's removed, and
+    for each table the bytes it takes: the compacted file less the compacted file without that table's rows)."""
     import sqlite3
 
-    out = []
-    for keep in (True, False):
-        copy = path.with_name(f"{path.stem}-{'all' if keep else 'empty'}.sqlite")
-        with sqlite3.connect(path) as db:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'") if r[0] != "sessions"]
+
+    def size(emptied: list[str]) -> int:
+        copy = path.with_name(f"{path.stem}-copy.sqlite")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             db.execute("VACUUM INTO ?", (str(copy),))
-        db = sqlite3.connect(copy)
-        try:
-            if not keep:
-                tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-                for table in tables:
-                    if table != "sessions":
-                        db.execute(f"DELETE FROM {table}")
+        if emptied:
+            db = sqlite3.connect(copy)
+            try:
+                for table in emptied:
+                    db.execute(f"DELETE FROM {table}")
                 db.commit()
                 db.execute("VACUUM")
-        finally:
-            db.close()
-        out.append(copy.stat().st_size)
+            finally:
+                db.close()
+        n = copy.stat().st_size
         copy.unlink()
-    return out[0], out[1]
+        return n
+
+    full = size([])
+    return full, size(tables), {t: full - size([t]) for t in tables}
 
 
 def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: int | str, mic: int | str | None,
@@ -297,23 +301,38 @@ def _size_run(spec: ShowSpec, folder: Path, mode: str, seconds: float, camera: i
         span = float(sess.get("last_t") or 0.0) - float(first)
         sid = sess["id"]
         events = store.conn.execute("SELECT count(*) FROM events WHERE session=?", (sid,)).fetchone()[0]
-        by_source = dict(store.conn.execute(
-            "SELECT source, count(*) FROM events WHERE session=? GROUP BY source", (sid,)).fetchall())
+        by_source = dict(store.conn.execute(  # parameter sets only (a microphone's onsets are events of its own)
+            "SELECT source, count(*) FROM events WHERE session=? AND kind='set' GROUP BY source", (sid,)).fetchall())
         ticks = len(store.ticks(sid))
     finally:
         store.close()
-    try:
-        samples = sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute(
-            "SELECT coalesce(sum(n), 0) FROM samples").fetchone()[0]
-    except sqlite3.Error:  # an archive without the samples table
-        samples = 0
-    full, empty = _compact_bytes(path)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:  # payload bytes (plus ROW for a row's own overhead), not pages: per-unit costs a short run can tell
+        row_bytes = db.execute("SELECT coalesce(sum(length(value) + length(name) + length(source) + 24), 0) "
+                               "FROM events WHERE source != 'archive'").fetchone()[0]
+        rows = db.execute("SELECT count(*) FROM events WHERE source != 'archive'").fetchone()[0]
+        try:
+            samples, sample_bytes = db.execute(
+                "SELECT coalesce(sum(n), 0), coalesce(sum(length(data) + length(names) + length(sources) + 40), 0) "
+                f"+ count(*) * {ROW} FROM samples").fetchone()
+        except sqlite3.Error:  # an archive without the samples table
+            samples, sample_bytes = 0, 0
+    finally:
+        db.close()
+    notes["payload_bytes_per_event_row"] = round(row_bytes / rows + ROW, 1) if rows else None
+    notes["payload_bytes_per_sample"] = round(sample_bytes / samples, 2) if samples else None
+    full, empty, tables = _compact_bytes(path)
     grown = full - empty
     per_hour = grown / max(span, 1e-9) * 3600.0
     return {"show_s": round(span, 2), "bytes": grown, "bytes_per_hour": int(per_hour),
-            "mb_per_hour": round(per_hour / 1e6, 2), "ticks_per_s": round(ticks / max(span, 1e-9), 1),
+            "mb_per_hour": round(per_hour / 1e6, 2),
+            # what each table holds, per hour (pages: a short run's figures are coarse, 4 kB steps)
+            "mb_per_hour_by_table": {t: round(b / max(span, 1e-9) * 3600.0 / 1e6, 2) for t, b in tables.items()},
+            "bytes_per_event_row": round(tables.get("events", 0) / events, 1) if events else None,
+            "bytes_per_sample": round(tables.get("samples", 0) / samples, 2) if samples else None,
+            "ticks_per_s": round(ticks / max(span, 1e-9), 1),
             "event_rows_per_s": round(events / max(span, 1e-9), 1),
-            "event_rows_per_s_by_source": {k: round(v / max(span, 1e-9), 1) for k, v in sorted(by_source.items())},
+            "set_rows_per_s_by_source": {k: round(v / max(span, 1e-9), 1) for k, v in sorted(by_source.items())},
             "samples_per_s": round(samples / max(span, 1e-9), 1), **notes}
 
 
@@ -330,7 +349,11 @@ def archive_size_bench(spec: ShowSpec, seconds: float = 30.0, camera: int | str 
     camera = camera if camera is not None else DEFAULT_CAMERA
     sig = None
     if signal and any(m in ("mic", "all") for m in modes):
-        sig = _Signal()
+        try:
+            sig = _Signal()
+        except Exception as e:  # noqa: BLE001 - no JACK-Client, no server: one line, exit 2
+            raise OSError(f"--mic-signal needs a running JACK server and JACK-Client ({type(e).__name__}: {e})") \
+                from None
     runs: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="archive-size-") as tmp:
