@@ -95,7 +95,7 @@ def _value_of(spec: Any, value: float) -> Any:
 
 def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | None = None,
                outputs: Sequence[int] = (), caps: Capabilities | None = None,
-               live: dict[str, Any] | None = None) -> dict[str, Any]:
+               live: dict[str, Any] | None = None, acting: Sequence[str] | None = None) -> dict[str, Any]:
     """The OSCQuery tree of the show's OSC address space, with each parameter's range and current target.
 
     Strict to the proposal (python-oscquery checks it): a node is either a folder (``CONTENTS``, ``ACCESS`` 0, no
@@ -103,7 +103,8 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
     has ``ACCESS`` 0, a write-only one ``ACCESS`` 2 with a placeholder ``VALUE`` of its type (strict clients derive
     the type from it; ``?VALUE`` answers 204). ``outputs``: the show's projector outputs, each as its number of mesh
     points (0 without a mesh); their calibration addresses (``/output/<n>/...``) are spelled out for each, as a
-    client sends them. ``live``: the show's ``blackout`` and ``frozen`` state, read back as those gates' values."""
+    client sends them. ``live``: the show's ``blackout`` and ``frozen`` state, read back as those gates' values. ``acting``:
+    the parameters that act in the playing scene; the others' descriptions start "not in the playing scene"."""
     root = _node("/", "installation: a latent-space show", CONTENTS={}, ACCESS=ACCESS_NONE)
     targets = bus.targets()
     live = live or {}
@@ -130,6 +131,8 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
             if spec is None:
                 continue
             value = targets.get(spec.name, spec.default)
+            if acting is not None and spec.name not in acting:
+                doc = f"not in the playing scene ({scene or '-'}): {doc}"
             if norm:
                 u = (value - spec.min) / (spec.max - spec.min) if spec.max > spec.min else 0.0
                 place(address, _node(address, doc, TYPE="f", RANGE=[{"MIN": 0.0, "MAX": 1.0}], VALUE=[u],
@@ -181,7 +184,7 @@ def build_tree(bus: ParamBus, scenes: Scenes, osc: OscSettings, scene: str | Non
 def shape(tree: dict[str, Any]) -> str:
     """The tree without its values: what a client builds its controls from (a change of it is PATH_CHANGED)."""
     def strip(node: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in node.items() if k not in ("VALUE", "CONTENTS")}
+        out = {k: v for k, v in node.items() if k not in ("VALUE", "CONTENTS", "DESCRIPTION")}
         if "CONTENTS" in node:
             out["CONTENTS"] = {k: strip(v) for k, v in node["CONTENTS"].items()}
         return out
@@ -213,9 +216,10 @@ class OscQueryServer:
 
     def __init__(self, settings: OscQuerySettings, bus: ParamBus, scenes: Scenes, osc: OscSettings,
                  snapshot: Any = None, outputs: Sequence[int] = (), caps: Capabilities | None = None,
-                 base_dir: str | None = None) -> None:
+                 base_dir: str | None = None, scene_info: Any = None) -> None:
         self.settings = settings
         self.caps = caps
+        self.scene_info = scene_info  # scene -> {"params": [...]}: which parameters act in the playing scene
         # OSC packets sent over the websocket (binary frames, as the proposal allows) take the OSC port's path:
         # the same allow list, checks, coalescing and counters, as transport "ws".
         self.surface = ControlSurface(osc, bus, scenes, base_dir=base_dir, caps=caps)
@@ -326,8 +330,9 @@ class OscQueryServer:
     # -- the server (on its loop) -----------------------------------------------------------------------------------
     def _tree(self) -> dict[str, Any]:
         snap = (self.snapshot() or {}) if self.snapshot is not None else {}
+        info = ((self.scene_info() or {}).get(snap.get("scene")) or {}) if self.scene_info is not None else {}
         return build_tree(self.bus, self.scenes, self.osc, snap.get("scene"), self.outputs, self.caps,
-                          snap.get("live"))
+                          snap.get("live"), info.get("params"))
 
     def _host_info(self, request: web.BaseRequest) -> dict[str, Any]:
         """HOST_INFO, with the address this request arrived on where a server listens on every interface: a tablet
@@ -527,4 +532,4 @@ def build(settings: OscQuerySettings, ctx: PartContext) -> OscQueryServer | None
         return None
     outputs = [o.mesh.cols * o.mesh.rows if o.mesh else 0 for o in ctx.config.outputs] if ctx.config else []
     return OscQueryServer(settings, ctx.bus, ctx.scenes, osc, ctx.snapshot, outputs, capabilities(ctx.config),
-                          str(ctx.base_dir))
+                          str(ctx.base_dir), ctx.scene_info)

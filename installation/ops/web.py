@@ -578,7 +578,7 @@ PAGE = """<!doctype html>
    <button id="store">store</button></div></div></details>
  <details><summary>MIDI learn</summary><div class="body">
   <div class="row"><select id="learn-param"></select><button id="learn">learn</button></div></div></details>
- <details><summary>Health</summary><div class="body"><dl id="health"></dl></div></details>
+ <details id="healthbox"><summary>Health</summary><div class="body"><dl id="health"></dl></div></details>
 </main>
 <script>
 "use strict";

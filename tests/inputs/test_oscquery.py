@@ -399,3 +399,18 @@ def test_python_oscquery_browses_reads_sets_and_listens(tmp_path):
     assert seen["heard_ws"].address == "/norm/radius" and seen["heard_ws"].params == [pytest.approx(0.25)]
     assert (seen["pong"].address, seen["pong"].params) == ("/pong", [7])
     assert seen["query_stats"]["osc"]["applied"] == 2 and seen["query_stats"]["rejects"]["bad_commands"] == 0
+
+
+def test_the_tree_says_which_parameters_act_in_the_playing_scene():
+    """A parameter no pass of the playing scene reads (grade.* on the shipped scenes) says so in its description;
+    the shape a client builds from does not change with the scene (no PATH_CHANGED for that)."""
+    from installation.inputs.oscquery import shape
+
+    bus = ParamBus([ParamSpec("speed", max=10.0, default=1.0, doc="how fast"),
+                    ParamSpec("grade.exposure", min=-4, max=4, doc="stops")])
+    a = build_tree(bus, ["a"], OscSettings(), "a", acting=["speed"])
+    nodes = _walk(a, {})
+    assert nodes["/param/grade.exposure"]["DESCRIPTION"].startswith("not in the playing scene (a)")
+    assert nodes["/norm/grade.exposure"]["DESCRIPTION"].startswith("not in the playing scene (a)")
+    assert not nodes["/param/speed"]["DESCRIPTION"].startswith("not in")
+    assert shape(a) == shape(build_tree(bus, ["a"], OscSettings(), "a", acting=["speed", "grade.exposure"]))

@@ -115,6 +115,7 @@ def test_the_page_in_a_browser_moves_a_fader_shows_the_preview_and_needs_its_tok
                 seen["scene_changed"] = wait_until(lambda: rt.show.scene.name == "b", 20)
                 page.click("#freeze")
                 seen["frozen"] = wait_until(lambda: rt.frozen, 20)
+                page.click("#healthbox > summary")  # health is folded away on a phone: open it as a finger would
                 seen["health_text"] = page.locator("#health").inner_text()
                 seen["overflow"] = page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
             finally:
