@@ -25,6 +25,7 @@ from .modulation import ModMatrix
 from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
 from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
 from .ops.logs import RepeatLog
+from .ops.memory import Trimmer
 from .ops.state import StateKeeper
 from .ops.supervise import THREADS, supervised
 from .parts import Moment, Part, PartContext, PartInfo
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
+TRIM_EVERY_S = 60.0  # seconds between malloc_trim calls (ops/memory.py Trimmer)
 OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
 DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
 INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died; a part may say less
@@ -180,6 +182,7 @@ class Runtime:
         self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
         self._scene_before_close: str | None = None
         self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
+        self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
         self._remote_threads: Counter[str] = Counter()  # the decoder process's threads' deaths, across restarts
@@ -530,6 +533,7 @@ class Runtime:
             self.present_fps = (self.stats.presented - presented0) / (t - t0)
             self.decoder_fps = (self.slot.published - published0) / (t - t0)
         self._marks = (t, self.stats.presented, self.slot.published)
+        self.trimmer.maybe()
         self.memory.sample()
         snapshot = self._snapshot(t)
         with self._health_lock:

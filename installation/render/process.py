@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from ..ops.logs import RepeatLog
+from ..ops.memory import Trimmer
 from ..ops.supervise import THREADS, SupervisedThread, die_with_parent, join_process, leave, supervised
 from .slot import Frame, FrameSlot
 from .worker import DecoderGuard, DecoderWorker, Plan
@@ -114,6 +115,7 @@ class _PipeSlot:
         self._pending: tuple[Frame, dict | None] | None = None
         self._closed = False
         self._stats_at = 0.0
+        self.trimmer = Trimmer(60.0)  # the decoder's freed tensors go back to the system between scenes (issue 33)
         self.published = 0
         self.superseded = 0
         self.send_errors = 0
@@ -135,6 +137,7 @@ class _PipeSlot:
         if now - self._stats_at < STATS_EVERY:
             return None
         self._stats_at = now
+        self.trimmer.maybe()
         return self.stats()
 
     def stats(self) -> dict:

@@ -65,3 +65,29 @@ def test_unreadable_process_gives_nothing_not_an_error():
     assert memory.rss_mb(2**22 + 12345) is None
     assert memory.smaps(2**22 + 12345) == {}
     assert memory.process_tree(2**22 + 12345) == {}
+
+
+def test_trim_hands_freed_heap_back_to_the_system():
+    # 16 KiB blocks come from malloc's arena (below its mmap threshold); freeing all but the last leaves them held
+    # free inside the arena (the last one pins the top of the heap, so the heap cannot simply shrink)
+    blocks = [np.ones(16 << 10, dtype=np.uint8) for _ in range(3000)]  # ~47 MiB, touched
+    last = blocks[-1]
+    del blocks
+    held = memory.smaps()["anon_mb"]
+    assert memory.malloc_stats()["free_mb"] >= 40
+    memory.trim()
+    assert memory.smaps()["anon_mb"] <= held - 30
+    assert int(last.sum()) == 16 << 10  # still ours
+
+
+def test_trimmer_trims_once_per_interval_of_its_clock():
+    now = [0.0]
+    trimmer = memory.Trimmer(60.0, clock=lambda: now[0])
+    assert not trimmer.maybe()
+    now[0] = 59.9
+    assert not trimmer.maybe()
+    now[0] = 60.0
+    assert trimmer.maybe() and trimmer.trims == 1
+    assert not trimmer.maybe()
+    now[0] = 130.0
+    assert trimmer.maybe() and trimmer.trims == 2
