@@ -7,7 +7,9 @@ silent, a stop that cannot happen. Here each shader is drawn at the chain's work
 their minimums and their maximums, in a process of its own with its own headless context; the process reports each
 draw as it finishes and is killed when one takes longer than :data:`LIMIT_S`. That shader is refused; the others
 are drawn again in a new process. A machine without headless GL skips the check (one warning) rather than refuse
-every shader. Results are kept by source, so a reload draws only what changed.
+every shader. Results are kept by source, size and limit, in this process and in
+``~/.cache/installation/shader-check.json`` (``$XDG_CACHE_HOME``), so a reload or the next start draws only what
+changed.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def check_draws(shaders: Iterable[ShaderFile], size: tuple[int, int], limit_s: f
     def why(s: ShaderFile) -> str:
         return f"{s.path}: a test draw did not finish in {limit_s:g} s (an endless loop?); not used"
 
+    _checked.update({k: v for k, v in _disk_cache().items() if k not in _checked})
     todo = []
     for s in shaders:
         finished = _checked.get(_digest(s, size, limit_s))
@@ -74,7 +77,37 @@ def check_draws(shaders: Iterable[ShaderFile], size: tuple[int, int], limit_s: f
         _checked[_digest(hung, size, limit_s)] = False
         refused[hung.name] = why(hung)
         todo = [s for s in todo if s.name not in done and s is not hung]
+    _save_disk_cache()
     return refused
+
+
+def _cache_path() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "installation", "shader-check.json")
+
+
+def _disk_cache() -> dict[str, bool]:
+    """Earlier processes' results (a start of the same show draws nothing again); an unusable file is ignored."""
+    from .. import files
+
+    try:
+        data = files.load_json(_cache_path(), max_depth=2)
+    except (FileNotFoundError, files.FileError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+
+
+def _save_disk_cache() -> None:
+    path = _cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        merged = {**_disk_cache(), **_checked}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(dict(list(merged.items())[-2000:]), f)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: the check runs again next start, nothing else changes
+        log.debug("shader check cache not saved: %s", e)
 
 
 def work_size(output: tuple[int, int]) -> tuple[int, int]:
