@@ -92,7 +92,9 @@ def test_a_show_chaining_an_endless_shader_does_not_start_and_one_left_unchained
     with pytest.raises(ConfigError) as info:
         refuse_hanging(load_show(cfg))
     assert str(info.value).startswith(f"{tmp_path / 'scenes' / 'a.toml'}: key 'shaders[1]': ")
-    # The real command: exit 2 with one line, before any window or decoder.
-    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "5", env={"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cli-cache")})
+    # The real command: exit 2 with one line, before any window or decoder. It finds the draws above in the cache on
+    # disk (a fresh check at a load of 80 took longer than the whole command may here); the draws are above.
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "5", timeout=300,
+                env={"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "endless.frag: a test draw did not finish" in r.stderr, r.stderr
