@@ -262,7 +262,9 @@ def cmd_scenes(args: argparse.Namespace) -> int:
             check_params(scene.params, spec.params, path, "params")
             missing = [s for s in scene.shaders if s not in spec.shaders]
             if missing:
-                raise ConfigError(path, "shaders", f"no shader {missing[0]!r}")
+                why = spec.refused.get(missing[0])
+                raise ConfigError(path, "shaders", f"shader {missing[0]!r} cannot be used: {why}" if why else
+                                  f"no shader {missing[0]!r}")
         except ConfigError as e:
             bad += 1
             print(f"  INVALID  {e}")

@@ -446,7 +446,8 @@ class Runtime:
                 new = load_show(self.spec.path, only_scene=self._only_scene)
                 new.config = new.config.model_copy(update={k: getattr(self.spec.config, k) for k in
                                                            ("output", "canvas", "outputs")})
-                refuse_hanging(new)  # a test draw in a child process, of what changed since the last one
+                # A test draw in a child process, of what changed since the last one (a stop cancels it).
+                refuse_hanging(new, cancel=lambda: self._stopping or self._quit)
             except ConfigError as e:
                 self.faults["reload"] += 1
                 log.error("reload failed, the show goes on with the old config: %s", e)

@@ -4,6 +4,7 @@ and one whose draw does not finish is refused. These tests use a real endless lo
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -43,6 +44,13 @@ void main() {
 """
 
 
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test draws for real: no results from earlier processes (the cache on disk) or tests (in memory)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(shader_check, "_checked", {})
+
+
 def _shaders(tmp_path, **extra):
     d = tmp_path / "shaders"
     shutil.copytree(ROOT / "shaders", d)
@@ -61,6 +69,10 @@ def test_an_endless_loop_is_refused_and_finished_shaders_pass(tmp_path):
     assert check_draws(shaders, (1280, 720)) == refused
     assert [shader_check._checked.get(shader_check._digest(s, (1280, 720), 10.0)) for s in shaders] == \
         [True, False, True, False]
+    # And on disk, for the next start: a new process draws nothing again.
+    shader_check._checked.clear()
+    assert check_draws(shaders, (1280, 720)) == refused
+    assert len(json.loads((tmp_path / "cache" / "installation" / "shader-check.json").read_text())) == 4
 
 
 def test_a_show_chaining_an_endless_shader_does_not_start_and_one_left_unchained_is_left_out(tmp_path, caplog):
@@ -80,7 +92,9 @@ def test_a_show_chaining_an_endless_shader_does_not_start_and_one_left_unchained
     with pytest.raises(ConfigError) as info:
         refuse_hanging(load_show(cfg))
     assert str(info.value).startswith(f"{tmp_path / 'scenes' / 'a.toml'}: key 'shaders[1]': ")
-    # The real command: exit 2 with one line, before any window or decoder.
-    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "5", env={"PYTHONPATH": str(ROOT)})
+    # The real command: exit 2 with one line, before any window or decoder. It finds the draws above in the cache on
+    # disk (a fresh check at a load of 80 took longer than the whole command may here); the draws are above.
+    r = run_cli("run", "--config", str(cfg), "--headless", "--duration", "5", timeout=300,
+                env={"PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "endless.frag: a test draw did not finish" in r.stderr, r.stderr
