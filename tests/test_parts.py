@@ -165,7 +165,7 @@ def test_without_inputs_the_part_is_not_built(tmp_path, ticker):
     target = HeadlessTarget(spec.config.output.size)
     rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
     try:
-        assert rt.part("ticker") is None and rt.osc is None and list(rt.parts) == ["state", "archive"]
+        assert rt.part("ticker") is None and rt.osc is None and list(rt.parts) == ["state", "archive", "presets"]  # presets: not an input (no [inputs.*] table)
         for _ in range(25):
             rt.step()
         assert rt.health_snapshot()["inputs"]["ticker"] == {"state": "off"}

@@ -282,12 +282,27 @@ class Archive:
             for t, plan, frame in points:
                 events.extend(self._model_event(t, plan))
                 rows.append(self._point_row(t, plan, frame))
-            store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
-                              last_t=self._last_t, ended=ended, samples=samples)
-        except Exception as e:  # noqa: BLE001 - a full disk or a broken file is a counted fault, never a crash
-            if is_corrupt(e):  # the file was damaged under us: this batch is lost, the next goes to a new file
-                self.counts["batches_lost"] += 1
+            try:
+                store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
+                                  last_t=self._last_t, ended=ended, samples=samples)
+            except Exception as e:  # noqa: BLE001 - sorted out below
+                if not is_corrupt(e):
+                    raise
+                # The file was damaged under us: set it aside and write this batch to a new file with a new
+                # session at once (it may be the last batch of the run: nothing may wait for a next one).
                 store.close()
+                self._store = None
+                self._set_aside(str(e))
+                if not self._open():
+                    raise
+                store, first = self._store, self._first
+                store.write_batch(self.session, events=events, points=rows, ticks=ticks, first=first, clips=clips,
+                                  last_t=self._last_t, ended=ended, samples=samples)
+        except Exception as e:  # noqa: BLE001 - a full disk or a broken file is a counted fault, never a crash
+            if is_corrupt(e):  # damaged again, at once: this batch is lost, the next goes to yet another file
+                self.counts["batches_lost"] += 1
+                if self._store is not None:
+                    self._store.close()
                 self._store = None
                 self._set_aside(str(e))
                 return

@@ -109,8 +109,13 @@ def test_a_browser_reads_the_tree_and_hears_values_set_over_osc(tmp_path):
         if p.name.startswith(OscSettings().exclude_prefixes):
             continue  # inputs' own features: not settable over OSC, so not in the map
         node = nodes[f"/param/{p.name}"]
+        assert node["ACCESS"] == 3 and "CONTENTS" not in node, p.name
+        if p.type == "bool":  # an on/off parameter is a toggle: TYPE T, no range
+            assert node["TYPE"] == "T" and "RANGE" not in node, (p.name, node)
+            assert node["VALUE"] == [bool(seen["targets"][p.name])], p.name
+            continue
         assert node["RANGE"] == [{"MIN": p.min, "MAX": p.max}], p.name
-        assert node["ACCESS"] == 3 and node["TYPE"] in ("f", "i") and "CONTENTS" not in node
+        assert node["TYPE"] in ("f", "i"), p.name
         assert node["VALUE"] == [pytest.approx(seen["targets"][p.name])], p.name  # the current value
         assert nodes[f"/norm/{p.name}"]["RANGE"] == [{"MIN": 0.0, "MAX": 1.0}]
     assert nodes["/scene/goto"]["RANGE"] == [{"VALS": ["a", "b"]}] and nodes["/scene/goto"]["VALUE"] == ["a"]

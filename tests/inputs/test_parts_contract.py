@@ -35,10 +35,12 @@ ENABLE = {
     "oscquery": "[oscquery]\nenabled = true\nport = 0\nadvertise = false\n",
     "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
     "link": "[sync]\nlink = true\n",
+    "presets": "",  # on by default: a thread that runs a recall's fade, presets.json beside the config
 }
 # The supervised threads a part starts (at least these; the fault drill below kills each).
 THREADS_OF = {"osc": {"osc-server"}, "audio": {"audio-input"}, "camera": {"camera-input"}, "archive": {"archive"},
-              "sinks": {"ndi-contract"}, "midi": {"midi"}}
+              "sinks": {"ndi-contract"}, "midi": {"midi"},
+              "presets": {"presets"}}
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
 

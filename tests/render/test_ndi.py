@@ -211,7 +211,9 @@ def test_a_released_ndi_capture_closes_its_connection_at_once(ndi_env):
         assert sender_now[0] < connected[0][0][0] and sender_now[1] < connected[0][0][1], (sender_now, connected)
         assert here_now[0] < connected[0][1][0] and here_now[1] < connected[0][1][1], (here_now, connected)
         # and four connections in turn cost no more than one at a time
-        assert connected[-1][0] == connected[0][0] and connected[-1][1] == connected[0][1], connected
+        # (no more: the first may hold a few more, e.g. descriptors libndi opens once and closes later)
+        assert all(a <= b for a, b in zip(connected[-1][0] + connected[-1][1], connected[0][0] + connected[0][1])), \
+            connected
     finally:
         proc.kill()
         proc.wait(10)
