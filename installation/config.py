@@ -19,7 +19,8 @@ from . import decoders, files, parts
 from .bus import ParamSpec
 from .decoders import DecoderSpec
 from .modulation import ModMatrix, ModulationSettings
-from .ops import LogSettings, ScheduleSettings
+from .ops.logs import LogSettings
+from .ops.schedule import ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings, Trajectory
 from .render.hooks import hook_params
