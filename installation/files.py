@@ -39,6 +39,15 @@ class FileError(ValueError):
         super().__init__(f"{path}: key '{key}': {why}" if key else f"{path}: {why}")
 
 
+class ConfigError(Exception):
+    """A config, scene or shader that cannot be used. ``str()`` is the one line shown to the user."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: key '{key}'" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
