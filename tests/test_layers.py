@@ -28,7 +28,6 @@ KNOWN_CIRCLES: list[frozenset[str]] = [frozenset(c.split()) for c in (
     "inputs.camera inputs.camera_worker",
     "inputs.osc inputs.surface",
     "ops.http ops.http_conn",
-    "render.outputs render.present",
 )]
 
 
