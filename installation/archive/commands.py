@@ -136,7 +136,8 @@ def _export(store: Store, args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..render.record import RecorderError
-    from .replay import Overrides, render_replay
+    from .replay import Overrides
+    from .rerender import render_replay
 
     if args.record and args.record.suffix == "":
         return _fail("--record needs a file name such as out.mp4")

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 MAP_POINTS = 5000  # /map/goto chooses among the newest this many archived points
 EMBEDDING_EVENT = "vision.embedding"  # a vision worker's CLIP embedding of the frame on screen (a list of floats)
-CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
 MAX_PENDING_POINTS = 64
 MAX_PENDING_TICKS = 1 << 17
 CONFIG_SUFFIXES = frozenset({".json", ".txt", ".yaml", ".yml", ".toml"})
@@ -385,18 +384,3 @@ class Archive:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def post_change(bus: Any, change: dict[str, Any], source: str = "replay") -> bool:
-    """Re-post one archived journal entry on ``bus`` (a set, an event or a reset)."""
-    kind, name, value = change["kind"], change["name"], change["value"]
-    if kind == "set":
-        return bus.set(name, value, source=source, sampled=bool(change.get("sampled")))
-    if kind == "event":
-        if name == "prompt" and isinstance(value, list):
-            value = tuple(value)
-        return bus.post(Event(name, value, source))
-    if kind == "reset" and isinstance(value, dict):
-        bus.reset(value, source=source)
-        return True
-    return False

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from installation.archive.replay import Overrides, render_replay
+from installation.archive.replay import Overrides
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.bus import Event
 from installation.clock import FixedClock
