@@ -89,6 +89,11 @@ def _info(store: Store, args: argparse.Namespace) -> int:
     sessions = store.sessions() if args.session is None else [s for s in store.sessions() if s["id"] == args.session]
     if not sessions:
         raise KeyError(f"no session {args.session} in {store.path}")
+    models: dict[int, list] = {}
+    for s in sessions:  # the models that came into play, and the points a live show could not wait to write
+        journal = [e for e in store.events(s["id"]) if e["kind"] in ("model", "dropped")]
+        models[s["id"]] = [e["value"] for e in journal if e["kind"] == "model"]
+        s["points_dropped"] = sum(int(e["value"]["count"]) for e in journal if e["kind"] == "dropped")
     info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": integrity,
             "sessions": sessions}
     if args.json:
@@ -96,13 +101,14 @@ def _info(store: Store, args: argparse.Namespace) -> int:
         return 0
     print(f"{info['archive']}: {info['mb']} MB, integrity {info['integrity']}")
     for s in sessions:
-        models = [e["value"] for e in store.events(s["id"]) if e["kind"] == "model"]
         print(f"session {s['id']} ({s['kind']}): started {s['started']}, ended {s['ended'] or '-'}, "
               f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
         print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
         print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
               f"({'exact replay' if s['ticks'] else 'replay steps at a fixed rate'})")
-        for m in models:
+        if s["points_dropped"]:
+            print(f"  {s['points_dropped']} points dropped: the writer fell behind the live show")
+        for m in models[s["id"]]:
             files = "; ".join(f"{k} {v['folder']} sha256 {v['config_sha256'][:12]}" for k, v in m["files"].items())
             print(f"  model {m['type']}" + (f": {files}" if files else ""))
     return 0
