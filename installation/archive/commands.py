@@ -147,9 +147,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.record and args.record.suffix == "":
         return _fail("--record needs a file name such as out.mp4")
     try:
+        seed, seeds = Overrides.parse_seeds(args.seed)
         result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
                                size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
-                               overrides=Overrides(args.seed, args.prompt, args.scene))
+                               overrides=Overrides(seed, args.prompt, args.scene, seeds))
     except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
@@ -211,7 +212,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
     r.add_argument("--size", type=size_arg, help="output size WxH (default: the live size)")
     r.add_argument("--fps", type=int, help="step at this rate (default: the live show's own tick times)")
     r.add_argument("--record", type=Path, help="write the replay to this video file")
-    r.add_argument("--seed", type=int, help="walk from this seed instead (seed jumps shifted alike)")
+    r.add_argument("--seed", action="append", metavar="[SCENE=]SEED",
+                   help="walk every scene from this seed instead, or with SCENE=SEED that scene (repeatable); a "
+                        "recorded seed jump is shifted as its scene's start was")
     r.add_argument("--prompt", help="this prompt instead of every prompt of the performance")
     r.add_argument("--scene", help="play this scene throughout (scene changes are left out)")
     r.add_argument("--archive-out", type=Path, help="keep the replay's own archive in this folder")

@@ -37,7 +37,9 @@ from .store import CorruptArchive, Store, archive_file, is_corrupt, pack_latent,
 log = logging.getLogger(__name__)
 
 MAP_POINTS = 5000  # /map/goto chooses among the newest this many archived points
-EMBEDDING_EVENT = "vision.embedding"  # a vision worker's CLIP embedding of the frame on screen (a list of floats)
+# A CLIP embedding of a presented frame: {"t": the archived point's show time, "embedding": [...]} from the vision
+# part (stored on that point only), or a bare list of floats (stored on the newest point at the event's time).
+EMBEDDING_EVENT = "vision.embedding"
 CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
 MAX_PENDING_POINTS = 64
 WRITER_WAIT_S = 10.0  # a fixed-step render waits at most this long for the writer to take its points
@@ -61,6 +63,21 @@ def model_identity(decoder: Any) -> dict[str, Any]:
                 h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
         out["files"][name] = {"folder": str(folder.resolve()), "config_sha256": h.hexdigest()}
     return out
+
+
+class PointClock:
+    """When a point is due: at the first tick, then at the first tick ``every`` seconds of show time after the last
+    one. The archive and the vision part each keep one, so CLIP embeds exactly the archived points' frames."""
+
+    def __init__(self, every: float) -> None:
+        self.every = float(every)
+        self.next: float | None = None
+
+    def due(self, t: float) -> bool:
+        if self.next is None or t >= self.next - 1e-9:  # 1e-9: sums of steps round
+            self.next = t + self.every
+            return True
+        return False
 
 
 def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
@@ -94,7 +111,8 @@ class Archive:
         self._ticks: list[float] = []
         self._clips: list[tuple[float, bytes]] = []
         self._lock = threading.Lock()
-        self._next_point: float | None = None
+        self._clock = PointClock(settings.point_every)
+        self._queued: deque[float] = deque(maxlen=4 * MAX_PENDING_POINTS)  # recent points' times (not dropped)
         self._want_thumb: list[Any] | None = None  # the point whose frame the sink takes next
         self._first: dict[str, Any] | None = None
         self._first_sent = False
@@ -220,14 +238,14 @@ class Archive:
                 state = self.ctx.state()
                 self._first = {"t": t, "started": t - float(state.get("scene_time", 0.0)), "scene": state["scene"],
                                "tau": state.get("tau"), "seed": state.get("seed")}
-            if self._next_point is None or t >= self._next_point - 1e-9:  # 1e-9: sums of steps round
-                self._next_point = t + self.settings.point_every
+            if self._clock.due(t):
                 if len(self._points) >= MAX_PENDING_POINTS and self._fixed:
                     self._wait_for_writer()
                 if len(self._points) < MAX_PENDING_POINTS:
                     point = [t, plan, None]
                     self._points.append(point)
                     self._want_thumb = point
+                    self._queued.append(t)
                 else:
                     self._drop_point(t)
         self.hook_s += time.perf_counter() - started
@@ -309,13 +327,16 @@ class Archive:
             self._ticks = []
             first = self._first if not self._first_sent else None
             clips, self._clips = self._clips, []
+            queued = set(self._queued)
         try:
             events, samples, goto = [], [], None
             for c in changes:
                 if c.kind == "event" and c.name == "map.goto":
                     goto = c.value  # the newest wins
                 if c.kind == "event" and c.name == EMBEDDING_EVENT:
-                    clips.append((c.t, pack_vector(c.value)))
+                    clip = self._clip(c, queued)
+                    if clip is not None:
+                        clips.append(clip)
                 elif c.sampled:
                     samples.append((c.t, c.name, c.value, c.source))
                 else:
@@ -367,6 +388,22 @@ class Archive:
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
         self._bound(store)  # three PRAGMA reads unless over the bound
+
+    def _clip(self, change: Any, queued: set[float]) -> tuple[float, bytes] | None:
+        """A ``vision.embedding`` event as ``(t, packed vector)``; one for a point that was never queued (dropped,
+        or not this archive's) or a malformed one is counted and left out."""
+        value = change.value
+        if not isinstance(value, dict):
+            return change.t, pack_vector(value)
+        t = value.get("t")
+        if t not in queued:
+            self.counts["embeddings_unmatched"] += 1
+            return None
+        try:
+            return float(t), pack_vector(value["embedding"])
+        except (KeyError, TypeError, ValueError):
+            self.counts["embeddings_unmatched"] += 1
+            return None
 
     def _set_aside(self, why: str) -> None:
         """A damaged archive file is renamed ``<name>.corrupt-<time>`` (its WAL beside it), as the state file is,
