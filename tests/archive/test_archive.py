@@ -164,7 +164,7 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert seeds[:2] == [1234, 1234] and seeds[2:5] == [77 + 1234 - 3] * 3  # the recorded jump, shifted alike
-    assert seeds[5] == 3  # the next scene starts from its own seed, as it did live
+    assert seeds[5] == 1234  # the next scene starts from the override too
     assert setters and setters[0]["t"] == 0.5 and setters[0]["value"] == 2.5  # the same gesture at the same time
     one = render_replay(path, overrides=Overrides(scene="b"), archive_out=tmp_path / "one")
     store = Store(next((tmp_path / "one").glob("*.sqlite")), readonly=True)
@@ -173,6 +173,43 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert one["events"] == 3  # the scene change is left out
+
+
+def test_seed_overrides_hold_per_scene_through_a_three_scene_replay(tmp_path):
+    scenes = {"a": scene_toml(), "b": scene_toml(trajectory='kind = "walk"').replace("seed = 3", "seed = 5"),
+              "tide": scene_toml().replace("seed = 3", "seed = 11")}
+    cfg = write_show(tmp_path, scenes, extra="[archive]\npoint_every = 0.25\n")
+    actions = {20: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               40: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               50: lambda bus: bus.post(Event("seed", 40, "osc:127.0.0.1"))}
+    rt, _ = fixed_run(cfg, 70, actions)
+    path = rt.part("archive").path
+
+    def points(folder: Path) -> list:
+        store = Store(next(folder.glob("*.sqlite")), readonly=True)
+        try:
+            return store.points(store.session()["id"], with_thumbs=False)
+        finally:
+            store.close()
+
+    live = points(path.parent)
+    assert [(p.scene, p.seed) for p in live][::4] == [("a", 3), ("b", 5), ("tide", 11), ("tide", 40)]
+    out = run_cli("replay", str(path), "--seed", "99", "--archive-out", str(tmp_path / "all"))
+    assert out.returncode == 0, out.stderr
+    every = points(tmp_path / "all")
+    assert [p.scene for p in every] == [p.scene for p in live]
+    assert {p.seed for p in every if p.t < 2.5} == {99}  # every scene from 99, not only the first
+    assert {p.seed for p in every if p.t >= 2.5} == {40 + 99 - 11}  # tide's recorded jump, shifted as its start was
+    out = run_cli("replay", str(path), "--seed", "tide=7", "--archive-out", str(tmp_path / "one"))
+    assert out.returncode == 0, out.stderr
+    one = points(tmp_path / "one")
+    for p, q in zip(live, one):
+        if p.scene == "tide":
+            assert q.seed == (7 if p.t < 2.5 else 40 + 7 - 11)
+        else:  # the other scenes as they played, to the bit
+            assert q.seed == p.seed and np.array_equal(q.latent, p.latent), p.t
+    bad = run_cli("replay", str(path), "--seed", "storm=7")
+    assert bad.returncode == 2 and "no scene 'storm'" in bad.stderr
 
 
 def free_port() -> int:
