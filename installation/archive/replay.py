@@ -24,7 +24,7 @@ which runs a whole :class:`~installation.runtime.Runtime`, is :mod:`installation
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,36 +65,80 @@ class ReplayClock:
 
 @dataclass
 class Overrides:
-    """A counterfactual: the same performance from another seed, with another prompt, or in another scene."""
+    """A counterfactual: the same performance from other seeds, with another prompt, or in another scene.
+
+    ``seed`` walks every scene from that seed, ``seeds`` ({scene: seed}) one scene (it wins over ``seed``): each scene
+    starts from its override wherever it comes up, and a recorded seed jump in it is shifted by as much as that
+    scene's start was."""
 
     seed: int | None = None
     prompt: str | None = None
     scene: str | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse_seeds(cls, values: list[str] | None) -> tuple[int | None, dict[str, int]]:
+        """``--seed`` values: ``99`` (every scene) or ``tide=7`` (one scene), as (seed, {scene: seed})."""
+        seed, seeds = None, {}
+        for v in values or ():
+            name, _, number = v.rpartition("=")
+            try:
+                n = int(number)
+            except ValueError:
+                raise ValueError(f"--seed {v!r}: give a seed (99) or a scene and a seed (tide=7)") from None
+            if not 0 <= n < 2**63:
+                raise ValueError(f"--seed {v!r}: a seed is 0 .. 2**63-1")
+            if name:
+                seeds[name] = n
+            else:
+                seed = n
+        return seed, seeds
+
+    def seed_for(self, scene: str) -> int | None:
+        return self.seeds.get(scene, self.seed)
+
+    def spec(self, spec: Any) -> None:
+        """Each overridden scene of the show starts from its override (a ValueError names an unknown scene)."""
+        names = [sc.name for sc in spec.scenes]
+        unknown = [n for n in self.seeds if n not in names]
+        if unknown:
+            raise ValueError(f"--seed {unknown[0]}=...: no scene {unknown[0]!r} in this show "
+                             f"(scenes: {', '.join(names)})")
+        spec.scenes = [sc if self.seed_for(sc.name) is None else
+                       replace(sc, body=sc.body.model_copy(update={"seed": self.seed_for(sc.name)}))
+                       for sc in spec.scenes]
 
     def state(self, state: dict[str, Any]) -> dict[str, Any]:
         state = dict(state)
-        if self.seed is not None:
-            state["seed"] = self.seed
-        if self.prompt is not None:
-            state["prompts"] = [[self.prompt, 1.0]]
         if self.scene is not None:
             state.update(scene=self.scene, position=0, scene_time=0.0)
+        seed = self.seed_for(str(state.get("scene", "")))
+        if seed is not None:
+            state["seed"] = seed
+        if self.prompt is not None:
+            state["prompts"] = [[self.prompt, 1.0]]
         return state
 
-    def changes(self, changes: list[dict[str, Any]], seed0: Any) -> list[dict[str, Any]]:
+    def changes(self, changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
         for c in changes:
             if c["kind"] == "event":
                 if self.scene is not None and c["name"].startswith("scene."):
                     continue  # one scene throughout
-                if self.seed is not None and c["name"] == "seed" and isinstance(c["value"], int) and \
-                        isinstance(seed0, int):
-                    c = {**c, "value": max(c["value"] + self.seed - seed0, 0)}  # the same jumps, shifted
                 if self.prompt is not None and c["name"] == "prompt" and isinstance(c["value"], list) and \
                         len(c["value"]) == 3:
                     c = {**c, "value": [c["value"][0], self.prompt, c["value"][2]]}
             out.append(c)
         return out
+
+    def jump(self, change: dict[str, Any], scene: str, start: Any) -> dict[str, Any]:
+        """A recorded seed jump made while ``scene`` played, which started (live) from seed ``start``: shifted by as
+        much as that scene's start is."""
+        seed = self.seed_for(scene)
+        if seed is None or change["kind"] != "event" or change["name"] != "seed" or \
+                not isinstance(change["value"], int) or not isinstance(start, int):
+            return change
+        return {**change, "value": max(change["value"] + seed - start, 0)}
 
 
 class LiveFeeder:

@@ -74,6 +74,8 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
     first = sess.get("first") or {}
     initial = sess.get("initial") or {}
     spec = load_show(config or sess["config"], only_scene=overrides.scene)
+    live_seeds = {sc.name: sc.seed for sc in spec.scenes}  # where each scene started live
+    overrides.spec(spec)
     cfg = spec.config
     out_size = size or (parse_size(sess["size"]) if sess.get("size") else cfg.output.size)
     exact = fps is None and len(ticks) > 0 and first.get("t") is not None and ticks[0] == first["t"]
@@ -116,8 +118,8 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
         rt.show.update(0.0, 0.0, rt.bus.tick(0.0))  # as a live start does before its first frame
         if first.get("started") is not None and first.get("scene") == rt.show.scene.name:
             rt.show.started = float(first["started"])
-        seed0 = initial.get("seed")
-        pending = overrides.changes(changes, seed0)
+        pending = overrides.changes(changes)
+        playing, start = rt.show.scene.name, initial.get("seed")  # the scene playing and its live starting seed
         if record is not None:
             rc = cfg.record
             recorder = Recorder(record, out_size, rate, rc.ffmpeg, rc.codec, rc.preset, rc.crf, blocking=True)
@@ -129,8 +131,10 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
         recording = False
         for _ in range(len(times)):
             t = clock.now()
+            if rt.show.scene.name != playing:  # a scene change: it started from its own seed live
+                playing, start = rt.show.scene.name, live_seeds.get(rt.show.scene.name)
             while i < len(pending) and pending[i]["t"] <= t:
-                posted += post_change(rt.bus, pending[i])
+                posted += post_change(rt.bus, overrides.jump(pending[i], playing, start))
                 i += 1
             if not recording and (t_from is None or t >= t_from):
                 recording = True
