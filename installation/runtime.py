@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -22,8 +21,8 @@ from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .decoders.base import resolve_device
 from .modulation import ModMatrix
-from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
-from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
+from .ops import Notifier, Schedule, ScheduleSettings
+from .ops.health import HealthServer
 from .ops.logs import RepeatLog
 from .ops.memory import Trimmer
 from .ops.state import StateKeeper
@@ -42,6 +41,7 @@ from .render.shader_check import refuse_hanging
 from .render.shaders import ShaderError
 from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
+from .running.health import HealthReport
 from .show import Show
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
 TRIM_EVERY_S = 60.0  # seconds between malloc_trim calls (ops/memory.py Trimmer)
 OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
-DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
 INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died; a part may say less
 PART_SETTLE_S = 10.0  # a part that ran this long since its last restart is restarted at once when it dies
 
@@ -89,7 +88,7 @@ def _checks_frames(specs: tuple) -> bool:
     return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
 
 
-class Runtime:
+class Runtime(HealthReport):
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
     Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
@@ -181,7 +180,6 @@ class Runtime:
         self.released = False  # the decoder was stopped while closed
         self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
         self._scene_before_close: str | None = None
-        self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
         self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
@@ -199,9 +197,7 @@ class Runtime:
         self.present_fps = self.decoder_fps = 0.0
         self._frame_mark = (0, time.monotonic())  # (published, when) of the newest decoder frame seen
         self.ready_sent = False
-        self._born = time.monotonic()
-        self._health_lock = threading.Lock()
-        self._health: dict[str, Any] = {"status": "starting"}
+        self._init_health()
         self._closed = False
         self._safe = spec.safe or builtin_safe_scene()
         self._fallbacks_by_scene: Counter[str] = Counter()
@@ -677,10 +673,6 @@ class Runtime:
         sup.streak += 1
         return delay
 
-    def _status_line(self) -> str:
-        return (f"{'open' if self.open else 'closed'}; scene {self.show.scene.name}; {self.present_fps:.0f} fps; "
-                f"decoder {self.decoder_fps:.1f} fps")
-
     # -- parts -------------------------------------------------------------------------------------------------
     def part(self, name: str) -> Any:
         """The running part registered as ``name``, or None (disabled, or not built: inputs off)."""
@@ -710,11 +702,6 @@ class Runtime:
     def keeper(self) -> StateKeeper:
         """The state part: saves the show position (when kept) and is where the runtime resumes from."""
         return self.parts["state"]
-
-    @property
-    def _last_source(self) -> Any:
-        """The newest camera frame handed to the decoder as its img2img source (None: none yet)."""
-        return getattr(self.camera, "last_source", None)
 
     def _start_parts(self) -> None:
         """Start every part in order. A port that cannot be bound is a start-up error (raised); devices are not."""
@@ -901,22 +888,6 @@ class Runtime:
             return f"scenes {', '.join(saved.get('scenes') or [])}"
         return None
 
-    # Memory for /health: this process plus the decoder process (the GPU memory is all there) when it has one.
-    def _decoder_memory(self, key: str, here: Callable[[], float | None]) -> float | None:
-        """``key`` as the decoder process reported it, or ``here()`` when the decoder runs in this process."""
-        worker = getattr(self, "worker", None)
-        return worker.remote.get(key) if isinstance(worker, ProcessWorker) else here()
-
-    def _rss_mb(self) -> float | None:
-        own = rss_mb()
-        return None if own is None else own + (self._decoder_memory("rss_mb", lambda: 0.0) or 0.0)
-
-    def _vram_mb(self) -> float | None:
-        return self._decoder_memory("vram_mb", vram_mb)
-
-    def _vram_total_mb(self) -> float | None:
-        return self._decoder_memory("vram_total_mb", vram_total_mb)
-
     def decoder_stats(self) -> dict[str, Any]:
         """Frames, faults by kind and restarts of the decoder, wherever it runs."""
         if isinstance(self.worker, ProcessWorker):
@@ -928,66 +899,3 @@ class Runtime:
         process's threads included."""
         local = Counter(THREADS.restarts(since=self._threads_since))
         return dict(sorted((local + self._remote_threads).items()))
-
-    def _reasons(self) -> dict[str, str]:
-        """What makes the show degraded now: a part that says so in its stats' ``degraded`` (state saves failing or
-        stalled), and threads that died within DEGRADED_FOR seconds (with their last error)."""
-        reasons = {name: s["degraded"] for name, s in self._part_stats.items() if s.get("degraded")}
-        died = self.thread_restarts()
-        reasons.update({f"thread.{name}": f"restarted after {error}"
-                        for name, error in THREADS.recent(DEGRADED_FOR).items() if name in died})
-        return reasons
-
-    def health_snapshot(self) -> dict[str, Any]:
-        """The latest health report (refreshed by the loop about once a second); safe from any thread."""
-        with self._health_lock:
-            return self._health
-
-    def _snapshot(self, t: float) -> dict[str, Any]:
-        reasons = self._reasons()
-        if not self.open:
-            status = "closed"
-        elif reasons or self._last_fault_t is not None and t - self._last_fault_t < DEGRADED_FOR:
-            status = "degraded"
-        else:
-            status = "ok"
-        pos = self.show.state(t)
-        stats = self._part_stats
-        inputs = {name: s for name, s in stats.items() if self._supervised[name].info.is_input}
-        rejects = {name: sum(s.get("rejects", {}).values()) for name, s in inputs.items()}
-        rejects["bus"] = sum(self.bus.stats()["rejects"].values())
-        dropped = self.stats.late + (self.recorder.frames_dropped if self.recorder is not None else 0)
-        faults = {
-            "decoder": {k: v for k, v in self.decoder_faults.items() if k != "process_crash"},
-            "decoder_process_crashes": self.decoder_faults.get("process_crash", 0),
-            "tick": self.stats.tick_faults,
-            "shader": self.faults.get("shader", 0),
-            "inputs_rejects": rejects,
-            "input_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("input.")},
-            "part_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("part.")},
-            "part_hooks": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("hook.")},
-            "thread_restarts": self.thread_restarts(),
-            "recorder": self.faults.get("recorder", 0),
-            "state_save": stats.get("state", {}).get("failures", 0),
-            "fallbacks": self.faults.get("fallback", 0),
-            "reload": self.faults.get("reload", 0),
-        }
-        return {
-            "status": status, "reasons": reasons, "uptime_s": round(time.monotonic() - self._born, 1),
-            "scene": pos["scene"],
-            "show_time_s": round(pos["scene_time"], 2),
-            "position": {"scene": pos["scene"], "scene_time_s": round(pos["scene_time"], 2),
-                         "tau": round(pos["tau"], 3), "seed": pos["seed"]},
-            # What a controller shows besides the parameters: the gates and the prompts playing (web page, OSCQuery).
-            "live": {"blackout": self.blackout, "frozen": self.frozen,
-                     "prompts": [[str(text), float(weight)] for text, weight in self.show.prompts]},
-            "open": self.open, "schedule": self.schedule.describe(self.wall()), "decoder_released": self.released,
-            "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
-            "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,
-            "frames_dropped": dropped, "faults": faults, **self.memory.report(),
-            "notify": self.notifier.stats(),
-            # The other parts' stats under their names ("state": saves and failures, "health": connections).
-            **{name: s for name, s in stats.items() if name not in inputs},
-            # Each input's own stats (opened, rate, age of its newest delivery, source or device, counters).
-            "inputs": {i.name: inputs.get(i.name, {"state": "off"}) for i in registry.infos() if i.is_input},
-        }

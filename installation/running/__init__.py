@@ -1,0 +1,4 @@
+"""What a running show does besides its loop, each in a module of its own (a mixin of
+:class:`~installation.runtime.Runtime`, which keeps the loop and the parts' supervision): the health report
+(:mod:`.health`).
+"""
