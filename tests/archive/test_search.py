@@ -1,0 +1,238 @@
+"""Search by meaning (installation/archive/search.py, embed.py): archived moments and space images found by a text
+or a picture with the tiny test CLIP, checked against open_clip computed independently from the frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from installation.archive.embed import embed_archive
+from installation.archive.search import search_archive, top
+from installation.archive.store import Store
+from installation.clock import FixedClock
+from installation.config import load_show
+from installation.render.targets import HeadlessTarget
+from installation.runtime import Runtime
+from support import run_cli, scene_toml, wait_until, write_show
+
+TEXT = "a storm at sea"
+SCENES = {"a": scene_toml(trajectory='kind = "walk"'), "b": scene_toml(trajectory='kind = "orbit"', duration=0.0)}
+
+
+def show(tmp_path: Path, tiny_clip, vision: bool = False, size: str = "64x64") -> Path:
+    """A two-scene show at the tiny CLIP's own image size (its frames reach CLIP without a resize)."""
+    extra = "[archive]\npoint_every = 0.25\nbatch_s = 0.05\n[state]\nenabled = false\n"
+    extra += tiny_clip.toml() if vision else tiny_clip.toml().replace("enabled = true", "enabled = false")
+    cfg = write_show(tmp_path, SCENES, extra=extra)
+    cfg.write_text(cfg.read_text().replace('size = "160x96"', f'size = "{size}"'))
+    return cfg
+
+
+def record(cfg: Path, steps: int, every: dict[int, callable] | None = None) -> tuple[Path, dict[int, np.ndarray]]:
+    """A fixed-step run at 20 fps with a scene change half way; returns the archive file and every presented frame
+    by tick (top row first), as the output showed it."""
+    from installation.bus import Event
+
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+    frames: dict[int, np.ndarray] = {}
+    w, h = spec.config.output.size
+
+    class Sink:
+        n = 0
+
+        def wants(self, t):
+            return True
+
+        def put(self, rgb, size, t):
+            frames[self.n] = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1].copy()
+
+    sink = Sink()
+    rt.tap.add(sink)
+    try:
+        rt.start()
+        for n in range(steps):
+            sink.n = n
+            if n == steps // 2:
+                rt.bus.post(Event("scene.next", None, "test"))
+            if every and n in every:
+                every[n](rt, n)
+            rt.step()
+        path = rt.part("archive").path
+    finally:
+        rt.close()
+        target.close()
+    return path, frames
+
+
+def open_clip_model(tiny_clip):
+    """The tiny CLIP through open_clip's own loading and PIL preprocessing (not the project's code)."""
+    import open_clip
+
+    open_clip.add_model_config(str(tiny_clip.config))
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=str(tiny_clip.weights))
+    return model.eval(), preprocess, open_clip.get_tokenizer("tiny-clip")
+
+
+def independent(tiny_clip, images: list[np.ndarray], text: str) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    from PIL import Image
+
+    model, preprocess, tokenizer = open_clip_model(tiny_clip)
+    with torch.no_grad():
+        img = np.zeros((0, 64), np.float32)
+        if images:
+            x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
+            img = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).numpy()
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer([text])).float(), dim=-1).numpy()[0]
+    return img, txt
+
+
+def points_of(path: Path) -> list:
+    store = Store(path, readonly=True)
+    try:
+        return store.points(with_thumbs=False)
+    finally:
+        store.close()
+
+
+def test_top_is_exact_with_ties_in_order():
+    m = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8]], np.float32)
+    idx, s = top(m, np.array([1, 0], np.float32), 3)
+    assert idx.tolist() == [0, 2, 3] and np.allclose(s, [1, 1, 0.6])
+    assert top(m, np.array([0, 1], np.float32), 10)[0].tolist() == [1, 3, 0, 2]
+    assert len(top(np.zeros((0, 2), np.float32), np.ones(2, np.float32), 5)[0]) == 0
+
+
+def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(tmp_path, tiny_clip):
+    """``archive embed`` re-renders each point (the replay path) and embeds that frame; ``archive search`` then
+    ranks the points as open_clip, run independently on the frames the show presented, ranks them."""
+    cfg = show(tmp_path, tiny_clip)
+    path, frames = record(cfg, 80)
+    points = points_of(path)
+    assert len(points) == 16 and all(p.clip is None for p in points)
+    info = run_cli("archive", "info", str(path))
+    assert info.returncode == 0 and "0 of 16 points have a CLIP embedding" in info.stdout, info.stderr
+
+    # interrupted after its first batch, then resumed: every point once, none twice
+    class Stop(Exception):
+        pass
+
+    def stop(done):
+        raise Stop(done)
+
+    with pytest.raises(Stop):
+        embed_archive(path, config=cfg, size=64, batch=8, progress=False, on_batch=stop)
+    assert sum(p.clip is not None for p in points_of(path)) == 8
+    r = run_cli("archive", "embed", str(path), "--config", str(cfg), "--size", "64", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["embedded"] == 8
+    info = run_cli("archive", "info", str(path), "--json")
+    assert json.loads(info.stdout)["sessions"][0]["embedded"] == 16
+
+    points = points_of(path)
+    shown = [frames[int(round(p.t * 20))] for p in points]
+    img, txt = independent(tiny_clip, shown, TEXT)
+    stored = np.stack([p.clip for p in points])
+    assert np.min(np.sum(stored * img, axis=1)) > 0.999  # each point's own frame, re-rendered exactly
+    sims = img @ txt
+    r = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--top", "5", "--json",
+                "--out", str(tmp_path / "sheet.png"))
+    assert r.returncode == 0, r.stderr
+    found = json.loads(r.stdout)
+    hits = found["hits"]
+    assert found["embedded"] == 16 and len(hits) == 5
+    order = np.argsort(-sims, kind="stable")
+    assert hits[0]["id"] == points[order[0]].id or sims[order[0]] - sims[order[1]] < 2e-3
+    assert abs(hits[0]["score"] - sims[order[0]]) < 5e-3
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    best = next(p for p in points if p.id == hits[0]["id"])
+    assert (hits[0]["t"], hits[0]["scene"], hits[0]["seed"]) == (best.t, best.scene, best.seed)
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet.shape[1] == 5 * 160 and sheet.std() > 10
+
+    # a picture finds the moment it shows
+    goal = points[13]
+    cv2.imwrite(str(tmp_path / "q.png"), frames[int(round(goal.t * 20))][:, :, ::-1])
+    r = run_cli("archive", "search", "--image", str(tmp_path / "q.png"), str(path), "--config", str(cfg), "--top",
+                "1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["hits"][0]["id"] == goal.id, r.stdout + r.stderr
+
+
+def test_search_reads_embeddings_posted_through_the_writer(tmp_path, tiny_clip, clip_model_for_search):
+    """Embeddings given to the archive part (its ``embedding()`` API, as the vision worker does) are searched; the
+    order is the cosine order, the text's own embedding comes first, a session filter and a contact page work."""
+    cfg = show(tmp_path, tiny_clip)
+    rng = np.random.default_rng(5)
+    vecs = {}
+    text = clip_model_for_search.embed_texts([TEXT])[0].astype(np.float32)
+
+    def embed(rt, n):
+        archive = rt.part("archive")
+        assert wait_until(lambda: archive.counts["points"] >= n // 5, 10)  # the point of tick n - 5 is written
+        v = text if len(vecs) == 4 else rng.standard_normal(64).astype(np.float32)
+        vecs[n] = v
+        archive.embedding((n - 5) / 20, v)
+
+    path, _ = record(cfg, 60, {n: embed for n in range(5, 60, 5)})
+    points = points_of(path)
+    with_clip = [p for p in points if p.clip is not None]
+    assert len(with_clip) == 11
+    hits, counts = search_archive(path, text / np.linalg.norm(text), k=20)
+    assert counts == {"points": 12, "embedded": 11, "missing": 1}
+    expect = sorted(with_clip, key=lambda p: -float(p.clip @ text) / np.linalg.norm(p.clip) / np.linalg.norm(text))
+    assert [h.id for h in hits] == [p.id for p in expect] and hits[0].score > 0.999
+    r = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--out", str(tmp_path / "s.html"),
+                "--session", "1")
+    assert r.returncode == 0 and "1 of 12 points have no embedding yet" in r.stderr, r.stderr
+    assert r.stdout.splitlines()[0].startswith("  1. 1.0000  session 1")
+    assert (tmp_path / "s.html").read_text().count("data:image/jpeg;base64,") == 11
+    bad = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--session", "9")
+    assert bad.returncode == 2 and "no session 9" in bad.stderr
+    none = run_cli("archive", "search", str(path), "--config", str(cfg), "--image", str(tmp_path / "nope.png"))
+    assert none.returncode == 2 and "not a readable picture" in none.stderr
+
+
+@pytest.fixture(scope="module")
+def clip_model_for_search(tiny_clip):
+    from installation.vision.clip import ClipModel
+
+    return ClipModel(tiny_clip.settings())
+
+
+def test_space_search_over_a_space_built_with_clip(tmp_path, tiny_clip):
+    from installation.decoders.random_models import make_taesd
+    from installation.spaces.folder import draw_shapes
+    from installation.spaces.space import build_space, load_space
+
+    draw_shapes(tmp_path / "img", n=8, size=64, seed=2)
+    taesd = make_taesd(tmp_path / "taesd")
+    out = tmp_path / "s.npz"
+    build_space(tmp_path / "img", out, taesd=str(taesd), size=64, clip="tiny-clip", clip_config=str(tiny_clip.config),
+                clip_pretrained=str(tiny_clip.weights), progress=False)
+    space = load_space(out)
+    _, txt = independent(tiny_clip, [], TEXT)
+    sims = space.embeddings @ txt
+    r = run_cli("space", "search", str(out), TEXT, "--clip-config", str(tiny_clip.config), "--json", "--top", "3",
+                "--out", str(tmp_path / "sheet.png"))
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)["hits"]
+    assert hits[0]["kind"] == "image" and hits[0]["id"] == int(np.argmax(sims))
+    assert hits[0]["name"] == space.names[hits[0]["id"]] and abs(hits[0]["score"] - sims.max()) < 1e-3
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
+    plain = tmp_path / "p.npz"
+    build_space(tmp_path / "img", plain, taesd=str(taesd), size=64, progress=False)
+    r = run_cli("space", "search", str(plain), TEXT)
+    assert r.returncode == 2 and "built without --clip" in r.stderr
+
+
+def test_bench_search_prints_time_and_memory():
+    r = run_cli("bench", "--search", "--points", "20000", "--dim", "64", "--index", "none", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["points"] == 20000 and out["dim"] == 64 and out["exact_ms"] > 0 and out["matrix_mb"] == 5.1
