@@ -329,14 +329,18 @@ class Store:
                 for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in
                 self.conn.execute(q, (sid,) * ((sid is not None) * (1 + (newest is not None))))]
 
-    def embeddings(self, sid: int | None = None, after: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def embeddings(self, sid: int | None = None, after: int = 0,
+                   width: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The points (of one session, or all) with an id above ``after``: their ids, in order, and of those that
-        have a CLIP embedding, the ids and the embeddings as float32 rows (``archive search``, ``/seek``)."""
+        have a CLIP embedding (of ``width``, when given), the ids and the embeddings as float32 rows (``archive
+        search``, ``/seek``)."""
         where = "id>?" + (" AND session=?" if sid is not None else "")
         rows = self.conn.execute(f"SELECT id, clip FROM points WHERE {where} ORDER BY id",
                                  (after, sid) if sid is not None else (after,)).fetchall()
         ids = np.array([r[0] for r in rows], np.int64)
         have = [(i, unpack_vector(c)) for i, c in rows if c is not None]
+        if width is not None:
+            have = [(i, v) for i, v in have if len(v) == width]
         widths = {len(v) for _, v in have}
         if len(widths) > 1:
             raise ValueError(f"{self.path}: embeddings of different widths {sorted(widths)} (from different CLIP "

@@ -13,6 +13,7 @@ import pytest
 from installation.archive.embed import embed_archive
 from installation.archive.search import search_archive, top
 from installation.archive.store import Store
+from installation.bus import Event
 from installation.clock import FixedClock
 from installation.config import load_show
 from installation.render.targets import HeadlessTarget
@@ -236,3 +237,74 @@ def test_bench_search_prints_time_and_memory():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["points"] == 20000 and out["dim"] == 64 and out["exact_ms"] > 0 and out["matrix_mb"] == 5.1
+
+
+def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny_clip, clip_model_for_search):
+    """``/seek "text" 0.5`` over real UDP: the search part finds the archived point whose embedding is the text's,
+    the show glides to its scene, seed and path time and holds there, so the points archived while it holds have the
+    very latent the found one has; ``/seek ""`` lets the walk go on. The seek is journaled (a replay repeats it)."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    cfg = show(tmp_path, tiny_clip, vision=True, size="64x40")
+    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000"))
+    text = clip_model_for_search.embed_texts([TEXT])[0].astype(np.float32)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)  # inputs on: OSC on a real socket
+    archive, seeker = rt.part("archive"), rt.part("search")
+    assert seeker is not None
+    try:
+        rt.start()
+        for n in range(80):
+            if n == 40:
+                rt.bus.post(Event("scene.next", None, "test"))
+            if n == 15:  # the point of tick 10 (t 0.5, scene a) shows the text; others something else
+                assert wait_until(lambda: archive.counts["points"] >= 3, 10)
+                archive.embedding(0.5, text)
+                archive.embedding(0.25, np.roll(text, 7))
+            rt.step()
+        assert wait_until(lambda: archive.counts["points"] >= 16, 10)
+        goal = next(p for p in points_of(archive.path) if p.t == 0.5)
+        assert rt.show.scene.name == "b" and (goal.scene, goal.seed) == ("a", 3)
+        osc = SimpleUDPClient("127.0.0.1", rt.osc.address[1])
+        osc.send_message("/seek", [TEXT, 0.5])
+
+        def held():
+            rt.step()
+            return rt.show.held and rt.show.scene.name == "a"
+
+        assert wait_until(held, 60, every=0.01), seeker.stats()
+        assert (rt.show.seed, rt.show.tau) == (goal.seed, goal.tau)
+        start = rt.clock.now()
+        while rt.clock.now() < start + 1.5:  # past the glide
+            rt.step()
+        assert rt.show.tau == goal.tau and rt.show.scene.name == "a"
+        results = rt.bus.notes()["seek.results"]
+        assert results["text"] == TEXT and results["results"][0]["id"] == goal.id
+        assert results["results"][0]["score"] > 0.999 and results["results"][0]["thumb"]
+        assert seeker.stats()["seeks"] == 1 and seeker.stats()["failures"] == 0
+        osc.send_message("/seek", ["x" * 600])  # too long: refused, counted
+        osc.send_message("/seek", [""])
+        assert wait_until(lambda: (rt.step(), not rt.show.held)[1], 30, every=0.01)
+        for _ in range(10):
+            rt.step()
+        assert rt.show.tau > goal.tau
+        assert rt.osc.stats()["rejects"].get("too_long") == 1
+        assert wait_until(lambda: archive.counts["points"] >= 26, 10)
+    finally:
+        rt.close()
+        target.close()
+    late = [p for p in points_of(archive.path) if start + 0.5 <= p.t <= start + 1.5]
+    assert late and all(p.scene == "a" and p.seed == goal.seed and p.tau == goal.tau for p in late)
+    assert all(np.array_equal(p.latent, goal.latent) for p in late)  # the archived latent, as archived (float16)
+    store = Store(archive.path, readonly=True)
+    try:
+        seeks = [e for e in store.events(1) if e["kind"] == "event" and e["name"] in ("seek", "seek.release",
+                                                                                          "scene.goto")]
+        asked = [e["value"] for e in store.events(1) if e["kind"] == "note" and e["name"] == "seek"]
+    finally:
+        store.close()
+    assert [(e["name"], e["source"]) for e in seeks] == [("scene.goto", "search"), ("seek", "search"),
+                                                          ("seek.release", "search")]
+    assert seeks[1]["value"] == [goal.seed, goal.tau, 0.5, True]
+    assert asked == [{"text": TEXT, "glide": 0.5}, {"text": "", "glide": None}]  # the requests, as notes
