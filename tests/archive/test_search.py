@@ -308,3 +308,57 @@ def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny
                                                           ("seek.release", "search")]
     assert seeks[1]["value"] == [goal.seed, goal.tau, 0.5, True]
     assert asked == [{"text": TEXT, "glide": 0.5}, {"text": "", "glide": None}]  # the requests, as notes
+
+
+def test_the_web_page_searches_and_a_tapped_result_is_where_the_walk_goes(tmp_path, tiny_clip, clip_model_for_search):
+    """The page's search box sends /seek; its results come back as thumbnails; tapping the second glides there."""
+    import shutil
+
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (its browsers are not needed)")
+    if shutil.which("/usr/bin/chromium") is None:
+        pytest.skip("apt-get install chromium: no browser to test the page in")
+    from playwright.sync_api import sync_playwright
+
+    from installation.clock import WallClock
+    from support import play_while
+
+    cfg = show(tmp_path, tiny_clip, vision=True, size="64x40")
+    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000")
+                   + "[web]\nenabled = true\nport = 0\npreview_fps = 2\n[search]\nglide = 0.2\n")
+    text = clip_model_for_search.embed_texts([TEXT])[0].astype(np.float32)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=20)
+    archive, web = rt.part("archive"), rt.part("web")
+    seen: dict = {}
+
+    def actor():
+        assert wait_until(lambda: web.alive and archive.counts["points"] >= 4, 120)
+        pts = points_of(archive.path)
+        archive.embedding(pts[1].t, text)
+        archive.embedding(pts[2].t, text + 0.3 * np.roll(text, 5))
+        assert wait_until(lambda: sum(p.clip is not None for p in points_of(archive.path)) == 2, 20)
+        seen["points"] = pts[1:3]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+                page.goto(web.url)
+                page.locator("#searchbox").wait_for(state="visible", timeout=30000)
+                page.fill("#seektext", TEXT)
+                page.click("#seek")
+                page.wait_for_function("document.querySelectorAll('#seekhits .hit').length == 2", timeout=60000)
+                seen["first"] = wait_until(lambda: rt.show.held and (rt.show.seed, rt.show.tau) ==
+                                           (pts[1].seed, pts[1].tau), 30)
+                seen["thumbs"] = page.evaluate("[...document.querySelectorAll('#seekhits .hit')]"
+                                               ".map(b => b.style.backgroundImage.startsWith('url(\"data:image/jpeg'))")
+                page.locator("#seekhits .hit").nth(1).click()
+                seen["second"] = wait_until(lambda: rt.show.held and rt.show.tau == pts[2].tau, 30)
+                page.click("#seekoff")
+                seen["released"] = wait_until(lambda: not rt.show.held, 30)
+            finally:
+                browser.close()
+
+    play_while(rt, target, actor, seconds=240)
+    rt.close()
+    assert seen["first"] and seen["thumbs"] == [True, True] and seen["second"] and seen["released"], seen
