@@ -8,7 +8,7 @@ points, read incrementally) and the images of the show's space files built with 
 path time, the glide time and hold. The show glides there like a seed jump and holds that moment (path time and
 scene timer still, so its latent is the archived one) until ``/seek ""`` (``seek.release``) lets the walk go on,
 or a scene change does. The results (scores, times, thumbnails) are published as the ``seek.results`` note (the web
-page shows them; ``/seek/pick i`` glides to another). The events it posts are journaled: a replay repeats them.
+page shows them; ``/seek_pick i`` glides to another). The events it posts are journaled: a replay repeats them.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class SearchSettings(BaseModel):
 
     enabled: bool = True
     glide: Annotated[float, Field(ge=0.0, le=MAX_GLIDE)] = 4.0  # seconds a /seek glides when not told
-    results: Annotated[int, Field(ge=1, le=50)] = 8  # results kept for /seek/pick and shown on the page
+    results: Annotated[int, Field(ge=1, le=50)] = 8  # results kept for /seek_pick and shown on the page
     spaces: bool = True  # the images of the show's space files built with --clip, besides the archive
 
 

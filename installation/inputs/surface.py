@@ -56,7 +56,7 @@ MAX_PENDING_FEEDBACK = 32  # /unavailable answers waiting for the next feedback 
 SEED_MAX = 2**32 - 1
 MAX_BLEND = 16  # reference images one /blend message may weigh
 MAX_SEEK_TEXT = 500  # characters of a /seek text
-MAX_SEEK_RESULTS = 50  # results of a /seek that /seek/pick may choose from
+MAX_SEEK_RESULTS = 50  # results of a /seek that /seek_pick may choose from
 MAX_OUTPUTS = 64  # projector outputs /output/<n>/... may address
 MAX_MESH_POINTS = 33 * 33
 _STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
@@ -78,7 +78,7 @@ class Capabilities(NamedTuple):
         """Why ``address`` cannot act in this show, or None when it can (or the address is not optional)."""
         if address == "/map/goto" and not self.archive:
             return "the archive is off ([archive] enabled = false)"
-        if address in ("/steer", "/describe", "/seek", "/seek/pick") and not self.vision:
+        if address in ("/steer", "/describe", "/seek", "/seek_pick") and not self.vision:
             return "[vision] is off"
         if address.startswith("/midi/learn") and not self.midi:
             return "MIDI is off ([inputs.midi] enabled = false)"
@@ -258,7 +258,7 @@ class ControlSurface:
             "/describe": self._h_describe,
             "/steer": self._h_steer,
             "/seek": self._h_seek,
-            "/seek/pick": self._h_seek_pick,
+            "/seek_pick": self._h_seek_pick,
             # projector calibration (render/calibration.py); the runtime counts what no output can take
             "/calibrate": lambda c, a, *args: self._h_gate("calibrate", args, c),
             "/calibrate/on": lambda c, a, *args: self._h_gate("calibrate", args, c),
@@ -488,7 +488,7 @@ class ControlSurface:
         self.bus.note("seek", {"text": text, "glide": glide}, sender.source)
 
     def _h_seek_pick(self, sender: Sender, address: str, *args: Any) -> None:
-        """``/seek/pick i [f]``: glide to the i-th result (from 0) of the latest ``/seek`` instead of the best."""
+        """``/seek_pick i [f]``: glide to the i-th result (from 0) of the latest ``/seek`` instead of the best."""
         if not 1 <= len(args) <= 2 or isinstance(args[0], (bool, str, bytes)):
             raise Reject("bad_type")
         i = finite(number(args[0]))

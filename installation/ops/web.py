@@ -722,7 +722,7 @@ function showHits(msg) {           // /seek's results: tap one to glide there in
     const b = el("button", {className: "hit", title: (h.scene || "") + (h.t !== undefined ? " at " + h.t.toFixed(1) + " s" : "") + (h.name ? " " + h.name : "") + ", score " + h.score});
     if (h.thumb) b.style.backgroundImage = "url(data:image/jpeg;base64," + h.thumb + ")";
     b.append(el("span", {textContent: h.score.toFixed(3)}));
-    b.onclick = () => send("/seek/pick", [i]);
+    b.onclick = () => send("/seek_pick", [i]);
     box.append(b);
   });
 }
