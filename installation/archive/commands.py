@@ -112,19 +112,30 @@ def _show_hits(hits: list, what: str, args: argparse.Namespace, figures: dict[st
     return 0
 
 
+def _recorded_config(path: Path) -> Path | None:
+    """The config an archive's newest session was recorded with, when it is still there."""
+    from .replay import parse_source
+
+    store = Store(parse_source(path)[0], readonly=True)
+    try:
+        recorded = Path(store.session()["config"] or "")
+    finally:
+        store.close()
+    return recorded if recorded.suffix == ".toml" and recorded.is_file() else None
+
+
 def _search(path: Path, text: str | None, args: argparse.Namespace) -> int:
     from .search import QueryEncoder, search_archive
 
     if args.top < 1:
         return _fail("--top must be at least 1")
-    config = args.config
-    if config is None:  # the config the archive was recorded with, when it is still there
+    if args.session is not None:  # before the model loads
         store = Store(path, readonly=True)
         try:
-            recorded = Path(store.session()["config"] or "")
+            store.session(args.session)
         finally:
             store.close()
-        config = recorded if recorded.suffix == ".toml" and recorded.is_file() else None
+    config = args.config or _recorded_config(path)
     query = _query(QueryEncoder(vision_settings(config)), text, args.image)
     hits, counts = search_archive(path, query, k=args.top, session=args.session)
     if counts["missing"] and not args.json:
@@ -247,10 +258,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from .maps import draw_map
 
+    from ..config import ConfigError
+
     try:
+        near = None
+        if args.near is not None:
+            from .search import QueryEncoder
+
+            config = args.config or (None if str(args.archive).endswith(".npz") else _recorded_config(args.archive))
+            near = _query(QueryEncoder(vision_settings(config)), args.near, None)
         result = draw_map(args.archive, args.out, session=args.session, html=args.html, size=args.size,
-                          method=args.method)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+                          method=args.method, near=near, near_text=args.near or "")
+    except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
         print(f"{key:<12} {value}")
@@ -324,6 +343,10 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
     m.add_argument("--html", type=Path, help="also write a zoomable page with thumbnails on hover")
     m.add_argument("--size", type=size_arg, default="1600x1000", help="image size WxH (default 1600x1000)")
     m.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
+    m.add_argument("--near", metavar="TEXT", help="shade each point by its CLIP similarity to TEXT (the [vision] "
+                                                 "model; the best matches ringed and numbered)")
+    m.add_argument("--config", type=Path, default=None, help="--near: the config whose [vision] model embeds "
+                                                            "TEXT (default: the one the archive was recorded with)")
     m.set_defaults(func=cmd_map)
 
 

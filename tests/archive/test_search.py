@@ -18,7 +18,7 @@ from installation.clock import FixedClock
 from installation.config import load_show
 from installation.render.targets import HeadlessTarget
 from installation.runtime import Runtime
-from support import run_cli, scene_toml, wait_until, write_show
+from support import scene_toml, wait_until, write_show
 
 TEXT = "a storm at sea"
 SCENES = {"a": scene_toml(trajectory='kind = "walk"'), "b": scene_toml(trajectory='kind = "orbit"', duration=0.0)}
@@ -94,6 +94,18 @@ def independent(tiny_clip, images: list[np.ndarray], text: str) -> tuple[np.ndar
     return img, txt
 
 
+class Ran:
+    """What a command run in this process printed and returned (no interpreter start per call on a busy machine)."""
+
+    def __init__(self, capfd, *args: str) -> None:
+        from installation.cli import main
+
+        capfd.readouterr()
+        self.returncode = main(list(args))
+        out = capfd.readouterr()
+        self.stdout, self.stderr = out.out, out.err
+
+
 def points_of(path: Path) -> list:
     store = Store(path, readonly=True)
     try:
@@ -110,14 +122,14 @@ def test_top_is_exact_with_ties_in_order():
     assert len(top(np.zeros((0, 2), np.float32), np.ones(2, np.float32), 5)[0]) == 0
 
 
-def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(tmp_path, tiny_clip):
+def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(capfd, tmp_path, tiny_clip):
     """``archive embed`` re-renders each point (the replay path) and embeds that frame; ``archive search`` then
     ranks the points as open_clip, run independently on the frames the show presented, ranks them."""
     cfg = show(tmp_path, tiny_clip)
     path, frames = record(cfg, 80)
     points = points_of(path)
     assert len(points) == 16 and all(p.clip is None for p in points)
-    info = run_cli("archive", "info", str(path))
+    info = Ran(capfd, "archive", "info", str(path))
     assert info.returncode == 0 and "0 of 16 points have a CLIP embedding" in info.stdout, info.stderr
 
     # interrupted after its first batch, then resumed: every point once, none twice
@@ -130,10 +142,10 @@ def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(t
     with pytest.raises(Stop):
         embed_archive(path, config=cfg, size=64, batch=8, progress=False, on_batch=stop)
     assert sum(p.clip is not None for p in points_of(path)) == 8
-    r = run_cli("archive", "embed", str(path), "--config", str(cfg), "--size", "64", "--json", timeout=300)
+    r = Ran(capfd, "archive", "embed", str(path), "--config", str(cfg), "--size", "64", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["embedded"] == 8
-    info = run_cli("archive", "info", str(path), "--json")
+    info = Ran(capfd, "archive", "info", str(path), "--json")
     assert json.loads(info.stdout)["sessions"][0]["embedded"] == 16
 
     points = points_of(path)
@@ -142,7 +154,7 @@ def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(t
     stored = np.stack([p.clip for p in points])
     assert np.min(np.sum(stored * img, axis=1)) > 0.999  # each point's own frame, re-rendered exactly
     sims = img @ txt
-    r = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--top", "5", "--json",
+    r = Ran(capfd, "archive", "search", TEXT, str(path), "--config", str(cfg), "--top", "5", "--json",
                 "--out", str(tmp_path / "sheet.png"))
     assert r.returncode == 0, r.stderr
     found = json.loads(r.stdout)
@@ -160,12 +172,12 @@ def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(t
     # a picture finds the moment it shows
     goal = points[13]
     cv2.imwrite(str(tmp_path / "q.png"), frames[int(round(goal.t * 20))][:, :, ::-1])
-    r = run_cli("archive", "search", "--image", str(tmp_path / "q.png"), str(path), "--config", str(cfg), "--top",
+    r = Ran(capfd, "archive", "search", "--image", str(tmp_path / "q.png"), str(path), "--config", str(cfg), "--top",
                 "1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["hits"][0]["id"] == goal.id, r.stdout + r.stderr
 
 
-def test_search_reads_embeddings_posted_through_the_writer(tmp_path, tiny_clip, clip_model_for_search):
+def test_search_reads_embeddings_posted_through_the_writer(capfd, tmp_path, tiny_clip, clip_model_for_search):
     """Embeddings given to the archive part (its ``embedding()`` API, as the vision worker does) are searched; the
     order is the cosine order, the text's own embedding comes first, a session filter and a contact page work."""
     cfg = show(tmp_path, tiny_clip)
@@ -188,14 +200,19 @@ def test_search_reads_embeddings_posted_through_the_writer(tmp_path, tiny_clip, 
     assert counts == {"points": 12, "embedded": 11, "missing": 1}
     expect = sorted(with_clip, key=lambda p: -float(p.clip @ text) / np.linalg.norm(p.clip) / np.linalg.norm(text))
     assert [h.id for h in hits] == [p.id for p in expect] and hits[0].score > 0.999
-    r = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--out", str(tmp_path / "s.html"),
+    r = Ran(capfd, "archive", "search", TEXT, str(path), "--config", str(cfg), "--out", str(tmp_path / "s.html"),
                 "--session", "1")
     assert r.returncode == 0 and "1 of 12 points have no embedding yet" in r.stderr, r.stderr
     assert r.stdout.splitlines()[0].startswith("  1. 1.0000  session 1")
     assert (tmp_path / "s.html").read_text().count("data:image/jpeg;base64,") == 11
-    bad = run_cli("archive", "search", TEXT, str(path), "--config", str(cfg), "--session", "9")
+    r = Ran(capfd, "map", str(path), "--out", str(tmp_path / "near.png"), "--near", TEXT, "--size", "800x500")
+    assert r.returncode == 0, r.stderr  # the text embedded by the model of the config the archive recorded
+    figures = dict(line.split(None, 1) for line in r.stdout.splitlines())
+    assert figures["near"] == TEXT and figures["embedded"] == "11" and figures["best"].startswith("1.0 s (a)")
+    assert cv2.imread(str(tmp_path / "near.png")).shape == (500, 800, 3)
+    bad = Ran(capfd, "archive", "search", TEXT, str(path), "--config", str(cfg), "--session", "9")
     assert bad.returncode == 2 and "no session 9" in bad.stderr
-    none = run_cli("archive", "search", str(path), "--config", str(cfg), "--image", str(tmp_path / "nope.png"))
+    none = Ran(capfd, "archive", "search", str(path), "--config", str(cfg), "--image", str(tmp_path / "nope.png"))
     assert none.returncode == 2 and "not a readable picture" in none.stderr
 
 
@@ -206,7 +223,7 @@ def clip_model_for_search(tiny_clip):
     return ClipModel(tiny_clip.settings())
 
 
-def test_space_search_over_a_space_built_with_clip(tmp_path, tiny_clip):
+def test_space_search_over_a_space_built_with_clip(capfd, tmp_path, tiny_clip):
     from installation.decoders.random_models import make_taesd
     from installation.spaces.folder import draw_shapes
     from installation.spaces.space import build_space, load_space
@@ -219,7 +236,7 @@ def test_space_search_over_a_space_built_with_clip(tmp_path, tiny_clip):
     space = load_space(out)
     _, txt = independent(tiny_clip, [], TEXT)
     sims = space.embeddings @ txt
-    r = run_cli("space", "search", str(out), TEXT, "--clip-config", str(tiny_clip.config), "--json", "--top", "3",
+    r = Ran(capfd, "space", "search", str(out), TEXT, "--clip-config", str(tiny_clip.config), "--json", "--top", "3",
                 "--out", str(tmp_path / "sheet.png"))
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)["hits"]
@@ -228,12 +245,12 @@ def test_space_search_over_a_space_built_with_clip(tmp_path, tiny_clip):
     assert cv2.imread(str(tmp_path / "sheet.png")) is not None
     plain = tmp_path / "p.npz"
     build_space(tmp_path / "img", plain, taesd=str(taesd), size=64, progress=False)
-    r = run_cli("space", "search", str(plain), TEXT)
+    r = Ran(capfd, "space", "search", str(plain), TEXT)
     assert r.returncode == 2 and "built without --clip" in r.stderr
 
 
-def test_bench_search_prints_time_and_memory():
-    r = run_cli("bench", "--search", "--points", "20000", "--dim", "64", "--index", "none", "--json")
+def test_bench_search_prints_time_and_memory(capfd):
+    r = Ran(capfd, "bench", "--search", "--points", "20000", "--dim", "64", "--index", "none", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["points"] == 20000 and out["dim"] == 64 and out["exact_ms"] > 0 and out["matrix_mb"] == 5.1
