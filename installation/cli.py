@@ -335,6 +335,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .archive.bench import archive_bench
 
         result = archive_bench(spec, seconds=args.seconds, rounds=args.rounds)
+    elif args.search:
+        from .archive.search import clip_width, search_bench
+
+        try:
+            dim = args.dim or clip_width(spec.config.vision.resolved(spec.path.resolve().parent))
+            result = search_bench(points=args.points, dim=dim, k=20, queries=max(args.trials // 2, 3),
+                                  index=args.index)
+        except (ValueError, OSError) as e:
+            return _fail(f"--search: {e}")
     elif args.steer is not None:
         from .vision.bench import steer_bench
 
@@ -565,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vision", action="store_true",
                    help="decoder fps without and with the [vision] CLIP worker (every_n = 1), alternating phases of "
                         "one run, instead")
+    b.add_argument("--search", action="store_true",
+                   help="the time and memory of one top-20 search over --points synthetic CLIP embeddings of the "
+                        "configured width (exact; with faiss installed, an IVF index and its recall too), instead")
+    b.add_argument("--points", type=int, default=1_000_000, help="--search: how many embeddings (default 1000000)")
+    b.add_argument("--dim", type=int, default=0, help="--search: embedding width (default: the [vision] model's)")
+    b.add_argument("--index", choices=["auto", "faiss", "none"], default="auto",
+                   help="--search: also time a faiss IVF index (auto: when faiss is installed)")
     b.add_argument("--steer", metavar="TEXT",
                    help="CLIP similarity to TEXT over --seconds of show time with steering off and on, instead")
     b.add_argument("--outputs", action="store_true",
