@@ -177,3 +177,15 @@ def test_stream_batch_frame_is_the_unbatched_render(tiny_models, model, steps, k
     d.render(LatentRequest(z=reqs[-1][0], t=0.0, seq=0, decoder=DecoderSpec("diffusion", d.settings),
                            params=reqs[-1][1], extras=reqs[-1][2]))
     assert d.stats()["skipped"] == skipped + 1
+
+
+def test_compare_bench_on_cpu(tiny_models):
+    """`installation bench --compare` figures: one fps per variant, from one run."""
+    from installation.decoders.diffusion.bench import compare
+
+    r = compare(str(tiny_models["sd-turbo"]), "stream", size=64, steps=2, frames=2, rounds=1, device="cpu",
+                taesd=str(tiny_models["taesd"]))
+    assert set(r["fps"]) == {"sequential", "stream_batch"} and all(v > 0 for v in r["fps"].values())
+    assert r["ratio"]["sequential"] == 1.0
+    with pytest.raises(ValueError, match="compare must be one of"):
+        compare(str(tiny_models["sd-turbo"]), "nope", device="cpu")

@@ -75,7 +75,7 @@ class FrameProgram:
             "fixed_noise": torch.randn((1, c, h, w), generator=gen).to(dev, self.dtype),
             "tab": torch.zeros((s.steps, TABLE_COLUMNS), device=dev, dtype=torch.float32),
             "init": torch.tensor([0.0, 1.0, 0.0], device=dev, dtype=torch.float32),  # src, z, residual reference
-            "neg_x0": torch.zeros((1, c, h, w), device=dev, dtype=torch.float32),  # where residual CFG's negative points
+            "neg_x0": torch.zeros((1, c, h, w), device=dev, dtype=torch.float32),  # residual CFG: the x0 it points to
             "emb": torch.zeros((batch, max_len, emb_dim), device=dev, dtype=self.dtype),
             "g": torch.tensor(max(s.guidance, 1.0), device=dev, dtype=torch.float32),
             "rgb": torch.zeros((s.height, s.width, 3), device=dev, dtype=torch.uint8),
