@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -26,7 +26,7 @@ from .ops.health import HealthServer
 from .ops.logs import RepeatLog
 from .ops.memory import Trimmer
 from .ops.state import StateKeeper
-from .ops.supervise import THREADS, supervised
+from .ops.supervise import supervised
 from .parts import Moment, Part, PartContext, PartInfo
 from .render.hooks import HookRunner, apply_result
 from .render.calibration import build_output, calibration_path
@@ -41,6 +41,7 @@ from .render.shader_check import refuse_hanging
 from .render.shaders import ShaderError
 from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
+from .running.faults import FaultTally
 from .running.health import HealthReport
 from .show import Show
 
@@ -88,7 +89,7 @@ def _checks_frames(specs: tuple) -> bool:
     return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
 
 
-class Runtime(HealthReport):
+class Runtime(HealthReport, FaultTally):
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
     Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
@@ -182,16 +183,8 @@ class Runtime(HealthReport):
         self._scene_before_close: str | None = None
         self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
-        self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
-        self._remote_threads: Counter[str] = Counter()  # the decoder process's threads' deaths, across restarts
         self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
-        self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
-        self._decoder_seen: dict[str, int] = {}
-        self._recent: deque[tuple[float, int]] = deque()  # (show time, decoder faults) in the current scene
-        self._recent_scene = ""
-        self._last_fault_t: float | None = None
-        self._fault_total = 0
-        self._recorder_failed = False
+        self._init_tally()
         self._ops_at: float | None = None
         self._marks = (0.0, 0, 0)  # (show time, presented, published) at the last ops tick
         self.present_fps = self.decoder_fps = 0.0
@@ -200,7 +193,6 @@ class Runtime(HealthReport):
         self._init_health()
         self._closed = False
         self._safe = spec.safe or builtin_safe_scene()
-        self._fallbacks_by_scene: Counter[str] = Counter()
         # -- parts: built now, started by start(), stopped by close() --
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
@@ -586,56 +578,6 @@ class Runtime(HealthReport):
             self.worker.start()  # with the last plan it had; the next tick submits a fresh one
         log.info("decoder started again")
 
-    def _tally_faults(self, t: float) -> None:
-        """Accumulate decoder faults across restarts; too many in one scene -> the safe scene."""
-        d = self.decoder_stats()
-        counts = {**d.get("faults", {}), "process_crash": d.get("process_crashes", 0)}
-        new = 0
-        for kind, n in counts.items():
-            delta = self._decoder_delta(kind, n)
-            if delta > 0:
-                self.decoder_faults[kind] += delta
-                new += delta
-        for name, n in d.get("thread_restarts", {}).items():
-            self._remote_threads[name] += max(self._decoder_delta(f"thread:{name}", n), 0)
-        rec = self.recorder
-        if rec is not None and rec.failed and not self._recorder_failed:
-            self._recorder_failed = True
-            self.faults["recorder"] += 1
-        total = sum(self.decoder_faults.values()) + sum(self.faults.values()) + self.stats.tick_faults + \
-            sum(s.get("failures", 0) for s in self._part_stats.values()) + \
-            sum(self.thread_restarts().values())  # the parts' own (failed state saves) and threads' deaths
-        if total > self._fault_total:
-            self._last_fault_t = t
-        self._fault_total = total
-        scene = self.show.scene.name
-        if scene != self._recent_scene:
-            self._recent.clear()
-            self._recent_scene = scene
-        cfg = self.spec.config.decoder
-        if new:
-            self._recent.append((t, new))
-        while self._recent and self._recent[0][0] < t - cfg.fallback_window_s:
-            self._recent.popleft()
-        safe = self._safe
-        if cfg.fallback_faults and scene != safe.name and sum(n for _, n in self._recent) >= cfg.fallback_faults:
-            log.error("%d decoder faults in scene %s within %.0f s; falling back to the safe scene %r",
-                      sum(n for _, n in self._recent), scene, cfg.fallback_window_s, safe.name)
-            self.faults["fallback"] += 1
-            # Play the safe scene for a while, then retry the failing one; each repeat waits twice as long.
-            k = self._fallbacks_by_scene[scene]
-            self._fallbacks_by_scene[scene] += 1
-            retry = min(cfg.fallback_retry_s * 2 ** k, 86400.0)
-            log.error("retrying scene %s in %.0f s", scene, retry)
-            self.show.play_detour(safe, t, retry)
-            self._recent.clear()
-
-    def _decoder_delta(self, key: str, n: int) -> int:
-        """How much the decoder's counter ``key`` grew since the last look (a restarted process counts from 0)."""
-        last = self._decoder_seen.get(key, 0)
-        self._decoder_seen[key] = n
-        return n - last if n >= last else n
-
     def _supervise(self, t: float) -> None:
         """A part whose worker died (not ``alive`` while it should run) is counted once and restarted: at once when it
         had run PART_SETTLE_S since its last restart, else after a delay that doubles (1 s, 2 s, ...) with each quick
@@ -887,15 +829,3 @@ class Runtime(HealthReport):
         if saved.get("scenes") != mine["scenes"]:
             return f"scenes {', '.join(saved.get('scenes') or [])}"
         return None
-
-    def decoder_stats(self) -> dict[str, Any]:
-        """Frames, faults by kind and restarts of the decoder, wherever it runs."""
-        if isinstance(self.worker, ProcessWorker):
-            return {**self.worker.remote, "process_crashes": self.worker.crashes}
-        return self.guard.stats()
-
-    def thread_restarts(self) -> dict[str, int]:
-        """Deaths of supervised threads (each restarted) since this runtime was built, by thread name; the decoder
-        process's threads included."""
-        local = Counter(THREADS.restarts(since=self._threads_since))
-        return dict(sorted((local + self._remote_threads).items()))
