@@ -307,7 +307,7 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
         raise ConfigError(file, f"{key}.type", f"must be a name such as \"cppn\" (got {name!r:.40}); allowed: "
                           f"{', '.join(decoders.names())}")
     try:
-        cls = decoders.decoder_class(name)
+        cls = decoders.decoder_kind(name)
     except KeyError:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
     base = Path(file).resolve().parent
@@ -321,7 +321,7 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
 
 def check_decoder_files(scene: "Scene") -> None:
     """Ask the scene's decoder whether the files it names are there (no weights are loaded)."""
-    check = getattr(decoders.decoder_class(scene.decoder.type), "check", None)
+    check = getattr(decoders.decoder_kind(scene.decoder.type), "check", None)
     if check is None:
         return
     try:
@@ -345,7 +345,7 @@ def load_scene(path: Path) -> Scene:
     traj_cls = TRAJECTORIES[body.trajectory.kind]
     if traj_cls.check.__func__ is not Trajectory.check.__func__:  # one that reads a file (images: a space file)
         try:
-            traj_cls.check(body.trajectory, decoders.decoder_class(spec.type).latent_shape(spec.settings))
+            traj_cls.check(body.trajectory, decoders.decoder_kind(spec.type).latent_shape(spec.settings))
         except (FileNotFoundError, ValueError, OSError) as e:
             raise ConfigError(path, "trajectory", str(e)) from None
     return Scene(path.stem, path, spec, body)

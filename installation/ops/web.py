@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from ..bus import ParamBus
 from ..inputs.prompt_guard import PromptGuardSettings
 from ..parts import PartContext, register
-from ..render.outputs import LatestFrame
+from ..render.sinks import LatestFrame
 from .http import (HttpError, HttpLimits, HttpServer, host_refusal, http_url, is_loopback, json_error, json_response,
                    read_body, respond, same_origin, token_ok)
 
