@@ -2,13 +2,15 @@
 (``installation run --replay``).
 
 Offline, the show is rebuilt from the session's starting state and the archived journal is posted on the bus at the
-same show times: before tick k, every change stamped at or before tick k's time. With the session's tick times
-archived (the default), the replay's clock steps through exactly those times, so every tick sees the same time, the
-same step and the same changes as the live show did, and the path (latents, seeds, path time) is the same to the
-bit; with ``--fps`` (or without tick times) it steps at n / fps and a change lands on the first frame at or after
-its time. Changes the show makes itself (scene defaults, a resume, a panic's reset) are not posted: the replayed
-show makes them again. Frames are rendered in lockstep; the live show's frames came from a decoder running beside
-the loop, so they match the replay's to within that decoder's timing, not to the bit.
+same show times: before tick k, every change stamped at or before tick k's time. By default the replay steps at a
+steady rate along show time (frame n at n / fps, the show's own fps or ``--fps``), so a performance whose live
+ticks stuttered (a busy machine, a slow decoder) comes out as an even film; a change lands on the first frame at or
+after its time. With ``live_ticks`` (``--live-ticks``) and the session's tick times archived (the default), the
+clock steps through exactly those times instead, so every tick sees the same time, the same step and the same
+changes as the live show did, and the path (latents, seeds, path time) is the same to the bit, stutter included.
+Changes the show makes itself (scene defaults, a resume, a panic's reset) are not posted: the replayed show makes
+them again. Frames are rendered in lockstep; the live show's frames came from a decoder running beside the loop, so
+they match the replay's to within that decoder's timing, not to the bit.
 
 The continuous input features (camera, microphone) are journaled as the loop consumed them, stamped with the time of
 the tick that read them (:mod:`installation.bus`, ``sampled``): a replay posts each before that same tick, so every
@@ -136,11 +138,14 @@ def _fresh(state: dict[str, Any]) -> bool:
 def render_replay(source: str | Path, session: int | None = None, *, config: Path | None = None,
                   t_from: float | None = None, t_to: float | None = None, size: tuple[int, int] | None = None,
                   fps: float | None = None, record: Path | None = None, overrides: Overrides | None = None,
-                  archive_out: Path | None = None, on_frame: Callable[[bytes, float], None] | None = None
-                  ) -> dict[str, Any]:
-    """Re-render a stretch of an archived session offline; returns figures (and, comparing the replay's own archive
-    with the source's, how many archived points it reproduced to the bit). Raises ValueError/KeyError/
-    FileNotFoundError/ConfigError for a bad source or flag (the command's exit 2)."""
+                  archive_out: Path | None = None, on_frame: Callable[[bytes, float], None] | None = None,
+                  live_ticks: bool = False) -> dict[str, Any]:
+    """Re-render a stretch of an archived session offline, at a steady ``fps`` (default: the show's), or through the
+    live show's own tick times with ``live_ticks``; returns figures (and, comparing the replay's own archive with the
+    source's, how many archived points it reproduced to the bit). Raises ValueError/KeyError/FileNotFoundError/
+    ConfigError for a bad source or flag (the command's exit 2)."""
+    if live_ticks and fps is not None:
+        raise ValueError("--live-ticks steps through the live show's own tick times: give it or --fps, not both")
     from ..config import load_show
     from ..render.record import Recorder
     from ..render.targets import HeadlessTarget
@@ -164,7 +169,9 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
     spec = load_show(config or sess["config"], only_scene=overrides.scene)
     cfg = spec.config
     out_size = size or (parse_size(sess["size"]) if sess.get("size") else cfg.output.size)
-    exact = fps is None and len(ticks) > 0 and first.get("t") is not None and ticks[0] == first["t"]
+    exact = live_ticks and len(ticks) > 0 and first.get("t") is not None and ticks[0] == first["t"]
+    if live_ticks and not exact:  # [archive] ticks = false, or the oldest thinned away at max_mb
+        log.warning("session %s has no tick times from its start: replaying at a steady rate", sess["id"])
     rate = float(fps or cfg.output.fps)
     end = float(sess.get("last_t") or 0.0)
     if t_to is not None:
@@ -195,7 +202,8 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
         target.close()
         raise
     sinks: list[Any] = []
-    result: dict[str, Any] = {"session": sess["id"], "timing": "live ticks" if exact else f"fixed {rate:g} fps",
+    result: dict[str, Any] = {"session": sess["id"], "timing": "live ticks" if exact else f"fixed {rate:g} fps"
+                              + (" (no live tick times)" if live_ticks and not exact else ""),
                               "size": f"{out_size[0]}x{out_size[1]}"}
     try:
         state = overrides.state(initial)
