@@ -180,6 +180,8 @@ class Prompt(_Strict):
 
 class _SceneBody(_Strict):
     description: str = ""
+    still: str = Field("", description="a picture of the scene (PNG or JPEG, relative to the scene file): its "
+                                       "thumbnail on the web page until the show has shown the scene itself")
     duration: Annotated[float, Field(ge=0, le=7 * 86400)] = 60.0
     transition: Annotated[float, Field(ge=0, le=120)] = 4.0
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
@@ -342,6 +344,13 @@ def load_scene(path: Path) -> Scene:
     if isinstance(traj, dict) and isinstance(traj.get("space"), str) and traj["space"]:  # images: beside the scene
         traj["space"] = str((path.resolve().parent / Path(traj["space"]).expanduser()).resolve())
     body = _validate(_SceneBody, data, path)
+    if body.still:  # only a thumbnail: a scene copied away from its picture still plays
+        still = (path.resolve().parent / Path(body.still).expanduser()).resolve()
+        if still.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise ConfigError(path, "still", f"{body.still!r} must be a .png or .jpg file")
+        if not still.is_file():
+            log.warning("%s: still %s not found; no thumbnail until the scene plays", path, still)
+        body = body.model_copy(update={"still": str(still) if still.is_file() else ""})
     traj_cls = TRAJECTORIES[body.trajectory.kind]
     if traj_cls.check.__func__ is not Trajectory.check.__func__:  # one that reads a file (images: a space file)
         try:

@@ -329,6 +329,12 @@ class Store:
                 for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in
                 self.conn.execute(q, (sid,) * ((sid is not None) * (1 + (newest is not None))))]
 
+    def thumbs(self) -> dict[str, bytes]:
+        """The newest thumbnail (JPEG) of each scene, over every session: what each scene last looked like here."""
+        q = ("SELECT scene, thumb FROM points WHERE id IN "
+             "(SELECT max(id) FROM points WHERE thumb IS NOT NULL GROUP BY scene)")
+        return {str(scene): bytes(thumb) for scene, thumb in self.conn.execute(q)}
+
     def ticks(self, sid: int) -> np.ndarray:
         """Every archived tick time of a session, in order (empty when none were kept)."""
         blobs = [np.frombuffer(zlib.decompress(d), "<f8") for (d,) in
