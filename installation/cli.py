@@ -328,7 +328,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
     elif args.map:
-        from .archive.live_map import overlay_bench
+        from .archive.bench import overlay_bench
 
         result = overlay_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.archive:

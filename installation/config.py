@@ -16,10 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import decoders, files, parts
+from .files import ConfigError  # defined below the subsystems, which raise it too
 from .bus import ParamSpec
 from .decoders import DecoderSpec
 from .modulation import ModMatrix, ModulationSettings
-from .ops import LogSettings, ScheduleSettings
+from .ops.logs import LogSettings
+from .ops.schedule import ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings, Trajectory
 from .render.hooks import hook_params
@@ -39,15 +41,6 @@ CORE_PARAMS = (
     ParamSpec("radius", "float", 0.0, 2.0, 0.5, 0.6, 0.6, "how far orbits and walks stray from their centre"),
     ParamSpec("temperature", "float", 0.0, 3.0, 1.0, 0.6, 0.6, "latent scale: below 1 calmer, above 1 wilder"),
 )
-
-
-class ConfigError(Exception):
-    """A config, scene or shader that cannot be used. ``str()`` is the one line shown to the user."""
-
-    def __init__(self, file: Path | str, key: str, message: str) -> None:
-        self.file, self.key, self.message = str(file), key, message
-        where = f"{self.file}: key '{key}'" if key else self.file
-        super().__init__(f"{where}: {message}")
 
 
 class _Strict(BaseModel):

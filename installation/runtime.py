@@ -30,9 +30,9 @@ from .ops.state import StateKeeper
 from .ops.supervise import THREADS, supervised
 from .parts import Moment, Part, PartContext, PartInfo
 from .render.hooks import HookRunner, apply_result
-from .render.calibration import calibration_path
+from .render.calibration import build_output, calibration_path
 from .render.outputs import PresentedTap
-from .render.projection import build_output, presenter_size
+from .render.projection import presenter_size
 from .render.first_light import FirstLight
 from .render.present import Presenter
 from .render.record import Recorder

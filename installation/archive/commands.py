@@ -89,6 +89,11 @@ def _info(store: Store, args: argparse.Namespace) -> int:
     sessions = store.sessions() if args.session is None else [s for s in store.sessions() if s["id"] == args.session]
     if not sessions:
         raise KeyError(f"no session {args.session} in {store.path}")
+    models: dict[int, list] = {}
+    for s in sessions:  # the models that came into play, and the points a live show could not wait to write
+        journal = [e for e in store.events(s["id"]) if e["kind"] in ("model", "dropped")]
+        models[s["id"]] = [e["value"] for e in journal if e["kind"] == "model"]
+        s["points_dropped"] = sum(int(e["value"]["count"]) for e in journal if e["kind"] == "dropped")
     info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": integrity,
             "sessions": sessions}
     if args.json:
@@ -96,13 +101,14 @@ def _info(store: Store, args: argparse.Namespace) -> int:
         return 0
     print(f"{info['archive']}: {info['mb']} MB, integrity {info['integrity']}")
     for s in sessions:
-        models = [e["value"] for e in store.events(s["id"]) if e["kind"] == "model"]
         print(f"session {s['id']} ({s['kind']}): started {s['started']}, ended {s['ended'] or '-'}, "
               f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
         print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
         print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
               f"({'a --live-ticks replay is exact' if s['ticks'] else 'replays at a steady rate only'})")
-        for m in models:
+        if s["points_dropped"]:
+            print(f"  {s['points_dropped']} points dropped: the writer fell behind the live show")
+        for m in models[s["id"]]:
             files = "; ".join(f"{k} {v['folder']} sha256 {v['config_sha256'][:12]}" for k, v in m["files"].items())
             print(f"  model {m['type']}" + (f": {files}" if files else ""))
     return 0
@@ -136,14 +142,17 @@ def _export(store: Store, args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..render.record import RecorderError
-    from .replay import Overrides, render_replay
+    from .replay import Overrides
+    from .rerender import render_replay
 
     if args.record and args.record.suffix == "":
         return _fail("--record needs a file name such as out.mp4")
     try:
+        seed, seeds = Overrides.parse_seeds(args.seed)
         result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
                                size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
-                               overrides=Overrides(args.seed, args.prompt, args.scene), live_ticks=args.live_ticks)
+                               overrides=Overrides(seed, args.prompt, args.scene, seeds),
+                               live_ticks=args.live_ticks)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
@@ -210,7 +219,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
                    help="step through the live show's own tick times instead: the path to the bit, and frame for "
                         "frame with a live --record, stutter included")
     r.add_argument("--record", type=Path, help="write the replay to this video file")
-    r.add_argument("--seed", type=int, help="walk from this seed instead (seed jumps shifted alike)")
+    r.add_argument("--seed", action="append", metavar="[SCENE=]SEED",
+                   help="walk every scene from this seed instead, or with SCENE=SEED that scene (repeatable); a "
+                        "recorded seed jump is shifted as its scene's start was")
     r.add_argument("--prompt", help="this prompt instead of every prompt of the performance")
     r.add_argument("--scene", help="play this scene throughout (scene changes are left out)")
     r.add_argument("--archive-out", type=Path, help="keep the replay's own archive in this folder")

@@ -356,3 +356,13 @@ class Store:
 
 __all__ = ["CorruptArchive", "Point", "Store", "archive_file", "is_corrupt", "pack_latent", "pack_samples",
            "pack_vector", "to_json", "unpack_latent", "unpack_samples", "unpack_vector"]
+
+
+def parse_source(text: str | Path) -> tuple[Path, int | None]:
+    """``FILE`` or ``FILE#SESSION`` -> (path, session id or None for the newest)."""
+    text = str(text)
+    if "#" in text:
+        path, _, sid = text.rpartition("#")
+        if sid.isdigit():
+            return Path(path), int(sid)
+    return Path(text), None

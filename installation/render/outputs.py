@@ -14,8 +14,33 @@ from __future__ import annotations
 
 import moderngl
 
-from .present import FITS, VERTEX, fit_scale
 from .sinks import FrameSink, LatestFrame
+
+VERTEX = """
+#version 330
+out vec2 uv;
+void main() {
+    // One triangle that covers the screen; no vertex buffer needed.
+    vec2 p = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
+    uv = p;
+    gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
+}
+"""
+
+FITS = ("cover", "contain", "stretch")
+
+
+def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
+    """uv scale that maps the output onto a frame of another aspect: crop (cover), letterbox (contain) or stretch."""
+    if fit == "stretch":
+        return (1.0, 1.0)
+    fa = frame_size[0] / frame_size[1]
+    oa = out_size[0] / out_size[1]
+    wider = oa > fa
+    if fit == "cover":
+        return (1.0, fa / oa) if wider else (oa / fa, 1.0)
+    return (oa / fa, 1.0) if wider else (1.0, fa / oa)
+
 
 _BLIT = """#version 330
 uniform sampler2D src;
@@ -113,4 +138,4 @@ class PresentedTap:
             sink.put(rgb, self.output.size, t)
 
 
-__all__ = ["FrameSink", "LatestFrame", "Output", "PresentedTap"]
+__all__ = ["FITS", "VERTEX", "FrameSink", "LatestFrame", "Output", "PresentedTap", "fit_scale"]

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from installation.archive.replay import Overrides, render_replay
+from installation.archive.replay import Overrides
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.bus import Event
 from installation.clock import FixedClock
@@ -206,7 +207,7 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert seeds[:2] == [1234, 1234] and seeds[2:5] == [77 + 1234 - 3] * 3  # the recorded jump, shifted alike
-    assert seeds[5] == 3  # the next scene starts from its own seed, as it did live
+    assert seeds[5] == 1234  # the next scene starts from the override too
     assert setters and setters[0]["t"] == 0.5 and setters[0]["value"] == 2.5  # the same gesture at the same time
     one = render_replay(path, overrides=Overrides(scene="b"), archive_out=tmp_path / "one")
     store = Store(next((tmp_path / "one").glob("*.sqlite")), readonly=True)
@@ -215,6 +216,43 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert one["events"] == 3  # the scene change is left out
+
+
+def test_seed_overrides_hold_per_scene_through_a_three_scene_replay(tmp_path):
+    scenes = {"a": scene_toml(), "b": scene_toml(trajectory='kind = "walk"').replace("seed = 3", "seed = 5"),
+              "tide": scene_toml().replace("seed = 3", "seed = 11")}
+    cfg = write_show(tmp_path, scenes, extra="[archive]\npoint_every = 0.25\n")
+    actions = {20: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               40: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               50: lambda bus: bus.post(Event("seed", 40, "osc:127.0.0.1"))}
+    rt, _ = fixed_run(cfg, 70, actions)
+    path = rt.part("archive").path
+
+    def points(folder: Path) -> list:
+        store = Store(next(folder.glob("*.sqlite")), readonly=True)
+        try:
+            return store.points(store.session()["id"], with_thumbs=False)
+        finally:
+            store.close()
+
+    live = points(path.parent)
+    assert [(p.scene, p.seed) for p in live][::4] == [("a", 3), ("b", 5), ("tide", 11), ("tide", 40)]
+    out = run_cli("replay", str(path), "--seed", "99", "--archive-out", str(tmp_path / "all"))
+    assert out.returncode == 0, out.stderr
+    every = points(tmp_path / "all")
+    assert [p.scene for p in every] == [p.scene for p in live]
+    assert {p.seed for p in every if p.t < 2.5} == {99}  # every scene from 99, not only the first
+    assert {p.seed for p in every if p.t >= 2.5} == {40 + 99 - 11}  # tide's recorded jump, shifted as its start was
+    out = run_cli("replay", str(path), "--seed", "tide=7", "--archive-out", str(tmp_path / "one"))
+    assert out.returncode == 0, out.stderr
+    one = points(tmp_path / "one")
+    for p, q in zip(live, one):
+        if p.scene == "tide":
+            assert q.seed == (7 if p.t < 2.5 else 40 + 7 - 11)
+        else:  # the other scenes as they played, to the bit
+            assert q.seed == p.seed and np.array_equal(q.latent, p.latent), p.t
+    bad = run_cli("replay", str(path), "--seed", "storm=7")
+    assert bad.returncode == 2 and "no scene 'storm'" in bad.stderr
 
 
 def free_port() -> int:
@@ -443,13 +481,61 @@ def test_the_file_stays_under_max_mb_thinning_points_before_events(tmp_path):
         used = store.used_bytes()
     finally:
         store.close()
-    # an offline render outruns the writer: points beyond its queue are dropped and counted, never waited for
-    assert archive.counts["points"] + archive.counts["points_dropped"] == 400
+    # an offline render outruns the writer: it waits for it, so every point is written
+    assert archive.counts["points"] == 400 and archive.counts["points_dropped"] == 0, archive.stats()
     assert archive.counts["retired_points"] > 0, archive.stats()
     assert archive.path.stat().st_size <= 0.15e6 * 1.25  # checked after every batch
     assert len(events) == 400  # every event kept: the points were thinned instead
     gaps = np.diff([p.t for p in points])
     assert gaps[:10].mean() > gaps[-10:].mean()  # the old points thinner than the new
+
+
+def test_a_fast_fixed_step_render_waits_for_the_writer_and_keeps_every_point(tmp_path):
+    # a point every tick, a batch a second: without waiting, 64 points fit the queue and the rest were lost
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.05\nbatch_s = 1.0\n")
+    rt, _ = fixed_run(cfg, 300, {})
+    archive = rt.part("archive")
+    store = Store(archive.path, readonly=True)
+    try:
+        stored = [p.t for p in store.points()]
+    finally:
+        store.close()
+    assert len(stored) == 300 and archive.counts["points_dropped"] == 0 and archive.counts["writer_waits"] >= 3
+    assert np.allclose(np.diff(stored), 0.05)  # no hole
+
+
+def test_a_live_show_that_must_drop_points_counts_them_in_health_and_archive_info(tmp_path):
+    """Another process holds the archive file locked for 4 s: the writer waits on it, the live show does not wait
+    for the writer; the points it had no room for are counted in /health and written to the journal."""
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.05\nbatch_s = 0.1\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, fps=30, inputs=False)
+    archive = rt.part("archive")
+    try:
+        rt.start()
+        assert wait_until(lambda: (rt.step(), archive.counts["points"] >= 3)[1], 20)
+        lock = sqlite3.connect(archive.path, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        held = time.monotonic()
+        while time.monotonic() - held < 4.0 or archive.counts["points_dropped"] == 0:
+            rt.step()  # the live loop: paced by the clock, never waiting for the writer
+            assert time.monotonic() - held < 9.0, archive.stats()  # within the writer's 10 s lock timeout
+        lock.rollback()
+        lock.close()
+        dropped = archive.counts["points_dropped"]
+        rt._ops_at = None
+        rt.step()
+        assert rt.health_snapshot()["archive"]["points_dropped"] >= dropped > 0
+    finally:
+        rt.close()
+        target.close()
+    dropped = archive.counts["points_dropped"]
+    out = run_cli("archive", "info", str(archive.path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["sessions"][0]["points_dropped"] == dropped
+    text = run_cli("archive", "info", str(archive.path)).stdout
+    assert f"{dropped} points dropped" in text
 
 
 def test_a_vision_embedding_lands_on_its_point(tmp_path):

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from installation.archive.replay import render_replay
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.clock import WallClock
 from installation.config import load_show
