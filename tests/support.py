@@ -54,6 +54,33 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+_PRINT_ONLY = """
+import contextlib, io, sys
+from installation.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as e:  # --help
+        code = e.code
+heavy = sorted(m for m in ("torch", "moderngl", "diffusers", "transformers", "open_clip", "cv2", "pygame", "glcontext")
+               if m in sys.modules)
+print(out.getvalue())
+print(code, len(out.getvalue().splitlines()), ",".join(heavy) or "-")
+"""
+
+
+def print_only(*args: str) -> tuple[str, str]:
+    """Run the command in a fresh interpreter: (its printed lines, the heavy modules it imported, or "-")."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _PRINT_ONLY, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    code, lines, heavy = proc.stdout.splitlines()[-1].split()
+    assert code in ("0", "None") and int(lines) > 5, proc.stdout[-500:]
+    return proc.stdout, heavy
+
+
 def play_while(runtime, target, actor, seconds: float = 60.0) -> None:
     """Run the live loop on this thread (GL contexts are thread-bound) while ``actor()`` plays it from another
     thread, as a performer or a monitoring script would; the loop stops when the actor is done."""

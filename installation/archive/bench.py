@@ -109,7 +109,7 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         live = _Hashes()
         src = _run(spec, Path(tmp) / "eq", None, frames=max(int(fps * 3), 2), sink=live)
         again = _Hashes()
-        replay = render_replay(src["path"], on_frame=lambda rgb, t: again.put(rgb, None, t))
+        replay = render_replay(src["path"], on_frame=lambda rgb, t: again.put(rgb, None, t), live_ticks=True)
         same = sum(a == b for a, b in zip(live.hashes, again.hashes))
     w, h = spec.config.output.size
     a = spec.config.archive

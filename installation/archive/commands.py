@@ -204,7 +204,7 @@ def _info(store: Store, args: argparse.Namespace) -> int:
               f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
         print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
         print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
-              f"({'exact replay' if s['ticks'] else 'replay steps at a fixed rate'})")
+              f"({'a --live-ticks replay is exact' if s['ticks'] else 'replays at a steady rate only'})")
         if s["points_dropped"]:
             print(f"  {s['points_dropped']} points dropped: the writer fell behind the live show")
         print(f"  {s['embedded']} of {s['points']} points have a CLIP embedding"
@@ -252,7 +252,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         seed, seeds = Overrides.parse_seeds(args.seed)
         result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
                                size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
-                               overrides=Overrides(seed, args.prompt, args.scene, seeds))
+                               overrides=Overrides(seed, args.prompt, args.scene, seeds),
+                               live_ticks=args.live_ticks)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
@@ -324,14 +325,19 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
 
     r = sub.add_parser("replay", help="re-render an archived performance offline",
                        description="Re-render a stretch of an archived session through the fixed-step clock: the "
-                                   "same events at the same show times. Overrides make a counterfactual.")
+                                   "same events at the same show times, at a steady frame rate along show time (or "
+                                   "the live show's own tick times, stutter included, with --live-ticks). "
+                                   "Overrides make a counterfactual.")
     common(r)
     r.add_argument("archive", type=Path, help="archive file (FILE#SESSION picks a session)")
     r.add_argument("--session", type=int, help="session id (default: the newest)")
     r.add_argument("--from", dest="t_from", type=float, help="record from this show time (s)")
     r.add_argument("--to", dest="t_to", type=float, help="stop at this show time (s)")
     r.add_argument("--size", type=size_arg, help="output size WxH (default: the live size)")
-    r.add_argument("--fps", type=int, help="step at this rate (default: the live show's own tick times)")
+    r.add_argument("--fps", type=int, help="frames per second of show time (default: the show's [output] fps)")
+    r.add_argument("--live-ticks", action="store_true",
+                   help="step through the live show's own tick times instead: the path to the bit, and frame for "
+                        "frame with a live --record, stutter included")
     r.add_argument("--record", type=Path, help="write the replay to this video file")
     r.add_argument("--seed", action="append", metavar="[SCENE=]SEED",
                    help="walk every scene from this seed instead, or with SCENE=SEED that scene (repeatable); a "

@@ -2,13 +2,15 @@
 (``installation run --replay``).
 
 Offline, the show is rebuilt from the session's starting state and the archived journal is posted on the bus at the
-same show times: before tick k, every change stamped at or before tick k's time. With the session's tick times
-archived (the default), the replay's clock steps through exactly those times, so every tick sees the same time, the
-same step and the same changes as the live show did, and the path (latents, seeds, path time) is the same to the
-bit; with ``--fps`` (or without tick times) it steps at n / fps and a change lands on the first frame at or after
-its time. Changes the show makes itself (scene defaults, a resume, a panic's reset) are not posted: the replayed
-show makes them again. Frames are rendered in lockstep; the live show's frames came from a decoder running beside
-the loop, so they match the replay's to within that decoder's timing, not to the bit.
+same show times: before tick k, every change stamped at or before tick k's time. By default the replay steps at a
+steady rate along show time (frame n at n / fps, the show's own fps or ``--fps``), so a performance whose live
+ticks stuttered (a busy machine, a slow decoder) comes out as an even film; a change lands on the first frame at or
+after its time. With ``live_ticks`` (``--live-ticks``) and the session's tick times archived (the default), the
+clock steps through exactly those times instead, so every tick sees the same time, the same step and the same
+changes as the live show did, and the path (latents, seeds, path time) is the same to the bit, stutter included.
+Changes the show makes itself (scene defaults, a resume, a panic's reset) are not posted: the replayed show makes
+them again. Frames are rendered in lockstep; the live show's frames came from a decoder running beside the loop, so
+they match the replay's to within that decoder's timing, not to the bit.
 
 The continuous input features (camera, microphone) are journaled as the loop consumed them, stamped with the time of
 the tick that read them (:mod:`installation.bus`, ``sampled``): a replay posts each before that same tick, so every

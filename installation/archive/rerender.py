@@ -1,5 +1,6 @@
 """``installation replay``: re-render a stretch of an archived session offline, through a whole runtime on a
-fixed-step clock that steps through the session's tick times, and compare the replay's archive with the source's
+fixed-step clock that steps at a steady rate along show time (or through the session's own tick times, with
+``live_ticks``), and compare the replay's archive with the source's
 (see :mod:`installation.archive.replay` for what is replayed and how exact it is).
 
 A command's engine: it builds a :class:`~installation.runtime.Runtime`, so it sits in the commands layer
@@ -8,6 +9,7 @@ A command's engine: it builds a :class:`~installation.runtime.Runtime`, so it si
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -22,6 +24,8 @@ from ..runtime import Runtime
 from ..sizes import parse_size
 from .replay import Overrides, ReplayClock, post_change, replayable
 from .store import Store, parse_source
+
+log = logging.getLogger(__name__)
 
 
 class _Timed:
@@ -54,11 +58,14 @@ def _fresh(state: dict[str, Any]) -> bool:
 def render_replay(source: str | Path, session: int | None = None, *, config: Path | None = None,
                   t_from: float | None = None, t_to: float | None = None, size: tuple[int, int] | None = None,
                   fps: float | None = None, record: Path | None = None, overrides: Overrides | None = None,
-                  archive_out: Path | None = None, on_frame: Callable[[bytes, float], None] | None = None
-                  ) -> dict[str, Any]:
-    """Re-render a stretch of an archived session offline; returns figures (and, comparing the replay's own archive
-    with the source's, how many archived points it reproduced to the bit). Raises ValueError/KeyError/
+                  archive_out: Path | None = None, on_frame: Callable[[bytes, float], None] | None = None,
+                  live_ticks: bool = False) -> dict[str, Any]:
+    """Re-render a stretch of an archived session offline, at a steady ``fps`` (default: the show's), or through the
+    live show's own tick times with ``live_ticks``; returns figures (and, comparing the replay's own archive with the
+    source's, how many archived points it reproduced to the bit). Raises ValueError/KeyError/
     FileNotFoundError/ConfigError for a bad source or flag (the command's exit 2)."""
+    if live_ticks and fps is not None:
+        raise ValueError("--live-ticks steps through the live show's own tick times: give it or --fps, not both")
     overrides = overrides or Overrides()
     path, sid = parse_source(source)
     store = Store(path, readonly=True)
@@ -78,7 +85,9 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
     overrides.spec(spec)
     cfg = spec.config
     out_size = size or (parse_size(sess["size"]) if sess.get("size") else cfg.output.size)
-    exact = fps is None and len(ticks) > 0 and first.get("t") is not None and ticks[0] == first["t"]
+    exact = live_ticks and len(ticks) > 0 and first.get("t") is not None and ticks[0] == first["t"]
+    if live_ticks and not exact:  # [archive] ticks = false, or the oldest thinned away at max_mb
+        log.warning("session %s has no tick times from its start: replaying at a steady rate", sess["id"])
     rate = float(fps or cfg.output.fps)
     end = float(sess.get("last_t") or 0.0)
     if t_to is not None:
@@ -109,7 +118,8 @@ def render_replay(source: str | Path, session: int | None = None, *, config: Pat
         target.close()
         raise
     sinks: list[Any] = []
-    result: dict[str, Any] = {"session": sess["id"], "timing": "live ticks" if exact else f"fixed {rate:g} fps",
+    result: dict[str, Any] = {"session": sess["id"], "timing": "live ticks" if exact else f"fixed {rate:g} fps"
+                              + (" (no live tick times)" if live_ticks and not exact else ""),
                               "size": f"{out_size[0]}x{out_size[1]}"}
     try:
         state = overrides.state(initial)

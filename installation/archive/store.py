@@ -372,6 +372,12 @@ class Store:
         with self.conn:
             self.conn.executemany("UPDATE points SET clip=? WHERE id=?", [(pack_vector(v), int(i)) for i, v in rows])
 
+    def thumbs(self) -> dict[str, bytes]:
+        """The newest thumbnail (JPEG) of each scene, over every session: what each scene last looked like here."""
+        q = ("SELECT scene, thumb FROM points WHERE id IN "
+             "(SELECT max(id) FROM points WHERE thumb IS NOT NULL GROUP BY scene)")
+        return {str(scene): bytes(thumb) for scene, thumb in self.conn.execute(q)}
+
     def ticks(self, sid: int) -> np.ndarray:
         """Every archived tick time of a session, in order (empty when none were kept)."""
         blobs = [np.frombuffer(zlib.decompress(d), "<f8") for (d,) in

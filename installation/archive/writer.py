@@ -93,14 +93,24 @@ def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
     return buf.tobytes() if ok else b""
 
 
+def show_config(ctx: PartContext, state: dict[str, Any]) -> str:
+    """The show's config file, as the runtime's state names it (the archive file is named after it)."""
+    return (state.get("show") or {}).get("config") or str(ctx.base_dir)
+
+
+def archive_path(settings: Any, ctx: PartContext, state: dict[str, Any] | None = None) -> Path:
+    """The show's archive file: ``[archive] path`` (relative to the config's folder), named after the config."""
+    folder = Path(settings.path).expanduser()
+    folder = folder if folder.is_absolute() else ctx.base_dir / folder
+    return archive_file(folder, show_config(ctx, ctx.state() if state is None else state))
+
+
 class Archive:
     """The ``archive`` part. See the module's doc; ``settings`` is :class:`~installation.archive.ArchiveSettings`."""
 
     def __init__(self, settings: Any, ctx: PartContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        folder = Path(settings.path).expanduser()
-        self.folder = folder if folder.is_absolute() else ctx.base_dir / folder
         self.path: Path | None = None  # known once started (named after the config file)
         self.session: int | None = None
         self.faults: Counter[str] = Counter()
@@ -153,9 +163,8 @@ class Archive:
             return
         if self._opening is None:  # the show as it starts (a restart after a fault carries on with the same session)
             state = self.ctx.state()
-            config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
-            self.path = archive_file(self.folder, config)
-            self._opening = (config, {k: v for k, v in state.items() if k != "show"})
+            self.path = archive_path(self.settings, self.ctx, state)
+            self._opening = (show_config(self.ctx, state), {k: v for k, v in state.items() if k != "show"})
         self._open()
         if self.feeder is not None:
             self.feeder.start()

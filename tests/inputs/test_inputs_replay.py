@@ -118,7 +118,7 @@ def test_a_show_steered_by_a_real_camera_and_microphone_replays_exactly(tmp_path
         assert by_t[c["t"]][c["name"]] == c["value"], c
 
     # The replay reads the same at every tick, and walks to the same points
-    result = render_replay(archive.path)
+    result = render_replay(archive.path, live_ticks=True)
     replayed = consumed.pop(next(iter(consumed)))
     assert result["timing"] == "live ticks" and result["ticks"] == len(ticks) == len(live)
     assert [t for t, _ in replayed] == [t for t, _ in live]
