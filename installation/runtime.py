@@ -21,7 +21,7 @@ from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .decoders.base import resolve_device
 from .modulation import ModMatrix
-from .ops import Notifier, Schedule, ScheduleSettings
+from .ops import Notifier, Schedule
 from .ops.health import HealthServer
 from .ops.logs import RepeatLog
 from .ops.memory import Trimmer
@@ -43,6 +43,7 @@ from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
 from .running.faults import FaultTally
 from .running.health import HealthReport
+from .running.schedule import OpeningHours
 from .show import Show
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _checks_frames(specs: tuple) -> bool:
     return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
 
 
-class Runtime(HealthReport, FaultTally):
+class Runtime(HealthReport, FaultTally, OpeningHours):
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
     Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
@@ -175,12 +176,8 @@ class Runtime(HealthReport, FaultTally):
         # -- unattended operation --
         self.wall = wall or (lambda: datetime.now(timezone.utc))
         self.notifier = notifier or Notifier(env={})  # no socket: every call is a no-op
-        self._use_schedule = schedule
-        self.schedule = Schedule(cfg.schedule if schedule else ScheduleSettings())
-        self.open = True
-        self.released = False  # the decoder was stopped while closed
         self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
-        self._scene_before_close: str | None = None
+        self._init_schedule(cfg.schedule, schedule)
         self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
@@ -528,55 +525,6 @@ class Runtime(HealthReport, FaultTally):
         with self._health_lock:
             self._health = snapshot
         self.notifier.status(self._status_line())
-
-    def _standby(self) -> str | None:
-        s = self.schedule.settings
-        return s.standby_scene if s.enabled and s.closed_action == "standby" else None
-
-    def _check_schedule(self, t: float) -> None:
-        try:
-            is_open = self.schedule.is_open(self.wall())
-        except Exception as e:  # noqa: BLE001 - a broken clock never closes the show
-            self.faults["schedule"] += 1
-            log.warning("schedule check failed (%s); staying %s", e, "open" if self.open else "closed")
-            return
-        standby = self._standby()
-        if self.open and not is_open:
-            self.open = False
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("closing: %s", self.schedule.describe(self.wall()))
-            if standby is not None:
-                self._scene_before_close = self.show.scene.name
-                self.show.goto(standby, t)
-        elif not self.open and is_open:
-            self.open = True
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("opening: %s", self.schedule.describe(self.wall()))
-            if self.released:
-                self._acquire_decoder()
-            if standby is not None and self._scene_before_close:
-                self.show.goto(self._scene_before_close, t)
-        if not self.open and standby is None and not self.released and self.master <= 0.0:
-            self._release_decoder()
-
-    def _release_decoder(self) -> None:
-        """Closed and faded out: stop decoding and free its memory (the decoder process ends)."""
-        self.released = True
-        if self.worker is not None:
-            self.worker.stop()
-        self.guard.close()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-        log.info("decoder released while closed")
-
-    def _acquire_decoder(self) -> None:
-        self.released = False
-        self._await_frame = self.slot.published
-        if self.worker is not None:
-            self.worker.start()  # with the last plan it had; the next tick submits a fresh one
-        log.info("decoder started again")
 
     def _supervise(self, t: float) -> None:
         """A part whose worker died (not ``alive`` while it should run) is counted once and restarted: at once when it
