@@ -21,7 +21,7 @@ from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .decoders.base import resolve_device
 from .modulation import ModMatrix
-from .ops import Notifier, Schedule, ScheduleSettings
+from .ops import Notifier, Schedule
 from .ops.health import HealthServer
 from .ops.logs import RepeatLog
 from .ops.memory import Trimmer
@@ -32,7 +32,6 @@ from .render.hooks import HookRunner, apply_result
 from .render.calibration import build_output, calibration_path
 from .render.outputs import PresentedTap
 from .render.projection import presenter_size
-from .render.first_light import FirstLight
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import FrameSlot
@@ -42,7 +41,9 @@ from .render.shaders import ShaderError
 from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
 from .running.faults import FaultTally
+from .running.first_frame import FirstFrame
 from .running.health import HealthReport
+from .running.schedule import OpeningHours
 from .show import Show
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _checks_frames(specs: tuple) -> bool:
     return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
 
 
-class Runtime(HealthReport, FaultTally):
+class Runtime(HealthReport, FaultTally, OpeningHours, FirstFrame):
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
     Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
@@ -175,12 +176,8 @@ class Runtime(HealthReport, FaultTally):
         # -- unattended operation --
         self.wall = wall or (lambda: datetime.now(timezone.utc))
         self.notifier = notifier or Notifier(env={})  # no socket: every call is a no-op
-        self._use_schedule = schedule
-        self.schedule = Schedule(cfg.schedule if schedule else ScheduleSettings())
-        self.open = True
-        self.released = False  # the decoder was stopped while closed
         self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
-        self._scene_before_close: str | None = None
+        self._init_schedule(cfg.schedule, schedule)
         self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
         self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
@@ -529,55 +526,6 @@ class Runtime(HealthReport, FaultTally):
             self._health = snapshot
         self.notifier.status(self._status_line())
 
-    def _standby(self) -> str | None:
-        s = self.schedule.settings
-        return s.standby_scene if s.enabled and s.closed_action == "standby" else None
-
-    def _check_schedule(self, t: float) -> None:
-        try:
-            is_open = self.schedule.is_open(self.wall())
-        except Exception as e:  # noqa: BLE001 - a broken clock never closes the show
-            self.faults["schedule"] += 1
-            log.warning("schedule check failed (%s); staying %s", e, "open" if self.open else "closed")
-            return
-        standby = self._standby()
-        if self.open and not is_open:
-            self.open = False
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("closing: %s", self.schedule.describe(self.wall()))
-            if standby is not None:
-                self._scene_before_close = self.show.scene.name
-                self.show.goto(standby, t)
-        elif not self.open and is_open:
-            self.open = True
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("opening: %s", self.schedule.describe(self.wall()))
-            if self.released:
-                self._acquire_decoder()
-            if standby is not None and self._scene_before_close:
-                self.show.goto(self._scene_before_close, t)
-        if not self.open and standby is None and not self.released and self.master <= 0.0:
-            self._release_decoder()
-
-    def _release_decoder(self) -> None:
-        """Closed and faded out: stop decoding and free its memory (the decoder process ends)."""
-        self.released = True
-        if self.worker is not None:
-            self.worker.stop()
-        self.guard.close()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-        log.info("decoder released while closed")
-
-    def _acquire_decoder(self) -> None:
-        self.released = False
-        self._await_frame = self.slot.published
-        if self.worker is not None:
-            self.worker.start()  # with the last plan it had; the next tick submits a fresh one
-        log.info("decoder started again")
-
     def _supervise(self, t: float) -> None:
         """A part whose worker died (not ``alive`` while it should run) is counted once and restarted: at once when it
         had run PART_SETTLE_S since its last restart, else after a delay that doubles (1 s, 2 s, ...) with each quick
@@ -673,46 +621,7 @@ class Runtime(HealthReport, FaultTally):
         plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
         self.worker.submit(plan)
         self.worker.start()
-        # The show clock keeps running meanwhile; the path was extrapolated, so the first tick carries on from it.
-        # The wait is sliced so that a stop (a signal) ends it at once.
-        deadline = time.monotonic() + first_frame_timeout
-        ok = True
-        # With a frame check configured, neither the preview nor the saved picture has passed it (the check runs
-        # where the decoder runs, on decoded frames): the output stays black until the first checked frame.
-        unchecked = self.first_light and not self.frame_check
-        if self.first_light and self.frame_check:
-            log.info("a frame check is configured: no first-light preview or saved picture; black until the first "
-                     "checked frame")
-        preview = FirstLight.for_scene(self.show.scene) if unchecked and \
-            isinstance(self.worker, ProcessWorker) else None
-        # No cheap preview of this decoder (diffusion, GAN): a resumed show opens on the picture saved with its state.
-        still = self._saved_still() if preview is None and self.resumed and unchecked else None
-        # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
-        # and it leaves most of the CPU to the decoder process that is starting beside it.
-        while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
-            if preview is not None:
-                try:
-                    self._preview(preview, plan)
-                except Exception:  # noqa: BLE001 - a preview is a nicety: wait for the decoder in the dark instead
-                    log.exception("first-light preview failed")
-                    preview.close()
-                    preview = None
-            elif still is not None:
-                self.output.show(still, 1.0)
-                self.target.swap()
-                if "quit" in self.target.poll():
-                    self._quit = True
-            if self._stopping or self._quit:
-                ok = False
-                break
-            if time.monotonic() >= deadline:
-                log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
-                ok = False
-                break
-        if preview is not None:
-            preview.close()
-        if still is not None:
-            still.release()
+        ok = self._await_first_frame(plan, first_frame_timeout)
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
@@ -720,31 +629,6 @@ class Runtime(HealthReport, FaultTally):
         if callable(align):
             align(self.show, self.clock.now())
         return ok
-
-    def _saved_still(self) -> Any:
-        """The picture saved beside the state as a texture for the output (None: none, or unusable)."""
-        try:
-            img = self.keeper.saved_frame()
-            if img is None:
-                return None
-            h, w = img.shape[:2]
-            self.stats.first_still = True
-            return self.target.ctx.texture((w, h), 3, img[::-1].tobytes(), alignment=1)  # GL: bottom row first
-        except Exception:  # noqa: BLE001 - a first picture is a nicety; the show starts without it
-            log.exception("the picture saved with the state cannot be shown")
-            return None
-
-    def _preview(self, preview: FirstLight, plan: Any) -> None:
-        """While the decoder process starts: show the in-process preview (render/first_light.py) when one is due."""
-        t = self.clock.now()
-        frame = preview.frame(plan, t)
-        if frame is not None:
-            self.presenter.take(frame, t)
-        if self.presenter.has_frame:
-            self.output.show(self.presenter.render(t, self.bus.targets()), 1.0)
-            self.target.swap()
-        if "quit" in self.target.poll():
-            self._quit = True
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
         """Present at ``fps`` until ``duration`` seconds, a quit, or a stop request (after its fade). Live, the
