@@ -359,6 +359,7 @@ class SteerWorker:
         self._model = model
         self._starts: deque[float] = deque(maxlen=8)  # show times of the newest rounds' starts
         self.round_ms = 0.0
+        self.period_target: float | None = None  # the playing scene's [steer] period (path seconds)
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
@@ -377,6 +378,7 @@ class SteerWorker:
             self._job = (scene, seed, tau, params, text, strength)
             if t is not None:
                 self._starts.append(t)
+            self.period_target = float(scene.steer.period)
             if self._thread is None:
                 self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
@@ -433,8 +435,8 @@ class SteerWorker:
         starts = list(self._starts)
         period = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else None
         return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
-                "last_scores": self.last_scores, "period_s": None if period is None else round(period, 3),
-                "round_ms": round(self.round_ms, 1)}
+                "last_scores": self.last_scores, "period": self.period_target,
+                "period_s": None if period is None else round(period, 3), "round_ms": round(self.round_ms, 1)}
 
 
 @register("vision", table="vision", settings=VisionSettings, params=vision_params, order=50, hooks=vision_hooks,
