@@ -275,6 +275,7 @@ class VisionPart:
             strength = strength if self._steer_live[1] is None else float(self._steer_live[1])
         self.steer.text = text
         if not text or strength <= 0.0:
+            self.steer.released()
             return
         self._steer_path += moment.dt * float(self.bus.targets().get("speed", 1.0))
         if self._steer_path < scene.steer.period:
@@ -360,6 +361,7 @@ class SteerWorker:
         self._starts: deque[float] = deque(maxlen=8)  # show times of the newest rounds' starts
         self.round_ms = 0.0
         self.period_target: float | None = None  # the playing scene's [steer] period (path seconds)
+        self.period_s: float | None = None  # achieved: mean show seconds between the newest rounds' starts
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
@@ -378,11 +380,18 @@ class SteerWorker:
             self._job = (scene, seed, tau, params, text, strength)
             if t is not None:
                 self._starts.append(t)
+                starts = self._starts
+                if len(starts) > 1:
+                    self.period_s = (starts[-1] - starts[0]) / (len(starts) - 1)
             self.period_target = float(scene.steer.period)
             if self._thread is None:
                 self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
         return True
+
+    def released(self) -> None:
+        """Steering is off: the achieved period counts again from the next round."""
+        self._starts.clear()
 
     def _run(self) -> None:
         while True:
@@ -432,8 +441,7 @@ class SteerWorker:
         self._job = None
 
     def stats(self) -> dict[str, Any]:
-        starts = list(self._starts)
-        period = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else None
+        period = self.period_s
         return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
                 "last_scores": self.last_scores, "period": self.period_target,
                 "period_s": None if period is None else round(period, 3), "round_ms": round(self.round_ms, 1)}
