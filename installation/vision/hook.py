@@ -160,6 +160,8 @@ class VisionHook:
             return self._cond.wait_for(lambda: not self._keep and not self._keeping, timeout)
 
     def __call__(self, frame: Frame) -> None:
+        if not self.options.read:
+            return None  # the frame check alone (the decoder process): the reader reads presented frames
         self.offered += 1
         if not self._ready.is_set():
             self.loading_skipped += 1  # without a frame check the show does not wait for the model to load

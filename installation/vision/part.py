@@ -159,8 +159,10 @@ class VisionPart:
             self.audit.stop()
         self.steer.stop()
         if self.reader is not None:
-            if self._fixed and not self.reader.drain(60):  # an offline render: every point's embedding delivered
-                log.warning("vision: points' embeddings still pending after 60 s; the archive goes without them")
+            wait = 60.0 if self._fixed else 5.0  # the points' embeddings go to the archive (it stops after this part)
+            if not self.reader.drain(wait):
+                log.warning("vision: points' embeddings still pending after %.0f s; the archive goes without them",
+                            wait)
             self.reader.close()
             self.worker = self.reader.stats()  # its last counters stay in stats()
             self.reader = None
