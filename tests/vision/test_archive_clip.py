@@ -67,6 +67,7 @@ def test_each_point_holds_the_embedding_of_its_own_presented_frame(tiny_clip, cl
         assert np.abs(raw - p.clip).max() > 0.05  # ...and not the decoded frame before the palette
     # describe and similarity read the same presented frames, in this process; the decoder's hook reads none
     assert reader["embedded"] > 0 and reader["kept"] == 12 and reader["keep_dropped"] == 0
+    assert rt.part("archive").stats()["embeddings"] == 12
     assert rt.bus.notes().get("vision.description")
 
 
