@@ -69,6 +69,9 @@ def test_each_point_holds_the_embedding_of_its_own_presented_frame(tiny_clip, cl
     assert reader["embedded"] > 0 and reader["kept"] == 12 and reader["keep_dropped"] == 0
     assert rt.part("archive").stats()["embeddings"] == 12
     assert rt.bus.notes().get("vision.description")
+    text = clip_model.embed_texts(["a lighthouse"])[0].astype(np.float32)
+    seen = rt.bus.targets()["vision.similarity.0"]  # the newest read frame's similarity to prompt slot 0
+    assert np.abs(embs @ text - seen).min() < 2e-3  # that of a presented frame
 
 
 def test_a_live_show_archives_an_embedding_on_every_point(tiny_clip, tmp_path):
