@@ -170,6 +170,9 @@ class MemorySampler:
         if heap:
             row["malloc.in_use"] = heap["in_use_mb"]
             row["malloc.free"] = heap["free_mb"]
+        sqlite = probes.sqlite_mb()
+        if sqlite is not None:
+            row["malloc.sqlite"] = sqlite
         row.update({f"count.{k}": v for k, v in probes.counts().items()})
         if now - self.last_gl >= self.gl_every_s:
             self.last_gl = now

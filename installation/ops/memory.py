@@ -5,7 +5,8 @@ Resident memory alone does not say where growth comes from, so the probes split 
 - :func:`smaps` reads ``/proc/<pid>/smaps_rollup``: ``anon_mb`` (heap, Python objects, driver buffers: what leaks),
   ``file_mb`` (mapped libraries and files: grows with lazily loaded code, then stops);
 - :func:`malloc_stats` asks glibc (``mallinfo2``): bytes in use by ``malloc`` against bytes held free inside its
-  arenas (fragmentation that :func:`trim` hands back to the system);
+  arenas (fragmentation that :func:`trim` hands back to the system); :func:`sqlite_mb` the part of it SQLite holds
+  (the archive's page cache);
 - :func:`gl_objects` counts live moderngl objects by type (programs, textures, framebuffers, vertex arrays,
   buffers): released ones are not counted, so a count that rises across reloads is a GL leak;
 - :func:`process_tree` gives the resident memory of a process and of its children (the decoder and camera processes)
@@ -81,6 +82,28 @@ def malloc_stats() -> dict[str, float] | None:
     m = fn()
     return {"in_use_mb": (m.uordblks + m.hblkhd) / _MB, "free_mb": m.fordblks / _MB, "mmap_mb": m.hblkhd / _MB,
             "arena_mb": m.arena / _MB}
+
+
+def _sqlite() -> Any:
+    try:
+        import _sqlite3  # noqa: F401 - loads the libsqlite3 Python's sqlite3 uses, so the name below finds that one
+
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return lib
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_SQLITE = _sqlite()
+
+
+def sqlite_mb() -> float | None:
+    """Memory SQLite holds in this process in MiB (``sqlite3_memory_used``: page caches, schemas, statements of
+    every connection); part of malloc's bytes in use. None without a shared libsqlite3."""
+    if _SQLITE is None:
+        return None
+    return _SQLITE.sqlite3_memory_used() / _MB
 
 
 def trim() -> bool:

@@ -134,3 +134,17 @@ def test_traced_memory_goes_to_the_part_whose_code_allocated_it():
         tracemalloc.stop()
     assert split["test"] >= 4096 and split["test"] < 4096 + 512, split
     assert kept
+
+
+def test_sqlite_memory_is_seen_while_a_connection_caches_pages():
+    import sqlite3
+
+    before = memory.sqlite_mb()
+    assert before is not None
+    db = sqlite3.connect(":memory:")
+    db.execute("PRAGMA cache_size = -4000")  # 4000 KiB of page cache at most
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.executemany("INSERT INTO t VALUES (?)", [(bytes(1000),)] * 3000)  # ~3 MB of pages
+    assert memory.sqlite_mb() - before > 2.5
+    db.close()
+    assert memory.sqlite_mb() - before < 0.5
