@@ -3,6 +3,9 @@
 One tick: read the clock, drain the bus, let the show update and hand its plan to the decoder thread (or, with a
 fixed-step clock, render that exact frame in lockstep), take the newest frame, draw the chain, record, swap. The
 display never waits for the decoder; a fault in a tick is logged and counted and the next tick goes on.
+
+This module is the loop and the supervision of its parts; the running show's other concerns are in
+:mod:`installation.running` (the health report, the fault tally and fallback, opening hours, the first frame).
 """
 
 from __future__ import annotations
