@@ -16,7 +16,8 @@ _BUILTINS = {
 }
 # Built-ins whose class-level side (Settings, latent_shape, param_specs, check) sits in a module of its own that
 # imports no torch: a scene is checked, and `scenes` or `params` prints, without importing the decoder itself.
-_KINDS = {"diffusion": ("installation.decoders.diffusion.kind", "DiffusionKind")}
+_KINDS = {"diffusion": ("installation.decoders.diffusion.kind", "DiffusionKind"),
+          "gan": ("installation.decoders.gan_kind", "GanKind")}
 
 
 def register(name: str) -> Callable[[type], type]:

@@ -308,3 +308,20 @@ def test_the_gan_scene_template_loads_and_gives_the_shipped_look(tmp_path):
     assert np.median(luma(raw)) > 0.25 and (luma(raw) < 0.08).mean() < 0.05  # lit all over
     assert np.median(luma(looked)) < 0.08 and (luma(looked) < 0.08).mean() > 0.5  # mostly the wall
     assert np.percentile(luma(looked), 99) > 0.1 and luma(looked).std() > 0.01  # with forms lit out of it
+
+
+def test_a_gan_show_lists_its_scenes_and_parameters_without_importing_torch(tmp_path):
+    """A GAN scene is checked from its generator file's header (the architecture's config from
+    decoders/gan_configs.py, no network built): `scenes` and `params` import no torch."""
+    from support import print_only
+
+    torch.manual_seed(0)
+    path = save_generator(TinyGenerator(classes=3), tmp_path / "mine.safetensors", (16,), class_dim=3)
+    text = (ROOT / "docs" / "gan-scene.toml").read_text().replace('"../models/mine.safetensors"', f'"{path}"')
+    cfg = write_show(tmp_path, {"mine": text, "plain": scene_toml()})
+    out, heavy = print_only("scenes", "--config", str(cfg), min_lines=3)
+    assert heavy == "-", f"imported {heavy}"
+    assert "mine" in out and "gan" in out and "INVALID" not in out and "needs files" not in out
+    out, heavy = print_only("params", "--config", str(cfg))
+    assert heavy == "-", f"imported {heavy}"
+    assert "gan.truncation" in out and "gan.class.2.weight" in out
