@@ -178,6 +178,7 @@ class Seeker:
         text = str(job.get("text", ""))
         if not text:
             self.bus.post(Event("seek.release", None, "search"))
+            self.bus.note("seek.results", {"text": "", "results": []}, "search")
             self.counts["released"] += 1
             self.last = {}
             return

@@ -263,7 +263,8 @@ def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny
     from pythonosc.udp_client import SimpleUDPClient
 
     cfg = show(tmp_path, tiny_clip, vision=True, size="64x40")
-    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000"))
+    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000")
+                   + "[output.map]\nenabled = true\nrefit_s = 1.0\nfps = 10\nresolution = 160\n")
     text = clip_model_for_search.embed_texts([TEXT])[0].astype(np.float32)
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
@@ -300,9 +301,13 @@ def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny
         assert results["text"] == TEXT and results["results"][0]["id"] == goal.id
         assert results["results"][0]["score"] > 0.999 and results["results"][0]["thumb"]
         assert seeker.stats()["seeks"] == 1 and seeker.stats()["failures"] == 0
+        # the live map rings the matches that are archived points (both embedded ones)
+        assert wait_until(lambda: (rt.step(), archive.live_map.stats()["marked"] == 2)[1], 30, every=0.05), \
+            archive.live_map.stats()
         osc.send_message("/seek", ["x" * 600])  # too long: refused, counted
         osc.send_message("/seek", [""])
         assert wait_until(lambda: (rt.step(), not rt.show.held)[1], 30, every=0.01)
+        assert wait_until(lambda: (rt.step(), archive.live_map.stats()["marked"] == 0)[1], 30, every=0.05)
         for _ in range(10):
             rt.step()
         assert rt.show.tau > goal.tau
