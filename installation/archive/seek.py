@@ -179,6 +179,7 @@ class Seeker:
         if not text:
             self.bus.post(Event("seek.release", None, "search"))
             self.bus.note("seek.results", {"text": "", "results": []}, "search")
+            self.results = []
             self.counts["released"] += 1
             self.last = {}
             return
