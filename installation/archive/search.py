@@ -72,6 +72,62 @@ def top(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return idx.astype(np.int64), scores[idx].astype(np.float32)
 
 
+INDEX_MIN = 200_000  # rows from which a live search uses an IVF index, when faiss is installed
+NPROBE = 32  # lists an IVF search visits (recall 1.00 at 1 M in `bench --search`)
+
+
+def build_ivf(matrix: np.ndarray) -> Any:
+    """A faiss IVF index (inner product, sqrt(N) lists, trained on a sample) holding ``matrix``'s rows; ImportError
+    without faiss (the ``search`` extra)."""
+    import faiss
+
+    n, d = matrix.shape
+    nlist = int(max(16, min(4096, math.sqrt(n))))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(matrix[np.random.default_rng(1).choice(n, min(n, 40 * nlist), replace=False)])
+    ivf.add(matrix)
+    ivf.nprobe = NPROBE
+    return ivf
+
+
+class Rows:
+    """Unit rows searched by inner product: exactly (:func:`top`) until they number ``index_min``, then, when faiss
+    is installed, by an IVF index built once and added to as rows arrive."""
+
+    def __init__(self, width: int, index_min: int = INDEX_MIN) -> None:
+        self.matrix = np.zeros((0, width), np.float32)
+        self.index_min = index_min
+        self.index: Any = None
+        self.tried = False
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = unit_rows(rows)
+        if not len(rows):
+            return
+        self.matrix = np.concatenate([self.matrix, rows])
+        if self.index is not None:
+            self.index.add(rows)
+        elif len(self.matrix) >= self.index_min and not self.tried:
+            self.tried = True
+            try:
+                t0 = time.perf_counter()
+                self.index = build_ivf(self.matrix)
+                log.info("search: an IVF index of %d rows built in %.1f s", len(self.matrix),
+                         time.perf_counter() - t0)
+            except ImportError:
+                log.info("search: %d rows searched exactly (pip install faiss-cpu for an index)", len(self.matrix))
+
+    def top(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None:
+            return top(self.matrix, query, k)
+        scores, idx = self.index.search(np.asarray(query, np.float32)[None], k)
+        keep = idx[0] >= 0
+        return idx[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
+
+
 class QueryEncoder:
     """A text or a picture as a unit CLIP embedding, by the model ``[vision]`` names (loaded on first use)."""
 
@@ -267,18 +323,10 @@ def search_bench(points: int = 1_000_000, dim: int = 512, k: int = 20, queries: 
 
 
 def _faiss_bench(matrix: np.ndarray, probes: np.ndarray, exact: list[np.ndarray], k: int) -> dict[str, Any]:
-    import faiss
-
-    n, d = matrix.shape
-    nlist = int(max(16, min(4096, math.sqrt(n))))
     t0 = time.perf_counter()
-    quant = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    train = matrix[np.random.default_rng(1).choice(n, min(n, 30 * nlist), replace=False)]
-    ivf.train(train)
-    ivf.add(matrix)
+    ivf = build_ivf(matrix)
     build_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"index": f"faiss IVFFlat nlist {nlist}", "index_build_s": round(build_s, 1)}
+    out: dict[str, Any] = {"index": f"faiss IVFFlat nlist {ivf.nlist}", "index_build_s": round(build_s, 1)}
     for nprobe in (8, 32, 128):
         ivf.nprobe = nprobe
         times, recall = [], []
@@ -292,5 +340,5 @@ def _faiss_bench(matrix: np.ndarray, probes: np.ndarray, exact: list[np.ndarray]
     return out
 
 
-__all__ = ["Hit", "QueryEncoder", "contact_sheet", "search_archive", "search_bench", "search_space", "top",
+__all__ = ["Hit", "QueryEncoder", "Rows", "build_ivf", "contact_sheet", "search_archive", "search_bench", "search_space", "top",
            "unit_rows"]

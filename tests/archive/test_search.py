@@ -122,6 +122,30 @@ def test_top_is_exact_with_ties_in_order():
     assert len(top(np.zeros((0, 2), np.float32), np.ones(2, np.float32), 5)[0]) == 0
 
 
+def test_rows_switch_to_an_ivf_index_past_the_threshold_and_keep_adding():
+    """With faiss installed (the ``search`` extra), rows past ``index_min`` are searched by an IVF index, rows
+    added later are found, and its top 10 agree with the exact answer."""
+    pytest.importorskip("faiss", reason="pip install faiss-cpu (the search extra)")
+    from installation.archive.search import Rows, unit_rows
+
+    rng = np.random.default_rng(3)
+    centres = unit_rows(rng.standard_normal((40, 32), dtype=np.float32))
+    data = unit_rows(centres[rng.integers(0, 40, 3000)] + 0.1 * rng.standard_normal((3000, 32), dtype=np.float32))
+    rows = Rows(32, index_min=2000)
+    rows.add(data[:1500])
+    assert rows.index is None
+    rows.add(data[1500:2500])
+    assert rows.index is not None and rows.index.ntotal == 2500
+    rows.add(data[2500:])
+    assert rows.index.ntotal == 3000 and len(rows) == 3000
+    assert rows.top(data[2999], 1)[0].tolist() == [2999]  # a row added after the build
+    recall = []
+    for q in data[rng.integers(0, 3000, 20)]:
+        want = set(top(data, q, 10)[0].tolist())
+        recall.append(len(want & set(rows.top(q, 10)[0].tolist())) / 10)
+    assert np.mean(recall) >= 0.9
+
+
 def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(capfd, tmp_path, tiny_clip):
     """``archive embed`` re-renders each point (the replay path) and embeds that frame; ``archive search`` then
     ranks the points as open_clip, run independently on the frames the show presented, ranks them."""
