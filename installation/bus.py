@@ -147,6 +147,18 @@ class Subscription:
         self._bus._unsubscribe(self)
 
 
+def latest_values(changes: Iterable[Change]) -> dict[str, Any]:
+    """The newest target of each parameter in a drained run of changes ("set" and "reset" entries, in order): what a
+    subscriber that echoes parameters (OSCQuery's LISTEN, the web page's live channel) sends once per round."""
+    latest: dict[str, Any] = {}
+    for c in changes:
+        if c.kind == "set":
+            latest[c.name] = c.value
+        elif c.kind == "reset":
+            latest.update(c.value)
+    return latest
+
+
 @dataclass(frozen=True)
 class Tick:
     """What the loop reads once per frame: smoothed values, the events drained, and the raw targets."""

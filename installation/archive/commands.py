@@ -187,7 +187,11 @@ def _info(store: Store, args: argparse.Namespace) -> int:
     sessions = store.sessions() if args.session is None else [s for s in store.sessions() if s["id"] == args.session]
     if not sessions:
         raise KeyError(f"no session {args.session} in {store.path}")
-    for s in sessions:
+    models: dict[int, list] = {}
+    for s in sessions:  # the models that came into play, and the points a live show could not wait to write
+        journal = [e for e in store.events(s["id"]) if e["kind"] in ("model", "dropped")]
+        models[s["id"]] = [e["value"] for e in journal if e["kind"] == "model"]
+        s["points_dropped"] = sum(int(e["value"]["count"]) for e in journal if e["kind"] == "dropped")
         s["embedded"] = store.embedded(s["id"])
     info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": integrity,
             "sessions": sessions}
@@ -196,15 +200,16 @@ def _info(store: Store, args: argparse.Namespace) -> int:
         return 0
     print(f"{info['archive']}: {info['mb']} MB, integrity {info['integrity']}")
     for s in sessions:
-        models = [e["value"] for e in store.events(s["id"]) if e["kind"] == "model"]
         print(f"session {s['id']} ({s['kind']}): started {s['started']}, ended {s['ended'] or '-'}, "
               f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
         print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
         print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
-              f"({'exact replay' if s['ticks'] else 'replay steps at a fixed rate'})")
+              f"({'a --live-ticks replay is exact' if s['ticks'] else 'replays at a steady rate only'})")
+        if s["points_dropped"]:
+            print(f"  {s['points_dropped']} points dropped: the writer fell behind the live show")
         print(f"  {s['embedded']} of {s['points']} points have a CLIP embedding"
               + (" (`installation archive embed` computes the rest)" if s["embedded"] < s["points"] else ""))
-        for m in models:
+        for m in models[s["id"]]:
             files = "; ".join(f"{k} {v['folder']} sha256 {v['config_sha256'][:12]}" for k, v in m["files"].items())
             print(f"  model {m['type']}" + (f": {files}" if files else ""))
     return 0
@@ -238,14 +243,17 @@ def _export(store: Store, args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..render.record import RecorderError
-    from .replay import Overrides, render_replay
+    from .replay import Overrides
+    from .rerender import render_replay
 
     if args.record and args.record.suffix == "":
         return _fail("--record needs a file name such as out.mp4")
     try:
+        seed, seeds = Overrides.parse_seeds(args.seed)
         result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
                                size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
-                               overrides=Overrides(args.seed, args.prompt, args.scene))
+                               overrides=Overrides(seed, args.prompt, args.scene, seeds),
+                               live_ticks=args.live_ticks)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
@@ -317,16 +325,23 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
 
     r = sub.add_parser("replay", help="re-render an archived performance offline",
                        description="Re-render a stretch of an archived session through the fixed-step clock: the "
-                                   "same events at the same show times. Overrides make a counterfactual.")
+                                   "same events at the same show times, at a steady frame rate along show time (or "
+                                   "the live show's own tick times, stutter included, with --live-ticks). "
+                                   "Overrides make a counterfactual.")
     common(r)
     r.add_argument("archive", type=Path, help="archive file (FILE#SESSION picks a session)")
     r.add_argument("--session", type=int, help="session id (default: the newest)")
     r.add_argument("--from", dest="t_from", type=float, help="record from this show time (s)")
     r.add_argument("--to", dest="t_to", type=float, help="stop at this show time (s)")
     r.add_argument("--size", type=size_arg, help="output size WxH (default: the live size)")
-    r.add_argument("--fps", type=int, help="step at this rate (default: the live show's own tick times)")
+    r.add_argument("--fps", type=int, help="frames per second of show time (default: the show's [output] fps)")
+    r.add_argument("--live-ticks", action="store_true",
+                   help="step through the live show's own tick times instead: the path to the bit, and frame for "
+                        "frame with a live --record, stutter included")
     r.add_argument("--record", type=Path, help="write the replay to this video file")
-    r.add_argument("--seed", type=int, help="walk from this seed instead (seed jumps shifted alike)")
+    r.add_argument("--seed", action="append", metavar="[SCENE=]SEED",
+                   help="walk every scene from this seed instead, or with SCENE=SEED that scene (repeatable); a "
+                        "recorded seed jump is shifted as its scene's start was")
     r.add_argument("--prompt", help="this prompt instead of every prompt of the performance")
     r.add_argument("--scene", help="play this scene throughout (scene changes are left out)")
     r.add_argument("--archive-out", type=Path, help="keep the replay's own archive in this folder")

@@ -1,6 +1,6 @@
 """``installation archive embed``: CLIP embeddings for the points of an archive recorded without a CLIP model.
 
-Each session with points that lack an embedding is replayed offline (:func:`~.replay.render_replay`, the live
+Each session with points that lack an embedding is replayed offline (:func:`~.rerender.render_replay`, the live
 ticks, from the session's start so that feedback and blends are what they were) up to its last such point; the
 frame of each point's tick is embedded by the ``[vision]`` model and stored on the point, a batch at a time (one
 transaction each). Interrupted, it resumes: points that have an embedding are not embedded again. The frames are
@@ -38,7 +38,7 @@ def embed_archive(path: str | Path, *, config: Path | None = None, session: int 
 
     from ..config import load_config
     from ..render.targets import preload_decoders
-    from .replay import render_replay
+    from .rerender import render_replay
     from .search import QueryEncoder
 
     path = Path(path)

@@ -263,46 +263,4 @@ class LiveMap:
             return self._picture
 
 
-def overlay_bench(spec: Any, seconds: float = 10.0, rounds: int = 1) -> dict[str, Any]:
-    """Present p99 of the full headless loop with the live map off and on (``rounds`` pairs, alternating, one
-    process), on a throwaway archive, refitting four times a run so that refits fall inside the measured time."""
-    import tempfile
-    from dataclasses import replace as dc_replace
-
-    from ..bench import _p99_ms, runtime_fps
-    from ..runtime import resolve_device
-
-    cfg = spec.config
-    refit_s = max(1.0, seconds / 4)
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    maps: list[dict[str, Any]] = []
-
-    def watch(rt: Any) -> Any:
-        live_map = rt.parts["archive"].live_map
-        return lambda: maps.append(live_map.stats())
-    with tempfile.TemporaryDirectory() as tmp:
-        device = resolve_device(cfg.decoder.device)
-        for i in range(max(1, rounds)):
-            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                archive = cfg.archive.model_copy(update={"enabled": True, "path": f"{tmp}/{mode}{i}",
-                                                         "point_every": 0.25})
-                overlay = cfg.output.map.model_copy(update={"enabled": mode == "on", "refit_s": refit_s})
-                output = cfg.output.model_copy(update={"map": overlay})
-                run = dc_replace(spec, config=cfg.model_copy(update={"archive": archive, "output": output}))
-                runs[mode].append(runtime_fps(run, seconds, device, load=watch if mode == "on" else None))
-    out: dict[str, Any] = {"scene": spec.scenes[0].name, "size": str(cfg.output.size), "seconds": seconds,
-                           "rounds": max(1, rounds), "refit_s": refit_s}
-    for mode, rs in runs.items():
-        out[f"map_{mode}_present_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_costs_s"]])
-        out[f"map_{mode}_present_fps"] = round(sum(r["present_fps"] for r in rs) / len(rs), 2)
-        out[f"map_{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
-    draws = sum(m["draws"] for m in maps)
-    out["map_draw_ms_mean"] = round(sum(m["draw_ms_total"] for m in maps) / draws, 3) if draws else None
-    out["map_refits"] = sum(m["refits"] for m in maps)
-    out["map_pictures"] = sum(m["pictures"] for m in maps)
-    a, b = out["map_off_present_ms_p99"], out["map_on_present_ms_p99"]
-    out["present_ms_p99_on_vs_off"] = round(b / a, 3) if a else None
-    return out
-
-
-__all__ = ["CORNERS", "Fit", "LiveMap", "overlay_bench"]
+__all__ = ["CORNERS", "Fit", "LiveMap"]

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .replay import parse_source
-from .store import Point, Store
+from .store import Point, Store, parse_source
 
 log = logging.getLogger(__name__)
 

@@ -226,23 +226,21 @@ class Seeker:
             return self._spaces or []
         import cv2
 
-        from ..config import load_show
         from ..spaces.space import shared_space
 
         self._spaces = []
-        try:
-            spec = load_show(self._config)
-        except Exception as e:  # noqa: BLE001 - the archive is still searched
-            log.warning("seek: the show's spaces could not be listed (%s)", e)
-            return self._spaces
-        for scene in spec.scenes:
-            if scene.trajectory.kind != "images":
+        for scene, info in self.ctx.scene_info().items():  # the playing show's scenes, as the runtime read them
+            if not info.get("space"):
                 continue
-            space = shared_space(scene.trajectory.space)
+            try:
+                space = shared_space(info["space"])
+            except Exception as e:  # noqa: BLE001 - the archive is still searched
+                log.warning("seek: the space of scene %r could not be read (%s)", scene, e)
+                continue
             if not str(space.meta.get("embedding", "")).startswith("clip:") or space.embeddings.shape[1] != width:
                 continue
             thumbs = [cv2.imencode(".jpg", np.ascontiguousarray(t[..., ::-1]))[1].tobytes() for t in space.thumbnails]
-            self._spaces.append((scene.name, (unit_rows(space.embeddings), space.names, thumbs)))
+            self._spaces.append((scene, (unit_rows(space.embeddings), space.names, thumbs)))
         return self._spaces
 
     def _go(self, hit: Hit, glide: float) -> None:

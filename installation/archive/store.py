@@ -372,6 +372,12 @@ class Store:
         with self.conn:
             self.conn.executemany("UPDATE points SET clip=? WHERE id=?", [(pack_vector(v), int(i)) for i, v in rows])
 
+    def thumbs(self) -> dict[str, bytes]:
+        """The newest thumbnail (JPEG) of each scene, over every session: what each scene last looked like here."""
+        q = ("SELECT scene, thumb FROM points WHERE id IN "
+             "(SELECT max(id) FROM points WHERE thumb IS NOT NULL GROUP BY scene)")
+        return {str(scene): bytes(thumb) for scene, thumb in self.conn.execute(q)}
+
     def ticks(self, sid: int) -> np.ndarray:
         """Every archived tick time of a session, in order (empty when none were kept)."""
         blobs = [np.frombuffer(zlib.decompress(d), "<f8") for (d,) in
@@ -393,3 +399,13 @@ class Store:
 
 __all__ = ["CorruptArchive", "Point", "Store", "archive_file", "is_corrupt", "pack_latent", "pack_samples",
            "pack_vector", "to_json", "unpack_latent", "unpack_samples", "unpack_vector"]
+
+
+def parse_source(text: str | Path) -> tuple[Path, int | None]:
+    """``FILE`` or ``FILE#SESSION`` -> (path, session id or None for the newest)."""
+    text = str(text)
+    if "#" in text:
+        path, _, sid = text.rpartition("#")
+        if sid.isdigit():
+            return Path(path), int(sid)
+    return Path(text), None

@@ -9,8 +9,10 @@ What it takes, all through the taps a watching part has (``docs/architecture.md`
 - a presented-frame sink (``ctx.presented``): the frame of a point's tick, shrunk to a thumbnail by the writer.
 
 Every ``batch_s`` (at most a second) the writer thread commits what arrived as one transaction. A failing write (a
-full disk, a locked or broken file) is a counted fault: the batch is dropped, the show goes on. Bounded queues drop
-(and count) rather than grow when the writer falls behind.
+full disk, a locked or broken file) is a counted fault: the batch is dropped, the show goes on. When the writer falls
+behind, an offline (fixed-step) render waits for it, so no point is lost; a live show never waits: its bounded queues
+drop, and each stretch of dropped points is counted (``points_dropped`` in ``/health``) and written to the journal (a
+``dropped`` entry, summed by ``archive info``).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from .store import CorruptArchive, Store, archive_file, is_corrupt, pack_latent,
 log = logging.getLogger(__name__)
 
 MAP_POINTS = 5000  # /map/goto chooses among the newest this many archived points
-EMBEDDING_EVENT = "vision.embedding"  # a vision worker's CLIP embedding of the frame on screen (a list of floats)
-CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
+# A CLIP embedding of a presented frame: {"t": the archived point's show time, "embedding": [...]} from the vision
+# part (stored on that point only), or a bare list of floats (stored on the newest point at the event's time).
+EMBEDDING_EVENT = "vision.embedding"
 MAX_PENDING_POINTS = 64
+WRITER_WAIT_S = 10.0  # a fixed-step render waits at most this long for the writer to take its points
 MAX_PENDING_TICKS = 1 << 17
 CONFIG_SUFFIXES = frozenset({".json", ".txt", ".yaml", ".yml", ".toml"})
 
@@ -60,6 +64,21 @@ def model_identity(decoder: Any) -> dict[str, Any]:
     return out
 
 
+class PointClock:
+    """When a point is due: at the first tick, then at the first tick ``every`` seconds of show time after the last
+    one. The archive and the vision part each keep one, so CLIP embeds exactly the archived points' frames."""
+
+    def __init__(self, every: float) -> None:
+        self.every = float(every)
+        self.next: float | None = None
+
+    def due(self, t: float) -> bool:
+        if self.next is None or t >= self.next - 1e-9:  # 1e-9: sums of steps round
+            self.next = t + self.every
+            return True
+        return False
+
+
 def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
     """A JPEG of a presented frame (RGB, bottom row first) with its long edge ``long_edge`` pixels."""
     import cv2
@@ -74,14 +93,24 @@ def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
     return buf.tobytes() if ok else b""
 
 
+def show_config(ctx: PartContext, state: dict[str, Any]) -> str:
+    """The show's config file, as the runtime's state names it (the archive file is named after it)."""
+    return (state.get("show") or {}).get("config") or str(ctx.base_dir)
+
+
+def archive_path(settings: Any, ctx: PartContext, state: dict[str, Any] | None = None) -> Path:
+    """The show's archive file: ``[archive] path`` (relative to the config's folder), named after the config."""
+    folder = Path(settings.path).expanduser()
+    folder = folder if folder.is_absolute() else ctx.base_dir / folder
+    return archive_file(folder, show_config(ctx, ctx.state() if state is None else state))
+
+
 class Archive:
     """The ``archive`` part. See the module's doc; ``settings`` is :class:`~installation.archive.ArchiveSettings`."""
 
     def __init__(self, settings: Any, ctx: PartContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        folder = Path(settings.path).expanduser()
-        self.folder = folder if folder.is_absolute() else ctx.base_dir / folder
         self.path: Path | None = None  # known once started (named after the config file)
         self.session: int | None = None
         self.faults: Counter[str] = Counter()
@@ -91,11 +120,17 @@ class Archive:
         self._ticks: list[float] = []
         self._clips: list[tuple[float, bytes]] = []
         self._lock = threading.Lock()
-        self._next_point: float | None = None
+        self._clock = PointClock(settings.point_every)
+        self._queued: deque[float] = deque(maxlen=4 * MAX_PENDING_POINTS)  # recent points' times (not dropped)
         self._want_thumb: list[Any] | None = None  # the point whose frame the sink takes next
         self._first: dict[str, Any] | None = None
         self._first_sent = False
         self._models: set[int] = set()
+        self._drained = threading.Condition(self._lock)  # the writer took the pending points
+        self._wake = threading.Event()  # write a batch now (a fixed-step render waits for it)
+        self._fixed = bool(getattr(ctx.clock, "fixed", False))  # an offline render: wait rather than drop
+        self._waits_failed = False
+        self._dropping: list[float] | None = None  # [first t, last t, count] of the points dropped since the last batch
         self._stop = threading.Event()
         self._thread: SupervisedThread | None = None
         self._store: Store | None = None
@@ -128,9 +163,8 @@ class Archive:
             return
         if self._opening is None:  # the show as it starts (a restart after a fault carries on with the same session)
             state = self.ctx.state()
-            config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
-            self.path = archive_file(self.folder, config)
-            self._opening = (config, {k: v for k, v in state.items() if k != "show"})
+            self.path = archive_path(self.settings, self.ctx, state)
+            self._opening = (show_config(self.ctx, state), {k: v for k, v in state.items() if k != "show"})
         self._open()
         if self.feeder is not None:
             self.feeder.start()
@@ -170,6 +204,7 @@ class Archive:
         if self.live_map is not None:
             self.live_map.stop()
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
@@ -183,7 +218,8 @@ class Archive:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        out = {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
+        out = {"path": str(self.path) if self.path else None, "session": self.session, "points_dropped": 0,
+               "embeddings": 0, **self.counts,
                "writer_cpu_s": round(self.cpu_s, 3), "loop_hook_s": round(self.hook_s, 4),
                "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
                "faults": dict(self.faults)}
@@ -211,16 +247,41 @@ class Archive:
                 state = self.ctx.state()
                 self._first = {"t": t, "started": t - float(state.get("scene_time", 0.0)), "scene": state["scene"],
                                "tau": state.get("tau"), "seed": state.get("seed")}
-            if self._next_point is None or t >= self._next_point - 1e-9:  # 1e-9: sums of steps round
-                self._next_point = t + self.settings.point_every
+            if self._clock.due(t):
+                if len(self._points) >= MAX_PENDING_POINTS and self._fixed:
+                    self._wait_for_writer()
                 if len(self._points) < MAX_PENDING_POINTS:
                     point = [t, plan, None]
                     self._points.append(point)
                     self._want_thumb = point
+                    self._queued.append(t)
                 else:
-                    self.counts["points_dropped"] += 1
+                    self._drop_point(t)
         self.hook_s += time.perf_counter() - started
         return plan
+
+    def _wait_for_writer(self) -> None:
+        """A fixed-step render (holding the lock): wake the writer and wait until it took the pending points. A
+        writer that cannot take them (dead, or its file cannot be opened) is not waited for again until it does."""
+        if self._waits_failed or self._store is None or not self.alive:
+            return
+        self._wake.set()
+        self.counts["writer_waits"] += 1
+        if not self._drained.wait_for(lambda: len(self._points) < MAX_PENDING_POINTS, WRITER_WAIT_S):
+            self._waits_failed = True
+            log.error("archive %s: the writer took no points for %.0f s; points are dropped (counted)",
+                      self.path, WRITER_WAIT_S)
+
+    def _drop_point(self, t: float) -> None:
+        """A point the writer had no room for (holding the lock): counted, and its stretch goes to the journal."""
+        self.counts["points_dropped"] += 1
+        if self._dropping is None:
+            self._dropping = [t, t, 0]
+            if self.counts["points_dropped"] == 1:
+                log.warning("archive %s: the writer is behind; points are dropped (counted in /health and the "
+                            "archive's journal)", self.path)
+        self._dropping[1] = t
+        self._dropping[2] += 1
 
     def overlay(self, ctx: Any, framebuffer: Any, size: tuple[int, int]) -> None:
         """Draw over the presented output (the loop thread, GL): the live map, when ``[output.map]`` is on."""
@@ -247,7 +308,11 @@ class Archive:
 
     # -- the writer thread -----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.batch_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.batch_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             cpu = time.thread_time()
             self._flush()
             self.cpu_s += time.thread_time() - cpu
@@ -263,21 +328,31 @@ class Archive:
                 points.pop()
             for _ in points:
                 self._points.popleft()
+            if points:
+                self._waits_failed = False
+                self._drained.notify_all()
+            dropping, self._dropping = self._dropping, None
             ticks = np.asarray(self._ticks, dtype=np.float64)
             self._ticks = []
             first = self._first if not self._first_sent else None
             clips, self._clips = self._clips, []
+            queued = set(self._queued)
         try:
             events, samples, goto = [], [], None
             for c in changes:
                 if c.kind == "event" and c.name == "map.goto":
                     goto = c.value  # the newest wins
                 if c.kind == "event" and c.name == EMBEDDING_EVENT:
-                    clips.append((c.t, pack_vector(c.value)))
+                    clip = self._clip(c, queued)
+                    if clip is not None:
+                        clips.append(clip)
                 elif c.sampled:
                     samples.append((c.t, c.name, c.value, c.source))
                 else:
                     events.append((c.t, c.kind, c.name, to_json(c.value), c.source))
+            if dropping is not None:  # a stretch of points the live show could not wait for
+                events.append((dropping[1], "dropped", "points", to_json({"count": dropping[2], "from": dropping[0],
+                                                                          "to": dropping[1]}), "archive"))
             rows = []
             for t, plan, frame in points:
                 events.extend(self._model_event(t, plan))
@@ -319,9 +394,26 @@ class Archive:
         self.counts["events"] += len(events)
         self.counts["samples"] += len(samples)
         self.counts["points"] += len(rows)
+        self.counts["embeddings"] += len(clips)
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
         self._bound(store)  # three PRAGMA reads unless over the bound
+
+    def _clip(self, change: Any, queued: set[float]) -> tuple[float, bytes] | None:
+        """A ``vision.embedding`` event as ``(t, packed vector)``; one for a point that was never queued (dropped,
+        or not this archive's) or a malformed one is counted and left out."""
+        value = change.value
+        if not isinstance(value, dict):
+            return change.t, pack_vector(value)
+        t = value.get("t")
+        if t not in queued:
+            self.counts["embeddings_unmatched"] += 1
+            return None
+        try:
+            return float(t), pack_vector(value["embedding"])
+        except (KeyError, TypeError, ValueError):
+            self.counts["embeddings_unmatched"] += 1
+            return None
 
     def _set_aside(self, why: str) -> None:
         """A damaged archive file is renamed ``<name>.corrupt-<time>`` (its WAL beside it), as the state file is,
@@ -393,18 +485,3 @@ def seek_marks(bus: Any) -> list[int]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def post_change(bus: Any, change: dict[str, Any], source: str = "replay") -> bool:
-    """Re-post one archived journal entry on ``bus`` (a set, an event or a reset)."""
-    kind, name, value = change["kind"], change["name"], change["value"]
-    if kind == "set":
-        return bus.set(name, value, source=source, sampled=bool(change.get("sampled")))
-    if kind == "event":
-        if name == "prompt" and isinstance(value, list):
-            value = tuple(value)
-        return bus.post(Event(name, value, source))
-    if kind == "reset" and isinstance(value, dict):
-        bus.reset(value, source=source)
-        return True
-    return False

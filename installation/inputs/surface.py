@@ -31,15 +31,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pythonosc.dispatcher import Dispatcher
 
 from installation.bus import MAX_GLIDE, Event, ParamBus
+from installation.inputs.osc_settings import OscSettings
 from installation.inputs.prompt_guard import PromptGuard
-
-if TYPE_CHECKING:
-    from installation.inputs.osc import OscSettings
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +210,7 @@ class ControlSurface:
     """Addresses -> bus writes and events, with counters; feedback selection. Thread-safe: ``apply`` may be called
     from any transport's thread (calls are serialised); ``stats`` and ``feedback_due`` never wait for one."""
 
-    def __init__(self, settings: "OscSettings", bus: ParamBus, scenes: Scenes = (), *,
+    def __init__(self, settings: OscSettings, bus: ParamBus, scenes: Scenes = (), *,
                  clock: Callable[[], float] = time.monotonic, base_dir: str | None = None,
                  caps: Capabilities | None = None) -> None:
         self.settings = settings

@@ -1,15 +1,18 @@
-"""The CLIP worker where frames are made: a post-render hook in the decoder's process (or thread).
+"""The CLIP worker: the frame check where frames are made, the reader where they are shown.
 
-Two halves. The **frame check** (``admit``, before a frame is published) embeds every decoded frame while blocked
-concepts are configured (the show's ``[vision] blocked`` plus the scene's ``negative``) and holds a frame whose
-similarity to any of them exceeds the threshold: the presenter keeps the last safe frame, the walk moves on. It must
-see every frame, so it costs the decoder one image embedding per frame, and the model loads before the first frame.
-Without a check the model loads on the vision thread while the show starts (frames offered meanwhile are counted in
-``loading_skipped``). The **reader** (``__call__``, after a frame
-is published) never makes the decoder wait: every Nth frame is handed to its own thread through a latest-wins slot
-(a frame not yet taken when a newer one arrives is skipped and counted), which embeds it (or reuses the check's
-embedding), ranks the vocabulary, and reports ``vision.similarity.<i>`` to the frame's prompt slots as parameters and
-the description, the top terms and its counters as notes.
+Two halves. The **frame check** (``admit``, before a frame is published) runs as a post-render hook in the
+decoder's process (or thread): it embeds every decoded frame while blocked concepts are configured (the show's
+``[vision] blocked`` plus the scene's ``negative``) and holds a frame whose similarity to any of them exceeds the
+threshold: the presenter keeps the last safe frame, the walk moves on. It must see every frame before it is
+published, so it reads decoded frames, costs the decoder one image embedding per frame, and the model loads before
+the first frame. The **reader** (``__call__``) reads what the wall shows: the ``[vision]`` part hands it presented
+frames (the canvas after the shader chain, palette and detail included) in the show's process. It never makes the
+loop wait: a sampled frame goes to its own thread through a latest-wins slot (a frame not yet taken when a newer one
+arrives is skipped and counted), which embeds it, ranks the vocabulary, and reports ``vision.similarity.<i>`` to the
+frame's prompt slots as parameters and the description, the top terms and its counters as notes. Frames whose
+embedding must be kept (``keep``: the archive's points) queue instead (bounded; an offline render waits for room)
+and each comes back as a ``vision.embedding`` event ``{"t": show time, "embedding": [...]}``. The model loads on
+the reader's thread while the show starts (frames offered meanwhile are counted in ``loading_skipped``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 STATS_EVERY = 1.0  # seconds between counter notes
 CHECK_NOTE_EVERY = 0.25  # seconds between frame-check notes while nothing is blocked
+KEEP_MAX = 64  # frames whose embedding is kept (archive points) waiting for the reader
+KEEP_WAIT_S = 30.0  # an offline render waits at most this long for room among them
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class VisionHookOptions:
 
     settings: VisionSettings
     negative: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    read: bool = True  # False: the frame check only (the decoder process; the reader runs on presented frames)
 
     @property
     def fail_closed(self) -> bool:
@@ -67,7 +74,12 @@ class VisionHook:
         self._deliver: Callable[[dict[str, Any]], None] = lambda result: None
         self._cond = threading.Condition()
         self._pending: tuple[Frame, np.ndarray | None] | None = None
+        self._keep: deque[Frame] = deque()
+        self.kept = self.keep_dropped = 0
+        self.wait_for_room = False  # an offline render: keep() waits for room rather than drop
         self._closed = False
+        self._keeping = False
+        self._failed = False  # the model did not load on the reader's thread
         self._gate_emb: tuple[int, np.ndarray] | None = None
         self.offered = self.embedded = self.skipped = self.checked = self.blocked = self.faults = 0
         self.embed_ms = 0.0
@@ -131,7 +143,29 @@ class VisionHook:
         return emb
 
     # -- the reader (decoder thread hands over; the vision thread works) ---------------------------------------
+    def keep(self, frame: Frame) -> None:
+        """A frame whose embedding is kept (an archive point): queued, never replaced by a newer one; a full queue
+        drops it (counted) in a live show and is waited on in an offline render."""
+        with self._cond:
+            if self._failed:  # the model did not load: nothing will take them
+                self.keep_dropped += 1
+                return
+            if len(self._keep) >= KEEP_MAX and self.wait_for_room:
+                self._cond.wait_for(lambda: len(self._keep) < KEEP_MAX or self._closed, KEEP_WAIT_S)
+            if len(self._keep) >= KEEP_MAX or self._closed:
+                self.keep_dropped += 1
+                return
+            self._keep.append(frame)
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every kept frame's embedding was delivered (False after ``timeout`` seconds)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._failed or (not self._keep and not self._keeping), timeout)
+
     def __call__(self, frame: Frame) -> None:
+        if not self.options.read:
+            return None  # the frame check alone (the decoder process): the reader reads presented frames
         self.offered += 1
         if not self._ready.is_set():
             self.loading_skipped += 1  # without a frame check the show does not wait for the model to load
@@ -144,29 +178,50 @@ class VisionHook:
             if self._pending is not None:
                 self.skipped += 1  # latest wins: the worker was still busy with an older frame
             self._pending = (frame, emb)
-            self._cond.notify()
+            self._cond.notify_all()
         return None
 
     def _run(self) -> None:
+        if not self.options.read:
+            return  # the frame check alone: it runs on the decoder's thread
         if not self._ready.is_set():
             try:
                 self._load()
             except Exception as e:  # noqa: BLE001 - no reading, but the show goes on (no frame check is configured)
                 self.faults += 1
+                with self._cond:
+                    self._failed = True
+                    self.keep_dropped += len(self._keep)
+                    self._keep.clear()
+                    self._cond.notify_all()
                 log.error("vision: the CLIP model could not load (%s); no descriptions or similarities", e)
                 return
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                self._cond.wait_for(lambda: self._pending is not None or self._keep or self._closed)
                 if self._closed:
                     return
-                frame, emb = self._pending
+                keep, self._keeping = list(self._keep), True
+                self._keep.clear()
+                self._cond.notify_all()
+                frame, emb = self._pending or (None, None)
                 self._pending = None
             try:
-                self._read(frame, emb)
+                for kept in keep:
+                    e = self._embed(kept)
+                    self.kept += 1
+                    self._deliver({"events": [("vision.embedding", {"t": kept.t, "embedding": e.tolist()})]})
+                    if frame is not None and emb is None and kept.seq == frame.seq:
+                        emb = e
+                if frame is not None:
+                    self._read(frame, emb)
             except Exception as e:  # noqa: BLE001 - the reader never dies; it counts and goes on
                 self.faults += 1
                 self._repeats.warning("read", "vision reader failed (%s), %d so far", e, self.faults)
+            finally:
+                with self._cond:
+                    self._keeping = False
+                    self._cond.notify_all()
 
     def _read(self, frame: Frame, emb: np.ndarray | None) -> None:
         if emb is None:
@@ -195,12 +250,13 @@ class VisionHook:
         model = self.model
         return {"model": model.name if model else None, "device": model.device if model else None,
                 "offered": self.offered, "loading_skipped": self.loading_skipped,
-                "embedded": self.embedded, "skipped": self.skipped, "checked": self.checked,
+                "embedded": self.embedded, "skipped": self.skipped, "kept": self.kept,
+                "keep_dropped": self.keep_dropped, "checked": self.checked,
                 "blocked": self.blocked, "faults": self.faults, "embed_ms": round(self.embed_ms, 2),
                 "texts_cached": model.cached_texts if model else 0, "every_n": self.settings.every_n}
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join(5)

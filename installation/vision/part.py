@@ -1,8 +1,13 @@
 """The ``[vision]`` part, in the show's process: what the CLIP worker learns, put to use.
 
-The worker itself is a post-render hook in the decoder's process (:mod:`installation.vision.hook`); its results
-arrive on the bus (``vision.similarity.<i>``, ``vision.blocked``) and as notes on the journal (the description, the
-top terms, the frame-check verdicts, its counters), which this part drains once per tick. From them it:
+The reader (:class:`~installation.vision.hook.VisionHook`) runs here, on its own thread, on presented frames (this
+part is a presented-frame sink: the canvas after the shader chain, what the wall shows): every ``every_n``-th tick's
+frame is described and compared with the prompt slots (latest wins), and the frame of every archived point
+(``[archive] point_every``) is embedded without fail and posted as ``vision.embedding`` for the archive to store on
+that point. Its model loads when the part starts and is shared with steering. The frame check stays a post-render
+hook in the decoder's process (it must see each frame before it is published). Results arrive on the bus
+(``vision.similarity.<i>``, ``vision.blocked``) and as notes on the journal (the description, the top terms, the
+frame-check verdicts, the counters), which this part drains once per tick. From them it:
 
 - keeps ``/health``'s ``vision`` section (model, counters, description, ``refused_count``);
 - writes the prompt audit log: every prompt that arrived from a public input (its ``prompt.audit`` note, refused
@@ -19,11 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..bus import Event, ParamSpec
 from ..inputs.prompt_guard import PromptGuard
@@ -59,7 +67,7 @@ def vision_hooks(settings: VisionSettings, show: Any) -> list[tuple[str, Any]]:
 
     scenes = list(show.scenes) + ([show.safe] if show.safe is not None else [])
     negative = {sc.name: tuple(sc.vision.negative) for sc in scenes if sc.vision.negative}
-    return [("vision", VisionHookOptions(settings.resolved(show.path.resolve().parent), negative))]
+    return [("vision", VisionHookOptions(settings.resolved(show.path.resolve().parent), negative, read=False))]
 
 
 def check_vision(settings: VisionSettings, base_dir: Path) -> None:
@@ -113,7 +121,18 @@ class VisionPart:
         self._steer_live: tuple[str, float | None] | None = None  # /steer's override until the scene changes
         self._steer_scene: str | None = None
         self._steer_path = 0.0
-        self.steer = SteerWorker(self.settings, ctx.bus)
+        self.reader: Any = None  # the CLIP reader of presented frames (started with the part)
+        self._fixed = bool(getattr(ctx.clock, "fixed", False))  # an offline render: kept embeddings are waited for
+        archive = getattr(ctx.config, "archive", None)
+        from ..archive.writer import PointClock
+
+        self._points = PointClock(archive.point_every) if archive is not None and archive.enabled else None
+        self._tick_no = 0
+        self._frame_info: tuple | None = None  # (t, scene, prompt texts, point due, sampled) of this tick's frame
+        self._checked = 0
+        self.steer = SteerWorker(self.settings, ctx.bus, self._model)
+        if ctx.presented is not None:
+            ctx.presented.add(self)
 
     # -- part protocol -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,6 +141,14 @@ class VisionPart:
         self._sub = self.bus.subscribe(maxlen=8192)
         if self.audit is not None:
             self.audit.start()
+        if self.reader is None:
+            from ..render.hooks import apply_result
+            from .hook import VisionHook, VisionHookOptions
+
+            # the reader samples itself through wants(): its own every_n is 1
+            self.reader = VisionHook(VisionHookOptions(self.settings.model_copy(update={"every_n": 1})))
+            self.reader.wait_for_room = self._fixed
+            self.reader.bind(lambda result: apply_result(self.bus, {"hook": "vision", **result}))
         self._started = True
 
     def stop(self) -> None:
@@ -131,7 +158,41 @@ class VisionPart:
         if self.audit is not None:
             self.audit.stop()
         self.steer.stop()
+        if self.reader is not None:
+            wait = 60.0 if self._fixed else 5.0  # the points' embeddings go to the archive (it stops after this part)
+            if not self.reader.drain(wait):
+                log.warning("vision: points' embeddings still pending after %.0f s; the archive goes without them",
+                            wait)
+            self.reader.close()
+            self.worker = self.reader.stats()  # its last counters stay in stats()
+            self.reader = None
         self._started = False
+
+    def _model(self, timeout: float = 120.0) -> Any:
+        """The reader's CLIP model, once loaded (steering shares it); None when it did not load."""
+        reader = self.reader
+        return reader.model if reader is not None and reader.wait_ready(timeout) else None
+
+    # -- the presented-frame sink (loop thread) ------------------------------------------------------------------
+    def wants(self, t: float | None) -> bool:
+        info = self._frame_info
+        return info is not None and (info[3] or info[4])
+
+    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
+        """A presented frame (RGB, bottom row first): to the reader; an archived point's is kept."""
+        info, self._frame_info = self._frame_info, None
+        reader = self.reader
+        if info is None or reader is None:
+            return
+        from ..render.slot import Frame
+
+        w, h = size
+        image = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)[::-1]
+        frame = Frame(image, self._tick_no, info[0], time.monotonic(), info[1], 0, info[2])
+        if info[3]:
+            reader.keep(frame)
+        if info[4]:
+            reader(frame)
 
     @property
     def alive(self) -> bool:
@@ -151,7 +212,9 @@ class VisionPart:
             "blocked": self.blocked, "refused_prompts": self.refused_prompts, "refused_count": self.refused_count,
             "frame_check": bool(self.settings.blocked), "describe_chain": list(self.chain),
             "loop_prompts": self.loop_prompts, "journal_dropped": self.dropped + (self._sub.dropped if self._sub else 0),
-            "worker": {k: v for k, v in self.worker.items() if k not in ("blocked",)},
+            "worker": {**{k: v for k, v in (self.reader.stats() if self.reader is not None else self.worker).items()
+                          if k not in ("blocked", "checked")}, "every_n": self.settings.every_n,
+                       "checked": self._checked},
             "steer": self.steer.stats(),
         }
         if self.audit is not None:
@@ -175,7 +238,14 @@ class VisionPart:
             self.bus.note("vision.refused", self.refused_count, "vision")
 
     def plan(self, plan: Any, moment: Moment) -> Any:
-        """Hidden prompts join the decoder's prompts (appended after the visible ones, after prompt motion)."""
+        """Notes what this tick's presented frame is (for the reader); hidden prompts join the decoder's prompts
+        (appended after the visible ones, after prompt motion)."""
+        from ..render.worker import visible_prompts
+
+        self._tick_no += 1
+        point = self._points is not None and self._points.due(moment.t)
+        sampled = (self._tick_no - 1) % self.settings.every_n == 0
+        self._frame_info = (moment.t, plan.scene, visible_prompts(plan.extras or {}), point, sampled)
         hidden = moment.scene.vision.hidden_prompts
         if not hidden:
             return plan
@@ -207,18 +277,20 @@ class VisionPart:
             strength = strength if self._steer_live[1] is None else float(self._steer_live[1])
         self.steer.text = text
         if not text or strength <= 0.0:
+            self.steer.released()
             return
         self._steer_path += moment.dt * float(self.bus.targets().get("speed", 1.0))
         if self._steer_path < scene.steer.period:
             return
         state = self._state()
         if "tau" not in state or not self.steer.offer(scene, int(state["seed"]), float(state["tau"]),
-                                                      self.bus.targets(), text, strength):
+                                                      self.bus.targets(), text, strength, moment.t):
             return
         self._steer_path = 0.0
 
     def _frame_check(self, check: dict[str, Any]) -> None:
         count = int(check.get("blocked", 0))
+        self._checked = int(check.get("checked", self._checked))
         # The worker counts from zero again after a decoder process restart: add what is new since its last note.
         self.blocked += count - self._blocked_seen if count >= self._blocked_seen else count
         new_blocks = self.blocked - self._pending_blocked
@@ -280,12 +352,18 @@ class VisionPart:
 
 
 class SteerWorker:
-    """Runs steering rounds on its own thread (its own CLIP model and low-resolution decoder, loaded on the first
-    round); one round at a time, a round offered while one runs is refused (the next tick offers it again)."""
+    """Runs steering rounds on its own thread, with the part's CLIP model (loaded when the part starts) and its own
+    low-resolution decoder; one round at a time, a round offered while one runs is refused (the next tick offers it
+    again). Keeps the show time between round starts: ``/health`` reports the achieved period."""
 
-    def __init__(self, settings: VisionSettings, bus: Any) -> None:
+    def __init__(self, settings: VisionSettings, bus: Any, model: Any) -> None:
         self.settings = settings
         self.bus = bus
+        self._model = model
+        self._starts: deque[float] = deque(maxlen=8)  # show times of the newest rounds' starts
+        self.round_ms = 0.0
+        self.period_target: float | None = None  # the playing scene's [steer] period (path seconds)
+        self.period_s: float | None = None  # achieved: mean show seconds between the newest rounds' starts
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
@@ -296,15 +374,26 @@ class SteerWorker:
         self._repeats = RepeatLog(log, interval=60.0)
         self.last_scores: list[float] = []
 
-    def offer(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> bool:
+    def offer(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float,
+              t: float | None = None) -> bool:
         with self._cond:
             if self._job is not None or self._closed:
                 return False
             self._job = (scene, seed, tau, params, text, strength)
+            if t is not None:
+                self._starts.append(t)
+                starts = self._starts
+                if len(starts) > 1:
+                    self.period_s = (starts[-1] - starts[0]) / (len(starts) - 1)
+            self.period_target = float(scene.steer.period)
             if self._thread is None:
                 self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
         return True
+
+    def released(self) -> None:
+        """Steering is off: the achieved period counts again from the next round."""
+        self._starts.clear()
 
     def _run(self) -> None:
         while True:
@@ -324,11 +413,13 @@ class SteerWorker:
             self._steerer.close()
 
     def _round(self, scene: Any, seed: int, tau: float, params: dict, text: str, strength: float) -> None:
+        started = time.perf_counter()
         if self._steerer is None:
-            from .clip import ClipModel
             from .steer import Steerer
 
-            clip = ClipModel(self.settings)
+            clip = self._model()
+            if clip is None:
+                raise RuntimeError("the CLIP model did not load")
             self._steerer = Steerer(clip, clip.device)
         prompts = tuple((p.text, p.weight) for p in scene.prompts)
         verdict = self._steerer.evaluate(scene, seed, tau, params, text, strength, scene.steer, prompts)
@@ -337,6 +428,7 @@ class SteerWorker:
         if verdict.jump is not None:
             self.jumps += 1
             self.bus.post(Event("seed", verdict.jump, "vision.steer"))
+        self.round_ms = (time.perf_counter() - started) * 1000.0
 
     def stop(self) -> None:
         with self._cond:
@@ -351,8 +443,10 @@ class SteerWorker:
         self._job = None
 
     def stats(self) -> dict[str, Any]:
+        period = self.period_s
         return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
-                "last_scores": self.last_scores}
+                "last_scores": self.last_scores, "period": self.period_target,
+                "period_s": None if period is None else round(period, 3), "round_ms": round(self.round_ms, 1)}
 
 
 @register("vision", table="vision", settings=VisionSettings, params=vision_params, order=50, hooks=vision_hooks,

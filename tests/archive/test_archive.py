@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from installation.archive.replay import Overrides, render_replay
+from installation.archive.replay import Overrides
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.bus import Event
 from installation.clock import FixedClock
@@ -135,7 +136,7 @@ def test_a_fixed_step_run_is_archived_and_replays_to_the_bit(tmp_path):
     assert thumb.shape[1] == 96 and thumb.mean() > 10  # what the output showed, shrunk
 
     replayed = Frames()
-    result = render_replay(archive.path, on_frame=lambda rgb, t: replayed.put(rgb, None, t))
+    result = render_replay(archive.path, on_frame=lambda rgb, t: replayed.put(rgb, None, t), live_ticks=True)
     assert result["timing"] == "live ticks" and result["frames"] == 90 and result["events_posted"] == 6
     assert replayed.hashes == live.hashes  # every frame, to the bit
     assert result["points_compared"] == 18 and result["points_identical"] == 18 and result["latent_max_diff"] == 0
@@ -148,6 +149,48 @@ def test_a_fixed_step_run_is_archived_and_replays_to_the_bit(tmp_path):
     assert other["timing"] == "fixed 10 fps" and other["frames"] == 45 and other["events_posted"] == 6
     diffs = [np.abs(a - b).max() for a, b in zip(slower.frames, live.frames[::2])]
     assert max(diffs[:5]) <= 1 and max(diffs[5:]) > 8, diffs
+
+
+def test_a_stuttering_performance_replays_at_a_steady_rate(tmp_path):
+    """A live run whose ticks stuttered (here: 20 fps with a 0.6 s stall and a ragged stretch, played through the
+    replay clock's given times) replays by default at the show's fps along show time, every frame 1/20 s after the
+    last, the changes landing on the first frame at or after their time; --live-ticks walks the stutter again."""
+    from installation.archive.replay import ReplayClock
+
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.25\n")
+    times = np.concatenate([np.arange(20) / 20, [1.6, 1.62, 1.75, 1.8, 1.95, 2.1], 2.15 + np.arange(10) / 20])
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, ReplayClock(times, 20), fps=20, inputs=False)
+    try:
+        rt.start()
+        for n in range(len(times)):
+            if n == 10:
+                rt.bus.set("speed", 2.5, source="osc:127.0.0.1")
+            if n == 21:  # t 1.62, just after the stall
+                rt.bus.post(Event("seed", 77, "osc:127.0.0.1"))
+            rt.step()
+    finally:
+        rt.close()
+        target.close()
+    path = rt.part("archive").path
+
+    steady: list[float] = []
+    result = render_replay(path, on_frame=lambda rgb, t: steady.append(t), archive_out=tmp_path / "steady")
+    assert result["timing"] == "fixed 20 fps" and result["events_posted"] == 2
+    assert steady == [n / 20 for n in range(int(round(times[-1] * 20)) + 1)]  # 0 .. 2.6 s, no gap, no bunching
+    store = Store(next((tmp_path / "steady").glob("*.sqlite")), readonly=True)
+    try:  # the seed jump at 1.62 s lands on the frame at 1.65
+        assert [p.seed for p in store.points() if p.t in (1.5, 1.75)] == [3, 77]
+    finally:
+        store.close()
+
+    ragged: list[float] = []
+    again = render_replay(path, live_ticks=True, on_frame=lambda rgb, t: ragged.append(t))
+    assert again["timing"] == "live ticks" and ragged == times.tolist()
+    assert again["points_identical"] == again["points_compared"] > 0
+    with pytest.raises(ValueError, match="not both"):
+        render_replay(path, live_ticks=True, fps=10)
 
 
 def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
@@ -164,7 +207,7 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert seeds[:2] == [1234, 1234] and seeds[2:5] == [77 + 1234 - 3] * 3  # the recorded jump, shifted alike
-    assert seeds[5] == 3  # the next scene starts from its own seed, as it did live
+    assert seeds[5] == 1234  # the next scene starts from the override too
     assert setters and setters[0]["t"] == 0.5 and setters[0]["value"] == 2.5  # the same gesture at the same time
     one = render_replay(path, overrides=Overrides(scene="b"), archive_out=tmp_path / "one")
     store = Store(next((tmp_path / "one").glob("*.sqlite")), readonly=True)
@@ -173,6 +216,43 @@ def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
     finally:
         store.close()
     assert one["events"] == 3  # the scene change is left out
+
+
+def test_seed_overrides_hold_per_scene_through_a_three_scene_replay(tmp_path):
+    scenes = {"a": scene_toml(), "b": scene_toml(trajectory='kind = "walk"').replace("seed = 3", "seed = 5"),
+              "tide": scene_toml().replace("seed = 3", "seed = 11")}
+    cfg = write_show(tmp_path, scenes, extra="[archive]\npoint_every = 0.25\n")
+    actions = {20: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               40: lambda bus: bus.post(Event("scene.next", None, "keyboard")),
+               50: lambda bus: bus.post(Event("seed", 40, "osc:127.0.0.1"))}
+    rt, _ = fixed_run(cfg, 70, actions)
+    path = rt.part("archive").path
+
+    def points(folder: Path) -> list:
+        store = Store(next(folder.glob("*.sqlite")), readonly=True)
+        try:
+            return store.points(store.session()["id"], with_thumbs=False)
+        finally:
+            store.close()
+
+    live = points(path.parent)
+    assert [(p.scene, p.seed) for p in live][::4] == [("a", 3), ("b", 5), ("tide", 11), ("tide", 40)]
+    out = run_cli("replay", str(path), "--seed", "99", "--archive-out", str(tmp_path / "all"))
+    assert out.returncode == 0, out.stderr
+    every = points(tmp_path / "all")
+    assert [p.scene for p in every] == [p.scene for p in live]
+    assert {p.seed for p in every if p.t < 2.5} == {99}  # every scene from 99, not only the first
+    assert {p.seed for p in every if p.t >= 2.5} == {40 + 99 - 11}  # tide's recorded jump, shifted as its start was
+    out = run_cli("replay", str(path), "--seed", "tide=7", "--archive-out", str(tmp_path / "one"))
+    assert out.returncode == 0, out.stderr
+    one = points(tmp_path / "one")
+    for p, q in zip(live, one):
+        if p.scene == "tide":
+            assert q.seed == (7 if p.t < 2.5 else 40 + 7 - 11)
+        else:  # the other scenes as they played, to the bit
+            assert q.seed == p.seed and np.array_equal(q.latent, p.latent), p.t
+    bad = run_cli("replay", str(path), "--seed", "storm=7")
+    assert bad.returncode == 2 and "no scene 'storm'" in bad.stderr
 
 
 def free_port() -> int:
@@ -250,7 +330,8 @@ def test_a_live_show_steered_over_osc_replays_at_the_live_size(tmp_path):
     assert proc.returncode == 0, err
     assert "to keep real time, 0 dropped)" in err, err  # the live recorder dropped no frame
     archive = tmp_path / "archive" / "show.sqlite"
-    r = run_cli("replay", str(archive), "--record", str(tmp_path / "replay.mp4"), "--json", timeout=300)
+    r = run_cli("replay", str(archive), "--live-ticks", "--record", str(tmp_path / "replay.mp4"), "--json",
+                timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["timing"] == "live ticks" and result["size"] == "160x96" and result["events_posted"] == 5
@@ -400,13 +481,61 @@ def test_the_file_stays_under_max_mb_thinning_points_before_events(tmp_path):
         used = store.used_bytes()
     finally:
         store.close()
-    # an offline render outruns the writer: points beyond its queue are dropped and counted, never waited for
-    assert archive.counts["points"] + archive.counts["points_dropped"] == 400
+    # an offline render outruns the writer: it waits for it, so every point is written
+    assert archive.counts["points"] == 400 and archive.counts["points_dropped"] == 0, archive.stats()
     assert archive.counts["retired_points"] > 0, archive.stats()
     assert archive.path.stat().st_size <= 0.15e6 * 1.25  # checked after every batch
     assert len(events) == 400  # every event kept: the points were thinned instead
     gaps = np.diff([p.t for p in points])
     assert gaps[:10].mean() > gaps[-10:].mean()  # the old points thinner than the new
+
+
+def test_a_fast_fixed_step_render_waits_for_the_writer_and_keeps_every_point(tmp_path):
+    # a point every tick, a batch a second: without waiting, 64 points fit the queue and the rest were lost
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.05\nbatch_s = 1.0\n")
+    rt, _ = fixed_run(cfg, 300, {})
+    archive = rt.part("archive")
+    store = Store(archive.path, readonly=True)
+    try:
+        stored = [p.t for p in store.points()]
+    finally:
+        store.close()
+    assert len(stored) == 300 and archive.counts["points_dropped"] == 0 and archive.counts["writer_waits"] >= 3
+    assert np.allclose(np.diff(stored), 0.05)  # no hole
+
+
+def test_a_live_show_that_must_drop_points_counts_them_in_health_and_archive_info(tmp_path):
+    """Another process holds the archive file locked for 4 s: the writer waits on it, the live show does not wait
+    for the writer; the points it had no room for are counted in /health and written to the journal."""
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.05\nbatch_s = 0.1\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, fps=30, inputs=False)
+    archive = rt.part("archive")
+    try:
+        rt.start()
+        assert wait_until(lambda: (rt.step(), archive.counts["points"] >= 3)[1], 20)
+        lock = sqlite3.connect(archive.path, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        held = time.monotonic()
+        while time.monotonic() - held < 4.0 or archive.counts["points_dropped"] == 0:
+            rt.step()  # the live loop: paced by the clock, never waiting for the writer
+            assert time.monotonic() - held < 9.0, archive.stats()  # within the writer's 10 s lock timeout
+        lock.rollback()
+        lock.close()
+        dropped = archive.counts["points_dropped"]
+        rt._ops_at = None
+        rt.step()
+        assert rt.health_snapshot()["archive"]["points_dropped"] >= dropped > 0
+    finally:
+        rt.close()
+        target.close()
+    dropped = archive.counts["points_dropped"]
+    out = run_cli("archive", "info", str(archive.path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["sessions"][0]["points_dropped"] == dropped
+    text = run_cli("archive", "info", str(archive.path)).stdout
+    assert f"{dropped} points dropped" in text
 
 
 def test_a_vision_embedding_lands_on_its_point(tmp_path):
