@@ -27,7 +27,7 @@ from ..bus import MAX_GLIDE, Event
 from ..ops.logs import RepeatLog
 from ..ops.supervise import SupervisedThread, supervised
 from ..parts import Moment, PartContext, register
-from .search import Hit, QueryEncoder, top, unit_rows
+from .search import Hit, QueryEncoder, Rows, top, unit_rows
 from .store import Store, archive_file
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class _ArchiveIndex:
     def __init__(self, path: Path, width: int) -> None:
         self.path, self.width = path, width
         self.ids = np.zeros(0, np.int64)
-        self.matrix = np.zeros((0, width), np.float32)
+        self.rows = Rows(width)  # an IVF index past INDEX_MIN rows when faiss is installed
         self.last = 0
         self.missing: list[int] = []
 
@@ -73,10 +73,10 @@ class _ArchiveIndex:
         rows = np.concatenate(new_rows)
         if len(rows):
             self.ids = np.concatenate([self.ids, *new_ids])
-            self.matrix = np.concatenate([self.matrix, unit_rows(rows)])
+            self.rows.add(rows)
 
     def search(self, store: Store, query: np.ndarray, k: int) -> list[Hit]:
-        idx, scores = top(self.matrix, query, k * 2)  # thinning may have removed some since they were read
+        idx, scores = self.rows.top(query, k * 2)  # thinning may have removed some since they were read
         points = store.points_by_id(self.ids[idx].tolist())
         hits = [Hit(float(s), "point", int(self.ids[i]), p.session, p.t, p.scene, p.seed, p.tau, thumb=p.thumb)
                 for i, s in zip(idx, scores) if (p := points.get(int(self.ids[i]))) is not None]
@@ -135,8 +135,9 @@ class Seeker:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "failures": self.faults, "indexed": 0 if self._index is None else len(self._index.ids),
-                "last": self.last}
+        index = self._index
+        return {**self.counts, "failures": self.faults, "indexed": 0 if index is None else len(index.ids),
+                "search": "exact" if index is None or index.rows.index is None else "ivf", "last": self.last}
 
     def tick(self, moment: Moment) -> None:
         """Loop thread: the newest seek request goes to the worker (an older one not yet taken is replaced)."""
@@ -178,6 +179,8 @@ class Seeker:
         text = str(job.get("text", ""))
         if not text:
             self.bus.post(Event("seek.release", None, "search"))
+            self.bus.note("seek.results", {"text": "", "results": []}, "search")
+            self.results = []
             self.counts["released"] += 1
             self.last = {}
             return

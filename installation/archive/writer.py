@@ -153,7 +153,7 @@ class Archive:
             if settings.enabled:
                 from .live_map import LiveMap
 
-                self.live_map = LiveMap(overlay, lambda: (self.path, self.session))
+                self.live_map = LiveMap(overlay, lambda: (self.path, self.session), marks=lambda: seek_marks(ctx.bus))
             else:
                 log.warning("[output.map] needs the archive ([archive] enabled = true): no live map")
 
@@ -473,6 +473,14 @@ class Archive:
         prompts = plan.extras.get("prompts") if plan.extras else None
         return (t, plan.scene, seed, plan.part.tau0, latent, shape, thumb, None,
                 to_json([list(p) for p in prompts]) if prompts else None)
+
+
+def seek_marks(bus: Any) -> list[int]:
+    """The archived points among the results of the current ``/seek`` (none once it is let go)."""
+    results = bus.notes().get("seek.results")
+    if not isinstance(results, dict):
+        return []
+    return [int(r["id"]) for r in results.get("results", ()) if isinstance(r, dict) and r.get("kind") == "point"]
 
 
 def _now() -> str:

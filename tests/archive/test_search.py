@@ -122,6 +122,30 @@ def test_top_is_exact_with_ties_in_order():
     assert len(top(np.zeros((0, 2), np.float32), np.ones(2, np.float32), 5)[0]) == 0
 
 
+def test_rows_switch_to_an_ivf_index_past_the_threshold_and_keep_adding():
+    """With faiss installed (the ``search`` extra), rows past ``index_min`` are searched by an IVF index, rows
+    added later are found, and its top 10 agree with the exact answer."""
+    pytest.importorskip("faiss", reason="pip install faiss-cpu (the search extra)")
+    from installation.archive.search import Rows, unit_rows
+
+    rng = np.random.default_rng(3)
+    centres = unit_rows(rng.standard_normal((40, 32), dtype=np.float32))
+    data = unit_rows(centres[rng.integers(0, 40, 3000)] + 0.1 * rng.standard_normal((3000, 32), dtype=np.float32))
+    rows = Rows(32, index_min=2000)
+    rows.add(data[:1500])
+    assert rows.index is None
+    rows.add(data[1500:2500])
+    assert rows.index is not None and rows.index.ntotal == 2500
+    rows.add(data[2500:])
+    assert rows.index.ntotal == 3000 and len(rows) == 3000
+    assert rows.top(data[2999], 1)[0].tolist() == [2999]  # a row added after the build
+    recall = []
+    for q in data[rng.integers(0, 3000, 20)]:
+        want = set(top(data, q, 10)[0].tolist())
+        recall.append(len(want & set(rows.top(q, 10)[0].tolist())) / 10)
+    assert np.mean(recall) >= 0.9
+
+
 def test_an_archive_recorded_without_vision_is_embedded_by_replay_and_searched(capfd, tmp_path, tiny_clip):
     """``archive embed`` re-renders each point (the replay path) and embeds that frame; ``archive search`` then
     ranks the points as open_clip, run independently on the frames the show presented, ranks them."""
@@ -263,7 +287,8 @@ def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny
     from pythonosc.udp_client import SimpleUDPClient
 
     cfg = show(tmp_path, tiny_clip, vision=True, size="64x40")
-    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000"))
+    cfg.write_text(cfg.read_text().replace("every_n = 1", "every_n = 1000")
+                   + "[output.map]\nenabled = true\nrefit_s = 1.0\nfps = 10\nresolution = 160\n")
     text = clip_model_for_search.embed_texts([TEXT])[0].astype(np.float32)
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
@@ -300,9 +325,13 @@ def test_seek_over_osc_glides_to_the_archived_moment_and_holds_it(tmp_path, tiny
         assert results["text"] == TEXT and results["results"][0]["id"] == goal.id
         assert results["results"][0]["score"] > 0.999 and results["results"][0]["thumb"]
         assert seeker.stats()["seeks"] == 1 and seeker.stats()["failures"] == 0
+        # the live map rings the matches that are archived points (both embedded ones)
+        assert wait_until(lambda: (rt.step(), archive.live_map.stats()["marked"] == 2)[1], 30, every=0.05), \
+            archive.live_map.stats()
         osc.send_message("/seek", ["x" * 600])  # too long: refused, counted
         osc.send_message("/seek", [""])
         assert wait_until(lambda: (rt.step(), not rt.show.held)[1], 30, every=0.01)
+        assert wait_until(lambda: (rt.step(), archive.live_map.stats()["marked"] == 0)[1], 30, every=0.05)
         for _ in range(10):
             rt.step()
         assert rt.show.tau > goal.tau
