@@ -33,6 +33,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PARAM_TYPES = ("float", "int", "bool")
+MAX_GLIDE = 60.0  # seconds: the longest glide a seek (/seek, the show's seek event) may ask for
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ _BUILTINS = {
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
     "archive": "installation.archive",
+    "search": "installation.archive.seek",
     "vision": "installation.vision.part",
     "sinks": "installation.render.ndi",
     "web": "installation.ops.web",

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .bus import Event, ParamBus, Tick
+from .bus import MAX_GLIDE, Event, ParamBus, Tick
 from .config import Scene, ShowSpec
 from .decoders import decoder_class, param_specs
 from .latent import build
@@ -24,7 +24,7 @@ from .latent.trajectories import Trajectory
 
 log = logging.getLogger(__name__)
 
-SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "seek", "prompt"})
+SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "seek", "seek.release", "prompt"})
 SEED_BLEND = 2.0  # seconds to glide to a new seed's path
 
 
@@ -38,6 +38,22 @@ class FrozenParams(dict):
 
     def __reduce__(self):
         return (FrozenParams, (dict(self),))
+
+
+def _seek_value(value: Any) -> tuple[int, float, float, bool] | None:
+    """A seek event's ``[seed, path time]``, optionally ``+ [glide seconds[, hold]]``, checked; None if malformed."""
+    if not isinstance(value, (tuple, list)) or not 2 <= len(value) <= 4:
+        return None
+    seed = _valid_seed(value[0])
+    nums = value[1:3]
+    if seed is None or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+                           for v in nums):
+        return None
+    glide = float(value[2]) if len(value) > 2 else SEED_BLEND
+    hold = value[3] if len(value) > 3 else False
+    if not 0.0 <= glide <= MAX_GLIDE or not isinstance(hold, bool):
+        return None
+    return seed, float(value[1]), glide, hold
 
 
 def _valid_seed(value: Any) -> int | None:
@@ -73,6 +89,7 @@ class Show:
         self._blend = (0.0, 0.0)
         self._prior2: tuple[Trajectory, float] | None = None
         self._blend2 = (0.0, 0.0)
+        self.held = False  # a /seek holds the walk on the moment it found (path time and scene timer still)
         self._activate(0, 0.0, first=True)
 
     # -- the play order ----------------------------------------------------------------------------------------
@@ -109,6 +126,7 @@ class Show:
         old = (self.trajectory, self.tau) if self.trajectory is not None else None
         self.position = position
         self.detour = detour
+        self.held = False
         scene = self.scene
         shape = decoder_class(scene.decoder.type).latent_shape(scene.decoder.settings)
         self.seed = scene.seed if seed is None else seed
@@ -135,7 +153,7 @@ class Show:
             return tuple((p.text, p.weight) for p in scene.prompts)
         return tuple((str(t), float(w)) for t, w in getattr(scene.decoder.settings, "prompts", ()))
 
-    def _jump_seed(self, seed: int, t: float) -> None:
+    def _jump_seed(self, seed: int, t: float, blend: float = SEED_BLEND) -> None:
         if self._prior is not None and t - self._blend[0] < self._blend[1]:
             self._prior2, self._blend2 = self._prior, self._blend  # keep the blend on screen going
         else:
@@ -144,7 +162,7 @@ class Show:
         shape = self.trajectory.shape
         self.seed = seed
         self.trajectory = build(self.scene.trajectory, shape, seed)
-        self._blend = (t, SEED_BLEND)
+        self._blend = (t, blend)
 
     def goto(self, target: Any, t: float) -> bool:
         """Switch to a scene by name or by its index in the show's list."""
@@ -166,6 +184,7 @@ class Show:
     def update(self, t: float, dt: float, tick: Tick, frozen: bool = False) -> tuple[PathPlan, list[Event]]:
         """Advance one tick; returns the plan and the events the show does not handle (for the runtime)."""
         rest = []
+        held_at = None
         for ev in tick.events:
             if ev.kind not in SHOW_EVENTS:
                 rest.append(ev)
@@ -181,19 +200,25 @@ class Show:
                     self.bus.reject("seed")
                 else:
                     self._jump_seed(seed, t)
-            elif ev.kind == "seek":  # (seed, path time): glide to that place of the path, like a seed jump
-                seed = _valid_seed(ev.value[0]) if isinstance(ev.value, (tuple, list)) and len(ev.value) == 2 else None
-                tau = ev.value[1] if seed is not None else None
-                if seed is None or isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau):
+            elif ev.kind == "seek":  # (seed, path time[, glide s[, hold]]): glide to that place of the path
+                place = _seek_value(ev.value)
+                if place is None:
                     self.bus.reject("seek")
                 else:
-                    self._jump_seed(seed, t)
-                    self.tau = float(tau)
+                    seed, tau, glide, hold = place
+                    self._jump_seed(seed, t, glide)
+                    self.tau = tau
+                    self.held = hold
+                    held_at = tau if hold else None
+            elif ev.kind == "seek.release":  # the walk goes on from the moment it was held on
+                self.held = False
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
         if self.detour is not None and t >= self._detour_until and not frozen:
             log.info("detour over: trying scene %s again", self.scenes[self.scene_index(self.position)].name)
             self._activate(self.position, t)
+        if self.held and not frozen:  # held by a seek: the scene stays as long as the walk does
+            self.started += dt
         if frozen:  # a freeze pauses the show's own clocks too: the scene timer and any blend in progress
             self.started += dt
             self._blend = (self._blend[0] + dt, self._blend[1])
@@ -204,7 +229,7 @@ class Show:
             self._activate(self.position + 1, t)
             self.started = ended  # the next scene's clock starts when this one ended, not at this tick: no drift
             scene = self.scene
-        rate = 0.0 if frozen else float(tick.values.get("speed", 1.0))
+        rate = 0.0 if frozen or self.held else float(tick.values.get("speed", 1.0))
         if not frozen:
             # The interval that just passed was walked at the rate the last plan promised (the decoder extrapolated
             # with it); the new rate applies from now. Otherwise a jump in speed would pull the path backwards.
@@ -218,6 +243,8 @@ class Show:
                 if self._prior is None or t - self._blend2[0] >= self._blend2[1]:
                     self._prior2 = None
         self._rate = rate
+        if held_at is not None and self.held:  # exactly the moment sought, not a tick's walk past it
+            self.tau = held_at
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         prior2 = part(self._prior2[0], self._prior2[1], rate) if self._prior2 else None
         # Seeded by the scene, not the live seed: a /seed jump glides the noise and must not snap the prompts.

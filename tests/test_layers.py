@@ -22,9 +22,7 @@ DOC = ROOT / "docs" / "architecture.md"
 # Arrows that break the layering today, each to go: this list may only shrink (a test fails on a stale entry).
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 # Import circles today, each as the set of modules it joins: a circle may only shrink or go.
-KNOWN_CIRCLES: list[frozenset[str]] = [frozenset(c.split()) for c in (
-    "ops.http ops.http_conn",
-)]
+KNOWN_CIRCLES: list[frozenset[str]] = []
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,8 @@ class Archive:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        out = {"path": str(self.path) if self.path else None, "session": self.session, **self.counts,
+        out = {"path": str(self.path) if self.path else None, "session": self.session, "points_dropped": 0,
+               "embeddings": 0, **self.counts,
                "writer_cpu_s": round(self.cpu_s, 3), "loop_hook_s": round(self.hook_s, 4),
                "journal_dropped": self._journal.dropped, "failures": sum(self.faults.values()),
                "faults": dict(self.faults)}
@@ -393,6 +394,7 @@ class Archive:
         self.counts["events"] += len(events)
         self.counts["samples"] += len(samples)
         self.counts["points"] += len(rows)
+        self.counts["embeddings"] += len(clips)
         self.counts["ticks"] += len(ticks)
         self.counts["journal_dropped"] = self._journal.dropped
         self._bound(store)  # three PRAGMA reads unless over the bound

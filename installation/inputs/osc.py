@@ -20,6 +20,7 @@ Address space (``installation osc-map`` prints it from :func:`address_map`)::
     /blend <f> [<f> ...]         img2img reference image weights, all at once
     /seed <i>  /freeze <0|1>  /blackout <0|1>  /panic  /ping -> /pong (to the sender)  [/quit if allowed]
     /describe -> /vision/description s (to the sender)  /steer <s> [f]      with [vision] (installation/vision)
+    /seek <s> [f]  /seek_pick <i> [f]                                    with [vision] (installation/archive/seek.py)
 
 Feedback (when ``feedback_host`` is set): ``/param/<name> f`` (``/norm/<name> f`` with ``feedback_norm``) for
 changed parameters, ``/unavailable s s`` for a message this show cannot act on, ``/scene/current s`` and the
@@ -111,6 +112,9 @@ def address_map(
         ("/ping", "[any]", "answered by /pong (same numeric/string args) to the sender"),
         ("/describe", "", "answered by /vision/description s (what the frame shows, [vision]) to the sender"),
         ("/steer", "s [f]", "bend the walk towards a text, strength 0..1 ([vision]; guarded); \"\" releases"),
+        ("/seek", "s [f]", "glide (over f s) to the archived moment or space image most like a text and hold it "
+                           "([vision]); \"\" lets the walk go on"),
+        ("/seek_pick", "i [f]", "glide to the i-th result (from 0) of the latest /seek instead"),
         ("/calibrate/on", "i|f|T|F", "1 shows the projector outputs' test patterns for calibration, 0 ends (and "
                                      "saves); /calibrate 1|0 is taken too"),
         ("/calibrate/save", "", "save the calibration beside the config now"),

@@ -236,6 +236,7 @@ class WebPage:
                 "presets": notes.get("presets") if isinstance(notes.get("presets"), list) else None,
                 "preset": notes.get("preset"),
                 "prompt_slots": self.settings.prompt_slots, "preview": self.settings.preview_fps > 0,
+                "search": self.surface.caps.why_not("/seek") is None,
                 "health": {k: health.get(k) for k in _HEALTH_KEYS if k in health}}
 
     def live(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -475,6 +476,9 @@ class WebPage:
                 for c in changes:
                     if c.kind == "event":
                         self._gate_event(c.name, c.value)
+                    elif c.kind == "note" and c.name == "seek.results" and isinstance(c.value, dict):
+                        for q in list(self._sockets):  # /seek's results, thumbnails to tap (archive/seek.py)
+                            self._queue(q, {"type": "seek", **c.value})
                 values = latest_values(changes)
                 if not self._sockets:
                     continue
@@ -593,6 +597,9 @@ PAGE = """<!doctype html>
  .note { color: var(--dim); font-size: .9rem; margin: .3rem 0; }
  .current { font-size: .9rem; color: #bbb; margin: .2rem 0 .5rem; }
  #presets { display: flex; flex-wrap: wrap; gap: .4rem; }
+ #seekhits { display: grid; grid-template-columns: repeat(4, 1fr); gap: .4rem; }
+ .hit { position: relative; aspect-ratio: 1; padding: 0; min-height: 0; background: #181818 center / cover no-repeat; }
+ .hit span { position: absolute; left: 0; right: 0; bottom: 0; font-size: .75rem; background: #000a; }
  #msg { color: #f88; font-size: .85rem; min-height: 1em; margin-top: .3rem; }
  dl { display: grid; grid-template-columns: auto 1fr; gap: .1rem .75rem; margin: 0; font-size: .9rem; }
  dt { color: var(--dim); } dd { margin: 0; font-variant-numeric: tabular-nums; }
@@ -619,6 +626,10 @@ PAGE = """<!doctype html>
    <input type="range" id="fade" min="0" max="30" step="0.5" value="2"></div>
   <div class="row"><input type="text" id="presetname" placeholder="preset name" maxlength="64">
    <button id="store">store</button></div></div></details>
+ <details id="searchbox" hidden open><summary>Search the archive</summary><div class="body">
+  <div class="row"><input type="search" id="seektext" placeholder="a storm at sea" maxlength="500">
+   <button id="seek">seek</button><button id="seekoff" title="let the walk go on">go on</button></div>
+  <div id="seekhits"></div></div></details>
  <details><summary>MIDI learn</summary><div class="body">
   <div class="row"><select id="learn-param"></select><button id="learn">learn</button></div></div></details>
  <details id="healthbox"><summary>Health</summary><div class="body"><dl id="health"></dl></div></details>
@@ -668,6 +679,7 @@ function fader(p) {
 function build(state) {
   S = state; faders.clear();
   $("scene").textContent = state.scene || "-";
+  $("searchbox").hidden = !state.search;
   const grid = $("scenes"); grid.innerHTML = "";
   for (const sc of state.scenes) {
     const b = el("button", {className: "tile" + (sc.name === state.scene ? " playing" : "")}, el("span", {textContent: sc.name}));
@@ -746,6 +758,17 @@ function showParams(values) {
 
 // XY pad: two chosen parameters, 0..1 across each range
 let xyDragging = false;
+function showHits(msg) {           // /seek's results: tap one to glide there instead
+  const box = $("seekhits"); box.innerHTML = "";
+  if (!msg.results.length) box.append(el("p", {className: "note", textContent: "nothing found yet: no archived moment has an embedding"}));
+  msg.results.forEach((h, i) => {
+    const b = el("button", {className: "hit", title: (h.scene || "") + (h.t !== undefined ? " at " + h.t.toFixed(1) + " s" : "") + (h.name ? " " + h.name : "") + ", score " + h.score});
+    if (h.thumb) b.style.backgroundImage = "url(data:image/jpeg;base64," + h.thumb + ")";
+    b.append(el("span", {textContent: h.score.toFixed(3)}));
+    b.onclick = () => send("/seek_pick", [i]);
+    box.append(b);
+  });
+}
 function spec(name) { return S ? S.params.find((p) => p.name === name) : null; }
 function placePuck() {
   const x = spec($("xsel").value), y = spec($("ysel").value), puck = document.querySelector("#xy .puck");
@@ -776,6 +799,7 @@ function connect(delay = 500) {
     if (msg.type === "state") build(msg);
     else if (msg.type === "params") showParams(msg.values);
     else if (msg.type === "live") showLive(msg.live);
+    else if (msg.type === "seek") showHits(msg);
     else if (msg.type === "ack") note(msg.ok ? "" : (msg.address || "") + ": " + (msg.reason === "unavailable" ? "not available in this show" : msg.reason));
   };
   ws.onopen = () => { delay = 500; note(""); };
@@ -802,6 +826,9 @@ $("panic").onclick = () => send("/panic");
 $("blackout").onclick = () => send("/blackout", [live.blackout ? 0 : 1]);
 $("freeze").onclick = () => send("/freeze", [live.frozen ? 0 : 1]);
 $("fade").oninput = () => $("fadeout").textContent = (+$("fade").value).toFixed(1) + " s";
+$("seek").onclick = () => { const t = $("seektext").value.trim(); if (t) send("/seek", [t]); };
+$("seektext").onkeydown = (e) => { if (e.key === "Enter") $("seek").click(); };
+$("seekoff").onclick = () => { send("/seek", [""]); $("seekhits").innerHTML = ""; };
 $("store").onclick = () => { const n = $("presetname").value.trim(); if (n) send("/preset/store", [n]); };
 $("learn").onclick = () => { send("/midi/learn", [$("learn-param").value]); note("move a MIDI control to bind it to " + $("learn-param").value); };
 connect();

@@ -81,7 +81,12 @@ def vision_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2, every_n
 def steer_bench(spec: ShowSpec, text: str, seconds: float = 30.0, fps: float = 4.0,
                 strength: float = 1.0) -> dict[str, Any]:
     """The CLIP similarity of the decoded frames to ``text`` over ``seconds`` of show time (fixed steps of 1/fps),
-    with steering off and on, on the show's first scene from the same start: both series from one run."""
+    with steering off and on, on the show's first scene from the same start: both series from one run.
+
+    ``noise`` is the off series' frame-to-frame noise (the standard deviation of the differences between consecutive
+    frames' similarities) and ``gain_sigmas`` the gain in units of it: steering moves the similarity measurably when
+    it is 3 or more. ``first_round_s`` is the first round's time (the low-resolution decoder built, the CLIP model
+    already loaded, as the show loads it at start) and ``round_ms`` the mean of the rest."""
     import numpy as np
     import torch
 
@@ -107,15 +112,17 @@ def steer_bench(spec: ShowSpec, text: str, seconds: float = 30.0, fps: float = 4
         show = Show(spec, bus)
         guard = DecoderGuard(device)
         steerer = Steerer(clip, device)
-        series, next_round = [], 0.0
+        series, next_round, times = [], 0.0, []
         try:
             for i in range(n):
                 t = i / fps
                 plan, _ = show.update(t, 0.0 if i == 0 else 1.0 / fps, bus.tick(0.0 if i == 0 else 1.0 / fps))
                 if mode == "on" and show.tau >= next_round:
                     next_round = show.tau + steer.period
+                    started = time.perf_counter()
                     verdict = steerer.evaluate(show.scene, show.seed, show.tau, plan.params, text, strength, steer,
                                                show.prompts)
+                    times.append(time.perf_counter() - started)
                     if verdict.jump is not None:
                         bus.post(Event("seed", verdict.jump, "steer"))
                 rgb = guard.render(plan.request(t, i))
@@ -127,5 +134,12 @@ def steer_bench(spec: ShowSpec, text: str, seconds: float = 30.0, fps: float = 4
         sims = np.array([s for _, s in series]) if series else np.zeros(1)
         out[mode] = {"mean": round(float(sims.mean()), 5), "last_half_mean": round(float(sims[len(sims) // 2:].mean()), 5),
                      "rounds": steerer.rounds, "jumps": steerer.jumps, "series": series}
+        if times:
+            out.update(first_round_s=round(times[0], 3),
+                       round_ms=round(1000.0 * float(np.mean(times[1:] or times)), 1))
+        if mode == "off":
+            out["noise"] = round(float(np.std(np.diff(sims))), 5) if len(sims) > 2 else None
     out["gain"] = round(out["on"]["mean"] - out["off"]["mean"], 5)
+    out["gain_sigmas"] = round(out["gain"] / out["noise"], 2) if out["noise"] else None
+    out["load_avg"] = round(os.getloadavg()[0], 2)
     return out

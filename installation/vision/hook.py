@@ -79,6 +79,7 @@ class VisionHook:
         self.wait_for_room = False  # an offline render: keep() waits for room rather than drop
         self._closed = False
         self._keeping = False
+        self._failed = False  # the model did not load on the reader's thread
         self._gate_emb: tuple[int, np.ndarray] | None = None
         self.offered = self.embedded = self.skipped = self.checked = self.blocked = self.faults = 0
         self.embed_ms = 0.0
@@ -146,6 +147,9 @@ class VisionHook:
         """A frame whose embedding is kept (an archive point): queued, never replaced by a newer one; a full queue
         drops it (counted) in a live show and is waited on in an offline render."""
         with self._cond:
+            if self._failed:  # the model did not load: nothing will take them
+                self.keep_dropped += 1
+                return
             if len(self._keep) >= KEEP_MAX and self.wait_for_room:
                 self._cond.wait_for(lambda: len(self._keep) < KEEP_MAX or self._closed, KEEP_WAIT_S)
             if len(self._keep) >= KEEP_MAX or self._closed:
@@ -157,9 +161,11 @@ class VisionHook:
     def drain(self, timeout: float) -> bool:
         """Wait until every kept frame's embedding was delivered (False after ``timeout`` seconds)."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._keep and not self._keeping, timeout)
+            return self._cond.wait_for(lambda: self._failed or (not self._keep and not self._keeping), timeout)
 
     def __call__(self, frame: Frame) -> None:
+        if not self.options.read:
+            return None  # the frame check alone (the decoder process): the reader reads presented frames
         self.offered += 1
         if not self._ready.is_set():
             self.loading_skipped += 1  # without a frame check the show does not wait for the model to load
@@ -183,6 +189,11 @@ class VisionHook:
                 self._load()
             except Exception as e:  # noqa: BLE001 - no reading, but the show goes on (no frame check is configured)
                 self.faults += 1
+                with self._cond:
+                    self._failed = True
+                    self.keep_dropped += len(self._keep)
+                    self._keep.clear()
+                    self._cond.notify_all()
                 log.error("vision: the CLIP model could not load (%s); no descriptions or similarities", e)
                 return
         while True:

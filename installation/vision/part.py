@@ -159,8 +159,10 @@ class VisionPart:
             self.audit.stop()
         self.steer.stop()
         if self.reader is not None:
-            if self._fixed and not self.reader.drain(60):  # an offline render: every point's embedding delivered
-                log.warning("vision: points' embeddings still pending after 60 s; the archive goes without them")
+            wait = 60.0 if self._fixed else 5.0  # the points' embeddings go to the archive (it stops after this part)
+            if not self.reader.drain(wait):
+                log.warning("vision: points' embeddings still pending after %.0f s; the archive goes without them",
+                            wait)
             self.reader.close()
             self.worker = self.reader.stats()  # its last counters stay in stats()
             self.reader = None
@@ -275,6 +277,7 @@ class VisionPart:
             strength = strength if self._steer_live[1] is None else float(self._steer_live[1])
         self.steer.text = text
         if not text or strength <= 0.0:
+            self.steer.released()
             return
         self._steer_path += moment.dt * float(self.bus.targets().get("speed", 1.0))
         if self._steer_path < scene.steer.period:
@@ -359,6 +362,8 @@ class SteerWorker:
         self._model = model
         self._starts: deque[float] = deque(maxlen=8)  # show times of the newest rounds' starts
         self.round_ms = 0.0
+        self.period_target: float | None = None  # the playing scene's [steer] period (path seconds)
+        self.period_s: float | None = None  # achieved: mean show seconds between the newest rounds' starts
         self.text = ""
         self._job: tuple | None = None
         self._cond = threading.Condition()
@@ -377,10 +382,18 @@ class SteerWorker:
             self._job = (scene, seed, tau, params, text, strength)
             if t is not None:
                 self._starts.append(t)
+                starts = self._starts
+                if len(starts) > 1:
+                    self.period_s = (starts[-1] - starts[0]) / (len(starts) - 1)
+            self.period_target = float(scene.steer.period)
             if self._thread is None:
                 self._thread = supervised("vision-steer", self._run)
             self._cond.notify()
         return True
+
+    def released(self) -> None:
+        """Steering is off: the achieved period counts again from the next round."""
+        self._starts.clear()
 
     def _run(self) -> None:
         while True:
@@ -430,11 +443,10 @@ class SteerWorker:
         self._job = None
 
     def stats(self) -> dict[str, Any]:
-        starts = list(self._starts)
-        period = (starts[-1] - starts[0]) / (len(starts) - 1) if len(starts) > 1 else None
+        period = self.period_s
         return {"text": self.text, "rounds": self.rounds, "jumps": self.jumps, "faults": self.faults,
-                "last_scores": self.last_scores, "period_s": None if period is None else round(period, 3),
-                "round_ms": round(self.round_ms, 1)}
+                "last_scores": self.last_scores, "period": self.period_target,
+                "period_s": None if period is None else round(period, 3), "round_ms": round(self.round_ms, 1)}
 
 
 @register("vision", table="vision", settings=VisionSettings, params=vision_params, order=50, hooks=vision_hooks,

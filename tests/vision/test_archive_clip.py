@@ -3,10 +3,12 @@ the wall showed it (after the shader chain's palette), and describe and similari
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from installation.archive.store import Store
-from installation.clock import FixedClock
+from installation.clock import FixedClock, WallClock
 from installation.config import load_show
 from installation.render.targets import HeadlessTarget
 from installation.runtime import Runtime
@@ -65,4 +67,33 @@ def test_each_point_holds_the_embedding_of_its_own_presented_frame(tiny_clip, cl
         assert np.abs(raw - p.clip).max() > 0.05  # ...and not the decoded frame before the palette
     # describe and similarity read the same presented frames, in this process; the decoder's hook reads none
     assert reader["embedded"] > 0 and reader["kept"] == 12 and reader["keep_dropped"] == 0
+    assert rt.part("archive").stats()["embeddings"] == 12
     assert rt.bus.notes().get("vision.description")
+    text = clip_model.embed_texts(["a lighthouse"])[0].astype(np.float32)
+    seen = rt.bus.targets()["vision.similarity.0"]  # the newest read frame's similarity to prompt slot 0
+    assert np.abs(embs @ text - seen).min() < 2e-3  # that of a presented frame
+
+
+def test_a_live_show_archives_an_embedding_on_every_point(tiny_clip, tmp_path):
+    cfg = write_show(tmp_path, {"a": scene_toml(trajectory='kind = "walk"')},
+                     extra=tiny_clip.toml() + "[archive]\npoint_every = 0.25\nbatch_s = 0.2\n")
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock(), fps=30, inputs=False)
+    try:
+        rt.start()
+        until = rt.clock.now() + 3.0
+        while rt.clock.now() < until:
+            rt.step()
+            time.sleep(0.02)
+    finally:
+        rt.close()
+        target.close()
+    store = Store(rt.part("archive").path, readonly=True)
+    try:
+        points = store.points()
+    finally:
+        store.close()
+    clips = np.array([p.clip for p in points if p.clip is not None])
+    assert len(points) >= 10 and len(clips) == len(points), rt.part("vision").stats()["worker"]
+    assert len({c.tobytes() for c in clips}) == len(clips)  # each its own frame's

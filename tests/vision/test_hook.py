@@ -165,3 +165,34 @@ def test_a_frame_check_that_cannot_start_holds_every_frame(tiny_clip, tmp_path):
         assert open_runner.admit(_frame(1, 3)) and open_runner.hooks[0].loading_skipped == 1
     finally:
         open_runner.close()
+
+
+def test_kept_frames_are_embedded_in_order_and_never_replaced(tiny_clip, clip_model):
+    hook = VisionHook(VisionHookOptions(tiny_clip.settings()), clip_model)
+    got = []
+    hook.bind(got.append)
+    try:
+        for i in range(1, 11):
+            hook.keep(_frame(i, i))
+        assert hook.drain(60) and hook.kept == 10 and hook.keep_dropped == 0
+    finally:
+        hook.close()
+    events = [value for r in got for kind, value in r.get("events", ()) if kind == "vision.embedding"]
+    assert [e["t"] for e in events] == [i / 20 for i in range(1, 11)]
+    want = clip_model.embed_frames([_frame(3, 3).rgb])[0].astype(np.float32)
+    assert np.allclose(events[2]["embedding"], want, atol=1e-3)
+
+
+def test_a_reader_whose_model_cannot_load_drops_kept_frames_at_once(tiny_clip, tmp_path):
+    settings = tiny_clip.settings().model_copy(update={"vocabulary": str(tmp_path / "none.txt")})
+    hook = VisionHook(VisionHookOptions(settings))
+    hook.wait_for_room = True  # an offline render: it would wait for room, but nothing will ever take them
+    try:
+        assert wait_until(lambda: hook.faults == 1, timeout=60)
+        started = time.perf_counter()
+        for i in range(100):
+            hook.keep(_frame(1, i))
+        assert hook.keep_dropped == 100 and hook.drain(1.0)
+        assert time.perf_counter() - started < 5.0  # no wait per frame
+    finally:
+        hook.close()

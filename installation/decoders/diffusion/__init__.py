@@ -4,7 +4,8 @@ The model is built from its diffusers components (never a pipeline ``__call__`` 
 starting latent are the ones the folder's scheduler gives a diffusers pipeline, so a frame is the pipeline's for the
 same noise and prompt (tests/decoders/test_diffusion_parity.py). Prompts are encoded once each (LRU cache) and
 blended by weight; img2img, reference-image blends, emergence (seeing x0 develop) and live-scaled LoRAs are
-supported. On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8 conversion + finite flag) is one
+supported; guidance as full CFG or StreamDiffusion's residual CFG, and the steps of consecutive frames as one
+batched UNet call (stream batch). On CUDA the whole frame (steps + scheduler arithmetic + decode + uint8 conversion + finite flag) is one
 captured graph over static buffers; float32 eager on the CPU always works.
 
 The parts, by seam: ``settings`` (what a scene sets, bounded bus values), ``loading`` (folder checks, family

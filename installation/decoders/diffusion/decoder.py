@@ -150,7 +150,8 @@ class DiffusionDecoder(DiffusionKind):
         plan: list[tuple[str, dict, dict]] = []
         steps = s.steps if s.emergence else 1
         full = {"diffusion.strength": s.strength or 1.0}  # strength 0 would take the reconstruction path instead
-        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", full, {})
+        name = "frame program (stream batch)" if s.stream_batch else "frame program"
+        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else name, full, {})
                  for i in range(steps)]
         # Always the source encode (a camera may feed any diffusion scene) and the strength-0 reconstruction.
         src = {"source": np.zeros((s.height, s.width, 3), np.uint8)}
@@ -227,11 +228,15 @@ class DiffusionDecoder(DiffusionKind):
                 src_changed = True
         use_z = not img2img or (s.img2img_noise == "trajectory" and not s.latent_source)
 
-        # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera).
+        # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera); a stream batch
+        # first runs until the frames still in flight have left.
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
                z.tobytes() if use_z else None)
-        if (not force and not s.emergence and self._last_frame is not None and key == self._last_key
-                and not src_changed and self._skip_run < s.similar_max_skip):
+        same = key == self._last_key and not src_changed
+        self._same_run = self._same_run + 1 if same else 0
+        flush = s.steps - 1 if s.stream_batch else 0
+        if (not force and not s.emergence and self._last_frame is not None and same and self._same_run > flush
+                and self._skip_run < s.similar_max_skip):
             self._skip_run += 1
             self._counters["skipped"] += 1
             return self._last_frame.copy()
@@ -255,6 +260,10 @@ class DiffusionDecoder(DiffusionKind):
                 i = self._em_index
                 program, fn = ("emergence", i), (lambda i=i: prog.emergence(i))
                 self._em_index = (i + 1) % s.steps
+            elif s.stream_batch:
+                prog.set_out_slot(min(self._stream_ticks, s.steps - 1))  # filling: the oldest request so far
+                self._stream_ticks += 1
+                program, fn = ("stream",), prog.stream
             else:
                 program, fn = ("full",), prog.full
         self.programs.run(program, fn)
@@ -277,6 +286,8 @@ class DiffusionDecoder(DiffusionKind):
         self._em_index = 0
         self._last_frame, self._last_key = None, None
         self._skip_run = 0
+        self._same_run = 0
+        self._stream_ticks = 0
         self._src_key = None
         self._cond_key = None
         if getattr(self, "_sources", None) is not None:
