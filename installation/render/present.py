@@ -2,8 +2,12 @@
 
 It runs on the GL thread at display rate and never waits for the decoder. When a new frame arrives the previous one
 is kept, and the two are crossfaded over the decoder's measured frame interval, so a 12 fps decoder still moves
-smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) fades in from a held
-copy of the last frame instead of popping. Passes whose parameters sit at their declared identity are skipped.
+smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) dissolves in from a
+held copy of the last presented picture (the old scene's look, its palette included) instead of popping; the
+dissolve keeps light: each side is at full strength for its half and the brighter of the two wins, so a change
+between two scenes never shows less than the dimmer of them (a plain mix of a bright and a dark picture whose
+bright parts do not overlap halves both, and the raw frames' mix through the new scene's palette fell to
+2/255 between vigil and aurora). Passes whose parameters sit at their declared identity are skipped.
 Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
 """
 
@@ -34,6 +38,17 @@ void main() {
 """
 
 FITS = ("cover", "contain", "stretch")
+_DISSOLVE = """#version 330
+uniform sampler2D held;
+uniform sampler2D live;
+uniform float u;  // 0: the held picture, 1: the live one
+in vec2 uv;
+out vec4 fragColor;
+void main() {
+    // Each side at full strength for its half, the brighter wins: never dimmer than the dimmer of the two.
+    fragColor = max(texture(held, uv) * min(1.0, 2.0 * (1.0 - u)), texture(live, uv) * min(1.0, 2.0 * u));
+}
+"""
 SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "SwiftShader")  # renderers that shade on the CPU
 
 
@@ -93,6 +108,10 @@ class Presenter:
         self._interval = 0.0
         self._hold_start = -math.inf
         self._hold_len = 0.0
+        self._canvas: tuple[moderngl.Texture, moderngl.Framebuffer] | None = None  # the last picture rendered
+        self._held: tuple[moderngl.Texture, moderngl.Framebuffer] | None = None  # its copy at a cut
+        self._snapshot = False  # a new chain took a copy of the last picture (the cut comes next)
+        self._dissolve: dict[str, object] = {}  # the dissolve's program and target (made on the first cut)
         self._outputs: dict[int, object] = {}  # draw()'s outputs, one per framebuffer it was given
         self.frames_drawn = 0
         self.frames_uploaded = 0
@@ -120,6 +139,9 @@ class Presenter:
         except ShaderError:
             self._release_passes(passes)
             raise
+        if getattr(self, "_canvas", None) is not None:  # keep the last picture for a dissolve from it
+            self._snapshot = self._hold_canvas()
+            self._canvas = None
         self._release_passes(self._passes)
         self._passes = passes
         self._chain = list(chain)
@@ -177,9 +199,11 @@ class Presenter:
         if self._last_rgb is None:
             self._upload("prev", frame.rgb)
         elif frame.cut != self._cut:
-            # A cut (another decoder): hold the last look and fade from it, instead of a hard switch.
-            self._upload("hold", self._last_rgb)
+            # A cut (another decoder): hold the last look and dissolve from it, instead of a hard switch.
+            if not (self._snapshot or self._hold_canvas()):
+                self._upload("hold", self._last_rgb)  # nothing presented yet: fade from the last decoded frame
             self._upload("prev", frame.rgb)
+            self._snapshot = False
             self._hold_start, self._hold_len = now, max(transition, 0.0)
         else:
             self._frames["prev"], self._frames["cur"] = self._frames["cur"], self._frames["prev"]
@@ -198,6 +222,50 @@ class Presenter:
         self.frames_uploaded += 1
         return True
 
+    def _hold_canvas(self) -> bool:
+        """Copy the last presented picture for the dissolve; False when there is none."""
+        if self._canvas is None or self._canvas[0].size[0] <= 0:
+            return False
+        tex, fbo = self._canvas
+        held = self._held
+        if held is None or held[0].size != tex.size or held[0].dtype != tex.dtype:
+            self._release_held()
+            t = self.ctx.texture(tex.size, 4, dtype=tex.dtype)
+            t.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            t.repeat_x = t.repeat_y = False
+            held = self._held = (t, self.ctx.framebuffer(color_attachments=[t]))
+        self.ctx.copy_framebuffer(held[1], fbo)
+        return True
+
+    def _release_held(self) -> None:
+        if self._held is not None:
+            self._held[1].release()
+            self._held[0].release()
+            self._held = None
+
+    def _dissolved(self, live: moderngl.Texture, u: float) -> moderngl.Texture:
+        """The held picture and the live one, dissolved at ``u`` (0 held .. 1 live), keeping light."""
+        d = self._dissolve
+        if not d:
+            d["prog"] = self.ctx.program(vertex_shader=VERTEX, fragment_shader=_DISSOLVE)
+            d["vao"] = self.ctx.vertex_array(d["prog"], [])
+        tex = d.get("tex")
+        if tex is None or tex.size != live.size or tex.dtype != live.dtype:
+            if tex is not None:
+                d["fbo"].release()
+                tex.release()
+            tex = d["tex"] = self.ctx.texture(live.size, 4, dtype=live.dtype)
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            tex.repeat_x = tex.repeat_y = False
+            d["fbo"] = self.ctx.framebuffer(color_attachments=[tex])
+        prog = d["prog"]
+        self._held[0].use(0)
+        live.use(1)
+        prog["held"].value, prog["live"].value, prog["u"].value = 0, 1, float(u)
+        d["fbo"].use()
+        d["vao"].render(moderngl.TRIANGLES, vertices=3)
+        return tex
+
     @property
     def has_frame(self) -> bool:
         return self._last_rgb is not None
@@ -212,6 +280,8 @@ class Presenter:
         self._frame_sizes.clear()
         self._last_rgb, self._shown_seq, self._cut = None, -1, None
         self._interval, self._hold_len = 0.0, 0.0
+        self._canvas = None
+        self._release_held()
         for p in self._passes:
             for _, fbo in p.targets:
                 fbo.clear(0.0, 0.0, 0.0, 1.0)
@@ -236,9 +306,14 @@ class Presenter:
             min(max((now - self._arrived) / interval, 0.0), 1.0)
         hold = self._hold_len > 0 and now - self._hold_start < self._hold_len
         hold_mix = 0.0
+        u = 1.0
         if hold:
-            u = (now - self._hold_start) / self._hold_len
-            hold_mix = 1.0 - u * u * (3.0 - 2.0 * u)
+            u = min(max((now - self._hold_start) / self._hold_len, 0.0), 1.0)
+            u = u * u * (3.0 - 2.0 * u)
+            hold_mix = 1.0 - u
+        dissolve = hold and self._held is not None
+        if dissolve:
+            hold = False  # the raw frames are not mixed: the presented pictures are, after the chain
         active = [p for p in self._passes if p is self._passes[0] or not self._at_identity(p, values)]
         src: moderngl.Texture | None = None
         for p in active:
@@ -248,6 +323,11 @@ class Presenter:
             p.targets[p.flip][1].use()
             p.vao.render(moderngl.TRIANGLES, vertices=3)
             src = p.targets[p.flip][0]
+        self._canvas = (src, p.targets[p.flip][1])
+        if dissolve:
+            src = self._dissolved(src, u)
+        elif self._held is not None and not (self._hold_len > 0 and now - self._hold_start < self._hold_len):
+            self._release_held()  # the dissolve is over
         self.frames_drawn += 1
         return src
 
@@ -280,6 +360,13 @@ class Presenter:
     def release(self) -> None:
         self._release_passes(self._passes)
         self._passes = []
+        self._canvas = None
+        self._release_held()
+        if self._dissolve:
+            for key in ("fbo", "tex", "vao", "prog"):
+                if self._dissolve.get(key) is not None:
+                    self._dissolve[key].release()
+            self._dissolve = {}
         for out in self._outputs.values():
             out.release()
         self._outputs.clear()
