@@ -9,6 +9,9 @@ between two scenes never shows less than the dimmer of them (a plain mix of a br
 bright parts do not overlap halves both, and the raw frames' mix through the new scene's palette fell to
 2/255 between vigil and aurora). Passes whose parameters sit at their declared identity are skipped.
 Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
+Each frame's brightness quantiles are measured as it arrives (a few thousand pixels, well under a millisecond)
+and given to the chain, eased over half a second, as the built-in ``level_quantiles``: the palette's auto level
+pins them to set levels, so a scene's light stays in the projector's window wherever its walk goes.
 """
 
 from __future__ import annotations
@@ -49,7 +52,20 @@ void main() {
     fragColor = max(texture(held, uv) * min(1.0, 2.0 * (1.0 - u)), texture(live, uv) * min(1.0, 2.0 * u));
 }
 """
+QUANTILES = (2.0, 50.0, 90.0, 99.5)  # percentiles of a frame's brightness given to the chain (level_quantiles)
+QUANTILES_EASE_S = 0.5  # seconds over which the chain's level_quantiles follow the frames'
 SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "SwiftShader")  # renderers that shade on the CPU
+
+
+def brightness_quantiles(rgb: np.ndarray) -> tuple[float, ...]:
+    """The QUANTILES of a frame's brightness (0.25 r + 0.5 g + 0.25 b, as the palette reads it), 0..1, from about
+    4,000 of its pixels on a regular grid (a 1920x1080 frame costs what a 320x180 one does)."""
+    h, w = rgb.shape[:2]
+    step = max(1, int(math.sqrt(h * w / 4096)))
+    sub = rgb[::step, ::step].astype(np.float32)
+    s = sub[..., 0] * 0.25 + sub[..., 1] * 0.5 + sub[..., 2] * 0.25
+    scale = 1.0 / 255.0 if rgb.dtype == np.uint8 else 1.0
+    return tuple(float(q) * scale for q in np.percentile(s, QUANTILES))
 
 
 def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
@@ -112,6 +128,9 @@ class Presenter:
         self._held: tuple[moderngl.Texture, moderngl.Framebuffer] | None = None  # its copy at a cut
         self._snapshot = False  # a new chain took a copy of the last picture (the cut comes next)
         self._dissolve: dict[str, object] = {}  # the dissolve's program and target (made on the first cut)
+        self._quantiles_in: tuple[float, ...] | None = None  # the newest frame's brightness quantiles
+        self._quantiles = (0.0, 0.5, 0.9, 1.0)  # what the chain sees (level_quantiles), eased toward them
+        self._quantiles_t: float | None = None
         self._outputs: dict[int, object] = {}  # draw()'s outputs, one per framebuffer it was given
         self.frames_drawn = 0
         self.frames_uploaded = 0
@@ -215,6 +234,7 @@ class Presenter:
         if work != self.work_size:
             self.work_size = work
             self.set_chain(self._chain)
+        self._quantiles_in = brightness_quantiles(frame.rgb)
         self._last_rgb = frame.rgb
         self._cut = frame.cut
         self._shown_seq = frame.seq
@@ -282,6 +302,7 @@ class Presenter:
         self._interval, self._hold_len = 0.0, 0.0
         self._canvas = None
         self._release_held()
+        self._quantiles_in, self._quantiles_t = None, None
         for p in self._passes:
             for _, fbo in p.targets:
                 fbo.clear(0.0, 0.0, 0.0, 1.0)
@@ -314,6 +335,7 @@ class Presenter:
         dissolve = hold and self._held is not None
         if dissolve:
             hold = False  # the raw frames are not mixed: the presented pictures are, after the chain
+        self._ease_quantiles(now)
         active = [p for p in self._passes if p is self._passes[0] or not self._at_identity(p, values)]
         src: moderngl.Texture | None = None
         for p in active:
@@ -331,6 +353,18 @@ class Presenter:
         self.frames_drawn += 1
         return src
 
+    def _ease_quantiles(self, now: float) -> None:
+        """Move level_quantiles toward the newest frame's, over QUANTILES_EASE_S (at once for the first frame)."""
+        target = self._quantiles_in
+        if target is None:
+            return
+        if self._quantiles_t is None:
+            self._quantiles = target
+        else:
+            k = 1.0 - math.exp(-max(now - self._quantiles_t, 0.0) / QUANTILES_EASE_S)
+            self._quantiles = tuple(a + k * (b - a) for a, b in zip(self._quantiles, target))
+        self._quantiles_t = now
+
     def _at_identity(self, p: _Pass, values: Mapping[str, float]) -> bool:
         ident = p.shader.identity
         return bool(ident) and all(abs(values.get(p.shader.param(k), v) - v) < 1e-4 for k, v in ident.items())
@@ -344,7 +378,8 @@ class Presenter:
             if name in prog and tex is not None:
                 tex.use(unit)
                 prog[name].value = unit
-        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": p.targets[0][0].size}
+        scalars = {"time": now, "frame_mix": frame_mix, "hold_mix": hold_mix, "resolution": p.targets[0][0].size,
+                   "level_quantiles": self._quantiles}
         for key in ("cur", "prev", "hold"):
             size = self._frame_sizes.get(key) or self._frame_sizes.get("cur")
             scalars[f"{key}_scale"] = fit_scale(size, self.size, self.fit)
