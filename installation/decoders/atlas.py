@@ -2,8 +2,9 @@
 
 Its picture is everything the show has walked so far: the archive's points laid out as the live map lays them out
 (a PCA of their latents, scaled into the picture by the points' 1st and 99th percentiles; latents of other lengths
-zero-padded, so every scene's points share one map), their thumbnails as the points, the path between them, and
-the newest points glowing as the current position and its trail. The view drifts slowly across a map larger than
+zero-padded, so every scene's points share one map), over a ground that glows where the show went often (the
+points' density, blurred), their thumbnails as the points, the path between them, and the newest points glowing
+as the current position and its trail. The view drifts slowly across a map larger than
 the screen, steered by the scene's own trajectory (a 2-number latent), so a fixed-step render is the same twice.
 The scene's shader chain (its palette) colours it like the rest of the show.
 
@@ -42,7 +43,9 @@ class AtlasSettings(DecoderSettings):
     points: Annotated[int, Field(ge=10, le=100000, description="the newest this many points are mapped")] = 2000
     thumbs: Annotated[int, Field(ge=0, le=2000, description="thumbnails drawn at most (newest first, none "
                                                             "covering another by more than a quarter)")] = 160
-    thumb: Annotated[float, Field(gt=0.0, le=0.5, description="a thumbnail's long edge, of the screen's height")] = 0.14
+    thumb: Annotated[float, Field(gt=0.0, le=0.5, description="a thumbnail's long edge, of the screen's height")] = 0.2
+    ground: Annotated[float, Field(ge=0.0, le=1.0, description="brightness of the ground where the points lie "
+                                                               "densest (their density, blurred)")] = 0.35
     span: Annotated[float, Field(ge=1.0, le=4.0, description="the map's size, in screens: the view drifts over "
                                                              "it")] = 1.8
     trail: Annotated[int, Field(ge=1, le=600, description="the newest this many points glow as the trail")] = 40
@@ -155,7 +158,16 @@ class Atlas:
                 thumbs = dict(store.conn.execute(f"SELECT id, thumb FROM points WHERE id IN ({ids})"))
         finally:
             store.close()
-        # the path through them in time, faint, then the thumbnails, then a dot at every point
+        # the ground: where the show went often glows (the points' density, blurred, a square root so a lone
+        # point still shows), then the path through them in time, faint, the thumbnails, a dot at every point
+        if s.ground > 0:
+            q = 4
+            dens = np.zeros((mh // q + 1, mw // q + 1), np.float32)
+            np.add.at(dens, (np.clip(pos[:, 1] // q, 0, mh // q).astype(int),
+                             np.clip(pos[:, 0] // q, 0, mw // q).astype(int)), 1.0)
+            dens = cv2.GaussianBlur(dens, (0, 0), max(0.08 * mh / q, 1.0))
+            dens = np.sqrt(dens / max(float(dens.max()), 1e-12))
+            canvas += s.ground * cv2.resize(dens, (mw, mh), interpolation=cv2.INTER_LINEAR)[..., None]
         line = np.round(pos).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [line], False, (0.28, 0.28, 0.28), 1, cv2.LINE_AA)
         for i in reversed(chosen):  # the newest on top
@@ -167,7 +179,8 @@ class Atlas:
             x0, y0 = int(pos[i][0] - tw / 2), int(pos[i][1] - th / 2)
             xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + tw, mw), min(y0 + th, mh)
             if xb > xa and yb > ya:
-                canvas[ya:yb, xa:xb] = t[ya - y0:yb - y0, xa - x0:xb - x0]
+                # lit over the ground: a thumbnail's dark parts do not cut holes in it
+                np.maximum(canvas[ya:yb, xa:xb], t[ya - y0:yb - y0, xa - x0:xb - x0], out=canvas[ya:yb, xa:xb])
         for cx, cy in pos:
             cv2.circle(canvas, (int(cx), int(cy)), max(1, h // 180), (0.55, 0.55, 0.55), -1, cv2.LINE_AA)
         self._map = canvas

@@ -49,7 +49,7 @@ in vec2 uv;
 out vec4 fragColor;
 void main() {
     // Each side at full strength for its half, the brighter wins: never dimmer than the dimmer of the two.
-    fragColor = max(texture(held, uv) * min(1.0, 2.0 * (1.0 - u)), texture(live, uv) * min(1.0, 2.0 * u));
+    fragColor = max(texture(held, uv) * min(1.0, 1.6 * (1.0 - u)), texture(live, uv) * min(1.0, 1.6 * u));
 }
 """
 QUANTILES = (2.0, 50.0, 90.0, 99.5)  # percentiles of a frame's brightness given to the chain (level_quantiles)
