@@ -187,7 +187,7 @@ def test_scenes_differ_by_form():
 
 # -- levels a projector shows, over the whole show --------------------------------------------------------------------
 
-LEVELS = (12, 48, 30)  # of 255, every frame: mean luma at least / at most, and the brightest 1 % at least (README)
+LEVELS = (12, 45, 120)  # of 255, every frame: mean luma at least / at most, and the brightest 1 % at least (README)
 SHOW_FPS = 2
 
 
