@@ -4,10 +4,11 @@ It runs on the GL thread at display rate and never waits for the decoder. When a
 is kept, and the two are crossfaded over the decoder's measured frame interval, so a 12 fps decoder still moves
 smoothly on a 60 Hz display. A frame from a new "cut" (another decoder after a scene change) dissolves in from a
 held copy of the last presented picture (the old scene's look, its palette included) instead of popping; the
-dissolve keeps light: each side is at full strength for its half and the brighter of the two wins, so a change
-between two scenes never shows less than the dimmer of them (a plain mix of a bright and a dark picture whose
-bright parts do not overlap halves both, and the raw frames' mix through the new scene's palette fell to
-2/255 between vigil and aurora). Passes whose parameters sit at their declared identity are skipped.
+dissolve keeps light: each side is at full strength for most of its half and at 0.8 of it in the middle, and the
+brighter of the two wins, so a change between two scenes never shows less than the dimmer of them (a plain mix of
+a bright and a dark picture whose bright parts do not overlap halves both, and the raw frames' mix through the new
+scene's palette fell to 2/255 between vigil and aurora); two whole pictures at full strength overshot the
+projector window's mean by up to a tenth. Passes whose parameters sit at their declared identity are skipped.
 Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
 Each frame's brightness quantiles are measured as it arrives (a few thousand pixels, well under a millisecond)
 and given to the chain, eased over half a second, as the built-in ``level_quantiles``: the palette's auto level
@@ -48,7 +49,8 @@ uniform float u;  // 0: the held picture, 1: the live one
 in vec2 uv;
 out vec4 fragColor;
 void main() {
-    // Each side at full strength for its half, the brighter wins: never dimmer than the dimmer of the two.
+    // Each side at full strength for most of its half (0.8 at the middle), the brighter wins: never dimmer than
+    // the dimmer of the two, and two lit pictures do not add up to their sum.
     fragColor = max(texture(held, uv) * min(1.0, 1.6 * (1.0 - u)), texture(live, uv) * min(1.0, 1.6 * u));
 }
 """

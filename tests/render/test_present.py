@@ -84,8 +84,9 @@ def test_a_cut_before_anything_was_shown_fades_in_from_the_held_frame(gl_ctx, ta
 
 def test_a_cut_dissolves_from_the_presented_picture_keeping_light(gl_ctx, target):
     """After a scene change the old scene's picture, as it was presented (its own grade), dissolves into the new
-    one; in the middle both are at full strength and the brighter wins, so a bright half and a dark half never
-    meet at half light (the mean never dips under the dimmer scene's)."""
+    one; in the middle both are at 0.8 of their strength and the brighter wins, so a bright half and a dark half
+    never meet at half light (the mean never dips under the dimmer scene's), nor do two whole pictures add up to
+    their sum."""
     p = Presenter(gl_ctx, SIZE, chain("present", "grade"), crossfade=False)
     old = {**NEUTRAL, "present.sharpen": 0.0, "grade.exposure": 1.0}
     p.take(Frame(halves((200, 200, 200), (0, 0, 0)), 1, 0.0, 0.0, cut=0), 0.0)
@@ -98,7 +99,8 @@ def test_a_cut_dissolves_from_the_presented_picture_keeping_light(gl_ctx, target
     assert np.abs(first - before).max() <= 2  # the held picture, with the old scene's exposure, not the new grade
     assert before[36, 32].mean() > before[36, 96].mean() + 100
     # the middle: the old bright half and the new bright half both lit
-    assert half[36, 32].mean() > 0.9 * before[36, 32].mean() and half[36, 96].mean() > 0.9 * done[36, 96].mean()
+    assert 0.75 * before[36, 32].mean() < half[36, 32].mean() < 0.85 * before[36, 32].mean()
+    assert 0.75 * done[36, 96].mean() < half[36, 96].mean() < 0.85 * done[36, 96].mean()
     means = [show(p, target, 1.0 + 0.1 * k, new).mean() for k in range(1, 20)]
     assert min(means) >= min(before.mean(), done.mean()) - 2
     assert done[36, 32].mean() < 15 and done[36, 96].mean() > 150
