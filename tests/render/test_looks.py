@@ -304,6 +304,31 @@ def test_palette_maps_levels_to_the_scene_colours_with_a_black_point(gl_ctx):
     assert row[-20:, 0].mean() > 2 * row[-20:, 1].mean() > 0  # in the palette's colour: red over green
 
 
+def test_palette_auto_level_holds_a_dim_and_a_bright_frame_at_the_same_levels(gl_ctx):
+    """With auto the level is read against the frame's own brightness quantiles (measured by the presenter as the
+    frame arrives): the same field, dim (20-90 of 255) or bright (120-250), comes out at nearly the same levels, its
+    median pixel near `median`, its brightest at the top in the glow colour; without auto they lie far apart."""
+    rng = np.random.default_rng(0)
+    field = cv2.GaussianBlur(rng.random((36, 64)).astype(np.float32), (0, 0), 3)
+    field = (field - field.min()) / (field.max() - field.min())
+    dim, bright = ((lo + (hi - lo) * field)[..., None].repeat(3, 2).astype(np.uint8) for lo, hi in ((20, 90), (120, 250)))
+    kw = dict(grain=0.0, vignette=0.0, dither=0, black=0.0, falloff=1.0, ceiling=1.0, spread=0.0, median=0.12,
+              bright=0.45, a_r=0.5, a_g=0.5, a_b=0.5, b_r=0.0, b_g=0.0, b_b=0.0)  # a grey palette
+    y = {}
+    for auto in (0.0, 1.0):
+        for name, frame in (("dim", dim), ("bright", bright)):
+            y[auto, name] = luma(_canvas(gl_ctx, frame, auto=auto, **kw).astype(np.float32))
+    assert abs(y[1.0, "dim"].mean() - y[1.0, "bright"].mean()) < 3, (y[1.0, "dim"].mean(), y[1.0, "bright"].mean())
+    assert abs(y[0.0, "dim"].mean() - y[0.0, "bright"].mean()) > 40
+    for name in ("dim", "bright"):
+        assert abs(np.median(y[1.0, name]) - 0.12 * 0.5 * 255) < 3  # the median pixel at `median` (grey 0.5)
+        assert np.percentile(y[1.0, name], 99.9) > 0.45 * 255  # the brightest near the top (grey 0.5)
+    glow = _canvas(gl_ctx, dim, auto=1.0, glow=1.0, knee=0.6, glow_r=1.0, glow_g=0.8, glow_b=0.3, **kw)
+    top = glow[luma(glow.astype(np.float32)) >= np.percentile(luma(glow.astype(np.float32)), 99.5)]
+    assert top[:, 0].mean() > 200 and top[:, 0].mean() > top[:, 2].mean() + 100  # the top in the glow colour
+    assert np.abs(glow - _canvas(gl_ctx, dim, auto=1.0, **kw))[luma(glow.astype(np.float32)) < 10].max() <= 1
+
+
 def test_contour_lines_are_drawn_at_the_output_resolution(gl_ctx):
     """Lines of a 32-pixel-wide smooth ramp shown at 256 pixels are one to three output pixels wide: detail the
     upscale alone cannot make (a decoder texel spans eight output pixels). The level reaches the detail pass in the
