@@ -73,11 +73,12 @@ void main() {
     float s = dot(raw, vec3(0.25, 0.5, 0.25));
     // Level: the black point is the wall, the falloff keeps most of the picture low, the ceiling spares the eyes.
     // With auto, the brightness is first read against the frame's own quantiles: darkest 0, median `median`,
-    // 90th percentile `bright`, brightest 1 (the gaps floored, so a flat frame is not blown up into noise).
+    // 90th percentile `bright`, brightest 1; the gaps floored, so a flat frame is not blown up into noise (the top
+    // one less: a lattice's bright threads lie within 0.01 of each other, and a floor of 0.02 kept them at 3/4).
     vec4 k = level_quantiles;
     float rel = s < k.y ? median * (s - k.x) / max(k.y - k.x, 0.02)
               : s < k.z ? median + (bright - median) * (s - k.y) / max(k.z - k.y, 0.02)
-              : bright + (1.0 - bright) * (s - k.z) / max(k.w - k.z, 0.02);
+              : bright + (1.0 - bright) * (s - k.z) / max(k.w - k.z, 0.006);
     float level = clamp((mix(s, rel, auto) - black) / max(1.0 - black, 1e-3), 0.0, 1.0);
     float phase = s + spread * (raw.r - raw.b) + drift * time / 60.0;
     vec3 pal = clamp(vec3(a_r, a_g, a_b) + vec3(b_r, b_g, b_b)
