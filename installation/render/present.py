@@ -10,7 +10,8 @@ a bright and a dark picture whose bright parts do not overlap halves both, and t
 scene's palette fell to 2/255 between vigil and aurora); two whole pictures at full strength overshot the
 projector window's mean by up to a tenth. Passes whose parameters sit at their declared identity are skipped.
 Passes run at a reduced work size, except those declared ``"size": "output"`` (detail made at full resolution).
-Each frame's brightness quantiles are measured as it arrives (a few thousand pixels, well under a millisecond)
+Each frame's brightness quantiles are measured as it arrives (about 4,000 of its pixels: 1.5-1.7 ms at load 29 on
+2 cores)
 and given to the chain, eased over half a second, as the built-in ``level_quantiles``: the palette's auto level
 pins them to set levels, so a scene's light stays in the projector's window wherever its walk goes.
 """
