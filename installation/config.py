@@ -77,7 +77,7 @@ class OutputConfig(_Strict):
 
 # The default show, in play order: a config without [show] scenes plays these (config/default.toml lists the same,
 # and a test holds the two together).
-DEFAULT_SCENES = ("aurora", "halo", "tide", "lattice", "nocturne", "voyage", "vigil")
+DEFAULT_SCENES = ("aurora", "halo", "tide", "lattice", "nocturne", "voyage", "vigil", "atlas")
 
 
 class ShowConfig(_Strict):

@@ -21,7 +21,8 @@ from typing import Any, Callable
 from . import parts as registry
 from .bus import Event, ParamBus, Tick
 from .clock import Clock, WallClock
-from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
+from .config import ConfigError, Scene, ShowSpec, builtin_safe_scene, load_show, modulation_for
+from .decoders import decoder_class
 from .decoders.base import resolve_device
 from .modulation import ModMatrix
 from .ops import Notifier, Schedule
@@ -122,6 +123,7 @@ class Runtime(HealthReport, FaultTally, OpeningHours, FirstFrame):
         self._order = show_order
         self._only_scene = only_scene
         self.show = Show(spec, self.bus, order=show_order)
+        self.show.ready = self._scene_ready
         self.device = resolve_device(device or cfg.decoder.device)
         threads = cfg.decoder.threads or default_threads(self.device)
         backoff = (cfg.decoder.restart_backoff_s, cfg.decoder.restart_backoff_max_s)
@@ -269,6 +271,16 @@ class Runtime(HealthReport, FaultTally, OpeningHours, FirstFrame):
         self._reload = True
 
     # -- one tick ----------------------------------------------------------------------------------------------
+    def _scene_ready(self, scene: Scene) -> bool:
+        """Whether a scene can play now: its decoder's ``ready(settings, points)`` (the atlas: enough archived
+        points), given the points the show's archive holds; True for a decoder without one."""
+        ready = getattr(decoder_class(scene.decoder.type), "ready", None)
+        if ready is None:
+            return True
+        archive = getattr(self, "parts", {}).get("archive")
+        held = getattr(archive, "points_held", None)
+        return bool(ready(scene.decoder.settings, held() if callable(held) else 0))
+
     def step(self) -> None:
         t = self.clock.now()
         dt = max(t - self._last_t, 0.0)
@@ -455,6 +467,7 @@ class Runtime(HealthReport, FaultTally, OpeningHours, FirstFrame):
             if not show.restore(state, t):
                 show.started = t
                 log.warning("reload: scene %r is gone; playing %s", state["scene"], show.scene.name)
+            show.ready = self._scene_ready
             self.spec, self.show = new, show
             self._reload_hooks(new)
             self._safe = new.safe or builtin_safe_scene()

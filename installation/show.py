@@ -11,7 +11,7 @@ Scene changes between scenes on the same decoder slerp from the old path to the 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -90,6 +90,10 @@ class Show:
         self._prior2: tuple[Trajectory, float] | None = None
         self._blend2 = (0.0, 0.0)
         self.held = False  # a /seek holds the walk on the moment it found (path time and scene timer still)
+        # Whether a scene can play now (the atlas: once the archive holds enough points); the rotation and
+        # next/prev pass over one that cannot. Set by the runtime; None: every scene can.
+        self.ready: Callable[[Scene], bool] | None = None
+        self.skipped = 0
         self._activate(0, 0.0, first=True)
 
     # -- the play order ----------------------------------------------------------------------------------------
@@ -99,6 +103,25 @@ class Show:
             return position % n
         cycle, k = divmod(position, n)
         return int(np.random.default_rng([self.shuffle_seed, cycle]).permutation(n)[k])
+
+    def _playable(self, position: int, step: int) -> int:
+        """``position``, or the first one after it in ``step``'s direction whose scene is ready (``position`` itself
+        when none is: the show never stops for want of a ready scene)."""
+        if self.ready is None:
+            return position
+        for k in range(len(self.scenes)):
+            p = max(position + k * step, 0)
+            scene = self.scenes[self.scene_index(p)]
+            try:
+                ok = self.ready(scene)
+            except Exception:  # noqa: BLE001 - a failing check plays the scene rather than stopping the show
+                log.exception("cannot tell whether scene %s is ready; playing it", scene.name)
+                ok = True
+            if ok:
+                return p
+            self.skipped += 1
+            log.info("scene %s skipped: not ready", scene.name)
+        return position
 
     @property
     def scene(self) -> Scene:
@@ -189,9 +212,9 @@ class Show:
             if ev.kind not in SHOW_EVENTS:
                 rest.append(ev)
             elif ev.kind == "scene.next":
-                self._activate(self.position + 1, t)
+                self._activate(self._playable(self.position + 1, 1), t)
             elif ev.kind == "scene.prev":
-                self._activate(max(self.position - 1, 0), t)
+                self._activate(self._playable(max(self.position - 1, 0), -1), t)
             elif ev.kind == "scene.goto":
                 self.goto(ev.value, t)
             elif ev.kind == "seed":
@@ -226,7 +249,7 @@ class Show:
         scene = self.scene
         if scene.duration > 0 and t - self.started >= scene.duration and len(self.scenes) > 1:
             ended = self.started + scene.duration
-            self._activate(self.position + 1, t)
+            self._activate(self._playable(self.position + 1, 1), t)
             self.started = ended  # the next scene's clock starts when this one ended, not at this tick: no drift
             scene = self.scene
         rate = 0.0 if frozen or self.held else float(tick.values.get("speed", 1.0))

@@ -27,12 +27,20 @@ vec3 fetch(sampler2D tex, vec2 scale, vec2 p) {
     return texture(tex, q).rgb;
 }
 
+// A neighbour for the sharpening: clamped to the frame's edge, so the black outside it does not count as a dark
+// neighbour (it lit a bright rim along every edge of the picture).
+vec3 near(sampler2D tex, vec2 scale, vec2 p) {
+    vec2 q = clamp((p - 0.5) * scale / zoom + 0.5, 0.0, 1.0);
+    q.y = 1.0 - q.y;
+    return texture(tex, q).rgb;
+}
+
 void main() {
     vec3 cur = fetch(tex_cur, cur_scale, uv);
     if (sharpen > 0.0) {
         vec2 px = 1.5 / vec2(textureSize(tex_cur, 0));
-        vec3 blur = 0.25 * (fetch(tex_cur, cur_scale, uv + vec2(px.x, 0.0)) + fetch(tex_cur, cur_scale, uv - vec2(px.x, 0.0))
-                          + fetch(tex_cur, cur_scale, uv + vec2(0.0, px.y)) + fetch(tex_cur, cur_scale, uv - vec2(0.0, px.y)));
+        vec3 blur = 0.25 * (near(tex_cur, cur_scale, uv + vec2(px.x, 0.0)) + near(tex_cur, cur_scale, uv - vec2(px.x, 0.0))
+                          + near(tex_cur, cur_scale, uv + vec2(0.0, px.y)) + near(tex_cur, cur_scale, uv - vec2(0.0, px.y)));
         cur = cur + sharpen * (cur - blur);
     }
     vec3 c = mix(fetch(tex_prev, prev_scale, uv), cur, frame_mix);

@@ -39,7 +39,7 @@ def test_load_show_default_config_loads_every_scene_and_shader():
     assert isinstance(spec, ShowSpec)
     assert spec.path == DEFAULT_CONFIG
     assert [s.name for s in spec.scenes] == list(spec.config.show.scenes) == ["aurora", "halo", "tide", "lattice", "nocturne", "voyage",
-                                                                         "vigil"]
+                                                                         "vigil", "atlas"]
     assert set(spec.shaders) == {p.stem for p in SHADER_FILES}
     assert spec.config.output.size == SizeT(1280, 720) and spec.config.output.fps == 60
     assert spec.config.show.order == "sequence"
@@ -183,7 +183,7 @@ CONFIG_CASES = {
                            ["must be a finite number"]),
     "param-wrong-type": ('[params]\nspeed = "fast"\n', "params.speed", ["number", "'fast'"]),
     "deeply-nested": ("x = " + "[" * 5000 + "]" * 5000 + "\n", "", ["nested more than 32 levels"]),
-    "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: aurora, halo, lattice, nocturne, tide"]),
+    "missing-scene": ('', "show.scenes", ["no scene 'nowhere'", "available: atlas, aurora, halo, lattice, nocturne, tide"]),
 }
 
 
@@ -205,6 +205,14 @@ SCENE_CASES = {
     "decoder-out-of-range": ('[decoder]\ntype = "cppn"\nwidth = 1000\n', "decoder.width",
                              ["less than or equal to 256", "1000"]),
     "decoder-unknown-key": ('[decoder]\ntype = "cppn"\nwidht = 16\n', "decoder.widht", ["unknown key", "width"]),
+    "geometry-unknown-key": ('[decoder]\ntype = "cppn"\n[decoder.geometry]\nfold = 6\n', "decoder.geometry.fold",
+                             ["unknown key", "allowed:", "folds", "mirror", "warp"]),
+    "geometry-bad-coords": ('[decoder]\ntype = "cppn"\n[decoder.geometry]\ncoords = "spherical"\n',
+                            "decoder.geometry.coords", ["'cartesian' or 'polar'", "spherical"]),
+    "geometry-out-of-range": ('[decoder]\ntype = "cppn"\n[decoder.geometry]\nstretch = [4.0, 0.0]\n',
+                              "decoder.geometry.stretch.1", ["greater than 0"]),
+    "geometry-not-a-table": ('[decoder]\ntype = "cppn"\ngeometry = "polar"\n', "decoder.geometry",
+                             ["valid dictionary"]),
     "decoder-bad-size": ('[decoder]\ntype = "cppn"\nresolution = "320by180"\n', "decoder.resolution", ["WxH"]),
     "unknown-trajectory-kind": ('[trajectory]\nkind = "spiral"\n', "trajectory.kind",
                                 ["unknown kind 'spiral'", "loop", "orbit", "walk", "tour", "slerp", "still"]),
@@ -377,7 +385,7 @@ def test_relative_dirs_resolve_from_the_config_file(tmp_path):
 def test_only_scene_that_does_not_exist(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_show(DEFAULT_CONFIG, only_scene="nowhere")
-    _expect(info.value, DEFAULT_CONFIG, "--scene", "no scene 'nowhere'", "available: aurora, halo, lattice, nocturne, tide")
+    _expect(info.value, DEFAULT_CONFIG, "--scene", "no scene 'nowhere'", "available: atlas, aurora, halo, lattice, nocturne, tide")
 
 
 def test_config_params_override_defaults(tmp_path):

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ class Archive:
         self.cpu_s = 0.0  # the writer thread's CPU time
         self.hook_s = 0.0  # time spent in the plan hook, on the loop thread
         self._opening: tuple[str, dict[str, Any]] | None = None
+        self._points_before: int | None = None  # points in the file from earlier sessions (the atlas maps them)
+        self._points_queued = 0  # this session's points handed to the writer
         self.paused = False  # bench --archive: ticks that record nothing, to compare with ticks that do
         self.feeder = None
         if settings.replay:
@@ -190,6 +193,9 @@ class Archive:
                 self.session = self._store.new_session(_now(), config, list(self.ctx.scenes()), size, initial,
                                                        kind="replay" if self.feeder else "live")
                 log.info("archiving to %s, session %d", self.path, self.session)
+            if self._points_before is None:
+                self._points_before = int(self._store.conn.execute("SELECT count(*) FROM points").fetchone()[0]) \
+                    - int(self.counts["points"])  # (nothing of this session is written before its first open)
         except Exception as e:  # noqa: BLE001 - unwritable folder, not an archive, full disk: counted, retried
             if self._store is not None:
                 self._store.close()
@@ -228,7 +234,15 @@ class Archive:
         return out
 
     # -- the loop thread: a few appends per tick -----------------------------------------------------------------
+    def points_held(self) -> int:
+        """Points in the archive: earlier sessions' in the file, this one's written and those queued to be written
+        (the atlas waits for them): counted as they are queued on the loop thread, so the count follows show time,
+        not the writer's pace (a point between the queue and the file was counted in neither)."""
+        return (self._points_before or 0) + self._points_queued
+
     def plan(self, plan: Any, moment: Moment) -> Any:
+        if self.settings.enabled and self.path is not None and plan.decoder.type == "atlas":
+            plan = replace(plan, extras={**plan.extras, "archive": (str(self.path), self.session)})
         if not self.settings.enabled or self.paused:
             return plan
         started = time.perf_counter()
@@ -253,6 +267,7 @@ class Archive:
                 if len(self._points) < MAX_PENDING_POINTS:
                     point = [t, plan, None]
                     self._points.append(point)
+                    self._points_queued += 1
                     self._want_thumb = point
                     self._queued.append(t)
                 else:

@@ -10,7 +10,7 @@ from .base import Decoder, DecoderSettings, DecoderSpec, LatentRequest, NonFinit
 _REGISTRY: dict[str, type] = {}
 # Built-in backends are imported on first use, so a CPPN show never pays for importing diffusers.
 _BUILTINS = {
-    "cppn": "installation.decoders.cppn",
+    "cppn": "installation.decoders.cppn", "atlas": "installation.decoders.atlas",
     "faulty": "installation.decoders.faulty",
     "diffusion": "installation.decoders.diffusion.decoder", "gan": "installation.decoders.gan",
 }

@@ -237,7 +237,7 @@ def _child(parent: int) -> int:
                 grey.use(unit)
                 prog[name].value = unit
         builtins = {"time": 1.0, "frame_mix": 1.0, "hold_mix": 0.0, "resolution": size, "cur_scale": (1.0, 1.0),
-                    "prev_scale": (1.0, 1.0), "hold_scale": (1.0, 1.0)}
+                    "prev_scale": (1.0, 1.0), "hold_scale": (1.0, 1.0), "level_quantiles": (0.0, 0.5, 0.9, 1.0)}
         for name, value in builtins.items():
             if name in prog:
                 prog[name].value = value

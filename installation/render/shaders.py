@@ -31,7 +31,7 @@ _GLSL_ERROR = re.compile(r"^\s*\d+:(\d+)\(\d+\): error: (.*)$", re.M)  # Mesa's 
 UNIFORM_TYPES = ("float", "int", "bool")
 MAX_SHADER_BYTES = 1 << 20  # a fragment shader is a few KiB
 BUILTINS = frozenset({"src", "time", "resolution", "tex_prev", "tex_cur", "tex_hold", "frame_mix", "hold_mix",
-                      "cur_scale", "prev_scale", "hold_scale", "feedback"})
+                      "cur_scale", "prev_scale", "hold_scale", "feedback", "level_quantiles"})
 
 
 class ShaderError(ValueError):

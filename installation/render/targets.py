@@ -48,7 +48,7 @@ def preload_decoders(types) -> None:
     Triton bundles its own LLVM; importing it after Mesa's llvmpipe has loaded LLVM 15 into the process segfaults.
     Decoders in their own process are safe; an in-process decoder (fixed-step renders, thread isolation) is not.
     """
-    if any(t not in ("cppn", "faulty") for t in types):
+    if any(t not in ("cppn", "faulty", "atlas") for t in types):
         import torch._dynamo  # noqa: F401
 
 

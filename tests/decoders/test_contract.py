@@ -40,7 +40,26 @@ def _gan(tmp: Path, models) -> dict:
     return {"path": str(save_generator(TinyGenerator(classes=3), tmp / "g.safetensors", (16,), class_dim=3))}
 
 
-BACKENDS = {"cppn": _cppn, "faulty": _cppn, "diffusion": _diffusion, "gan": _gan}
+def _atlas(tmp: Path, models) -> dict:
+    """An archive of 40 points of two scenes with real thumbnails (coloured squares), written by the store."""
+    import cv2
+
+    from installation.archive.store import Store, pack_latent
+
+    store = Store(tmp / "show.sqlite")
+    sid = store.new_session("2026-01-01T00:00:00", "show.toml", ["a", "b"], (64, 36), {})
+    rng = np.random.default_rng(0)
+    points = []
+    for i in range(40):
+        z = rng.standard_normal(6 if i % 2 else 8).astype(np.float32)
+        ok, jpeg = cv2.imencode(".jpg", np.full((18, 32, 3), (40 + 5 * i, 200 - 4 * i, 90), np.uint8))
+        points.append((i * 0.5, "ab"[i % 2], 1, i * 0.5, *pack_latent(z), jpeg.tobytes(), None, "[]"))
+    store.write_batch(sid, points=points)
+    store.close()
+    return {"archive": str(tmp / "show.sqlite"), "resolution": "48x27", "min_points": 10, "span": 2.0, "thumb": 0.3}
+
+
+BACKENDS = {"atlas": _atlas, "cppn": _cppn, "faulty": _cppn, "diffusion": _diffusion, "gan": _gan}
 
 
 def test_every_registered_backend_is_under_contract():

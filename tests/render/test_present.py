@@ -70,7 +70,7 @@ def test_crossfade_by_age_mixes_the_last_two_frames(gl_ctx, target):
     assert end[2] > 240 and end[0] < 15
 
 
-def test_a_cut_fades_in_from_the_held_frame(gl_ctx, target):
+def test_a_cut_before_anything_was_shown_fades_in_from_the_held_frame(gl_ctx, target):
     p = Presenter(gl_ctx, SIZE, chain("present"), crossfade=False)
     p.take(Frame(halves((255, 0, 0), (255, 0, 0)), 1, 0.0, 0.0, cut=0), 0.0)
     p.take(Frame(halves((0, 255, 0), (0, 255, 0)), 2, 0.0, 0.0, cut=1), 1.0, transition=2.0)
@@ -80,6 +80,30 @@ def test_a_cut_fades_in_from_the_held_frame(gl_ctx, target):
     assert first[0] > 240 and first[1] < 15  # still the old look
     assert 100 < half[0] < 160 and 100 < half[1] < 160
     assert done[1] > 240 and done[0] < 15
+
+
+def test_a_cut_dissolves_from_the_presented_picture_keeping_light(gl_ctx, target):
+    """After a scene change the old scene's picture, as it was presented (its own grade), dissolves into the new
+    one; in the middle both are at 0.8 of their strength and the brighter wins, so a bright half and a dark half
+    never meet at half light (the mean never dips under the dimmer scene's), nor do two whole pictures add up to
+    their sum."""
+    p = Presenter(gl_ctx, SIZE, chain("present", "grade"), crossfade=False)
+    old = {**NEUTRAL, "present.sharpen": 0.0, "grade.exposure": 1.0}
+    p.take(Frame(halves((200, 200, 200), (0, 0, 0)), 1, 0.0, 0.0, cut=0), 0.0)
+    before = show(p, target, 0.5, old).astype(int)  # the old scene on screen: bright left, dark right
+    p.take(Frame(halves((0, 0, 0), (200, 200, 200)), 2, 0.0, 0.0, cut=1), 1.0, transition=2.0)
+    new = {**NEUTRAL, "present.sharpen": 0.0}
+    first = show(p, target, 1.0, new).astype(int)
+    half = show(p, target, 2.0, new).astype(int)
+    done = show(p, target, 3.1, new).astype(int)
+    assert np.abs(first - before).max() <= 2  # the held picture, with the old scene's exposure, not the new grade
+    assert before[36, 32].mean() > before[36, 96].mean() + 100
+    # the middle: the old bright half and the new bright half both lit
+    assert 0.75 * before[36, 32].mean() < half[36, 32].mean() < 0.85 * before[36, 32].mean()
+    assert 0.75 * done[36, 96].mean() < half[36, 96].mean() < 0.85 * done[36, 96].mean()
+    means = [show(p, target, 1.0 + 0.1 * k, new).mean() for k in range(1, 20)]
+    assert min(means) >= min(before.mean(), done.mean()) - 2
+    assert done[36, 32].mean() < 15 and done[36, 96].mean() > 150
 
 
 def test_master_fade_goes_to_black(gl_ctx, target):
