@@ -87,19 +87,20 @@ def _route(name: str, inputs: dict[str, float], seconds: float = 60.0, dt: float
 def test_nocturne_breathes_alone_and_brightens_and_wanders_with_sound():
     silent = _route("nocturne", {})
     loud = _route("nocturne", {"audio.rms": 0.2, "audio.low": 0.2, "audio.centroid": 1500.0})
-    assert np.ptp(silent["palette.ceiling"]) > 0.2  # no microphone: a slow breath still moves it
+    assert np.ptp(silent["palette.ceiling"]) > 0.15  # no microphone: a slow breath still moves it (0.8 .. 1.0)
     assert silent["palette.ceiling"].min() > 0.5  # and it never goes dark
-    assert loud["palette.ceiling"][-100:].mean() > silent["palette.ceiling"][-100:].mean() + 0.1
+    # the room's level lifts the median pixel's level (the ceiling has no headroom at 1.0): +0.1 at rms 0.2
+    assert loud["palette.median"][-100:].mean() > silent["palette.median"][-100:].mean() + 0.07
     assert loud["radius"][-1] > silent["radius"][-1] + 0.2
     # slow: a second after the sound begins (at 10 s), the light has come only part of the way
-    assert loud["palette.ceiling"][99] == silent["palette.ceiling"][99]
-    assert 0 < loud["palette.ceiling"][110] - silent["palette.ceiling"][110] < 0.6 * 0.2
+    assert loud["palette.median"][99] == silent["palette.median"][99]
+    assert 0 < loud["palette.median"][110] - silent["palette.median"][110] < 0.6 * 0.1
 
 
 def test_vigil_rests_without_a_visitor_and_wakes_with_one():
     empty = _route("vigil", {})
     visitor = _route("vigil", {"camera.presence": 0.4, "camera.motion": 0.1, "camera.flow_x": 0.3})
-    assert np.ptp(empty["palette.ceiling"]) == 0 and empty["palette.ceiling"][0] == 0.5  # no camera: at rest
+    assert np.ptp(empty["palette.ceiling"]) == 0 and empty["palette.ceiling"][0] == 0.8  # no camera: at rest
     assert visitor["palette.ceiling"][-1] > 0.85 and visitor["detail.lines"][-1] > 0.5
     assert visitor["speed"][-1] > empty["speed"][-1] + 0.5
     assert visitor["palette.drift"][-1] > 0.1
