@@ -33,6 +33,8 @@ from .sources import SourceFilter
 
 log = logging.getLogger(__name__)
 
+CONTROL_HOLD_S = 1.0  # no camera frame for this long: a camera control holds its last image (counted)
+
 
 @register("diffusion")
 class DiffusionDecoder:
@@ -67,6 +69,9 @@ class DiffusionDecoder:
                   for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
         specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
                   for _, name in settings.loras]
+        specs += [ParamSpec(f"control.{i}.scale", "float", 0.0, 4.0, c.scale, 0.3, 0.3,
+                            f"strength of control {i} ({Path(c.model).name}, {c.kind} from {Path(c.source).name})")
+                  for i, c in enumerate(settings.controls)]
         images = ([settings.source] if settings.source else []) + list(settings.references)
         specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
                             f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
@@ -84,7 +89,7 @@ class DiffusionDecoder:
         self.device_name = device
         self.prepared = False
         self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
-                          "prompt_cache_misses": 0}
+                          "prompt_cache_misses": 0, "control_held": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
 
@@ -165,6 +170,7 @@ class DiffusionDecoder:
             if self.cfg:
                 self.program.set_negative(*self.prompts.encode(s.negative_prompt))
             self._load_references()
+            self._load_controls()
             self.prepared = True
             log.info("diffusion: loaded in %.1f s; warming up%s%s", time.perf_counter() - t0,
                      ", compiling" if s.compile else "", " and capturing CUDA graphs" if self.use_graphs else "")
@@ -183,6 +189,50 @@ class DiffusionDecoder:
             self.ref_latents.append(self.buf["src"].clone())
             self.programs.sync()  # the next image reuses the pinned staging buffer this upload reads from
         self._src_key = None
+
+    def _load_controls(self) -> None:
+        """The controls' live state; those with an image file get it now, once."""
+        s = self.settings
+        self._control_values = [c.scale for c in s.controls]
+        self._control_version = 0
+        self._camera_controls = [j for j, c in enumerate(s.controls) if c.source == "camera"]
+        self._camera_seen = time.monotonic()
+        for j, c in enumerate(s.controls):
+            if c.source != "camera":
+                self.program.set_control_image(j, self._control_image(j, load_image(c.source, s.width, s.height)))
+                self.programs.sync()
+
+    def _control_image(self, j: int, img: np.ndarray) -> np.ndarray:
+        """A source image as control j takes it: the frame's size, then its edges (canny) or as it is."""
+        import cv2
+
+        s, c = self.settings, self.settings.controls[j]
+        if img.shape[:2] != (s.height, s.width):
+            img = cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
+        if c.kind == "canny":
+            edges = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), c.low, c.high)
+            img = np.repeat(edges[:, :, None], 3, axis=2)
+        return img
+
+    def _update_controls(self, params: Mapping[str, float], camera: np.ndarray | None) -> None:
+        """Live scales, and the camera's newest frame into the controls that take it (held when none comes)."""
+        for j, v in enumerate(self._control_values):
+            new = bounded(params, f"control.{j}.scale", self.settings.controls[j].scale, 0.0, 4.0)
+            if new != v:
+                self.program.set_control_scale(j, new)
+                self._control_values[j] = new
+        if not self._camera_controls:
+            return
+        now = time.monotonic()
+        if camera is None:
+            if now - self._camera_seen > CONTROL_HOLD_S:
+                self._counters["control_held"] += 1  # the camera stopped: its last image holds
+            return
+        self._camera_seen = now
+        if self._sources.changed(camera) or self._control_version == 0:
+            for j in self._camera_controls:
+                self.program.set_control_image(j, self._control_image(j, camera))
+            self._control_version += 1
 
     def _warm_plan(self) -> list[tuple[str, dict, dict]]:
         """The warm-up frames (label, params, extras) that reach every program a show can use."""
@@ -247,6 +297,10 @@ class DiffusionDecoder:
         prog.set_guidance(g)
 
         src = None if s.latent_source else self._sources.take(extras)
+        if s.controls:  # a camera that steers a control is not also the img2img source
+            self._update_controls(params, src if self._camera_controls else None)
+            if self._camera_controls:
+                src = None
         img2img = src is not None or bool(self.ref_latents) or s.latent_source
         strength = bounded(params, "diffusion.strength", s.strength, 0.0, 1.0) if img2img else 1.0
         src_changed = False
@@ -271,7 +325,8 @@ class DiffusionDecoder:
         # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera); a stream batch
         # first runs until the frames still in flight have left.
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
-               z.tobytes() if use_z else None)
+               z.tobytes() if use_z else None,
+               (tuple(self._control_values), self._control_version) if s.controls else None)
         same = key == self._last_key and not src_changed
         self._same_run = self._same_run + 1 if same else 0
         flush = s.steps - 1 if s.stream_batch else 0
