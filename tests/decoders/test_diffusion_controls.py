@@ -45,8 +45,10 @@ def controls(tiny_models, tmp_path_factory):
         cn.save_pretrained(root / f"cn{i}")
         out[f"cn{i}"] = root / f"cn{i}"
     xl = diffusers.UNet2DConditionModel.from_pretrained(tiny_models["sdxl-turbo"], subfolder="unet")
-    diffusers.ControlNetModel.from_unet(xl, conditioning_embedding_out_channels=(8, 8, 8, 16)).save_pretrained(
-        root / "cn-xl")
+    torch.manual_seed(12)
+    cn = diffusers.ControlNetModel.from_unet(xl, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    _randomise(cn, 2)
+    cn.save_pretrained(root / "cn-xl")
     out["cn-xl"] = root / "cn-xl"
     # SD with a cross-attention first block (a T2I-Adapter adds inside blocks that have attention, before the
     # downsampler), as diffusers' adapter tests build theirs.
@@ -143,6 +145,37 @@ def test_controlnet_matches_the_pipeline(tiny_models, controls, steps, two):
         _close(mine, without, same=False)
         _close(_render(d, z[0].numpy(), {"control.0.scale": 0.0}), without)
         _close(_render(d, z[0].numpy(), {"control.0.scale": 0.7}), ref)
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "img2img"])
+def test_controlnet_sdxl_and_img2img_match_the_pipelines(tiny_models, controls, kind):
+    """StableDiffusionXLControlNetPipeline (text-to-image), StableDiffusionControlNetImg2ImgPipeline (the camera as
+    the img2img source, the control from a file)."""
+    import diffusers
+    from PIL import Image
+
+    taesd = tiny_models["taesd"]
+    model = tiny_models["sdxl-turbo" if kind == "sdxl" else "sd-turbo"]
+    cn = controls["cn-xl" if kind == "sdxl" else "cn0"]
+    ctl = ({"model": str(cn), "source": str(controls["image"]), "scale": 0.9},)
+    extra = {"strength": 0.5, "img2img_noise": "trajectory"} if kind == "img2img" else {}
+    d = _decoder(model, taesd, steps=2, controls=ctl, **extra)
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn((1, *d.lat_shape), generator=gen)
+    img = _image_tensor(controls["image"])
+    net = diffusers.ControlNetModel.from_pretrained(cn)
+    args = dict(guidance_scale=0.0, controlnet_conditioning_scale=0.9, output_type="latent")
+    if kind == "sdxl":
+        mine = _render(d, z[0].numpy())
+        pipe = _pipe("StableDiffusionXLControlNetPipeline", model, taesd, controlnet=net, add_watermarker=False)
+        ref = pipe(PROMPT, image=img, num_inference_steps=2, height=64, width=64, latents=z.clone(), **args).images
+    else:
+        src = np.random.default_rng(8).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        mine = _render(d, z[0].numpy(), extras={"source": src})
+        pipe = _pipe("StableDiffusionControlNetImg2ImgPipeline", model, taesd, controlnet=net)
+        ref = pipe(PROMPT, image=Image.fromarray(src), control_image=img, num_inference_steps=4, strength=0.5,
+                   generator=torch.Generator().manual_seed(6), **args).images
+    _close(mine, ref)
 
 
 def test_t2i_adapter_matches_the_pipeline(tiny_models, controls):
