@@ -394,6 +394,10 @@ class DiffusionDecoder:
         if self.program is not None and self.program.buf is not None:
             self.program.reset()
 
+    def health(self) -> dict[str, int]:
+        """Counters for /health: frames rendered on a camera control's held image (its camera stopped)."""
+        return {"control_held": self._counters["control_held"]} if self.settings.controls else {}
+
     def stats(self) -> dict[str, float]:
         """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""
         timer = getattr(self, "timer", None)
