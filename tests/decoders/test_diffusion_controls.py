@@ -5,6 +5,8 @@ the folders a user names. Latents are compared where they enter the VAE (the pip
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -232,3 +234,24 @@ def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
     msg = str(e.value)
     assert "another base (SDXL)" in msg and str(controls["cn-xl"]) in msg and str(tiny_models["sd-turbo"]) in msg
     assert "\n" not in msg
+
+
+def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path):
+    """Through the command a user runs: exit 2, one line naming the control's folder and the model's."""
+    import subprocess
+    import sys
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "ctl.toml").write_text(
+        f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
+        f'width = 64\nheight = 64\n\n[[decoder.controls]]\nmodel = "{controls["cn-xl"]}"\nkind = "canny"\n')
+    cfg = tmp_path / "show.toml"
+    shaders = Path(__file__).resolve().parents[2] / "shaders"
+    cfg.write_text(f'[show]\nscenes = ["ctl"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
+    r = subprocess.run([sys.executable, "-m", "installation", "params", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
+    assert len(lines) == 1 and str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
+    assert "another base (SDXL)" in lines[0]
