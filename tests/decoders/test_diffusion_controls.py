@@ -120,17 +120,17 @@ def _image_tensor(path):
 
 @pytest.mark.parametrize("steps,two", [(1, False), (2, True)])
 def test_controlnet_matches_the_pipeline(tiny_models, controls, steps, two):
-    """One ControlNet, and two summed (Multi-ControlNet) with the second acting from half-way, as diffusers'
-    StableDiffusionControlNetPipeline computes them."""
+    """One ControlNet, and two summed (Multi-ControlNet) with the second acting from half-way (set live on the
+    bus), as diffusers' StableDiffusionControlNetPipeline computes them."""
     import diffusers
 
     taesd = tiny_models["taesd"]
     spec = [{"model": str(controls["cn0"]), "source": str(controls["image"]), "scale": 0.7}]
     if two:
-        spec.append({"model": str(controls["cn1"]), "source": str(controls["image"]), "scale": 1.3, "start": 0.5})
+        spec.append({"model": str(controls["cn1"]), "source": str(controls["image"]), "scale": 1.3})
     d = _decoder(tiny_models["sd-turbo"], taesd, steps=steps, controls=tuple(spec))
     z = torch.randn((1, *d.lat_shape), generator=torch.Generator().manual_seed(3))
-    mine = _render(d, z[0].numpy())
+    mine = _render(d, z[0].numpy(), {"control.1.start": 0.5} if two else {})  # live guidance start
     nets = [diffusers.ControlNetModel.from_pretrained(c["model"]) for c in spec]
     pipe = _pipe("StableDiffusionControlNetPipeline", tiny_models["sd-turbo"], taesd,
                  controlnet=nets if two else nets[0])

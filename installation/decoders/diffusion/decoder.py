@@ -69,9 +69,13 @@ class DiffusionDecoder:
                   for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
         specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
                   for _, name in settings.loras]
-        specs += [ParamSpec(f"control.{i}.scale", "float", 0.0, 4.0, c.scale, 0.3, 0.3,
-                            f"strength of control {i} ({Path(c.model).name}, {c.kind} from {Path(c.source).name})")
-                  for i, c in enumerate(settings.controls)]
+        for i, c in enumerate(settings.controls):
+            specs += [ParamSpec(f"control.{i}.scale", "float", 0.0, 4.0, c.scale, 0.3, 0.3,
+                                f"strength of control {i} ({Path(c.model).name}, {c.kind} from {Path(c.source).name})"),
+                      ParamSpec(f"control.{i}.start", "float", 0.0, 1.0, c.start, 0.0, 0.0,
+                                f"fraction of the steps before control {i} acts"),
+                      ParamSpec(f"control.{i}.end", "float", 0.0, 1.0, c.end, 0.0, 0.0,
+                                f"fraction of the steps after which control {i} stops")]
         images = ([settings.source] if settings.source else []) + list(settings.references)
         specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
                             f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
@@ -194,6 +198,7 @@ class DiffusionDecoder:
         """The controls' live state; those with an image file get it now, once."""
         s = self.settings
         self._control_values = [c.scale for c in s.controls]
+        self._control_spans = [(c.start, c.end) for c in s.controls]
         self._control_version = 0
         self._camera_controls = [j for j, c in enumerate(s.controls) if c.source == "camera"]
         self._camera_seen = time.monotonic()
@@ -221,6 +226,11 @@ class DiffusionDecoder:
             if new != v:
                 self.program.set_control_scale(j, new)
                 self._control_values[j] = new
+        spans = [(bounded(params, f"control.{j}.start", c.start, 0.0, 1.0),
+                  bounded(params, f"control.{j}.end", c.end, 0.0, 1.0)) for j, c in enumerate(self.settings.controls)]
+        if spans != self._control_spans:
+            self.program.set_control_spans(spans)
+            self._control_spans = spans
         if not self._camera_controls:
             return
         now = time.monotonic()
@@ -326,7 +336,8 @@ class DiffusionDecoder:
         # first runs until the frames still in flight have left.
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
                z.tobytes() if use_z else None,
-               (tuple(self._control_values), self._control_version) if s.controls else None)
+               (tuple(self._control_values), tuple(self._control_spans), self._control_version)
+               if s.controls else None)
         same = key == self._last_key and not src_changed
         self._same_run = self._same_run + 1 if same else 0
         flush = s.steps - 1 if s.stream_batch else 0

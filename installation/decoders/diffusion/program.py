@@ -122,9 +122,8 @@ class FrameProgram:
         """Each control's conditioning image (0..1, as the ControlNet/adapter pipelines pass it), a T2I-Adapter's
         features (computed when its image changes), the live scales and diffusers' per-step keep (start/end)."""
         dev = self.device
-        keep = [[1.0 - float(i / s.steps < c.start or (i + 1) / s.steps > c.end) for c in s.controls]
-                for i in range(s.steps)]
-        b["ctl_keep"] = torch.tensor(keep, device=dev, dtype=torch.float32)
+        b["ctl_keep"] = torch.tensor(self._keep([(c.start, c.end) for c in s.controls]), device=dev,
+                                     dtype=torch.float32)
         b["ctl_scale"] = torch.tensor([c.scale for c in s.controls], device=dev, dtype=torch.float32)
         self.control_staging = []
         for j, (name, module) in enumerate(self.controls):
@@ -158,6 +157,15 @@ class FrameProgram:
 
     def set_control_scale(self, j: int, value: float) -> None:
         self.buf["ctl_scale"][j].fill_(value)
+
+    def _keep(self, spans: list[tuple[float, float]]) -> list[list[float]]:
+        """Whether each control acts at each step: diffusers' controlnet_keep for (start, end) fractions."""
+        n = self.settings.steps
+        return [[1.0 - float(i / n < start or (i + 1) / n > end) for start, end in spans] for i in range(n)]
+
+    def set_control_spans(self, spans: list[tuple[float, float]]) -> None:
+        """Live guidance start/end of every control (the per-step keep table)."""
+        self.buf["ctl_keep"].copy_(torch.tensor(self._keep(spans), dtype=torch.float32))
 
     def _control_residuals(self, model_in: torch.Tensor, ts: torch.Tensor, kw: dict[str, Any],
                            scale: torch.Tensor) -> dict[str, Any]:
