@@ -311,11 +311,7 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
     except KeyError:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
     base = Path(file).resolve().parent
-    for field_name in cls.Settings.path_fields:
-        value = table.get(field_name)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and \
-                ((base / value).exists() or value.startswith(("./", "../"))):
-            table[field_name] = str((base / value).resolve())
+    table = _resolved(table, cls.Settings.path_fields, base)
     for field_name, keys in getattr(cls.Settings, "nested_path_fields", {}).items():  # [[decoder.controls]] model...
         items = table.get(field_name)
         if isinstance(items, list):
