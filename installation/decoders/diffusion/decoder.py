@@ -4,8 +4,10 @@ the request, write them into the program's static buffers, run the program, read
 Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
 embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
-``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order).
-From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img).
+``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order), ``control.<i>.scale``,
+``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i).
+From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img, or
+for the controls that take the camera).
 """
 
 from __future__ import annotations
