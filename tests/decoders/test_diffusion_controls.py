@@ -255,3 +255,26 @@ def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, 
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
     assert len(lines) == 1 and str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
     assert "another base (SDXL)" in lines[0]
+
+
+def test_stream_batch_carries_each_requests_control(tiny_models, controls):
+    """Under stream batch each request keeps its own camera image and control scale: frame n is request n - 1
+    rendered alone (2 steps), while the camera and control.0.scale move every frame."""
+    import cv2
+
+    ctl = ({"model": str(controls["cn0"]), "kind": "canny"},)
+    ref = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=2, controls=ctl)
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=2, controls=ctl, stream_batch=True)
+    rng = np.random.default_rng(9)
+    reqs = []
+    for i in range(4):
+        frame = np.zeros((64, 64, 3), np.uint8)
+        cv2.circle(frame, (16 + 10 * i, 32), 12, (255, 255, 255), -1)
+        reqs.append((rng.standard_normal(d.lat_shape).astype(np.float32), {"control.0.scale": 0.5 + 0.3 * i},
+                     {"source": frame}))
+    expected = [_render(ref, *r) for r in reqs]
+    _close(expected[1], expected[2], same=False)
+    for n, r in enumerate(reqs):
+        got = _render(d, *r)
+        if n >= 1:
+            _close(got, expected[n - 1])

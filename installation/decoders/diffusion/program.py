@@ -109,6 +109,7 @@ class FrameProgram:
         if self.controls:
             self._control_buffers(b, s)
         self._slot_state = [k for k in ("stab", "semb", "sg", "sref", "spooled", "stcond") if k in b]
+        self._slot_state += [k for k in b if k.startswith("sctl_")]
         self.buf = b
         self._reset_slots()
         # Source images are resized to the frame on the host, so one (pinned host, device) pair serves every camera
@@ -137,6 +138,11 @@ class FrameProgram:
                 b[f"ctl_feats.{j}"] = torch.zeros((len(feats),), device=dev)  # the count, for the programs
                 for k, f in enumerate(feats):
                     b[f"ctl_feat.{j}.{k}"] = torch.zeros_like(f)
+        if s.stream_batch:  # each slot keeps its request's control images, features and scales
+            n = s.steps
+            for name in [k for k in b if k.startswith(("ctl_img.", "ctl_feat."))]:
+                b["s" + name] = b[name].repeat(n, *([1] * (b[name].ndim - 1)))
+            b["sctl_scale"] = b["ctl_scale"].repeat(n, 1)
 
     def set_control_image(self, j: int, img: np.ndarray) -> None:
         """Upload control j's image (HxWx3 uint8, the frame's size) into its static buffer; a T2I-Adapter's
@@ -168,22 +174,29 @@ class FrameProgram:
         self.buf["ctl_keep"].copy_(torch.tensor(self._keep(spans), dtype=torch.float32))
 
     def _control_residuals(self, model_in: torch.Tensor, ts: torch.Tensor, kw: dict[str, Any],
-                           scale: torch.Tensor) -> dict[str, Any]:
+                           scale: torch.Tensor, m: int, slots: bool) -> dict[str, Any]:
         """The UNet's extra inputs from the controls: ControlNet residuals and T2I-Adapter features, each scaled per
-        row (``scale`` [rows, controls]) and summed over the controls (diffusers' Multi-ControlNet / MultiAdapter)."""
+        row (``scale`` [rows, controls]) and summed over the controls (diffusers' Multi-ControlNet / MultiAdapter).
+        ``slots``: the stream batch's per-slot images and features (the first ``m`` repeated for negative rows)."""
         b, rows = self.buf, model_in.shape[0]
+
+        def per_row(name: str) -> torch.Tensor:
+            if not slots:
+                return b[name].expand(rows, *b[name].shape[1:])
+            t = b["s" + name]
+            return torch.cat([t[:m], t]) if m else t
+
         down = mid = intra = None
         for j, (name, module) in enumerate(self.controls):
             sj = scale[:, j].view(-1, 1, 1, 1).to(self.dtype)
             if name == "ControlNetModel":
-                d, md = module(model_in, ts, controlnet_cond=b[f"ctl_img.{j}"].expand(rows, -1, -1, -1),
+                d, md = module(model_in, ts, controlnet_cond=per_row(f"ctl_img.{j}"),
                                conditioning_scale=1.0, return_dict=False, **kw)
                 d, md = [r * sj for r in d], md * sj
                 down = d if down is None else [x + y for x, y in zip(down, d)]
                 mid = md if mid is None else mid + md
             else:
-                feats = [b[f"ctl_feat.{j}.{k}"].expand(rows, -1, -1, -1) * sj
-                         for k in range(b[f"ctl_feats.{j}"].shape[0])]
+                feats = [per_row(f"ctl_feat.{j}.{k}") * sj for k in range(b[f"ctl_feats.{j}"].shape[0])]
                 intra = feats if intra is None else [x + y for x, y in zip(intra, feats)]
         out: dict[str, Any] = {}
         if down is not None:
@@ -281,7 +294,8 @@ class FrameProgram:
 
     def _denoise(self, x: torch.Tensor, rows: torch.Tensor, emb: torch.Tensor, pooled: torch.Tensor | None,
                  tcond: torch.Tensor | None, g: torch.Tensor, ref: torch.Tensor, renoise: torch.Tensor,
-                 negatives: int, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 negatives: int, keep: torch.Tensor | None = None,
+                 slots: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One denoising step of n latents, each at its own table row, in one UNet call: (next x, x0 prediction).
 
         ``emb``/``pooled``/``tcond``: the n rows' conditioning; ``g``: their guidance; ``ref`` [n]: the x0 residual
@@ -301,8 +315,9 @@ class FrameProgram:
         kw = self._kwargs(emb, pooled, tcond)
         extra = {}
         if self.controls:
-            scale = keep * b["ctl_scale"]
-            extra = self._control_residuals(model_in, ts, kw, torch.cat([scale[:m], scale]) if m else scale)
+            scale = keep * (b["sctl_scale"] if slots else b["ctl_scale"])
+            extra = self._control_residuals(model_in, ts, kw, torch.cat([scale[:m], scale]) if m else scale, m,
+                                            slots)
         out = self.unet_fn(model_in, ts, return_dict=False, **kw, **extra)[0].float()
         neg, out = out[:m], out[m:]
         xf = x.float()
@@ -389,12 +404,15 @@ class FrameProgram:
         b["semb"][:1].copy_(b["emb"][-1:])
         b["sg"][:1].copy_(b["g"].view(1))
         b["sref"][:1].copy_(b["neg_x0"])
-        for name, src in (("spooled", "pooled"), ("stcond", "tcond")):
+        for name, src in (("spooled", "pooled"), ("stcond", "tcond"), ("sctl_scale", "ctl_scale")):
             if name in b:
-                b[name][:1].copy_(b[src][-1:])
+                b[name][:1].copy_(b[src].view(-1, *b[name].shape[1:])[-1:])
+        for name in self._slot_state:
+            if name.startswith(("sctl_img.", "sctl_feat.")):
+                b[name][:1].copy_(b[name[1:]])
         rows = b["stab"].diagonal(0, 0, 1).T  # slot k at step k of its own request's table
         x_next, x0 = self._denoise(b["sx"], rows, b["semb"], b.get("spooled"), b.get("stcond"), b["sg"], b["sref"],
-                                   b["renoise"][:, 0], self._negatives(0, n), b.get("ctl_keep"))
+                                   b["renoise"][:, 0], self._negatives(0, n), b.get("ctl_keep"), slots=True)
         b["sx"][1:].copy_(x_next[:-1])
         self.timer.mark("unet")
         self.decode_into_rgb(x0.index_select(0, b["out_slot"]))
