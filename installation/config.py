@@ -306,12 +306,23 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
     except KeyError:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
     base = Path(file).resolve().parent
-    for field_name in cls.Settings.path_fields:
-        value = table.get(field_name)
+    table = _resolved(table, cls.Settings.path_fields, base)
+    for field_name, keys in getattr(cls.Settings, "nested_path_fields", {}).items():  # [[decoder.controls]] model...
+        items = table.get(field_name)
+        if isinstance(items, list):
+            table[field_name] = [_resolved(item, keys, base) if isinstance(item, dict) else item for item in items]
+    return DecoderSpec(name, _validate(cls.Settings, table, file, key))
+
+
+def _resolved(table: dict, keys: tuple[str, ...], base: Path) -> dict:
+    """A copy of ``table`` with its relative paths under ``keys`` read from ``base`` (as top-level path fields)."""
+    out = dict(table)
+    for k in keys:
+        value = out.get(k)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and \
                 ((base / value).exists() or value.startswith(("./", "../"))):
-            table[field_name] = str((base / value).resolve())
-    return DecoderSpec(name, _validate(cls.Settings, table, file, key))
+            out[k] = str((base / value).resolve())
+    return out
 
 
 def check_decoder_files(scene: "Scene") -> None:

@@ -5,7 +5,8 @@ Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (
 512 model inside the full runtime loop (runtime_fps and its ratio to the decoder alone); SDXL-Turbo-shaped at 512;
 with --compile, torch.compile + graph at 512; then issue 13's projector outputs on the GPU's GL (`bench --outputs`
 at 1920x1080: present p99 with two warped, blended outputs against one plain output); issue 29's comparisons at 512:
-full CFG vs residual CFG (2 steps) and 4 steps without and with stream batch. Prints a table last and writes
+full CFG vs residual CFG (2 steps) and 4 steps without and with stream batch (--controls: and one ControlNet's
+cost). Prints a table last and writes
 gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
@@ -50,6 +51,21 @@ def outputs(size: str, seconds: float) -> dict:
     return outputs_bench(spec, seconds=seconds, rounds=2)
 
 
+def make_controlnet(model: Path, out: Path, device: str | None, fp16: bool) -> str:
+    """A ControlNet made from the folder's UNet (diffusers' ControlNetModel.from_unet), random weights."""
+    import diffusers
+    import torch
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(model, subfolder="unet", variant="fp16" if fp16 else None)
+    with torch.device(device or "cpu"):
+        cn = diffusers.ControlNetModel.from_unet(unet.to(device or "cpu"))
+    if fp16:
+        cn.to(torch.float16).save_pretrained(out, variant="fp16")
+    else:
+        cn.save_pretrained(out)
+    return str(out)
+
+
 def torch_cuda() -> bool:
     import torch
 
@@ -66,6 +82,8 @@ def main() -> int:
     ap.add_argument("--no-sdxl", action="store_true", help="skip SDXL-Turbo")
     ap.add_argument("--no-loop", action="store_true", help="skip the full-loop and outputs runs (need EGL, moderngl)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile + graph at the first size (minutes)")
+    ap.add_argument("--controls", action="store_true",
+                    help="also the cost of one ControlNet (made from the UNet) at the first size, 2 steps")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-check-out")))
     args = ap.parse_args()
     full = not args.tiny
@@ -106,10 +124,12 @@ def main() -> int:
             loop["name"] = f"full loop {sizes[0]} (runtime_fps)"
             keep(loop)
     # Issue 29: full CFG vs residual CFG at 2 steps, and 4 steps without and with stream batch (rounds alternating).
-    for what, steps in (("cfg", 2), ("stream", 4)):
+    comparisons = [("cfg", 2), ("stream", 4)] + ([("controls", 2)] if args.controls else [])
+    for what, steps in comparisons:
         try:
+            control = make_controlnet(sd, args.models / "controlnet", init, full) if what == "controls" else None
             r = compare(str(sd), what, size=sizes[0], steps=steps, frames=max(args.frames // 4, 3), rounds=2,
-                        device=args.device, taesd=str(taesd), dtype=dtype)
+                        device=args.device, taesd=str(taesd), dtype=dtype, control=control)
         except Exception as e:  # noqa: BLE001
             r = {"error": f"{type(e).__name__}: {e}"}
         r["name"] = f"compare {what} ({steps} steps)"

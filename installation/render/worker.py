@@ -170,9 +170,11 @@ class DecoderGuard:
 
     def stats(self) -> dict:
         busy = self._busy_since
+        health = getattr(self._decoder, "health", None)  # a decoder's own counters (held control images)
         return {"frames": self.frames, "faults": dict(self.faults), "restarts": self.restarts,
                 "decoder": self._spec.type if self._spec else None,
-                "busy_s": 0.0 if busy is None else round(time.monotonic() - busy, 3)}
+                "busy_s": 0.0 if busy is None else round(time.monotonic() - busy, 3),
+                "decoder_health": health() if callable(health) else {}}
 
     def shutdown(self) -> None:
         """Close, including a decoder still being prepared on another thread (it is released when it is ready)."""

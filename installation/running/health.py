@@ -105,6 +105,7 @@ class HealthReport:
             "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
             "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,
             "frames_dropped": dropped, "faults": faults, **self.memory.report(),
+            "decoder_health": self.decoder_stats().get("decoder_health", {}),  # e.g. frames on a held control image
             "notify": self.notifier.stats(),
             # The other parts' stats under their names ("state": saves and failures, "health": connections).
             **{name: s for name, s in stats.items() if name not in inputs},

@@ -99,19 +99,24 @@ COMPARISONS = {
 
 
 def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: int = 30, rounds: int = 2,
-            device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True) -> dict:
+            device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True,
+            control: str | None = None) -> dict:
     """Decoder fps of the variants in ``COMPARISONS[what]`` from one run: all prepared first, then ``rounds`` rounds
     of ``frames`` frames each, the variants in turn within a round, so a drifting load hits them all alike.
 
     Keys: model, device, device_name, dtype, size, steps, compare, frames, rounds, fps {variant: fps over all its
     frames}, frame_ms_p50 {variant: ms}, ratio {variant: its fps / the first variant's}.
     """
-    if what not in COMPARISONS:
-        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, not {what!r}")
+    variants = dict(COMPARISONS)
+    if control:  # the control's cost: without, and with it (from the camera: its image stays the first one)
+        variants["controls"] = {"none": {}, "control": {"controls": ({"model": str(control)},)}}
+    if what not in variants:
+        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), "
+                         f"not {what!r}")
     cls = decoder_class("diffusion")
     decs = {}
     try:
-        for name, extra in COMPARISONS[what].items():
+        for name, extra in variants[what].items():
             settings = cls.Settings(model=str(model_dir), width=size, height=size, steps=steps, taesd=taesd or "",
                                     dtype=dtype, cuda_graph=cuda_graph, local_files_only=True, similar_max_skip=0,
                                     prompts=(("a lighthouse at dusk, oil painting", 1.0),),

@@ -4,8 +4,10 @@ the request, write them into the program's static buffers, run the program, read
 Live values read from ``request.params`` (declared on the bus by :meth:`DiffusionDecoder.param_specs`):
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
 embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
-``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order).
-From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img).
+``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order), ``control.<i>.scale``,
+``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i).
+From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img, or
+for the controls that take the camera).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .sources import SourceFilter
 
 log = logging.getLogger(__name__)
 
+CONTROL_HOLD_S = 1.0  # no camera frame for this long: a camera control holds its last image (counted)
+
 
 @register("diffusion")
 class DiffusionDecoder(DiffusionKind):
@@ -44,7 +48,7 @@ class DiffusionDecoder(DiffusionKind):
         self.device_name = device
         self.prepared = False
         self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
-                          "prompt_cache_misses": 0}
+                          "prompt_cache_misses": 0, "control_held": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
 
@@ -125,6 +129,7 @@ class DiffusionDecoder(DiffusionKind):
             if self.cfg:
                 self.program.set_negative(*self.prompts.encode(s.negative_prompt))
             self._load_references()
+            self._load_controls()
             self.prepared = True
             log.info("diffusion: loaded in %.1f s; warming up%s%s", time.perf_counter() - t0,
                      ", compiling" if s.compile else "", " and capturing CUDA graphs" if self.use_graphs else "")
@@ -143,6 +148,56 @@ class DiffusionDecoder(DiffusionKind):
             self.ref_latents.append(self.buf["src"].clone())
             self.programs.sync()  # the next image reuses the pinned staging buffer this upload reads from
         self._src_key = None
+
+    def _load_controls(self) -> None:
+        """The controls' live state; those with an image file get it now, once."""
+        s = self.settings
+        self._control_values = [c.scale for c in s.controls]
+        self._control_spans = [(c.start, c.end) for c in s.controls]
+        self._control_version = 0
+        self._camera_controls = [j for j, c in enumerate(s.controls) if c.source == "camera"]
+        self._camera_seen = time.monotonic()
+        for j, c in enumerate(s.controls):
+            if c.source != "camera":
+                self.program.set_control_image(j, self._control_image(j, load_image(c.source, s.width, s.height)))
+                self.programs.sync()
+
+    def _control_image(self, j: int, img: np.ndarray) -> np.ndarray:
+        """A source image as control j takes it: the frame's size, then its edges (canny) or as it is."""
+        import cv2
+
+        s, c = self.settings, self.settings.controls[j]
+        if img.shape[:2] != (s.height, s.width):
+            img = cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
+        if c.kind == "canny":
+            edges = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), c.low, c.high)
+            img = np.repeat(edges[:, :, None], 3, axis=2)
+        return img
+
+    def _update_controls(self, params: Mapping[str, float], camera: np.ndarray | None) -> None:
+        """Live scales, and the camera's newest frame into the controls that take it (held when none comes)."""
+        for j, v in enumerate(self._control_values):
+            new = bounded(params, f"control.{j}.scale", self.settings.controls[j].scale, 0.0, 4.0)
+            if new != v:
+                self.program.set_control_scale(j, new)
+                self._control_values[j] = new
+        spans = [(bounded(params, f"control.{j}.start", c.start, 0.0, 1.0),
+                  bounded(params, f"control.{j}.end", c.end, 0.0, 1.0)) for j, c in enumerate(self.settings.controls)]
+        if spans != self._control_spans:
+            self.program.set_control_spans(spans)
+            self._control_spans = spans
+        if not self._camera_controls:
+            return
+        now = time.monotonic()
+        if camera is None:
+            if now - self._camera_seen > CONTROL_HOLD_S:
+                self._counters["control_held"] += 1  # the camera stopped: its last image holds
+            return
+        self._camera_seen = now
+        if self._sources.changed(camera) or self._control_version == 0:
+            for j in self._camera_controls:
+                self.program.set_control_image(j, self._control_image(j, camera))
+            self._control_version += 1
 
     def _warm_plan(self) -> list[tuple[str, dict, dict]]:
         """The warm-up frames (label, params, extras) that reach every program a show can use."""
@@ -207,6 +262,10 @@ class DiffusionDecoder(DiffusionKind):
         prog.set_guidance(g)
 
         src = None if s.latent_source else self._sources.take(extras)
+        if s.controls:  # a camera that steers a control is not also the img2img source
+            self._update_controls(params, src if self._camera_controls else None)
+            if self._camera_controls:
+                src = None
         img2img = src is not None or bool(self.ref_latents) or s.latent_source
         strength = bounded(params, "diffusion.strength", s.strength, 0.0, 1.0) if img2img else 1.0
         src_changed = False
@@ -231,7 +290,9 @@ class DiffusionDecoder(DiffusionKind):
         # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera); a stream batch
         # first runs until the frames still in flight have left.
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
-               z.tobytes() if use_z else None)
+               z.tobytes() if use_z else None,
+               (tuple(self._control_values), tuple(self._control_spans), self._control_version)
+               if s.controls else None)
         same = key == self._last_key and not src_changed
         self._same_run = self._same_run + 1 if same else 0
         flush = s.steps - 1 if s.stream_batch else 0
@@ -298,6 +359,10 @@ class DiffusionDecoder(DiffusionKind):
         self._forget()
         if self.program is not None and self.program.buf is not None:
             self.program.reset()
+
+    def health(self) -> dict[str, int]:
+        """Counters for /health: frames rendered on a camera control's held image (its camera stopped)."""
+        return {"control_held": self._counters["control_held"]} if self.settings.controls else {}
 
     def stats(self) -> dict[str, float]:
         """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""

@@ -44,6 +44,13 @@ class DiffusionKind:
                   for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
         specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
                   for _, name in settings.loras]
+        for i, c in enumerate(settings.controls):
+            specs += [ParamSpec(f"control.{i}.scale", "float", 0.0, 4.0, c.scale, 0.3, 0.3,
+                                f"strength of control {i} ({Path(c.model).name}, {c.kind} from {Path(c.source).name})"),
+                      ParamSpec(f"control.{i}.start", "float", 0.0, 1.0, c.start, 0.0, 0.0,
+                                f"fraction of the steps before control {i} acts"),
+                      ParamSpec(f"control.{i}.end", "float", 0.0, 1.0, c.end, 0.0, 0.0,
+                                f"fraction of the steps after which control {i} stops")]
         images = ([settings.source] if settings.source else []) + list(settings.references)
         specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
                             f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]

@@ -178,6 +178,67 @@ def check_files(s: DiffusionSettings) -> None:
             raise FileNotFoundError(f"image {Path(path).expanduser()} not found (img2img source / reference)")
 
 
+CONTROL_CLASSES = ("ControlNetModel", "T2IAdapter")
+
+
+def _base_of(cfg: Mapping[str, Any]) -> str:
+    """A UNet's or control's base in words, from its config."""
+    if cfg.get("addition_embed_type") == "text_time" or cfg.get("adapter_type") == "full_adapter_xl":
+        return "SDXL"
+    dim = cfg.get("cross_attention_dim")
+    name = {768: "SD 1.5", 1024: "SD 2.1"}.get(dim, "SD")
+    return f"{name}, cross_attention_dim {dim}" if dim is not None else "SD 1.5/2.1"
+
+
+def check_controls(s: DiffusionSettings, model_dir: Path | None) -> None:
+    """Every control's folder is a ControlNet or T2I-Adapter with safe weights, made for the model's base (its UNet's
+    config: cross-attention width, SDXL's added conditioning, the adapter's block widths); its image file exists."""
+    unet_cfg: dict[str, Any] = {}
+    if model_dir is not None and (model_dir / "unet" / "config.json").is_file():
+        unet_cfg = json.loads((model_dir / "unet" / "config.json").read_text())
+    for i, c in enumerate(s.controls):
+        folder = Path(c.model).expanduser()
+        what = f"control {i} ({folder})"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{what}: no such ControlNet/T2I-Adapter folder (config.json missing) for model "
+                                    f"{model_dir or s.model}")
+        cfg = json.loads((folder / "config.json").read_text())
+        if cfg.get("_class_name") not in CONTROL_CLASSES:
+            raise ValueError(f"{what}: a {cfg.get('_class_name')!r}, not a ControlNetModel or T2IAdapter")
+        check_weights(folder, "a ControlNet/T2I-Adapter folder with .safetensors weights")
+        if unet_cfg:
+            if cfg["_class_name"] == "ControlNetModel":
+                same = (cfg.get("cross_attention_dim") == unet_cfg.get("cross_attention_dim")
+                        and cfg.get("addition_embed_type") == unet_cfg.get("addition_embed_type"))
+            else:
+                xl = unet_cfg.get("addition_embed_type") == "text_time"
+                same = ((cfg.get("adapter_type") == "full_adapter_xl") == xl
+                        and list(cfg.get("channels", [])) == list(unet_cfg.get("block_out_channels", [])))
+            if not same:
+                raise ValueError(f"{what} is made for another base ({_base_of(cfg)}) than the model {model_dir} "
+                                 f"({_base_of(unet_cfg)})")
+        if c.source != "camera" and not Path(c.source).expanduser().is_file():
+            raise FileNotFoundError(f"{what}: image {Path(c.source).expanduser()} not found (source is 'camera' "
+                                    "or an image file)")
+
+
+def load_controls(s: DiffusionSettings, model_dir: Path, device: torch.device, dtype: torch.dtype) -> list:
+    """The controls' modules, checked against the model first: [(class name, module)]."""
+    import diffusers
+
+    check_controls(s, model_dir)
+    out = []
+    for c in s.controls:
+        folder = Path(c.model).expanduser()
+        name = json.loads((folder / "config.json").read_text())["_class_name"]
+        variant = check_weights(folder, "a ControlNet/T2I-Adapter folder with .safetensors weights",
+                                dtype == torch.float16)
+        module = getattr(diffusers, name).from_pretrained(folder, variant=variant, torch_dtype=dtype,
+                                                          use_safetensors=True, low_cpu_mem_usage=False)
+        out.append((name, module.to(device).eval().requires_grad_(False)))
+    return out
+
+
 def check_settings(settings: DiffusionSettings) -> None:
     """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
     path = Path(settings.model).expanduser()
@@ -185,6 +246,7 @@ def check_settings(settings: DiffusionSettings) -> None:
         model_dir = resolve_model_dir(settings)
         family = _family_of(settings, model_dir)
         validate_model_dir(model_dir, family, need_vae=not settings.taesd, repo_hint=EXAMPLE_REPO[family])
+        check_controls(settings, model_dir)
     _check_taesd(settings)
     check_vae_factor(settings, vae_factor(vae_config(settings)))
     check_files(settings)
@@ -217,6 +279,7 @@ class Components:
     vae_scale: float
     vae_factor: int
     prediction: str
+    controls: list = None  # [(class name, ControlNetModel | T2IAdapter)]
 
 
 def load_components(s: DiffusionSettings, device: torch.device, dtype: torch.dtype,
@@ -297,7 +360,8 @@ def load_components(s: DiffusionSettings, device: torch.device, dtype: torch.dty
     prediction = scheduler.config.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"{model_dir}: unsupported prediction_type {prediction!r}")
-    return Components(family=family, model_dir=model_dir, unet=unet, tokenizers=tokenizers,
+    controls = load_controls(s, model_dir, device, dtype)
+    return Components(family=family, model_dir=model_dir, unet=unet, controls=controls, tokenizers=tokenizers,
                       text_encoders=text_encoders, scheduler=scheduler, vae=vae, tiny_vae=tiny_vae,
                       vae_dtype=next(vae.parameters()).dtype,
                       vae_scale=float(vae.config.get("scaling_factor", 1.0) or 1.0), vae_factor=factor,

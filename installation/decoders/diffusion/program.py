@@ -51,6 +51,7 @@ class FrameProgram:
         self.cfg = self.cfg_mode in ("full", "onetime")  # the negative prompt's row is evaluated
         self.guided = self.cfg_mode != "none"
         self.delta = float(s.rcfg_delta)
+        self.controls = list(comps.controls or [])  # [(class name, ControlNetModel | T2IAdapter)]
         self._make_buffers(max_len)
         self.tab_key: float | None = None
         self.timesteps_now: tuple = ()
@@ -105,7 +106,10 @@ class FrameProgram:
                 b["spooled"] = torch.zeros((n, b["pooled"].shape[1]), device=dev, dtype=self.dtype)
             if "tcond" in b:
                 b["stcond"] = b["tcond"][-1:].repeat(n, 1)
+        if self.controls:
+            self._control_buffers(b, s)
         self._slot_state = [k for k in ("stab", "semb", "sg", "sref", "spooled", "stcond") if k in b]
+        self._slot_state += [k for k in b if k.startswith("sctl_")]
         self.buf = b
         self._reset_slots()
         # Source images are resized to the frame on the host, so one (pinned host, device) pair serves every camera
@@ -114,6 +118,92 @@ class FrameProgram:
         self.staging = (torch.empty(shape, dtype=torch.uint8, pin_memory=dev.type == "cuda"),
                         torch.zeros(shape, dtype=torch.uint8, device=dev))
         self.z_host = torch.empty((1, c, h, w), dtype=torch.float32, pin_memory=dev.type == "cuda")
+
+    def _control_buffers(self, b: dict[str, torch.Tensor], s: DiffusionSettings) -> None:
+        """Each control's conditioning image (0..1, as the ControlNet/adapter pipelines pass it), a T2I-Adapter's
+        features (computed when its image changes), the live scales and diffusers' per-step keep (start/end)."""
+        dev = self.device
+        b["ctl_keep"] = torch.tensor(self._keep([(c.start, c.end) for c in s.controls]), device=dev,
+                                     dtype=torch.float32)
+        b["ctl_scale"] = torch.tensor([c.scale for c in s.controls], device=dev, dtype=torch.float32)
+        self.control_staging = []
+        for j, (name, module) in enumerate(self.controls):
+            b[f"ctl_img.{j}"] = torch.zeros((1, 3, s.height, s.width), device=dev, dtype=self.dtype)
+            self.control_staging.append(
+                (torch.empty((s.height, s.width, 3), dtype=torch.uint8, pin_memory=dev.type == "cuda"),
+                 torch.zeros((s.height, s.width, 3), dtype=torch.uint8, device=dev)))
+            if name == "T2IAdapter":
+                with torch.inference_mode():
+                    feats = module(b[f"ctl_img.{j}"])
+                b[f"ctl_feats.{j}"] = torch.zeros((len(feats),), device=dev)  # the count, for the programs
+                for k, f in enumerate(feats):
+                    b[f"ctl_feat.{j}.{k}"] = torch.zeros_like(f)
+        if s.stream_batch:  # each slot keeps its request's control images, features and scales
+            n = s.steps
+            for name in [k for k in b if k.startswith(("ctl_img.", "ctl_feat."))]:
+                b["s" + name] = b[name].repeat(n, *([1] * (b[name].ndim - 1)))
+            b["sctl_scale"] = b["ctl_scale"].repeat(n, 1)
+
+    def set_control_image(self, j: int, img: np.ndarray) -> None:
+        """Upload control j's image (HxWx3 uint8, the frame's size) into its static buffer; a T2I-Adapter's
+        features are computed from it here, once per image."""
+        host, dev_img = self.control_staging[j]
+        host.copy_(torch.from_numpy(np.ascontiguousarray(img)))
+        dev_img.copy_(host, non_blocking=True)
+        name, module = self.controls[j]
+        b = self.buf
+
+        def program() -> None:
+            b[f"ctl_img.{j}"].copy_(dev_img.permute(2, 0, 1)[None].float().div(255.0))
+            if name == "T2IAdapter":
+                for k, f in enumerate(module(b[f"ctl_img.{j}"])):
+                    b[f"ctl_feat.{j}.{k}"].copy_(f)
+
+        self.programs.run(("control", j), program)
+
+    def set_control_scale(self, j: int, value: float) -> None:
+        self.buf["ctl_scale"][j].fill_(value)
+
+    def _keep(self, spans: list[tuple[float, float]]) -> list[list[float]]:
+        """Whether each control acts at each step: diffusers' controlnet_keep for (start, end) fractions."""
+        n = self.settings.steps
+        return [[1.0 - float(i / n < start or (i + 1) / n > end) for start, end in spans] for i in range(n)]
+
+    def set_control_spans(self, spans: list[tuple[float, float]]) -> None:
+        """Live guidance start/end of every control (the per-step keep table)."""
+        self.buf["ctl_keep"].copy_(torch.tensor(self._keep(spans), dtype=torch.float32))
+
+    def _control_residuals(self, model_in: torch.Tensor, ts: torch.Tensor, kw: dict[str, Any],
+                           scale: torch.Tensor, m: int, slots: bool) -> dict[str, Any]:
+        """The UNet's extra inputs from the controls: ControlNet residuals and T2I-Adapter features, each scaled per
+        row (``scale`` [rows, controls]) and summed over the controls (diffusers' Multi-ControlNet / MultiAdapter).
+        ``slots``: the stream batch's per-slot images and features (the first ``m`` repeated for negative rows)."""
+        b, rows = self.buf, model_in.shape[0]
+
+        def per_row(name: str) -> torch.Tensor:
+            if not slots:
+                return b[name].expand(rows, *b[name].shape[1:])
+            t = b["s" + name]
+            return torch.cat([t[:m], t]) if m else t
+
+        down = mid = intra = None
+        for j, (name, module) in enumerate(self.controls):
+            sj = scale[:, j].view(-1, 1, 1, 1).to(self.dtype)
+            if name == "ControlNetModel":
+                d, md = module(model_in, ts, controlnet_cond=per_row(f"ctl_img.{j}"),
+                               conditioning_scale=1.0, return_dict=False, **kw)
+                d, md = [r * sj for r in d], md * sj
+                down = d if down is None else [x + y for x, y in zip(down, d)]
+                mid = md if mid is None else mid + md
+            else:
+                feats = [per_row(f"ctl_feat.{j}.{k}") * sj for k in range(b[f"ctl_feats.{j}"].shape[0])]
+                intra = feats if intra is None else [x + y for x, y in zip(intra, feats)]
+        out: dict[str, Any] = {}
+        if down is not None:
+            out["down_block_additional_residuals"], out["mid_block_additional_residual"] = down, mid
+        if intra is not None:
+            out["down_intrablock_additional_residuals"] = intra
+        return out
 
     # -- inputs: in-place writes into the static buffers ---------------------------------------------------------
 
@@ -204,12 +294,14 @@ class FrameProgram:
 
     def _denoise(self, x: torch.Tensor, rows: torch.Tensor, emb: torch.Tensor, pooled: torch.Tensor | None,
                  tcond: torch.Tensor | None, g: torch.Tensor, ref: torch.Tensor, renoise: torch.Tensor,
-                 negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 negatives: int, keep: torch.Tensor | None = None,
+                 slots: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One denoising step of n latents, each at its own table row, in one UNet call: (next x, x0 prediction).
 
         ``emb``/``pooled``/``tcond``: the n rows' conditioning; ``g``: their guidance; ``ref`` [n]: the x0 residual
         CFG's negative points to (read; under ``onetime`` the first rows' are written here); ``negatives``: how many
-        of the first rows are evaluated with the negative prompt too (full CFG: all, onetime: the first step's).
+        of the first rows are evaluated with the negative prompt too (full CFG: all, onetime: the first step's);
+        ``keep`` [n, controls]: whether each control acts at each row's step.
         Tensor-only, so it can be captured.
         """
         b, m = self.buf, negatives
@@ -220,7 +312,13 @@ class FrameProgram:
             emb = torch.cat([b["emb"][:1].expand(m, -1, -1), emb])
             if pooled is not None:
                 pooled = torch.cat([b["pooled"][:1].expand(m, -1), pooled])
-        out = self.unet_fn(model_in, ts, return_dict=False, **self._kwargs(emb, pooled, tcond))[0].float()
+        kw = self._kwargs(emb, pooled, tcond)
+        extra = {}
+        if self.controls:
+            scale = keep * (b["sctl_scale"] if slots else b["ctl_scale"])
+            extra = self._control_residuals(model_in, ts, kw, torch.cat([scale[:m], scale]) if m else scale, m,
+                                            slots)
+        out = self.unet_fn(model_in, ts, return_dict=False, **kw, **extra)[0].float()
         neg, out = out[:m], out[m:]
         xf = x.float()
         sa, s1a, c_skip, c_out, sa_n, s1a_n = (rows[:, k].view(-1, 1, 1, 1) for k in range(1, TABLE_COLUMNS))
@@ -250,7 +348,7 @@ class FrameProgram:
         b = self.buf
         return self._denoise(x, b["tab"][i:i + 1], b["emb"][-1:], b["pooled"][-1:] if "pooled" in b else None,
                              b["tcond"][-1:] if "tcond" in b else None, b["g"], b["neg_x0"], b["renoise"][i],
-                             self._negatives(i))
+                             self._negatives(i), b["ctl_keep"][i:i + 1] if self.controls else None)
 
     def decode_into_rgb(self, x0: torch.Tensor) -> None:
         """Decode latents, convert to uint8 RGB in the static buffer and store the finite flag.
@@ -306,12 +404,15 @@ class FrameProgram:
         b["semb"][:1].copy_(b["emb"][-1:])
         b["sg"][:1].copy_(b["g"].view(1))
         b["sref"][:1].copy_(b["neg_x0"])
-        for name, src in (("spooled", "pooled"), ("stcond", "tcond")):
+        for name, src in (("spooled", "pooled"), ("stcond", "tcond"), ("sctl_scale", "ctl_scale")):
             if name in b:
-                b[name][:1].copy_(b[src][-1:])
+                b[name][:1].copy_(b[src].view(-1, *b[name].shape[1:])[-1:])
+        for name in self._slot_state:
+            if name.startswith(("sctl_img.", "sctl_feat.")):
+                b[name][:1].copy_(b[name[1:]])
         rows = b["stab"].diagonal(0, 0, 1).T  # slot k at step k of its own request's table
         x_next, x0 = self._denoise(b["sx"], rows, b["semb"], b.get("spooled"), b.get("stcond"), b["sg"], b["sref"],
-                                   b["renoise"][:, 0], self._negatives(0, n))
+                                   b["renoise"][:, 0], self._negatives(0, n), b.get("ctl_keep"), slots=True)
         b["sx"][1:].copy_(x_next[:-1])
         self.timer.mark("unet")
         self.decode_into_rgb(x0.index_select(0, b["out_slot"]))
@@ -365,5 +466,5 @@ class FrameProgram:
 
     def close(self) -> None:
         self.programs.clear()  # waits for a replay still in flight
-        for name in ("unet", "vae", "unet_fn", "vae_decode", "buf", "staging", "comps"):
+        for name in ("unet", "vae", "unet_fn", "vae_decode", "buf", "staging", "comps", "controls"):
             setattr(self, name, None)

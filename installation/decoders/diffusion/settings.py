@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal, Mapping
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..base import DecoderSettings
 
@@ -14,13 +14,31 @@ STEP_RANGE = {"sd21": (1, 4), "sdxl": (1, 4), "lcm": (2, 8)}
 EXAMPLE_REPO = {"sd21": "stabilityai/sd-turbo", "sdxl": "stabilityai/sdxl-turbo",
                 "lcm": "SimianLuo/LCM_Dreamshaper_v7", "auto": "stabilityai/sd-turbo"}
 MAX_PROMPT_CHARS = 2000
+CONTROLS_MAX = 4
 PROMPT_GAINS = 16  # prompt.0.gain .. prompt.15.gain on the bus: as many as a show's live prompt set may hold
+
+
+class ControlSettings(BaseModel):
+    """One ``[[decoder.controls]]``: a ControlNet or T2I-Adapter folder and the image that steers it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="a diffusers ControlNetModel or T2IAdapter folder (.safetensors)")
+    kind: Literal["canny", "image"] = Field("image", description="canny: the source's edges; image: the source as "
+                                                                 "it is (an edge, depth or pose map already)")
+    source: str = Field("camera", description="'camera' or an image file")
+    scale: float = Field(1.0, ge=0.0, le=4.0, description="conditioning scale (live: control.<i>.scale)")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps before the control acts")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps after which it stops")
+    low: int = Field(100, ge=0, le=1000, description="canny: lower hysteresis threshold")
+    high: int = Field(200, ge=0, le=1000, description="canny: upper hysteresis threshold")
 
 
 class DiffusionSettings(DecoderSettings):
     """What a scene sets for the diffusion decoder (all hashable, so equal settings share one prepared model)."""
 
     path_fields: ClassVar[tuple[str, ...]] = ("model", "taesd", "source")
+    nested_path_fields: ClassVar[dict[str, tuple[str, ...]]] = {"controls": ("model", "source")}
 
     model: str = Field(description="local diffusers folder, or a hub id (used only when online)")
     local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
@@ -58,6 +76,8 @@ class DiffusionSettings(DecoderSettings):
     similar_max_skip: int = Field(30, ge=0, description="render at least every N frames even when nothing changed")
     emergence: bool = False
     loras: tuple[tuple[str, str], ...] = Field((), description="(path, name) pairs; scale on lora.<name>.scale")
+    controls: tuple[ControlSettings, ...] = Field((), description="ControlNets / T2I-Adapters ([[decoder.controls]]), "
+                                                                  "their residuals summed")
     seed: int = 0
     prompt_cache_size: int = Field(64, ge=2, le=4096)
 
@@ -82,6 +102,8 @@ class DiffusionSettings(DecoderSettings):
             raise ValueError(f"stream_batch needs steps 2-4, not {self.steps}")
         if self.stream_batch and self.emergence:
             raise ValueError("stream_batch and emergence cannot be combined (emergence shows one frame's steps)")
+        if len(self.controls) > CONTROLS_MAX:
+            raise ValueError(f"at most {CONTROLS_MAX} controls, not {len(self.controls)}")
         names = [n for _, n in self.loras]
         if len(set(names)) != len(names):
             raise ValueError("LoRA names must be unique")

@@ -1,0 +1,280 @@
+"""ControlNet and T2I-Adapter controls against diffusers' own pipelines, on tiny random models built the way
+diffusers' tests build them (``ControlNetModel.from_unet``, a small ``T2IAdapter``), saved and loaded back through
+the folders a user names. Latents are compared where they enter the VAE (the pipelines' ``output_type="latent"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from installation.decoders import DecoderSpec, LatentRequest, create, decoder_class
+
+PROMPT = "a red cat"
+REL_TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def _randomise(module, seed):
+    """ControlNet's zero convolutions start at zero (no effect at all): give them weights, so the test can fail."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+@pytest.fixture(scope="module")
+def controls(tiny_models, tmp_path_factory):
+    """Two ControlNets from the tiny SD-Turbo UNet, one from the SDXL one (another base), an SD folder whose first
+    down block has cross-attention (where a T2I-Adapter's features go in) and an adapter for it."""
+    import diffusers
+
+    root = tmp_path_factory.mktemp("controls")
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_models["sd-turbo"], subfolder="unet")
+    out = {}
+    for i in range(2):
+        torch.manual_seed(10 + i)
+        cn = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+        _randomise(cn, i)
+        cn.save_pretrained(root / f"cn{i}")
+        out[f"cn{i}"] = root / f"cn{i}"
+    xl = diffusers.UNet2DConditionModel.from_pretrained(tiny_models["sdxl-turbo"], subfolder="unet")
+    torch.manual_seed(12)
+    cn = diffusers.ControlNetModel.from_unet(xl, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    _randomise(cn, 2)
+    cn.save_pretrained(root / "cn-xl")
+    out["cn-xl"] = root / "cn-xl"
+    # SD with a cross-attention first block (a T2I-Adapter adds inside blocks that have attention, before the
+    # downsampler), as diffusers' adapter tests build theirs.
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_models["sd-turbo"], safety_checker=None)
+    torch.manual_seed(3)
+    pipe.unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(2, 4), norm_num_groups=4, use_linear_projection=True, cross_attention_dim=32)
+    pipe.save_pretrained(root / "sd-attn-first")
+    out["sd-attn-first"] = root / "sd-attn-first"
+    torch.manual_seed(4)
+    diffusers.T2IAdapter(in_channels=3, channels=[8, 16], num_res_blocks=1, downscale_factor=8,
+                         adapter_type="full_adapter").save_pretrained(root / "adapter")
+    out["adapter"] = root / "adapter"
+    img = np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(img).save(root / "structure.png")
+    out["image"] = root / "structure.png"
+    return out
+
+
+def _decoder(folder, taesd, **kw):
+    Diffusion = decoder_class("diffusion")
+    s = Diffusion.Settings(model=str(folder), taesd=str(taesd), width=64, height=64, prompts=((PROMPT, 1.0),), **kw)
+    Diffusion.check(s)
+    d = create(DecoderSpec("diffusion", s))
+    d.prepare()
+    return d
+
+
+def _render(d, z, params=None, extras=None):
+    seen = []
+    h = d.vae.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().float().clone()))
+    try:
+        d.render(LatentRequest(z=np.asarray(z, np.float32), t=0.0, seq=0, decoder=DecoderSpec("diffusion", d.settings),
+                               params=params or {}, extras=extras or {}))
+    finally:
+        h.remove()
+    return seen[0] * d.vae_scale
+
+
+def _close(mine, ref, same=True):
+    diff = (mine - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    if same:
+        assert diff <= REL_TOL * scale, f"max |decoder - diffusers| = {diff:.3g} (latents up to {scale:.3g})"
+    else:
+        assert diff > 1e-3 * scale, "the control made no difference"
+
+
+def _pipe(cls, folder, taesd, **kw):
+    import diffusers
+
+    p = getattr(diffusers, cls).from_pretrained(folder, vae=diffusers.AutoencoderTiny.from_pretrained(taesd),
+                                                safety_checker=None, **kw)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _image_tensor(path):
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize("steps,two", [(1, False), (2, True)])
+def test_controlnet_matches_the_pipeline(tiny_models, controls, steps, two):
+    """One ControlNet, and two summed (Multi-ControlNet) with the second acting from half-way (set live on the
+    bus), as diffusers' StableDiffusionControlNetPipeline computes them."""
+    import diffusers
+
+    taesd = tiny_models["taesd"]
+    spec = [{"model": str(controls["cn0"]), "source": str(controls["image"]), "scale": 0.7}]
+    if two:
+        spec.append({"model": str(controls["cn1"]), "source": str(controls["image"]), "scale": 1.3})
+    d = _decoder(tiny_models["sd-turbo"], taesd, steps=steps, controls=tuple(spec))
+    z = torch.randn((1, *d.lat_shape), generator=torch.Generator().manual_seed(3))
+    mine = _render(d, z[0].numpy(), {"control.1.start": 0.5} if two else {})  # live guidance start
+    nets = [diffusers.ControlNetModel.from_pretrained(c["model"]) for c in spec]
+    pipe = _pipe("StableDiffusionControlNetPipeline", tiny_models["sd-turbo"], taesd,
+                 controlnet=nets if two else nets[0])
+    img = _image_tensor(controls["image"])
+    kw = dict(controlnet_conditioning_scale=[c["scale"] for c in spec], control_guidance_start=[0.0, 0.5],
+              control_guidance_end=[1.0, 1.0]) if two else dict(controlnet_conditioning_scale=0.7)
+    ref = pipe(PROMPT, image=[img] * len(spec) if two else img, num_inference_steps=steps, guidance_scale=0.0,
+               height=64, width=64, latents=z.clone(), output_type="latent", **kw).images
+    _close(mine, ref)
+    # control.0.scale = 0 (live, on the bus) takes control 0 out: with one control that is the plain render
+    if not two:
+        plain = _decoder(tiny_models["sd-turbo"], taesd, steps=steps)
+        without = _render(plain, z[0].numpy())
+        _close(mine, without, same=False)
+        _close(_render(d, z[0].numpy(), {"control.0.scale": 0.0}), without)
+        _close(_render(d, z[0].numpy(), {"control.0.scale": 0.7}), ref)
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "img2img"])
+def test_controlnet_sdxl_and_img2img_match_the_pipelines(tiny_models, controls, kind):
+    """StableDiffusionXLControlNetPipeline (text-to-image), StableDiffusionControlNetImg2ImgPipeline (the camera as
+    the img2img source, the control from a file)."""
+    import diffusers
+    from PIL import Image
+
+    taesd = tiny_models["taesd"]
+    model = tiny_models["sdxl-turbo" if kind == "sdxl" else "sd-turbo"]
+    cn = controls["cn-xl" if kind == "sdxl" else "cn0"]
+    ctl = ({"model": str(cn), "source": str(controls["image"]), "scale": 0.9},)
+    extra = {"strength": 0.5, "img2img_noise": "trajectory"} if kind == "img2img" else {}
+    d = _decoder(model, taesd, steps=2, controls=ctl, **extra)
+    gen = torch.Generator().manual_seed(6)
+    z = torch.randn((1, *d.lat_shape), generator=gen)
+    img = _image_tensor(controls["image"])
+    net = diffusers.ControlNetModel.from_pretrained(cn)
+    args = dict(guidance_scale=0.0, controlnet_conditioning_scale=0.9, output_type="latent")
+    if kind == "sdxl":
+        mine = _render(d, z[0].numpy())
+        pipe = _pipe("StableDiffusionXLControlNetPipeline", model, taesd, controlnet=net, add_watermarker=False)
+        ref = pipe(PROMPT, image=img, num_inference_steps=2, height=64, width=64, latents=z.clone(), **args).images
+    else:
+        src = np.random.default_rng(8).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        mine = _render(d, z[0].numpy(), extras={"source": src})
+        pipe = _pipe("StableDiffusionControlNetImg2ImgPipeline", model, taesd, controlnet=net)
+        ref = pipe(PROMPT, image=Image.fromarray(src), control_image=img, num_inference_steps=4, strength=0.5,
+                   generator=torch.Generator().manual_seed(6), **args).images
+    _close(mine, ref)
+
+
+def test_t2i_adapter_matches_the_pipeline(tiny_models, controls):
+    import diffusers
+
+    taesd = tiny_models["taesd"]
+    folder = controls["sd-attn-first"]
+    d = _decoder(folder, taesd, steps=2, controls=({"model": str(controls["adapter"]),
+                                                    "source": str(controls["image"]), "scale": 0.8},))
+    z = torch.randn((1, *d.lat_shape), generator=torch.Generator().manual_seed(4))
+    mine = _render(d, z[0].numpy())
+    pipe = _pipe("StableDiffusionAdapterPipeline", folder, taesd,
+                 adapter=diffusers.T2IAdapter.from_pretrained(controls["adapter"]))
+    ref = pipe(PROMPT, image=_image_tensor(controls["image"]), num_inference_steps=2, guidance_scale=0.0, height=64,
+               width=64, latents=z.clone(), adapter_conditioning_scale=0.8, output_type="latent").images
+    _close(mine, ref)
+    _close(mine, _render(_decoder(folder, taesd, steps=2), z[0].numpy()), same=False)
+
+
+def test_camera_control_takes_edges_and_holds(tiny_models, controls, monkeypatch):
+    """A canny control from the camera: the edges of the frame at the decoder's size; the camera is not the img2img
+    source then; when frames stop, the last image holds and the frames are counted."""
+    import cv2
+
+    from installation.decoders.diffusion import decoder as decoder_mod
+
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=1,
+                 controls=({"model": str(controls["cn0"]), "kind": "canny"},))
+    frame = np.zeros((120, 160, 3), np.uint8)
+    cv2.rectangle(frame, (40, 30), (120, 90), (255, 255, 255), -1)
+    z = np.zeros(d.lat_shape, np.float32)
+    first = _render(d, z, extras={"source": frame})
+    small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+    edges = cv2.Canny(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), 100, 200)
+    got = d.buf["ctl_img.0"][0].permute(1, 2, 0).numpy()
+    assert edges.any() and np.array_equal(got[:, :, 0], edges / 255.0)
+    assert d.stats()["control_held"] == 0
+    monkeypatch.setattr(decoder_mod, "CONTROL_HOLD_S", 0.0)
+    held = _render(d, z + 0.5)  # no frame: the last edges hold
+    assert d.stats()["control_held"] == 1
+    assert np.array_equal(d.buf["ctl_img.0"][0].permute(1, 2, 0).numpy()[:, :, 0], edges / 255.0)
+    _close(held, first, same=False)  # a new z still renders (txt2img: the camera is not the img2img source)
+
+
+def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
+    Diffusion = decoder_class("diffusion")
+    base = dict(model=str(tiny_models["sd-turbo"]), width=64, height=64)
+    missing = tmp_path / "no-such-controlnet"
+    with pytest.raises(FileNotFoundError) as e:
+        Diffusion.check(Diffusion.Settings(**base, controls=({"model": str(missing)},)))
+    assert str(missing) in str(e.value) and str(tiny_models["sd-turbo"]) in str(e.value)
+    with pytest.raises(ValueError) as e:
+        Diffusion.check(Diffusion.Settings(**base, controls=({"model": str(controls["cn-xl"])},)))
+    msg = str(e.value)
+    assert "another base (SDXL)" in msg and str(controls["cn-xl"]) in msg and str(tiny_models["sd-turbo"]) in msg
+    assert "\n" not in msg
+
+
+def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path):
+    """Through the command a user runs: exit 2, one line naming the control's folder and the model's."""
+    import subprocess
+    import sys
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (scenes / "ctl.toml").write_text(
+        f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
+        f'width = 64\nheight = 64\n\n[[decoder.controls]]\nmodel = "{controls["cn-xl"]}"\nkind = "canny"\n')
+    cfg = tmp_path / "show.toml"
+    shaders = Path(__file__).resolve().parents[2] / "shaders"
+    cfg.write_text(f'[show]\nscenes = ["ctl"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
+    r = subprocess.run([sys.executable, "-m", "installation", "params", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
+    assert len(lines) == 1 and str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
+    assert "another base (SDXL)" in lines[0]
+
+
+def test_stream_batch_carries_each_requests_control(tiny_models, controls):
+    """Under stream batch each request keeps its own camera image and control scale: frame n is request n - 1
+    rendered alone (2 steps), while the camera and control.0.scale move every frame."""
+    import cv2
+
+    ctl = ({"model": str(controls["cn0"]), "kind": "canny"},)
+    ref = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=2, controls=ctl)
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=2, controls=ctl, stream_batch=True)
+    rng = np.random.default_rng(9)
+    reqs = []
+    for i in range(4):
+        frame = np.zeros((64, 64, 3), np.uint8)
+        cv2.circle(frame, (16 + 10 * i, 32), 12, (255, 255, 255), -1)
+        reqs.append((rng.standard_normal(d.lat_shape).astype(np.float32), {"control.0.scale": 0.5 + 0.3 * i},
+                     {"source": frame}))
+    expected = [_render(ref, *r) for r in reqs]
+    _close(expected[1], expected[2], same=False)
+    for n, r in enumerate(reqs):
+        got = _render(d, *r)
+        if n >= 1:
+            _close(got, expected[n - 1])
