@@ -225,6 +225,7 @@ def check_controls(s: DiffusionSettings, model_dir: Path | None) -> None:
 def load_controls(s: DiffusionSettings, model_dir: Path, device: torch.device, dtype: torch.dtype) -> list:
     """The controls' modules, checked against the model first: [(class name, module)]."""
     import diffusers
+    import torch
 
     check_controls(s, model_dir)
     out = []
