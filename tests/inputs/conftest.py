@@ -27,24 +27,39 @@ def _jack_running(env: dict[str, str]) -> bool:
     return out == "running"
 
 
+def start_jackd(env: dict[str, str]) -> subprocess.Popen:
+    """jackd on the dummy driver (48 kHz, 256-frame periods) for the server ``env`` names; fails the test when it
+    does not come up within 10 s."""
+    proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", "256", "-C", "2", "-P", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
+        stop_jackd(proc)
+        pytest.fail("jackd did not come up within 10 s")
+    return proc
+
+
+def stop_jackd(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def need_jack() -> None:
+    if shutil.which("jackd") is None or shutil.which("jack_wait") is None:
+        pytest.skip("jackd/jack_wait not installed (apt-get install jackd2): no audio device to test against")
+
+
 @pytest.fixture(scope="session")
 def jack_server():
     """A running JACK server (ours: dummy driver, 48 kHz, 256-frame periods) for the whole session."""
-    if shutil.which("jackd") is None or shutil.which("jack_wait") is None:
-        pytest.skip("jackd/jack_wait not installed (apt-get install jackd2): no audio device to test against")
+    need_jack()
     if "sounddevice" in sys.modules:
         pytest.fail("sounddevice was imported before the JACK server started; PortAudio would not see it")
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
-    proc = None
-    if not _jack_running(env):
-        proc = subprocess.Popen(
-            ["jackd", "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", "256", "-C", "2", "-P", "2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
-            proc.kill()
-            proc.wait()
-            pytest.fail("jackd did not come up within 10 s")
+    proc = None if _jack_running(env) else start_jackd(env)
     yield
     gc.collect()  # JACK clients a test left to the garbage collector (rtmidi, jack.Client) close while jackd lives
     sd = sys.modules.get("sounddevice")
@@ -52,12 +67,20 @@ def jack_server():
         while sd._initialized:
             sd._terminate()
     if proc is not None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_jackd(proc)
+
+
+@pytest.fixture
+def own_jack_server():
+    """A JACK server of the test's own (its own name), so no client an earlier test left behind can stall it;
+    yields the environment that points JACK clients (a command's subprocess) at it."""
+    need_jack()
+    env = dict(os.environ, JACK_DEFAULT_SERVER=f"own-{os.getpid()}-{time.monotonic_ns()}", JACK_NO_AUDIO_RESERVATION="1")
+    proc = start_jackd(env)
+    try:
+        yield {"JACK_DEFAULT_SERVER": env["JACK_DEFAULT_SERVER"], "JACK_NO_AUDIO_RESERVATION": "1"}
+    finally:
+        stop_jackd(proc)
 
 
 class Feeder:
