@@ -261,6 +261,20 @@ def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int
     }
 
 
+def run_diffusion_compare(spec: ShowSpec, model: str, taesd: str | None, size: int, steps: int, frames: int,
+                          what: str, rounds: int) -> dict[str, Any]:
+    """The diffusion decoder's fps for full CFG vs residual CFG (``cfg``), or without and with stream batch
+    (``stream``), from one run (decoder alone, rounds alternating)."""
+    from .decoders.diffusion.bench import compare
+
+    import torch
+
+    device = resolve_device(spec.config.decoder.device)
+    torch.set_num_threads(spec.config.decoder.threads or default_threads(device))
+    return compare(model, what, size=size, steps=steps, frames=frames, rounds=rounds, device=device, taesd=taesd,
+                   cuda_graph=device == "cuda")
+
+
 def osc_latency(spec: ShowSpec, trials: int = 10, size: tuple[int, int] = (640, 360)) -> dict[str, Any]:
     """Milliseconds from an OSC message leaving a client to the first presented frame that shows its effect.
 

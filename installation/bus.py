@@ -33,6 +33,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PARAM_TYPES = ("float", "int", "bool")
+MAX_GLIDE = 60.0  # seconds: the longest glide a seek (/seek, the show's seek event) may ask for
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,18 @@ class Subscription:
     def close(self) -> None:
         """Stop receiving entries."""
         self._bus._unsubscribe(self)
+
+
+def latest_values(changes: Iterable[Change]) -> dict[str, Any]:
+    """The newest target of each parameter in a drained run of changes ("set" and "reset" entries, in order): what a
+    subscriber that echoes parameters (OSCQuery's LISTEN, the web page's live channel) sends once per round."""
+    latest: dict[str, Any] = {}
+    for c in changes:
+        if c.kind == "set":
+            latest[c.name] = c.value
+        elif c.kind == "reset":
+            latest.update(c.value)
+    return latest
 
 
 @dataclass(frozen=True)

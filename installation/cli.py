@@ -328,13 +328,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = int(args.camera) if args.camera.isdigit() else args.camera
         result = camera_bench(spec, source, seconds=args.seconds, rounds=args.rounds)
     elif args.map:
-        from .archive.live_map import overlay_bench
+        from .archive.bench import overlay_bench
 
         result = overlay_bench(spec, seconds=args.seconds, rounds=args.rounds)
     elif args.archive:
         from .archive.bench import archive_bench
 
         result = archive_bench(spec, seconds=args.seconds, rounds=args.rounds)
+    elif args.search:
+        from .archive.search import clip_width, search_bench
+
+        try:
+            dim = args.dim or clip_width(spec.config.vision.resolved(spec.path.resolve().parent))
+            result = search_bench(points=args.points, dim=dim, k=20, queries=max(args.trials // 2, 3),
+                                  index=args.index)
+        except (ValueError, OSError) as e:
+            return _fail(f"--search: {e}")
     elif args.steer is not None:
         from .vision.bench import steer_bench
 
@@ -379,8 +388,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.model:
             return _fail("--decoder diffusion needs --model DIR (a diffusers folder; see scripts/make_random_models.py)")
         try:
-            result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
-                                         args.decoder_size, args.steps, args.frames, args.seconds)
+            if args.compare:
+                from .bench import run_diffusion_compare
+
+                result = run_diffusion_compare(spec, str(args.model), str(args.taesd) if args.taesd else None,
+                                               args.decoder_size, args.steps, args.frames, args.compare,
+                                               args.rounds)
+            else:
+                result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
+                                             args.decoder_size, args.steps, args.frames, args.seconds)
         except (FileNotFoundError, ValueError) as e:
             return _fail(str(e))
     else:
@@ -527,7 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--taesd", type=Path, help="TAESD (AutoencoderTiny) folder used instead of the full VAE")
     b.add_argument("--decoder-size", type=int, default=512, help="diffusion image size (square), default 512")
     b.add_argument("--steps", type=int, default=1, help="denoising steps per frame")
-    b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement")
+    b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement (--compare: "
+                   "per variant and round)")
+    b.add_argument("--compare", choices=["cfg", "stream"],
+                   help="--decoder diffusion: decoder fps of full CFG vs residual CFG (self, onetime) vs none, or "
+                        "of the steps without and with stream_batch (--steps 2-4), --rounds rounds alternating in "
+                        "one run, instead")
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency (requests: twice "
@@ -544,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare the full loop with the camera off and on this source (a device index, file, URL "
                         "or 'lavfi:testsrc2=size=320x240:rate=30,realtime'): late ticks and tick p99s, instead")
     b.add_argument("--rounds", type=int, default=1,
-                   help="off/on pairs for --camera, --vision, --outputs, --rig and --map, alternating; runs for --archive (default 1)")
+                   help="off/on pairs for --camera, --vision, --outputs, --rig and --map, alternating; runs for "
+                        "--archive; rounds for --compare (default 1)")
     b.add_argument("--map", action="store_true",
                    help="present p99 with the live map overlay ([output.map]) off and on, --rounds pairs, instead")
     b.add_argument("--archive", action="store_true",
@@ -565,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vision", action="store_true",
                    help="decoder fps without and with the [vision] CLIP worker (every_n = 1), alternating phases of "
                         "one run, instead")
+    b.add_argument("--search", action="store_true",
+                   help="the time and memory of one top-20 search over --points synthetic CLIP embeddings of the "
+                        "configured width (exact; with faiss installed, an IVF index and its recall too), instead")
+    b.add_argument("--points", type=int, default=1_000_000, help="--search: how many embeddings (default 1000000)")
+    b.add_argument("--dim", type=int, default=0, help="--search: embedding width (default: the [vision] model's)")
+    b.add_argument("--index", choices=["auto", "faiss", "none"], default="auto",
+                   help="--search: also time a faiss IVF index (auto: when faiss is installed)")
     b.add_argument("--steer", metavar="TEXT",
                    help="CLIP similarity to TEXT over --seconds of show time with steering off and on, instead")
     b.add_argument("--outputs", action="store_true",

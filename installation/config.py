@@ -16,10 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import decoders, files, parts
+from .files import ConfigError  # defined below the subsystems, which raise it too
 from .bus import ParamSpec
 from .decoders import DecoderSpec
 from .modulation import ModMatrix, ModulationSettings
-from .ops import LogSettings, ScheduleSettings
+from .ops.logs import LogSettings
+from .ops.schedule import ScheduleSettings
 from .latent.prompts import PromptMotionSettings
 from .latent.trajectories import TRAJECTORIES, AnyTrajectorySettings, LoopSettings, Trajectory
 from .render.hooks import hook_params
@@ -39,15 +41,6 @@ CORE_PARAMS = (
     ParamSpec("radius", "float", 0.0, 2.0, 0.5, 0.6, 0.6, "how far orbits and walks stray from their centre"),
     ParamSpec("temperature", "float", 0.0, 3.0, 1.0, 0.6, 0.6, "latent scale: below 1 calmer, above 1 wilder"),
 )
-
-
-class ConfigError(Exception):
-    """A config, scene or shader that cannot be used. ``str()`` is the one line shown to the user."""
-
-    def __init__(self, file: Path | str, key: str, message: str) -> None:
-        self.file, self.key, self.message = str(file), key, message
-        where = f"{self.file}: key '{key}'" if key else self.file
-        super().__init__(f"{where}: {message}")
 
 
 class _Strict(BaseModel):
@@ -180,6 +173,8 @@ class Prompt(_Strict):
 
 class _SceneBody(_Strict):
     description: str = ""
+    still: str = Field("", description="a picture of the scene (PNG or JPEG, relative to the scene file): its "
+                                       "thumbnail on the web page until the show has shown the scene itself")
     duration: Annotated[float, Field(ge=0, le=7 * 86400)] = 60.0
     transition: Annotated[float, Field(ge=0, le=120)] = 4.0
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
@@ -307,7 +302,7 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
         raise ConfigError(file, f"{key}.type", f"must be a name such as \"cppn\" (got {name!r:.40}); allowed: "
                           f"{', '.join(decoders.names())}")
     try:
-        cls = decoders.decoder_class(name)
+        cls = decoders.decoder_kind(name)
     except KeyError:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
     base = Path(file).resolve().parent
@@ -321,7 +316,7 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
 
 def check_decoder_files(scene: "Scene") -> None:
     """Ask the scene's decoder whether the files it names are there (no weights are loaded)."""
-    check = getattr(decoders.decoder_class(scene.decoder.type), "check", None)
+    check = getattr(decoders.decoder_kind(scene.decoder.type), "check", None)
     if check is None:
         return
     try:
@@ -342,10 +337,17 @@ def load_scene(path: Path) -> Scene:
     if isinstance(traj, dict) and isinstance(traj.get("space"), str) and traj["space"]:  # images: beside the scene
         traj["space"] = str((path.resolve().parent / Path(traj["space"]).expanduser()).resolve())
     body = _validate(_SceneBody, data, path)
+    if body.still:  # only a thumbnail: a scene copied away from its picture still plays
+        still = (path.resolve().parent / Path(body.still).expanduser()).resolve()
+        if still.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise ConfigError(path, "still", f"{body.still!r} must be a .png or .jpg file")
+        if not still.is_file():
+            log.warning("%s: still %s not found; no thumbnail until the scene plays", path, still)
+        body = body.model_copy(update={"still": str(still) if still.is_file() else ""})
     traj_cls = TRAJECTORIES[body.trajectory.kind]
     if traj_cls.check.__func__ is not Trajectory.check.__func__:  # one that reads a file (images: a space file)
         try:
-            traj_cls.check(body.trajectory, decoders.decoder_class(spec.type).latent_shape(spec.settings))
+            traj_cls.check(body.trajectory, decoders.decoder_kind(spec.type).latent_shape(spec.settings))
         except (FileNotFoundError, ValueError, OSError) as e:
             raise ConfigError(path, "trajectory", str(e)) from None
     return Scene(path.stem, path, spec, body)

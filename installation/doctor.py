@@ -100,12 +100,16 @@ def _cameras() -> str:
     return ", ".join(map(str, cams)) if cams else f"not found ({reason})"
 
 
-def _jack_running() -> bool | None:
-    """Whether a JACK server runs (``jack_wait -c``), None when JACK's tools are not installed."""
+def jack_running() -> bool | None:
+    """Whether a JACK server runs (``jack_wait -c``), None when JACK's tools are not installed; a server that does
+    not answer within 10 s counts as not running (a wedged server is not one to open clients on)."""
     exe = shutil.which("jack_wait")
     if exe is None:
         return None
-    out = subprocess.run([exe, "-c"], capture_output=True, text=True, timeout=10).stdout.strip()
+    try:
+        out = subprocess.run([exe, "-c"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except subprocess.TimeoutExpired:
+        return False
     return out == "running"
 
 
@@ -126,7 +130,7 @@ def _midi() -> str:
             if not ports:
                 why.append("ALSA: no input port (plug the controller in)")
     if rtmidi.API_UNIX_JACK in apis:
-        running = _jack_running()
+        running = jack_running()
         if not running:
             why.append("JACK: no server running" if running is False else "JACK: jackd2 not installed")
         else:

@@ -1,11 +1,14 @@
-"""Reading untrusted files: bounded, whole, and with one error type that names the file and why.
+"""Reading untrusted files (bounded, whole, and with one error type that names the file and why) and writing the
+show's own files atomically.
 
 Every file the show reads at start or reload (config, scenes, shader headers, calibration, MIDI learn, state, space
 metadata) comes through here: a size cap (a file far bigger than its kind ever is is not ours), a read that is whole
 and stable (read again if the file changed while it was read: an editor rewriting it in place), strict UTF-8, and a
 nesting cap (a deeply nested document would otherwise end in a ``RecursionError`` in the parser or in whatever walks
 the result). Whatever is wrong, the caller gets a :class:`FileError` whose ``str()`` is one line; it decides whether
-that stops the start (exit 2) or sets the file aside (a warning, the show goes on).
+that stops the start (exit 2) or sets the file aside (a warning, the show goes on). What the show writes itself (state,
+calibration, MIDI learn, presets, checkpoints) is written with :func:`write_atomic`: the old file or the new one after
+a power cut, never a mix.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,15 @@ class FileError(ValueError):
     def __init__(self, path: Path | str, why: str, key: str = "") -> None:
         self.path, self.why, self.key = Path(path), why, key
         super().__init__(f"{path}: key '{key}': {why}" if key else f"{path}: {why}")
+
+
+class ConfigError(Exception):
+    """A config, scene or shader that cannot be used. ``str()`` is the one line shown to the user."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: key '{key}'" if key else self.file
+        super().__init__(f"{where}: {message}")
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -211,3 +224,57 @@ def set_aside(path: Path | str, why: str, *, what: str = "file", companions: tup
         pass
     out.warning("%s %s is unusable (%s); moved it to %s%s", what, path, why, target.name, f" and {then}" if then else "")
     return target
+
+
+# -- writing ---------------------------------------------------------------------------------------------------------
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; some platforms and file systems cannot open folders, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_json(path: Path | str, state: Mapping[str, Any], *, version: int,
+              wall: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Write ``state`` plus ``version`` and ``saved_at`` (wall time) to ``path`` atomically, as compact JSON with
+    sorted keys (every float in its shortest round-trip form); returns what was written. The show state and the
+    projector calibration are written so.
+
+    Raises OSError (disk), TypeError or ValueError (state not JSON-serialisable, NaN); the old file is then untouched.
+    """
+    path = Path(path)
+    data = dict(state)
+    data["version"] = version
+    data["saved_at"] = wall()
+    # Serialise before touching the disk: a bad value must not cost us the previous good file.
+    write_atomic(path, json.dumps(data, allow_nan=False, separators=(",", ":"), sort_keys=True).encode())
+    return data
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that a crash or power cut leaves the old file or the new one, never a mix:
+    a temporary file beside it, fsynced, renamed over it, and the folder fsynced. Raises OSError."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)

@@ -26,7 +26,6 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from .bus import ParamBus, ParamSpec
-    from .config import Scene
 
 INPUTS = "inputs"  # parts whose table is [inputs.<name>] are inputs: off with --no-inputs, listed under "inputs"
 
@@ -68,7 +67,7 @@ class Moment:
 
     t: float
     dt: float
-    scene: "Scene"
+    scene: Any  # the playing scene, a config.Scene (the config is built from this registry: it sits above it)
     remote_decoder: bool = False
 
 
@@ -147,6 +146,7 @@ _BUILTINS = {
     "audio": "installation.inputs.audio",
     "camera": "installation.inputs.camera",
     "archive": "installation.archive",
+    "search": "installation.archive.seek",
     "vision": "installation.vision.part",
     "sinks": "installation.render.ndi",
     "web": "installation.ops.web",

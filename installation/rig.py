@@ -5,8 +5,6 @@ on, alternating, in this one process, under the same OSC traffic, with clients r
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
@@ -15,16 +13,10 @@ from typing import Any, Callable
 
 from .config import ShowSpec
 from .decoders.base import resolve_device
+from .doctor import jack_running
 from .runtime import Runtime
 
 MIDI_PORT = "installation-bench"
-
-
-def _jack_running() -> bool:
-    if shutil.which("jack_wait") is None:
-        return False
-    out = subprocess.run(["jack_wait", "-c"], capture_output=True, text=True).stdout.strip()
-    return out == "running"
 
 
 def with_rig(spec: ShowSpec, on: bool, midi_api: str) -> ShowSpec:
@@ -132,7 +124,7 @@ def rig_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 2) -> dict[st
 
     device = resolve_device(spec.config.decoder.device)
     midi_api, midi_out = "", None
-    if _jack_running():  # a controller on JACK MIDI (here: a virtual port streaming CCs)
+    if jack_running():  # a controller on JACK MIDI (here: a virtual port streaming CCs)
         import rtmidi
 
         midi_api = "UNIX_JACK"

@@ -3,15 +3,17 @@
 One tick: read the clock, drain the bus, let the show update and hand its plan to the decoder thread (or, with a
 fixed-step clock, render that exact frame in lockstep), take the newest frame, draw the chain, record, swap. The
 display never waits for the decoder; a fault in a tick is logged and counted and the next tick goes on.
+
+This module is the loop and the supervision of its parts; the running show's other concerns are in
+:mod:`installation.running` (the health report, the fault tally and fallback, opening hours, the first frame).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -22,18 +24,17 @@ from .clock import Clock, WallClock
 from .config import ConfigError, ShowSpec, builtin_safe_scene, load_show, modulation_for
 from .decoders.base import resolve_device
 from .modulation import ModMatrix
-from .ops import MemoryWatch, Notifier, Schedule, ScheduleSettings
-from .ops.health import HealthServer, rss_mb, vram_mb, vram_total_mb
+from .ops import Notifier, Schedule
+from .ops.health import HealthServer
 from .ops.logs import RepeatLog
 from .ops.memory import Trimmer
 from .ops.state import StateKeeper
-from .ops.supervise import THREADS, supervised
+from .ops.supervise import supervised
 from .parts import Moment, Part, PartContext, PartInfo
 from .render.hooks import HookRunner, apply_result
-from .render.calibration import calibration_path
+from .render.calibration import build_output, calibration_path
 from .render.outputs import PresentedTap
-from .render.projection import build_output, presenter_size
-from .render.first_light import FirstLight
+from .render.projection import presenter_size
 from .render.present import Presenter
 from .render.record import Recorder
 from .render.slot import FrameSlot
@@ -42,6 +43,10 @@ from .render.shader_check import refuse_hanging
 from .render.shaders import ShaderError
 from .render.targets import Target
 from .render.worker import DecoderGuard, DecoderWorker, make_frame
+from .running.faults import FaultTally
+from .running.first_frame import FirstFrame
+from .running.health import HealthReport
+from .running.schedule import OpeningHours
 from .show import Show
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,6 @@ BLACKOUT_FADE = 1.5  # seconds
 MAX_TICK_FAULTS = 100  # consecutive failing ticks before the loop gives up
 TRIM_EVERY_S = 60.0  # seconds between malloc_trim calls (ops/memory.py Trimmer)
 OPS_EVERY = 1.0  # seconds of show time between schedule checks, fault tallies, health and STATUS refreshes
-DEGRADED_FOR = 60.0  # seconds after a fault during which health says "degraded"
 INPUT_BACKOFF_MAX = 60.0  # longest wait before restarting a part (an input) whose worker died; a part may say less
 PART_SETTLE_S = 10.0  # a part that ran this long since its last restart is restarted at once when it dies
 
@@ -89,7 +93,7 @@ def _checks_frames(specs: tuple) -> bool:
     return any(getattr(spec[1], "fail_closed", False) for spec in specs if not isinstance(spec, str))
 
 
-class Runtime:
+class Runtime(HealthReport, FaultTally, OpeningHours, FirstFrame):
     """A show running on a target. ``run()`` plays until the duration, a quit, a stop request, or forever.
 
     Its subsystems are parts (:mod:`installation.parts`), built from the config by the registry in start order:
@@ -175,36 +179,20 @@ class Runtime:
         # -- unattended operation --
         self.wall = wall or (lambda: datetime.now(timezone.utc))
         self.notifier = notifier or Notifier(env={})  # no socket: every call is a no-op
-        self._use_schedule = schedule
-        self.schedule = Schedule(cfg.schedule if schedule else ScheduleSettings())
-        self.open = True
-        self.released = False  # the decoder was stopped while closed
         self._await_frame: float | None = None  # stay dark until a frame newer than this arrives (reopening, a reload)
-        self._scene_before_close: str | None = None
-        self.memory = MemoryWatch(rss=self._rss_mb, vram=self._vram_mb, vram_total=self._vram_total_mb)
+        self._init_schedule(cfg.schedule, schedule)
         self.trimmer = Trimmer(TRIM_EVERY_S)  # free heap memory handed back to the system once a minute (issue 33)
         self.faults: Counter[str] = Counter()  # contained faults by part, besides the decoder's own
-        self._threads_since = THREADS.restarts()  # supervised threads' deaths before this runtime (other shows)
-        self._remote_threads: Counter[str] = Counter()  # the decoder process's threads' deaths, across restarts
         self._repeats = RepeatLog(log, interval=60.0)  # faults that repeat (a failing hook, restart): a line a minute
-        self.decoder_faults: Counter[str] = Counter()  # accumulated across decoder (process) restarts
-        self._decoder_seen: dict[str, int] = {}
-        self._recent: deque[tuple[float, int]] = deque()  # (show time, decoder faults) in the current scene
-        self._recent_scene = ""
-        self._last_fault_t: float | None = None
-        self._fault_total = 0
-        self._recorder_failed = False
+        self._init_tally()
         self._ops_at: float | None = None
         self._marks = (0.0, 0, 0)  # (show time, presented, published) at the last ops tick
         self.present_fps = self.decoder_fps = 0.0
         self._frame_mark = (0, time.monotonic())  # (published, when) of the newest decoder frame seen
         self.ready_sent = False
-        self._born = time.monotonic()
-        self._health_lock = threading.Lock()
-        self._health: dict[str, Any] = {"status": "starting"}
+        self._init_health()
         self._closed = False
         self._safe = spec.safe or builtin_safe_scene()
-        self._fallbacks_by_scene: Counter[str] = Counter()
         # -- parts: built now, started by start(), stopped by close() --
         ctx = PartContext(bus=self.bus, scenes=lambda: [s.name for s in self.spec.scenes],
                           base_dir=spec.path.resolve().parent, snapshot=self.health_snapshot, state=self.state,
@@ -541,105 +529,6 @@ class Runtime:
             self._health = snapshot
         self.notifier.status(self._status_line())
 
-    def _standby(self) -> str | None:
-        s = self.schedule.settings
-        return s.standby_scene if s.enabled and s.closed_action == "standby" else None
-
-    def _check_schedule(self, t: float) -> None:
-        try:
-            is_open = self.schedule.is_open(self.wall())
-        except Exception as e:  # noqa: BLE001 - a broken clock never closes the show
-            self.faults["schedule"] += 1
-            log.warning("schedule check failed (%s); staying %s", e, "open" if self.open else "closed")
-            return
-        standby = self._standby()
-        if self.open and not is_open:
-            self.open = False
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("closing: %s", self.schedule.describe(self.wall()))
-            if standby is not None:
-                self._scene_before_close = self.show.scene.name
-                self.show.goto(standby, t)
-        elif not self.open and is_open:
-            self.open = True
-            self._fade_s = self.schedule.settings.fade_s
-            log.info("opening: %s", self.schedule.describe(self.wall()))
-            if self.released:
-                self._acquire_decoder()
-            if standby is not None and self._scene_before_close:
-                self.show.goto(self._scene_before_close, t)
-        if not self.open and standby is None and not self.released and self.master <= 0.0:
-            self._release_decoder()
-
-    def _release_decoder(self) -> None:
-        """Closed and faded out: stop decoding and free its memory (the decoder process ends)."""
-        self.released = True
-        if self.worker is not None:
-            self.worker.stop()
-        self.guard.close()
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-        log.info("decoder released while closed")
-
-    def _acquire_decoder(self) -> None:
-        self.released = False
-        self._await_frame = self.slot.published
-        if self.worker is not None:
-            self.worker.start()  # with the last plan it had; the next tick submits a fresh one
-        log.info("decoder started again")
-
-    def _tally_faults(self, t: float) -> None:
-        """Accumulate decoder faults across restarts; too many in one scene -> the safe scene."""
-        d = self.decoder_stats()
-        counts = {**d.get("faults", {}), "process_crash": d.get("process_crashes", 0)}
-        new = 0
-        for kind, n in counts.items():
-            delta = self._decoder_delta(kind, n)
-            if delta > 0:
-                self.decoder_faults[kind] += delta
-                new += delta
-        for name, n in d.get("thread_restarts", {}).items():
-            self._remote_threads[name] += max(self._decoder_delta(f"thread:{name}", n), 0)
-        rec = self.recorder
-        if rec is not None and rec.failed and not self._recorder_failed:
-            self._recorder_failed = True
-            self.faults["recorder"] += 1
-        total = sum(self.decoder_faults.values()) + sum(self.faults.values()) + self.stats.tick_faults + \
-            sum(s.get("failures", 0) for s in self._part_stats.values()) + \
-            sum(self.thread_restarts().values())  # the parts' own (failed state saves) and threads' deaths
-        if total > self._fault_total:
-            self._last_fault_t = t
-        self._fault_total = total
-        scene = self.show.scene.name
-        if scene != self._recent_scene:
-            self._recent.clear()
-            self._recent_scene = scene
-        cfg = self.spec.config.decoder
-        if new:
-            self._recent.append((t, new))
-        while self._recent and self._recent[0][0] < t - cfg.fallback_window_s:
-            self._recent.popleft()
-        safe = self._safe
-        if cfg.fallback_faults and scene != safe.name and sum(n for _, n in self._recent) >= cfg.fallback_faults:
-            log.error("%d decoder faults in scene %s within %.0f s; falling back to the safe scene %r",
-                      sum(n for _, n in self._recent), scene, cfg.fallback_window_s, safe.name)
-            self.faults["fallback"] += 1
-            # Play the safe scene for a while, then retry the failing one; each repeat waits twice as long.
-            k = self._fallbacks_by_scene[scene]
-            self._fallbacks_by_scene[scene] += 1
-            retry = min(cfg.fallback_retry_s * 2 ** k, 86400.0)
-            log.error("retrying scene %s in %.0f s", scene, retry)
-            self.show.play_detour(safe, t, retry)
-            self._recent.clear()
-
-    def _decoder_delta(self, key: str, n: int) -> int:
-        """How much the decoder's counter ``key`` grew since the last look (a restarted process counts from 0)."""
-        last = self._decoder_seen.get(key, 0)
-        self._decoder_seen[key] = n
-        return n - last if n >= last else n
-
     def _supervise(self, t: float) -> None:
         """A part whose worker died (not ``alive`` while it should run) is counted once and restarted: at once when it
         had run PART_SETTLE_S since its last restart, else after a delay that doubles (1 s, 2 s, ...) with each quick
@@ -677,10 +566,6 @@ class Runtime:
         sup.streak += 1
         return delay
 
-    def _status_line(self) -> str:
-        return (f"{'open' if self.open else 'closed'}; scene {self.show.scene.name}; {self.present_fps:.0f} fps; "
-                f"decoder {self.decoder_fps:.1f} fps")
-
     # -- parts -------------------------------------------------------------------------------------------------
     def part(self, name: str) -> Any:
         """The running part registered as ``name``, or None (disabled, or not built: inputs off)."""
@@ -711,11 +596,6 @@ class Runtime:
         """The state part: saves the show position (when kept) and is where the runtime resumes from."""
         return self.parts["state"]
 
-    @property
-    def _last_source(self) -> Any:
-        """The newest camera frame handed to the decoder as its img2img source (None: none yet)."""
-        return getattr(self.camera, "last_source", None)
-
     def _start_parts(self) -> None:
         """Start every part in order. A port that cannot be bound is a start-up error (raised); devices are not."""
         for name, part in self.parts.items():
@@ -744,46 +624,7 @@ class Runtime:
         plan, _ = self.show.update(0.0, 0.0, self.bus.tick(0.0))
         self.worker.submit(plan)
         self.worker.start()
-        # The show clock keeps running meanwhile; the path was extrapolated, so the first tick carries on from it.
-        # The wait is sliced so that a stop (a signal) ends it at once.
-        deadline = time.monotonic() + first_frame_timeout
-        ok = True
-        # With a frame check configured, neither the preview nor the saved picture has passed it (the check runs
-        # where the decoder runs, on decoded frames): the output stays black until the first checked frame.
-        unchecked = self.first_light and not self.frame_check
-        if self.first_light and self.frame_check:
-            log.info("a frame check is configured: no first-light preview or saved picture; black until the first "
-                     "checked frame")
-        preview = FirstLight.for_scene(self.show.scene) if unchecked and \
-            isinstance(self.worker, ProcessWorker) else None
-        # No cheap preview of this decoder (diffusion, GAN): a resumed show opens on the picture saved with its state.
-        still = self._saved_still() if preview is None and self.resumed and unchecked else None
-        # With a preview the window is redrawn 8 times a second: smooth enough for a picture that barely moves,
-        # and it leaves most of the CPU to the decoder process that is starting beside it.
-        while self.slot.wait_newer(-1, 0.1 if preview is None else 0.125) is None:
-            if preview is not None:
-                try:
-                    self._preview(preview, plan)
-                except Exception:  # noqa: BLE001 - a preview is a nicety: wait for the decoder in the dark instead
-                    log.exception("first-light preview failed")
-                    preview.close()
-                    preview = None
-            elif still is not None:
-                self.output.show(still, 1.0)
-                self.target.swap()
-                if "quit" in self.target.poll():
-                    self._quit = True
-            if self._stopping or self._quit:
-                ok = False
-                break
-            if time.monotonic() >= deadline:
-                log.warning("no decoder frame within %.0f s; presenting anyway", first_frame_timeout)
-                ok = False
-                break
-        if preview is not None:
-            preview.close()
-        if still is not None:
-            still.release()
+        ok = self._await_first_frame(plan, first_frame_timeout)
         # The scene's own clock starts when it is on screen: a slow decoder start (a model load, a busy machine)
         # must not use up the first scene's duration before anyone saw it.
         self.show.started += self.clock.now()
@@ -791,31 +632,6 @@ class Runtime:
         if callable(align):
             align(self.show, self.clock.now())
         return ok
-
-    def _saved_still(self) -> Any:
-        """The picture saved beside the state as a texture for the output (None: none, or unusable)."""
-        try:
-            img = self.keeper.saved_frame()
-            if img is None:
-                return None
-            h, w = img.shape[:2]
-            self.stats.first_still = True
-            return self.target.ctx.texture((w, h), 3, img[::-1].tobytes(), alignment=1)  # GL: bottom row first
-        except Exception:  # noqa: BLE001 - a first picture is a nicety; the show starts without it
-            log.exception("the picture saved with the state cannot be shown")
-            return None
-
-    def _preview(self, preview: FirstLight, plan: Any) -> None:
-        """While the decoder process starts: show the in-process preview (render/first_light.py) when one is due."""
-        t = self.clock.now()
-        frame = preview.frame(plan, t)
-        if frame is not None:
-            self.presenter.take(frame, t)
-        if self.presenter.has_frame:
-            self.output.show(self.presenter.render(t, self.bus.targets()), 1.0)
-            self.target.swap()
-        if "quit" in self.target.poll():
-            self._quit = True
 
     def run(self, duration: float | None = None, on_tick: Callable[["Runtime"], None] | None = None) -> Stats:
         """Present at ``fps`` until ``duration`` seconds, a quit, or a stop request (after its fade). Live, the
@@ -900,94 +716,3 @@ class Runtime:
         if saved.get("scenes") != mine["scenes"]:
             return f"scenes {', '.join(saved.get('scenes') or [])}"
         return None
-
-    # Memory for /health: this process plus the decoder process (the GPU memory is all there) when it has one.
-    def _decoder_memory(self, key: str, here: Callable[[], float | None]) -> float | None:
-        """``key`` as the decoder process reported it, or ``here()`` when the decoder runs in this process."""
-        worker = getattr(self, "worker", None)
-        return worker.remote.get(key) if isinstance(worker, ProcessWorker) else here()
-
-    def _rss_mb(self) -> float | None:
-        own = rss_mb()
-        return None if own is None else own + (self._decoder_memory("rss_mb", lambda: 0.0) or 0.0)
-
-    def _vram_mb(self) -> float | None:
-        return self._decoder_memory("vram_mb", vram_mb)
-
-    def _vram_total_mb(self) -> float | None:
-        return self._decoder_memory("vram_total_mb", vram_total_mb)
-
-    def decoder_stats(self) -> dict[str, Any]:
-        """Frames, faults by kind and restarts of the decoder, wherever it runs."""
-        if isinstance(self.worker, ProcessWorker):
-            return {**self.worker.remote, "process_crashes": self.worker.crashes}
-        return self.guard.stats()
-
-    def thread_restarts(self) -> dict[str, int]:
-        """Deaths of supervised threads (each restarted) since this runtime was built, by thread name; the decoder
-        process's threads included."""
-        local = Counter(THREADS.restarts(since=self._threads_since))
-        return dict(sorted((local + self._remote_threads).items()))
-
-    def _reasons(self) -> dict[str, str]:
-        """What makes the show degraded now: a part that says so in its stats' ``degraded`` (state saves failing or
-        stalled), and threads that died within DEGRADED_FOR seconds (with their last error)."""
-        reasons = {name: s["degraded"] for name, s in self._part_stats.items() if s.get("degraded")}
-        died = self.thread_restarts()
-        reasons.update({f"thread.{name}": f"restarted after {error}"
-                        for name, error in THREADS.recent(DEGRADED_FOR).items() if name in died})
-        return reasons
-
-    def health_snapshot(self) -> dict[str, Any]:
-        """The latest health report (refreshed by the loop about once a second); safe from any thread."""
-        with self._health_lock:
-            return self._health
-
-    def _snapshot(self, t: float) -> dict[str, Any]:
-        reasons = self._reasons()
-        if not self.open:
-            status = "closed"
-        elif reasons or self._last_fault_t is not None and t - self._last_fault_t < DEGRADED_FOR:
-            status = "degraded"
-        else:
-            status = "ok"
-        pos = self.show.state(t)
-        stats = self._part_stats
-        inputs = {name: s for name, s in stats.items() if self._supervised[name].info.is_input}
-        rejects = {name: sum(s.get("rejects", {}).values()) for name, s in inputs.items()}
-        rejects["bus"] = sum(self.bus.stats()["rejects"].values())
-        dropped = self.stats.late + (self.recorder.frames_dropped if self.recorder is not None else 0)
-        faults = {
-            "decoder": {k: v for k, v in self.decoder_faults.items() if k != "process_crash"},
-            "decoder_process_crashes": self.decoder_faults.get("process_crash", 0),
-            "tick": self.stats.tick_faults,
-            "shader": self.faults.get("shader", 0),
-            "inputs_rejects": rejects,
-            "input_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("input.")},
-            "part_deaths": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("part.")},
-            "part_hooks": {k.split(".", 1)[1]: v for k, v in self.faults.items() if k.startswith("hook.")},
-            "thread_restarts": self.thread_restarts(),
-            "recorder": self.faults.get("recorder", 0),
-            "state_save": stats.get("state", {}).get("failures", 0),
-            "fallbacks": self.faults.get("fallback", 0),
-            "reload": self.faults.get("reload", 0),
-        }
-        return {
-            "status": status, "reasons": reasons, "uptime_s": round(time.monotonic() - self._born, 1),
-            "scene": pos["scene"],
-            "show_time_s": round(pos["scene_time"], 2),
-            "position": {"scene": pos["scene"], "scene_time_s": round(pos["scene_time"], 2),
-                         "tau": round(pos["tau"], 3), "seed": pos["seed"]},
-            # What a controller shows besides the parameters: the gates and the prompts playing (web page, OSCQuery).
-            "live": {"blackout": self.blackout, "frozen": self.frozen,
-                     "prompts": [[str(text), float(weight)] for text, weight in self.show.prompts]},
-            "open": self.open, "schedule": self.schedule.describe(self.wall()), "decoder_released": self.released,
-            "present_fps": round(self.present_fps, 2), "decoder_fps": round(self.decoder_fps, 2),
-            "frames_presented": self.stats.presented, "frames_decoded": self.slot.published,
-            "frames_dropped": dropped, "faults": faults, **self.memory.report(),
-            "notify": self.notifier.stats(),
-            # The other parts' stats under their names ("state": saves and failures, "health": connections).
-            **{name: s for name, s in stats.items() if name not in inputs},
-            # Each input's own stats (opened, rate, age of its newest delivery, source or device, counters).
-            "inputs": {i.name: inputs.get(i.name, {"state": "off"}) for i in registry.infos() if i.is_input},
-        }

@@ -65,9 +65,13 @@ def takes_prompts(scene: Any) -> bool:
 
 
 def scene_info(scene: Any, shaders: Mapping[str, Any], specs: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """What a controller needs of a scene: its acting parameters, whether it takes prompts, its description."""
+    """What a controller needs of a scene: its acting parameters, whether it takes prompts, its description, its
+    still (a picture file, or ""), and the space file an ``images`` walk plays (``/seek`` searches its images)."""
+    trajectory = getattr(scene, "trajectory", None)
+    space = getattr(trajectory, "space", None) if getattr(trajectory, "kind", "") == "images" else None
     return {"params": scene_params(scene, shaders, specs), "prompts": takes_prompts(scene),
-            "description": str(getattr(scene, "description", "") or "")}
+            "description": str(getattr(scene, "description", "") or ""), "still": str(getattr(scene, "still", "") or ""),
+            "space": str(space) if space else None}
 
 
 def grouped(names: Iterable[str], specs: Mapping[str, ParamSpec]) -> dict[str, list[str]]:

@@ -1,8 +1,9 @@
 """The show: which scene plays, where on its path we are, and the plan the decoder thread renders from.
 
 Only :meth:`Show.update` mutates show state, once per tick, from the bus snapshot and the drained events. It
-integrates path time (tau += speed * dt) and returns an immutable :class:`PathPlan`, a pure map from clock time to
-a latent request: the decoder thread evaluates it at its own pace, the fixed-step renderer at exactly frame n / fps.
+integrates path time (tau += speed * dt) and returns an immutable :class:`~installation.latent.plan.PathPlan`, a
+pure map from clock time to a latent request: the decoder thread evaluates it at its own pace, the fixed-step
+renderer at exactly frame n / fps.
 Scene changes between scenes on the same decoder slerp from the old path to the new one; changes of decoder are a
 "cut" that the presenter crossfades in image space.
 """
@@ -10,134 +11,21 @@ Scene changes between scenes on the same decoder slerp from the old path to the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
 
-from .bus import Event, ParamBus, Tick
+from .bus import MAX_GLIDE, Event, ParamBus, Tick
 from .config import Scene, ShowSpec
-from .decoders import DecoderSpec, LatentRequest, decoder_class, param_specs
-from .latent import build, slerp, smoothstep
-from .latent.prompts import PromptMotionSettings, moved_prompts
+from .decoders import decoder_class, param_specs
+from .latent import build
+from .latent.plan import PathPlan, TrajectoryCache, part  # noqa: F401 - TrajectoryCache: its old home
 from .latent.trajectories import Trajectory
 
 log = logging.getLogger(__name__)
 
-SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "seek", "prompt"})
+SHOW_EVENTS = frozenset({"scene.next", "scene.prev", "scene.goto", "seed", "seek", "seek.release", "prompt"})
 SEED_BLEND = 2.0  # seconds to glide to a new seed's path
-
-
-@dataclass(frozen=True)
-class PathPart:
-    """A trajectory and where on it we are at the plan's time, moving at ``rate`` path seconds per second.
-
-    Pickles without the trajectory object (only the key that rebuilds it), so plans cross to a decoder process in
-    a few hundred bytes; that process re-attaches its own cached trajectory with :class:`TrajectoryCache`.
-    """
-
-    key: tuple
-    tau0: float
-    rate: float
-    trajectory: Trajectory | None = field(default=None, compare=False, repr=False)
-
-    def tau(self, dt: float) -> float:
-        """Path time ``dt`` seconds after the plan's time."""
-        return self.tau0 + self.rate * dt
-
-    def at(self, dt: float, params: Mapping[str, float]) -> np.ndarray:
-        return self.trajectory(self.tau(dt), params)
-
-    def __getstate__(self) -> dict:
-        return {"key": self.key, "tau0": self.tau0, "rate": self.rate, "trajectory": None}
-
-    def __setstate__(self, state: dict) -> None:
-        for k, v in state.items():
-            object.__setattr__(self, k, v)
-
-
-def part(trajectory: Trajectory, tau0: float, rate: float) -> PathPart:
-    return PathPart((trajectory.settings, trajectory.shape, trajectory.seed), tau0, rate, trajectory)
-
-
-class TrajectoryCache:
-    """Rebuilds trajectories from their keys, keeping the few most recent (a walk's checkpoints live on)."""
-
-    def __init__(self, size: int = 4) -> None:
-        self._items: dict[tuple, Trajectory] = {}
-        self._size = size
-
-    def get(self, key: tuple) -> Trajectory:
-        traj = self._items.pop(key, None) or build(*key)
-        self._items[key] = traj
-        while len(self._items) > self._size:
-            del self._items[next(iter(self._items))]
-        return traj
-
-    def attach(self, plan: "PathPlan") -> "PathPlan":
-        """The same plan with live trajectory objects (after unpickling in another process)."""
-        if not isinstance(plan, PathPlan):
-            return plan
-
-        def fix(p: PathPart | None) -> PathPart | None:
-            return p if p is None or p.trajectory is not None else replace(p, trajectory=self.get(p.key))
-
-        return replace(plan, part=fix(plan.part), prior=fix(plan.prior), prior2=fix(plan.prior2))
-
-
-@dataclass(frozen=True)
-class PathPlan:
-    """Immutable: safe to hand to the decoder thread, which calls :meth:`request` for its own clock time."""
-
-    t0: float
-    part: PathPart
-    decoder: DecoderSpec
-    scene: str
-    cut: int
-    params: Mapping[str, float]
-    prior: PathPart | None = None
-    blend_start: float = 0.0
-    blend_len: float = 0.0
-    frozen: bool = False
-    extras: Mapping[str, Any] = field(default_factory=dict)
-    wants_source: bool = False  # an img2img source is in play (a decoder process keeps the last one it received)
-    # A blend still running when the next one began: the prior is itself on its way from ``prior2``, so a second
-    # seed jump within the blend time starts from what is on screen, not from an unblended path.
-    prior2: PathPart | None = None
-    prior2_start: float = 0.0
-    prior2_len: float = 0.0
-    # Prompt weights as functions of path time (None: as written); with the seed that shapes a drift.
-    prompt_motion: tuple[PromptMotionSettings, int] | None = None
-
-    def _dt(self, t: float) -> float:
-        """Seconds since the plan's time that the path has moved (none while frozen)."""
-        return max(t - self.t0, 0.0) if not self.frozen else 0.0
-
-    def latent(self, t: float) -> np.ndarray:
-        dt = self._dt(t)
-        when = self.t0 if self.frozen else t
-        z = self.part.at(dt, self.params)
-        if self.prior is not None and self.blend_len > 0:
-            u = smoothstep((when - self.blend_start) / self.blend_len)
-            if u < 1.0:
-                zp = self.prior.at(dt, self.params).astype(np.float64)
-                if self.prior2 is not None and self.prior2_len > 0:
-                    u2 = smoothstep((when - self.prior2_start) / self.prior2_len)
-                    if u2 < 1.0:
-                        zp = slerp(self.prior2.at(dt, self.params).astype(np.float64), zp, u2)
-                z = slerp(zp, z.astype(np.float64), u)
-        return np.asarray(z, dtype=np.float32)
-
-    def request(self, t: float, seq: int) -> LatentRequest:
-        extras = self.extras
-        if self.prompt_motion is not None and extras.get("prompts"):
-            settings, seed = self.prompt_motion
-            tau = self.part.tau(self._dt(t))
-            extras = {**extras, "prompts": moved_prompts(extras["prompts"], settings, tau, seed)}
-        if extras.get("hidden"):  # a scene's hidden prompts (vision part): always blended in, after the motion
-            extras = {**extras, "prompts": tuple(extras.get("prompts") or ()) + tuple(extras["hidden"])}
-        return LatentRequest(z=self.latent(t), t=t, seq=seq, decoder=self.decoder, scene=self.scene,
-                             params=self.params, extras=extras)
 
 
 class FrozenParams(dict):
@@ -150,6 +38,22 @@ class FrozenParams(dict):
 
     def __reduce__(self):
         return (FrozenParams, (dict(self),))
+
+
+def _seek_value(value: Any) -> tuple[int, float, float, bool] | None:
+    """A seek event's ``[seed, path time]``, optionally ``+ [glide seconds[, hold]]``, checked; None if malformed."""
+    if not isinstance(value, (tuple, list)) or not 2 <= len(value) <= 4:
+        return None
+    seed = _valid_seed(value[0])
+    nums = value[1:3]
+    if seed is None or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+                           for v in nums):
+        return None
+    glide = float(value[2]) if len(value) > 2 else SEED_BLEND
+    hold = value[3] if len(value) > 3 else False
+    if not 0.0 <= glide <= MAX_GLIDE or not isinstance(hold, bool):
+        return None
+    return seed, float(value[1]), glide, hold
 
 
 def _valid_seed(value: Any) -> int | None:
@@ -185,6 +89,7 @@ class Show:
         self._blend = (0.0, 0.0)
         self._prior2: tuple[Trajectory, float] | None = None
         self._blend2 = (0.0, 0.0)
+        self.held = False  # a /seek holds the walk on the moment it found (path time and scene timer still)
         self._activate(0, 0.0, first=True)
 
     # -- the play order ----------------------------------------------------------------------------------------
@@ -221,6 +126,7 @@ class Show:
         old = (self.trajectory, self.tau) if self.trajectory is not None else None
         self.position = position
         self.detour = detour
+        self.held = False
         scene = self.scene
         shape = decoder_class(scene.decoder.type).latent_shape(scene.decoder.settings)
         self.seed = scene.seed if seed is None else seed
@@ -247,7 +153,7 @@ class Show:
             return tuple((p.text, p.weight) for p in scene.prompts)
         return tuple((str(t), float(w)) for t, w in getattr(scene.decoder.settings, "prompts", ()))
 
-    def _jump_seed(self, seed: int, t: float) -> None:
+    def _jump_seed(self, seed: int, t: float, blend: float = SEED_BLEND) -> None:
         if self._prior is not None and t - self._blend[0] < self._blend[1]:
             self._prior2, self._blend2 = self._prior, self._blend  # keep the blend on screen going
         else:
@@ -256,7 +162,7 @@ class Show:
         shape = self.trajectory.shape
         self.seed = seed
         self.trajectory = build(self.scene.trajectory, shape, seed)
-        self._blend = (t, SEED_BLEND)
+        self._blend = (t, blend)
 
     def goto(self, target: Any, t: float) -> bool:
         """Switch to a scene by name or by its index in the show's list."""
@@ -278,6 +184,7 @@ class Show:
     def update(self, t: float, dt: float, tick: Tick, frozen: bool = False) -> tuple[PathPlan, list[Event]]:
         """Advance one tick; returns the plan and the events the show does not handle (for the runtime)."""
         rest = []
+        held_at = None
         for ev in tick.events:
             if ev.kind not in SHOW_EVENTS:
                 rest.append(ev)
@@ -293,19 +200,25 @@ class Show:
                     self.bus.reject("seed")
                 else:
                     self._jump_seed(seed, t)
-            elif ev.kind == "seek":  # (seed, path time): glide to that place of the path, like a seed jump
-                seed = _valid_seed(ev.value[0]) if isinstance(ev.value, (tuple, list)) and len(ev.value) == 2 else None
-                tau = ev.value[1] if seed is not None else None
-                if seed is None or isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau):
+            elif ev.kind == "seek":  # (seed, path time[, glide s[, hold]]): glide to that place of the path
+                place = _seek_value(ev.value)
+                if place is None:
                     self.bus.reject("seek")
                 else:
-                    self._jump_seed(seed, t)
-                    self.tau = float(tau)
+                    seed, tau, glide, hold = place
+                    self._jump_seed(seed, t, glide)
+                    self.tau = tau
+                    self.held = hold
+                    held_at = tau if hold else None
+            elif ev.kind == "seek.release":  # the walk goes on from the moment it was held on
+                self.held = False
             elif ev.kind == "prompt":
                 self._set_prompt(*ev.value)
         if self.detour is not None and t >= self._detour_until and not frozen:
             log.info("detour over: trying scene %s again", self.scenes[self.scene_index(self.position)].name)
             self._activate(self.position, t)
+        if self.held and not frozen:  # held by a seek: the scene stays as long as the walk does
+            self.started += dt
         if frozen:  # a freeze pauses the show's own clocks too: the scene timer and any blend in progress
             self.started += dt
             self._blend = (self._blend[0] + dt, self._blend[1])
@@ -316,7 +229,7 @@ class Show:
             self._activate(self.position + 1, t)
             self.started = ended  # the next scene's clock starts when this one ended, not at this tick: no drift
             scene = self.scene
-        rate = 0.0 if frozen else float(tick.values.get("speed", 1.0))
+        rate = 0.0 if frozen or self.held else float(tick.values.get("speed", 1.0))
         if not frozen:
             # The interval that just passed was walked at the rate the last plan promised (the decoder extrapolated
             # with it); the new rate applies from now. Otherwise a jump in speed would pull the path backwards.
@@ -330,6 +243,8 @@ class Show:
                 if self._prior is None or t - self._blend2[0] >= self._blend2[1]:
                     self._prior2 = None
         self._rate = rate
+        if held_at is not None and self.held:  # exactly the moment sought, not a tick's walk past it
+            self.tau = held_at
         prior = part(self._prior[0], self._prior[1], rate) if self._prior else None
         prior2 = part(self._prior2[0], self._prior2[1], rate) if self._prior2 else None
         # Seeded by the scene, not the live seed: a /seed jump glides the noise and must not snap the prompts.

@@ -170,17 +170,36 @@ class MemorySampler:
         if heap:
             row["malloc.in_use"] = heap["in_use_mb"]
             row["malloc.free"] = heap["free_mb"]
+        sqlite = probes.sqlite_mb()
+        if sqlite is not None:
+            row["malloc.sqlite"] = sqlite
         row.update({f"count.{k}": v for k, v in probes.counts().items()})
         if now - self.last_gl >= self.gl_every_s:
             self.last_gl = now
             gl = probes.gl_objects()
             row["gl.total"] = sum(gl.values())
             row.update({f"gl.{k}": v for k, v in gl.items()})
+            row.update(self.parts(rt))
         t = now - self.start
         for key, value in row.items():
             self.series.setdefault(key, []).append((t, float(value)))
         if self.log is not None:
             self.log.write(json.dumps({"t": round(t, 1), **{k: round(v, 3) for k, v in row.items()}}) + "\n")
+
+    def parts(self, rt: Any) -> dict[str, float]:
+        """Per part: the threads, child processes and live GL objects it holds (``part.<name>.threads`` ...), and
+        while tracemalloc traces, the Python KiB allocated from its own source files (``part.<name>.py_kib``:
+        the classes it refers to, less files two parts share, such as the bus; the rest is ``part.other``)."""
+        row: dict[str, float] = {}
+        files: dict[str, set[str]] = {}
+        for name, part in list(rt.parts.items()):
+            for key, value in probes.held(part).items():
+                row[f"part.{name}.{key}"] = value
+            files[name] = probes.source_files(part)
+        shared = {f for a in files for b in files if a < b for f in files[a] & files[b]}
+        traced = probes.traced_by_files({name: fs - shared for name, fs in files.items()})
+        row.update({f"part.{name}.py_kib": kib for name, kib in traced.items()})
+        return row
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -235,9 +254,9 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
         rt = Runtime(show, target, WallClock(), fps=out.fps, keep_state=not faults, serve_health=not faults)
 
         def tick(runtime: Any) -> None:
-            injector(runtime)
             if tracer is not None:
-                tracer.tick()
+                tracer.tick()  # before the sampler, so its first sample after the warm-up is traced
+            injector(runtime)
 
         rt.run(seconds, on_tick=tick)
     except Exception as e:  # noqa: BLE001 - this is what the soak counts
@@ -283,7 +302,7 @@ class _Tracer:
         if self.base is None and time.monotonic() >= self.start_at:
             import tracemalloc
 
-            tracemalloc.start(8)
+            tracemalloc.start(16)
             self.base = tracemalloc.take_snapshot()
 
     def report(self) -> list[str]:

@@ -4,7 +4,8 @@ Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (
 768 and 1024, one step, fp16, captured CUDA graph; the same at 512 eager as the baseline from the same run; the
 512 model inside the full runtime loop (runtime_fps and its ratio to the decoder alone); SDXL-Turbo-shaped at 512;
 with --compile, torch.compile + graph at 512; then issue 13's projector outputs on the GPU's GL (`bench --outputs`
-at 1920x1080: present p99 with two warped, blended outputs against one plain output). Prints a table last and writes
+at 1920x1080: present p99 with two warped, blended outputs against one plain output); issue 29's comparisons at 512:
+full CFG vs residual CFG (2 steps) and 4 steps without and with stream batch. Prints a table last and writes
 gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from installation.decoders.diffusion.bench import bench  # noqa: E402
+from installation.decoders.diffusion.bench import bench, compare  # noqa: E402
 from installation.decoders.random_models import make_sd21, make_sdxl, make_taesd  # noqa: E402
 
 
@@ -104,6 +105,15 @@ def main() -> int:
                 loop = {"error": f"{type(e).__name__}: {e}"}
             loop["name"] = f"full loop {sizes[0]} (runtime_fps)"
             keep(loop)
+    # Issue 29: full CFG vs residual CFG at 2 steps, and 4 steps without and with stream batch (rounds alternating).
+    for what, steps in (("cfg", 2), ("stream", 4)):
+        try:
+            r = compare(str(sd), what, size=sizes[0], steps=steps, frames=max(args.frames // 4, 3), rounds=2,
+                        device=args.device, taesd=str(taesd), dtype=dtype)
+        except Exception as e:  # noqa: BLE001
+            r = {"error": f"{type(e).__name__}: {e}"}
+        r["name"] = f"compare {what} ({steps} steps)"
+        keep(r)
     if not args.no_loop:
         try:
             r = outputs("1920x1080" if full else "320x180", args.seconds / 2)
@@ -121,6 +131,8 @@ def main() -> int:
                   f"{r['plain_present_ms_p99']} ms, two {r['two_outputs_present_ms_p99']} ms, ratio "
                   f"{r['present_ms_p99_two_vs_plain']}; passes {r['plain_output_pass_ms_median']} / "
                   f"{r['two_outputs_output_pass_ms_median']} ms")
+        elif "compare" in r:
+            print(f"{r['name']:<30} {r['device_name'][:22]:<22} {r['size']:>5} fps {r['fps']} ratio {r['ratio']}")
         elif "runtime_fps" in r:
             print(f"{r['name']:<30} {r.get('gl_renderer', '?')[:22]:<22} {sizes[0]:>5} {r['runtime_fps']:>8.1f} "
                   f"ratio {r['ratio']}  present {r['present_fps']:.1f} fps  decoder-process VRAM MiB first/last "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,8 +36,49 @@ def scene_toml(decoder: str = 'type = "cppn"\nresolution = "64x40"\nwidth = 16\n
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python -m installation ...`` as a user would, capturing its output (``env`` values of None unset)."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", "installation", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "installation", *args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                          cwd=ROOT) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # a hung command: SIGABRT makes faulthandler print every thread's stack, so the failure says where
+            proc.send_signal(signal.SIGABRT)
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            raise AssertionError(f"{' '.join(args)} did not finish in {timeout} s; its stacks:\n{err[-6000:]}\n"
+                                 f"stdout:\n{out[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+_PRINT_ONLY = """
+import contextlib, io, sys
+from installation.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as e:  # --help
+        code = e.code
+heavy = sorted(m for m in ("torch", "moderngl", "diffusers", "transformers", "open_clip", "cv2", "pygame", "glcontext")
+               if m in sys.modules)
+print(out.getvalue())
+print(code, len(out.getvalue().splitlines()), ",".join(heavy) or "-")
+"""
+
+
+def print_only(*args: str, min_lines: int = 6) -> tuple[str, str]:
+    """Run the command in a fresh interpreter: (its printed lines, the heavy modules it imported, or "-")."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _PRINT_ONLY, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    code, lines, heavy = proc.stdout.splitlines()[-1].split()
+    assert code in ("0", "None") and int(lines) >= min_lines, proc.stdout[-500:]
+    return proc.stdout, heavy
 
 
 def play_while(runtime, target, actor, seconds: float = 60.0) -> None:

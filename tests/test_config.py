@@ -16,6 +16,7 @@ from installation.config import (CORE_PARAMS, DEFAULT_CONFIG, Config, ConfigErro
                                  check_decoder_files, check_params, load_config, load_scene, load_show)
 from installation.latent import TRAJECTORIES
 from installation.sizes import SizeT, parse_size
+from support import print_only
 
 REPO = Path(__file__).resolve().parent.parent
 SCENES = REPO / "scenes"
@@ -450,3 +451,12 @@ def test_the_default_show_lives_in_one_place():
 
     listed = tomllib.loads((REPO / "config" / "default.toml").read_text())["show"]["scenes"]
     assert ShowConfig().scenes == list(DEFAULT_SCENES) == listed
+
+
+
+@pytest.mark.parametrize("args", [["params"], ["osc-map"], ["scenes"], ["--help"]])
+def test_a_command_that_only_prints_imports_neither_torch_nor_gl(args):
+    """`params`, `osc-map`, `scenes` (the diffusion scene's file included) and `--help` print from the config and
+    the scene files alone: importing torch and moderngl had made them take 7-26 s at load (issue 27)."""
+    _, heavy = print_only(*args)
+    assert heavy == "-", f"{args}: imported {heavy}"

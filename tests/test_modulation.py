@@ -182,13 +182,13 @@ def test_nonfinite_source_does_not_poison():
 
 def test_example_config_validates():
     """The shipped config/inputs.example.toml loads into the input settings and a modulation matrix."""
-    from installation.inputs import InputsSettings
+    from installation.config import config_model
     from installation.inputs.audio import feature_specs as audio_specs
     from installation.inputs.camera import feature_specs as camera_specs
 
     path = Path(__file__).resolve().parents[1] / "config" / "inputs.example.toml"
     data = tomllib.loads(path.read_text())
-    inputs = InputsSettings.model_validate(data["inputs"])
+    inputs = config_model().model_fields["inputs"].annotation.model_validate(data["inputs"])
     mod = ModulationSettings.model_validate(data["modulation"])
     bus = ParamBus(
         [

@@ -5,6 +5,8 @@
   chain, the read-back of a point's frame) shows; ``rounds`` such runs;
 - bytes per hour of show time at the defaults (the "on" runs' files over their show time);
 - a replay's equality: a short fixed-step run re-rendered from its archive, frame by frame (SHA-1 of the RGB).
+
+``installation bench --map`` (:func:`overlay_bench`): what the live map over the window costs the loop.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from ..clock import FixedClock
 from ..config import ShowSpec
-from .replay import render_replay
+from .rerender import render_replay
 
 
 class _Hashes:
@@ -107,7 +109,7 @@ def archive_bench(spec: ShowSpec, seconds: float = 10.0, rounds: int = 1) -> dic
         live = _Hashes()
         src = _run(spec, Path(tmp) / "eq", None, frames=max(int(fps * 3), 2), sink=live)
         again = _Hashes()
-        replay = render_replay(src["path"], on_frame=lambda rgb, t: again.put(rgb, None, t))
+        replay = render_replay(src["path"], on_frame=lambda rgb, t: again.put(rgb, None, t), live_ticks=True)
         same = sum(a == b for a, b in zip(live.hashes, again.hashes))
     w, h = spec.config.output.size
     a = spec.config.archive
@@ -367,3 +369,42 @@ def archive_size_bench(spec: ShowSpec, seconds: float = 30.0, camera: int | str 
             "seconds": seconds, "camera": str(camera), "mic": str(mic if mic is not None else "default"),
             "osc_per_s": osc_rate, "mic_signal": "bench's JACK test signal" if sig is not None else "as it hears",
             "mb_per_hour": {m: r["mb_per_hour"] for m, r in runs.items()}, "runs": runs}
+
+
+def overlay_bench(spec: Any, seconds: float = 10.0, rounds: int = 1) -> dict[str, Any]:
+    """Present p99 of the full headless loop with the live map off and on (``rounds`` pairs, alternating, one
+    process), on a throwaway archive, refitting four times a run so that refits fall inside the measured time."""
+    from ..bench import _p99_ms, runtime_fps
+    from ..decoders.base import resolve_device
+
+    cfg = spec.config
+    refit_s = max(1.0, seconds / 4)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    maps: list[dict[str, Any]] = []
+
+    def watch(rt: Any) -> Any:
+        live_map = rt.parts["archive"].live_map
+        return lambda: maps.append(live_map.stats())
+    with tempfile.TemporaryDirectory() as tmp:
+        device = resolve_device(cfg.decoder.device)
+        for i in range(max(1, rounds)):
+            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                archive = cfg.archive.model_copy(update={"enabled": True, "path": f"{tmp}/{mode}{i}",
+                                                         "point_every": 0.25})
+                overlay = cfg.output.map.model_copy(update={"enabled": mode == "on", "refit_s": refit_s})
+                output = cfg.output.model_copy(update={"map": overlay})
+                run = replace(spec, config=cfg.model_copy(update={"archive": archive, "output": output}))
+                runs[mode].append(runtime_fps(run, seconds, device, load=watch if mode == "on" else None))
+    out: dict[str, Any] = {"scene": spec.scenes[0].name, "size": str(cfg.output.size), "seconds": seconds,
+                           "rounds": max(1, rounds), "refit_s": refit_s}
+    for mode, rs in runs.items():
+        out[f"map_{mode}_present_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_costs_s"]])
+        out[f"map_{mode}_present_fps"] = round(sum(r["present_fps"] for r in rs) / len(rs), 2)
+        out[f"map_{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
+    draws = sum(m["draws"] for m in maps)
+    out["map_draw_ms_mean"] = round(sum(m["draw_ms_total"] for m in maps) / draws, 3) if draws else None
+    out["map_refits"] = sum(m["refits"] for m in maps)
+    out["map_pictures"] = sum(m["pictures"] for m in maps)
+    a, b = out["map_off_present_ms_p99"], out["map_on_present_ms_p99"]
+    out["present_ms_p99_on_vs_off"] = round(b / a, 3) if a else None
+    return out

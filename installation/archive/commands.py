@@ -44,8 +44,21 @@ def _mb(path: Path) -> float:
 def cmd_archive(args: argparse.Namespace) -> int:
     from ..config import ConfigError
 
+    words = list(args.what)
+    text = None
+    if args.action == "search" and args.image is None:
+        if not words:
+            return _fail('archive search: give a text ("a storm at sea") or --image FILE')
+        text = words.pop(0)
+    if len(words) > 1:
+        return _fail(f"{args.action}: unexpected arguments {' '.join(words[1:])}")
+    args.archive = Path(words[0]) if words else None
     try:
         files = _files(args.archive, args.config)
+        if args.action in ("search", "embed"):
+            if len(files) != 1:
+                return _fail(f"{args.action}: name one archive file (found {len(files)})")
+            return _search(files[0], text, args) if args.action == "search" else _embed(files[0], args)
         if args.action == "ls":
             return _ls(files)
         if len(files) != 1:
@@ -59,6 +72,91 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return _fail(f"{files[0] if files else args.archive}: damaged archive ({e})")
     except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
         return _fail(str(e).strip("'\""))
+
+
+def vision_settings(config: Path | None) -> Any:
+    """The ``[vision]`` settings of a config (the CLIP model that embeds queries), paths resolved."""
+    from ..config import DEFAULT_CONFIG, load_config
+
+    path = Path(config) if config else DEFAULT_CONFIG
+    return load_config(path).vision.resolved(path.resolve().parent)
+
+
+def _query(encoder: Any, text: str | None, image: Path | None) -> Any:
+    from ..vision.clip import WeightsMissing
+
+    try:
+        return encoder.image(image) if image is not None else encoder.text(text)
+    except WeightsMissing as e:
+        raise ValueError(f"the query needs the CLIP model of [vision]: {e}") from None
+
+
+def _show_hits(hits: list, what: str, args: argparse.Namespace, figures: dict[str, Any]) -> int:
+    from .search import contact_sheet, fmt_time
+
+    if args.json:
+        print(json.dumps({**figures, "hits": [h.row() for h in hits]}))
+    else:
+        for k, h in enumerate(hits, 1):
+            if h.kind == "image":
+                print(f"{k:>3}. {h.score:.4f}  image {h.id}  {h.name}")
+            else:
+                print(f"{k:>3}. {h.score:.4f}  session {h.session}  {fmt_time(h.t):>10}  {h.scene}  seed {h.seed}  "
+                      f"path {h.tau:.2f}")
+        if not hits:
+            print("no results: nothing searched has a CLIP embedding")
+    if args.out:
+        contact_sheet(hits, args.out, what)
+        if not args.json:
+            print(f"contact sheet: {args.out}")
+    return 0
+
+
+def _recorded_config(path: Path) -> Path | None:
+    """The config an archive's newest session was recorded with, when it is still there."""
+    from .replay import parse_source
+
+    store = Store(parse_source(path)[0], readonly=True)
+    try:
+        recorded = Path(store.session()["config"] or "")
+    finally:
+        store.close()
+    return recorded if recorded.suffix == ".toml" and recorded.is_file() else None
+
+
+def _search(path: Path, text: str | None, args: argparse.Namespace) -> int:
+    from .search import QueryEncoder, search_archive
+
+    if args.top < 1:
+        return _fail("--top must be at least 1")
+    if args.session is not None:  # before the model loads
+        store = Store(path, readonly=True)
+        try:
+            store.session(args.session)
+        finally:
+            store.close()
+    config = args.config or _recorded_config(path)
+    query = _query(QueryEncoder(vision_settings(config)), text, args.image)
+    hits, counts = search_archive(path, query, k=args.top, session=args.session)
+    if counts["missing"] and not args.json:
+        print(f"{counts['missing']} of {counts['points']} points have no embedding yet: `installation archive embed "
+              f"{path}` computes them", file=sys.stderr)
+    what = f"{text!r}" if text is not None else f"like {args.image.name}"
+    return _show_hits(hits, f"{path.name}: {what}", args, {"archive": str(path), **counts})
+
+
+def _embed(path: Path, args: argparse.Namespace) -> int:
+    from .embed import embed_archive
+
+    result = embed_archive(path, config=args.config, session=args.session, size=args.size,
+                           progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{path}: embedded {result['embedded']} of {result['missing']} points without an embedding"
+              + (f" ({result['model']}, {result['dim']}-dim, frames at {result['size']})" if result["embedded"]
+                 else ""))
+    return 0
 
 
 def _ls(files: list[Path]) -> int:
@@ -94,6 +192,7 @@ def _info(store: Store, args: argparse.Namespace) -> int:
         journal = [e for e in store.events(s["id"]) if e["kind"] in ("model", "dropped")]
         models[s["id"]] = [e["value"] for e in journal if e["kind"] == "model"]
         s["points_dropped"] = sum(int(e["value"]["count"]) for e in journal if e["kind"] == "dropped")
+        s["embedded"] = store.embedded(s["id"])
     info = {"archive": str(store.path), "mb": round(_mb(store.path), 3), "integrity": integrity,
             "sessions": sessions}
     if args.json:
@@ -105,9 +204,11 @@ def _info(store: Store, args: argparse.Namespace) -> int:
               f"{s['last_t'] or 0:.1f} s of show time at {s['size']}")
         print(f"  config {s['config']}; scenes {', '.join(s['scenes'] or [])}")
         print(f"  {s['events']} events, {s['points']} points, {s['ticks']} tick times "
-              f"({'exact replay' if s['ticks'] else 'replay steps at a fixed rate'})")
+              f"({'a --live-ticks replay is exact' if s['ticks'] else 'replays at a steady rate only'})")
         if s["points_dropped"]:
             print(f"  {s['points_dropped']} points dropped: the writer fell behind the live show")
+        print(f"  {s['embedded']} of {s['points']} points have a CLIP embedding"
+              + (" (`installation archive embed` computes the rest)" if s["embedded"] < s["points"] else ""))
         for m in models[s["id"]]:
             files = "; ".join(f"{k} {v['folder']} sha256 {v['config_sha256'][:12]}" for k, v in m["files"].items())
             print(f"  model {m['type']}" + (f": {files}" if files else ""))
@@ -142,7 +243,8 @@ def _export(store: Store, args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..render.record import RecorderError
-    from .replay import Overrides, render_replay
+    from .replay import Overrides
+    from .rerender import render_replay
 
     if args.record and args.record.suffix == "":
         return _fail("--record needs a file name such as out.mp4")
@@ -150,7 +252,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         seed, seeds = Overrides.parse_seeds(args.seed)
         result = render_replay(args.archive, args.session, config=args.config, t_from=args.t_from, t_to=args.t_to,
                                size=args.size, fps=args.fps, record=args.record, archive_out=args.archive_out,
-                               overrides=Overrides(seed, args.prompt, args.scene, seeds))
+                               overrides=Overrides(seed, args.prompt, args.scene, seeds),
+                               live_ticks=args.live_ticks)
     except (FileNotFoundError, KeyError, ValueError, ConfigError, RecorderError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
@@ -163,10 +266,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from .maps import draw_map
 
+    from ..config import ConfigError
+
     try:
+        near = None
+        if args.near is not None:
+            from .search import QueryEncoder
+
+            config = args.config or (None if str(args.archive).endswith(".npz") else _recorded_config(args.archive))
+            near = _query(QueryEncoder(vision_settings(config)), args.near, None)
         result = draw_map(args.archive, args.out, session=args.session, html=args.html, size=args.size,
-                          method=args.method)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+                          method=args.method, near=near, near_text=args.near or "")
+    except (FileNotFoundError, KeyError, ValueError, ConfigError) as e:
         return _fail(str(e).strip("'\""))
     for key, value in result.items():
         print(f"{key:<12} {value}")
@@ -189,28 +300,44 @@ def with_replay(spec: Any, source: str) -> Any:
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], size_arg: Callable) -> None:
-    a = sub.add_parser("archive", help="list, describe and export the show's archive",
+    a = sub.add_parser("archive", help="list, describe, export, search and embed the show's archive",
+                       usage="%(prog)s {ls,info,export,embed} [ARCHIVE] | search TEXT [ARCHIVE] | "
+                             "search --image FILE [ARCHIVE]",
                        description="ls: sessions, their show time, counts and sizes; info: one file in detail "
-                                   "(models, integrity); export: a session's event log as JSONL.")
+                                   "(models, integrity, embeddings); export: a session's event log as JSONL; "
+                                   "search: the moments most like a text or a picture (CLIP, the [vision] model); "
+                                   "embed: CLIP embeddings for points recorded without them, by replaying them.")
     common(a)
-    a.add_argument("action", choices=["ls", "info", "export"])
-    a.add_argument("archive", type=Path, nargs="?", help="archive file or folder (default: the config's [archive])")
-    a.add_argument("--session", type=int, help="session id (default: all for info, the newest for export)")
-    a.add_argument("--out", type=Path, help="export: write to this file instead of stdout")
+    a.add_argument("action", choices=["ls", "info", "export", "search", "embed"])
+    a.add_argument("what", nargs="*", metavar="[TEXT] [ARCHIVE]",
+                   help="search: the text; then the archive file or folder (default: the config's [archive])")
+    a.add_argument("--session", type=int, help="session id (default: all for info, search and embed; the newest "
+                                               "for export)")
+    a.add_argument("--out", type=Path, help="export: write to this file instead of stdout; search: a contact "
+                                            "sheet (.png, or .html)")
     a.add_argument("--points", action="store_true", help="export: the points too (latents, no thumbnails)")
-    a.add_argument("--json", action="store_true", help="info: print JSON")
+    a.add_argument("--image", type=Path, help="search: the moments most like this picture instead of a text")
+    a.add_argument("--top", type=int, default=20, help="search: how many results (default 20)")
+    a.add_argument("--size", type=int, default=224, help="embed: render the frames at this short side (default "
+                                                         "224)")
+    a.add_argument("--json", action="store_true", help="info, search, embed: print JSON")
     a.set_defaults(func=cmd_archive)
 
     r = sub.add_parser("replay", help="re-render an archived performance offline",
                        description="Re-render a stretch of an archived session through the fixed-step clock: the "
-                                   "same events at the same show times. Overrides make a counterfactual.")
+                                   "same events at the same show times, at a steady frame rate along show time (or "
+                                   "the live show's own tick times, stutter included, with --live-ticks). "
+                                   "Overrides make a counterfactual.")
     common(r)
     r.add_argument("archive", type=Path, help="archive file (FILE#SESSION picks a session)")
     r.add_argument("--session", type=int, help="session id (default: the newest)")
     r.add_argument("--from", dest="t_from", type=float, help="record from this show time (s)")
     r.add_argument("--to", dest="t_to", type=float, help="stop at this show time (s)")
     r.add_argument("--size", type=size_arg, help="output size WxH (default: the live size)")
-    r.add_argument("--fps", type=int, help="step at this rate (default: the live show's own tick times)")
+    r.add_argument("--fps", type=int, help="frames per second of show time (default: the show's [output] fps)")
+    r.add_argument("--live-ticks", action="store_true",
+                   help="step through the live show's own tick times instead: the path to the bit, and frame for "
+                        "frame with a live --record, stutter included")
     r.add_argument("--record", type=Path, help="write the replay to this video file")
     r.add_argument("--seed", action="append", metavar="[SCENE=]SEED",
                    help="walk every scene from this seed instead, or with SCENE=SEED that scene (repeatable); a "
@@ -231,6 +358,10 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
     m.add_argument("--html", type=Path, help="also write a zoomable page with thumbnails on hover")
     m.add_argument("--size", type=size_arg, default="1600x1000", help="image size WxH (default 1600x1000)")
     m.add_argument("--method", choices=["auto", "umap", "pca"], default="auto")
+    m.add_argument("--near", metavar="TEXT", help="shade each point by its CLIP similarity to TEXT (the [vision] "
+                                                 "model; the best matches ringed and numbered)")
+    m.add_argument("--config", type=Path, default=None, help="--near: the config whose [vision] model embeds "
+                                                            "TEXT (default: the one the archive was recorded with)")
     m.set_defaults(func=cmd_map)
 
 

@@ -67,9 +67,10 @@ class LiveMap:
     """See the module's doc. ``settings`` is :class:`~installation.config.MapOverlayConfig`; ``source()`` returns
     the archive file and session once the archive has opened them (``(None, None)`` before)."""
 
-    def __init__(self, settings: Any, source: Any) -> None:
+    def __init__(self, settings: Any, source: Any, marks: Any = None) -> None:
         self.settings = settings
         self._source = source
+        self._marks = marks or (lambda: ())  # point ids to ring: the best matches of the current /seek
         self._lock = threading.Lock()
         self._current: tuple[Any, float] | None = None  # (plan, t): the show's position, set by the loop thread
         self._picture: np.ndarray | None = None  # the newest finished picture (RGBA, top row first)
@@ -80,6 +81,7 @@ class LiveMap:
         self._gl: dict[str, Any] = {}
         self._repeats = RepeatLog(log, interval=60.0)
         self.counts = {"refits": 0, "pictures": 0, "uploads": 0, "draws": 0, "failures": 0}
+        self.marked = 0  # /seek matches ringed on the newest picture
         self.points = 0
         self.draw_s = 0.0  # loop-thread time in draw()
 
@@ -96,7 +98,8 @@ class LiveMap:
             self._thread = None
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "points": self.points, "draw_ms_total": round(self.draw_s * 1000, 2)}
+        return {**self.counts, "points": self.points, "marked": self.marked,
+                "draw_ms_total": round(self.draw_s * 1000, 2)}
 
     # -- the loop thread ----------------------------------------------------------------------------------------------
     def position(self, plan: Any, t: float) -> None:
@@ -170,7 +173,7 @@ class LiveMap:
                 if latent.size != fit.mean.size:
                     continue  # a scene on another decoder: its position is not on this map until the next refit
                 trail = (trail + [fit.where(latent)])[-int(self.settings.fps * 8):]
-                self._publish(self._mark(base, trail))
+                self._publish(self._mark(base, trail, fit))
             except Exception:  # noqa: BLE001 - a fault in the map never touches the show
                 self.counts["failures"] += 1
                 self._repeats.error("draw", "live map: drawing failed (%d so far)", self.counts["failures"],
@@ -204,6 +207,7 @@ class LiveMap:
         w = int(self.settings.resolution)
         size = (w, int(round(w * 0.625)))
         fit = Fit(np.stack([p.latent.ravel() for p in kept]).astype(np.float64), size, margin=max(8, w // 24))
+        fit.index = {p.id: i for i, p in enumerate(kept)}
         pos = fit.positions
         img = Image.new("RGBA", size, (6, 6, 10, 200))
         draw = ImageDraw.Draw(img, "RGBA")
@@ -225,12 +229,21 @@ class LiveMap:
         self.counts["refits"] += 1
         return img, fit
 
-    def _mark(self, base: Any, trail: list[tuple[float, float]]) -> np.ndarray:
-        """The base picture with the recent trail and the current position."""
+    def _mark(self, base: Any, trail: list[tuple[float, float]], fit: Fit | None = None) -> np.ndarray:
+        """The base picture with the best matches of the current /seek ringed, the recent trail and the current
+        position."""
         from PIL import ImageDraw
 
         img = base.copy()
         draw = ImageDraw.Draw(img, "RGBA")
+        marked = 0
+        for pid in self._marks():
+            i = getattr(fit, "index", {}).get(pid)
+            if i is not None:
+                x, y = fit.positions[i]
+                draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(255, 200, 80, 255), width=2)
+                marked += 1
+        self.marked = marked
         if len(trail) > 1:
             draw.line(trail, fill=(255, 255, 255, 150), width=2)
         x, y = trail[-1]
@@ -250,46 +263,4 @@ class LiveMap:
             return self._picture
 
 
-def overlay_bench(spec: Any, seconds: float = 10.0, rounds: int = 1) -> dict[str, Any]:
-    """Present p99 of the full headless loop with the live map off and on (``rounds`` pairs, alternating, one
-    process), on a throwaway archive, refitting four times a run so that refits fall inside the measured time."""
-    import tempfile
-    from dataclasses import replace as dc_replace
-
-    from ..bench import _p99_ms, runtime_fps
-    from ..runtime import resolve_device
-
-    cfg = spec.config
-    refit_s = max(1.0, seconds / 4)
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    maps: list[dict[str, Any]] = []
-
-    def watch(rt: Any) -> Any:
-        live_map = rt.parts["archive"].live_map
-        return lambda: maps.append(live_map.stats())
-    with tempfile.TemporaryDirectory() as tmp:
-        device = resolve_device(cfg.decoder.device)
-        for i in range(max(1, rounds)):
-            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                archive = cfg.archive.model_copy(update={"enabled": True, "path": f"{tmp}/{mode}{i}",
-                                                         "point_every": 0.25})
-                overlay = cfg.output.map.model_copy(update={"enabled": mode == "on", "refit_s": refit_s})
-                output = cfg.output.model_copy(update={"map": overlay})
-                run = dc_replace(spec, config=cfg.model_copy(update={"archive": archive, "output": output}))
-                runs[mode].append(runtime_fps(run, seconds, device, load=watch if mode == "on" else None))
-    out: dict[str, Any] = {"scene": spec.scenes[0].name, "size": str(cfg.output.size), "seconds": seconds,
-                           "rounds": max(1, rounds), "refit_s": refit_s}
-    for mode, rs in runs.items():
-        out[f"map_{mode}_present_ms_p99"] = _p99_ms([c for r in rs for c in r["tick_costs_s"]])
-        out[f"map_{mode}_present_fps"] = round(sum(r["present_fps"] for r in rs) / len(rs), 2)
-        out[f"map_{mode}_late_ticks"] = sum(r["late_ticks"] for r in rs)
-    draws = sum(m["draws"] for m in maps)
-    out["map_draw_ms_mean"] = round(sum(m["draw_ms_total"] for m in maps) / draws, 3) if draws else None
-    out["map_refits"] = sum(m["refits"] for m in maps)
-    out["map_pictures"] = sum(m["pictures"] for m in maps)
-    a, b = out["map_off_present_ms_p99"], out["map_on_present_ms_p99"]
-    out["present_ms_p99_on_vs_off"] = round(b / a, 3) if a else None
-    return out
-
-
-__all__ = ["CORNERS", "Fit", "LiveMap", "overlay_bench"]
+__all__ = ["CORNERS", "Fit", "LiveMap"]

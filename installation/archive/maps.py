@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .replay import parse_source
-from .store import Point, Store
+from .store import Point, Store, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +177,11 @@ def space_points(path: Path) -> list[Point]:
 
 
 def draw_map(source: str | Path, out: Path, *, session: int | None = None, html: Path | None = None,
-             size: tuple[int, int] = (1600, 1000), method: str = "auto") -> dict[str, Any]:
+             size: tuple[int, int] = (1600, 1000), method: str = "auto", near: np.ndarray | None = None,
+             near_text: str = "") -> dict[str, Any]:
     """Draw the map of an archive (one session, or all), or of a space file (``.npz``), to ``out`` (PNG) and
-    optionally ``html``; returns figures."""
+    optionally ``html``; returns figures. ``near`` (a unit CLIP embedding of ``near_text``): each point shaded by
+    its similarity to it, the best matches ringed and numbered."""
     from PIL import Image, ImageDraw, ImageFont
 
     is_space = str(source).endswith(".npz")
@@ -217,13 +218,26 @@ def draw_map(source: str | Path, out: Path, *, session: int | None = None, html:
         age = i / (n - 1)
         r, g, bl = colours[b.scene]
         draw.line([tuple(pos[i - 1]), tuple(pos[i])], fill=(r, g, bl, int(50 + 150 * age)), width=2 + int(2 * age))
+    sims = _similarities(points, near) if near is not None else None
     for i, p in enumerate(points):
         r, g, bl = colours[p.scene]
         cx, cy = pos[i]
-        draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(r, g, bl, 200))
-    # thumbnails: spread in time (every k-th first), none hiding another
+        if sims is not None:  # brighter and larger the closer to the text; grey without an embedding
+            u = sims[i]
+            rad = 3 + 10 * u if np.isfinite(u) else 2
+            fill = (255, int(140 + 100 * u), int(60 + 120 * u), int(60 + 195 * u)) if np.isfinite(u) else \
+                (110, 110, 120, 120)
+            draw.ellipse([cx - rad, cy - rad, cx + rad, cy + rad], fill=fill)
+        else:
+            draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=(r, g, bl, 200))
+    # thumbnails: spread in time (every k-th first), or the best matches first, none hiding another
     stride = max(1, n // 24)
     order = list(range(0, n, stride)) + [i for i in range(n) if i % stride]
+    best: list[int] = []
+    if sims is not None:
+        ranked = [i for i in np.argsort(-np.nan_to_num(sims, nan=-1.0), kind="stable") if np.isfinite(sims[i])]
+        best = [int(i) for i in ranked[:5]]
+        order = best + [i for i in order if i not in best]
     placed = _choose(pos, order, size, edge)
     for i in sorted(placed, key=lambda k: points[k].t):
         th = _thumb(points[i].thumb, edge)
@@ -242,6 +256,10 @@ def draw_map(source: str | Path, out: Path, *, session: int | None = None, html:
             draw.line([tuple(pos[i - 1]), tuple(pos[i])], fill=(255, 255, 255, 60), width=1)
     font = ImageFont.load_default(size=max(14, h // 50))
     small = ImageFont.load_default(size=max(12, h // 70))
+    for k, i in enumerate(best, 1):  # the best matches of --near, ringed and numbered
+        cx, cy = pos[i]
+        draw.ellipse([cx - 14, cy - 14, cx + 14, cy + 14], outline=(255, 255, 255, 255), width=3)
+        draw.text((cx + 16, cy - 22), str(k), fill=(255, 255, 255, 255), font=font)
     for i, label in ((0, "start"), (n - 1, "end")):
         cx, cy = pos[i]
         draw.ellipse([cx - 9, cy - 9, cx + 9, cy + 9], outline=(255, 255, 255, 230), width=3)
@@ -254,8 +272,10 @@ def draw_map(source: str | Path, out: Path, *, session: int | None = None, html:
     title = f"{path.stem}: {n} images, the path is their tour" if is_space else \
         f"{path.stem}: {n} points over {_duration(span)} of show time"
     draw.text((margin // 2, margin // 3), title, fill=(235, 235, 245, 255), font=font)
-    draw.text((margin // 2, margin // 3 + font.size + 6), f"{used} of the {what}; the path runs in time from "
-              f"start (faint) to end (bright)", fill=(170, 170, 190, 255), font=small)
+    subtitle = f"{used} of the {what}; the path runs in time from start (faint) to end (bright)"
+    if sims is not None:
+        subtitle = f"{used} of the {what}; shaded by similarity to \"{near_text[:60]}\" (grey: no embedding)"
+    draw.text((margin // 2, margin // 3 + font.size + 6), subtitle, fill=(170, 170, 190, 255), font=small)
     lx, ly = margin // 2, h - margin // 2 - 10
     for name, col in colours.items():
         draw.rounded_rectangle([lx, ly, lx + 18, ly + 12], 3, fill=col + (255,))
@@ -266,10 +286,30 @@ def draw_map(source: str | Path, out: Path, *, session: int | None = None, html:
     img.convert("RGB").save(out)
     result = {"map": str(out), "points": n, "thumbnails": len(placed), "projection": f"{used} of the {what}",
               "scenes": ", ".join(colours)}
+    if sims is not None:
+        result["near"] = near_text
+        result["embedded"] = int(np.isfinite(sims).sum())
+        result["best"] = ", ".join(f"{points[i].t:.1f} s ({points[i].scene})" for i in best)
     if html is not None:
         write_html(Path(html), points, pos / np.array([w, h]), colours, title, result["projection"])
         result["html"] = str(html)
     return result
+
+
+def _similarities(points: list[Point], near: np.ndarray) -> np.ndarray:
+    """Each point's cosine similarity to ``near``, scaled 0..1 from the least to the most similar (NaN where a
+    point has no embedding of that width)."""
+    out = np.full(len(points), np.nan)
+    for i, p in enumerate(points):
+        if p.clip is not None and len(p.clip) == len(near):
+            out[i] = float(p.clip @ near) / (float(np.linalg.norm(p.clip)) or 1.0)
+    ok = np.isfinite(out)
+    if not ok.any():
+        raise ValueError("--near: no point has a CLIP embedding of the query model's width (`installation archive "
+                         "embed` computes them)")
+    lo, hi = out[ok].min(), out[ok].max()
+    out[ok] = (out[ok] - lo) / (hi - lo) if hi > lo else 1.0
+    return out
 
 
 def _duration(seconds: float) -> str:

@@ -329,6 +329,55 @@ class Store:
                 for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in
                 self.conn.execute(q, (sid,) * ((sid is not None) * (1 + (newest is not None))))]
 
+    def embeddings(self, sid: int | None = None, after: int = 0,
+                   width: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points (of one session, or all) with an id above ``after``: their ids, in order, and of those that
+        have a CLIP embedding (of ``width``, when given), the ids and the embeddings as float32 rows (``archive
+        search``, ``/seek``)."""
+        where = "id>?" + (" AND session=?" if sid is not None else "")
+        rows = self.conn.execute(f"SELECT id, clip FROM points WHERE {where} ORDER BY id",
+                                 (after, sid) if sid is not None else (after,)).fetchall()
+        ids = np.array([r[0] for r in rows], np.int64)
+        have = [(i, unpack_vector(c)) for i, c in rows if c is not None]
+        if width is not None:
+            have = [(i, v) for i, v in have if len(v) == width]
+        widths = {len(v) for _, v in have}
+        if len(widths) > 1:
+            raise ValueError(f"{self.path}: embeddings of different widths {sorted(widths)} (from different CLIP "
+                             "models); search one session with --session")
+        matrix = np.stack([v for _, v in have]) if have else np.zeros((0, 0), np.float32)
+        return ids, np.array([i for i, _ in have], np.int64), matrix
+
+    def points_by_id(self, ids: Iterable[int], with_thumbs: bool = True) -> dict[int, Point]:
+        """The points with these ids that are still kept (thinning removes old ones), by id."""
+        ids = [int(i) for i in ids]
+        cols = "id, session, t, scene, seed, tau, latent, shape, " + ("thumb" if with_thumbs else "NULL") + \
+            ", clip, prompts"
+        out: dict[int, Point] = {}
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            for i, s, t, sc, seed, tau, lat, shape, thumb, clip, pr in self.conn.execute(
+                    f"SELECT {cols} FROM points WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                out[i] = Point(i, s, t, sc, seed, tau, unpack_latent(lat, shape), thumb, unpack_vector(clip),
+                               from_json(pr))
+        return out
+
+    def embedded(self, sid: int) -> int:
+        """How many of a session's points have a CLIP embedding."""
+        return self.conn.execute("SELECT count(*) FROM points WHERE session=? AND clip IS NOT NULL",
+                                 (sid,)).fetchone()[0]
+
+    def set_embeddings(self, rows: Iterable[tuple[int, Any]]) -> None:
+        """Store CLIP embeddings ``(point id, vector)`` on their points, in one transaction (``archive embed``)."""
+        with self.conn:
+            self.conn.executemany("UPDATE points SET clip=? WHERE id=?", [(pack_vector(v), int(i)) for i, v in rows])
+
+    def thumbs(self) -> dict[str, bytes]:
+        """The newest thumbnail (JPEG) of each scene, over every session: what each scene last looked like here."""
+        q = ("SELECT scene, thumb FROM points WHERE id IN "
+             "(SELECT max(id) FROM points WHERE thumb IS NOT NULL GROUP BY scene)")
+        return {str(scene): bytes(thumb) for scene, thumb in self.conn.execute(q)}
+
     def ticks(self, sid: int) -> np.ndarray:
         """Every archived tick time of a session, in order (empty when none were kept)."""
         blobs = [np.frombuffer(zlib.decompress(d), "<f8") for (d,) in
@@ -350,3 +399,13 @@ class Store:
 
 __all__ = ["CorruptArchive", "Point", "Store", "archive_file", "is_corrupt", "pack_latent", "pack_samples",
            "pack_vector", "to_json", "unpack_latent", "unpack_samples", "unpack_vector"]
+
+
+def parse_source(text: str | Path) -> tuple[Path, int | None]:
+    """``FILE`` or ``FILE#SESSION`` -> (path, session id or None for the newest)."""
+    text = str(text)
+    if "#" in text:
+        path, _, sid = text.rpartition("#")
+        if sid.isdigit():
+            return Path(path), int(sid)
+    return Path(text), None

@@ -40,7 +40,6 @@ MAP_POINTS = 5000  # /map/goto chooses among the newest this many archived point
 # A CLIP embedding of a presented frame: {"t": the archived point's show time, "embedding": [...]} from the vision
 # part (stored on that point only), or a bare list of floats (stored on the newest point at the event's time).
 EMBEDDING_EVENT = "vision.embedding"
-CONSEQUENCES = frozenset({"scene", "resume", "panic", "archive"})  # journal sources the show itself produces
 MAX_PENDING_POINTS = 64
 WRITER_WAIT_S = 10.0  # a fixed-step render waits at most this long for the writer to take its points
 MAX_PENDING_TICKS = 1 << 17
@@ -94,14 +93,24 @@ def thumbnail(rgb: bytes, size: tuple[int, int], long_edge: int) -> bytes:
     return buf.tobytes() if ok else b""
 
 
+def show_config(ctx: PartContext, state: dict[str, Any]) -> str:
+    """The show's config file, as the runtime's state names it (the archive file is named after it)."""
+    return (state.get("show") or {}).get("config") or str(ctx.base_dir)
+
+
+def archive_path(settings: Any, ctx: PartContext, state: dict[str, Any] | None = None) -> Path:
+    """The show's archive file: ``[archive] path`` (relative to the config's folder), named after the config."""
+    folder = Path(settings.path).expanduser()
+    folder = folder if folder.is_absolute() else ctx.base_dir / folder
+    return archive_file(folder, show_config(ctx, ctx.state() if state is None else state))
+
+
 class Archive:
     """The ``archive`` part. See the module's doc; ``settings`` is :class:`~installation.archive.ArchiveSettings`."""
 
     def __init__(self, settings: Any, ctx: PartContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        folder = Path(settings.path).expanduser()
-        self.folder = folder if folder.is_absolute() else ctx.base_dir / folder
         self.path: Path | None = None  # known once started (named after the config file)
         self.session: int | None = None
         self.faults: Counter[str] = Counter()
@@ -144,7 +153,7 @@ class Archive:
             if settings.enabled:
                 from .live_map import LiveMap
 
-                self.live_map = LiveMap(overlay, lambda: (self.path, self.session))
+                self.live_map = LiveMap(overlay, lambda: (self.path, self.session), marks=lambda: seek_marks(ctx.bus))
             else:
                 log.warning("[output.map] needs the archive ([archive] enabled = true): no live map")
 
@@ -154,9 +163,8 @@ class Archive:
             return
         if self._opening is None:  # the show as it starts (a restart after a fault carries on with the same session)
             state = self.ctx.state()
-            config = (state.get("show") or {}).get("config") or str(self.ctx.base_dir)
-            self.path = archive_file(self.folder, config)
-            self._opening = (config, {k: v for k, v in state.items() if k != "show"})
+            self.path = archive_path(self.settings, self.ctx, state)
+            self._opening = (show_config(self.ctx, state), {k: v for k, v in state.items() if k != "show"})
         self._open()
         if self.feeder is not None:
             self.feeder.start()
@@ -467,20 +475,13 @@ class Archive:
                 to_json([list(p) for p in prompts]) if prompts else None)
 
 
+def seek_marks(bus: Any) -> list[int]:
+    """The archived points among the results of the current ``/seek`` (none once it is let go)."""
+    results = bus.notes().get("seek.results")
+    if not isinstance(results, dict):
+        return []
+    return [int(r["id"]) for r in results.get("results", ()) if isinstance(r, dict) and r.get("kind") == "point"]
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def post_change(bus: Any, change: dict[str, Any], source: str = "replay") -> bool:
-    """Re-post one archived journal entry on ``bus`` (a set, an event or a reset)."""
-    kind, name, value = change["kind"], change["name"], change["value"]
-    if kind == "set":
-        return bus.set(name, value, source=source, sampled=bool(change.get("sampled")))
-    if kind == "event":
-        if name == "prompt" and isinstance(value, list):
-            value = tuple(value)
-        return bus.post(Event(name, value, source))
-    if kind == "reset" and isinstance(value, dict):
-        bus.reset(value, source=source)
-        return True
-    return False

@@ -12,8 +12,12 @@ _REGISTRY: dict[str, type] = {}
 _BUILTINS = {
     "cppn": "installation.decoders.cppn",
     "faulty": "installation.decoders.faulty",
-    "diffusion": "installation.decoders.diffusion", "gan": "installation.decoders.gan",
+    "diffusion": "installation.decoders.diffusion.decoder", "gan": "installation.decoders.gan",
 }
+# Built-ins whose class-level side (Settings, latent_shape, param_specs, check) sits in a module of its own that
+# imports no torch: a scene is checked, and `scenes` or `params` prints, without importing the decoder itself.
+_KINDS = {"diffusion": ("installation.decoders.diffusion.kind", "DiffusionKind"),
+          "gan": ("installation.decoders.gan_kind", "GanKind")}
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -41,9 +45,18 @@ def decoder_class(name: str) -> type:
     return _REGISTRY[name]
 
 
+def decoder_kind(name: str) -> type:
+    """What a scene needs of decoder ``name`` before anything is loaded (``Settings``, ``latent_shape``, optional
+    ``param_specs`` and ``check``): a built-in's light class where it has one, else the decoder class itself."""
+    if name not in _REGISTRY and name in _KINDS:
+        module, attr = _KINDS[name]
+        return getattr(importlib.import_module(module), attr)
+    return decoder_class(name)
+
+
 def param_specs(spec: DecoderSpec) -> list:
     """The live bus parameters a decoder reads for these settings (``param_specs`` classmethod; none if absent)."""
-    fn = getattr(decoder_class(spec.type), "param_specs", None)
+    fn = getattr(decoder_kind(spec.type), "param_specs", None)
     return list(fn(spec.settings)) if fn is not None else []
 
 
@@ -53,4 +66,4 @@ def create(spec: DecoderSpec, device: str = "cpu") -> Decoder:
 
 
 __all__ = ["Decoder", "DecoderSettings", "DecoderSpec", "LatentRequest", "NonFiniteFrame", "register",
-           "names", "decoder_class", "create", "param_specs"]
+           "names", "decoder_class", "decoder_kind", "create", "param_specs"]

@@ -9,15 +9,17 @@ per resolution; per frame the latent only shifts that layer's bias, so a frame c
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from ..sizes import Size, SizeT
 from . import register
 from .base import DecoderSettings, LatentRequest
+
+if TYPE_CHECKING:
+    import torch
 
 Activation = Literal["sin", "tanh", "gauss", "softsign", "cos", "relu"]
 
@@ -63,6 +65,8 @@ class CPPN:
     Settings = CPPNSettings
 
     def __init__(self, settings: CPPNSettings, device: str = "cpu") -> None:
+        import torch  # here, not at the top: checking a scene or listing parameters never imports torch
+
         self.settings = settings
         self.device = torch.device(device)
         self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -80,6 +84,8 @@ class CPPN:
         return tuple(s.cuda_resolution if self.device.type == "cuda" and s.cuda_resolution else s.resolution)
 
     def prepare(self) -> None:
+        import torch
+
         s = self.settings
         g = torch.Generator().manual_seed(int(s.model_seed))
         w, h = self.size
@@ -114,6 +120,8 @@ class CPPN:
         return x
 
     def _forward(self, z: torch.Tensor) -> torch.Tensor:
+        import torch
+
         h = self._mixed_(self._coord_term + (self._wz @ z)[:, None])
         for wgt, bias in self._layers:
             h = self._mixed_(torch.addmm(bias, wgt, h))
@@ -122,6 +130,8 @@ class CPPN:
 
     def render(self, request: LatentRequest) -> np.ndarray:
         """HxWx3 float32 in 0..1, top row first."""
+        import torch
+
         w, h = self.size
         z = torch.as_tensor(np.asarray(request.z, dtype=np.float32).reshape(-1), device=self.device)
         with torch.inference_mode():

@@ -12,7 +12,6 @@ import time
 from typing import Annotated
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from . import register
@@ -50,6 +49,8 @@ class FaultyCPPN(CPPN):
         if s.stall_every and self.frames % s.stall_every == 0:
             time.sleep(s.stall_s)
         if s.oom_above and s.resolution[0] > s.oom_above:
+            import torch
+
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: width {s.resolution[0]})")
         if s.raise_every and self.frames % s.raise_every == 0:
             raise InjectedFault(f"injected exception at frame {self.frames}")

@@ -9,23 +9,14 @@ whole numbers and the class attributes ``architecture`` (its name) and ``Config`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-CONFIG_MAX = 4096  # no config number (widths, sizes, layers) above this: a file cannot ask for an absurd network
+from .gan_configs import CONFIG_MAX, CONFIGS, DcganConfig, build_config
 
-
-@dataclass(frozen=True)
-class DcganConfig:
-    """A DCGAN-style generator: z (+ an embedded class vector) -> 4x4 features -> transposed convs up to ``size``."""
-
-    z_dim: int = 128
-    class_dim: int = 0
-    width: int = 64  # channels of every hidden layer
-    size: int = 64  # output side in pixels: 8, 16, 32, ... (4 doubled at least once)
+__all__ = ["ARCHITECTURES", "CONFIG_MAX", "Dcgan", "DcganConfig", "architecture", "make_config"]
 
 
 class Dcgan(nn.Module):
@@ -63,6 +54,7 @@ def _stylegan_lite() -> type[nn.Module]:
 
 # name -> the class (imported on use); each class has ``Config`` and builds from ``cls(config)``.
 ARCHITECTURES: dict[str, Callable[[], type[nn.Module]]] = {"dcgan": lambda: Dcgan, "stylegan-lite": _stylegan_lite}
+assert set(ARCHITECTURES) == set(CONFIGS), "every architecture has its config in gan_configs.py"
 
 
 def architecture(name: Any) -> type[nn.Module]:
@@ -74,11 +66,4 @@ def architecture(name: Any) -> type[nn.Module]:
 
 def make_config(cls: type[nn.Module], raw: Any) -> Any:
     """``cls.Config`` from a file's JSON: known keys only, whole numbers from 0 to CONFIG_MAX (ValueError)."""
-    config_cls = cls.Config  # type: ignore[attr-defined]
-    names = {f.name for f in fields(config_cls)}
-    if not isinstance(raw, Mapping) or set(raw) - names:
-        raise ValueError(f"config must be a table with keys from {sorted(names)}, not {raw!r}"[:300])
-    for key, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= CONFIG_MAX:
-            raise ValueError(f"config {key} must be a whole number from 0 to {CONFIG_MAX}, not {value!r}"[:300])
-    return config_cls(**raw)
+    return build_config(cls.Config, raw)  # type: ignore[attr-defined]

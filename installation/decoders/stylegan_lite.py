@@ -9,26 +9,12 @@ imports it from here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class GanConfig:
-    """The shape of the nets; saved in the checkpoint, so a resume builds the same ones."""
-
-    size: int = 64
-    z_dim: int = 128
-    w_dim: int = 128
-    mapping_layers: int = 4
-    base: int = 16  # channels at full resolution; doubling per halving up to ``cap``
-    cap: int = 128
-
-    def channels(self, res: int) -> int:
-        return min(self.cap, self.base * self.size // res)
+from .gan_configs import GanConfig  # (the config lives without torch, for a file's header check)
 
 
 # -- the nets ---------------------------------------------------------------------------------------------------

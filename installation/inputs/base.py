@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from installation.ops.supervise import SupervisedThread, supervised
-
-log = logging.getLogger(__name__)
+from installation.ops.supervise import Worker
 
 # Counters of what an input delivers, and the names its rate and the age of the newest delivery go by in stats().
 DELIVERIES = {"frames": ("fps", "last_frame_age_s"), "blocks": ("blocks_per_s", "last_block_age_s"),
@@ -84,8 +81,9 @@ class _Counters(dict):
         return self.meter.figures() if self.meter is not None else {}
 
 
-class ThreadedInput:
-    """``start()`` runs ``self._run`` in a daemon thread; ``stop()`` sets ``self._stop`` and joins; both idempotent.
+class ThreadedInput(Worker):
+    """An input whose device is read by one supervised thread (:class:`~installation.ops.supervise.Worker`: ``start``,
+    ``stop``, ``alive``), with counters.
 
     ``stats()`` adds to the input's counters: ``opened`` (the device is open and delivering: state "running"), and
     from the delivery counter named in DELIVERIES its rate and the age of the newest delivery (``fps`` and
@@ -96,41 +94,14 @@ class ThreadedInput:
     delivery_key: str | None = None  # None: the first DELIVERIES key among the counters
 
     def __init__(self, stats: dict[str, Any]) -> None:
-        self._stop = threading.Event()
-        self._thread: SupervisedThread | None = None
+        super().__init__()
         self._lock = threading.Lock()
         key = self.delivery_key or next((k for k in DELIVERIES if k in stats), None)
         self._stats: _Counters = _Counters({"state": "stopped", **stats}, key)
 
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        """Start the worker (it opens the source, and keeps reopening it); returns at once."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = supervised(self.thread_name, self._run, stop=self._stop)
-
-    def stop(self) -> None:
-        """Stop the worker and release the source; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            if self._thread.is_alive():
-                log.warning("%s thread did not stop within 5 s (a blocking read?)", self.thread_name)
-            self._thread = None
-        self._stopped()
-
     def _stopped(self) -> None:
         with self._lock:
             self._stats["state"] = "stopped"
-
-    @property
-    def alive(self) -> bool:
-        """bool: the worker runs (started, and has not ended or died)."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
         """A copy of the counters and state, with ``opened`` and the delivery rate and age."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from installation.bus import Follower
-from installation.inputs.camera import FEATURES, LAVFI_PREFIX, CameraSettings, feature_specs
+from installation.inputs.camera_settings import FEATURES, LAVFI_PREFIX, CameraSettings, feature_specs
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 from pydantic import Field
 
-from installation.bus import ParamBus
+from installation.bus import ParamBus, latest_values
 from installation.inputs.osc import OscSettings, _encode, address_map, allowed_networks, is_allowed, parse_packet
 from installation.inputs.surface import Capabilities, ControlSurface, Scenes, Sender, capabilities, scene_list
 from installation.ops.http import (HttpLimits, HttpServer, allowed_origin, host_refusal, http_url, json_error,
@@ -490,12 +490,7 @@ class OscQueryServer:
             sub.close()
 
     def _send_changes(self, changes: Sequence[Any]) -> None:
-        latest: dict[str, float] = {}
-        for c in changes:
-            if c.kind == "set":
-                latest[c.name] = c.value
-            elif c.kind == "reset":
-                latest.update(c.value)
+        latest = latest_values(changes)
         for client in list(self._clients.values()):
             for name, value in latest.items():
                 spec = self.bus.spec(name)

@@ -31,15 +31,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pythonosc.dispatcher import Dispatcher
 
-from installation.bus import Event, ParamBus
+from installation.bus import MAX_GLIDE, Event, ParamBus
+from installation.inputs.osc_settings import OscSettings
 from installation.inputs.prompt_guard import PromptGuard
-
-if TYPE_CHECKING:
-    from installation.inputs.osc import OscSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +53,8 @@ FEEDBACK_NOTES = {"vision.description": "/vision/description", "vision.refused":
 MAX_PENDING_FEEDBACK = 32  # /unavailable answers waiting for the next feedback flush; older ones dropped
 SEED_MAX = 2**32 - 1
 MAX_BLEND = 16  # reference images one /blend message may weigh
+MAX_SEEK_TEXT = 500  # characters of a /seek text
+MAX_SEEK_RESULTS = 50  # results of a /seek that /seek_pick may choose from
 MAX_OUTPUTS = 64  # projector outputs /output/<n>/... may address
 MAX_MESH_POINTS = 33 * 33
 _STRUCTURAL = {"scene.next": "scene", "scene.prev": "scene", "scene.goto": "scene", "seed": "seed"}
@@ -76,7 +76,7 @@ class Capabilities(NamedTuple):
         """Why ``address`` cannot act in this show, or None when it can (or the address is not optional)."""
         if address == "/map/goto" and not self.archive:
             return "the archive is off ([archive] enabled = false)"
-        if address in ("/steer", "/describe") and not self.vision:
+        if address in ("/steer", "/describe", "/seek", "/seek_pick") and not self.vision:
             return "[vision] is off"
         if address.startswith("/midi/learn") and not self.midi:
             return "MIDI is off ([inputs.midi] enabled = false)"
@@ -210,7 +210,7 @@ class ControlSurface:
     """Addresses -> bus writes and events, with counters; feedback selection. Thread-safe: ``apply`` may be called
     from any transport's thread (calls are serialised); ``stats`` and ``feedback_due`` never wait for one."""
 
-    def __init__(self, settings: "OscSettings", bus: ParamBus, scenes: Scenes = (), *,
+    def __init__(self, settings: OscSettings, bus: ParamBus, scenes: Scenes = (), *,
                  clock: Callable[[], float] = time.monotonic, base_dir: str | None = None,
                  caps: Capabilities | None = None) -> None:
         self.settings = settings
@@ -255,6 +255,8 @@ class ControlSurface:
             "/ping": self._h_ping,
             "/describe": self._h_describe,
             "/steer": self._h_steer,
+            "/seek": self._h_seek,
+            "/seek_pick": self._h_seek_pick,
             # projector calibration (render/calibration.py); the runtime counts what no output can take
             "/calibrate": lambda c, a, *args: self._h_gate("calibrate", args, c),
             "/calibrate/on": lambda c, a, *args: self._h_gate("calibrate", args, c),
@@ -470,6 +472,38 @@ class ControlSurface:
                 raise Reject("guard")
             text = result.text
         self.bus.note("steer", {"text": text, "strength": strength}, sender.source)
+
+    def _h_seek(self, sender: Sender, address: str, *args: Any) -> None:
+        """``/seek s [f]``: glide the walk to the archived moment (or space image) most like a text, over f seconds,
+        and hold it there; ``""`` lets the walk go on. Published as the ``seek`` note for the search part (the text
+        only chooses among moments already made and shown: it is bounded, not guarded)."""
+        if not 1 <= len(args) <= 2 or not isinstance(args[0], str):
+            raise Reject("bad_type")
+        glide = self._glide(args[1:])
+        text = " ".join(args[0].split())
+        if len(text) > MAX_SEEK_TEXT:
+            raise Reject("too_long")
+        self.bus.note("seek", {"text": text, "glide": glide}, sender.source)
+
+    def _h_seek_pick(self, sender: Sender, address: str, *args: Any) -> None:
+        """``/seek_pick i [f]``: glide to the i-th result (from 0) of the latest ``/seek`` instead of the best."""
+        if not 1 <= len(args) <= 2 or isinstance(args[0], (bool, str, bytes)):
+            raise Reject("bad_type")
+        i = finite(number(args[0]))
+        if i != int(i) or not 0 <= i < MAX_SEEK_RESULTS:
+            raise Reject("out_of_range")
+        self.bus.note("seek", {"pick": int(i), "glide": self._glide(args[1:])}, sender.source)
+
+    @staticmethod
+    def _glide(args: tuple[Any, ...]) -> float | None:
+        if not args:
+            return None
+        if isinstance(args[0], (bool, str, bytes)):
+            raise Reject("bad_type")
+        glide = finite(number(args[0]))
+        if not 0.0 <= glide <= MAX_GLIDE:
+            raise Reject("out_of_range")
+        return glide
 
     def _h_describe(self, sender: Sender, address: str, *args: Any) -> None:
         """Answer the sender with the current description of the frame (``[vision]``; "" before the first)."""

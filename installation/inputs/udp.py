@@ -19,7 +19,6 @@ import os
 import selectors
 import socket
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from installation.ops.logs import RepeatLog
-from installation.ops.supervise import SupervisedThread, supervised
+from installation.ops.supervise import Worker
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def proc_udp_counters(inode: int, tables: tuple[Path | str, ...] = ("/proc/net/u
 
 # -- the receiver ---------------------------------------------------------------------------------------------------
 
-class UdpReceiver:
+class UdpReceiver(Worker):
     """A bound UDP socket drained by a daemon thread: ``on_datagram(data, address)`` for each datagram.
 
     ``rcvbuf`` bytes of kernel receive buffer are asked for (Linux caps it at ``net.core.rmem_max`` unless the
@@ -177,10 +176,9 @@ class UdpReceiver:
         self._rcvbuf = rcvbuf
         self._batch_n = max(1, batch)
         self._idle_every = idle_every
-        self._name = name
+        super().__init__()
+        self.thread_name = name
         self.sock: socket.socket | None = None
-        self._thread: SupervisedThread | None = None
-        self._stop = threading.Event()
         self._inode = 0
         self.datagrams = 0
         self.wakeups = 0
@@ -219,27 +217,16 @@ class UdpReceiver:
                      self.host, self.port, granted // 1024, self._rcvbuf // 1024)
 
     def start(self) -> None:
-        """Bind if needed and start draining in a daemon thread."""
-        if self._thread is not None:
-            return
-        self.bind()
-        self._stop.clear()
-        self._thread = supervised(self._name, self._run, stop=self._stop)
+        """Bind if needed and start draining in a supervised thread (:class:`~installation.ops.supervise.Worker`)."""
+        if self._thread is None:
+            self.bind()
+        super().start()
 
-    def stop(self) -> None:
-        """Stop the thread and close the socket; safe to call twice."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+    def _stopped(self) -> None:
+        """The thread has ended: close the socket (stop() is safe to call twice)."""
         if self.sock is not None:
             self.sock.close()
         self.sock = None
-
-    @property
-    def alive(self) -> bool:
-        """bool: whether the receive thread runs."""
-        return self._thread is not None and self._thread.is_alive()
 
     def rcvbuf_bytes(self) -> int | None:
         """int: the receive buffer the kernel granted, as it accounts it (Linux reports twice the size asked for)."""

@@ -16,7 +16,8 @@ accepts the connections itself, to hold every one of them to the same rules befo
 The shared request checks live here too: the Host check against DNS rebinding (:func:`host_refusal`), same-origin and
 allowed-origin checks (:func:`same_origin`, :func:`allowed_origin`), the token (:func:`token_ok`), a bounded body read
 with the request's deadline (:func:`read_body`). A part writes one ``async def handle(request)`` and keeps its own
-routes; a websocket is ``aiohttp.web.WebSocketResponse`` on the same port. The connection protocol itself is in
+routes; a websocket is ``aiohttp.web.WebSocketResponse`` on the same port. The answers (strict JSON, the JSON
+errors, :class:`HttpError`) are in ``ops/http_answers.py``, re-exported here. The connection protocol itself is in
 ``ops/http_conn.py``, imported when the first server starts: aiohttp is not needed to read a config, and importing
 it takes about a second on a loaded 2-core machine.
 """
@@ -27,19 +28,20 @@ import asyncio
 import errno
 import hmac
 import ipaddress
-import json
 import logging
 import math
-import re
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .http_answers import (  # noqa: F401 - the answers: the surfaces import them from here
+    HANDLING, MAX_FIELD, MAX_HEADERS, MAX_URL, READING, WRITING, Handler, HttpError, clean_json, json_bytes, json_error,
+    json_response, logged_target, raw_answer, redact, respond)
 
 if TYPE_CHECKING:  # aiohttp is imported when a server starts, not with the config (it takes a second at load)
     from aiohttp import web
@@ -48,11 +50,6 @@ if TYPE_CHECKING:  # aiohttp is imported when a server starts, not with the conf
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[["web.BaseRequest"], Awaitable["web.StreamResponse"]]
-
-MAX_URL = 8192  # bytes of a request line (414 past it)
-MAX_FIELD = 8190  # bytes of a header line (431 past it); differs from MAX_URL so the two errors can be told apart
-MAX_HEADERS = 100  # header lines in a request (431 past them), as http.server had
 BACKLOG = 4096  # the kernel's queue of connections not yet accepted: a full one drops a legitimate client's SYN
 FD_RESERVE = 256  # descriptors kept for the rest of the process (files, pipes, the decoder) when capping connections
 FD_SHARE = 4  # each server holds at most this fraction of the rest (three servers, and room to spare)
@@ -61,7 +58,6 @@ LINGER_S = 1.0  # how long a refused connection may take to read its 503 and han
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so a flood of connections cannot starve the loop
 WORKERS = 4  # threads per server for calls into the show (snapshots, control messages, JPEG encoding)
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_TOKEN_IN_URL = re.compile(r"(?i)([?&;]token=)[^&;#\s]*")
 
 
 class HttpLimits(BaseModel):
@@ -76,90 +72,6 @@ class HttpLimits(BaseModel):
     max_per_client: Annotated[int, Field(ge=1, le=65536)] = 64
     # Seconds for a whole request, headers and body, from the connection (or the previous answer): not per read.
     request_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-
-
-# -- answers ---------------------------------------------------------------------------------------------------------
-
-def clean_json(obj: Any) -> Any:
-    """Make ``obj`` strict JSON: non-finite floats become null, numpy scalars plain numbers, the rest strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    item = getattr(obj, "item", None)  # numpy scalar, 0-d tensor
-    if callable(item):
-        try:
-            return clean_json(item())
-        except Exception:  # noqa: BLE001 - fall through to str
-            pass
-    return str(obj)
-
-
-def json_bytes(obj: Any) -> bytes:
-    """``obj`` as compact strict JSON (see :func:`clean_json`)."""
-    return json.dumps(clean_json(obj), allow_nan=False, separators=(",", ":")).encode()
-
-
-def respond(code: int, body: bytes, content_type: str = "application/json",
-            headers: dict[str, str] | None = None) -> web.Response:
-    """An answer that no cache keeps; HEAD gets its headers only (aiohttp drops the body). ``content_type`` may
-    name a charset (``text/html; charset=utf-8``)."""
-    from aiohttp import web
-
-    ctype, _, params = content_type.partition(";")
-    charset = params.strip()[len("charset="):] if params.strip().lower().startswith("charset=") else None
-    return web.Response(status=code, body=body, content_type=ctype.strip(), charset=charset,
-                        headers={"Cache-Control": "no-store", "Server": "installation", **(headers or {})})
-
-
-def json_response(code: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
-    """``obj`` as a JSON answer with status ``code``."""
-    return respond(code, json_bytes(obj), headers=headers)
-
-
-def _phrase(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase.lower()
-    except ValueError:
-        return "error"
-
-
-def json_error(code: int, error: str | None = None, **extra: Any) -> web.Response:
-    """The JSON error every surface answers: ``{"error": ..., "code": ..., **extra}``."""
-    return json_response(code, {"error": error or _phrase(code), "code": code, **extra})
-
-
-def raw_answer(code: int, error: str, detail: str) -> bytes:
-    """A whole JSON answer as bytes, for a connection refused or cut off before aiohttp has a request for it."""
-    body = json_bytes({"error": error, "code": code, "detail": detail})
-    return (f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n").encode() + body
-
-
-class HttpError(Exception):
-    """Raised by a handler (or :func:`read_body`) to answer ``code`` with a JSON body and close the connection."""
-
-    def __init__(self, code: int, error: str | None = None, **extra: Any) -> None:
-        super().__init__(code, error)
-        self.code, self.error, self.extra = code, error, extra
-
-
-def redact(text: str) -> str:
-    """``text`` with the value of every ``token=`` query parameter replaced by ``***`` (for log lines)."""
-    return _TOKEN_IN_URL.sub(r"\1***", text)
-
-
-def logged_target(request: web.BaseRequest) -> str:
-    """The request's path and query as a log line may show them: a ``token`` parameter's value (however its name is
-    spelled or escaped) as ``***``."""
-    if not request.query_string:
-        return request.path
-    query = "&".join(f"{k}={'***' if k.lower() == 'token' else v}" for k, v in request.query.items())
-    return f"{request.path}?{query}"
 
 
 # -- request checks --------------------------------------------------------------------------------------------------
@@ -263,11 +175,6 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         if hasattr(conn, "owner"):
             conn.owner.count("timed_out")
         raise HttpError(408, detail="the whole request must arrive in time") from None
-
-
-# -- connections -----------------------------------------------------------------------------------------------------
-
-READING, HANDLING, WRITING = "reading", "handling", "writing"  # a connection's states (ops/http_conn.py)
 
 
 # -- the server ------------------------------------------------------------------------------------------------------

@@ -9,19 +9,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from .http import (HANDLING, MAX_FIELD, MAX_HEADERS, MAX_URL, READING, WRITING, Handler, json_error, logged_target,
-                   raw_answer)
-
-if TYPE_CHECKING:
-    from .http import HttpServer
+from .http_answers import (HANDLING, MAX_FIELD, MAX_HEADERS, MAX_URL, READING, WRITING, Handler, json_error,
+                           logged_target, raw_answer)
 
 log = logging.getLogger("installation.ops.http")
+
+
+class Owner(Protocol):
+    """What a connection reads of its server (an :class:`~installation.ops.http.HttpServer`, which imports this
+    module when it starts)."""
+
+    name: str
+    timeout_s: float
+
+    def loop_time(self) -> float: ...
+
+    def count(self, key: str) -> None: ...
+
+    def release(self, conn: "Connection") -> None: ...
 _METHOD_LINE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/(\d+)\.(\d+)\r?$", re.M)  # to tell 505 from 400
 _TOKEN_START = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")  # a method llhttp does not know: 501, not 400
 
@@ -32,7 +43,7 @@ class Connection(RequestHandler):
     States: reading (a request is arriving: the deadline cuts it off), handling (the handler runs: its own time),
     writing (the answer is going out: the client must take it before the deadline)."""
 
-    def __init__(self, manager: web.Server, *, owner: "HttpServer", client: str, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, owner: Owner, client: str, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.owner = owner
         self.client = client
@@ -150,7 +161,7 @@ class Connection(RequestHandler):
 class ConnectionServer(web.Server):
     """aiohttp's low-level server, making this module's connections and marking each request's start."""
 
-    def __init__(self, handler: Handler, owner: "HttpServer", **kwargs: Any) -> None:
+    def __init__(self, handler: Handler, owner: Owner, **kwargs: Any) -> None:
         super().__init__(handler, request_factory=self._request, handler_cancellation=True, **kwargs)
         self._owner = owner
         self._conn_kwargs = kwargs

@@ -5,7 +5,8 @@ Resident memory alone does not say where growth comes from, so the probes split 
 - :func:`smaps` reads ``/proc/<pid>/smaps_rollup``: ``anon_mb`` (heap, Python objects, driver buffers: what leaks),
   ``file_mb`` (mapped libraries and files: grows with lazily loaded code, then stops);
 - :func:`malloc_stats` asks glibc (``mallinfo2``): bytes in use by ``malloc`` against bytes held free inside its
-  arenas (fragmentation that :func:`trim` hands back to the system);
+  arenas (fragmentation that :func:`trim` hands back to the system); :func:`sqlite_mb` the part of it SQLite holds
+  (the archive's page cache);
 - :func:`gl_objects` counts live moderngl objects by type (programs, textures, framebuffers, vertex arrays,
   buffers): released ones are not counted, so a count that rises across reloads is a GL leak;
 - :func:`process_tree` gives the resident memory of a process and of its children (the decoder and camera processes)
@@ -81,6 +82,28 @@ def malloc_stats() -> dict[str, float] | None:
     m = fn()
     return {"in_use_mb": (m.uordblks + m.hblkhd) / _MB, "free_mb": m.fordblks / _MB, "mmap_mb": m.hblkhd / _MB,
             "arena_mb": m.arena / _MB}
+
+
+def _sqlite() -> Any:
+    try:
+        import _sqlite3  # noqa: F401 - loads the libsqlite3 Python's sqlite3 uses, so the name below finds that one
+
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return lib
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_SQLITE = _sqlite()
+
+
+def sqlite_mb() -> float | None:
+    """Memory SQLite holds in this process in MiB (``sqlite3_memory_used``: page caches, schemas, statements of
+    every connection); part of malloc's bytes in use. None without a shared libsqlite3."""
+    if _SQLITE is None:
+        return None
+    return _SQLITE.sqlite3_memory_used() / _MB
 
 
 def trim() -> bool:
@@ -214,3 +237,98 @@ def process_tree(pid: int | None = None, names: dict[int, str] | None = None) ->
             out[_name(kid, names)] += mb
         todo += children(kid)
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def _walk(obj: Any, depth: int):
+    """Every object reachable from ``obj`` through attributes, slots, lists, tuples, sets and dict values, at most
+    ``depth`` levels down, each once; modules, classes, functions, strings and numbers are not entered, nor are
+    arrays, tensors and moderngl objects (yielded, not entered)."""
+    skip = (type, type(os), type(_walk), type(len), str, bytes, bytearray, int, float, bool, type(None))
+    seen: set[int] = set()
+    todo: list[tuple[Any, int]] = [(obj, 0)]
+    while todo:
+        cur, level = todo.pop()
+        if id(cur) in seen or isinstance(cur, skip):
+            continue
+        seen.add(id(cur))
+        yield cur
+        if level >= depth or type(cur).__module__.split(".")[0] in ("numpy", "torch", "sqlite3", "moderngl"):
+            continue
+        if isinstance(cur, dict):
+            kids = list(cur.values())[:1000]
+        elif isinstance(cur, (list, tuple, set, frozenset)):
+            kids = list(cur)[:1000]
+        else:
+            try:
+                kids = list(vars(cur).values())
+            except TypeError:
+                kids = []
+            kids += [getattr(cur, s, None) for s in getattr(type(cur), "__slots__", ()) if isinstance(s, str)]
+        todo += [(k, level + 1) for k in kids]
+
+
+def held(obj: Any, depth: int = 4) -> dict[str, int]:
+    """What ``obj`` (a part) holds, found by walking what it refers to ``depth`` levels down (:func:`_walk`):
+    ``threads`` (alive :class:`threading.Thread` objects), ``processes`` (running multiprocessing processes and
+    subprocess.Popen children) and ``gl`` (live moderngl objects).
+
+    Why by reachability: a part's threads, its child process and its GL objects are what it can leak outside
+    Python's heap, and all of them hang off the part object (a writer, a server, a map renderer)."""
+    import moderngl
+
+    gl_types = tuple(t for t in (getattr(moderngl, n, None) for n in GL_TYPES) if isinstance(t, type))
+    out = {"threads": 0, "processes": 0, "gl": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cur in _walk(obj, depth):
+            if isinstance(cur, threading.Thread):
+                out["threads"] += cur.is_alive()
+            elif type(cur) in gl_types:
+                out["gl"] += _alive(cur)
+            elif _running_child(cur):
+                out["processes"] += 1
+    return out
+
+
+def source_files(obj: Any, package: str = "installation", depth: int = 4) -> set[str]:
+    """The source files of ``package`` that define the classes of what ``obj`` refers to (:func:`_walk`): the code
+    a part's memory is allocated from, for :func:`traced_by_files`."""
+    import sys
+
+    files = set()
+    for cur in _walk(obj, depth):
+        module = sys.modules.get(type(cur).__module__)
+        path = getattr(module, "__file__", None)
+        if path and type(cur).__module__.split(".")[0] == package:
+            files.add(path)
+    return files
+
+def _running_child(obj: Any) -> bool:
+    """A multiprocessing process or a subprocess.Popen that runs."""
+    import multiprocessing.process
+    import subprocess
+
+    try:
+        if isinstance(obj, multiprocessing.process.BaseProcess):
+            return obj.pid is not None and obj.is_alive()
+        if isinstance(obj, subprocess.Popen):
+            return obj.poll() is None
+    except (AssertionError, ValueError, OSError):  # is_alive() from a process that is not the parent, a closed one
+        return False
+    return False
+
+
+def traced_by_files(groups: dict[str, set[str]]) -> dict[str, float]:
+    """Python memory traced by tracemalloc now, in KiB, split by ``groups`` (name -> source files): a block goes to
+    the group of the innermost frame of its traceback that is in one of the group's files, else to ``"other"``.
+    Empty unless tracemalloc is tracing; tracebacks are only as deep as ``tracemalloc.start(n)`` asked."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return {}
+    owner = {f: name for name, files in groups.items() for f in files}
+    out: Counter[str] = Counter()
+    for stat in tracemalloc.take_snapshot().statistics("traceback"):
+        name = next((owner[fr.filename] for fr in reversed(stat.traceback) if fr.filename in owner), "other")
+        out[name] += stat.size
+    return {k: round(v / 1024, 1) for k, v in out.items()}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..bus import ParamBus
 from ..parts import PartContext, register
 from .state import write_atomic
-from .supervise import SupervisedThread, supervised
+from .supervise import Worker
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ def valid_name(name: Any) -> bool:
     return isinstance(name, str) and bool(NAME.match(name))
 
 
-class Presets:
+class Presets(Worker):
     """The presets part: the file, the journal watcher and the fades."""
+
+    thread_name = "presets"
 
     def __init__(self, settings: PresetSettings, bus: ParamBus, base_dir: Path | str,
                  snapshot: Callable[[], Mapping[str, Any]] = dict,
@@ -62,9 +64,8 @@ class Presets:
         self.path = Path(base_dir) / settings.file
         self._snapshot = snapshot
         self._scene_info = scene_info
+        super().__init__()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: SupervisedThread | None = None
         self._fade: tuple[float, float, dict[str, tuple[float, float]]] | None = None  # (t0, seconds, a -> b)
         self.counts = {"stored": 0, "recalled": 0, "unknown": 0, "file_errors": 0, "fades_done": 0}
         self._presets: dict[str, dict[str, Any]] = self._load()
@@ -184,23 +185,6 @@ class Presets:
                 self.step()
         finally:
             sub.close()
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = supervised("presets", self._run)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-
-    @property
-    def alive(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

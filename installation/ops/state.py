@@ -8,11 +8,8 @@ warning and the show starts from its beginning; one written by an older version 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Annotated, Any, Callable, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import files
+from ..files import write_atomic  # moved down to installation.files (presets, MIDI learn, train import it from here)
 from ..parts import Moment, PartContext, register
 from .logs import RepeatLog
 from .supervise import SupervisedThread, supervised
@@ -54,54 +52,14 @@ class StateError(ValueError):
 
 # -- writing ---------------------------------------------------------------------------------------------------------
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable; some platforms and file systems cannot open folders, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_state(path: Path | str, state: Mapping[str, Any], *, version: int = STATE_VERSION,
                wall: Callable[[], float] = time.time) -> dict[str, Any]:
-    """Write ``state`` plus ``version`` and ``saved_at`` (wall time) to ``path`` atomically; returns what was written.
+    """Write ``state`` plus ``version`` and ``saved_at`` (wall time) to ``path`` atomically; returns what was written
+    (:func:`installation.files.save_json`).
 
     Raises OSError (disk), TypeError or ValueError (state not JSON-serialisable, NaN); the old file is then untouched.
     """
-    path = Path(path)
-    data = dict(state)
-    data["version"] = version
-    data["saved_at"] = wall()
-    # Serialise before touching the disk: a bad value must not cost us the previous good file.
-    write_atomic(path, json.dumps(data, allow_nan=False, separators=(",", ":"), sort_keys=True).encode())
-    return data
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that a crash or power cut leaves the old file or the new one, never a mix:
-    a temporary file beside it, fsynced, renamed over it, and the folder fsynced. Raises OSError."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    return files.save_json(path, state, version=version, wall=wall)
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------

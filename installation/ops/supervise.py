@@ -188,6 +188,47 @@ class SupervisedThread:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+class Worker:
+    """A part whose work is one supervised thread: ``start()`` runs ``self._run`` as ``thread_name`` (restarted when
+    it raises), ``stop()`` sets ``self._stop``, joins and calls ``_stopped()``; both idempotent. ``alive``: the
+    thread runs. The threaded inputs (:class:`installation.inputs.base.ThreadedInput`) and the presets share it."""
+
+    thread_name = "worker"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: SupervisedThread | None = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the thread; returns at once."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = supervised(self.thread_name, self._run, stop=self._stop)
+
+    def stop(self) -> None:
+        """Stop the thread and release what it holds; safe to call twice."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                log.warning("%s thread did not stop within 5 s (a blocking read?)", self.thread_name)
+            self._thread = None
+        self._stopped()
+
+    def _stopped(self) -> None:
+        """After the thread has ended: a subclass resets its state here."""
+
+    @property
+    def alive(self) -> bool:
+        """bool: the thread runs (started, and has not ended or died)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+
 def die_with_parent(parent: int) -> None:
     """In a child process: be killed (SIGKILL) when the parent's thread that started this process ends, as it does
     when the show is killed with kill -9, so that no decoder or camera process (its memory, its GPU memory) outlives
@@ -248,4 +289,4 @@ def supervised(name: str, target: Callable[..., Any], *args: Any, start: bool = 
 
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_S", "InjectedFault", "SETTLE_S", "SupervisedThread", "THREADS",
-           "ThreadRegistry", "die_with_parent", "join_process", "leave", "supervised"]
+           "ThreadRegistry", "Worker", "die_with_parent", "join_process", "leave", "supervised"]

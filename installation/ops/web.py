@@ -14,7 +14,8 @@ Frames are scaled and JPEG-encoded on one of the server's worker threads, once p
 
 Endpoints: ``GET /`` (the page), ``GET /api/state`` (scenes, parameters with ranges and targets, health figures),
 ``POST /api/control`` (``{"address": "/param/x", "args": [0.5]}``, any control-surface address), and
-``GET /preview.jpg?after=<n>`` (the newest frame, waiting up to a second for one newer than frame ``n``); HEAD too.
+``GET /preview.jpg?after=<n>`` (the newest frame, waiting up to a second for one newer than frame ``n``),
+``GET /thumb/<scene>.jpg`` (the scene grid's picture: see :meth:`WebPage.thumb`) and ``/api/ws``; HEAD too.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable
 
 from pydantic import Field, model_validator
 
-from ..bus import ParamBus
+from ..bus import ParamBus, latest_values
 from ..inputs.prompt_guard import PromptGuardSettings
 from ..parts import PartContext, register
-from ..render.outputs import LatestFrame
+from ..render.sinks import LatestFrame
 from .http import (HttpError, HttpLimits, HttpServer, host_refusal, http_url, is_loopback, json_error, json_response,
                    read_body, respond, same_origin, token_ok)
 
@@ -45,6 +48,8 @@ __all__ = ["PreviewSink", "WebPage", "WebSettings", "is_loopback"]
 
 MAX_BODY = 8192  # bytes of a control request
 VIEWER_IDLE_S = 5.0  # the preview stops reading frames back this long after the last viewer asked for one
+ARCHIVE_THUMBS_S = 60.0  # the archive's thumbnails for the scene grid are read again at most this often
+MAX_STILL_BYTES = 4 << 20  # a scene's still file is served up to this size
 PREVIEW_WAIT_S = 1.0  # how long /preview.jpg waits for a frame newer than the one the viewer has
 GATE_HOLD_S = 3.0  # a gate seen in the journal wins over the runtime's report this long (the report lags)
 WS_PERIOD_S = 0.05  # the websocket pump's round: parameter changes at most 20 times a second
@@ -111,7 +116,8 @@ class WebPage:
 
     def __init__(self, settings: WebSettings, bus: ParamBus, scenes: Callable[[], Any],
                  snapshot: Callable[[], dict[str, Any]], presented: Any = None, base_dir: str | None = None,
-                 caps: Any = None, scene_info: Callable[[], Any] = dict) -> None:
+                 caps: Any = None, scene_info: Callable[[], Any] = dict,
+                 archive: Callable[[], Any] | None = None) -> None:
         from ..inputs.osc import OscSettings
         from ..inputs.surface import ControlSurface
 
@@ -130,6 +136,8 @@ class WebPage:
         self._control_lock = threading.Lock()
         self.scene_info = scene_info
         self._thumbs: dict[str, bytes] = {}  # scene -> the JPEG of a preview frame it showed (the scene grid)
+        self._archive = archive  # () -> the archive file (or None): each scene's newest archived thumbnail
+        self._archived: tuple[float, dict[str, bytes]] = (-math.inf, {})  # (when read, scene -> JPEG)
         self._sockets: set[Any] = set()  # live websockets (on the server's loop)
         self._gates: dict[str, tuple[bool, float]] = {}  # blackout/frozen from the journal: (state, when)
         self._http = HttpServer("web-page", settings.host, settings.port, settings, self._handle,
@@ -221,15 +229,14 @@ class WebPage:
         rest = [p["name"] for p in params if not p["acting"]]
         if rest:
             groups["other"] = rest
-        with self._jpeg_lock:
-            thumbs = set(self._thumbs)
         notes = self.bus.notes()
-        return {"scenes": [{"name": n, "thumb": n in thumbs} for n in self.scenes()], "scene": scene,
+        return {"scenes": [{"name": n, "thumb": self.thumb(n) is not None} for n in self.scenes()], "scene": scene,
                 "description": info.get("description", ""), "params": params, "groups": groups,
                 "prompts_supported": bool(info.get("prompts", False)), "live": self.live(health),
                 "presets": notes.get("presets") if isinstance(notes.get("presets"), list) else None,
                 "preset": notes.get("preset"),
                 "prompt_slots": self.settings.prompt_slots, "preview": self.settings.preview_fps > 0,
+                "search": self.surface.caps.why_not("/seek") is None,
                 "health": {k: health.get(k) for k in _HEALTH_KEYS if k in health}}
 
     def live(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -270,6 +277,43 @@ class WebPage:
                 if scene and self._jpeg[1]:
                     self._thumbs[str(scene)] = self._jpeg[1]  # the scene grid shows what each scene looked like
             return self._jpeg
+
+    def thumb(self, scene: str) -> bytes | None:
+        """A scene's picture for the grid: the preview frame it showed in this run, else the newest thumbnail the
+        archive kept of it (earlier runs included; re-read at most once a minute), else its ``still`` file."""
+        with self._jpeg_lock:
+            jpeg = self._thumbs.get(scene)
+        if jpeg is not None:
+            return jpeg
+        when, archived = self._archived
+        if self._archive is not None and time.monotonic() - when > ARCHIVE_THUMBS_S:
+            archived = self._read_archived()
+            self._archived = (time.monotonic(), archived)
+        if scene in archived:
+            return archived[scene]
+        still = ((self.scene_info() or {}).get(scene) or {}).get("still")
+        if still:
+            try:
+                return Path(still).read_bytes()[:MAX_STILL_BYTES]
+            except OSError:
+                return None
+        return None
+
+    def _read_archived(self) -> dict[str, bytes]:
+        from ..archive.store import Store
+
+        try:
+            path = self._archive()
+            if path is None or not Path(path).is_file():
+                return {}
+            store = Store(path, readonly=True)
+            try:
+                return store.thumbs()
+            finally:
+                store.close()
+        except (OSError, ValueError, sqlite3.Error) as e:  # a damaged or locked file: no archived thumbnails
+            log.debug("web page: archived thumbnails unreadable (%s)", e)
+            return {}
 
     def _wake_viewers(self) -> None:
         """From the loop's thread after each preview frame: wake the viewers waiting on the server's loop."""
@@ -337,11 +381,11 @@ class WebPage:
         if get and path == "/api/ws":
             return await self._websocket(request)
         if get and path.startswith("/thumb/") and path.endswith(".jpg"):
-            with self._jpeg_lock:
-                jpeg = self._thumbs.get(path[len("/thumb/"):-len(".jpg")])
-            if jpeg is None:
+            name = path[len("/thumb/"):-len(".jpg")]
+            picture = await self._http.call(self.thumb, name) if name in self.scenes() else None
+            if picture is None:
                 return json_response(404, {"error": "no thumbnail yet", "path": path[:200]})
-            return respond(200, jpeg, "image/jpeg")
+            return respond(200, picture, "image/png" if picture.startswith(b"\x89PNG") else "image/jpeg")
         return json_response(404, {"error": "not found", "path": path[:200]})
 
     async def _control(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -429,14 +473,13 @@ class WebPage:
             while True:
                 await asyncio.sleep(WS_PERIOD_S if self._sockets else 0.5)
                 changes = sub.drain()
-                values: dict[str, float] = {}
                 for c in changes:
-                    if c.kind == "set":
-                        values[c.name] = c.value
-                    elif c.kind == "reset":
-                        values.update(c.value)
-                    elif c.kind == "event":
+                    if c.kind == "event":
                         self._gate_event(c.name, c.value)
+                    elif c.kind == "note" and c.name == "seek.results" and isinstance(c.value, dict):
+                        for q in list(self._sockets):  # /seek's results, thumbnails to tap (archive/seek.py)
+                            self._queue(q, {"type": "seek", **c.value})
+                values = latest_values(changes)
                 if not self._sockets:
                     continue
                 values = {k: v for k, v in values.items() if not k.startswith(self.settings.exclude_prefixes)
@@ -491,8 +534,12 @@ def build(settings: WebSettings, ctx: PartContext) -> WebPage | None:
         return None
     from ..inputs.surface import capabilities
 
+    from ..archive.writer import archive_path
+
+    archive = getattr(ctx.config, "archive", None)
+    where = (lambda: archive_path(archive, ctx)) if archive is not None and archive.enabled else None
     return WebPage(settings, ctx.bus, ctx.scenes, ctx.snapshot, ctx.presented, str(ctx.base_dir),
-                   capabilities(ctx.config), ctx.scene_info)
+                   capabilities(ctx.config), ctx.scene_info, where)
 
 
 PAGE = """<!doctype html>
@@ -550,6 +597,9 @@ PAGE = """<!doctype html>
  .note { color: var(--dim); font-size: .9rem; margin: .3rem 0; }
  .current { font-size: .9rem; color: #bbb; margin: .2rem 0 .5rem; }
  #presets { display: flex; flex-wrap: wrap; gap: .4rem; }
+ #seekhits { display: grid; grid-template-columns: repeat(4, 1fr); gap: .4rem; }
+ .hit { position: relative; aspect-ratio: 1; padding: 0; min-height: 0; background: #181818 center / cover no-repeat; }
+ .hit span { position: absolute; left: 0; right: 0; bottom: 0; font-size: .75rem; background: #000a; }
  #msg { color: #f88; font-size: .85rem; min-height: 1em; margin-top: .3rem; }
  dl { display: grid; grid-template-columns: auto 1fr; gap: .1rem .75rem; margin: 0; font-size: .9rem; }
  dt { color: var(--dim); } dd { margin: 0; font-variant-numeric: tabular-nums; }
@@ -576,6 +626,10 @@ PAGE = """<!doctype html>
    <input type="range" id="fade" min="0" max="30" step="0.5" value="2"></div>
   <div class="row"><input type="text" id="presetname" placeholder="preset name" maxlength="64">
    <button id="store">store</button></div></div></details>
+ <details id="searchbox" hidden open><summary>Search the archive</summary><div class="body">
+  <div class="row"><input type="search" id="seektext" placeholder="a storm at sea" maxlength="500">
+   <button id="seek">seek</button><button id="seekoff" title="let the walk go on">go on</button></div>
+  <div id="seekhits"></div></div></details>
  <details><summary>MIDI learn</summary><div class="body">
   <div class="row"><select id="learn-param"></select><button id="learn">learn</button></div></div></details>
  <details id="healthbox"><summary>Health</summary><div class="body"><dl id="health"></dl></div></details>
@@ -625,6 +679,7 @@ function fader(p) {
 function build(state) {
   S = state; faders.clear();
   $("scene").textContent = state.scene || "-";
+  $("searchbox").hidden = !state.search;
   const grid = $("scenes"); grid.innerHTML = "";
   for (const sc of state.scenes) {
     const b = el("button", {className: "tile" + (sc.name === state.scene ? " playing" : "")}, el("span", {textContent: sc.name}));
@@ -703,6 +758,17 @@ function showParams(values) {
 
 // XY pad: two chosen parameters, 0..1 across each range
 let xyDragging = false;
+function showHits(msg) {           // /seek's results: tap one to glide there instead
+  const box = $("seekhits"); box.innerHTML = "";
+  if (!msg.results.length) box.append(el("p", {className: "note", textContent: "nothing found yet: no archived moment has an embedding"}));
+  msg.results.forEach((h, i) => {
+    const b = el("button", {className: "hit", title: (h.scene || "") + (h.t !== undefined ? " at " + h.t.toFixed(1) + " s" : "") + (h.name ? " " + h.name : "") + ", score " + h.score});
+    if (h.thumb) b.style.backgroundImage = "url(data:image/jpeg;base64," + h.thumb + ")";
+    b.append(el("span", {textContent: h.score.toFixed(3)}));
+    b.onclick = () => send("/seek_pick", [i]);
+    box.append(b);
+  });
+}
 function spec(name) { return S ? S.params.find((p) => p.name === name) : null; }
 function placePuck() {
   const x = spec($("xsel").value), y = spec($("ysel").value), puck = document.querySelector("#xy .puck");
@@ -733,6 +799,7 @@ function connect(delay = 500) {
     if (msg.type === "state") build(msg);
     else if (msg.type === "params") showParams(msg.values);
     else if (msg.type === "live") showLive(msg.live);
+    else if (msg.type === "seek") showHits(msg);
     else if (msg.type === "ack") note(msg.ok ? "" : (msg.address || "") + ": " + (msg.reason === "unavailable" ? "not available in this show" : msg.reason));
   };
   ws.onopen = () => { delay = 500; note(""); };
@@ -759,6 +826,9 @@ $("panic").onclick = () => send("/panic");
 $("blackout").onclick = () => send("/blackout", [live.blackout ? 0 : 1]);
 $("freeze").onclick = () => send("/freeze", [live.frozen ? 0 : 1]);
 $("fade").oninput = () => $("fadeout").textContent = (+$("fade").value).toFixed(1) + " s";
+$("seek").onclick = () => { const t = $("seektext").value.trim(); if (t) send("/seek", [t]); };
+$("seektext").onkeydown = (e) => { if (e.key === "Enter") $("seek").click(); };
+$("seekoff").onclick = () => { send("/seek", [""]); $("seekhits").innerHTML = ""; };
 $("store").onclick = () => { const n = $("presetname").value.trim(); if (n) send("/preset/store", [n]); };
 $("learn").onclick = () => { send("/midi/learn", [$("learn-param").value]); note("move a MIDI control to bind it to " + $("learn-param").value); };
 connect();

@@ -2,7 +2,7 @@
 calibration file beside the config.
 
 The technician's changes never touch the hand-written TOML: they live in ``<config stem>.calibration.json`` next to
-it, written atomically (temporary file, fsync, rename: :func:`~installation.ops.state.save_state`) when asked, when
+it, written atomically (temporary file, fsync, rename: :func:`~installation.files.save_json`) when asked, when
 calibration ends, and a second after the last change while calibrating, so a power cut loses at most that second.
 At start the file's corners, mesh and blend replace the TOML's for the outputs it names; a file that does not fit
 (another show's, edited by hand into nonsense) is logged and ignored, never half-applied and never overwritten
@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import files
 from ..bus import Event
-from .projection import SIDES, BlendSettings, MeshSettings, Warp, apply, corner_pin, orientation, regular_grid
+from .projection import (SIDES, BlendSettings, MeshSettings, Projection, Warp, apply, canvas_size, corner_pin,
+                         orientation, place, regular_grid)
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +138,11 @@ class Calibration:
 
     def save(self) -> bool:
         """Write the calibration atomically; a failure is logged and counted, the show goes on."""
-        from ..ops.state import save_state
-
         self._dirty_at = None
         if self.path is None:
             return False
         try:
-            save_state(self.path, self.snapshot(), version=VERSION)
+            files.save_json(self.path, self.snapshot(), version=VERSION)
         except (OSError, TypeError, ValueError) as e:
             self.counts["save_failures"] += 1
             log.error("calibration not saved to %s: %s", self.path, e)
@@ -422,3 +421,17 @@ class Calibration:
 
     def stats(self) -> dict[str, Any]:
         return {"calibrating": self.active, "saves": self.saves, "loaded": self.loaded, **self.counts}
+
+
+def build_output(target, config: Any, base_dir: Path, calibration_path: Path | None = None):
+    """The runtime's output: today's plain :class:`~.outputs.Output` with no ``[[outputs]]``, else a
+    :class:`~.projection.Projection` with its calibration (``calibration_path``: the saved warps, loaded when
+    present)."""
+    from .outputs import Output
+
+    if not config.outputs:
+        return Output(target.ctx, target.framebuffer, target.size, fit="stretch")
+    placed = place(config)
+    proj = Projection(target.ctx, target.framebuffer, target.size, canvas_size(config), placed, base_dir)
+    Calibration(proj, calibration_path).load()
+    return proj

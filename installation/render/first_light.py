@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import Scene
+from ..decoders import DecoderSpec
 from ..sizes import SizeT
 from .slot import Frame
 
 log = logging.getLogger(__name__)
 
 PREVIEW_CUT = -1  # the cut of preview frames: the first live frame (cut >= 0) fades in from them
+
+
+class Scene(Protocol):
+    """What first light reads of a scene (a :class:`installation.config.Scene`, which sits above rendering)."""
+
+    name: str
+    decoder: DecoderSpec
 
 
 class FirstLight:

@@ -12,11 +12,35 @@ blocking the presenter: one read-back per tick, only when some sink wants that f
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import moderngl
 
-from .present import FITS, VERTEX, fit_scale
+from .sinks import FrameSink, LatestFrame
+
+VERTEX = """
+#version 330
+out vec2 uv;
+void main() {
+    // One triangle that covers the screen; no vertex buffer needed.
+    vec2 p = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
+    uv = p;
+    gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
+}
+"""
+
+FITS = ("cover", "contain", "stretch")
+
+
+def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
+    """uv scale that maps the output onto a frame of another aspect: crop (cover), letterbox (contain) or stretch."""
+    if fit == "stretch":
+        return (1.0, 1.0)
+    fa = frame_size[0] / frame_size[1]
+    oa = out_size[0] / out_size[1]
+    wider = oa > fa
+    if fit == "cover":
+        return (1.0, fa / oa) if wider else (oa / fa, 1.0)
+    return (oa / fa, 1.0) if wider else (1.0, fa / oa)
+
 
 _BLIT = """#version 330
 uniform sampler2D src;
@@ -87,15 +111,6 @@ class Output:
             prog.release()
 
 
-@runtime_checkable
-class FrameSink(Protocol):
-    """Takes presented frames. ``put`` must return at once (queue or drop, and count what it drops)."""
-
-    def wants(self, t: float | None) -> bool: ...
-
-    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None: ...
-
-
 class PresentedTap:
     """Offers one output's presented frames to its sinks; never blocks the presenter (see the module's doc)."""
 
@@ -123,20 +138,4 @@ class PresentedTap:
             sink.put(rgb, self.output.size, t)
 
 
-class LatestFrame:
-    """A sink that keeps only the newest presented frame, at most ``max_fps`` a second (a preview, a snapshot)."""
-
-    def __init__(self, max_fps: float = 0.0) -> None:
-        self.period = 1.0 / max_fps if max_fps > 0 else 0.0
-        self._next = None
-        self.frame: tuple[bytes, tuple[int, int], float | None] | None = None
-        self.taken = 0
-
-    def wants(self, t: float | None) -> bool:
-        return t is None or self._next is None or t >= self._next
-
-    def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
-        self.frame = (rgb, size, t)
-        self.taken += 1
-        if t is not None:
-            self._next = t + self.period
+__all__ = ["FITS", "VERTEX", "FrameSink", "LatestFrame", "Output", "PresentedTap", "fit_scale"]

@@ -17,36 +17,13 @@ from typing import Mapping, Sequence
 import moderngl
 import numpy as np
 
+from .outputs import VERTEX, Output, fit_scale
 from .shaders import ShaderError, ShaderFile
 from .slot import Frame
 
 log = logging.getLogger(__name__)
 
-VERTEX = """
-#version 330
-out vec2 uv;
-void main() {
-    // One triangle that covers the screen; no vertex buffer needed.
-    vec2 p = vec2(float((gl_VertexID << 1) & 2), float(gl_VertexID & 2));
-    uv = p;
-    gl_Position = vec4(p * 2.0 - 1.0, 0.0, 1.0);
-}
-"""
-
-FITS = ("cover", "contain", "stretch")
 SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "SwiftShader")  # renderers that shade on the CPU
-
-
-def fit_scale(frame_size: tuple[int, int], out_size: tuple[int, int], fit: str) -> tuple[float, float]:
-    """uv scale that maps the output onto a frame of another aspect: crop (cover), letterbox (contain) or stretch."""
-    if fit == "stretch":
-        return (1.0, 1.0)
-    fa = frame_size[0] / frame_size[1]
-    oa = out_size[0] / out_size[1]
-    wider = oa > fa
-    if fit == "cover":
-        return (1.0, fa / oa) if wider else (oa / fa, 1.0)
-    return (oa / fa, 1.0) if wider else (1.0, fa / oa)
 
 
 @dataclass
@@ -219,8 +196,6 @@ class Presenter:
     def draw(self, fbo: moderngl.Framebuffer, now: float, values: Mapping[str, float], master: float = 1.0) -> None:
         """Render the chain and show it in ``fbo`` (the window's screen or a headless framebuffer) at the presenter's
         size, faded to ``master``: :meth:`render` plus one :class:`~.outputs.Output`."""
-        from .outputs import Output
-
         out = self._outputs.get(id(fbo))
         if out is None or out.framebuffer is not fbo:
             out = self._outputs[id(fbo)] = Output(self.ctx, fbo, self.size, fit="stretch")

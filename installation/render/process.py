@@ -195,7 +195,7 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
     import torch
 
     from ..ops.logs import LogSettings, setup_logging
-    from ..show import TrajectoryCache
+    from ..latent.plan import TrajectoryCache
 
     setup_logging(LogSettings(level=log_level))  # stderr, which the service's journal collects with the parent's
 

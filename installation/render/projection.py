@@ -650,18 +650,3 @@ def _same(a: Warp, b: Warp) -> bool:
         a.rotate == b.rotate and a.flip == b.flip and \
         ((a.mesh is None and b.mesh is None) or (a.mesh is not None and b.mesh is not None and
                                                  np.array_equal(a.mesh, b.mesh)))
-
-
-def build_output(target, config: Any, base_dir: Path, calibration_path: Path | None = None):
-    """The runtime's output: today's plain :class:`~.outputs.Output` with no ``[[outputs]]``, else a
-    :class:`Projection` with its calibration (``calibration_path``: the saved warps, loaded when present)."""
-    from .outputs import Output
-
-    if not config.outputs:
-        return Output(target.ctx, target.framebuffer, target.size, fit="stretch")
-    from .calibration import Calibration
-
-    placed = place(config)
-    proj = Projection(target.ctx, target.framebuffer, target.size, canvas_size(config), placed, base_dir)
-    Calibration(proj, calibration_path).load()
-    return proj

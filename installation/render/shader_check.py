@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
+from ..files import ConfigError
 from .shaders import ShaderFile
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,6 @@ def refuse_hanging(spec: Any, limit_s: float = LIMIT_S, cancel: Callable[[], boo
     """Test-draw a loaded show's shaders (at start and on reload). One that does not finish and that a scene of the
     show chains is a ConfigError naming the scene (exit 2 at start; a refused reload keeps the running show); one no
     scene chains is left out of ``spec.shaders`` (into ``spec.refused``) with one warning."""
-    from ..config import ConfigError
-
     refused = check_draws(spec.shaders.values(), work_size(tuple(spec.config.output.size)), limit_s, cancel)
     scenes = list(spec.scenes) + ([spec.safe] if spec.safe is not None else [])
     for scene in scenes:

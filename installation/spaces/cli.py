@@ -82,6 +82,57 @@ def add_space(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_run_space_build)
 
 
+    q = ssub.add_parser("search", help="the images of a space file (built with --clip) most like a text or picture",
+                        description="Embed a text (or --image) with the CLIP model the space was built with and "
+                                    "list its images by cosine similarity, with a contact sheet.")
+    _log_level(q)
+    q.add_argument("space", help="space file (.npz) built with --clip")
+    q.add_argument("text", nargs="?", help="what to look for (or --image)")
+    q.add_argument("--image", help="the images most like this picture instead")
+    q.add_argument("--top", type=int, default=20, help="how many results (default 20)")
+    q.add_argument("--out", help="a contact sheet (.png, or .html)")
+    q.add_argument("--clip-pretrained", default="", help="weights file (default: the one the space was built with)")
+    q.add_argument("--clip-config", default="", help="a model config JSON, for a model open_clip does not ship")
+    q.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_run_space_search)
+
+
+def _run_space_search(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from ..archive.commands import _fail, _query, _show_hits
+    from ..archive.search import QueryEncoder, search_space
+    from ..vision.settings import VisionSettings
+    from .space import space_meta
+
+    _setup_logging(args.log_level or "warning")
+    if (args.text is None) == (args.image is None):
+        return _fail("space search: give a text or --image FILE (one of them)")
+    if args.top < 1:
+        return _fail("--top must be at least 1")
+    try:
+        meta = space_meta(args.space)
+        clip = str(meta.get("embedding", ""))
+        if not clip.startswith("clip:"):
+            raise ValueError(f"{args.space} was built without --clip (its embeddings are {clip or 'unknown'}): "
+                             "rebuild it with `installation space build ... --clip MODEL` to search it by meaning")
+        config = str(Path(args.clip_config).expanduser().resolve()) if args.clip_config else ""
+        if config and Path(config).is_dir():
+            config = next((str(f) for f in sorted(Path(config).glob(f"{clip[5:]}.json"))), "")
+        settings = VisionSettings(enabled=True, model=clip[5:], model_config_file=config, device=args.device,
+                                  weights=args.clip_pretrained or str(meta.get("clip_pretrained", "")))
+        query = _query(QueryEncoder(settings), args.text, Path(args.image) if args.image else None)
+        hits = search_space(args.space, query, k=args.top)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"installation: space search: {e}", file=sys.stderr)
+        return 2
+    args.out = Path(args.out) if args.out else None
+    what = f"{args.text!r}" if args.text is not None else f"like {Path(args.image).name}"
+    return _show_hits(hits, f"{Path(args.space).name}: {what}", args, {"space": args.space, "images": len(hits)})
+
+
 def _run_space_build(args: argparse.Namespace) -> int:
     import json
     import sys

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from installation.archive.replay import Overrides, render_replay
+from installation.archive.replay import Overrides
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.bus import Event
 from installation.clock import FixedClock
@@ -135,7 +136,7 @@ def test_a_fixed_step_run_is_archived_and_replays_to_the_bit(tmp_path):
     assert thumb.shape[1] == 96 and thumb.mean() > 10  # what the output showed, shrunk
 
     replayed = Frames()
-    result = render_replay(archive.path, on_frame=lambda rgb, t: replayed.put(rgb, None, t))
+    result = render_replay(archive.path, on_frame=lambda rgb, t: replayed.put(rgb, None, t), live_ticks=True)
     assert result["timing"] == "live ticks" and result["frames"] == 90 and result["events_posted"] == 6
     assert replayed.hashes == live.hashes  # every frame, to the bit
     assert result["points_compared"] == 18 and result["points_identical"] == 18 and result["latent_max_diff"] == 0
@@ -148,6 +149,48 @@ def test_a_fixed_step_run_is_archived_and_replays_to_the_bit(tmp_path):
     assert other["timing"] == "fixed 10 fps" and other["frames"] == 45 and other["events_posted"] == 6
     diffs = [np.abs(a - b).max() for a, b in zip(slower.frames, live.frames[::2])]
     assert max(diffs[:5]) <= 1 and max(diffs[5:]) > 8, diffs
+
+
+def test_a_stuttering_performance_replays_at_a_steady_rate(tmp_path):
+    """A live run whose ticks stuttered (here: 20 fps with a 0.6 s stall and a ragged stretch, played through the
+    replay clock's given times) replays by default at the show's fps along show time, every frame 1/20 s after the
+    last, the changes landing on the first frame at or after their time; --live-ticks walks the stutter again."""
+    from installation.archive.replay import ReplayClock
+
+    cfg = write_show(tmp_path, SCENES, extra="[archive]\npoint_every = 0.25\n")
+    times = np.concatenate([np.arange(20) / 20, [1.6, 1.62, 1.75, 1.8, 1.95, 2.1], 2.15 + np.arange(10) / 20])
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, ReplayClock(times, 20), fps=20, inputs=False)
+    try:
+        rt.start()
+        for n in range(len(times)):
+            if n == 10:
+                rt.bus.set("speed", 2.5, source="osc:127.0.0.1")
+            if n == 21:  # t 1.62, just after the stall
+                rt.bus.post(Event("seed", 77, "osc:127.0.0.1"))
+            rt.step()
+    finally:
+        rt.close()
+        target.close()
+    path = rt.part("archive").path
+
+    steady: list[float] = []
+    result = render_replay(path, on_frame=lambda rgb, t: steady.append(t), archive_out=tmp_path / "steady")
+    assert result["timing"] == "fixed 20 fps" and result["events_posted"] == 2
+    assert steady == [n / 20 for n in range(int(round(times[-1] * 20)) + 1)]  # 0 .. 2.6 s, no gap, no bunching
+    store = Store(next((tmp_path / "steady").glob("*.sqlite")), readonly=True)
+    try:  # the seed jump at 1.62 s lands on the frame at 1.65
+        assert [p.seed for p in store.points() if p.t in (1.5, 1.75)] == [3, 77]
+    finally:
+        store.close()
+
+    ragged: list[float] = []
+    again = render_replay(path, live_ticks=True, on_frame=lambda rgb, t: ragged.append(t))
+    assert again["timing"] == "live ticks" and ragged == times.tolist()
+    assert again["points_identical"] == again["points_compared"] > 0
+    with pytest.raises(ValueError, match="not both"):
+        render_replay(path, live_ticks=True, fps=10)
 
 
 def test_overrides_walk_the_same_performance_elsewhere(tmp_path):
@@ -287,7 +330,8 @@ def test_a_live_show_steered_over_osc_replays_at_the_live_size(tmp_path):
     assert proc.returncode == 0, err
     assert "to keep real time, 0 dropped)" in err, err  # the live recorder dropped no frame
     archive = tmp_path / "archive" / "show.sqlite"
-    r = run_cli("replay", str(archive), "--record", str(tmp_path / "replay.mp4"), "--json", timeout=300)
+    r = run_cli("replay", str(archive), "--live-ticks", "--record", str(tmp_path / "replay.mp4"), "--json",
+                timeout=300)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["timing"] == "live ticks" and result["size"] == "160x96" and result["events_posted"] == 5

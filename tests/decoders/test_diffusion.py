@@ -457,3 +457,25 @@ def test_loading_does_not_warn_about_accelerate(Diffusion, tiny_models):
     finally:
         library.removeHandler(handler)
     assert not [m for m in seen if "accelerate" in m]
+
+
+def test_a_diffusion_show_lists_its_parameters_without_importing_torch(tiny_models, tmp_path):
+    """`installation params` for a show playing a diffusion scene reads the scene's live parameters from the
+    decoder's kind (installation/decoders/diffusion/kind.py) and the model folder's config files: no torch."""
+    import shutil
+
+    from support import ROOT as REPO, print_only
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    text = (REPO / "scenes" / "turbo.toml").read_text()
+    text = text.replace('"../models/sd-turbo"', f'"{tiny_models["sd-turbo"]}"')
+    text = text.replace('"../models/taesd"', f'"{tiny_models["taesd"]}"').replace("512", "64")
+    (scenes / "turbo.toml").write_text(text)
+    shutil.copy(REPO / "scenes" / "aurora.toml", scenes)
+    config = tmp_path / "show.toml"
+    config.write_text(f'[show]\nscenes = ["turbo", "aurora"]\nscenes_dir = "{scenes}"\n'
+                      f'shaders_dir = "{REPO / "shaders"}"\n')
+    out, heavy = print_only("params", "--config", str(config))
+    assert heavy == "-", f"imported {heavy}"
+    assert "diffusion.strength" in out and "prompt.1.gain" in out

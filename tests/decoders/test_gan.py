@@ -13,7 +13,7 @@ from installation.decoders import DecoderSpec, NonFiniteFrame, create, decoder_c
 from installation.decoders.gan import UnsafeModelFile, load_generator, read_metadata, save_generator
 from installation.decoders.gan_nets import Dcgan, DcganConfig
 from payloads import pt2_with_pickled_weight, torch_saved
-from support import run_cli, scene_toml, write_show
+from support import ROOT, run_cli, scene_toml, write_show
 
 
 def TinyGenerator(latent: int = 16, classes: int = 0) -> Dcgan:
@@ -242,3 +242,86 @@ def test_run_refuses_an_unsafe_generator_with_one_line_and_exit_2(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if "evil.pt2" in ln]
     assert len(lines) == 1 and "is a pickle" in lines[0], r.stderr
     assert not marker.exists()
+
+
+class _Last:
+    """A presented-frame sink keeping the newest frame."""
+
+    def __init__(self) -> None:
+        self.rgb: np.ndarray | None = None
+
+    def wants(self, t):
+        return True
+
+    def put(self, rgb, size, t):
+        self.rgb = np.frombuffer(rgb, np.uint8).reshape(size[1], size[0], 3) / 255.0
+
+
+def _render_scene(tmp_path, text: str, ticks: int = 30) -> np.ndarray:
+    """The scene played fixed-step at 160x96 through the real chain (EGL): the presented frames, stacked."""
+    from installation.clock import FixedClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+
+    tmp_path.mkdir()
+    spec = load_show(write_show(tmp_path, {"mine": text}, extra="[archive]\nenabled = false\n"))
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+    sink, frames = _Last(), []
+    rt.tap.add(sink)
+    try:
+        rt.start()
+        for n in range(ticks):
+            rt.step()
+            if n >= ticks - 5:
+                frames.append(sink.rgb)
+    finally:
+        rt.close()
+        target.close()
+    return np.stack(frames)
+
+
+def test_the_gan_scene_template_loads_and_gives_the_shipped_look(tmp_path):
+    """docs/gan-scene.toml with a generator file of its own loads as a scene, and plays as the shipped scenes look:
+    the generator's bright full frame becomes a dark wall with the
+    brightest forms lit, where the same scene without the passes fills the frame."""
+    from installation.config import load_scene
+
+    torch.manual_seed(0)
+    gen = TinyGenerator()
+    with torch.no_grad():  # the contrast of a trained generator's frames (luma 0.07..0.8, median 0.43), not grey
+        [m for m in gen.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1].weight.mul_(30)
+    path = save_generator(gen, tmp_path / "mine.safetensors", (16,))
+    template = (ROOT / "docs" / "gan-scene.toml").read_text()
+    text = template.replace('"../models/mine.safetensors"', f'"{path}"')
+    assert text != template
+    (tmp_path / "mine.toml").write_text(text)
+    scene = load_scene(tmp_path / "mine.toml")
+    assert scene.decoder.type == "gan" and list(scene.shaders) == ["present", "feedback", "palette", "detail"]
+    assert decoder_class("gan").latent_shape(scene.decoder.settings) == (16,)
+
+    raw = _render_scene(tmp_path / "raw", text.replace('shaders = ["present", "feedback", "palette", "detail"]',
+                                                       'shaders = ["present"]'))
+    looked = _render_scene(tmp_path / "look", text)
+    luma = lambda f: f @ np.array([0.2126, 0.7152, 0.0722])  # noqa: E731
+    assert np.median(luma(raw)) > 0.25 and (luma(raw) < 0.08).mean() < 0.05  # lit all over
+    assert np.median(luma(looked)) < 0.08 and (luma(looked) < 0.08).mean() > 0.5  # mostly the wall
+    assert np.percentile(luma(looked), 99) > 0.1 and luma(looked).std() > 0.01  # with forms lit out of it
+
+
+def test_a_gan_show_lists_its_scenes_and_parameters_without_importing_torch(tmp_path):
+    """A GAN scene is checked from its generator file's header (the architecture's config from
+    decoders/gan_configs.py, no network built): `scenes` and `params` import no torch."""
+    from support import print_only
+
+    torch.manual_seed(0)
+    path = save_generator(TinyGenerator(classes=3), tmp_path / "mine.safetensors", (16,), class_dim=3)
+    text = (ROOT / "docs" / "gan-scene.toml").read_text().replace('"../models/mine.safetensors"', f'"{path}"')
+    cfg = write_show(tmp_path, {"mine": text, "plain": scene_toml()})
+    out, heavy = print_only("scenes", "--config", str(cfg), min_lines=3)
+    assert heavy == "-", f"imported {heavy}"
+    assert "mine" in out and "gan" in out and "INVALID" not in out and "needs files" not in out
+    out, heavy = print_only("params", "--config", str(cfg))
+    assert heavy == "-", f"imported {heavy}"
+    assert "gan.truncation" in out and "gan.class.2.weight" in out

@@ -182,17 +182,17 @@ def test_an_img2img_scene_gets_camera_frames(tmp_path):
     try:
         rt.start()
         deadline = time.monotonic() + 180
-        while rt._last_source is None and time.monotonic() < deadline:
+        while rt.camera.last_source is None and time.monotonic() < deadline:
             rt.step()
             time.sleep(0.02)
-        source = rt._last_source
+        source = rt.camera.last_source
         assert source is not None, rt.camera.stats()
         assert source.shape == (120, 160, 3) and source.dtype == np.uint8 and not source.flags.writeable
         first = source
-        while rt._last_source is first and time.monotonic() < deadline:
+        while rt.camera.last_source is first and time.monotonic() < deadline:
             rt.step()
             time.sleep(0.02)
-        assert rt._last_source is not first  # new camera frames keep coming while the scene plays
+        assert rt.camera.last_source is not first  # new camera frames keep coming while the scene plays
         assert rt.camera.stats()["frames_sent"] >= 2 and rt.slot.published > 0
     finally:
         rt.close()

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from installation.archive.replay import render_replay
+from installation.archive.rerender import render_replay
 from installation.archive.store import Store
 from installation.clock import WallClock
 from installation.config import load_show
@@ -118,7 +118,7 @@ def test_a_show_steered_by_a_real_camera_and_microphone_replays_exactly(tmp_path
         assert by_t[c["t"]][c["name"]] == c["value"], c
 
     # The replay reads the same at every tick, and walks to the same points
-    result = render_replay(archive.path)
+    result = render_replay(archive.path, live_ticks=True)
     replayed = consumed.pop(next(iter(consumed)))
     assert result["timing"] == "live ticks" and result["ticks"] == len(ticks) == len(live)
     assert [t for t, _ in replayed] == [t for t, _ in live]

@@ -91,3 +91,60 @@ def test_trimmer_trims_once_per_interval_of_its_clock():
     assert not trimmer.maybe()
     now[0] = 130.0
     assert trimmer.maybe() and trimmer.trims == 2
+
+
+class _Holder:
+    def __init__(self, ctx):
+        import threading
+
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.stop.wait, daemon=True)
+        self.thread.start()
+        self.gl = {"tex": ctx.texture((4, 4), 4), "released": ctx.texture((4, 4), 4)}
+        self.gl["released"].release()
+        self.child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+
+def test_held_counts_what_a_part_refers_to(gl_ctx):
+    part = _Holder(gl_ctx)
+    try:
+        assert memory.held(part) == {"threads": 1, "processes": 1, "gl": 1}
+    finally:
+        part.stop.set()
+        part.thread.join()
+        part.child.stdin.close()
+        part.child.wait(30)
+    assert memory.held(part) == {"threads": 0, "processes": 0, "gl": 1}
+    assert memory.held(part, depth=0) == {"threads": 0, "processes": 0, "gl": 0}  # only the object itself
+
+
+def test_traced_memory_goes_to_the_part_whose_code_allocated_it():
+    import tracemalloc
+
+    from installation.ops.state import StateKeeper  # any class of the package, in a file of its own
+
+    files = memory.source_files(StateKeeper.__new__(StateKeeper))
+    assert files and all(f.endswith("state.py") for f in files)
+    assert memory.traced_by_files({"x": {__file__}}) == {}  # not tracing: nothing
+    tracemalloc.start(16)
+    try:
+        kept = [bytearray(1 << 20) for _ in range(4)]  # 4 MiB allocated on this line of this file
+        split = memory.traced_by_files({"test": {__file__}})
+    finally:
+        tracemalloc.stop()
+    assert split["test"] >= 4096 and split["test"] < 4096 + 512, split
+    assert kept
+
+
+def test_sqlite_memory_is_seen_while_a_connection_caches_pages():
+    import sqlite3
+
+    before = memory.sqlite_mb()
+    assert before is not None
+    db = sqlite3.connect(":memory:")
+    db.execute("PRAGMA cache_size = -4000")  # 4000 KiB of page cache at most
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.executemany("INSERT INTO t VALUES (?)", [(bytes(1000),)] * 3000)  # ~3 MB of pages
+    assert memory.sqlite_mb() - before > 2.5
+    db.close()
+    assert memory.sqlite_mb() - before < 0.5

@@ -202,6 +202,60 @@ def test_no_viewer_no_read_back_and_bad_controls_are_refused(tmp_path):
     assert np.abs(shown - best[:, :, ::-1]).mean() > 3 * min(diffs) + 5
 
 
+def test_the_scene_grid_shows_archived_thumbnails_and_stills(tmp_path):
+    """The grid's pictures before anyone watched the preview: a scene the archive kept (from an earlier run) shows
+    its newest archived thumbnail, one never played its own `still` file, one with neither none (404)."""
+    from installation.archive.store import Store
+    from installation.bus import Event
+    from installation.clock import FixedClock
+
+    still = tmp_path / "c.png"
+    cv2.imwrite(str(still), np.full((36, 64, 3), (40, 90, 200), np.uint8))
+    scenes = {"a": scene_toml(), "b": scene_toml(trajectory='kind = "walk"'),
+              "c": f'still = "{still}"\n' + scene_toml(), "d": scene_toml()}
+    extra = "[state]\nenabled = false\n[archive]\npoint_every = 0.25\n[web]\nenabled = true\nport = 0\n"
+    spec = load_show(write_show(tmp_path, scenes, extra=extra))
+    assert spec.scene("c").still == str(still) and spec.scene("a").still == ""
+    target = HeadlessTarget(spec.config.output.size)
+    earlier = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)  # an earlier run that played a, then b
+    try:
+        earlier.start()
+        for n in range(40):
+            if n == 20:
+                earlier.bus.post(Event("scene.goto", "b", "osc:127.0.0.1"))
+            earlier.step()
+    finally:
+        earlier.close()
+        target.close()
+    store = Store(earlier.part("archive").path, readonly=True)
+    try:
+        kept = store.thumbs()
+    finally:
+        store.close()
+    assert set(kept) == {"a", "b"} and all(j[:2] == b"\xff\xd8" for j in kept.values())
+
+    rt = Runtime(load_show(tmp_path / "show.toml"), target := HeadlessTarget(spec.config.output.size), WallClock(),
+                 fps=20, serve_health=True)
+    page_part = rt.part("web")
+    seen: dict = {}
+
+    def actor():
+        assert wait_until(lambda: page_part.alive and rt.stats.presented > 5, 60)
+        state = json.loads(_get(page_part.url + "api/state")[1])
+        seen["grid"] = {sc["name"]: sc["thumb"] for sc in state["scenes"]}
+        seen["b"] = _get(page_part.url + "thumb/b.jpg")
+        seen["c"] = _get(page_part.url + "thumb/c.jpg")
+        seen["d"] = _get(page_part.url + "thumb/d.jpg")[0]
+        seen["nope"] = _get(page_part.url + "thumb/nope.jpg")[0]
+        seen["reads"] = rt.tap.reads
+
+    play_while(rt, target, actor)
+    assert seen["grid"] == {"a": True, "b": True, "c": True, "d": False}
+    assert seen["b"] == (200, kept["b"])  # b is not playing: what the archive last kept of it
+    assert seen["c"] == (200, still.read_bytes())
+    assert seen["d"] == seen["nope"] == 404
+
+
 def test_off_loopback_without_a_token_is_a_start_up_error(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[web]\nenabled = true\nhost = "0.0.0.0"\n')
     with pytest.raises(ConfigError) as e:

@@ -87,3 +87,62 @@ def bench(model_dir: str, size: int = 512, steps: int = 1, frames: int = 100, de
     }
     dec.close()
     return out
+
+
+COMPARISONS = {
+    # guidance 1.5 with a negative prompt: full CFG (2 UNet rows a step) against StreamDiffusion's residual CFG
+    "cfg": {"full": {"guidance": 1.5, "cfg": "full"}, "self": {"guidance": 1.5, "cfg": "self"},
+            "onetime": {"guidance": 1.5, "cfg": "onetime"}, "none": {"guidance": 0.0}},
+    # the steps one after another against one batched UNet call a frame
+    "stream": {"sequential": {}, "stream_batch": {"stream_batch": True}},
+}
+
+
+def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: int = 30, rounds: int = 2,
+            device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True) -> dict:
+    """Decoder fps of the variants in ``COMPARISONS[what]`` from one run: all prepared first, then ``rounds`` rounds
+    of ``frames`` frames each, the variants in turn within a round, so a drifting load hits them all alike.
+
+    Keys: model, device, device_name, dtype, size, steps, compare, frames, rounds, fps {variant: fps over all its
+    frames}, frame_ms_p50 {variant: ms}, ratio {variant: its fps / the first variant's}.
+    """
+    if what not in COMPARISONS:
+        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, not {what!r}")
+    cls = decoder_class("diffusion")
+    decs = {}
+    try:
+        for name, extra in COMPARISONS[what].items():
+            settings = cls.Settings(model=str(model_dir), width=size, height=size, steps=steps, taesd=taesd or "",
+                                    dtype=dtype, cuda_graph=cuda_graph, local_files_only=True, similar_max_skip=0,
+                                    prompts=(("a lighthouse at dusk, oil painting", 1.0),),
+                                    negative_prompt="blurry, low quality", **extra)
+            decs[name] = create(DecoderSpec("diffusion", settings), device=device)
+            decs[name].prepare()
+        first = next(iter(decs.values()))
+        rng = np.random.default_rng(0)
+        zs = [rng.standard_normal(first.lat_shape).astype(np.float32) for _ in range(8)]
+        times: dict[str, list[float]] = {name: [] for name in decs}
+        for name, dec in decs.items():  # untimed: first-call effects
+            for n in range(3):
+                dec.render(LatentRequest(z=zs[n], t=0.0, seq=n, decoder=DecoderSpec("diffusion", dec.settings)))
+        for r in range(rounds):
+            for name, dec in decs.items():
+                spec = DecoderSpec("diffusion", dec.settings)
+                for n in range(frames):
+                    req = LatentRequest(z=zs[(n + r) % len(zs)], t=n / 30.0, seq=n, decoder=spec)
+                    t = time.perf_counter()
+                    dec.render(req)
+                    times[name].append((time.perf_counter() - t) * 1000.0)
+        fps = {name: round(1000.0 * len(v) / sum(v), 2) for name, v in times.items()}
+        base = next(iter(fps.values()))
+        return {
+            "model": str(model_dir), "device": str(first.device),
+            "device_name": torch.cuda.get_device_name(first.device) if first.device.type == "cuda" else "cpu",
+            "dtype": str(first.dtype).replace("torch.", ""), "size": size, "steps": steps, "compare": what,
+            "frames": frames, "rounds": rounds, "fps": fps,
+            "frame_ms_p50": {name: round(float(np.percentile(v, 50)), 2) for name, v in times.items()},
+            "ratio": {name: round(v / base, 3) if base else None for name, v in fps.items()},
+        }
+    finally:
+        for dec in decs.values():
+            dec.close()

@@ -10,7 +10,6 @@ From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,60 +21,21 @@ import torch
 
 from .. import register
 from .._accel import PrepareProgress, Readback, StageTimer, resolve_device, resolve_dtype
-from ...bus import ParamSpec
 from ..base import LatentRequest, NonFiniteFrame
-from .loading import check_settings, load_components, load_image, vae_config, vae_factor
+from .kind import DiffusionKind
+from .loading import load_components, load_image
 from .program import FrameProgram
 from .prompts import PromptEncoder, blend_tensors, prompt_set
 from .schedules import Schedule
-from .settings import PROMPT_GAINS, DiffusionSettings, bounded
+from .settings import DiffusionSettings, bounded
 from .sources import SourceFilter
 
 log = logging.getLogger(__name__)
 
 
 @register("diffusion")
-class DiffusionDecoder:
+class DiffusionDecoder(DiffusionKind):
     """Walks a text-to-image model: trajectory noise + blended prompt embeddings -> 1-8 denoising steps -> RGB."""
-
-    Settings = DiffusionSettings
-
-    @classmethod
-    def latent_shape(cls, settings: DiffusionSettings) -> tuple[int, ...]:
-        """(C, H/f, W/f): C from a local UNet config, f from the VAE's (or TAESD's) config; 4 and 8 for SD models."""
-        channels = 4
-        cfg = Path(settings.model).expanduser() / "unet" / "config.json"
-        try:
-            if cfg.is_file():
-                channels = int(json.loads(cfg.read_text()).get("in_channels", 4))
-        except (OSError, ValueError):
-            pass
-        f = vae_factor(vae_config(settings))
-        return (channels, settings.height // f, settings.width // f)
-
-    @classmethod
-    def param_specs(cls, settings: DiffusionSettings) -> list[ParamSpec]:
-        """The live parameters this decoder reads, with the scene's settings as their defaults."""
-        specs = [
-            ParamSpec("diffusion.strength", "float", 0.0, 1.0, settings.strength, 0.3, 0.3,
-                      "img2img strength: 0 shows the source (camera, image), 1 ignores it"),
-            ParamSpec("diffusion.guidance", "float", 0.0, 30.0, settings.guidance, 0.3, 0.3,
-                      "guidance scale (CFG when the scene's guidance > 1; LCM's guidance embedding)"),
-        ]
-        specs += [ParamSpec(f"prompt.{i}.gain", "float", 0.0, 4.0, 1.0, 0.5, 0.5,
-                            f"multiplies prompt {i}'s weight in the blend (0 mutes it)")
-                  for i in range(max(PROMPT_GAINS, len(settings.prompts)))]
-        specs += [ParamSpec(f"lora.{name}.scale", "float", -4.0, 4.0, 1.0, 0.3, 0.3, f"strength of LoRA {name!r}")
-                  for _, name in settings.loras]
-        images = ([settings.source] if settings.source else []) + list(settings.references)
-        specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
-                            f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
-        return specs
-
-    @classmethod
-    def check(cls, settings: DiffusionSettings) -> None:
-        """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
-        check_settings(settings)
 
     def __init__(self, settings: DiffusionSettings, device: str = "cpu") -> None:
         if not isinstance(settings, DiffusionSettings):
@@ -190,7 +150,8 @@ class DiffusionDecoder:
         plan: list[tuple[str, dict, dict]] = []
         steps = s.steps if s.emergence else 1
         full = {"diffusion.strength": s.strength or 1.0}  # strength 0 would take the reconstruction path instead
-        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else "frame program", full, {})
+        name = "frame program (stream batch)" if s.stream_batch else "frame program"
+        plan += [(f"frame program, step {i + 1}/{steps}" if steps > 1 else name, full, {})
                  for i in range(steps)]
         # Always the source encode (a camera may feed any diffusion scene) and the strength-0 reconstruction.
         src = {"source": np.zeros((s.height, s.width, 3), np.uint8)}
@@ -267,11 +228,15 @@ class DiffusionDecoder:
                 src_changed = True
         use_z = not img2img or (s.img2img_noise == "trajectory" and not s.latent_source)
 
-        # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera).
+        # Skip the whole frame when nothing that shapes it moved (a paused walk, a still camera); a stream batch
+        # first runs until the frames still in flight have left.
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
                z.tobytes() if use_z else None)
-        if (not force and not s.emergence and self._last_frame is not None and key == self._last_key
-                and not src_changed and self._skip_run < s.similar_max_skip):
+        same = key == self._last_key and not src_changed
+        self._same_run = self._same_run + 1 if same else 0
+        flush = s.steps - 1 if s.stream_batch else 0
+        if (not force and not s.emergence and self._last_frame is not None and same and self._same_run > flush
+                and self._skip_run < s.similar_max_skip):
             self._skip_run += 1
             self._counters["skipped"] += 1
             return self._last_frame.copy()
@@ -295,6 +260,10 @@ class DiffusionDecoder:
                 i = self._em_index
                 program, fn = ("emergence", i), (lambda i=i: prog.emergence(i))
                 self._em_index = (i + 1) % s.steps
+            elif s.stream_batch:
+                prog.set_out_slot(min(self._stream_ticks, s.steps - 1))  # filling: the oldest request so far
+                self._stream_ticks += 1
+                program, fn = ("stream",), prog.stream
             else:
                 program, fn = ("full",), prog.full
         self.programs.run(program, fn)
@@ -317,6 +286,8 @@ class DiffusionDecoder:
         self._em_index = 0
         self._last_frame, self._last_key = None, None
         self._skip_run = 0
+        self._same_run = 0
+        self._stream_ticks = 0
         self._src_key = None
         self._cond_key = None
         if getattr(self, "_sources", None) is not None:

@@ -8,15 +8,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
 
-from .._accel import PrepareProgress
 from ..weights import UnsafeModelFile, check_pickle
-from .schedules import loop_scheduler
 from .settings import EXAMPLE_REPO, STEP_RANGE, DiffusionSettings
+
+if TYPE_CHECKING:  # the checks above need neither: a scene is checked without importing torch
+    import torch
+
+    from .._accel import PrepareProgress
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +223,10 @@ def load_components(s: DiffusionSettings, device: torch.device, dtype: torch.dty
                     progress: PrepareProgress) -> Components:
     """Resolve and validate the folder, then load the UNet, text encoders, scheduler and VAE (or TAESD)."""
     import diffusers
+    import torch
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .schedules import loop_scheduler
 
     progress.step("checking folders")
     check_files(s)

@@ -46,7 +46,11 @@ class FrameProgram:
         self.vae_decode = maybe_compile(self.vae.decoder, s.compile, s.compile_cache_dir, self.use_graphs) \
             if s.compile else None
         self.programs = Programs(device, self.use_graphs)
-        self.cfg = s.guidance > 1.0 and self.unet.config.get("time_cond_proj_dim") is None
+        guided = s.guidance > 1.0 and self.unet.config.get("time_cond_proj_dim") is None
+        self.cfg_mode = s.cfg if guided else "none"  # LCM's guidance embedding takes the place of CFG
+        self.cfg = self.cfg_mode in ("full", "onetime")  # the negative prompt's row is evaluated
+        self.guided = self.cfg_mode != "none"
+        self.delta = float(s.rcfg_delta)
         self._make_buffers(max_len)
         self.tab_key: float | None = None
         self.timesteps_now: tuple = ()
@@ -70,7 +74,8 @@ class FrameProgram:
             "renoise": torch.randn((s.steps, 1, c, h, w), generator=gen).to(dev, self.dtype),
             "fixed_noise": torch.randn((1, c, h, w), generator=gen).to(dev, self.dtype),
             "tab": torch.zeros((s.steps, TABLE_COLUMNS), device=dev, dtype=torch.float32),
-            "init": torch.tensor([0.0, 1.0], device=dev, dtype=torch.float32),
+            "init": torch.tensor([0.0, 1.0, 0.0], device=dev, dtype=torch.float32),  # src, z, residual reference
+            "neg_x0": torch.zeros((1, c, h, w), device=dev, dtype=torch.float32),  # residual CFG: the x0 it points to
             "emb": torch.zeros((batch, max_len, emb_dim), device=dev, dtype=self.dtype),
             "g": torch.tensor(max(s.guidance, 1.0), device=dev, dtype=torch.float32),
             "rgb": torch.zeros((s.height, s.width, 3), device=dev, dtype=torch.uint8),
@@ -86,7 +91,23 @@ class FrameProgram:
             w_scale = s.guidance if s.guidance > 0 else 8.0
             b["tcond"] = guidance_embedding(w_scale, int(tcd), self.dtype, dev).repeat(batch, 1)
             self._tcond_w = w_scale
+        if s.stream_batch:  # one slot per step: slot k holds the latent that entered k frames ago, with its inputs
+            n = s.steps
+            b.update({
+                "sx": torch.zeros((n, c, h, w), device=dev, dtype=self.dtype),
+                "stab": torch.zeros((n, n, TABLE_COLUMNS), device=dev, dtype=torch.float32),
+                "semb": torch.zeros((n, max_len, emb_dim), device=dev, dtype=self.dtype),
+                "sg": torch.ones((n,), device=dev, dtype=torch.float32),
+                "sref": torch.zeros((n, c, h, w), device=dev, dtype=torch.float32),
+                "out_slot": torch.zeros((1,), device=dev, dtype=torch.long),
+            })
+            if "pooled" in b:
+                b["spooled"] = torch.zeros((n, b["pooled"].shape[1]), device=dev, dtype=self.dtype)
+            if "tcond" in b:
+                b["stcond"] = b["tcond"][-1:].repeat(n, 1)
+        self._slot_state = [k for k in ("stab", "semb", "sg", "sref", "spooled", "stcond") if k in b]
         self.buf = b
+        self._reset_slots()
         # Source images are resized to the frame on the host, so one (pinned host, device) pair serves every camera
         # and the encode program captured in prepare() is the only one (a graph keeps the addresses it captured).
         shape = (s.height, s.width, 3)
@@ -111,7 +132,7 @@ class FrameProgram:
     def set_guidance(self, g: float) -> None:
         """The CFG scale (when CFG is on) and LCM's guidance embedding, written only when they move."""
         b = self.buf
-        if self.cfg and max(g, 1.0) != self._guidance_value:
+        if self.guided and max(g, 1.0) != self._guidance_value:
             b["g"].fill_(max(g, 1.0))
             self._guidance_value = max(g, 1.0)
         if "tcond" in b:
@@ -133,10 +154,17 @@ class FrameProgram:
         self.alpha_start = run[0][1]
 
     def set_init(self, coef: tuple[float, float]) -> None:
-        """The start latent's weights of (source, z)."""
+        """The start latent's weights of (source, z); with a source, residual CFG's self-negative points to it."""
         if coef != self._init_now:
-            self.buf["init"].copy_(torch.tensor(coef, dtype=torch.float32))
+            ref = 1.0 if coef[0] > 0 else 0.0  # text-to-image: the residual towards the zero latent
+            self.buf["init"].copy_(torch.tensor((*coef, ref), dtype=torch.float32))
             self._init_now = coef
+
+    def set_out_slot(self, slot: int) -> None:
+        """Stream batch: the slot whose x0 the frame shows (the last, once the pipeline has filled)."""
+        if slot != self._out_now:
+            self.buf["out_slot"].fill_(slot)
+            self._out_now = slot
 
     def set_z(self, z: np.ndarray, into: str) -> None:
         """Upload a request's latent into ``z`` or ``src`` (through the pinned host buffer)."""
@@ -145,43 +173,84 @@ class FrameProgram:
 
     # -- the programs ------------------------------------------------------------------------------------------
 
-    def _unet_kwargs(self) -> dict[str, Any]:
-        b = self.buf
-        kw: dict[str, Any] = {"encoder_hidden_states": b["emb"]}
-        if "pooled" in b:
-            kw["added_cond_kwargs"] = {"text_embeds": b["pooled"], "time_ids": b["time_ids"]}
-        if "tcond" in b:
-            kw["timestep_cond"] = b["tcond"]
+    def _kwargs(self, emb: torch.Tensor, pooled: torch.Tensor | None, tcond: torch.Tensor | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"encoder_hidden_states": emb}
+        if pooled is not None:
+            kw["added_cond_kwargs"] = {"text_embeds": pooled,
+                                       "time_ids": self.buf["time_ids"][:1].expand(emb.shape[0], -1)}
+        if tcond is not None:
+            kw["timestep_cond"] = tcond
         return kw
+
+    def _x0_eps(self, out: torch.Tensor, xf: torch.Tensor, sa: torch.Tensor,
+                s1a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) from a model output, by the folder's prediction type."""
+        if self.prediction == "epsilon":
+            return (xf - s1a * out) / sa, out
+        if self.prediction == "v_prediction":
+            return sa * xf - s1a * out, sa * out + s1a * xf
+        return out, (xf - sa * out) / s1a
+
+    def _output_towards(self, x0: torch.Tensor, xf: torch.Tensor, sa: torch.Tensor,
+                        s1a: torch.Tensor) -> torch.Tensor:
+        """The model output that would predict ``x0`` from ``xf``: residual CFG's virtual negative (its residual noise
+        (x - sqrt(a) x0) / sqrt(1 - a), in the folder's prediction type)."""
+        eps = (xf - sa * x0) / s1a
+        if self.prediction == "epsilon":
+            return eps
+        if self.prediction == "v_prediction":
+            return sa * eps - s1a * x0
+        return x0
+
+    def _denoise(self, x: torch.Tensor, rows: torch.Tensor, emb: torch.Tensor, pooled: torch.Tensor | None,
+                 tcond: torch.Tensor | None, g: torch.Tensor, ref: torch.Tensor, renoise: torch.Tensor,
+                 negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One denoising step of n latents, each at its own table row, in one UNet call: (next x, x0 prediction).
+
+        ``emb``/``pooled``/``tcond``: the n rows' conditioning; ``g``: their guidance; ``ref`` [n]: the x0 residual
+        CFG's negative points to (read; under ``onetime`` the first rows' are written here); ``negatives``: how many
+        of the first rows are evaluated with the negative prompt too (full CFG: all, onetime: the first step's).
+        Tensor-only, so it can be captured.
+        """
+        b, m = self.buf, negatives
+        t = rows[:, 0].clone()  # float32: bfloat16 would round 999 to 1000; the UNet embeds it in float32 anyway
+        model_in, ts = x, t
+        if m:
+            model_in, ts = torch.cat([x[:m], x]), torch.cat([t[:m], t])
+            emb = torch.cat([b["emb"][:1].expand(m, -1, -1), emb])
+            if pooled is not None:
+                pooled = torch.cat([b["pooled"][:1].expand(m, -1), pooled])
+        out = self.unet_fn(model_in, ts, return_dict=False, **self._kwargs(emb, pooled, tcond))[0].float()
+        neg, out = out[:m], out[m:]
+        xf = x.float()
+        sa, s1a, c_skip, c_out, sa_n, s1a_n = (rows[:, k].view(-1, 1, 1, 1) for k in range(1, TABLE_COLUMNS))
+        if self.cfg_mode == "full":
+            out = neg + g.view(-1, 1, 1, 1) * (out - neg)
+        elif self.guided:  # residual CFG: delta * eps' + g * (eps_c - delta * eps')
+            if m:  # onetime's first step: the negative prompt's x0 is where the residual points from now on
+                ref[:m].copy_(self._x0_eps(neg, xf[:m], sa[:m], s1a[:m])[0])
+            uncond = self.delta * self._output_towards(ref, xf, sa, s1a)
+            out = uncond + g.view(-1, 1, 1, 1) * (out - uncond)
+        x0, eps = self._x0_eps(out, xf, sa, s1a)
+        if self.family == "lcm":
+            x0 = c_out * x0 + c_skip * xf
+            x_next = sa_n * x0 + s1a_n * renoise.float()  # LCM multi-step: fresh (fixed per-run) noise
+        else:
+            x_next = sa_n * x0 + s1a_n * eps  # deterministic (DDIM == Euler) step
+        return x_next.to(self.dtype), x0
+
+    def _negatives(self, i: int, n: int = 1) -> int:
+        """Rows evaluated with the negative prompt at step i (of n rows)."""
+        if self.cfg_mode == "full":
+            return n
+        return 1 if self.cfg_mode == "onetime" and i == 0 else 0
 
     def step(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One denoising step at table row i: (next x, x0 prediction). Tensor-only, so it can be captured."""
-        b, row = self.buf, self.buf["tab"][i]
-        t, sa, s1a, c_skip, c_out, sa_n, s1a_n = (row[k] for k in range(TABLE_COLUMNS))
-        model_in = torch.cat([x, x]) if self.cfg else x
-        # The timestep stays float32 (bfloat16 would round 999 to 1000); the UNet embeds it in float32 anyway.
-        out = self.unet_fn(model_in, row[0:1].clone().expand(model_in.shape[0]), return_dict=False,
-                           **self._unet_kwargs())[0]
-        if self.cfg:
-            uncond, cond = out.float().chunk(2)
-            out = uncond + b["g"] * (cond - uncond)
-        out, xf = out.float(), x.float()
-        if self.prediction == "epsilon":
-            x0 = (xf - s1a * out) / sa
-            eps = out
-        elif self.prediction == "v_prediction":
-            x0 = sa * xf - s1a * out
-            eps = sa * out + s1a * xf
-        else:
-            x0 = out
-            eps = (xf - sa * x0) / s1a
-        if self.family == "lcm":
-            x0 = c_out * x0 + c_skip * xf
-            x_next = sa_n * x0 + s1a_n * b["renoise"][i].float()  # LCM multi-step: fresh (fixed per-run) noise
-        else:
-            x_next = sa_n * x0 + s1a_n * eps  # deterministic (DDIM == Euler) step
-        del t
-        return x_next.to(self.dtype), x0
+        b = self.buf
+        return self._denoise(x, b["tab"][i:i + 1], b["emb"][-1:], b["pooled"][-1:] if "pooled" in b else None,
+                             b["tcond"][-1:] if "tcond" in b else None, b["g"], b["neg_x0"], b["renoise"][i],
+                             self._negatives(i))
 
     def decode_into_rgb(self, x0: torch.Tensor) -> None:
         """Decode latents, convert to uint8 RGB in the static buffer and store the finite flag.
@@ -204,7 +273,10 @@ class FrameProgram:
         t0.mark("convert")
 
     def _init_x(self) -> torch.Tensor:
+        """The start latent; residual CFG's self-negative points to the source (text-to-image: the zero latent)."""
         b = self.buf
+        if self.cfg_mode == "self":
+            b["neg_x0"].copy_(b["init"][2] * b["src"].float())
         return (b["init"][0] * b["src"].float() + b["init"][1] * b["z"].float()).to(self.dtype)
 
     def full(self) -> None:
@@ -222,6 +294,41 @@ class FrameProgram:
         self.timer.mark("unet")
         self.decode_into_rgb(x0)
         self.buf["ok"].logical_and_(torch.isfinite(x_next).all())  # a carried Inf would poison the next steps
+
+    def stream(self) -> None:
+        """Stream batch: the slots move one step on, this frame's request enters slot 0, every slot takes its next
+        step in one UNet call, and the last slot's x0 (finished) is decoded."""
+        b, n = self.buf, self.settings.steps
+        for name in self._slot_state:
+            b[name][1:].copy_(b[name][:-1].clone())
+        b["sx"][:1].copy_(self._init_x())
+        b["stab"][0].copy_(b["tab"])
+        b["semb"][:1].copy_(b["emb"][-1:])
+        b["sg"][:1].copy_(b["g"].view(1))
+        b["sref"][:1].copy_(b["neg_x0"])
+        for name, src in (("spooled", "pooled"), ("stcond", "tcond")):
+            if name in b:
+                b[name][:1].copy_(b[src][-1:])
+        rows = b["stab"].diagonal(0, 0, 1).T  # slot k at step k of its own request's table
+        x_next, x0 = self._denoise(b["sx"], rows, b["semb"], b.get("spooled"), b.get("stcond"), b["sg"], b["sref"],
+                                   b["renoise"][:, 0], self._negatives(0, n))
+        b["sx"][1:].copy_(x_next[:-1])
+        self.timer.mark("unet")
+        self.decode_into_rgb(x0.index_select(0, b["out_slot"]))
+        self.buf["ok"].logical_and_(torch.isfinite(x_next).all())  # a carried Inf would poison the next frames
+
+    def _reset_slots(self) -> None:
+        b = self.buf
+        if "sx" not in b:
+            return
+        b["sx"].zero_()
+        b["sref"].zero_()
+        b["sg"].fill_(1.0)
+        b["out_slot"].zero_()
+        self._out_now = 0
+        # Empty slots run on the text-to-image table (a zero row would divide by sqrt(alpha) = 0).
+        b["stab"].copy_(torch.tensor(self.schedule.rows(self.schedule.full), dtype=torch.float32)
+                        .expand_as(b["stab"]))
 
     def recon(self) -> None:
         self.timer.mark("unet")
@@ -254,6 +361,7 @@ class FrameProgram:
         """Forget the emergence chain's carried latent."""
         with torch.inference_mode():
             self.buf["x"].zero_()
+            self._reset_slots()
 
     def close(self) -> None:
         self.programs.clear()  # waits for a replay still in flight

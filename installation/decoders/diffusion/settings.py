@@ -37,7 +37,15 @@ class DiffusionSettings(DecoderSettings):
     compile_cache_dir: str = ""
     prompts: tuple[tuple[str, float], ...] = ()
     negative_prompt: str = ""
-    guidance: float = Field(0.0, ge=0.0, le=30.0, description=">1 enables classifier-free guidance (2x UNet batch)")
+    guidance: float = Field(0.0, ge=0.0, le=30.0, description=">1 enables classifier-free guidance (see cfg)")
+    cfg: Literal["full", "self", "onetime", "none"] = Field(
+        "full", description="how guidance > 1 is paid for: full CFG (2x UNet batch), or StreamDiffusion's residual "
+                            "CFG: self (the negative is the residual towards the source image: 1x), onetime (the "
+                            "negative prompt evaluated at the first step only: steps+1 UNet rows), none (no CFG)")
+    rcfg_delta: float = Field(1.0, ge=0.0, le=2.0, description="residual CFG's magnitude moderation of the negative "
+                                                               "(delta in Kodaira et al. 2023)")
+    stream_batch: bool = Field(False, description="2-4 steps in one batched UNet call per frame: each frame one new "
+                                                  "latent enters, one leaves finished (steps-1 frames of latency)")
     blend: Literal["lerp", "slerp"] = "lerp"
     source: str = Field("", description="image file used as the img2img source")
     references: tuple[str, ...] = Field((), description="image files encoded and blended as the img2img source")
@@ -70,6 +78,10 @@ class DiffusionSettings(DecoderSettings):
             raise ValueError(f"timesteps has {len(self.timesteps)} entries but steps={self.steps}")
         if any(not 0 <= t < 1000 for t in self.timesteps):
             raise ValueError("timesteps must lie in 0..999")
+        if self.stream_batch and not 2 <= self.steps <= 4:
+            raise ValueError(f"stream_batch needs steps 2-4, not {self.steps}")
+        if self.stream_batch and self.emergence:
+            raise ValueError("stream_batch and emergence cannot be combined (emergence shows one frame's steps)")
         names = [n for _, n in self.loras]
         if len(set(names)) != len(names):
             raise ValueError("LoRA names must be unique")
