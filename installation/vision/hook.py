@@ -163,6 +163,18 @@ class VisionHook:
         with self._cond:
             return self._cond.wait_for(lambda: self._failed or (not self._keep and not self._keeping), timeout)
 
+    def idle(self) -> bool:
+        """Whether a frame handed over now would be read: the model loaded and no frame waiting."""
+        return self._ready.is_set() and self._pending is None
+
+    def pass_over(self) -> None:
+        """A sampled frame not handed over (the reader is busy or loading): counted as if it had been."""
+        self.offered += 1
+        if self._ready.is_set():
+            self.skipped += 1
+        else:
+            self.loading_skipped += 1
+
     def __call__(self, frame: Frame) -> None:
         if not self.options.read:
             return None  # the frame check alone (the decoder process): the reader reads presented frames

@@ -175,8 +175,16 @@ class VisionPart:
 
     # -- the presented-frame sink (loop thread) ------------------------------------------------------------------
     def wants(self, t: float | None) -> bool:
+        """An archived point's frame always; a sampled frame only while the reader is free (else it is counted as
+        skipped without a read-back: reading back frames the reader would drop costs the loop for nothing)."""
         info = self._frame_info
-        return info is not None and (info[3] or info[4])
+        if info is None:
+            return False
+        if info[4] and not info[3] and self.reader is not None and not self.reader.idle():
+            self.reader.pass_over()
+            self._frame_info = None
+            return False
+        return info[3] or info[4]
 
     def put(self, rgb: bytes, size: tuple[int, int], t: float | None) -> None:
         """A presented frame (RGB, bottom row first): to the reader; an archived point's is kept."""

@@ -95,5 +95,5 @@ def test_a_live_show_archives_an_embedding_on_every_point(tiny_clip, tmp_path):
     finally:
         store.close()
     clips = np.array([p.clip for p in points if p.clip is not None])
-    assert len(points) >= 10 and len(clips) == len(points), rt.part("vision").stats()["worker"]
+    assert len(points) >= 5 and len(clips) == len(points), rt.part("vision").stats()["worker"]
     assert len({c.tobytes() for c in clips}) == len(clips)  # each its own frame's

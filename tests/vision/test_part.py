@@ -57,6 +57,8 @@ def test_describe_feedback_audit_and_health(tiny_clip, tmp_path):
         rt.start()
         client = SimpleUDPClient(*rt.osc.address)
         assert _steps(rt, lambda: rt.bus.notes().get("vision.description"), limit=3000)
+        reader = rt.part("vision").reader  # done with the frames handed over: the description stays while we ask
+        assert wait_until(lambda: reader.idle() and reader.drain(0.1), timeout=30)
         client.send_message("/prompt", "a red boat")
         client.send_message("/prompt", "bad\x07text")  # refused by the prompt guard (a control character)
         client.send_message("/describe", [])
