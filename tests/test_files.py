@@ -234,7 +234,7 @@ def test_archive_files_are_one_line_errors(tmp_path, capsys):
         path = tmp_path / f"{name}.sqlite"
         path.write_bytes(content)
         try:
-            code = cmd_archive(argparse.Namespace(action="info", archive=path, config=None, session=None, json=False))
+            code = cmd_archive(argparse.Namespace(action="info", what=[str(path)], config=None, session=None, json=False))
             try:
                 Store(path).close()
             except (CorruptArchive, ValueError) as e:  # what the show's archive part sets aside

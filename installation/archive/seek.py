@@ -156,7 +156,9 @@ class Seeker:
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                self._cond.wait_for(lambda: self._job is not None or self._stop.is_set())
+                # woken by a request or a stop; the timeout lets the thread run Python now and then (a fault raised
+                # in it, as the supervisor's drill does, lands within half a second, not at the next request)
+                self._cond.wait_for(lambda: self._job is not None or self._stop.is_set(), timeout=0.5)
                 job, self._job = self._job, None
             if job is None:
                 continue

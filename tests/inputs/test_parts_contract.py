@@ -36,11 +36,12 @@ ENABLE = {
     "midi": '[inputs.midi]\nenabled = true\napi = "UNIX_JACK"\nport = "no-such-controller"\n',  # waits for it
     "link": "[sync]\nlink = true\n",
     "presets": "",  # on by default: a thread that runs a recall's fade, presets.json beside the config
+    "search": "",  # /seek: on with [vision] (the tiny CLIP's table), a thread that answers queries
 }
 # The supervised threads a part starts (at least these; the fault drill below kills each).
 THREADS_OF = {"osc": {"osc-server"}, "audio": {"audio-input"}, "camera": {"camera-input"}, "archive": {"archive"},
               "sinks": {"ndi-contract"}, "midi": {"midi"},
-              "presets": {"presets"}}
+              "presets": {"presets"}, "search": {"search"}}
 PASSIVE = {"state"}  # no thread or process of its own (it saves from the loop's tick): alive is always True
 
 
@@ -52,13 +53,13 @@ def test_every_registered_part_is_under_contract():
 def test_a_part_starts_runs_reports_stops_and_starts_again(name, tmp_path, request):
     if name in ("audio", "midi"):
         request.getfixturevalue("jack_server")  # a real PortAudio stream on the JACK dummy server
-    extra = request.getfixturevalue("tiny_clip").toml() if name == "vision" else ENABLE[name]
+    extra = request.getfixturevalue("tiny_clip").toml() if name in ("vision", "search") else ENABLE[name]
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra=extra)
     spec = load_show(cfg)
     bus = ParamBus(spec.params.values())
     ctx = parts.PartContext(bus=bus, scenes=lambda: [s.name for s in spec.scenes], base_dir=Path(tmp_path),
                             snapshot=lambda: {"status": "ok"}, state=lambda: {"scene": "a"},
-                            serve_health=True, keep_state=True)
+                            serve_health=True, keep_state=True, config=spec.config)
     info = parts.info(name)
     part = info.build(info.settings_in(spec.config), ctx)
     assert part is not None, f"{name} did not build although enabled"
