@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -194,8 +195,12 @@ class Archive:
                                                        kind="replay" if self.feeder else "live")
                 log.info("archiving to %s, session %d", self.path, self.session)
             if self._points_before is None:
-                self._points_before = int(self._store.conn.execute("SELECT count(*) FROM points").fetchone()[0]) \
-                    - int(self.counts["points"])  # (nothing of this session is written before its first open)
+                try:  # (nothing of this session is written before its first open)
+                    n = int(self._store.conn.execute("SELECT count(*) FROM points").fetchone()[0])
+                except sqlite3.DatabaseError as e:  # a damaged page: the first batch meets it and sets the file aside
+                    log.warning("archive %s: its points could not be counted (%s)", self.path, e)
+                    n = int(self.counts["points"])
+                self._points_before = n - int(self.counts["points"])
         except Exception as e:  # noqa: BLE001 - unwritable folder, not an archive, full disk: counted, retried
             if self._store is not None:
                 self._store.close()
