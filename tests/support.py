@@ -49,7 +49,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, err = proc.communicate()
-            raise AssertionError(f"{' '.join(args)} did not finish in {timeout} s; its stacks:\n{err[-6000:]}\n"
+            raise AssertionError(f"{' '.join(args)} did not finish in {timeout} s; its stacks:\n{err[-30000:]}\n"
                                  f"stdout:\n{out[-2000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
