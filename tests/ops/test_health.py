@@ -343,8 +343,10 @@ def test_connections_are_capped_and_slow_ones_make_room():
 
 def test_busy_answers_503_when_every_slot_is_answering():
     gate = threading.Event()
+    answering = []
 
     def snapshot():
+        answering.append(1)
         gate.wait(10)
         return {"status": "ok"}
 
@@ -355,7 +357,8 @@ def test_busy_answers_503_when_every_slot_is_answering():
         for w in workers:
             w.start()
         try:
-            assert wait_until(lambda: srv.stats()["open"] == 2, timeout=5)
+            # both requests in their snapshot (an open connection whose request has not come yet is idle: evictable)
+            assert wait_until(lambda: srv.stats()["open"] == 2 and len(answering) == 2, timeout=5)
             code, body = get(srv.url)  # both slots are answering (their snapshot waits): no one to evict
             assert code == 503 and body["error"] == "busy"
         finally:
