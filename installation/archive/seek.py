@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..bus import MAX_GLIDE, Event
 from ..ops.logs import RepeatLog
-from ..ops.supervise import SupervisedThread, supervised
+from ..ops.supervise import Worker
 from ..parts import Moment, PartContext, register
 from .search import Hit, QueryEncoder, Rows, top, unit_rows
 from .store import Store, archive_file
@@ -83,10 +83,14 @@ class _ArchiveIndex:
         return hits[:k]
 
 
-class Seeker:
+class Seeker(Worker):
     """The ``search`` part. See the module's doc."""
 
+    thread_name = "search"
+    stop_timeout_s = 30.0  # a search in progress finishes
+
     def __init__(self, settings: SearchSettings, ctx: PartContext) -> None:
+        super().__init__()
         self.settings, self.ctx, self.bus = settings, ctx, ctx.bus
         self.vision = ctx.config.vision.resolved(ctx.base_dir)
         archive = ctx.config.archive
@@ -100,8 +104,6 @@ class Seeker:
         self._sub = None
         self._job: dict[str, Any] | None = None
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: SupervisedThread | None = None
         self._scene = ""
         self._config: str | None = None
         self._index: _ArchiveIndex | None = None
@@ -110,29 +112,22 @@ class Seeker:
 
     # -- the part ----------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
         if self._sub is None:
             self._sub = self.bus.subscribe(maxlen=1024)
         if self._config is None:
             self._config = (self.ctx.state().get("show") or {}).get("config") or str(self.ctx.base_dir)
-        self._stop.clear()
-        self._thread = supervised("search", self._run, stop=self._stop)
+        super().start()
 
     def stop(self) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        super().stop()
+
+    def _stopped(self) -> None:
         if self._sub is not None:
             self._sub.close()
             self._sub = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
         index = self._index

@@ -194,6 +194,7 @@ class Worker:
     thread runs. The threaded inputs (:class:`installation.inputs.base.ThreadedInput`) and the presets share it."""
 
     thread_name = "worker"
+    stop_timeout_s = 5.0  # how long stop() waits for the thread before it warns and goes on
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -213,9 +214,10 @@ class Worker:
         """Stop the thread and release what it holds; safe to call twice."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=self.stop_timeout_s)
             if self._thread.is_alive():
-                log.warning("%s thread did not stop within 5 s (a blocking read?)", self.thread_name)
+                log.warning("%s thread did not stop within %g s (a blocking read?)", self.thread_name,
+                            self.stop_timeout_s)
             self._thread = None
         self._stopped()
 
