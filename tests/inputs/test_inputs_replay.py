@@ -77,8 +77,9 @@ def test_a_show_steered_by_a_real_camera_and_microphone_replays_exactly(tmp_path
 
         def swell(r: Runtime) -> None:  # the microphone hears a sound that swells and falls, a step per tick
             feeder.amp = 0.1 + 0.4 * (r.stats.ticks % 20) / 20
-            # until both inputs have steered (however slowly a loaded machine delivers them), or a safe cap
-            if r.stats.ticks >= 40 and moved(CAMERA, 4) and moved(("audio.rms",), 4) and moved(("speed",), 8) \
+            # until both inputs have steered (however slowly a loaded machine delivers them) and at least 3 s of
+            # show time have passed (12 archived points at 0.25 s; a fast machine steers within 2 s), or a safe cap
+            if r.stats.ticks >= 60 and moved(CAMERA, 4) and moved(("audio.rms",), 4) and moved(("speed",), 8) \
                     or r.stats.ticks >= 3000:
                 r.request_quit()
 
