@@ -1,8 +1,9 @@
 """The commands of ``installation``, registered by the modules that carry them (as parts register themselves).
 
 Each command module calls :func:`command` once per subcommand with its name, help line, a function adding its
-flags and the function that runs it; ``installation.cli.build_parser`` imports the built-in modules and adds a
-subparser for each registered command, in the order of its table (the order ``installation --help`` lists them).
+flags and the function that runs it; ``installation.cli.build_parser`` imports the built-in modules (named in
+``installation.cli.BUILTINS``, in the order ``installation --help`` lists them) and adds a subparser for each
+registered command.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def command(name: str, *, help: str, run: Callable[[argparse.Namespace], int] | 
     found = Command(name, help, run, arguments, description, usage, common, dict(defaults or {}))
     _REGISTRY[name] = found
     return found
+
+
+def unregister(name: str) -> None:
+    """Forget a registered command (tests that register their own)."""
+    _REGISTRY.pop(name, None)
 
 
 def commands() -> list[Command]:
