@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from installation.decoders import DecoderSpec, LatentRequest, create, decoder_class
+from support import wait_until
 
 PROMPT = "a red cat"
 REL_TOL = 1e-5
@@ -220,6 +221,53 @@ def test_camera_control_takes_edges_and_holds(tiny_models, controls, monkeypatch
     assert d.stats()["control_held"] == 1
     assert np.array_equal(d.buf["ctl_img.0"][0].permute(1, 2, 0).numpy()[:, :, 0], edges / 255.0)
     _close(held, first, same=False)  # a new z still renders (txt2img: the camera is not the img2img source)
+    # The edge map the camera process sent beside a frame is taken as it is (here one unlike the frame's edges)
+    made = d.stats()["control_edges_made"]
+    shipped = np.zeros((64, 64), np.uint8)
+    shipped[::4] = 255
+    other = np.zeros((64, 64, 3), np.uint8)
+    other[10:50, 5:20] = 200
+    _render(d, z, extras={"source": other, "edges": {(64, 64, 100, 200): shipped, (64, 64, 1, 2): edges}})
+    assert np.array_equal(d.buf["ctl_img.0"][0, 0].numpy(), shipped / 255.0)
+    assert d.stats()["control_edges_made"] == made
+
+
+def test_a_camera_canny_scene_takes_the_camera_process_edges(tiny_models, controls, tmp_path):
+    """Through the runtime: the camera's process makes the edges at the decoder's size with the control's
+    thresholds, and the decoder takes them (it makes none itself but for a frame that came before the ask)."""
+    from installation.clock import FixedClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+    from support import scene_toml, write_show
+
+    live = "lavfi:testsrc2=size=160x120:rate=30,realtime"
+    dec = (f'type = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
+           f'width = 64\nheight = 64\n[[decoder.controls]]\nmodel = "{controls["cn0"]}"\nkind = "canny"\n'
+           f'low = 50\nhigh = 150\n')
+    cfg = write_show(tmp_path, {"d": scene_toml(decoder=dec, shaders='["present"]')},
+                     extra=f'[inputs.camera]\nenabled = true\nsource = "{live}"\n')
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    try:
+        rt.start()
+        seen = []
+
+        def updated(n):
+            rt.step()
+            dec = rt.guard._decoder
+            if dec is not None and getattr(dec, "prepared", False):
+                seen.append(dec._control_version)
+            return seen and seen[-1] >= n
+
+        assert wait_until(lambda: updated(6), 180, every=0.02), (seen[-1:], rt.camera.stats())
+        frame = rt.camera.last_source
+        assert set(rt.camera.latest_edges(frame)) <= {(64, 64, 50, 150)}
+        assert rt.guard._decoder.stats()["control_edges_made"] <= 2  # frames sent before the worker was asked
+    finally:
+        rt.close()
+        target.close()
 
 
 def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
