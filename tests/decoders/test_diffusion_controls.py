@@ -284,16 +284,22 @@ def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
     assert "\n" not in msg
 
 
-def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path):
-    """Through the command a user runs: exit 2, one line naming the control's folder and the model's."""
+@pytest.mark.parametrize("case", ["foreign", "no-depth-folder", "depth-without-model"])
+def test_a_bad_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path, case):
+    """Through the command a user runs: exit 2, one line naming what is wrong: a control made for another base (its
+    folder and the model's), a depth model folder that is not there, a depth control that names none."""
     import subprocess
     import sys
 
     scenes = tmp_path / "scenes"
     scenes.mkdir()
+    missing = tmp_path / "no-such-depth-model"
+    control = {"foreign": f'model = "{controls["cn-xl"]}"\nkind = "canny"\n',
+               "no-depth-folder": f'model = "{controls["cn0"]}"\nkind = "depth"\ndepth_model = "{missing}"\n',
+               "depth-without-model": f'model = "{controls["cn0"]}"\nkind = "depth"\n'}[case]
     (scenes / "ctl.toml").write_text(
         f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
-        f'width = 64\nheight = 64\n\n[[decoder.controls]]\nmodel = "{controls["cn-xl"]}"\nkind = "canny"\n')
+        f'width = 64\nheight = 64\n\n[[decoder.controls]]\n{control}')
     cfg = tmp_path / "show.toml"
     shaders = Path(__file__).resolve().parents[2] / "shaders"
     cfg.write_text(f'[show]\nscenes = ["ctl"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
@@ -301,8 +307,67 @@ def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, 
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
-    assert len(lines) == 1 and str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
-    assert "another base (SDXL)" in lines[0]
+    assert len(lines) == 1, r.stderr
+    if case == "foreign":
+        assert str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
+        assert "another base (SDXL)" in lines[0]
+    elif case == "no-depth-folder":
+        assert f"no such depth model folder {missing}" in lines[0]
+    else:
+        assert 'kind = "depth" needs depth_model' in lines[0] and "ctl.toml" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def depth_model(tmp_path_factory):
+    """A tiny random DPT (transformers' DPTForDepthEstimation from a small config) and its image processor, saved
+    with safetensors weights as a user's folder would be."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = tmp_path_factory.mktemp("depth") / "dpt"
+    torch.manual_seed(21)
+    cfg = DPTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3],
+                    num_attention_heads=2, intermediate_size=32, neck_hidden_sizes=[8, 8, 16, 16],
+                    fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
+    DPTForDepthEstimation(cfg).save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder
+
+
+def test_depth_control_is_the_depth_pipelines_normalised_depth(tiny_models, controls, depth_model):
+    """kind depth: the depth model's prediction at the control's size, min-max normalised to 0..1 as transformers'
+    depth-estimation pipeline does, is the control image (three channels), from a file and from the camera (a frame
+    of another size: the processor's own post-processing to the control's size); and it steers the render."""
+    from PIL import Image
+    from transformers import pipeline
+
+    ctl = ({"model": str(controls["cn0"]), "kind": "depth", "depth_model": str(depth_model),
+            "source": str(controls["image"])},
+           {"model": str(controls["cn1"]), "kind": "depth", "depth_model": str(depth_model)})
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=1, controls=ctl)
+    assert len({id(m) for m in d._depth.values()}) == 1  # one model for both
+    pipe = pipeline("depth-estimation", model=str(depth_model))
+
+    def normalised(depth):
+        depth = depth.float()
+        return (depth - depth.min()) / (depth.max() - depth.min())
+
+    def got(j):
+        img = d.buf[f"ctl_img.{j}"][0]
+        assert torch.equal(img[0], img[1]) and torch.equal(img[0], img[2])
+        return img[0]
+
+    z = np.zeros(d.lat_shape, np.float32)
+    frame = np.random.default_rng(7).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    first = _render(d, z, extras={"source": frame})
+    ref = pipe(Image.open(controls["image"]))  # the file is at the control's size (64x64): the pipeline's output
+    torch.testing.assert_close(got(0), normalised(ref["predicted_depth"]), rtol=0, atol=1e-5)
+    assert np.abs(np.asarray(ref["depth"], np.int16) - (got(0).numpy() * 255).astype(np.int16)).max() <= 1
+    with torch.inference_mode():
+        out = pipe.model(**pipe.image_processor(images=Image.fromarray(frame), return_tensors="pt"))
+        camera = pipe.image_processor.post_process_depth_estimation(out, [(64, 64)])[0]["predicted_depth"]
+    torch.testing.assert_close(got(1), normalised(camera), rtol=0, atol=1e-5)
+    assert 0.0 <= got(1).min() and got(1).max() == 1.0 and 0.1 < got(1).mean() < 0.9
+    _close(_render(d, z, {"control.1.scale": 0.0}, extras={"source": frame}), first, same=False)  # it steers
 
 
 def test_stream_batch_carries_each_requests_control(tiny_models, controls):

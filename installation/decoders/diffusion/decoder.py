@@ -159,14 +159,24 @@ class DiffusionDecoder(DiffusionKind):
         self._control_version = 0
         self._camera_controls = [j for j, c in enumerate(s.controls) if c.source == "camera"]
         self._camera_seen = time.monotonic()
+        from .depth import DepthEstimator
+
+        self._depth: dict[int, DepthEstimator] = {}
+        models: dict[str, DepthEstimator] = {}  # one model serves every control that names its folder
+        for j, c in enumerate(s.controls):
+            if c.kind == "depth":
+                if c.depth_model not in models:
+                    models[c.depth_model] = DepthEstimator(c.depth_model, self.device, self.dtype)
+                self._depth[j] = models[c.depth_model]
         for j, c in enumerate(s.controls):
             if c.source != "camera":
                 self.program.set_control_image(j, self._control_image(j, load_image(c.source, s.width, s.height)))
                 self.programs.sync()
 
-    def _control_image(self, j: int, img: np.ndarray, edges: Any = None) -> np.ndarray:
+    def _control_image(self, j: int, img: np.ndarray, edges: Any = None) -> np.ndarray | torch.Tensor:
         """A source image as control j takes it: its edges (canny: the camera process's map in ``edges`` when it
-        sent one, else made here by the same function) or the image as it is, at the frame's size."""
+        sent one, else made here by the same function), its depth (on the device), or the image as it is, at the
+        frame's size."""
         import cv2
 
         from ...inputs.camera_edges import canny_edges
@@ -179,6 +189,8 @@ class DiffusionDecoder(DiffusionKind):
                 e = canny_edges(img, spec)
                 self._counters["control_edges_made"] += 1
             return np.repeat(e[:, :, None], 3, axis=2)
+        if c.kind == "depth":
+            return self._depth[j](img, s.width, s.height)
         if img.shape[:2] != (s.height, s.width):
             img = cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
         return img
@@ -389,7 +401,7 @@ class DiffusionDecoder(DiffusionKind):
             self.program.close()
         self.program = None
         for name in ("unet", "vae", "text_encoders", "tokenizers", "ref_latents", "lora_scales", "comps",
-                     "programs"):
+                     "programs", "_depth"):
             if hasattr(self, name):
                 setattr(self, name, None)
         if self.prompts is not None:
