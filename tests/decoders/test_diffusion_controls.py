@@ -391,3 +391,15 @@ def test_stream_batch_carries_each_requests_control(tiny_models, controls):
         got = _render(d, *r)
         if n >= 1:
             _close(got, expected[n - 1])
+
+
+def test_controls_compare_bench_on_cpu(tiny_models, controls, depth_model):
+    """`installation bench --compare controls --control DIR --depth DIR` figures: one fps per variant from one run,
+    and what one edge map of a camera frame costs (now made in the camera's process)."""
+    from installation.decoders.diffusion.bench import compare
+
+    r = compare(str(tiny_models["sd-turbo"]), "controls", size=64, steps=1, rounds=1, device="cpu",
+                taesd=str(tiny_models["taesd"]), control=str(controls["cn0"]), depth=str(depth_model), frames=1)
+    assert set(r["fps"]) == {"none", "control", "canny_decoder", "canny_camera", "depth"}
+    assert all(v > 0 for v in r["fps"].values()) and r["canny_ms"] > 0 and r["camera_size"] == [1024, 576]
+    assert set(r["control_image_ms"]) == {"canny_decoder", "canny_camera"}
