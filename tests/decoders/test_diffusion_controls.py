@@ -232,10 +232,12 @@ def test_camera_control_takes_edges_and_holds(tiny_models, controls, monkeypatch
     assert d.stats()["control_edges_made"] == made
 
 
-def test_a_camera_canny_scene_takes_the_camera_process_edges(tiny_models, controls, tmp_path):
-    """Through the runtime: the camera's process makes the edges at the decoder's size with the control's
-    thresholds, and the decoder takes them (it makes none itself but for a frame that came before the ask)."""
-    from installation.clock import FixedClock
+@pytest.mark.parametrize("isolation", ["lockstep", "process"])
+def test_a_camera_canny_scene_takes_the_camera_process_edges(tiny_models, controls, tmp_path, isolation):
+    """Through the runtime, the decoder in this process (lockstep) or its own: the camera's process makes the edges at
+    the decoder's size with the control's thresholds, and the decoder takes them (it makes none itself but for the
+    warm-up's frame and any sent before the ask; /health counts them)."""
+    from installation.clock import FixedClock, WallClock
     from installation.config import load_show
     from installation.render.targets import HeadlessTarget
     from installation.runtime import Runtime
@@ -245,26 +247,26 @@ def test_a_camera_canny_scene_takes_the_camera_process_edges(tiny_models, contro
     dec = (f'type = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
            f'width = 64\nheight = 64\n[[decoder.controls]]\nmodel = "{controls["cn0"]}"\nkind = "canny"\n'
            f'low = 50\nhigh = 150\n')
+    process = '[decoder]\nisolation = "process"\nmax_fps = 20\n' if isolation == "process" else ""
     cfg = write_show(tmp_path, {"d": scene_toml(decoder=dec, shaders='["present"]')},
-                     extra=f'[inputs.camera]\nenabled = true\nsource = "{live}"\n')
+                     extra=f'[inputs.camera]\nenabled = true\nsource = "{live}"\n' + process)
     spec = load_show(cfg)
     target = HeadlessTarget(spec.config.output.size)
-    rt = Runtime(spec, target, FixedClock(20), fps=20)
+    rt = Runtime(spec, target, WallClock() if process else FixedClock(20), fps=20)
     try:
         rt.start()
-        seen = []
 
-        def updated(n):
+        def rendered(n):
             rt.step()
-            dec = rt.guard._decoder
-            if dec is not None and getattr(dec, "prepared", False):
-                seen.append(dec._control_version)
-            return seen and seen[-1] >= n
+            stats = rt.decoder_stats()
+            health = stats.get("decoder_health") or {}
+            return health.get("control_frames", 0) >= n and health
 
-        assert wait_until(lambda: updated(6), 180, every=0.02), (seen[-1:], rt.camera.stats())
+        health = wait_until(lambda: rendered(6), 240, every=0.05)
+        assert health, (rt.decoder_stats(), rt.camera.stats())
         frame = rt.camera.last_source
         assert set(rt.camera.latest_edges(frame)) <= {(64, 64, 50, 150)}
-        assert rt.guard._decoder.stats()["control_edges_made"] <= 2  # frames sent before the worker was asked
+        assert health["control_edges_made"] <= 2
     finally:
         rt.close()
         target.close()

@@ -50,7 +50,7 @@ class DiffusionDecoder(DiffusionKind):
         self.device_name = device
         self.prepared = False
         self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
-                          "prompt_cache_misses": 0, "control_held": 0, "control_edges_made": 0}
+                          "prompt_cache_misses": 0, "control_held": 0, "control_frames": 0, "control_edges_made": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
 
@@ -220,6 +220,7 @@ class DiffusionDecoder(DiffusionKind):
             for j in self._camera_controls:
                 self.program.set_control_image(j, self._control_image(j, camera, edges))
             self._control_version += 1
+            self._counters["control_frames"] += 1
 
     def _warm_plan(self) -> list[tuple[str, dict, dict]]:
         """The warm-up frames (label, params, extras) that reach every program a show can use."""
@@ -383,8 +384,11 @@ class DiffusionDecoder(DiffusionKind):
             self.program.reset()
 
     def health(self) -> dict[str, int]:
-        """Counters for /health: frames rendered on a camera control's held image (its camera stopped)."""
-        return {"control_held": self._counters["control_held"]} if self.settings.controls else {}
+        """Counters for /health: frames rendered on a camera control's held image (its camera stopped), new camera
+        frames the controls took, and those whose edges the decoder made itself (the camera's process makes them: a
+        few at a scene's start)."""
+        return {k: self._counters[k] for k in ("control_held", "control_frames", "control_edges_made")} \
+            if self.settings.controls else {}
 
     def stats(self) -> dict[str, float]:
         """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""
