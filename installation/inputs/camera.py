@@ -11,7 +11,8 @@ input. Nothing is ever written to disk.
 
 As a part (:mod:`installation.parts`) its ``plan`` hook hands the newest frame to a diffusion scene as its img2img
 source (or its controls' image), with the Canny edge maps the scene's canny controls take, made in the worker at the
-decoder's size (:mod:`installation.inputs.camera_edges`). Its settings and features are in :mod:`installation.inputs.camera_settings` (the worker reads them too).
+decoder's size (:mod:`installation.inputs.camera_edges`). Its settings and features are in
+:mod:`installation.inputs.camera_settings` (the worker reads them too).
 """
 
 from __future__ import annotations

@@ -174,9 +174,9 @@ class DiffusionDecoder(DiffusionKind):
                 self.programs.sync()
 
     def _control_image(self, j: int, img: np.ndarray, edges: Any = None) -> np.ndarray | torch.Tensor:
-        """A source image as control j takes it: its edges (canny: the camera process's map in ``edges`` when it
-        sent one, else made here by the same function), its depth (on the device), or the image as it is, at the
-        frame's size."""
+        """A source image as control j takes it, at the frame's size: its edges (canny, HxW: the camera process's map
+        in ``edges`` when it sent one, else made here by the same function), its depth (on the device), or the image
+        as it is."""
         import cv2
 
         from ...inputs.camera_edges import canny_edges
@@ -188,7 +188,7 @@ class DiffusionDecoder(DiffusionKind):
             if not (isinstance(e, np.ndarray) and e.dtype == np.uint8 and e.shape == (s.height, s.width)):
                 e = canny_edges(img, spec)
                 self._counters["control_edges_made"] += 1
-            return np.repeat(e[:, :, None], 3, axis=2)
+            return e
         if c.kind == "depth":
             return self._depth[j](img, s.width, s.height)
         if img.shape[:2] != (s.height, s.width):
