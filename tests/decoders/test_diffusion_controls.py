@@ -405,3 +405,34 @@ def test_controls_compare_bench_on_cpu(tiny_models, controls, depth_model):
     assert set(r["fps"]) == {"none", "control", "canny_decoder", "canny_camera", "depth"}
     assert all(v > 0 for v in r["fps"].values()) and r["canny_ms"] > 0 and r["camera_size"] == [1024, 576]
     assert set(r["control_image_ms"]) == {"canny_decoder", "canny_camera"}
+
+
+def test_depth_anything_folder_gives_the_pipelines_depth(tmp_path):
+    """The other family the README names: a tiny random Depth Anything (a DINOv2 backbone), checked and loaded from
+    its folder as a scene's would be, gives transformers' pipeline's normalised depth for the same image."""
+    from PIL import Image
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor,
+                              pipeline)
+
+    from installation.decoders.diffusion.depth import DepthEstimator, check_depth_model
+
+    torch.manual_seed(22)
+    backbone = Dinov2Config(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                            intermediate_size=32, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=16, patch_size=8, neck_hidden_sizes=[8, 8, 16, 16],
+        fusion_hidden_size=16, head_hidden_size=8))
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(0.5)  # random weights end mostly under the head's ReLU: lift them off zero
+    model.save_pretrained(tmp_path / "da", safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(tmp_path / "da")
+    check_depth_model(tmp_path / "da", "control 0")
+    img = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mine = DepthEstimator(tmp_path / "da", "cpu", torch.float32)(img, 64, 64)
+    ref = pipeline("depth-estimation", model=str(tmp_path / "da"))(Image.fromarray(img))["predicted_depth"]
+    torch.testing.assert_close(mine, (ref - ref.min()) / (ref.max() - ref.min()), rtol=0, atol=1e-5)
+    assert mine.std() > 0.05
+    (tmp_path / "da" / "model.safetensors").rename(tmp_path / "da" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickled weights"):
+        check_depth_model(tmp_path / "da", "control 0")
