@@ -57,13 +57,10 @@ class DepthEstimator:
         with torch.inference_mode():
             inputs = self.processor(images=rgb, return_tensors="pt").to(self.device, self.dtype)
             out = self.model(**inputs)
+            out["predicted_depth"] = out.predicted_depth.float()  # resized and normalised in float32
             depth = self.processor.post_process_depth_estimation(out, [(height, width)])[0]["predicted_depth"]
             if tuple(depth.shape) != (height, width):  # a processor whose sizes mean the source's (ZoeDepth)
                 depth = torch.nn.functional.interpolate(depth.reshape(1, 1, *depth.shape[-2:]), size=(height, width),
                                                         mode="bicubic", align_corners=False)[0, 0]
-            depth = depth.float()
             lo, span = depth.min(), depth.max() - depth.min()
             return torch.where(span > 0, (depth - lo) / span, torch.zeros_like(depth))
-
-    def close(self) -> None:
-        self.model = self.processor = None
