@@ -101,7 +101,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
                 result = run_diffusion_compare(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                                args.decoder_size, args.steps, args.frames, args.compare,
-                                               args.rounds, str(args.control) if args.control else None)
+                                               args.rounds, str(args.control) if args.control else None,
+                                               str(args.depth) if args.depth else None)
             else:
                 result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                              args.decoder_size, args.steps, args.frames, args.seconds)
@@ -134,6 +135,8 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
                         "the steps without and with stream_batch (--steps 2-4), or without and with --control, "
                         "--rounds rounds alternating in one run, instead")
     p.add_argument("--control", type=Path, help="--compare controls: a ControlNet or T2I-Adapter folder")
+    p.add_argument("--depth", type=Path, help="--compare controls: also a depth control, this depth model folder "
+                                              "(transformers depth-estimation) run on each camera frame")
     p.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     p.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency (requests: twice "
