@@ -393,7 +393,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
                 result = run_diffusion_compare(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                                args.decoder_size, args.steps, args.frames, args.compare,
-                                               args.rounds, str(args.control) if args.control else None)
+                                               args.rounds, str(args.control) if args.control else None,
+                                               (str(args.ip_adapter), str(args.image_encoder))
+                                               if args.ip_adapter and args.image_encoder else None)
             else:
                 result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                              args.decoder_size, args.steps, args.frames, args.seconds)
@@ -545,11 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=1, help="denoising steps per frame")
     b.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement (--compare: "
                    "per variant and round)")
-    b.add_argument("--compare", choices=["cfg", "stream", "controls"],
+    b.add_argument("--compare", choices=["cfg", "stream", "controls", "ip"],
                    help="--decoder diffusion: decoder fps of full CFG vs residual CFG (self, onetime) vs none, of "
-                        "the steps without and with stream_batch (--steps 2-4), or without and with --control, "
+                        "the steps without and with stream_batch (--steps 2-4), or without and with --control, or "
+                        "without and with an image prompt (--ip-adapter, --image-encoder), "
                         "--rounds rounds alternating in one run, instead")
     b.add_argument("--control", type=Path, help="--compare controls: a ControlNet or T2I-Adapter folder")
+    b.add_argument("--ip-adapter", type=Path, help="--compare ip: an IP-Adapter .safetensors file")
+    b.add_argument("--image-encoder", type=Path, help="--compare ip: its CLIPVisionModelWithProjection folder")
     b.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     b.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency (requests: twice "

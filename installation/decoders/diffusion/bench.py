@@ -98,9 +98,24 @@ COMPARISONS = {
 }
 
 
+def _noise_image() -> str:
+    """A 256x256 noise PNG in a temporary folder (removed at exit): the bench's image prompt."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-ip-"))
+    atexit.register(shutil.rmtree, folder, True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(folder / "a.png")
+    return str(folder / "a.png")
+
+
 def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: int = 30, rounds: int = 2,
             device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True,
-            control: str | None = None) -> dict:
+            control: str | None = None, ip_adapter: tuple[str, str] | None = None) -> dict:
     """Decoder fps of the variants in ``COMPARISONS[what]`` from one run: all prepared first, then ``rounds`` rounds
     of ``frames`` frames each, the variants in turn within a round, so a drifting load hits them all alike.
 
@@ -110,9 +125,12 @@ def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: 
     variants = dict(COMPARISONS)
     if control:  # the control's cost: without, and with it (from the camera: its image stays the first one)
         variants["controls"] = {"none": {}, "control": {"controls": ({"model": str(control)},)}}
+    if ip_adapter:  # the image prompt's cost: without, and with one (a noise image)
+        variants["ip"] = {"none": {}, "ip": {"ip_adapter": {"path": ip_adapter[0], "image_encoder": ip_adapter[1],
+                                                            "images": ({"source": _noise_image()},)}}}
     if what not in variants:
-        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), "
-                         f"not {what!r}")
+        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), ip "
+                         f"(with an IP-Adapter file and image encoder), not {what!r}")
     cls = decoder_class("diffusion")
     decs = {}
     try:
