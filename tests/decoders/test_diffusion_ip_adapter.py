@@ -115,17 +115,20 @@ def _close(mine, ref, same=True):
         assert diff > 1e-3 * scale, "the image prompt made no difference"
 
 
-def _pipe(tiny_models, ip, scale):
-    """diffusers' StableDiffusionPipeline with the image encoder and the adapter file loaded its own way."""
+def _pipe(tiny_models, ip, scale, xl=False):
+    """diffusers' StableDiffusion(XL)Pipeline with the image encoder and the adapter file loaded its own way."""
     import diffusers
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    p = diffusers.StableDiffusionPipeline.from_pretrained(
-        tiny_models["sd-turbo"], vae=diffusers.AutoencoderTiny.from_pretrained(tiny_models["taesd"]),
-        safety_checker=None, requires_safety_checker=False,
+    cls, extra = (diffusers.StableDiffusionXLPipeline, {"add_watermarker": False}) if xl else \
+        (diffusers.StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False})
+    p = cls.from_pretrained(
+        tiny_models["sdxl-turbo" if xl else "sd-turbo"],
+        vae=diffusers.AutoencoderTiny.from_pretrained(tiny_models["taesd"]),
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(ip["encoder"]),
-        feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
-    p.load_ip_adapter(str(ip["file"].parent), subfolder="", weight_name=ip["file"].name)
+        feature_extractor=CLIPImageProcessor(size=32, crop_size=32), **extra)
+    file = ip["xl" if xl else "file"]
+    p.load_ip_adapter(str(file.parent), subfolder="", weight_name=file.name)
     p.set_ip_adapter_scale(scale)
     p.set_progress_bar_config(disable=True)
     return p
@@ -140,19 +143,22 @@ def _embeds(pipe, ip, names, weights):
     return sum(e * (w / total) for e, w in zip(embs, weights))[None]  # [1, 1, D]
 
 
-@pytest.mark.parametrize("cfg", ["none", "full"])
+@pytest.mark.parametrize("cfg", ["none", "full", "sdxl"])
 def test_ip_adapter_matches_the_pipeline(tiny_models, ip, cfg):
-    """One image (1 step, turbo) and two blended 1:3 with full CFG and a negative prompt (2 steps; the negative
-    image embedding is zeros, as diffusers' encode_image gives), with ip.scale and the weights set live."""
-    two = cfg == "full"
+    """One image (1 step, turbo; SD and SDXL) and two blended 1:3 with full CFG and a negative prompt (2 steps; the
+    negative image embedding is zeros, as diffusers' encode_image gives), with ip.scale and the weights set live."""
+    two, xl = cfg == "full", cfg == "sdxl"
     names = ("a", "b") if two else ("a",)
     steps, guidance = (2, 1.5) if two else (1, 0.0)
-    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=steps, guidance=guidance,
-                 negative_prompt=NEGATIVE, ip_adapter=_ip(ip, names, scale=0.7))
+    spec = _ip(ip, names, scale=0.7)
+    if xl:
+        spec["path"] = str(ip["xl"])
+    d = _decoder(tiny_models["sdxl-turbo" if xl else "sd-turbo"], tiny_models["taesd"], steps=steps,
+                 guidance=guidance, negative_prompt=NEGATIVE, ip_adapter=spec)
     z = torch.randn((1, *d.lat_shape), generator=torch.Generator().manual_seed(3))
     params = {"ip.scale": 0.9, "ip.0.weight": 0.5, "ip.1.weight": 1.5} if two else {}
     mine = _render(d, z[0].numpy(), params)
-    pipe = _pipe(tiny_models, ip, 0.9 if two else 0.7)
+    pipe = _pipe(tiny_models, ip, 0.9 if two else 0.7, xl)
     emb = _embeds(pipe, ip, names, [0.5, 1.5] if two else [1.0])
     if two:
         emb = torch.cat([torch.zeros_like(emb), emb])

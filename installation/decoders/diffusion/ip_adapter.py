@@ -152,9 +152,10 @@ class ImagePromptFeed:
                 with Image.open(Path(im.source).expanduser()) as f:  # whole: the preprocessing crops as diffusers'
                     img = np.array(f.convert("RGB"))
                 b[f"ip_img.{i}"].copy_(adapter.encode(program.programs, b, img))
+                program.programs.sync()  # the next image reuses the pinned buffer this upload reads from
         if self.camera and not any(self.ready):  # capture the encode program now, never mid-show
             adapter.encode(program.programs, b, np.zeros((adapter.size, adapter.size, 3), np.uint8))
-        program.programs.sync()
+            program.programs.sync()
         self.weights = tuple(im.weight for im in settings.images)
         self.scale = settings.scale
         self._blend()
