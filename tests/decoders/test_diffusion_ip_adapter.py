@@ -1,7 +1,7 @@
 """Image prompts (IP-Adapter) against diffusers' own path: a pipeline with ``load_ip_adapter`` from the same
 .safetensors file and ``ip_adapter_image_embeds`` from the pipeline's own ``encode_image``, on tiny random models
-built the way diffusers' IP-Adapter tests build theirs (an IP-Adapter attention processor's to_k_ip/to_v_ip per
-cross-attention layer, an ImageProjection with 4 tokens, a small CLIPVisionModelWithProjection). Latents are compared
+built the way diffusers' IP-Adapter tests build theirs (to_k_ip/to_v_ip per cross-attention layer, an
+ImageProjection with 4 tokens, a small CLIPVisionModelWithProjection: ``random_models.make_ip_adapter``). Latents are compared
 where they enter the VAE (the pipelines' ``output_type="latent"``)."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from installation.decoders import DecoderSpec, LatentRequest, create, decoder_cl
 PROMPT = "a red cat"
 NEGATIVE = "blurry"
 REL_TOL = 1e-5
-IMAGE_DIM = 24  # the tiny CLIP image encoder's projection width
 
 
 @pytest.fixture(autouse=True)
@@ -27,56 +26,24 @@ def _two_threads():
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def _adapter_state(unet_config, seed: int) -> dict[str, torch.Tensor]:
-    """An IP-Adapter file's tensors for a UNet: 'ip_adapter.<k>.to_k_ip/to_v_ip.weight' for each cross-attention
-    layer (k = 1, 3, 5, ... in the UNet's processor order, as the original checkpoints number them) and the image
-    projection (Linear to 4 tokens, LayerNorm)."""
-    import diffusers
-
-    gen = torch.Generator().manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel.from_config(unet_config)
-    blocks, cross = unet_config["block_out_channels"], unet_config["cross_attention_dim"]
-    out, key_id = {}, 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        part, idx = name.split(".")[0], int(name.split(".")[1]) if not name.startswith("mid") else -1
-        hidden = blocks[-1] if part == "mid_block" else (list(reversed(blocks))[idx] if part == "up_blocks"
-                                                          else blocks[idx])
-        for kv in ("k", "v"):
-            out[f"ip_adapter.{key_id}.to_{kv}_ip.weight"] = torch.randn((hidden, cross), generator=gen) * 0.3
-        key_id += 2
-    out["image_proj.proj.weight"] = torch.randn((4 * cross, IMAGE_DIM), generator=gen) * 0.3
-    out["image_proj.proj.bias"] = torch.randn((4 * cross,), generator=gen) * 0.1
-    out["image_proj.norm.weight"] = 1.0 + torch.randn((cross,), generator=gen) * 0.1
-    out["image_proj.norm.bias"] = torch.randn((cross,), generator=gen) * 0.1
-    return out
-
-
 @pytest.fixture(scope="module")
 def ip(tiny_models, tmp_path_factory):
-    """ip.safetensors for the tiny SD-Turbo UNet (and the same as a .bin), a CLIP image encoder folder, two images."""
-    import diffusers
+    """An IP-Adapter file and CLIP image encoder for the tiny SD-Turbo (the same file as a .bin), an adapter for the
+    tiny SDXL-Turbo (the same encoder), two images."""
     from PIL import Image
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from safetensors.torch import load_file
+
+    from installation.decoders.random_models import make_ip_adapter
 
     root = tmp_path_factory.mktemp("ip")
-    unet_cfg = diffusers.UNet2DConditionModel.load_config(tiny_models["sd-turbo"], subfolder="unet")
-    state = _adapter_state(unet_cfg, 1)
-    save_file(state, root / "ip.safetensors")
-    torch.save(state, root / "ip.bin")
-    xl_cfg = diffusers.UNet2DConditionModel.load_config(tiny_models["sdxl-turbo"], subfolder="unet")
-    save_file(_adapter_state(xl_cfg, 2), root / "ip-xl.safetensors")
-    torch.manual_seed(7)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, projection_dim=IMAGE_DIM, num_hidden_layers=2, num_attention_heads=2,
-        image_size=32, patch_size=4)).save_pretrained(root / "image_encoder")
+    sd = make_ip_adapter(tiny_models["sd-turbo"], root / "sd", seed=1)
+    xl = make_ip_adapter(tiny_models["sdxl-turbo"], root / "xl", seed=2)
+    torch.save(load_file(sd["path"]), root / "ip.bin")
     rng = np.random.default_rng(5)
     for name, shape in (("a.png", (48, 64, 3)), ("b.png", (64, 40, 3))):  # not square: the preprocessing crops
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / name)
-    return {k: root / v for k, v in (("file", "ip.safetensors"), ("bin", "ip.bin"), ("xl", "ip-xl.safetensors"),
-                                     ("encoder", "image_encoder"), ("a", "a.png"), ("b", "b.png"))}
+    return {"file": Path(sd["path"]), "bin": root / "ip.bin", "xl": Path(xl["path"]),
+            "encoder": Path(sd["image_encoder"]), "a": root / "a.png", "b": root / "b.png"}
 
 
 def _ip(ip, images=("a",), weights=None, scale=0.7, **kw):

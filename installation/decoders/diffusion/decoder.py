@@ -5,8 +5,8 @@ Live values read from ``request.params`` (declared on the bus by :meth:`Diffusio
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
 embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
 ``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order), ``control.<i>.scale``,
-``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i), ``ip.scale`` and ``ip.<i>.weight`` (the IP-Adapter's
-strength, image prompt i's share).
+``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i), ``ip.scale`` and ``ip.<i>.weight``
+(the IP-Adapter's strength, image prompt i's share).
 From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img, or
 for the controls and image prompts that take the camera).
 """
@@ -52,6 +52,7 @@ class DiffusionDecoder(DiffusionKind):
                           "prompt_cache_misses": 0, "control_held": 0, "ip_held": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
+        self._ip = None  # the image prompts' host side (ip_adapter.ImagePromptFeed)
 
     # -- what tests and the benchmark read ----------------------------------------------------------------------
 
@@ -131,7 +132,6 @@ class DiffusionDecoder(DiffusionKind):
                 self.program.set_negative(*self.prompts.encode(s.negative_prompt))
             self._load_references()
             self._load_controls()
-            self._ip = None
             if s.ip_adapter is not None:
                 from .ip_adapter import ImagePromptFeed
 
