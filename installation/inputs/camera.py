@@ -10,7 +10,9 @@ worker process dies, the reader thread ends with it (``alive`` turns False) and 
 input. Nothing is ever written to disk.
 
 As a part (:mod:`installation.parts`) its ``plan`` hook hands the newest frame to a diffusion scene as its img2img
-source. Its settings and features are in :mod:`installation.inputs.camera_settings` (the worker reads them too).
+source (or its controls' image), with the Canny edge maps the scene's canny controls take, made in the worker at the
+decoder's size (:mod:`installation.inputs.camera_edges`). Its settings and features are in
+:mod:`installation.inputs.camera_settings` (the worker reads them too).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from installation.bus import ParamBus
 from installation.inputs.base import ThreadedInput
+from installation.inputs.camera_edges import EdgeSpec, EdgeWants, valid_specs
 from installation.inputs.camera_settings import FEATURES, CameraSettings, feature_specs
 from installation.parts import Moment, PartContext, register
 
@@ -101,7 +104,11 @@ class CameraInput(ThreadedInput):
         for spec in feature_specs(settings):
             bus.declare(spec)
         self._frame: np.ndarray | None = None
+        self._edges: dict[EdgeSpec, np.ndarray] | None = None  # the edge maps of ``_frame``
         self._frame_time = -math.inf
+        self._edge_specs: tuple[EdgeSpec, ...] = ()  # what the worker is asked for (want_edges)
+        self._edge_wants: EdgeWants | None = None  # ... through this, while a worker runs
+        self._edges_for: tuple[Any, tuple[EdgeSpec, ...]] = (None, ())  # (the scene's decoder spec, its specs)
         self._values = {n: 0.0 for n in FEATURES}
         self._wanted: Any = None  # the worker's shared "frame last asked for at" (time.monotonic())
         self._proc: Any = None
@@ -122,14 +129,34 @@ class CameraInput(ThreadedInput):
                 return None
             return self._frame
 
+    def latest_edges(self, frame: np.ndarray) -> dict[EdgeSpec, np.ndarray]:
+        """The edge maps the worker made of ``frame`` (one from :meth:`latest_frame`), or {} (none asked for, or a
+        newer frame has come meanwhile)."""
+        with self._lock:
+            return dict(self._edges) if self._edges and self._frame is frame else {}
+
+    def want_edges(self, specs: Any) -> None:
+        """Ask the worker for these Canny edge maps, ``(width, height, low, high)`` each, beside every frame it
+        sends from now on (``()``: none). Cheap to call every tick: only a change reaches the worker."""
+        specs = valid_specs(specs)
+        with self._lock:
+            if specs == self._edge_specs:
+                return
+            self._edge_specs = specs
+            if self._edge_wants is not None:
+                self._edge_wants.write(specs)
+
     def values(self) -> dict[str, float]:
         """The latest smoothed features (the same values written to the bus)."""
         with self._lock:
             return dict(self._values)
 
     def plan(self, plan: "PathPlan", moment: Moment) -> "PathPlan":
-        """The part's plan hook: a diffusion scene's plan gets the newest camera frame as its img2img source; other
-        scenes' plans pass. To a decoder process the frame travels only when it is a new one, not every tick."""
+        """The part's plan hook: a diffusion scene's plan gets the newest camera frame as its img2img source (or its
+        controls' image) and the edge maps its canny controls take (``extras["edges"]``, asked of the worker as the
+        scene changes); other scenes' plans pass. To a decoder process the frame travels only when it is a new one,
+        not every tick."""
+        self.want_edges(self._scene_edges(moment.scene.decoder))
         if moment.scene.decoder.type != "diffusion":
             return plan
         frame = self.latest_frame()
@@ -137,7 +164,20 @@ class CameraInput(ThreadedInput):
             return plan
         fresh = frame is not self.last_source or not moment.remote_decoder
         self.last_source = frame
-        return replace(plan, wants_source=True, extras={**plan.extras, "source": frame} if fresh else plan.extras)
+        if not fresh:
+            return replace(plan, wants_source=True)
+        edges = self.latest_edges(frame)
+        return replace(plan, wants_source=True,
+                       extras={**plan.extras, "source": frame, **({"edges": edges} if edges else {})})
+
+    def _scene_edges(self, decoder: Any) -> tuple[EdgeSpec, ...]:
+        """The edge maps a scene's decoder takes from the camera (its kind's ``camera_edges``), kept per scene."""
+        if self._edges_for[0] is not decoder:
+            from installation.decoders import decoder_kind
+
+            fn = getattr(decoder_kind(decoder.type), "camera_edges", None)
+            self._edges_for = (decoder, tuple(fn(decoder.settings)) if fn is not None else ())
+        return self._edges_for[1]
 
     @property
     def pid(self) -> int | None:
@@ -154,10 +194,15 @@ class CameraInput(ThreadedInput):
         conn, child_conn = ctx.Pipe(duplex=False)  # messages up
         control_r, stop = ctx.Pipe(duplex=False)  # closing ``stop`` stops the worker
         wanted = ctx.Value("d", -math.inf, lock=False)  # lock-free: a killed worker cannot leave it locked
+        edge_wants = EdgeWants(ctx)
+        with self._lock:
+            edge_wants.write(self._edge_specs)
+            self._edge_wants = edge_wants
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         proc = ctx.Process(target=worker_main, name="installation-camera", daemon=True,
                            args=(self.settings, child_conn, control_r, wanted,
-                                 level if level in ("debug", "info", "warning", "error") else "info", os.getpid()))
+                                 level if level in ("debug", "info", "warning", "error") else "info", os.getpid(),
+                                 edge_wants))
         try:
             start_process(proc)
         except Exception as exc:  # noqa: BLE001 - counted as a death by the supervisor; retried with backoff
@@ -187,24 +232,27 @@ class CameraInput(ThreadedInput):
                         break
                     continue
                 try:
-                    values, frame, child = conn.recv()
+                    values, frame, edges, child = conn.recv()
                 except (EOFError, OSError):
                     break  # the worker process ended
                 heard, allowed = time.monotonic(), self.settings.hang_s
-                self._receive(values, frame, child)
+                self._receive(values, frame, edges, child)
         except Exception:  # noqa: BLE001 - a garbled message ends this worker; the supervisor starts another
             log.exception("camera: bad message from the worker process")
         finally:
             self._end(proc, conn, stop, child)
 
-    def _receive(self, values: dict[str, float], frame: np.ndarray | None, child: dict[str, Any]) -> None:
+    def _receive(self, values: dict[str, float], frame: np.ndarray | None, edges: dict | None,
+                 child: dict[str, Any]) -> None:
         now = time.monotonic()
         if frame is not None:
             frame.flags.writeable = False
+            for e in (edges or {}).values():
+                e.flags.writeable = False
         with self._lock:
             self._values = values
             if frame is not None:
-                self._frame, self._frame_time = frame, now
+                self._frame, self._edges, self._frame_time = frame, edges, now
             for key, value in child.items():  # counts add up over the worker processes this input has run
                 self._stats[key] = self._carry.get(key, 0) + value if _is_count(value) else value
         for name, v in values.items():  # continuous: journaled as the loop consumes them (float32 values)
@@ -239,7 +287,7 @@ class CameraInput(ThreadedInput):
                 if _is_count(value):
                     self._carry[key] = self._carry.get(key, 0) + value
             self._values = zero
-            self._frame = None
+            self._frame = self._edges = self._edge_wants = None
             self._stats["pid"] = None
             if died:
                 self._stats["worker_deaths"] += 1

@@ -7,9 +7,10 @@ one small message per camera frame (well under 0.5 ms of CPU per tick). Unplug, 
 handled in here as before (files loop at once, devices and streams reopen with backoff, all counted); if the process
 itself dies or falls silent, the parent's reader thread ends with it and the runtime restarts the input.
 
-Each message up the pipe is ``(values, frame, stats)``: the smoothed ``camera.*`` features, the newest frame as
-HxWx3 uint8 RGB only while the parent has asked for frames recently (an img2img scene plays), else None, and the
-counters. Nothing is written to disk.
+Each message up the pipe is ``(values, frame, edges, stats)``: the smoothed ``camera.*`` features, the newest frame
+as HxWx3 uint8 RGB only while the parent has asked for frames recently (an img2img or control scene plays), else
+None, the Canny edge maps of that frame the parent asked for ({(width, height, low, high): HxW uint8}, see
+:mod:`installation.inputs.camera_edges`; None when none), and the counters. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from installation.bus import Follower
+from installation.inputs.camera_edges import EdgeWants, canny_edges
 from installation.inputs.camera_settings import FEATURES, LAVFI_PREFIX, CameraSettings, feature_specs
 
 log = logging.getLogger(__name__)
@@ -148,11 +150,13 @@ class ParentGone(Exception):
 class Capture:
     """The worker's loop: open, read, analyse, smooth, send; reopen on failure. ``send`` raising ends it."""
 
-    def __init__(self, settings: CameraSettings, conn: Any, stop: StopSignal, wanted: Any) -> None:
+    def __init__(self, settings: CameraSettings, conn: Any, stop: StopSignal, wanted: Any,
+                 edges: EdgeWants | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.stop = stop
         self.wanted = wanted  # a shared double: when (time.monotonic()) the parent last asked for a frame
+        self.edges = edges  # the edge maps the parent wants beside each frame
         self.stats: dict[str, Any] = {"state": "starting", "frames": 0, "opens": 0, "open_failures": 0,
                                       "reopens": 0, "loops": 0, "read_failures": 0, "frames_sent": 0,
                                       "size": None, "error": ""}
@@ -162,19 +166,21 @@ class Capture:
         self._gain = {n: (1.0 if n == "camera.brightness" else settings.gain) for n in FEATURES}
 
     # -- messages ----------------------------------------------------------------------------------------------
-    def _send(self, values: dict[str, float], frame: np.ndarray | None = None) -> None:
+    def _send(self, values: dict[str, float], frame: np.ndarray | None = None,
+              edges: dict | None = None) -> None:
         try:
-            self.conn.send((values, frame, dict(self.stats)))
+            self.conn.send((values, frame, edges, dict(self.stats)))
         except (OSError, EOFError, ValueError) as exc:  # BrokenPipeError, or the connection closed
             raise ParentGone(str(exc)) from exc
 
-    def _emit(self, raw: dict[str, float], dt: float, frame: np.ndarray | None = None) -> None:
+    def _emit(self, raw: dict[str, float], dt: float, frame: np.ndarray | None = None,
+              edges: dict | None = None) -> None:
         out = {}
         for name in FEATURES:
             lo, hi = self._limits[name]
             v = self._followers[name].step(raw[name] * self._gain[name], dt)
             out[name] = float(np.float32(min(max(v, lo), hi)))  # what the show uses: float32 is plenty, and the
-        self._send(out, frame)  # archive keeps it in 4 bytes, exactly (bus.set(sampled=True))
+        self._send(out, frame, edges)  # archive keeps it in 4 bytes, exactly (bus.set(sampled=True))
 
     def _decay(self, dt: float) -> None:
         """No frames: the features fall towards zero at their release rate."""
@@ -289,11 +295,12 @@ class Capture:
             raw = analyzer.process(frame, dt)
             self.stats["frames"] += 1
             self.stats["size"] = (frame.shape[1], frame.shape[0])
-            rgb = None
+            rgb = edges = None
             if self._frames_wanted():
                 rgb = self._offered(frame)
+                edges = {spec: canny_edges(rgb, spec) for spec in self.edges.read()} if self.edges else None
                 self.stats["frames_sent"] += 1
-            self._emit(raw, dt, rgb)
+            self._emit(raw, dt, rgb, edges or None)
             if paced:
                 next_due += period
                 wait = next_due - time.monotonic()
@@ -315,10 +322,10 @@ class Capture:
 
 
 def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_level: str = "info",
-        parent: int = 0) -> None:
+        parent: int = 0, edges: EdgeWants | None = None) -> None:
     """Entry point of the camera process: messages go up ``conn``; ``control`` closing is the stop; ``wanted`` is a
-    shared double, the time (``time.monotonic()``) the parent last asked for a frame. It dies with ``parent`` (the
-    show's process id), also when that is killed."""
+    shared double, the time (``time.monotonic()``) the parent last asked for a frame; ``edges`` the edge maps it
+    wants beside each frame. It dies with ``parent`` (the show's process id), also when that is killed."""
     from installation.ops.logs import LogSettings, setup_logging
     from installation.ops.supervise import die_with_parent, leave
 
@@ -331,7 +338,7 @@ def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_leve
             os.nice(settings.nice)
         except OSError:
             pass
-    capture = Capture(settings, conn, StopSignal(control), wanted)
+    capture = Capture(settings, conn, StopSignal(control), wanted, edges)
     try:
         import cv2
 

@@ -209,7 +209,7 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
                            gate=runner.admit if runner.gates else None)
     cache = TrajectoryCache()
     worker.start()
-    source = None
+    camera: dict[str, Any] = {}  # the last camera frame received, and its edge maps
     try:
         while True:
             if not plans.poll(STATS_EVERY):
@@ -228,12 +228,13 @@ def _child(plans, frames, device: str, threads: int, origin: float, max_fps: flo
             if plan is None:
                 break
             plan = cache.attach(plan)
-            # The camera frame travels only when it changed; plans in between reuse the last one received.
+            # The camera frame (with its edge maps) travels only when it changed; plans in between reuse the last
+            # one received.
             extras = getattr(plan, "extras", None)
             if extras is not None and "source" in extras:
-                source = extras["source"]
-            elif extras is not None and source is not None and getattr(plan, "wants_source", False):
-                plan = replace(plan, extras={**extras, "source": source})
+                camera = {k: extras[k] for k in ("source", "edges") if k in extras}
+            elif extras is not None and camera and getattr(plan, "wants_source", False):
+                plan = replace(plan, extras={**extras, **camera})
             worker.submit(plan)
             slot.send_stats()
     except (EOFError, OSError):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from installation.decoders import DecoderSpec, LatentRequest, create, decoder_class
+from support import wait_until
 
 PROMPT = "a red cat"
 REL_TOL = 1e-5
@@ -220,6 +221,55 @@ def test_camera_control_takes_edges_and_holds(tiny_models, controls, monkeypatch
     assert d.stats()["control_held"] == 1
     assert np.array_equal(d.buf["ctl_img.0"][0].permute(1, 2, 0).numpy()[:, :, 0], edges / 255.0)
     _close(held, first, same=False)  # a new z still renders (txt2img: the camera is not the img2img source)
+    # The edge map the camera process sent beside a frame is taken as it is (here one unlike the frame's edges)
+    made = d.stats()["control_edges_made"]
+    shipped = np.zeros((64, 64), np.uint8)
+    shipped[::4] = 255
+    other = np.zeros((64, 64, 3), np.uint8)
+    other[10:50, 5:20] = 200
+    _render(d, z, extras={"source": other, "edges": {(64, 64, 100, 200): shipped, (64, 64, 1, 2): edges}})
+    assert np.array_equal(d.buf["ctl_img.0"][0, 0].numpy(), shipped / 255.0)
+    assert d.stats()["control_edges_made"] == made
+
+
+@pytest.mark.parametrize("isolation", ["lockstep", "process"])
+def test_a_camera_canny_scene_takes_the_camera_process_edges(tiny_models, controls, tmp_path, isolation):
+    """Through the runtime, the decoder in this process (lockstep) or its own: the camera's process makes the edges at
+    the decoder's size with the control's thresholds, and the decoder takes them (it makes none itself but for the
+    warm-up's frame and any sent before the ask; /health counts them)."""
+    from installation.clock import FixedClock, WallClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+    from support import scene_toml, write_show
+
+    live = "lavfi:testsrc2=size=160x120:rate=30,realtime"
+    dec = (f'type = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
+           f'width = 64\nheight = 64\n[[decoder.controls]]\nmodel = "{controls["cn0"]}"\nkind = "canny"\n'
+           f'low = 50\nhigh = 150\n')
+    process = '[decoder]\nisolation = "process"\nmax_fps = 20\n' if isolation == "process" else ""
+    cfg = write_show(tmp_path, {"d": scene_toml(decoder=dec, shaders='["present"]')},
+                     extra=f'[inputs.camera]\nenabled = true\nsource = "{live}"\n' + process)
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, WallClock() if process else FixedClock(20), fps=20)
+    try:
+        rt.start()
+
+        def rendered(n):
+            rt.step()
+            stats = rt.decoder_stats()
+            health = stats.get("decoder_health") or {}
+            return health.get("control_frames", 0) >= n and health
+
+        health = wait_until(lambda: rendered(6), 240, every=0.05)
+        assert health, (rt.decoder_stats(), rt.camera.stats())
+        frame = rt.camera.last_source
+        assert set(rt.camera.latest_edges(frame)) <= {(64, 64, 50, 150)}
+        assert health["control_edges_made"] <= 2
+    finally:
+        rt.close()
+        target.close()
 
 
 def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
@@ -236,16 +286,22 @@ def test_missing_or_foreign_control_names_both(tiny_models, controls, tmp_path):
     assert "\n" not in msg
 
 
-def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path):
-    """Through the command a user runs: exit 2, one line naming the control's folder and the model's."""
+@pytest.mark.parametrize("case", ["foreign", "no-depth-folder", "depth-without-model"])
+def test_a_bad_control_stops_the_start_with_one_line(tiny_models, controls, tmp_path, case):
+    """Through the command a user runs: exit 2, one line naming what is wrong: a control made for another base (its
+    folder and the model's), a depth model folder that is not there, a depth control that names none."""
     import subprocess
     import sys
 
     scenes = tmp_path / "scenes"
     scenes.mkdir()
+    missing = tmp_path / "no-such-depth-model"
+    control = {"foreign": f'model = "{controls["cn-xl"]}"\nkind = "canny"\n',
+               "no-depth-folder": f'model = "{controls["cn0"]}"\nkind = "depth"\ndepth_model = "{missing}"\n',
+               "depth-without-model": f'model = "{controls["cn0"]}"\nkind = "depth"\n'}[case]
     (scenes / "ctl.toml").write_text(
         f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
-        f'width = 64\nheight = 64\n\n[[decoder.controls]]\nmodel = "{controls["cn-xl"]}"\nkind = "canny"\n')
+        f'width = 64\nheight = 64\n\n[[decoder.controls]]\n{control}')
     cfg = tmp_path / "show.toml"
     shaders = Path(__file__).resolve().parents[2] / "shaders"
     cfg.write_text(f'[show]\nscenes = ["ctl"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
@@ -253,8 +309,67 @@ def test_a_foreign_control_stops_the_start_with_one_line(tiny_models, controls, 
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
-    assert len(lines) == 1 and str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
-    assert "another base (SDXL)" in lines[0]
+    assert len(lines) == 1, r.stderr
+    if case == "foreign":
+        assert str(controls["cn-xl"]) in lines[0] and str(tiny_models["sd-turbo"]) in lines[0]
+        assert "another base (SDXL)" in lines[0]
+    elif case == "no-depth-folder":
+        assert f"no such depth model folder {missing}" in lines[0]
+    else:
+        assert 'kind = "depth" needs depth_model' in lines[0] and "ctl.toml" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def depth_model(tmp_path_factory):
+    """A tiny random DPT (transformers' DPTForDepthEstimation from a small config) and its image processor, saved
+    with safetensors weights as a user's folder would be."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    folder = tmp_path_factory.mktemp("depth") / "dpt"
+    torch.manual_seed(21)
+    cfg = DPTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4, backbone_out_indices=[0, 1, 2, 3],
+                    num_attention_heads=2, intermediate_size=32, neck_hidden_sizes=[8, 8, 16, 16],
+                    fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
+    DPTForDepthEstimation(cfg).save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
+    return folder
+
+
+def test_depth_control_is_the_depth_pipelines_normalised_depth(tiny_models, controls, depth_model):
+    """kind depth: the depth model's prediction at the control's size, min-max normalised to 0..1 as transformers'
+    depth-estimation pipeline does, is the control image (three channels), from a file and from the camera (a frame
+    of another size: the processor's own post-processing to the control's size); and it steers the render."""
+    from PIL import Image
+    from transformers import pipeline
+
+    ctl = ({"model": str(controls["cn0"]), "kind": "depth", "depth_model": str(depth_model),
+            "source": str(controls["image"])},
+           {"model": str(controls["cn1"]), "kind": "depth", "depth_model": str(depth_model)})
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=1, controls=ctl)
+    assert len({id(m) for m in d._depth.values()}) == 1  # one model for both
+    pipe = pipeline("depth-estimation", model=str(depth_model))
+
+    def normalised(depth):
+        depth = depth.float()
+        return (depth - depth.min()) / (depth.max() - depth.min())
+
+    def got(j):
+        img = d.buf[f"ctl_img.{j}"][0]
+        assert torch.equal(img[0], img[1]) and torch.equal(img[0], img[2])
+        return img[0]
+
+    z = np.zeros(d.lat_shape, np.float32)
+    frame = np.random.default_rng(7).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    first = _render(d, z, extras={"source": frame})
+    ref = pipe(Image.open(controls["image"]))  # the file is at the control's size (64x64): the pipeline's output
+    torch.testing.assert_close(got(0), normalised(ref["predicted_depth"]), rtol=0, atol=1e-5)
+    assert np.abs(np.asarray(ref["depth"], np.int16) - (got(0).numpy() * 255).astype(np.int16)).max() <= 1
+    with torch.inference_mode():
+        out = pipe.model(**pipe.image_processor(images=Image.fromarray(frame), return_tensors="pt"))
+        camera = pipe.image_processor.post_process_depth_estimation(out, [(64, 64)])[0]["predicted_depth"]
+    torch.testing.assert_close(got(1), normalised(camera), rtol=0, atol=1e-5)
+    assert 0.0 <= got(1).min() and got(1).max() == 1.0 and 0.1 < got(1).mean() < 0.9
+    _close(_render(d, z, {"control.1.scale": 0.0}, extras={"source": frame}), first, same=False)  # it steers
 
 
 def test_stream_batch_carries_each_requests_control(tiny_models, controls):
@@ -278,3 +393,46 @@ def test_stream_batch_carries_each_requests_control(tiny_models, controls):
         got = _render(d, *r)
         if n >= 1:
             _close(got, expected[n - 1])
+
+
+def test_controls_compare_bench_on_cpu(tiny_models, controls, depth_model):
+    """`installation bench --compare controls --control DIR --depth DIR` figures: one fps per variant from one run,
+    and what one edge map of a camera frame costs (now made in the camera's process)."""
+    from installation.decoders.diffusion.bench import compare
+
+    r = compare(str(tiny_models["sd-turbo"]), "controls", size=64, steps=1, rounds=1, device="cpu",
+                taesd=str(tiny_models["taesd"]), control=str(controls["cn0"]), depth=str(depth_model), frames=1)
+    assert set(r["fps"]) == {"none", "control", "canny_decoder", "canny_camera", "depth"}
+    assert all(v > 0 for v in r["fps"].values()) and r["canny_ms"] > 0 and r["camera_size"] == [1024, 576]
+    assert set(r["control_image_ms"]) == {"canny_decoder", "canny_camera"}
+
+
+def test_depth_anything_folder_gives_the_pipelines_depth(tmp_path):
+    """The other family the README names: a tiny random Depth Anything (a DINOv2 backbone), checked and loaded from
+    its folder as a scene's would be, gives transformers' pipeline's normalised depth for the same image."""
+    from PIL import Image
+    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor,
+                              pipeline)
+
+    from installation.decoders.diffusion.depth import DepthEstimator, check_depth_model
+
+    torch.manual_seed(22)
+    backbone = Dinov2Config(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                            intermediate_size=32, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=16, patch_size=8, neck_hidden_sizes=[8, 8, 16, 16],
+        fusion_hidden_size=16, head_hidden_size=8))
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(0.5)  # random weights end mostly under the head's ReLU: lift them off zero
+    model.save_pretrained(tmp_path / "da", safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(tmp_path / "da")
+    check_depth_model(tmp_path / "da", "control 0")
+    img = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mine = DepthEstimator(tmp_path / "da", "cpu", torch.float32)(img, 64, 64)
+    ref = pipeline("depth-estimation", model=str(tmp_path / "da"))(Image.fromarray(img))["predicted_depth"]
+    torch.testing.assert_close(mine, (ref - ref.min()) / (ref.max() - ref.min()), rtol=0, atol=1e-5)
+    assert mine.std() > 0.05
+    (tmp_path / "da" / "model.safetensors").rename(tmp_path / "da" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="only pickled weights"):
+        check_depth_model(tmp_path / "da", "control 0")

@@ -11,6 +11,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from installation.bus import ParamBus
 from installation.clock import FixedClock
@@ -67,6 +68,42 @@ def test_stats_say_what_the_camera_is_doing():
         cam.stop()
     s = cam.stats()
     assert s["opened"] is False and s["state"] == "stopped" and s["worker_deaths"] == 0 and cam.pid is None
+
+
+def test_the_camera_process_ships_the_edges_asked_for():
+    """Canny in the camera's own process: each edge map asked for, (width, height, low, high), comes beside the frame
+    it was made from, bit-equal to cv2's edges of that frame resized to the size (what the decoder computed itself
+    before); a change of what is asked reaches the running worker, and a restarted worker, and () stops them."""
+    import cv2
+
+    cam = CameraInput(CameraSettings(enabled=True, source=LIVE), ParamBus())
+    asked = {(64, 48, 100, 200), (64, 48, 20, 60)}
+    cam.want_edges(sorted(asked))
+
+    def shipped(specs):
+        frame = cam.latest_frame()
+        return frame is not None and set(cam.latest_edges(frame)) == specs and (frame, cam.latest_edges(frame))
+
+    cam.start()
+    try:
+        frame, edges = wait_until(lambda: shipped(asked), 60) or pytest.fail(str(cam.stats()))
+        for (w, h, low, high), e in edges.items():
+            small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+            assert e.shape == (h, w) and e.dtype == np.uint8 and not e.flags.writeable
+            assert np.array_equal(e, cv2.Canny(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), low, high))
+        assert edges[(64, 48, 100, 200)].any()
+        assert not np.array_equal(edges[(64, 48, 100, 200)], edges[(64, 48, 20, 60)])
+        cam.want_edges([(32, 32, 100, 200)])
+        assert wait_until(lambda: shipped({(32, 32, 100, 200)}), 30)
+        os.kill(cam.pid, signal.SIGKILL)  # a new worker process is asked for the same
+        assert wait_until(lambda: not cam.alive, 30)
+        cam.stop()
+        cam.start()
+        assert wait_until(lambda: shipped({(32, 32, 100, 200)}), 60), cam.stats()
+        cam.want_edges(())
+        assert wait_until(lambda: shipped(set()), 30)
+    finally:
+        cam.stop()
 
 
 def test_url_passwords_are_masked():

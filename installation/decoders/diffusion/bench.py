@@ -98,6 +98,45 @@ COMPARISONS = {
 }
 
 
+CAMERA_SIZE = (1024, 576)  # the moving camera frames of the controls comparison (the camera's frame_width)
+
+
+def camera_frames(n: int = 8, size: tuple[int, int] = CAMERA_SIZE) -> list[np.ndarray]:
+    """``n`` RGB frames of a moving picture (a gradient and a bright disc that travels), each unlike the last."""
+    import cv2
+
+    w, h = size
+    out = []
+    for k in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:] = np.linspace(0, 160, w, dtype=np.uint8)[None, :, None]
+        cv2.circle(img, (w // 4 + k * w // (2 * n), h // 2), h // 4, (250, 220, 90), -1)
+        cv2.rectangle(img, (w - w // 4 - k * 8, h // 8), (w - w // 8, h // 3), (30, 90, 200), -1)
+        out.append(img)
+    return out
+
+
+def _control_variants(control: str, depth: str | None, size: int) -> tuple[dict[str, dict], dict[str, Any]]:
+    """The controls comparison: its variants' settings, and the per-frame extras of each that takes the camera
+    (frames moving every frame; ``canny_camera`` gets the edge maps as the camera's process sends them)."""
+    from ...inputs.camera_edges import canny_edges
+
+    frames = camera_frames()
+    spec = (size, size, 100, 200)
+    t = time.perf_counter()
+    edges = [canny_edges(f, spec) for f in frames]
+    canny_ms = (time.perf_counter() - t) * 1000.0 / len(frames)
+    canny = {"controls": ({"model": control, "kind": "canny"},)}
+    variants = {"none": {}, "control": {"controls": ({"model": control},)},  # a still image: set once
+                "canny_decoder": canny, "canny_camera": canny}
+    extras = {"canny_decoder": [{"source": f} for f in frames],
+              "canny_camera": [{"source": f, "edges": {spec: e}} for f, e in zip(frames, edges)]}
+    if depth:
+        variants["depth"] = {"controls": ({"model": control, "kind": "depth", "depth_model": depth},)}
+        extras["depth"] = [{"source": f} for f in frames]
+    return variants, {"extras": extras, "canny_ms": round(canny_ms, 3)}
+
+
 def _noise_image() -> str:
     """A 256x256 noise PNG in a temporary folder (removed at exit): the bench's image prompt."""
     import atexit
@@ -115,19 +154,29 @@ def _noise_image() -> str:
 
 def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: int = 30, rounds: int = 2,
             device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True,
-            control: str | None = None, ip_adapter: tuple[str, str] | None = None) -> dict:
+            control: str | None = None, depth: str | None = None,
+            ip_adapter: tuple[str, str] | None = None) -> dict:
     """Decoder fps of the variants in ``COMPARISONS[what]`` from one run: all prepared first, then ``rounds`` rounds
     of ``frames`` frames each, the variants in turn within a round, so a drifting load hits them all alike.
 
     Keys: model, device, device_name, dtype, size, steps, compare, frames, rounds, fps {variant: fps over all its
-    frames}, frame_ms_p50 {variant: ms}, ratio {variant: its fps / the first variant's}.
+    frames}, frame_ms_p50 {variant: ms}, ratio {variant: its fps / the first variant's}; for ``controls`` also
+    canny_ms (one edge map of a camera frame, made here: what the camera's process now does instead),
+    control_image_ms {canny_decoder, canny_camera: the decoder's median ms to turn a camera frame into its control
+    image, making the edges itself or taking the camera's} and camera_size.
     """
     variants = dict(COMPARISONS)
-    if control:  # the control's cost: without, and with it (from the camera: its image stays the first one)
-        variants["controls"] = {"none": {}, "control": {"controls": ({"model": str(control)},)}}
-    if ip_adapter:  # the image prompt's cost: without, and with one (a noise image)
-        variants["ip"] = {"none": {}, "ip": {"ip_adapter": {"path": ip_adapter[0], "image_encoder": ip_adapter[1],
-                                                            "images": ({"source": _noise_image()},)}}}
+    extras: dict[str, list] = {}
+    more: dict[str, Any] = {}
+    if control:  # the control's cost: without, with a still image, with canny or depth from a moving camera
+        variants["controls"], more = _control_variants(str(control), depth, size)
+        extras = more.pop("extras")
+        more["camera_size"] = list(CAMERA_SIZE)
+    if ip_adapter:  # the image prompt's cost: without, with an image file, with the moving camera (at camera_hz)
+        ip = {"path": ip_adapter[0], "image_encoder": ip_adapter[1]}
+        variants["ip"] = {"none": {}, "image": {"ip_adapter": {**ip, "images": ({"source": _noise_image()},)}},
+                          "camera": {"ip_adapter": {**ip, "images": ({"source": "camera"},)}}}
+        extras["camera"] = [{"source": f} for f in camera_frames()]
     if what not in variants:
         raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), ip "
                          f"(with an IP-Adapter file and image encoder), not {what!r}")
@@ -152,11 +201,21 @@ def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: 
             for name, dec in decs.items():
                 spec = DecoderSpec("diffusion", dec.settings)
                 for n in range(frames):
-                    req = LatentRequest(z=zs[(n + r) % len(zs)], t=n / 30.0, seq=n, decoder=spec)
+                    ext = extras.get(name)
+                    req = LatentRequest(z=zs[(n + r) % len(zs)], t=n / 30.0, seq=n, decoder=spec,
+                                        extras=ext[(n + r) % len(ext)] if ext else {})
                     t = time.perf_counter()
                     dec.render(req)
                     times[name].append((time.perf_counter() - t) * 1000.0)
         fps = {name: round(1000.0 * len(v) / sum(v), 2) for name, v in times.items()}
+        for name in ("canny_decoder", "canny_camera"):  # the decoder's own cost of a camera frame's control image
+            if name in decs and extras.get(name):
+                spent = []
+                for ext in extras[name]:
+                    t = time.perf_counter()
+                    decs[name]._control_image(0, ext["source"], ext.get("edges"))
+                    spent.append((time.perf_counter() - t) * 1000.0)
+                more.setdefault("control_image_ms", {})[name] = round(float(np.median(spent)), 3)
         base = next(iter(fps.values()))
         return {
             "model": str(model_dir), "device": str(first.device),
@@ -164,7 +223,7 @@ def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: 
             "dtype": str(first.dtype).replace("torch.", ""), "size": size, "steps": steps, "compare": what,
             "frames": frames, "rounds": rounds, "fps": fps,
             "frame_ms_p50": {name: round(float(np.percentile(v, 50)), 2) for name, v in times.items()},
-            "ratio": {name: round(v / base, 3) if base else None for name, v in fps.items()},
+            "ratio": {name: round(v / base, 3) if base else None for name, v in fps.items()}, **more,
         }
     finally:
         for dec in decs.values():

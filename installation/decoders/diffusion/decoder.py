@@ -8,7 +8,9 @@ embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of
 ``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i), ``ip.scale`` and ``ip.<i>.weight``
 (the IP-Adapter's strength, image prompt i's share).
 From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img, or
-for the controls and image prompts that take the camera).
+for the controls and image prompts that take the camera), ``edges`` (the camera process's Canny maps of that image,
+{(width, height, low, high): HxW uint8}, :mod:`installation.inputs.camera_edges`: a canny control takes its own as it
+is, and makes it from the frame only when it is missing).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class DiffusionDecoder(DiffusionKind):
         self.device_name = device
         self.prepared = False
         self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
-                          "prompt_cache_misses": 0, "control_held": 0, "ip_held": 0}
+                          "prompt_cache_misses": 0, "control_held": 0, "control_frames": 0, "control_edges_made": 0,
+                          "ip_held": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
         self._ip = None  # the image prompts' host side (ip_adapter.ImagePromptFeed)
@@ -164,25 +167,45 @@ class DiffusionDecoder(DiffusionKind):
         self._control_version = 0
         self._camera_controls = [j for j, c in enumerate(s.controls) if c.source == "camera"]
         self._camera_seen = time.monotonic()
+        from .depth import DepthEstimator
+
+        self._depth: dict[int, DepthEstimator] = {}
+        models: dict[str, DepthEstimator] = {}  # one model serves every control that names its folder
+        for j, c in enumerate(s.controls):
+            if c.kind == "depth":
+                if c.depth_model not in models:
+                    models[c.depth_model] = DepthEstimator(c.depth_model, self.device, self.dtype)
+                self._depth[j] = models[c.depth_model]
         for j, c in enumerate(s.controls):
             if c.source != "camera":
                 self.program.set_control_image(j, self._control_image(j, load_image(c.source, s.width, s.height)))
                 self.programs.sync()
 
-    def _control_image(self, j: int, img: np.ndarray) -> np.ndarray:
-        """A source image as control j takes it: the frame's size, then its edges (canny) or as it is."""
+    def _control_image(self, j: int, img: np.ndarray, edges: Any = None) -> np.ndarray | torch.Tensor:
+        """A source image as control j takes it, at the frame's size: its edges (canny, HxW: the camera process's map
+        in ``edges`` when it sent one, else made here by the same function), its depth (on the device), or the image
+        as it is."""
         import cv2
 
+        from ...inputs.camera_edges import canny_edges
+
         s, c = self.settings, self.settings.controls[j]
+        if c.kind == "canny":
+            spec = (s.width, s.height, c.low, c.high)
+            e = edges.get(spec) if isinstance(edges, Mapping) else None
+            if not (isinstance(e, np.ndarray) and e.dtype == np.uint8 and e.shape == (s.height, s.width)):
+                e = canny_edges(img, spec)
+                self._counters["control_edges_made"] += 1
+            return e
+        if c.kind == "depth":
+            return self._depth[j](img, s.width, s.height)
         if img.shape[:2] != (s.height, s.width):
             img = cv2.resize(img, (s.width, s.height), interpolation=cv2.INTER_AREA)
-        if c.kind == "canny":
-            edges = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), c.low, c.high)
-            img = np.repeat(edges[:, :, None], 3, axis=2)
         return img
 
-    def _update_controls(self, params: Mapping[str, float], camera: np.ndarray | None) -> None:
-        """Live scales, and the camera's newest frame into the controls that take it (held when none comes)."""
+    def _update_controls(self, params: Mapping[str, float], camera: np.ndarray | None, edges: Any = None) -> None:
+        """Live scales, and the camera's newest frame (and its edge maps) into the controls that take it (held when
+        none comes)."""
         for j, v in enumerate(self._control_values):
             new = bounded(params, f"control.{j}.scale", self.settings.controls[j].scale, 0.0, 4.0)
             if new != v:
@@ -203,8 +226,9 @@ class DiffusionDecoder(DiffusionKind):
         self._camera_seen = now
         if self._sources.changed(camera) or self._control_version == 0:
             for j in self._camera_controls:
-                self.program.set_control_image(j, self._control_image(j, camera))
+                self.program.set_control_image(j, self._control_image(j, camera, edges))
             self._control_version += 1
+            self._counters["control_frames"] += 1
 
     def _warm_plan(self) -> list[tuple[str, dict, dict]]:
         """The warm-up frames (label, params, extras) that reach every program a show can use."""
@@ -272,7 +296,7 @@ class DiffusionDecoder(DiffusionKind):
 
         src = camera = None if s.latent_source else self._sources.take(extras)
         if s.controls:  # a camera that steers a control is not also the img2img source
-            self._update_controls(params, src if self._camera_controls else None)
+            self._update_controls(params, src if self._camera_controls else None, extras.get("edges"))
             if self._camera_controls:
                 src = None
         if self._ip is not None:  # likewise a camera that is an image prompt
@@ -376,9 +400,11 @@ class DiffusionDecoder(DiffusionKind):
             self.program.reset()
 
     def health(self) -> dict[str, int]:
-        """Counters for /health: frames rendered on a camera control's or image prompt's held image (its camera
-        stopped)."""
-        out = {"control_held": self._counters["control_held"]} if self.settings.controls else {}
+        """Counters for /health: frames rendered on a camera control's held image (its camera stopped), new camera
+        frames the controls took, and those whose edges the decoder made itself (the camera's process makes them: a
+        few at a scene's start); frames rendered on a camera image prompt's held image."""
+        out = {k: self._counters[k] for k in ("control_held", "control_frames", "control_edges_made")} \
+            if self.settings.controls else {}
         if self.settings.ip_adapter is not None:
             out["ip_held"] = self._counters["ip_held"]
         return out
@@ -398,7 +424,7 @@ class DiffusionDecoder(DiffusionKind):
             self.program.close()
         self.program = None
         for name in ("unet", "vae", "text_encoders", "tokenizers", "ref_latents", "lora_scales", "comps",
-                     "programs"):
+                     "programs", "_depth"):
             if hasattr(self, name):
                 setattr(self, name, None)
         if self.prompts is not None:

@@ -58,6 +58,13 @@ class DiffusionKind:
         return specs + ip_param_specs(settings.ip_adapter)
 
     @classmethod
+    def camera_edges(cls, settings: DiffusionSettings) -> tuple[tuple[int, int, int, int], ...]:
+        """The Canny edge maps this scene takes from the camera, made in the camera's own process: (width, height,
+        low, high) for each distinct pair of thresholds among its camera controls of kind canny."""
+        return tuple(sorted({(settings.width, settings.height, c.low, c.high) for c in settings.controls
+                             if c.source == "camera" and c.kind == "canny"}))
+
+    @classmethod
     def check(cls, settings: DiffusionSettings) -> None:
         """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
         check_settings(settings)

@@ -218,6 +218,10 @@ def check_controls(s: DiffusionSettings, model_dir: Path | None) -> None:
             if not same:
                 raise ValueError(f"{what} is made for another base ({_base_of(cfg)}) than the model {model_dir} "
                                  f"({_base_of(unet_cfg)})")
+        if c.kind == "depth":
+            from .depth import check_depth_model
+
+            check_depth_model(Path(c.depth_model).expanduser(), what)
         if c.source != "camera" and not Path(c.source).expanduser().is_file():
             raise FileNotFoundError(f"{what}: image {Path(c.source).expanduser()} not found (source is 'camera' "
                                     "or an image file)")

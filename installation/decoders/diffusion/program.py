@@ -132,9 +132,13 @@ class FrameProgram:
         self.control_staging = []
         for j, (name, module) in enumerate(self.controls):
             b[f"ctl_img.{j}"] = torch.zeros((1, 3, s.height, s.width), device=dev, dtype=self.dtype)
-            self.control_staging.append(
-                (torch.empty((s.height, s.width, 3), dtype=torch.uint8, pin_memory=dev.type == "cuda"),
-                 torch.zeros((s.height, s.width, 3), dtype=torch.uint8, device=dev)))
+            kind = s.controls[j].kind
+            if kind == "depth":  # made on the device (depth.py): no host copy
+                self.control_staging.append((None, torch.zeros((s.height, s.width), dtype=torch.float32, device=dev)))
+            else:  # canny: one channel (the edge map), spread to three on the device
+                shape = (s.height, s.width) if kind == "canny" else (s.height, s.width, 3)
+                self.control_staging.append((torch.empty(shape, dtype=torch.uint8, pin_memory=dev.type == "cuda"),
+                                             torch.zeros(shape, dtype=torch.uint8, device=dev)))
             if name == "T2IAdapter":
                 with torch.inference_mode():
                     feats = module(b[f"ctl_img.{j}"])
@@ -147,17 +151,22 @@ class FrameProgram:
                 b["s" + name] = b[name].repeat(n, *([1] * (b[name].ndim - 1)))
             b["sctl_scale"] = b["ctl_scale"].repeat(n, 1)
 
-    def set_control_image(self, j: int, img: np.ndarray) -> None:
-        """Upload control j's image (HxWx3 uint8, the frame's size) into its static buffer; a T2I-Adapter's
+    def set_control_image(self, j: int, img: np.ndarray | torch.Tensor) -> None:
+        """Control j's image into its static buffer: HxWx3 uint8 from the host (kind canny: the HxW edge map), or
+        (kind depth) an HxW 0..1 depth map on the device; a single channel becomes the three; a T2I-Adapter's
         features are computed from it here, once per image."""
         host, dev_img = self.control_staging[j]
-        host.copy_(torch.from_numpy(np.ascontiguousarray(img)))
-        dev_img.copy_(host, non_blocking=True)
+        if host is None:
+            dev_img.copy_(img)
+        else:
+            host.copy_(torch.from_numpy(np.ascontiguousarray(img)))
+            dev_img.copy_(host, non_blocking=True)
         name, module = self.controls[j]
         b = self.buf
 
         def program() -> None:
-            b[f"ctl_img.{j}"].copy_(dev_img.permute(2, 0, 1)[None].float().div(255.0))
+            img = (dev_img if dev_img.ndim == 3 else dev_img[:, :, None].expand(*dev_img.shape, 3)).permute(2, 0, 1)
+            b[f"ctl_img.{j}"].copy_(img[None] if img.is_floating_point() else img[None].float().div(255.0))
             if name == "T2IAdapter":
                 for k, f in enumerate(module(b[f"ctl_img.{j}"])):
                     b[f"ctl_feat.{j}.{k}"].copy_(f)

@@ -25,22 +25,34 @@ class ControlSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(description="a diffusers ControlNetModel or T2IAdapter folder (.safetensors)")
-    kind: Literal["canny", "image"] = Field("image", description="canny: the source's edges; image: the source as "
-                                                                 "it is (an edge, depth or pose map already)")
+    kind: Literal["canny", "depth", "image"] = Field(
+        "image", description="canny: the source's edges (made in the camera's process for a camera); depth: its depth "
+                             "(depth_model); image: the source as it is (an edge, depth or pose map already)")
     source: str = Field("camera", description="'camera' or an image file")
     scale: float = Field(1.0, ge=0.0, le=4.0, description="conditioning scale (live: control.<i>.scale)")
     start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps before the control acts")
     end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps after which it stops")
     low: int = Field(100, ge=0, le=1000, description="canny: lower hysteresis threshold")
     high: int = Field(200, ge=0, le=1000, description="canny: upper hysteresis threshold")
+    depth_model: str = Field("", description="depth: a transformers depth-estimation folder (DPT, Depth Anything; "
+                                             ".safetensors), run on the decoder's device when the source changes")
+
+    @model_validator(mode="after")
+    def _check_depth(self) -> "ControlSettings":
+        if self.kind == "depth" and not self.depth_model:
+            raise ValueError('kind = "depth" needs depth_model = "<folder>": a transformers depth-estimation model '
+                             "(DPT, Depth Anything) saved with .safetensors weights")
+        if self.depth_model and self.kind != "depth":
+            raise ValueError(f'depth_model is read only by kind = "depth", not {self.kind!r}')
+        return self
 
 
 class DiffusionSettings(DecoderSettings):
     """What a scene sets for the diffusion decoder (all hashable, so equal settings share one prepared model)."""
 
     path_fields: ClassVar[tuple[str, ...]] = ("model", "taesd", "source")
-    nested_path_fields: ClassVar[dict[str, tuple[str, ...]]] = {"controls": ("model", "source"),
-                                                               "ip_adapter": ("path", "image_encoder", "images.source")}
+    nested_path_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "controls": ("model", "source", "depth_model"), "ip_adapter": ("path", "image_encoder", "images.source")}
 
     model: str = Field(description="local diffusers folder, or a hub id (used only when online)")
     local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
