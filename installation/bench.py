@@ -263,11 +263,12 @@ def run_diffusion_bench(spec: ShowSpec, model: str, taesd: str | None, size: int
 
 def run_diffusion_compare(spec: ShowSpec, model: str, taesd: str | None, size: int, steps: int, frames: int,
                           what: str, rounds: int, control: str | None = None,
-                          depth: str | None = None) -> dict[str, Any]:
+                          depth: str | None = None, ip_adapter: tuple[str, str] | None = None) -> dict[str, Any]:
     """The diffusion decoder's fps for full CFG vs residual CFG (``cfg``), or without and with stream batch
     (``stream``), or without and with a control folder (``controls``: still, canny from a moving camera with the
-    edges made here or by the camera's process, depth with a ``depth`` model), from one run (decoder alone, rounds
-    alternating)."""
+    edges made here or by the camera's process, depth with a ``depth`` model), or without and with an image prompt
+    (``ip``: an IP-Adapter file and its image encoder; an image file, the moving camera), from one run (decoder
+    alone, rounds alternating)."""
     from .decoders.diffusion.bench import compare
 
     import torch
@@ -275,7 +276,7 @@ def run_diffusion_compare(spec: ShowSpec, model: str, taesd: str | None, size: i
     device = resolve_device(spec.config.decoder.device)
     torch.set_num_threads(spec.config.decoder.threads or default_threads(device))
     return compare(model, what, size=size, steps=steps, frames=frames, rounds=rounds, device=device, taesd=taesd,
-                   cuda_graph=device == "cuda", control=control, depth=depth)
+                   cuda_graph=device == "cuda", control=control, depth=depth, ip_adapter=ip_adapter)
 
 
 def osc_latency(spec: ShowSpec, trials: int = 10, size: tuple[int, int] = (640, 360)) -> dict[str, Any]:

@@ -307,17 +307,24 @@ def decoder_spec(table: Any, file: Path, key: str = "decoder") -> DecoderSpec:
         raise ConfigError(file, f"{key}.type", f"unknown decoder {name!r}; allowed: {', '.join(decoders.names())}")
     base = Path(file).resolve().parent
     table = _resolved(table, cls.Settings.path_fields, base)
-    for field_name, keys in getattr(cls.Settings, "nested_path_fields", {}).items():  # [[decoder.controls]] model...
-        items = table.get(field_name)
-        if isinstance(items, list):
-            table[field_name] = [_resolved(item, keys, base) if isinstance(item, dict) else item for item in items]
+    table = _resolved(table, tuple(f"{field_name}.{k}" for field_name, keys in  # [[decoder.controls]] model...
+                                   getattr(cls.Settings, "nested_path_fields", {}).items() for k in keys), base)
     return DecoderSpec(name, _validate(cls.Settings, table, file, key))
 
 
 def _resolved(table: dict, keys: tuple[str, ...], base: Path) -> dict:
-    """A copy of ``table`` with its relative paths under ``keys`` read from ``base`` (as top-level path fields)."""
+    """A copy of ``table`` with its relative paths under ``keys`` read from ``base`` (as top-level path fields); a
+    dotted key ``a.b`` reaches ``b`` in the table ``a``, or in each table of the list ``a``."""
     out = dict(table)
     for k in keys:
+        head, _, rest = k.partition(".")
+        if rest:
+            inner = out.get(head)
+            if isinstance(inner, dict):
+                out[head] = _resolved(inner, (rest,), base)
+            elif isinstance(inner, list):
+                out[head] = [_resolved(item, (rest,), base) if isinstance(item, dict) else item for item in inner]
+            continue
         value = out.get(k)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and \
                 ((base / value).exists() or value.startswith(("./", "../"))):

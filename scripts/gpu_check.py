@@ -6,7 +6,7 @@ Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (
 with --compile, torch.compile + graph at 512; then issue 13's projector outputs on the GPU's GL (`bench --outputs`
 at 1920x1080: present p99 with two warped, blended outputs against one plain output); issue 29's comparisons at 512:
 full CFG vs residual CFG (2 steps) and 4 steps without and with stream batch (--controls: and one ControlNet's
-cost). Prints a table last and writes
+cost; --ip: and an image prompt's, an IP-Adapter with a ViT-H/14 image encoder). Prints a table last and writes
 gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from installation.decoders.diffusion.bench import bench, compare  # noqa: E402
-from installation.decoders.random_models import make_sd21, make_sdxl, make_taesd  # noqa: E402
+from installation.decoders.random_models import make_ip_adapter, make_sd21, make_sdxl, make_taesd  # noqa: E402
 
 
 def loop_fps(model: Path, taesd: Path, size: int, seconds: float) -> dict:
@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also torch.compile + graph at the first size (minutes)")
     ap.add_argument("--controls", action="store_true",
                     help="also the cost of one ControlNet (made from the UNet) at the first size, 2 steps")
+    ap.add_argument("--ip", action="store_true",
+                    help="also the cost of an image prompt (IP-Adapter, ViT-H/14 encoder) at the first size, 2 steps")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/gpu-check-out")))
     args = ap.parse_args()
     full = not args.tiny
@@ -124,12 +126,16 @@ def main() -> int:
             loop["name"] = f"full loop {sizes[0]} (runtime_fps)"
             keep(loop)
     # Issue 29: full CFG vs residual CFG at 2 steps, and 4 steps without and with stream batch (rounds alternating).
-    comparisons = [("cfg", 2), ("stream", 4)] + ([("controls", 2)] if args.controls else [])
+    comparisons = [("cfg", 2), ("stream", 4)] + ([("controls", 2)] if args.controls else []) + \
+        ([("ip", 2)] if args.ip else [])
     for what, steps in comparisons:
         try:
             control = make_controlnet(sd, args.models / "controlnet", init, full) if what == "controls" else None
+            ip = make_ip_adapter(sd, args.models / "ip-adapter", full, device=init, fp16=full) if what == "ip" \
+                else None
             r = compare(str(sd), what, size=sizes[0], steps=steps, frames=max(args.frames // 4, 3), rounds=2,
-                        device=args.device, taesd=str(taesd), dtype=dtype, control=control)
+                        device=args.device, taesd=str(taesd), dtype=dtype, control=control,
+                        ip_adapter=(ip["path"], ip["image_encoder"]) if ip else None)
         except Exception as e:  # noqa: BLE001
             r = {"error": f"{type(e).__name__}: {e}"}
         r["name"] = f"compare {what} ({steps} steps)"

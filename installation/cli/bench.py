@@ -102,7 +102,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 result = run_diffusion_compare(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                                args.decoder_size, args.steps, args.frames, args.compare,
                                                args.rounds, str(args.control) if args.control else None,
-                                               str(args.depth) if args.depth else None)
+                                               str(args.depth) if args.depth else None,
+                                               (str(args.ip_adapter), str(args.image_encoder))
+                                               if args.ip_adapter and args.image_encoder else None)
             else:
                 result = run_diffusion_bench(spec, str(args.model), str(args.taesd) if args.taesd else None,
                                              args.decoder_size, args.steps, args.frames, args.seconds)
@@ -130,13 +132,16 @@ def bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1, help="denoising steps per frame")
     p.add_argument("--frames", type=int, default=100, help="frames for the decoder-alone measurement (--compare: "
                    "per variant and round)")
-    p.add_argument("--compare", choices=["cfg", "stream", "controls"],
+    p.add_argument("--compare", choices=["cfg", "stream", "controls", "ip"],
                    help="--decoder diffusion: decoder fps of full CFG vs residual CFG (self, onetime) vs none, of "
-                        "the steps without and with stream_batch (--steps 2-4), or without and with --control, "
-                        "--rounds rounds alternating in one run, instead")
+                        "the steps without and with stream_batch (--steps 2-4), or without and with --control, or "
+                        "without and with an image prompt (--ip-adapter, --image-encoder), --rounds rounds "
+                        "alternating in one run, instead")
     p.add_argument("--control", type=Path, help="--compare controls: a ControlNet or T2I-Adapter folder")
     p.add_argument("--depth", type=Path, help="--compare controls: also a depth control, this depth model folder "
                                               "(transformers depth-estimation) run on each camera frame")
+    p.add_argument("--ip-adapter", type=Path, help="--compare ip: an IP-Adapter .safetensors file")
+    p.add_argument("--image-encoder", type=Path, help="--compare ip: its CLIPVisionModelWithProjection folder")
     p.add_argument("--osc-latency", action="store_true",
                    help="measure OSC message -> first presented frame that shows it, instead")
     p.add_argument("--trials", type=int, default=10, help="messages per path for --osc-latency (requests: twice "

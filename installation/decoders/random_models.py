@@ -190,3 +190,55 @@ def make_all(root: Path, full: bool = False, seed: int = 0, device: str | None =
     out = {k: str(v) for k, v in paths.items()}
     (root / "models.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def make_ip_adapter(model: Path, out: Path, full: bool = False, seed: int = 0, device: str | None = None,
+                    fp16: bool = False, image_dim: int | None = None) -> dict[str, str]:
+    """A base IP-Adapter for the folder's UNet in the layout of h94/IP-Adapter's ``ip-adapter_*.safetensors``
+    (``ip_adapter.<k>.to_k_ip/to_v_ip.weight`` for each cross-attention, k = 1, 3, 5... in the UNet's processor order,
+    and a 4-token ``image_proj``) and a CLIPVisionModelWithProjection folder (ViT-H/14's config when ``full``), random
+    weights. Returns {"path": the .safetensors file, "image_encoder": the folder}."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = UNet2DConditionModel.load_config(model, subfolder="unet")
+    with torch.device("meta"):
+        names = list(UNet2DConditionModel.from_config(cfg).attn_processors)
+    blocks, cross = list(cfg["block_out_channels"]), int(cfg["cross_attention_dim"])
+    enc_cfg = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                               patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu") if full else \
+        CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
+                         image_size=32, projection_dim=24)
+    dim = image_dim or enc_cfg.projection_dim
+    enc_cfg.projection_dim = dim
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float16 if fp16 else torch.float32
+
+    def rand(*shape: int, std: float = 0.3) -> torch.Tensor:
+        return (torch.randn(shape, generator=gen) * std).to(dtype)
+
+    tensors, key_id = {}, 1
+    for name in names:
+        if name.endswith("attn1.processor"):
+            continue
+        part = name.split(".")
+        hidden = blocks[-1] if part[0] == "mid_block" else \
+            (blocks[::-1] if part[0] == "up_blocks" else blocks)[int(part[1])]
+        std = 0.3 if not full else cross ** -0.5
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = rand(hidden, cross, std=std)
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(hidden, cross, std=std)
+        key_id += 2
+    tensors["image_proj.proj.weight"] = rand(4 * cross, dim, std=0.3 if not full else dim ** -0.5)
+    tensors["image_proj.proj.bias"] = rand(4 * cross, std=0.1)
+    tensors["image_proj.norm.weight"] = 1.0 + rand(cross, std=0.1)
+    tensors["image_proj.norm.bias"] = rand(cross, std=0.1)
+    save_file(tensors, out / "ip-adapter.safetensors")
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        encoder = CLIPVisionModelWithProjection(enc_cfg)
+    encoder.to(dtype).save_pretrained(out / "image_encoder")
+    log.info("wrote %s", out)
+    return {"path": str(out / "ip-adapter.safetensors"), "image_encoder": str(out / "image_encoder")}

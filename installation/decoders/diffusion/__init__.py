@@ -10,8 +10,9 @@ captured graph over static buffers; float32 eager on the CPU always works.
 
 The parts, by seam: ``settings`` (what a scene sets, bounded bus values), ``loading`` (folder checks, family
 detection, the components), ``schedules`` (the timesteps, as the folder's scheduler sets them), ``prompts`` (encode,
-cache, blend), ``sources`` (img2img images on the host), ``program`` (the per-frame program over static buffers and
-its CUDA graph) and ``decoder`` (prepare and render, registered as "diffusion"); ``kind`` answers what a scene
+cache, blend), ``sources`` (img2img images on the host), ``image_prompts`` and ``ip_adapter`` (IP-Adapter image
+prompts: the scene's side without torch, the model's side), ``program`` (the per-frame program over static buffers
+and its CUDA graph) and ``decoder`` (prepare and render, registered as "diffusion"); ``kind`` answers what a scene
 needs before anything is loaded (settings, latent shape, live parameters, file checks) without importing torch.
 """
 

@@ -137,9 +137,25 @@ def _control_variants(control: str, depth: str | None, size: int) -> tuple[dict[
     return variants, {"extras": extras, "canny_ms": round(canny_ms, 3)}
 
 
+def _noise_image() -> str:
+    """A 256x256 noise PNG in a temporary folder (removed at exit): the bench's image prompt."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-ip-"))
+    atexit.register(shutil.rmtree, folder, True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(folder / "a.png")
+    return str(folder / "a.png")
+
+
 def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: int = 30, rounds: int = 2,
             device: str = "cuda", taesd: str | None = None, dtype: str = "auto", cuda_graph: bool = True,
-            control: str | None = None, depth: str | None = None) -> dict:
+            control: str | None = None, depth: str | None = None,
+            ip_adapter: tuple[str, str] | None = None) -> dict:
     """Decoder fps of the variants in ``COMPARISONS[what]`` from one run: all prepared first, then ``rounds`` rounds
     of ``frames`` frames each, the variants in turn within a round, so a drifting load hits them all alike.
 
@@ -156,9 +172,14 @@ def compare(model_dir: str, what: str, size: int = 512, steps: int = 2, frames: 
         variants["controls"], more = _control_variants(str(control), depth, size)
         extras = more.pop("extras")
         more["camera_size"] = list(CAMERA_SIZE)
+    if ip_adapter:  # the image prompt's cost: without, with an image file, with the moving camera (at camera_hz)
+        ip = {"path": ip_adapter[0], "image_encoder": ip_adapter[1]}
+        variants["ip"] = {"none": {}, "image": {"ip_adapter": {**ip, "images": ({"source": _noise_image()},)}},
+                          "camera": {"ip_adapter": {**ip, "images": ({"source": "camera"},)}}}
+        extras["camera"] = [{"source": f} for f in camera_frames()]
     if what not in variants:
-        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), "
-                         f"not {what!r}")
+        raise ValueError(f"compare must be one of {', '.join(COMPARISONS)}, controls (with a control folder), ip "
+                         f"(with an IP-Adapter file and image encoder), not {what!r}")
     cls = decoder_class("diffusion")
     decs = {}
     try:

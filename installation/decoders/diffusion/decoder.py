@@ -5,9 +5,10 @@ Live values read from ``request.params`` (declared on the bus by :meth:`Diffusio
 ``diffusion.strength`` (img2img strength 0..1), ``diffusion.guidance`` (CFG scale when CFG is on, LCM guidance
 embedding), ``lora.<name>.scale``, ``prompt.<i>.gain`` (multiplies the weight of prompt i: a fader per prompt),
 ``reference.<i>.weight`` (weight of image i of ``source`` + ``references``, in that order), ``control.<i>.scale``,
-``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i).
+``control.<i>.start``, ``control.<i>.end`` (ControlNet / T2I-Adapter i), ``ip.scale`` and ``ip.<i>.weight``
+(the IP-Adapter's strength, image prompt i's share).
 From ``request.extras``: ``prompts`` (tuple of (text, weight)), ``source`` (HxWx3 uint8 RGB image for img2img, or
-for the controls that take the camera), ``edges`` (the camera process's Canny maps of that image,
+for the controls and image prompts that take the camera), ``edges`` (the camera process's Canny maps of that image,
 {(width, height, low, high): HxW uint8}, :mod:`installation.inputs.camera_edges`: a canny control takes its own as it
 is, and makes it from the frame only when it is missing).
 """
@@ -50,9 +51,11 @@ class DiffusionDecoder(DiffusionKind):
         self.device_name = device
         self.prepared = False
         self._counters = {"frames": 0, "skipped": 0, "nonfinite": 0, "rejected_sources": 0, "prompt_cache_hits": 0,
-                          "prompt_cache_misses": 0, "control_held": 0, "control_frames": 0, "control_edges_made": 0}
+                          "prompt_cache_misses": 0, "control_held": 0, "control_frames": 0, "control_edges_made": 0,
+                          "ip_held": 0}
         self.prompts: PromptEncoder | None = None
         self.program: FrameProgram | None = None
+        self._ip = None  # the image prompts' host side (ip_adapter.ImagePromptFeed)
 
     # -- what tests and the benchmark read ----------------------------------------------------------------------
 
@@ -94,7 +97,7 @@ class DiffusionDecoder(DiffusionKind):
         self.dtype = resolve_dtype(s.dtype, self.device)
         t0 = time.perf_counter()
         with PrepareProgress(f"diffusion {Path(s.model).name} {s.width}x{s.height}",
-                             6 + len(self._warm_plan())) as progress:
+                             6 + (s.ip_adapter is not None) + len(self._warm_plan())) as progress:
             self._prepare_steps(progress, t0)
 
     def _prepare_steps(self, progress: PrepareProgress, t0: float) -> None:
@@ -132,6 +135,11 @@ class DiffusionDecoder(DiffusionKind):
                 self.program.set_negative(*self.prompts.encode(s.negative_prompt))
             self._load_references()
             self._load_controls()
+            if s.ip_adapter is not None:
+                from .ip_adapter import ImagePromptFeed
+
+                self._ip = ImagePromptFeed(s.ip_adapter, comps.ip_adapter, self.program, self._counters,
+                                           s.similar_threshold)
             self.prepared = True
             log.info("diffusion: loaded in %.1f s; warming up%s%s", time.perf_counter() - t0,
                      ", compiling" if s.compile else "", " and capturing CUDA graphs" if self.use_graphs else "")
@@ -246,6 +254,8 @@ class DiffusionDecoder(DiffusionKind):
             progress.step(f"{what}: {label}")
             self._render(req_z, params, extras, force=True)
         self.reset()
+        if self._ip is not None:
+            self._ip.after_warm_up()
         for k in ("frames", "skipped", "nonfinite"):
             self._counters[k] = 0
 
@@ -284,10 +294,14 @@ class DiffusionDecoder(DiffusionKind):
         g = bounded(params, "diffusion.guidance", s.guidance, 0.0, 30.0)
         prog.set_guidance(g)
 
-        src = None if s.latent_source else self._sources.take(extras)
+        src = camera = None if s.latent_source else self._sources.take(extras)
         if s.controls:  # a camera that steers a control is not also the img2img source
             self._update_controls(params, src if self._camera_controls else None, extras.get("edges"))
             if self._camera_controls:
+                src = None
+        if self._ip is not None:  # likewise a camera that is an image prompt
+            self._ip.update(params, camera)
+            if self._ip.takes_camera:
                 src = None
         img2img = src is not None or bool(self.ref_latents) or s.latent_source
         strength = bounded(params, "diffusion.strength", s.strength, 0.0, 1.0) if img2img else 1.0
@@ -315,7 +329,7 @@ class DiffusionDecoder(DiffusionKind):
         key = (prompts, strength, g, tuple(self._lora_values.values()), self._src_key,
                z.tobytes() if use_z else None,
                (tuple(self._control_values), tuple(self._control_spans), self._control_version)
-               if s.controls else None)
+               if s.controls else None, self._ip.key if self._ip is not None else None)
         same = key == self._last_key and not src_changed
         self._same_run = self._same_run + 1 if same else 0
         flush = s.steps - 1 if s.stream_batch else 0
@@ -376,6 +390,8 @@ class DiffusionDecoder(DiffusionKind):
         self._cond_key = None
         if getattr(self, "_sources", None) is not None:
             self._sources.reset()
+        if getattr(self, "_ip", None) is not None:
+            self._ip.reset()
 
     def reset(self) -> None:
         """Forget every cross-frame state (emergence chain, skip cache, source cache); keep models and graphs."""
@@ -386,9 +402,12 @@ class DiffusionDecoder(DiffusionKind):
     def health(self) -> dict[str, int]:
         """Counters for /health: frames rendered on a camera control's held image (its camera stopped), new camera
         frames the controls took, and those whose edges the decoder made itself (the camera's process makes them: a
-        few at a scene's start)."""
-        return {k: self._counters[k] for k in ("control_held", "control_frames", "control_edges_made")} \
+        few at a scene's start); frames rendered on a camera image prompt's held image."""
+        out = {k: self._counters[k] for k in ("control_held", "control_frames", "control_edges_made")} \
             if self.settings.controls else {}
+        if self.settings.ip_adapter is not None:
+            out["ip_held"] = self._counters["ip_held"]
+        return out
 
     def stats(self) -> dict[str, float]:
         """Last frame's per-stage milliseconds (eager path; a graph replay lands in 'unet') plus counters."""

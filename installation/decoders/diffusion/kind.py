@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ...bus import ParamSpec
+from .image_prompts import ip_param_specs
 from .loading import check_settings, vae_config, vae_factor
 from .settings import PROMPT_GAINS, DiffusionSettings
 
@@ -54,7 +55,7 @@ class DiffusionKind:
         images = ([settings.source] if settings.source else []) + list(settings.references)
         specs += [ParamSpec(f"reference.{i}.weight", "float", 0.0, 10.0, 1.0, 0.5, 0.5,
                             f"weight of {Path(p).name} in the img2img source blend") for i, p in enumerate(images)]
-        return specs
+        return specs + ip_param_specs(settings.ip_adapter)
 
     @classmethod
     def camera_edges(cls, settings: DiffusionSettings) -> tuple[tuple[int, int, int, int], ...]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ..weights import check_pickle, check_weights
+from ..weights import UnsafeModelFile, check_pickle, check_weights
+from .image_prompts import check_ip_adapter
 from .settings import EXAMPLE_REPO, STEP_RANGE, DiffusionSettings
 
 if TYPE_CHECKING:  # the checks above need neither: a scene is checked without importing torch
@@ -221,6 +222,14 @@ def load_controls(s: DiffusionSettings, model_dir: Path, device: torch.device, d
     return out
 
 
+def _unet_config(settings: DiffusionSettings) -> dict[str, Any]:
+    """The model's UNet config when the folder is local, else {}."""
+    try:
+        return json.loads((Path(settings.model).expanduser() / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def check_settings(settings: DiffusionSettings) -> None:
     """Start-up check of a local model folder (and TAESD, images, LoRAs); hub ids are resolved in prepare()."""
     path = Path(settings.model).expanduser()
@@ -229,6 +238,7 @@ def check_settings(settings: DiffusionSettings) -> None:
         family = _family_of(settings, model_dir)
         validate_model_dir(model_dir, family, need_vae=not settings.taesd, repo_hint=EXAMPLE_REPO[family])
         check_controls(settings, model_dir)
+    check_ip_adapter(settings.ip_adapter, _unet_config(settings), settings.model)
     _check_taesd(settings)
     check_vae_factor(settings, vae_factor(vae_config(settings)))
     check_files(settings)
@@ -262,6 +272,7 @@ class Components:
     vae_factor: int
     prediction: str
     controls: list = None  # [(class name, ControlNetModel | T2IAdapter)]
+    ip_adapter: Any = None  # an ip_adapter.IPAdapter (its processors in the UNet)
 
 
 def load_components(s: DiffusionSettings, device: torch.device, dtype: torch.dtype,
@@ -343,8 +354,14 @@ def load_components(s: DiffusionSettings, device: torch.device, dtype: torch.dty
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"{model_dir}: unsupported prediction_type {prediction!r}")
     controls = load_controls(s, model_dir, device, dtype)
-    return Components(family=family, model_dir=model_dir, unet=unet, controls=controls, tokenizers=tokenizers,
-                      text_encoders=text_encoders, scheduler=scheduler, vae=vae, tiny_vae=tiny_vae,
-                      vae_dtype=next(vae.parameters()).dtype,
+    ip = None
+    if s.ip_adapter is not None:
+        from .ip_adapter import IPAdapter
+
+        progress.step("loading the IP-Adapter and its image encoder")
+        ip = IPAdapter(s.ip_adapter, unet, device, dtype)
+    return Components(family=family, model_dir=model_dir, unet=unet, controls=controls, ip_adapter=ip,
+                      tokenizers=tokenizers, text_encoders=text_encoders, scheduler=scheduler, vae=vae,
+                      tiny_vae=tiny_vae, vae_dtype=next(vae.parameters()).dtype,
                       vae_scale=float(vae.config.get("scaling_factor", 1.0) or 1.0), vae_factor=factor,
                       prediction=prediction)

@@ -108,8 +108,11 @@ class FrameProgram:
                 b["stcond"] = b["tcond"][-1:].repeat(n, 1)
         if self.controls:
             self._control_buffers(b, s)
+        self.ip = comps.ip_adapter  # image prompts: their embedding and scale in b (ip_*), per slot (sip_*)
+        if self.ip is not None:
+            self.ip.make_buffers(b, s.steps if s.stream_batch else 0)
         self._slot_state = [k for k in ("stab", "semb", "sg", "sref", "spooled", "stcond") if k in b]
-        self._slot_state += [k for k in b if k.startswith("sctl_")]
+        self._slot_state += [k for k in b if k.startswith(("sctl_", "sip_"))]
         self.buf = b
         self._reset_slots()
         # Source images are resized to the frame on the host, so one (pinned host, device) pair serves every camera
@@ -327,6 +330,8 @@ class FrameProgram:
             scale = keep * (b["sctl_scale"] if slots else b["ctl_scale"])
             extra = self._control_residuals(model_in, ts, kw, torch.cat([scale[:m], scale]) if m else scale, m,
                                             slots)
+        if self.ip is not None:
+            kw = self.ip.unet_kwargs(b, kw, model_in.shape[0], m, slots)
         out = self.unet_fn(model_in, ts, return_dict=False, **kw, **extra)[0].float()
         neg, out = out[:m], out[m:]
         xf = x.float()
@@ -417,7 +422,7 @@ class FrameProgram:
             if name in b:
                 b[name][:1].copy_(b[src].view(-1, *b[name].shape[1:])[-1:])
         for name in self._slot_state:
-            if name.startswith(("sctl_img.", "sctl_feat.")):
+            if name.startswith(("sctl_img.", "sctl_feat.", "sip_")):
                 b[name][:1].copy_(b[name[1:]])
         rows = b["stab"].diagonal(0, 0, 1).T  # slot k at step k of its own request's table
         x_next, x0 = self._denoise(b["sx"], rows, b["semb"], b.get("spooled"), b.get("stcond"), b["sg"], b["sref"],
@@ -475,5 +480,5 @@ class FrameProgram:
 
     def close(self) -> None:
         self.programs.clear()  # waits for a replay still in flight
-        for name in ("unet", "vae", "unet_fn", "vae_decode", "buf", "staging", "comps", "controls"):
+        for name in ("unet", "vae", "unet_fn", "vae_decode", "buf", "staging", "comps", "controls", "ip"):
             setattr(self, name, None)

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..base import DecoderSettings
+from .image_prompts import IPAdapterSettings
 
 FAMILIES = ("sd21", "sdxl", "lcm")
 STEP_RANGE = {"sd21": (1, 4), "sdxl": (1, 4), "lcm": (2, 8)}
@@ -50,7 +51,8 @@ class DiffusionSettings(DecoderSettings):
     """What a scene sets for the diffusion decoder (all hashable, so equal settings share one prepared model)."""
 
     path_fields: ClassVar[tuple[str, ...]] = ("model", "taesd", "source")
-    nested_path_fields: ClassVar[dict[str, tuple[str, ...]]] = {"controls": ("model", "source", "depth_model")}
+    nested_path_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "controls": ("model", "source", "depth_model"), "ip_adapter": ("path", "image_encoder", "images.source")}
 
     model: str = Field(description="local diffusers folder, or a hub id (used only when online)")
     local_files_only: bool = Field(False, description="never touch the network for a hub id (HF_HUB_OFFLINE=1 too)")
@@ -90,6 +92,7 @@ class DiffusionSettings(DecoderSettings):
     loras: tuple[tuple[str, str], ...] = Field((), description="(path, name) pairs; scale on lora.<name>.scale")
     controls: tuple[ControlSettings, ...] = Field((), description="ControlNets / T2I-Adapters ([[decoder.controls]]), "
                                                                   "their residuals summed")
+    ip_adapter: IPAdapterSettings | None = Field(None, description="image prompts ([decoder.ip_adapter])")
     seed: int = 0
     prompt_cache_size: int = Field(64, ge=2, le=4096)
 
