@@ -8,8 +8,10 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..cli.registry import command
+from ..cli.shared import size_arg
 from .store import SUFFIX, Store, archive_file
 
 
@@ -299,15 +301,7 @@ def with_replay(spec: Any, source: str) -> Any:
     return spec
 
 
-def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], size_arg: Callable) -> None:
-    a = sub.add_parser("archive", help="list, describe, export, search and embed the show's archive",
-                       usage="%(prog)s {ls,info,export,embed} [ARCHIVE] | search TEXT [ARCHIVE] | "
-                             "search --image FILE [ARCHIVE]",
-                       description="ls: sessions, their show time, counts and sizes; info: one file in detail "
-                                   "(models, integrity, embeddings); export: a session's event log as JSONL; "
-                                   "search: the moments most like a text or a picture (CLIP, the [vision] model); "
-                                   "embed: CLIP embeddings for points recorded without them, by replaying them.")
-    common(a)
+def _archive_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("action", choices=["ls", "info", "export", "search", "embed"])
     a.add_argument("what", nargs="*", metavar="[TEXT] [ARCHIVE]",
                    help="search: the text; then the archive file or folder (default: the config's [archive])")
@@ -321,14 +315,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
     a.add_argument("--size", type=int, default=224, help="embed: render the frames at this short side (default "
                                                          "224)")
     a.add_argument("--json", action="store_true", help="info, search, embed: print JSON")
-    a.set_defaults(func=cmd_archive)
 
-    r = sub.add_parser("replay", help="re-render an archived performance offline",
-                       description="Re-render a stretch of an archived session through the fixed-step clock: the "
-                                   "same events at the same show times, at a steady frame rate along show time (or "
-                                   "the live show's own tick times, stutter included, with --live-ticks). "
-                                   "Overrides make a counterfactual.")
-    common(r)
+
+def _replay_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("archive", type=Path, help="archive file (FILE#SESSION picks a session)")
     r.add_argument("--session", type=int, help="session id (default: the newest)")
     r.add_argument("--from", dest="t_from", type=float, help="record from this show time (s)")
@@ -346,12 +335,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
     r.add_argument("--scene", help="play this scene throughout (scene changes are left out)")
     r.add_argument("--archive-out", type=Path, help="keep the replay's own archive in this folder")
     r.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
-    r.set_defaults(func=cmd_replay)
 
-    m = sub.add_parser("map", help="draw a map of the space the show has walked",
-                       description="Project the archived points to 2-D (UMAP when umap-learn is installed, PCA "
-                                   "otherwise; CLIP embeddings where every point has one, latents otherwise) and "
-                                   "draw thumbnails, the path in time and the scenes.")
+
+def _map_arguments(m: argparse.ArgumentParser) -> None:
     m.add_argument("archive", type=Path, help="archive file")
     m.add_argument("--session", type=int, help="one session (default: all)")
     m.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -362,7 +348,25 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None], siz
                                                  "model; the best matches ringed and numbered)")
     m.add_argument("--config", type=Path, default=None, help="--near: the config whose [vision] model embeds "
                                                             "TEXT (default: the one the archive was recorded with)")
-    m.set_defaults(func=cmd_map)
 
 
-__all__ = ["add_parsers", "archive_file", "cmd_archive", "cmd_map", "cmd_replay", "default_folder", "with_replay"]
+command("archive", help="list, describe, export, search and embed the show's archive",
+        usage="%(prog)s {ls,info,export,embed} [ARCHIVE] | search TEXT [ARCHIVE] | search --image FILE [ARCHIVE]",
+        description="ls: sessions, their show time, counts and sizes; info: one file in detail (models, integrity, "
+                    "embeddings); export: a session's event log as JSONL; search: the moments most like a text or a "
+                    "picture (CLIP, the [vision] model); embed: CLIP embeddings for points recorded without them, by "
+                    "replaying them.",
+        arguments=_archive_arguments, run=cmd_archive)
+command("replay", help="re-render an archived performance offline",
+        description="Re-render a stretch of an archived session through the fixed-step clock: the same events at "
+                    "the same show times, at a steady frame rate along show time (or the live show's own tick "
+                    "times, stutter included, with --live-ticks). Overrides make a counterfactual.",
+        arguments=_replay_arguments, run=cmd_replay)
+command("map", help="draw a map of the space the show has walked",
+        description="Project the archived points to 2-D (UMAP when umap-learn is installed, PCA otherwise; CLIP "
+                    "embeddings where every point has one, latents otherwise) and draw thumbnails, the path in time "
+                    "and the scenes.",
+        arguments=_map_arguments, run=cmd_map, common=False)  # its --config is --near's only
+
+
+__all__ = ["archive_file", "cmd_archive", "cmd_map", "cmd_replay", "default_folder", "with_replay"]

@@ -12,7 +12,8 @@ pitch bend or a note) to that parameter, across its range; bindings are saved as
 (``learn_file``) and loaded at start. The part drains the bus journal for the learn event (the runtime ignores it).
 
 A port that vanishes (USB unplugged, the JACK client gone) is noticed within ``check_s`` and reopened with backoff;
-its sources keep their last values. Messages arrive on rtmidi's callback thread and only write to the bus.
+its sources keep their last values. The part's thread reads the port every few milliseconds (no callback from
+rtmidi's own thread: see :class:`_Port`) and only writes to the bus.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,6 +38,7 @@ from installation.parts import PartContext, register
 log = logging.getLogger(__name__)
 
 LEARN_EVENT = "midi.learn"
+POLL_S = 0.004  # how often the port is read: a message waits at most this long (a frame is 16.7 ms)
 MAX_LEARN_BYTES = 1 << 20  # a learn file holds a few hundred bindings at most
 Channel = Annotated[int, Field(ge=1, le=16)]
 Number = Annotated[int, Field(ge=0, le=127)]
@@ -116,7 +119,7 @@ def _binding(b: Any) -> dict[str, Any] | None:
 
 
 class MidiInput(ThreadedInput):
-    """The MIDI part: a supervising thread opens the port and reopens it when it vanishes; rtmidi's callback
+    """The MIDI part: a supervising thread opens the port and reopens it when it vanishes; its thread
     writes sources, events and learned bindings to the bus."""
 
     thread_name = "midi"
@@ -296,19 +299,10 @@ class MidiInput(ThreadedInput):
         return out
 
     # -- the port ----------------------------------------------------------------------------------------------------
-    def _backend(self) -> Any:
-        import mido
-
-        return mido.Backend("mido.backends.rtmidi" + (f"/{self.settings.api}" if self.settings.api else ""),
-                            load=True)
-
     def _probe(self) -> Any:
         """One rtmidi input kept for listing ports: mido's listing makes (and on JACK, registers) a new client on
         every call, which under load stalls the whole process for a moment; this one is made once."""
-        import rtmidi
-
-        return rtmidi.MidiIn(rtapi=getattr(rtmidi, f"API_{self.settings.api}", rtmidi.API_UNSPECIFIED),
-                             name="installation-probe")
+        return _rt_input(self.settings.api, "installation-probe")
 
     def _find(self, probe: Any) -> str | None:
         names = probe.get_ports()
@@ -324,7 +318,6 @@ class MidiInput(ThreadedInput):
         backoff = self.settings.reopen_min
         sub = self.bus.subscribe(maxlen=256)
         try:
-            backend = self._backend()
             probe = self._probe()
         except Exception as e:  # noqa: BLE001 - no rtmidi: the input reports it and stays off
             log.error("MIDI input unavailable: %s", e)
@@ -347,7 +340,7 @@ class MidiInput(ThreadedInput):
                     backoff = min(backoff * 2.0, self.settings.reopen_max)
                     continue
                 try:
-                    port = backend.open_input(name, callback=self._callback)
+                    port = _Port(self.settings.api, name)
                 except Exception as e:  # noqa: BLE001 - it vanished between listing and opening
                     log.warning("MIDI: cannot open %r: %s", name, e)
                     self._stop.wait(backoff)
@@ -360,8 +353,14 @@ class MidiInput(ThreadedInput):
                 backoff = self.settings.reopen_min
                 self._set_state("running", name)
                 log.info("MIDI input %r open", name)
+                housekeeping = 0.0
                 try:
-                    while not self._stop.wait(min(self.settings.check_s, 0.1)):
+                    while not self._stop.wait(POLL_S):
+                        for msg in port.pending():
+                            self._deliver(msg)
+                        if (now := time.monotonic()) < housekeeping:
+                            continue
+                        housekeeping = now + min(self.settings.check_s, 0.1)
                         self._drain_learn(sub)
                         if self._due_check() and name not in probe.get_ports():
                             log.warning("MIDI port %r vanished; reopening with backoff", name)
@@ -389,10 +388,10 @@ class MidiInput(ThreadedInput):
             return True
         return False
 
-    def _callback(self, msg: Any) -> None:
+    def _deliver(self, msg: Any) -> None:
         try:
             self.handle(msg)
-        except Exception:  # noqa: BLE001 - rtmidi's thread must never see an exception
+        except Exception:  # noqa: BLE001 - one bad message is counted, the port goes on
             self._reject("unmapped")
             log.debug("MIDI message %r failed", msg, exc_info=True)
 
@@ -401,6 +400,53 @@ class MidiInput(ThreadedInput):
         for change in sub.drain():
             if change.kind == "event" and change.name == LEARN_EVENT and isinstance(change.value, str):
                 self.learn(change.value)
+
+
+def _rt_input(api: str | None, client: str) -> Any:
+    import rtmidi
+
+    return rtmidi.MidiIn(rtapi=getattr(rtmidi, f"API_{api}", rtmidi.API_UNSPECIFIED) if api else
+                         rtmidi.API_UNSPECIFIED, name=client)
+
+
+class _Port:
+    """One rtmidi input port, read by polling from the part's own thread; no Python callback.
+
+    With a callback, rtmidi calls Python from the MIDI backend's own thread (on JACK, the process thread), and
+    python-rtmidi offers no safe way to end that: ``cancel_callback`` (also inside ``close_port``) drops the Python
+    callback while a call the backend has already begun still waits for the GIL and then reads the freed object
+    (a segfault, or a corrupted heap that aborts later somewhere else), and ``close_port``/``delete`` keep the GIL
+    while closing the JACK client waits for that same call (the stop hangs for good). Both were reproduced with a
+    controller sending CCs while the port closed (tests/inputs/test_midi.py). Polled, the backend thread only
+    fills rtmidi's own queue (1024 messages), so nothing native ever waits on Python."""
+
+    def __init__(self, api: str | None, name: str) -> None:
+        import mido
+
+        self._parse = mido.Message.from_bytes
+        self._rt = _rt_input(api, "RtMidiIn Client")
+        try:
+            ports = self._rt.get_ports()
+            if name not in ports:
+                raise OSError(f"unknown port {name!r}")
+            self._rt.open_port(ports.index(name))
+            self._rt.ignore_types(False, False, True)  # sysex and clock in, active sensing out (as mido)
+        except Exception:
+            self._rt.delete()
+            raise
+
+    def pending(self) -> Iterator[Any]:
+        """The messages that arrived since the last call, as ``mido`` messages (a malformed one is skipped, as
+        mido does)."""
+        while (event := self._rt.get_message()) is not None:
+            try:
+                yield self._parse(event[0])
+            except ValueError:
+                continue
+
+    def close(self) -> None:
+        self._rt.close_port()
+        self._rt.delete()
 
 
 @register("midi", table="inputs.midi", settings=MidiSettings, params=midi_specs, order=30)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.registry import command
+
 SIZES = (64, 128, 256)
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     """``installation train FOLDER --out MODEL.safetensors``."""
-    p = sub.add_parser("train", help="train a small GAN on a folder of images, for [decoder] type = \"gan\"",
-                       description="Train a compact style-based GAN on a folder of images (a few hundred is "
-                                   "enough for simple sets), with previews, KID, resumable checkpoints, and export "
-                                   "the generator for the GAN decoder.")
     _log_level(p)
     p.add_argument("folder", help="folder of images (jpg/png/webp, any size; centre-cropped to squares)")
     p.add_argument("--out", required=True, help="generator file to write (.safetensors: weights and their declared "
@@ -36,7 +34,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bench", type=int, default=0, metavar="STEPS",
                    help="only measure: time STEPS training steps (after 2 warm-up steps), print steps/s as JSON, "
                         "write nothing")
-    p.set_defaults(func=_run_train)
 
 
 def _log_level(p: argparse.ArgumentParser) -> None:
@@ -57,10 +54,8 @@ def _run_train(args: argparse.Namespace) -> int:
     return main(args)
 
 
-def add_space(sub: argparse._SubParsersAction) -> None:
-    """``installation space build FOLDER --model DIR --out SPACE.npz``."""
-    p = sub.add_parser("space", help="make a space file from a folder of images (for the images trajectory)",
-                       description="Space files: a folder of images encoded into a diffusion model's latents.")
+def _space_arguments(p: argparse.ArgumentParser) -> None:
+    """``installation space build FOLDER --model DIR --out SPACE.npz``, ``installation space search``."""
     ssub = p.add_subparsers(dest="space_command", required=True)
     b = ssub.add_parser("build", help="encode a folder of images into a space file (resumable)",
                         description="Encode every image (jpg/png/webp, any size, EXIF orientation respected; "
@@ -152,3 +147,12 @@ def _run_space_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta))
     return 0
+
+
+command("train", help="train a small GAN on a folder of images, for [decoder] type = \"gan\"",
+        description="Train a compact style-based GAN on a folder of images (a few hundred is enough for simple "
+                    "sets), with previews, KID, resumable checkpoints, and export the generator for the GAN decoder.",
+        arguments=_train_arguments, run=_run_train, common=False)
+command("space", help="make a space file from a folder of images (for the images trajectory)",
+        description="Space files: a folder of images encoded into a diffusion model's latents.",
+        arguments=_space_arguments, run=None, common=False)  # its subcommands (build, search) each set one

@@ -245,7 +245,7 @@ def test_the_runtime_restarts_a_surface_whose_loop_died(tmp_path):
 
 def test_the_show_hands_its_web_token_to_the_log_handlers(tmp_path, capfd):
     """The command's logging set-up (what `installation run` calls) scrubs the config's [web] token."""
-    from installation.cli import _setup_logging
+    from installation.cli.shared import start_logging
     from installation.config import load_show
     from installation.ops.logs import _MARK
     from support import scene_toml, write_show
@@ -255,7 +255,7 @@ def test_the_show_hands_its_web_token_to_the_log_handlers(tmp_path, capfd):
     assert TOKEN not in repr(spec.config.web)
     root = logging.getLogger()
     level = root.level
-    _setup_logging("debug", spec)
+    start_logging("debug", spec)
     try:
         logging.getLogger("some.library").debug("GET /?token=%s", TOKEN)
     finally:

@@ -51,11 +51,13 @@ def test_unit_keys():
 
 
 def test_unit_exec_start_matches_the_cli():
-    """The flags the unit passes exist on `installation run`."""
-    text = (UNIT.parents[1] / "installation" / "cli.py").read_text()
-    for flag in ("--fullscreen", "--config"):
-        assert f'"{flag}"' in text
-    assert 'add_parser("run"' in text
+    """The command line the unit starts parses as `installation run` with its flags."""
+    from installation.cli import build_parser
+
+    argv = _parse(UNIT.read_text())["Service"]["ExecStart"].split()[1:]
+    args = build_parser().parse_args(argv)
+    assert args.command == "run" and args.fullscreen
+    assert str(args.config) == "/opt/installation/config/default.toml"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
