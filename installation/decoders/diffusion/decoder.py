@@ -246,8 +246,9 @@ class DiffusionDecoder(DiffusionKind):
             progress.step(f"{what}: {label}")
             self._render(req_z, params, extras, force=True)
         self.reset()
-        for k in ("frames", "skipped", "nonfinite"):
+        for k in ("frames", "skipped", "nonfinite", "control_held", "control_frames", "control_edges_made"):
             self._counters[k] = 0
+        self._camera_seen = math.inf  # no camera frame has come yet: nothing is held until one has
 
     # -- render -------------------------------------------------------------------------------------------------
 
