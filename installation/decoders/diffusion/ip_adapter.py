@@ -214,7 +214,7 @@ class ImagePromptFeed:
 
     def after_warm_up(self) -> None:
         """Forget the warm-up's camera frames: a camera prompt waits for the first real one."""
-        self._pending = None
+        self._pending, self._encoded_at = None, -1e9  # the first real frame is encoded at once
         self._filter.reset()
         for i in self.camera:
             self.ready[i] = False
