@@ -142,6 +142,8 @@ class MemorySampler:
         self.last_gl = -math.inf
         self.log_path = log_path
         self.log = open(log_path, "a", buffering=1) if log_path else None
+        self.threads_first: dict[int, str] | None = None  # Python threads at the first sample: ident -> name
+        self.threads: dict[int, str] = {}  # and at the last
 
     def names(self, rt: Any) -> dict[int, str]:
         out: dict[int, str] = {}
@@ -174,6 +176,7 @@ class MemorySampler:
         if sqlite is not None:
             row["malloc.sqlite"] = sqlite
         row.update({f"count.{k}": v for k, v in probes.counts().items()})
+        self.track_threads(now - self.start)
         if now - self.last_gl >= self.gl_every_s:
             self.last_gl = now
             gl = probes.gl_objects()
@@ -185,6 +188,23 @@ class MemorySampler:
             self.series.setdefault(key, []).append((t, float(value)))
         if self.log is not None:
             self.log.write(json.dumps({"t": round(t, 1), **{k: round(v, 3) for k, v in row.items()}}) + "\n")
+
+    def track_threads(self, t: float) -> None:
+        """Which Python threads came and went: a ``threads.started``/``threads.ended`` line in the memory log when
+        the set changes, and :meth:`threads_new` at the end (a count that rose says how many, this says which)."""
+        now = {th.ident: f"{th.name} ({type(th).__name__})" for th in threading.enumerate() if th.ident is not None}
+        if self.threads_first is None:
+            self.threads_first = now
+        elif now.keys() != self.threads.keys() and self.log is not None:
+            started = sorted(now[i] for i in now.keys() - self.threads.keys())
+            ended = sorted(self.threads[i] for i in self.threads.keys() - now.keys())
+            self.log.write(json.dumps({"t": round(t, 1), "threads.started": started, "threads.ended": ended}) + "\n")
+        self.threads = now
+
+    def threads_new(self) -> list[str]:
+        """The Python threads alive at the last sample that were not at the first."""
+        first = self.threads_first or {}
+        return sorted(name for ident, name in self.threads.items() if ident not in first)
 
     def parts(self, rt: Any) -> dict[str, float]:
         """Per part: the threads, child processes and live GL objects it holds (``part.<name>.threads`` ...), and
@@ -285,6 +305,7 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
         "reload_faults": rt.faults.get("reload", 0) if rt else 0,
         "memory_warmup_s": round(warm, 1),
         "memory": injector.memory.report(),
+        "threads_new": injector.memory.threads_new(),
         **({"tracemalloc_growth": tracer.report()} if tracer is not None else {}),
         "python": sys.version.split()[0],
     }

@@ -6,7 +6,9 @@ Random-weight models with the real shapes (no downloads): SD-Turbo-shaped UNet (
 with --compile, torch.compile + graph at 512; then issue 13's projector outputs on the GPU's GL (`bench --outputs`
 at 1920x1080: present p99 with two warped, blended outputs against one plain output); issue 29's comparisons at 512:
 full CFG vs residual CFG (2 steps) and 4 steps without and with stream batch (--controls: and one ControlNet's
-cost; --ip: and an image prompt's, an IP-Adapter with a ViT-H/14 image encoder). Prints a table last and writes
+cost: a still image, canny from a moving camera made in the decoder or taken from the camera's process, depth from
+a Depth-Anything-V2-Small-shaped model; --ip: and an image prompt's, an IP-Adapter with a ViT-H/14 image encoder).
+Prints a table last and writes
 gpu_check.json into $OUT (or --out).
 
     python scripts/gpu_check.py                 # on the GPU machine (see scripts/gpu_check.sh for the wheels)
@@ -63,6 +65,31 @@ def make_controlnet(model: Path, out: Path, device: str | None, fp16: bool) -> s
         cn.to(torch.float16).save_pretrained(out, variant="fp16")
     else:
         cn.save_pretrained(out)
+    return str(out)
+
+
+def make_depth(out: Path, full: bool) -> str:
+    """A depth-estimation folder with Depth Anything V2 Small's shapes (a DINOv2-S backbone at 518) and its image
+    processor, random weights (tiny: the test suite's shapes)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    if full:
+        backbone = Dinov2Config(image_size=518, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                                num_attention_heads=6, mlp_ratio=4, layerscale_value=1.0, out_indices=[3, 6, 9, 12],
+                                reshape_hidden_states=False)
+        cfg = DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=384,
+                                  neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32)
+        proc = DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                                 resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    else:
+        backbone = Dinov2Config(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=4,
+                                num_attention_heads=2, out_features=["stage1", "stage2", "stage3", "stage4"],
+                                reshape_hidden_states=False)
+        cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, patch_size=8,
+                                  neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16, head_hidden_size=8)
+        proc = DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False)
+    DepthAnythingForDepthEstimation(cfg).save_pretrained(out, safe_serialization=True)
+    proc.save_pretrained(out)
     return str(out)
 
 
@@ -133,8 +160,9 @@ def main() -> int:
             control = make_controlnet(sd, args.models / "controlnet", init, full) if what == "controls" else None
             ip = make_ip_adapter(sd, args.models / "ip-adapter", full, device=init, fp16=full) if what == "ip" \
                 else None
+            depth = make_depth(args.models / "depth", full) if what == "controls" else None
             r = compare(str(sd), what, size=sizes[0], steps=steps, frames=max(args.frames // 4, 3), rounds=2,
-                        device=args.device, taesd=str(taesd), dtype=dtype, control=control,
+                        device=args.device, taesd=str(taesd), dtype=dtype, control=control, depth=depth,
                         ip_adapter=(ip["path"], ip["image_encoder"]) if ip else None)
         except Exception as e:  # noqa: BLE001
             r = {"error": f"{type(e).__name__}: {e}"}

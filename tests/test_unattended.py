@@ -693,6 +693,30 @@ def test_soak_command_reports_and_never_crashes():
         assert sum(faults["decoder"].values()) >= 1, result
 
 
+def test_the_soak_says_which_threads_came_and_went(tmp_path):
+    """A thread count that rose over a soak (issue 33's every-part run: 15 -> 16) says how many; the memory log and
+    the report say which."""
+    from installation.soak import MemorySampler
+
+    log = tmp_path / "mem.jsonl"
+    sampler = MemorySampler(log_path=log)
+    stop = threading.Event()
+    sampler.track_threads(0.0)
+    th = threading.Thread(target=stop.wait, name="lingering", daemon=True)
+    th.start()
+    sampler.track_threads(10.0)
+    sampler.track_threads(20.0)  # no change: no line
+    assert sampler.threads_new() == ["lingering (Thread)"]
+    stop.set()
+    th.join(5)
+    sampler.track_threads(30.0)
+    sampler.close()
+    assert sampler.threads_new() == []
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines == [{"t": 10.0, "threads.started": ["lingering (Thread)"], "threads.ended": []},
+                     {"t": 30.0, "threads.started": [], "threads.ended": ["lingering (Thread)"]}]
+
+
 def test_the_first_scene_is_timed_from_when_it_is_on_screen(tmp_path):
     """A decoder that takes 3 s to start must not use up a 2-second first scene before anyone saw it."""
     slow = scene_toml(decoder='type = "faulty"\nresolution = "64x40"\nwidth = 16\ndepth = 2\nprepare_s = 3.0',

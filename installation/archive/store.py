@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS samples(id INTEGER PRIMARY KEY, session INTEGER, t0 R
 CREATE INDEX IF NOT EXISTS samples_at ON samples(session, t0);
 """
 SUFFIX = ".sqlite"
+WRITER_CACHE_KIB = 256  # the page cache of a writing connection (SQLite's default: 2000 KiB)
 MIN_POINTS = 32  # thinning stops here; then tick times, then events go
 
 
@@ -158,6 +159,10 @@ class Store:
                 self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new, empty file
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: a power cut loses the last commits, never the file
+                # A writer appends: its hot pages are the right edge of each table and index, a few dozen. SQLite's
+                # default cache (2000 KiB) fills over the first half hour of a show as the file grows, which read
+                # as a memory slope in the soaks; 256 KiB holds the hot pages and is full within minutes.
+                self.conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
                 self.conn.executescript(SCHEMA)
             self.conn.execute("SELECT 1 FROM sessions LIMIT 1")
             # an archive written before sampled features had their table (read-only: not added)

@@ -1,5 +1,5 @@
 """``installation scenes``, ``params`` and ``osc-map``: print what a show holds, from its config and scene files
-alone (neither torch nor GL is imported: they answer in a second)."""
+alone (neither torch nor GL is imported; a test holds them to it)."""
 
 from __future__ import annotations
 

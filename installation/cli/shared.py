@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from ..config import ConfigError, ShowSpec
+from ..files import ConfigError
 from ..sizes import parse_size
+
+if TYPE_CHECKING:  # the config is imported by the commands that load a show, not by every importer of --size
+    from ..config import ShowSpec
 
 log = logging.getLogger("installation")
 

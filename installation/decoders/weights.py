@@ -57,3 +57,26 @@ def check_pickle(path: str | Path, what: str) -> None:
     except Exception as e:  # noqa: BLE001 - UnpicklingError, a TorchScript archive, a damaged file
         raise UnsafeModelFile(f"{what}: {p} is not a file of tensors that loads safely ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120]}); give a .safetensors file") from None
+
+
+def weights_variant(folder: Path, prefer_fp16: bool = False) -> str | None | bool:
+    """None for plain weights, "fp16" for the fp16 variant (when preferred or the only one), False when none.
+    Only ``.safetensors`` count: a ``.bin`` is a pickle, which could run code when loaded, and is never read."""
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    plain = [n for n in names if n.endswith(".safetensors") and n.count(".") == 1]
+    half = any(n.endswith(".fp16.safetensors") for n in names)
+    if half and (prefer_fp16 or not plain):
+        return "fp16"
+    return None if plain else False
+
+
+def check_weights(folder: Path, how: str, prefer_fp16: bool = False) -> str | None:
+    """The weights variant of a component folder; FileNotFoundError when it has none, UnsafeModelFile (one line)
+    when it has only pickled ``.bin`` weights."""
+    variant = weights_variant(folder, prefer_fp16)
+    if variant is not False:
+        return variant
+    if folder.is_dir() and any(p.suffix == ".bin" for p in folder.iterdir()):
+        raise UnsafeModelFile(f"{folder}: only pickled weights (*.bin), which could run code when loaded; this "
+                              f"program loads *.safetensors only; {how} (the hub's repos carry both)")
+    raise FileNotFoundError(f"{folder}: no weights (*.safetensors); {how}")

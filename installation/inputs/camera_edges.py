@@ -44,8 +44,8 @@ def valid_specs(specs: Iterable[Any]) -> tuple[EdgeSpec, ...]:
 class EdgeWants:
     """The edge maps the parent wants, in a lock-free shared int array (a worker killed mid-read leaves no lock
     held): ``[version, count, w, h, low, high, ...]``, the version odd while the parent writes (a seqlock). The
-    parent :meth:`write`\\ s; the worker :meth:`read`\\ s once per frame, keeping what it had while a write is under
-    way, so a torn read never reaches it."""
+    parent writes (:meth:`write`); the worker reads (:meth:`read`) once per frame sent and keeps what it had while a
+    write is under way, so a torn read never reaches it."""
 
     def __init__(self, ctx: Any) -> None:
         self.array = ctx.Array("i", 2 + 4 * EDGE_SPECS_MAX, lock=False)

@@ -326,11 +326,14 @@ def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_leve
     """Entry point of the camera process: messages go up ``conn``; ``control`` closing is the stop; ``wanted`` is a
     shared double, the time (``time.monotonic()``) the parent last asked for a frame; ``edges`` the edge maps it
     wants beside each frame. It dies with ``parent`` (the show's process id), also when that is killed."""
+    import faulthandler
+
     from installation.ops.logs import LogSettings, setup_logging
     from installation.ops.supervise import die_with_parent, leave
 
     if parent:
         die_with_parent(parent)
+    faulthandler.enable()  # a native crash here (libndi, a capture driver) leaves this process's stacks in the log
 
     setup_logging(LogSettings(level=log_level))  # stderr, as the parent's and the decoder process's
     if settings.nice:

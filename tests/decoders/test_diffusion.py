@@ -369,7 +369,7 @@ def test_bench_on_cpu(tiny_models):
 
 
 def test_weights_variant_choice(tmp_path):
-    from installation.decoders.diffusion.loading import _weights_variant
+    from installation.decoders.weights import weights_variant as _weights_variant
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "diffusion_pytorch_model.safetensors").touch()

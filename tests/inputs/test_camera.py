@@ -129,3 +129,25 @@ def test_missing_source_retries_without_crashing(tmp_path):
 
 def test_list_cameras_never_raises():
     assert isinstance(list_cameras(), list)
+
+
+def test_edge_wants_never_hands_the_worker_a_half_written_ask():
+    """The shared array the camera input asks its worker for edge maps through: a read while the parent is writing
+    (the version odd, as a worker reading mid-write sees it) keeps what was asked before; bad specs are dropped."""
+    import multiprocessing as mp
+
+    from installation.inputs.camera_edges import EDGE_SPECS_MAX, EdgeWants
+
+    parent = EdgeWants(mp.get_context("spawn"))
+    worker = EdgeWants.__new__(EdgeWants)  # the worker's copy: the same shared array
+    worker.array, worker._seen, worker._specs = parent.array, -1, ()
+    parent.write([(64, 48, 100, 200), (64, 48, 100, 200), (0, 48, 1, 2), (64, 48, 20, 60)])
+    assert worker.read() == ((64, 48, 20, 60), (64, 48, 100, 200))
+    parent.array[0] += 1  # a write under way: the count and specs may be torn
+    parent.array[1], parent.array[2] = 1, 9999
+    assert worker.read() == ((64, 48, 20, 60), (64, 48, 100, 200))
+    parent.array[0] += 1
+    parent.write([(512, 512, k, 200) for k in range(EDGE_SPECS_MAX + 2)])
+    assert len(worker.read()) == EDGE_SPECS_MAX
+    parent.write(())
+    assert worker.read() == ()

@@ -150,6 +150,31 @@ def test_a_killed_worker_ends_the_thread_and_a_restart_recovers():
         cam.stop()
 
 
+def test_a_worker_that_crashes_leaves_its_stacks_in_the_log():
+    """A native crash in the worker (libndi, a capture driver) ends it with -11; its Python stacks go to stderr, the
+    log, as the show's and the decoder process's do."""
+    script = textwrap.dedent(f'''
+        import os, signal, time
+        from installation.bus import ParamBus
+        from installation.inputs.camera import CameraInput, CameraSettings
+
+        if __name__ == "__main__":
+            cam = CameraInput(CameraSettings(enabled=True, source="{LIVE}"), ParamBus())
+            cam.start()
+            deadline = time.monotonic() + 60
+            while cam.stats()["frames"] < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(cam.pid, signal.SIGSEGV)
+            while cam.alive and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+            print(cam.stats()["worker_deaths"])
+            cam.stop()
+    ''')
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.split() == ["1"], (r.stdout, r.stderr[-3000:])
+    assert "Fatal Python error: Segmentation fault" in r.stderr and "camera_worker.py" in r.stderr, r.stderr[-3000:]
+
+
 def test_a_silent_worker_is_killed():
     """A worker stuck in an open or a read (here: stopped by SIGSTOP) is killed, so the supervisor can restart it."""
     cam = CameraInput(CameraSettings(enabled=True, source=LIVE, hang_s=5.0), ParamBus())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import subprocess
 import sys
 
@@ -156,3 +157,18 @@ def test_sqlite_memory_is_seen_while_a_connection_caches_pages():
     assert memory.sqlite_mb() - before > 2.5
     db.close()
     assert memory.sqlite_mb() - before < 0.5
+
+
+def test_an_archive_writer_holds_a_bounded_page_cache(tmp_path):
+    # SQLite's default cache (2000 KiB) filled over a show's first half hour as the archive grew: a soak's slope
+    from installation.archive.store import Store
+
+    before = memory.sqlite_mb()
+    store = Store(tmp_path / "a.sqlite")
+    session = store.new_session("now", "show.toml", ["a"], (64, 64), {})
+    for i in range(300):  # ~6 MB of points, three times the default cache
+        store.write_batch(session, points=[(float(i), "a", i, 0.5, os.urandom(16384), "4x32x32", os.urandom(4000),
+                                            None, None)], last_t=float(i))
+    held = memory.sqlite_mb() - before
+    store.close()
+    assert 0.1 < held < 0.6

@@ -219,6 +219,71 @@ def test_a_released_ndi_capture_closes_its_connection_at_once(ndi_env):
         proc.wait(10)
 
 
+STOPPING_SENDER = """
+import sys, time, numpy as np
+from fractions import Fraction
+from cyndilib.sender import Sender
+from cyndilib.video_frame import VideoSendFrame
+from cyndilib.wrapper.ndi_structs import FourCC
+s = Sender(sys.argv[1])
+vf = VideoSendFrame(); vf.set_resolution(64, 48); vf.set_fourcc(FourCC.RGBA)
+vf.set_frame_rate(Fraction(30, 1)); s.set_video_frame(vf)
+img = np.full((48, 64, 4), int(sys.argv[2]), np.uint8)
+with s:
+    while True:
+        s.write_video(img.ravel()); time.sleep(1 / 30)
+"""
+
+COMING_BACK = """
+import faulthandler, json, subprocess, sys, time
+faulthandler.enable()
+from installation.render import ndi
+ndi.READ_TIMEOUT_S = 0.5
+name, rounds = sys.argv[1], int(sys.argv[2])
+seen, opens = [], 0
+for i in range(rounds):
+    sender = subprocess.Popen([sys.executable, "-c", sys.argv[3], name, str(40 + 60 * i)])
+    cap = None
+    try:
+        ok, frame = False, None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # the camera worker's loop: open, read until it fails, release, again
+            cap = ndi.open_ndi("ndi:" + name)
+            opens += cap is not None
+            while cap is not None:
+                ok, frame = cap.read()
+                if not ok or abs(int(frame[0, 0, 0]) - (40 + 60 * i)) < 20:  # this sender's picture, not the last's
+                    break
+            if ok:
+                break
+            if cap is not None:
+                cap.release()
+            time.sleep(0.5)  # the camera's backoff
+        seen.append(int(frame[0, 0, 0]) if ok else None)
+    finally:
+        sender.kill()
+        sender.wait()
+    while cap is not None and cap.read()[0]:  # the sender is gone: reads fail within READ_TIMEOUT_S
+        pass
+    if cap is not None:
+        cap.release()
+    time.sleep(0.5)
+print(json.dumps({"seen": seen, "opens": opens}))
+"""
+
+
+def test_an_ndi_source_that_stops_and_comes_back_is_read_again(ndi_env):
+    """The camera's reopen path with a real sender that goes away and comes back three times (a restarted show):
+    each time the capture opens again and reads the new sender's picture, and the process lives (issue 33's soaks
+    saw the camera process die of SIGSEGV once an hour, 1-2 s after such a reopen; not reproduced here)."""
+    out = subprocess.run([sys.executable, "-c", COMING_BACK, "comeback-test", "3", STOPPING_SENDER], env=ndi_env,
+                         capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [v is not None and abs(v - (40 + 60 * i)) < 20 for i, v in enumerate(result["seen"])] == [True] * 3, result
+    assert result["opens"] >= 3
+
+
 def test_sinks_config_is_validated(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml()}, extra='[[sinks]]\nkind = "smoke-signals"\n')
     with pytest.raises(ConfigError, match="sinks"):

@@ -256,8 +256,9 @@ class DiffusionDecoder(DiffusionKind):
         self.reset()
         if self._ip is not None:
             self._ip.after_warm_up()
-        for k in ("frames", "skipped", "nonfinite"):
+        for k in ("frames", "skipped", "nonfinite", "control_held", "control_frames", "control_edges_made"):
             self._counters[k] = 0
+        self._camera_seen = math.inf  # no camera frame has come yet: nothing is held until one has
 
     # -- render -------------------------------------------------------------------------------------------------
 

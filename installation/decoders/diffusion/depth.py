@@ -21,7 +21,7 @@ HOW = "a transformers depth-estimation model (DPT, Depth Anything) saved with .s
 def check_depth_model(folder: Path, what: str) -> None:
     """A depth-estimation folder with its image processor and safe weights, and no code of its own (FileNotFoundError
     or ValueError, one line naming it)."""
-    from .loading import check_weights
+    from ..weights import check_weights
 
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{what}: no such depth model folder {folder} (config.json missing; {HOW})")

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...bus import ParamSpec
-from ..weights import SAFE_SUFFIXES, UnsafeModelFile
+from ..weights import SAFE_SUFFIXES, UnsafeModelFile, check_weights
 
 IMAGES_MAX = 4
 WEIGHT_MAX = 4.0
@@ -66,8 +66,6 @@ def check_ip_adapter(ip: IPAdapterSettings | None, unet_cfg: dict[str, Any], mod
     encoder folder a CLIPVisionModelWithProjection whose projection fits the adapter, every image file exists."""
     if ip is None:
         return
-    from .loading import check_weights  # loading imports this module's settings
-
     path = Path(ip.path).expanduser()
     if path.suffix not in SAFE_SUFFIXES:
         raise UnsafeModelFile(f"ip_adapter.path {path}: not a .safetensors file; a pickled file (.bin) could run "

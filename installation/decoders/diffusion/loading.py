@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ..weights import UnsafeModelFile, check_pickle
+from ..weights import UnsafeModelFile, check_pickle, check_weights
 from .image_prompts import check_ip_adapter
 from .settings import EXAMPLE_REPO, STEP_RANGE, DiffusionSettings
 
@@ -52,29 +52,6 @@ def resolve_model_dir(settings: DiffusionSettings) -> Path:
         raise FileNotFoundError(
             f"diffusion model {settings.model!r}: {how}; get it once with "
             f"`huggingface-cli download {settings.model} --local-dir <folder>` and set model to that folder") from exc
-
-
-def _weights_variant(folder: Path, prefer_fp16: bool = False) -> str | None | bool:
-    """None for plain weights, "fp16" for the fp16 variant (when preferred or the only one), False when none.
-    Only ``.safetensors`` count: a ``.bin`` is a pickle, which could run code when loaded, and is never read."""
-    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    plain = [n for n in names if n.endswith(".safetensors") and n.count(".") == 1]
-    half = any(n.endswith(".fp16.safetensors") for n in names)
-    if half and (prefer_fp16 or not plain):
-        return "fp16"
-    return None if plain else False
-
-
-def check_weights(folder: Path, how: str, prefer_fp16: bool = False) -> str | None:
-    """The weights variant of a component folder; FileNotFoundError when it has none, UnsafeModelFile (one line)
-    when it has only pickled ``.bin`` weights."""
-    variant = _weights_variant(folder, prefer_fp16)
-    if variant is not False:
-        return variant
-    if folder.is_dir() and any(p.suffix == ".bin" for p in folder.iterdir()):
-        raise UnsafeModelFile(f"{folder}: only pickled weights (*.bin), which could run code when loaded; this "
-                              f"program loads *.safetensors only; {how} (the hub's repos carry both)")
-    raise FileNotFoundError(f"{folder}: no weights (*.safetensors); {how}")
 
 
 def vae_factor(config: Mapping[str, Any]) -> int:
