@@ -259,3 +259,40 @@ def test_a_pickled_adapter_stops_the_start_and_params_lists_the_live_values(tiny
     assert r.returncode == 0, r.stderr
     for name in ("ip.scale", "ip.0.weight", "ip.1.weight"):
         assert name in r.stdout
+
+
+def test_ip_adapter_with_a_controlnet_matches_the_pipeline(tiny_models, ip, tmp_path):
+    """An image prompt beside a ControlNet (the ControlNet sees the text only, as in diffusers), against
+    StableDiffusionControlNetPipeline with the same adapter loaded its own way."""
+    import diffusers
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_models["sd-turbo"], subfolder="unet")
+    torch.manual_seed(10)
+    net = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # its zero convolutions would make it act not at all
+        for p in net.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    net.save_pretrained(tmp_path / "cn")
+    img = np.random.default_rng(6).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "structure.png")
+    d = _decoder(tiny_models["sd-turbo"], tiny_models["taesd"], steps=2, ip_adapter=_ip(ip, scale=0.8),
+                 controls=({"model": str(tmp_path / "cn"), "source": str(tmp_path / "structure.png"), "scale": 0.7},))
+    z = torch.randn((1, *d.lat_shape), generator=torch.Generator().manual_seed(8))
+    mine = _render(d, z[0].numpy())
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_models["sd-turbo"], controlnet=diffusers.ControlNetModel.from_pretrained(tmp_path / "cn"),
+        vae=diffusers.AutoencoderTiny.from_pretrained(tiny_models["taesd"]), safety_checker=None,
+        requires_safety_checker=False, image_encoder=CLIPVisionModelWithProjection.from_pretrained(ip["encoder"]),
+        feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipe.load_ip_adapter(str(ip["file"].parent), subfolder="", weight_name=ip["file"].name)
+    pipe.set_ip_adapter_scale(0.8)
+    pipe.set_progress_bar_config(disable=True)
+    control = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    ref = pipe(PROMPT, image=control, num_inference_steps=2, guidance_scale=0.0, height=64, width=64,
+               latents=z.clone(), controlnet_conditioning_scale=0.7, output_type="latent",
+               ip_adapter_image_embeds=[_embeds(pipe, ip, ("a",), [1.0])]).images
+    _close(mine, ref)
