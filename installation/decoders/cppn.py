@@ -156,6 +156,7 @@ class CPPN:
         self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._coord_term: torch.Tensor | None = None
         self._wz: torch.Tensor | None = None
+        self._bufs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def latent_shape(cls, settings: CPPNSettings) -> tuple[int, ...]:
@@ -194,6 +195,9 @@ class CPPN:
         acts = s.activations
         bounds = [round(i * s.width / len(acts)) for i in range(len(acts) + 1)]
         self._groups = [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(acts) if bounds[i + 1] > bounds[i]]
+        # The hidden layers ping-pong between two buffers made once: a frame allocates only its 3 x pixels output, so
+        # the decoder's heap does not churn through (units x pixels) blocks every layer of every frame (issue 33).
+        self._bufs = (torch.empty_like(self._coord_term), torch.empty_like(self._coord_term))
         with torch.inference_mode():
             self._forward(torch.zeros(s.latent_dim, device=self.device))
 
@@ -205,9 +209,10 @@ class CPPN:
     def _forward(self, z: torch.Tensor) -> torch.Tensor:
         import torch
 
-        h = self._mixed_(self._coord_term + (self._wz @ z)[:, None])
+        a, b = self._bufs
+        h = self._mixed_(torch.add(self._coord_term, (self._wz @ z)[:, None], out=a))
         for wgt, bias in self._layers:
-            h = self._mixed_(torch.addmm(bias, wgt, h))
+            h = self._mixed_(torch.addmm(bias, wgt, h, out=b if h is a else a))
         w_out, b_out = self._out
         return torch.sigmoid_(torch.addmm(b_out, w_out, h).clamp_(-30.0, 30.0))
 
@@ -223,4 +228,4 @@ class CPPN:
 
     def close(self) -> None:
         self._layers = []
-        self._coord_term = None
+        self._coord_term = self._bufs = None

@@ -75,3 +75,36 @@ def test_stretch_and_warp_change_the_structure():
     gx, gy = np.abs(np.diff(vertical, axis=1)).mean(), np.abs(np.diff(vertical, axis=0)).mean()
     assert gx > 4 * gy  # long vertical forms: change across them, little along them
     assert np.abs(_frame(warp=0.4) - _frame()).mean() > 0.02
+
+
+def test_hidden_layers_reuse_two_buffers_and_draw_what_the_plain_network_draws():
+    """A frame allocates only its output: the hidden layers ping-pong between two buffers made at prepare (issue 33:
+    a (units x pixels) block per layer per frame churned the decoder process's heap). The picture is the one the
+    network computed layer by layer with fresh tensors draws, for an odd and an even depth, frame after frame."""
+    import torch
+
+    from installation.decoders.cppn import _act_
+
+    for depth in (1, 2, 3):
+        s = CPPNSettings(resolution=SizeT(40, 24), width=12, depth=depth, model_seed=5,
+                         activations=("sin", "tanh", "gauss"))
+        d = CPPN(s)
+        d.prepare()
+        ptrs = [b.data_ptr() for b in d._bufs]
+
+        def plain(z):
+            def mixed(x):
+                for name, a, b in d._groups:
+                    _act_(name, x[a:b])
+                return x
+            h = mixed(d._coord_term + (d._wz @ torch.as_tensor(z))[:, None])
+            for wgt, bias in d._layers:
+                h = mixed(bias + wgt @ h)
+            w_out, b_out = d._out
+            return torch.sigmoid(torch.clamp(b_out + w_out @ h, -30, 30)).reshape(3, 24, 40).permute(1, 2, 0).numpy()
+
+        for k in range(3):
+            z = np.random.default_rng(k).standard_normal(s.latent_dim).astype(np.float32)
+            got = d.render(LatentRequest(z=z, t=0.0, seq=k, decoder=DecoderSpec("cppn", s)))
+            assert np.allclose(got, plain(z), atol=1e-5), (depth, k)
+        assert [b.data_ptr() for b in d._bufs] == ptrs
