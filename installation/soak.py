@@ -161,13 +161,15 @@ class MemorySampler:
             return
         self.last = now
         row: dict[str, float] = {}
-        for name, mb in probes.process_tree(names=self.names(rt)).items():
+        names = self.names(rt)
+        for name, mb in probes.process_tree(names=names).items():
             row[f"rss.{name}"] = mb
         row["rss.total"] = sum(v for k, v in row.items() if k.startswith("rss."))
-        sm = probes.smaps()
-        if sm:
-            row["anon.self"] = sm["anon_mb"]
-            row["file.self"] = sm["file_mb"]
+        for pid, name in ((None, "self"), *names.items()):  # the children's too: their heap or their libraries?
+            sm = probes.smaps(pid)
+            if sm:
+                row[f"anon.{name}"] = sm["anon_mb"]
+                row[f"file.{name}"] = sm["file_mb"]
         heap = probes.malloc_stats()
         if heap:
             row["malloc.in_use"] = heap["in_use_mb"]

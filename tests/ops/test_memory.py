@@ -68,6 +68,9 @@ def test_counts_threads_and_files():
     with open(__file__) as f:
         assert memory.counts()["fds"] == c["fds"] + 1
         f.read(1)
+    kept = [object() for _ in range(20000)]  # small Python objects: Python's own arenas, not malloc's statistics
+    assert memory.counts()["py_kblocks"] >= c["py_kblocks"] + 19
+    del kept
 
 
 def test_unreadable_process_gives_nothing_not_an_error():
