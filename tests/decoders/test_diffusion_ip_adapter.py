@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from installation.decoders import DecoderSpec, LatentRequest, create, decoder_class
+from diffusion_support import PROMPT
+from diffusion_support import assert_close as _close
+from diffusion_support import decoded_latents as _render
+from diffusion_support import make_decoder as _decoder
+from installation.decoders import decoder_class
 
-PROMPT = "a red cat"
 NEGATIVE = "blurry"
-REL_TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -51,35 +53,6 @@ def _ip(ip, images=("a",), weights=None, scale=0.7, **kw):
     return {"path": str(ip["file"]), "image_encoder": str(ip["encoder"]), "scale": scale,
             "images": [{"source": im if im == "camera" else str(ip[im]), "weight": w}
                        for im, w in zip(images, weights)], **kw}
-
-
-def _decoder(folder, taesd, **kw):
-    Diffusion = decoder_class("diffusion")
-    s = Diffusion.Settings(model=str(folder), taesd=str(taesd), width=64, height=64, prompts=((PROMPT, 1.0),), **kw)
-    Diffusion.check(s)
-    d = create(DecoderSpec("diffusion", s))
-    d.prepare()
-    return d
-
-
-def _render(d, z, params=None, extras=None):
-    seen = []
-    h = d.vae.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().float().clone()))
-    try:
-        d.render(LatentRequest(z=np.asarray(z, np.float32), t=0.0, seq=0, decoder=DecoderSpec("diffusion", d.settings),
-                               params=params or {}, extras=extras or {}))
-    finally:
-        h.remove()
-    return seen[0] * d.vae_scale
-
-
-def _close(mine, ref, same=True):
-    diff = (mine - ref).abs().max().item()
-    scale = ref.abs().max().item()
-    if same:
-        assert diff <= REL_TOL * scale, f"max |decoder - diffusers| = {diff:.3g} (latents up to {scale:.3g})"
-    else:
-        assert diff > 1e-3 * scale, "the image prompt made no difference"
 
 
 def _pipe(tiny_models, ip, scale, xl=False):
