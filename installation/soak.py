@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from array import array
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -130,13 +131,40 @@ def _slope_per_h(samples: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in samples) / var * 3600.0
 
 
+class Series:
+    """One memory series' (seconds, value) samples in two flat arrays of doubles, made for ``capacity`` samples at
+    the first one: keeping them costs the measured process no Python objects and no growth while it is measured
+    (a list of tuples of floats, 104 bytes a sample, read as 1-2 MB/h of the show's own growth in issue 33's soaks;
+    ``count.py_kblocks`` rose with it)."""
+
+    __slots__ = ("t", "v", "n")
+
+    def __init__(self, capacity: int) -> None:
+        self.t = array("d", bytes(8 * max(capacity, 1)))
+        self.v = array("d", bytes(8 * max(capacity, 1)))
+        self.n = 0
+
+    def add(self, t: float, value: float) -> None:
+        if self.n == len(self.t):  # a run longer than planned: double
+            self.t.extend(array("d", bytes(8 * self.n)))
+            self.v.extend(array("d", bytes(8 * self.n)))
+        self.t[self.n], self.v[self.n] = t, value
+        self.n += 1
+
+    def samples(self) -> list[tuple[float, float]]:
+        return list(zip(self.t[:self.n], self.v[:self.n]))
+
+
 class MemorySampler:
     """Samples the memory probes every ``every_s`` (GL objects every ``gl_every_s``: that walk is slower) from the
-    loop thread; ``report()`` gives each series' first, last and slopes per hour."""
+    loop thread; ``report()`` gives each series' first, last and slopes per hour. ``seconds``: how long it will
+    sample, so each series is made at its full size at once."""
 
-    def __init__(self, every_s: float = 10.0, gl_every_s: float = 60.0, log_path: Path | None = None) -> None:
+    def __init__(self, every_s: float = 10.0, gl_every_s: float = 60.0, log_path: Path | None = None,
+                 seconds: float = 3600.0) -> None:
         self.every_s, self.gl_every_s = every_s, gl_every_s
-        self.series: dict[str, list[tuple[float, float]]] = {}
+        self.capacity = int(seconds / max(every_s, 1e-3)) + 4
+        self.series: dict[str, Series] = {}
         self.start = time.monotonic()
         self.last = -math.inf
         self.last_gl = -math.inf
@@ -188,9 +216,14 @@ class MemorySampler:
             # Those walks list every object (MBs of temporaries): hand them back now, or the next samples read
             # them as resident memory until the runtime's own trim (a 6 MB step every minute in issue 33's runs)
             probes.trim()
-        t = now - self.start
+        self.record(now - self.start, row)
+
+    def record(self, t: float, row: dict[str, float]) -> None:
         for key, value in row.items():
-            self.series.setdefault(key, []).append((t, float(value)))
+            series = self.series.get(key)
+            if series is None:
+                series = self.series[key] = Series(self.capacity)
+            series.add(t, float(value))
         if self.log is not None:
             self.log.write(json.dumps({"t": round(t, 1), **{k: round(v, 3) for k, v in row.items()}}) + "\n")
 
@@ -228,7 +261,8 @@ class MemorySampler:
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, samples in sorted(self.series.items()):
+        for key, series in sorted(self.series.items()):
+            samples = series.samples()
             half = [s for s in samples if s[0] >= (samples[0][0] + samples[-1][0]) / 2]
             slope, late = _slope_per_h(samples), _slope_per_h(half)
             out[key] = {"first": round(samples[0][1], 2), "last": round(samples[-1][1], 2),
@@ -267,7 +301,10 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
     injector = _Injector(kill_every_s, shader_every_s, input_every_s, reload_every_s)
     warm = min(WARMUP * seconds, 60.0) if warmup_s is None else max(warmup_s, 0.0)
     injector.warm_until = time.monotonic() + warm
-    injector.memory = MemorySampler(sample_s, log_path=memory_log)
+    injector.memory = MemorySampler(sample_s, log_path=memory_log, seconds=max(seconds - warm, 1.0))
+    # The hour-long window of the figure below holds at most 360 samples on a long run (a sample a second filled it
+    # with 3,600 tuples over the first hour: growth of its own, in the very hour it measures)
+    injector.rss = Trend(3600.0, min_samples=3, min_span_s=5.0, min_interval_s=min(10.0, max(1.0, seconds / 360)))
     tracer = _Tracer(trace, injector.warm_until) if trace > 0 else None
     rss_start = rss_mb()
     show = faulty_spec(spec, raise_every, nan_every) if faults else spec
