@@ -325,3 +325,47 @@ def test_the_command_line_gives_exit_2_and_one_line_for_bad_files(tmp_path):
     cfg.write_bytes(cfg.read_bytes()[:-7] + b"\xff\xfe")
     r = run_cli("params", "--config", str(cfg), env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8 text" in r.stderr, r.stderr
+
+
+def test_a_file_rewritten_while_it_is_read_is_read_again_and_one_that_never_settles_is_refused(tmp_path, monkeypatch):
+    """An editor that truncates and rewrites a scene while the show reads it: the read is torn (half the old file),
+    the file's size and time change on disk, and the reader reads it again and gets the new file whole. One that is
+    rewritten during every read is refused with one line after ``STABLE_TRIES``. The rewrite is real (on disk);
+    only its moment is pinned, by doing it from inside the read."""
+    path = tmp_path / "scene.toml"
+    old, new = b'title = "old"\n' * 40, b'title = "new, longer"\n' * 40
+    path.write_bytes(old)
+    real_open = open
+    rewrites = {"left": 1, "done": 0}
+
+    class TornRead:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            data = self.f.read(len(old) // 2)  # the first half, then the editor writes the file anew
+            if rewrites["left"] > 0:
+                rewrites["left"] -= 1
+                rewrites["done"] += 1
+                with real_open(path, "wb") as w:
+                    w.write(new if rewrites["done"] % 2 else old)
+            else:
+                data += self.f.read()
+            return data
+
+    monkeypatch.setattr(files, "open", lambda p, mode="r", *a, **k: TornRead(real_open(p, mode, *a, **k)),
+                        raising=False)
+    assert files.read_bytes(path) == new  # torn once, read again whole
+    assert rewrites["done"] == 1
+    rewrites["left"] = 100  # rewritten during every read
+    with pytest.raises(files.FileError) as e:
+        files.read_bytes(path)
+    assert str(e.value) == (f"{path}: kept changing while it was read ({files.STABLE_TRIES} tries); "
+                            "try again when it is written")
+    assert rewrites["done"] == 1 + files.STABLE_TRIES
