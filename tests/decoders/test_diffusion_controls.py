@@ -406,6 +406,17 @@ def test_depth_anything_folder_gives_the_pipelines_depth(tmp_path):
     ref = pipeline("depth-estimation", model=str(tmp_path / "da"))(Image.fromarray(img))["predicted_depth"]
     torch.testing.assert_close(mine, (ref - ref.min()) / (ref.max() - ref.min()), rtol=0, atol=1e-5)
     assert mine.std() > 0.05
-    (tmp_path / "da" / "model.safetensors").rename(tmp_path / "da" / "pytorch_model.bin")
+    # A received folder whose weights are a pickle carrying a payload (beside the real weights): refused, nothing runs
+    from safetensors.torch import load_file
+
+    from payloads import torch_saved
+
+    marker = tmp_path / "ran"
+    weights = tmp_path / "da" / "model.safetensors"
+    (tmp_path / "da" / "pytorch_model.bin").write_bytes(torch_saved(marker, **load_file(weights)))
+    weights.unlink()
     with pytest.raises(ValueError, match="only pickled weights"):
         check_depth_model(tmp_path / "da", "control 0")
+    assert not marker.exists()
+    torch.load(tmp_path / "da" / "pytorch_model.bin", weights_only=False)  # the payload is live
+    assert marker.exists()

@@ -213,20 +213,34 @@ def _show(tmp_path, ip_table: str, tiny_models) -> Path:
 
 
 def test_a_pickled_adapter_stops_the_start_and_params_lists_the_live_values(tiny_models, ip, tmp_path):
-    """Through the command a user runs: a .bin adapter exits 2 with one line naming it; a good scene (its image path
+    """Through the command a user runs: a .bin adapter carrying a pickled payload (the adapter's own weights beside
+    it, as a received file would be) exits 2 with one line naming it and runs nothing; a good scene (its image path
     relative to the scene's folder) lists ip.scale and ip.<i>.weight."""
     import shutil
 
+    from safetensors.torch import load_file
+
+    from payloads import torch_saved
+
     shutil.copy(ip["a"], tmp_path / "mood.png")
-    table = (f'[decoder.ip_adapter]\npath = "{ip["bin"]}"\nimage_encoder = "{ip["encoder"]}"\n\n'
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "ip-adapter.bin"
+    crafted.write_bytes(torch_saved(marker, **load_file(ip["file"])))
+    table = (f'[decoder.ip_adapter]\npath = "{crafted}"\nimage_encoder = "{ip["encoder"]}"\n\n'
              f'[[decoder.ip_adapter.images]]\nsource = "../mood.png"\n')
     cfg = _show(tmp_path, table, tiny_models)
+    for command in ("params", "run"):
+        r = subprocess.run([sys.executable, "-m", "installation", command, "--config", str(cfg),
+                            *(["--headless", "--duration", "1"] if command == "run" else [])],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
+        assert len(lines) == 1 and str(crafted) in lines[0] and ".safetensors" in lines[0]
+        assert not marker.exists()
+    torch.load(crafted, weights_only=False)  # the payload is live: an unsafe loader runs it
+    assert marker.exists()
     run = [sys.executable, "-m", "installation", "params", "--config", str(cfg)]
-    r = subprocess.run(run, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("installation:")]
-    assert len(lines) == 1 and str(ip["bin"]) in lines[0] and ".safetensors" in lines[0]
-    cfg = _show(tmp_path, table.replace(str(ip["bin"]), str(ip["file"])) + "weight = 0.5\n\n"
+    cfg = _show(tmp_path, table.replace(str(crafted), str(ip["file"])) + "weight = 0.5\n\n"
                 "[[decoder.ip_adapter.images]]\nsource = \"camera\"\n", tiny_models)
     r = subprocess.run(run, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -325,3 +325,38 @@ def test_a_gan_show_lists_its_scenes_and_parameters_without_importing_torch(tmp_
     out, heavy = print_only("params", "--config", str(cfg))
     assert heavy == "-", f"imported {heavy}"
     assert "gan.truncation" in out and "gan.class.2.weight" in out
+
+
+def test_a_reload_into_an_unsafe_generator_is_a_counted_fault_and_runs_nothing(tmp_path, caplog):
+    """SIGHUP after a scene was pointed at a received generator carrying a pickle: one line naming the file, a
+    counted reload fault, the running scene plays on, and the payload never runs."""
+    import logging
+
+    from installation.clock import FixedClock
+    from installation.config import load_show
+    from installation.render.targets import HeadlessTarget
+    from installation.runtime import Runtime
+
+    marker = tmp_path / "pwned"
+    _, good = _export_legacy(tmp_path / "good.pt2")
+    evil = pt2_with_pickled_weight(good, tmp_path / "evil.pt2", marker)
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    spec = load_show(cfg)
+    target = HeadlessTarget(spec.config.output.size)
+    rt = Runtime(spec, target, FixedClock(20), fps=20, inputs=False)
+    try:
+        for _ in range(3):
+            rt.step()
+        (tmp_path / "scenes" / "a.toml").write_text(scene_toml(f'type = "gan"\npath = "{evil}"', 'kind = "walk"'))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="installation"):
+            rt.request_reload()
+            for _ in range(3):
+                rt.step()
+        assert rt.faults["reload"] == 1 and rt.show.scene.decoder.type == "cppn"
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and str(evil) in errors[0] and "is a pickle" in errors[0], errors
+        assert not marker.exists()
+    finally:
+        rt.close()
+        target.close()
