@@ -39,7 +39,9 @@ def test_sine_levels_bands_and_centroid(feeder):
         assert v["audio.peak"] == pytest.approx(0.5, abs=0.03)
         assert v["audio.mid"] == pytest.approx(0.3536, abs=0.03)
         assert v["audio.low"] < 0.03 and v["audio.high"] < 0.03
-        assert v["audio.centroid"] == pytest.approx(1000.0, abs=100.0)
+        # (a starved JACK dummy server, at a load of 35, glitches the sine now and then: a click's broadband block
+        # lifts the centroid for a moment, so wait for a clean stretch rather than take one reading)
+        assert wait_until(lambda: abs(inp.values()["audio.centroid"] - 1000.0) < 100.0, 10), inp.values()
         assert bus.targets()["audio.mid"] == pytest.approx(v["audio.mid"], abs=0.02)
 
         feeder.play("sine", freq=100.0, amp=0.5)
@@ -49,7 +51,7 @@ def test_sine_levels_bands_and_centroid(feeder):
         feeder.play("sine", freq=6000.0, amp=0.5)
         v = settle(inp)
         assert v["audio.high"] > 0.3 and v["audio.low"] < 0.03 and v["audio.mid"] < 0.05
-        assert v["audio.centroid"] == pytest.approx(6000.0, abs=300.0)
+        assert wait_until(lambda: abs(inp.values()["audio.centroid"] - 6000.0) < 300.0, 10), inp.values()
     finally:
         inp.stop()
         inp.stop()
