@@ -42,3 +42,14 @@ def assert_close(mine, ref, same=True):
         assert diff <= REL_TOL * scale, f"max |decoder - diffusers| = {diff:.3g} (latents up to {scale:.3g})"
     else:
         assert diff > 1e-3 * scale, "it made no difference"
+
+
+def assert_stream_batch_lags_one_frame(ref, d, reqs):
+    """A stream batch's frame n is the unbatched decoder's render of request n-1 (each request carries its own
+    live values), and the requests differ enough that a mix-up shows."""
+    expected = [decoded_latents(ref, *r) for r in reqs]
+    assert_close(expected[1], expected[2], same=False)
+    for n, r in enumerate(reqs):
+        got = decoded_latents(d, *r)
+        if n >= 1:
+            assert_close(got, expected[n - 1])

@@ -16,6 +16,7 @@ import torch
 
 from diffusion_support import PROMPT
 from diffusion_support import assert_close as _close
+from diffusion_support import assert_stream_batch_lags_one_frame
 from diffusion_support import decoded_latents as _render
 from diffusion_support import make_decoder as _decoder
 from installation.decoders import decoder_class
@@ -147,12 +148,7 @@ def test_stream_batch_carries_each_requests_image_prompt(tiny_models, ip):
     rng = np.random.default_rng(9)
     reqs = [(rng.standard_normal(d.lat_shape).astype(np.float32),
              {"ip.scale": 0.3 + 0.4 * i, "ip.0.weight": float(i % 2), "ip.1.weight": 1.0}) for i in range(4)]
-    expected = [_render(ref, *r) for r in reqs]
-    _close(expected[1], expected[2], same=False)
-    for n, r in enumerate(reqs):
-        got = _render(d, *r)
-        if n >= 1:
-            _close(got, expected[n - 1])
+    assert_stream_batch_lags_one_frame(ref, d, reqs)
 
 
 def test_camera_image_prompt_is_rate_limited_and_holds(tiny_models, ip, monkeypatch):
