@@ -5,8 +5,6 @@ the folders a user names. Latents are compared where they enter the VAE (the pip
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,7 @@ from diffusion_support import assert_stream_batch_lags_one_frame
 from diffusion_support import decoded_latents as _render
 from diffusion_support import make_decoder as _decoder
 from installation.decoders import decoder_class
-from support import wait_until
+from support import wait_until, write_show
 
 
 
@@ -267,18 +265,13 @@ def test_a_bad_control_stops_the_start_with_one_line(tiny_models, controls, tmp_
     import subprocess
     import sys
 
-    scenes = tmp_path / "scenes"
-    scenes.mkdir()
     missing = tmp_path / "no-such-depth-model"
     control = {"foreign": f'model = "{controls["cn-xl"]}"\nkind = "canny"\n',
                "no-depth-folder": f'model = "{controls["cn0"]}"\nkind = "depth"\ndepth_model = "{missing}"\n',
                "depth-without-model": f'model = "{controls["cn0"]}"\nkind = "depth"\n'}[case]
-    (scenes / "ctl.toml").write_text(
-        f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
-        f'width = 64\nheight = 64\n\n[[decoder.controls]]\n{control}')
-    cfg = tmp_path / "show.toml"
-    shaders = Path(__file__).resolve().parents[2] / "shaders"
-    cfg.write_text(f'[show]\nscenes = ["ctl"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
+    cfg = write_show(tmp_path, {"ctl": f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\n'
+                                       f'taesd = "{tiny_models["taesd"]}"\nwidth = 64\nheight = 64\n\n'
+                                       f'[[decoder.controls]]\n{control}'})
     r = subprocess.run([sys.executable, "-m", "installation", "params", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr

@@ -19,6 +19,7 @@ from diffusion_support import assert_close as _close
 from diffusion_support import assert_stream_batch_lags_one_frame
 from diffusion_support import decoded_latents as _render
 from diffusion_support import make_decoder as _decoder
+from support import write_show
 from installation.decoders import decoder_class
 
 NEGATIVE = "blurry"
@@ -31,21 +32,19 @@ def _two_threads():
 
 @pytest.fixture(scope="module")
 def ip(tiny_models, tmp_path_factory):
-    """An IP-Adapter file and CLIP image encoder for the tiny SD-Turbo (the same file as a .bin), an adapter for the
-    tiny SDXL-Turbo (the same encoder), two images."""
+    """An IP-Adapter file and CLIP image encoder for the tiny SD-Turbo, an adapter for the tiny SDXL-Turbo (the same
+    encoder), two images."""
     from PIL import Image
-    from safetensors.torch import load_file
 
     from installation.decoders.random_models import make_ip_adapter
 
     root = tmp_path_factory.mktemp("ip")
     sd = make_ip_adapter(tiny_models["sd-turbo"], root / "sd", seed=1)
     xl = make_ip_adapter(tiny_models["sdxl-turbo"], root / "xl", seed=2)
-    torch.save(load_file(sd["path"]), root / "ip.bin")
     rng = np.random.default_rng(5)
     for name, shape in (("a.png", (48, 64, 3)), ("b.png", (64, 40, 3))):  # not square: the preprocessing crops
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / name)
-    return {"file": Path(sd["path"]), "bin": root / "ip.bin", "xl": Path(xl["path"]),
+    return {"file": Path(sd["path"]), "xl": Path(xl["path"]),
             "encoder": Path(sd["image_encoder"]), "a": root / "a.png", "b": root / "b.png"}
 
 
@@ -197,15 +196,8 @@ def test_bad_files_stop_the_check_with_one_line(tiny_models, ip, tmp_path):
 
 
 def _show(tmp_path, ip_table: str, tiny_models) -> Path:
-    scenes = tmp_path / "scenes"
-    scenes.mkdir(exist_ok=True)
-    (scenes / "ip.toml").write_text(
-        f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\ntaesd = "{tiny_models["taesd"]}"\n'
-        f'width = 64\nheight = 64\n\n{ip_table}')
-    cfg = tmp_path / "show.toml"
-    shaders = Path(__file__).resolve().parents[2] / "shaders"
-    cfg.write_text(f'[show]\nscenes = ["ip"]\nscenes_dir = "{scenes}"\nshaders_dir = "{shaders}"\n')
-    return cfg
+    return write_show(tmp_path, {"ip": f'[decoder]\ntype = "diffusion"\nmodel = "{tiny_models["sd-turbo"]}"\n'
+                                       f'taesd = "{tiny_models["taesd"]}"\nwidth = 64\nheight = 64\n\n{ip_table}'})
 
 
 def test_a_pickled_adapter_stops_the_start_and_params_lists_the_live_values(tiny_models, ip, tmp_path):
