@@ -210,6 +210,25 @@ def test_a_live_recording_plays_in_real_time(tmp_path):
     assert levels == [0] + [1] * 5 + [2] * 5 + [4]
 
 
+def test_a_live_recording_that_fell_behind_stops_within_seconds(tmp_path):
+    """Stopping the show drains a live recorder's queue for at most drain_s and drops the rest (counted): a show at
+    load 35 recording 1280x720 once waited minutes on ffmpeg at its stop. The file it leaves still plays."""
+    from installation.render.record import Recorder
+
+    out = tmp_path / "behind.mp4"
+    rec = Recorder(out, (640, 360), 30, preset="ultrafast")
+    noise = np.random.default_rng(0).integers(0, 256, (8, 360, 640, 3), np.uint8)
+    for k in range(8):  # 10 s apart: each frame is repeated 300 times to keep real time, 2101 frames queued
+        rec.write(noise[k].tobytes(), 10.0 * k)
+    start = time.monotonic()
+    assert rec.close(drain_s=0.5)
+    took = time.monotonic() - start
+    assert rec.frames_written + rec.frames_dropped == 2101
+    assert rec.frames_dropped > 1000, (rec.frames_written, took)  # writing them all takes ffmpeg 8+ s here
+    assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == rec.frames_written
+    assert took < 20, took
+
+
 def test_a_window_without_a_display_is_a_start_up_error(tmp_path):
     cfg = write_show(tmp_path, {"a": scene_toml()})
     r = run_cli("run", "--config", str(cfg), "--duration", "1",

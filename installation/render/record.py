@@ -15,6 +15,7 @@ import queue
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ..ops.supervise import supervised
@@ -48,6 +49,7 @@ class Recorder:
         self._t0: float | None = None
         self._due = 0  # live: frames the video holds (or has queued) so far
         self.failed = False
+        self._drain_until: float | None = None  # live: set by close(); queued frames after it are dropped
         self._log = tempfile.TemporaryFile()
         cmd = [exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-vf", "vflip", "-c:v", codec]
@@ -99,7 +101,10 @@ class Recorder:
                 continue
             data, copies = item
             try:
-                for _ in range(copies):
+                for i in range(copies):
+                    if self._drain_until is not None and time.monotonic() > self._drain_until:
+                        self.frames_dropped += copies - i
+                        break
                     self._proc.stdin.write(data)
                     self.frames_written += 1
             except (BrokenPipeError, OSError, ValueError) as e:
@@ -114,8 +119,17 @@ class Recorder:
             return ""
         return f": {text[-500:]}" if text else ""
 
-    def close(self, timeout: float = 60.0) -> bool:
-        """Flush, finish the file; True when ffmpeg wrote it cleanly."""
+    def close(self, timeout: float | None = None, drain_s: float = 5.0) -> bool:
+        """Finish the file; True when ffmpeg wrote it cleanly.
+
+        An offline (``blocking``) recording writes every frame it was given. A live one writes what is queued for at
+        most ``drain_s`` seconds and drops (and counts) the rest, so a show's stop never waits on a recorder that
+        fell behind: at 1280x720 on a loaded machine, eight queued frames, each repeated to keep real time, took
+        ffmpeg over two minutes. ffmpeg then has ``timeout`` seconds (live 20, offline 60) to finish the file."""
+        if timeout is None:
+            timeout = 60.0 if self.blocking else 20.0
+        if not self.blocking:
+            self._drain_until = time.monotonic() + drain_s
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:  # ffmpeg stopped reading: do not hang the shutdown on it
