@@ -306,6 +306,10 @@ def run_soak(spec: ShowSpec, minutes: float, raise_every: int = 50, nan_every: i
     # with 3,600 tuples over the first hour: growth of its own, in the very hour it measures)
     injector.rss = Trend(3600.0, min_samples=3, min_span_s=5.0, min_interval_s=min(10.0, max(1.0, seconds / 360)))
     tracer = _Tracer(trace, injector.warm_until) if trace > 0 else None
+    if spec.config.decoder.isolation == "process":
+        from .ops.memory import map_large_blocks
+
+        map_large_blocks()  # as `installation run` does (issue 33)
     rss_start = rss_mb()
     show = faulty_spec(spec, raise_every, nan_every) if faults else spec
     out = show.config.output

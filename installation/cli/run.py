@@ -79,6 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..ops.limits import raise_nofile_limit
 
     raise_nofile_limit()  # systemd's soft 1024 is too few; before the decoder process and ffmpeg inherit it
+    if spec.config.decoder.isolation == "process" and not args.fixed_step:
+        from ..ops.memory import map_large_blocks
+
+        map_large_blocks()  # frame-sized blocks off this process's heap: they fragmented it (issue 33)
     if args.record and (size[0] % 2 or size[1] % 2):
         return fail(f"--record needs an even output size, got {size[0]}x{size[1]}")
     from ..render.targets import preload_decoders

@@ -92,6 +92,35 @@ def test_trim_hands_freed_heap_back_to_the_system():
     assert int(last.sum()) == 16 << 10  # still ours
 
 
+_FRAME_AFTER_A_BIG_FREE = """
+import sys
+import numpy as np
+from installation.ops import memory
+print(memory.map_large_blocks() if sys.argv[1] == "map" else None)
+big = np.ones(3 << 20, np.uint8)  # a read-back's size, mapped (above glibc's starting threshold)...
+del big  # ...and freed: glibc now raises its threshold to 3 MiB
+before = memory.malloc_stats()["mmap_mb"]
+frame = np.ones((360, 640, 3), np.uint8)  # a 640x360 decoder frame, 675 KiB
+print(round(memory.malloc_stats()["mmap_mb"] - before, 3))
+"""
+
+
+def test_large_blocks_stay_off_the_heap_once_mapped_whatever_was_freed_before():
+    """After map_large_blocks a frame-sized block gets its own mapping even after a bigger one was freed (glibc's
+    default then puts it in the heap, where frames of scenes of different sizes fragment it: issue 33); a threshold
+    the user set is left alone."""
+    def run(*args: str, **env: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", _FRAME_AFTER_A_BIG_FREE, *args], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert run("default") == ["None", "0.0"]  # glibc's own: in the heap
+    mapped, grew = run("map")
+    assert mapped == "True" and float(grew) >= 0.65
+    assert run("map", MALLOC_MMAP_THRESHOLD_="4194304") == ["False", "0.0"]
+
+
 def test_trimmer_trims_once_per_interval_of_its_clock():
     now = [0.0]
     trimmer = memory.Trimmer(60.0, clock=lambda: now[0])
