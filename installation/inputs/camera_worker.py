@@ -334,6 +334,9 @@ def run(settings: CameraSettings, conn: Any, control: Any, wanted: Any, log_leve
     if parent:
         die_with_parent(parent)
     faulthandler.enable()  # a native crash here (libndi, a capture driver) leaves this process's stacks in the log
+    from installation.ops.memory import map_large_blocks
+
+    map_large_blocks()  # source frames and their resized copies off the heap, as in the show process (issue 33)
 
     setup_logging(LogSettings(level=log_level))  # stderr, as the parent's and the decoder process's
     if settings.nice:
