@@ -52,6 +52,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MALLOC_DEBUG = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"  # glibc >= 2.34 checks only with this preloaded
+ASAN = "/usr/lib/x86_64-linux-gnu/libasan.so.8"  # gcc 12's; `--asan` preloads it into every process of a worker
+# Its allocator in place of glibc's: a double or invalid free, and an overflow through memcpy/memset/memmove (what
+# Mesa's and numpy's copies use), are reported at the call with both stacks; freed blocks wait in a quarantine, so
+# a late write through a stale pointer no longer lands in a live block. Uninstrumented code's own loads and stores
+# are not checked. Leak checking is off (Python leaves its objects at exit on purpose).
+ASAN_OPTIONS = ("detect_leaks=0:handle_segv=0:allow_user_segv_handler=1:abort_on_error=1:log_path=asan:"
+                "malloc_context_size=20:quarantine_size_mb=64")
 
 # Decoder frame sizes a scene change moves between: square and wide, and widths whose RGB rows are not a multiple
 # of 4 bytes (161, 97, 333), as the decoder sizes of different scenes are.
@@ -367,7 +374,10 @@ def worker_env(args, index: int) -> dict[str, str]:
         env["LP_NUM_THREADS"] = args.lp_threads
     if args.gallium:
         env["GALLIUM_DRIVER"] = args.gallium
-    if args.check:
+    if args.asan:
+        env["LD_PRELOAD"] = (ASAN + " " + env.get("LD_PRELOAD", "")).strip()
+        env["ASAN_OPTIONS"] = ASAN_OPTIONS  # log_path is relative: asan.<pid> in the life's folder
+    elif args.check:
         env["GLIBC_TUNABLES"] = ":".join(["glibc.malloc.check=3"] + ([args.tunables] if args.tunables else []))
         env["MALLOC_PERTURB_"] = "165"
         if os.path.exists(MALLOC_DEBUG):
@@ -427,7 +437,9 @@ class Supervisor:
         hangs = sum(1 for r in self.runs if r["end"] == "hang")
         crashes = sum(1 for r in self.runs if r["end"].startswith("SIG") and r["end"] not in ("SIGKILL", "SIGTERM"))
         return {"mode": self.args.mode, "lp_threads": self.args.lp_threads, "gallium": self.args.gallium,
-                "malloc_check": self.args.check, "procs": self.args.procs, "started": time.ctime(self.started),
+                "malloc_check": self.args.check and not self.args.asan, "asan": self.args.asan,
+                "asan_reports": sum(len(r.get("asan", ())) for r in self.runs), "procs": self.args.procs,
+                "started": time.ctime(self.started),
                 "wall_h": round((time.time() - self.started) / 3600, 3), "worker_h": round(worker_s / 3600, 3),
                 "lives": len(self.runs), "ends": ends, "heap_aborts": aborts, "native_crashes": crashes, "hangs": hangs,
                 "crashes_per_worker_h": round(crashes / (worker_s / 3600), 3) if worker_s else None,
@@ -474,6 +486,9 @@ class Supervisor:
                 rc = 128 - rc  # the show's wrapper shell reports a show killed by signal N as exit 128+N
             end = f"exit {rc}" if rc >= 0 else signal.Signals(-rc).name
             run = {"life": life.name, "seconds": round(time.time() - start, 1), "end": "hang" if hung else end}
+            reports = sorted(str(f.relative_to(life)) for f in life.rglob("asan.*"))
+            if reports:
+                run["asan"] = reports
             cores = sorted(life.glob("core*"))
             if cores:
                 exe = self._exe(cores[0])
@@ -535,7 +550,7 @@ class Supervisor:
         self.write()
         s = self.summary()
         print(json.dumps(s, indent=1))
-        return 0 if not s["native_crashes"] and not s["heap_aborts"] and not s["hangs"] else 1
+        return 0 if not (s["native_crashes"] or s["heap_aborts"] or s["hangs"] or s["asan_reports"]) else 1
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -568,6 +583,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lp-threads", default="unset", help="LP_NUM_THREADS for the workers: 'unset' or a number")
     ap.add_argument("--gallium", default="", help="GALLIUM_DRIVER for the workers (e.g. softpipe); '' = default")
     ap.add_argument("--no-check", dest="check", action="store_false", help="without glibc's malloc checking")
+    ap.add_argument("--asan", action="store_true", help="AddressSanitizer's allocator preloaded into the workers "
+                    "instead of glibc's checks (reports: asan.<pid> in each life's folder)")
     ap.add_argument("--default-show", action="store_true",
                     help="show mode: the default show's scenes (5 s each) at its own size instead of the stress scenes")
     ap.add_argument("--tunables", default="", help="more glibc tunables, e.g. 'glibc.malloc.tcache_count=0:"

@@ -41,3 +41,20 @@ def test_a_worker_that_stops_using_cpu_is_a_hang_with_its_threads_read_and_a_cor
     life = out / "life-0001-w0"
     assert "Thread 1" in (life / "hang.txt").read_text()  # gdb read its threads while it hung
     assert (life / "bt.txt").exists()  # and the SIGABRT's core was read too
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(heap_stress.ASAN), reason="gcc's libasan is not installed")
+def test_asan_workers_leave_a_report_that_the_summary_counts(tmp_path, monkeypatch):
+    """--asan preloads AddressSanitizer into the workers: a real double free in a worker (through libc, as a native
+    library would do it) is reported in its life's folder and counted, and the run fails."""
+    code = ("import ctypes; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+            "libc.free.argtypes = [ctypes.c_void_p]; b = libc.malloc(4096); libc.free(b); libc.free(b)")
+    monkeypatch.setattr(heap_stress, "worker_cmd", lambda args, index, life: [sys.executable, "-c", code])
+    monkeypatch.setattr(heap_stress, "build_c", lambda out: None)
+    out = tmp_path / "run"
+    assert heap_stress.main(["--mode", "c", "--procs", "1", "--minutes", "0.15", "--asan", "--out", str(out)]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["asan"] and not summary["malloc_check"]
+    assert summary["asan_reports"] >= 1 and summary["asan_reports"] == summary["lives"]
+    report = next(out.glob("life-*/asan.*")).read_text()
+    assert "attempting double-free" in report
