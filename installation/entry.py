@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
         return 0
-    if args[:1] == ["run"] and argv is None:  # the process's own entry point, not a caller's
+    # The process's own entry point (not a caller's), after a show: no interpreter teardown. A daemon thread still
+    # in torch then (the frame check's CLIP pass) is ended by pthread_exit as it takes the GIL back, and the unwind
+    # through torch's C++ frames calls std::terminate: an every-part soak aborted so after its report (exit 134,
+    # "terminate called without an active exception", a core).
+    if args[:1] in (["run"], ["calibrate"], ["soak"]) and argv is None:
         from .ops.supervise import leave
 
         leave(code)

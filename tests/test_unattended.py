@@ -760,3 +760,32 @@ def test_the_soaks_own_samples_cost_the_show_no_python_objects(tmp_path):
     for k in range(360, 800):  # a run longer than planned keeps every sample
         sampler.record(10.0 * k, row)
     assert sampler.report()["series.0"]["samples"] == 800
+
+
+_TORCH_IN_FLIGHT = """
+import os
+if os.environ.pop("SPIN_TORCH", None):  # popped: the show's child processes do not spin
+    import threading, torch
+    x = torch.ones(1000, 1000)
+    def spin():
+        while True:
+            x.to(torch.float64)  # C++ that releases the GIL and takes it back
+    threading.Thread(target=spin, daemon=True).start()
+"""
+
+
+def test_a_show_command_ends_without_teardown_so_a_thread_in_torch_cannot_abort_it(tmp_path):
+    """A daemon thread inside a torch call when the interpreter tears down is ended by pthread_exit as it takes the
+    GIL back, and that unwind through torch's C++ frames calls std::terminate (exit 134). An every-part soak aborted
+    so after its report, its frame check's CLIP pass in flight. The show's commands end without the teardown."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_TORCH_IN_FLIGHT)
+    env = {"SPIN_TORCH": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    plain = subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5)"], env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == -signal.SIGABRT and "terminate called" in plain.stderr  # what a teardown does
+    cfg = write_show(tmp_path, {"a": scene_toml()})
+    r = run_cli("soak", "--config", str(cfg), "--minutes", "0.02", "--no-faults", "--json", env=env)
+    assert r.returncode == 0 and "terminate called" not in r.stderr, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["crashes"] == 0
