@@ -58,3 +58,16 @@ def test_asan_workers_leave_a_report_that_the_summary_counts(tmp_path, monkeypat
     assert summary["asan_reports"] >= 1 and summary["asan_reports"] == summary["lives"]
     report = next(out.glob("life-*/asan.*")).read_text()
     assert "attempting double-free" in report
+
+
+def test_a_show_that_has_ended_is_not_a_hang_while_its_wrapper_finishes(tmp_path, monkeypatch):
+    """The watched show's pid is gone while the wrapper still runs (its watcher's last fetch): not a hang, and the
+    life ends as the wrapper does. Before, a gone pid read as no CPU used, the hang check tried to abort it, and the
+    ProcessLookupError ended that worker slot for the rest of the run (an --asan run did so after 48 minutes)."""
+    script = "sleep 0 & echo $! > show.pid; wait; sleep 5"
+    monkeypatch.setattr(heap_stress, "worker_cmd", lambda args, index, life: ["sh", "-c", script])
+    out = tmp_path / "run"
+    assert heap_stress.main(["--mode", "show", "--procs", "1", "--minutes", "0.15", "--hang-s", "2", "--hup-s", "1",
+                             "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lives"] >= 1 and summary["hangs"] == 0 and summary["ends"] == {"exit 0": summary["lives"]}
