@@ -202,6 +202,11 @@ class MemorySampler:
         if heap:
             row["malloc.in_use"] = heap["in_use_mb"]
             row["malloc.free"] = heap["free_mb"]
+        remote = getattr(rt.worker, "remote", None) or {}  # the decoder process's own heap, as it last reported it
+        for key, name in (("malloc_in_use_mb", "malloc.in_use.decoder"), ("malloc_free_mb", "malloc.free.decoder"),
+                          ("py_kblocks", "count.py_kblocks.decoder")):
+            if isinstance(remote.get(key), (int, float)):
+                row[name] = remote[key]
         sqlite = probes.sqlite_mb()
         if sqlite is not None:
             row["malloc.sqlite"] = sqlite

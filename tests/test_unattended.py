@@ -28,7 +28,8 @@ from installation.ops import Notifier
 from installation.render.record import Recorder
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
-from installation.soak import BROKEN_SHADER
+from installation.render.process import MEMORY_KEYS
+from installation.soak import BROKEN_SHADER, MemorySampler
 from support import ROOT, play_while, run_cli, scene_toml, wait_until, write_show
 
 NO_POST = '["present"]'
@@ -121,10 +122,13 @@ def test_health_endpoint_over_http_while_the_show_runs(tmp_path):
         with urllib.request.urlopen(rt.health_server.url, timeout=10) as r:
             result["code"] = r.status
             result["body"] = json.loads(r.read())
-        result["child"] = rt.worker.remote.get("rss_mb")  # the decoder process reports its own memory
+        result["child"] = dict(rt.worker.remote)  # the decoder process reports its own memory
+        sampler = MemorySampler(every_s=0.0)  # and the soak logs what its heap holds beside its resident memory
+        sampler.maybe_sample(rt, time.monotonic())
+        result["sampled"] = {k: s.samples()[-1][1] for k, s in sampler.series.items()}
 
     play_while(rt, target, client)
-    assert "rss_mb" not in rt.worker.remote  # the process has ended: its memory is no longer counted
+    assert not set(MEMORY_KEYS) & set(rt.worker.remote)  # the process has ended: its memory is no longer counted
     body = result["body"]
     assert result["code"] == 200
     for key in ("status", "uptime_s", "scene", "show_time_s", "present_fps", "decoder_fps", "frames_presented",
@@ -134,7 +138,13 @@ def test_health_endpoint_over_http_while_the_show_runs(tmp_path):
     assert body["frames_presented"] > 20 and 10 < body["present_fps"] < 30 and body["decoder_fps"] > 0
     assert body["show_time_s"] > 1 and body["position"]["tau"] > 1
     assert body["rss_mb"] > 10
-    assert result["child"] > 10 and body["rss_mb"] > result["child"] + 10  # both processes counted
+    child = result["child"]
+    assert child["rss_mb"] > 10 and body["rss_mb"] > child["rss_mb"] + 10  # both processes counted
+    assert 1 < child["malloc_in_use_mb"] < child["rss_mb"] and child["malloc_free_mb"] >= 0
+    assert child["py_kblocks"] > 10  # torch's modules alone are some 100,000 blocks
+    sampled = result["sampled"]
+    assert sampled["rss.decoder"] > 10 and sampled["anon.decoder"] > 1
+    assert sampled["malloc.in_use.decoder"] > 1 and sampled["count.py_kblocks.decoder"] > 10
     for part in ("decoder", "decoder_process_crashes", "tick", "shader", "inputs_rejects", "input_deaths",
                  "part_deaths", "thread_restarts", "recorder", "state_save"):
         assert part in body["faults"], part
@@ -696,8 +706,6 @@ def test_soak_command_reports_and_never_crashes():
 def test_the_soak_says_which_threads_came_and_went(tmp_path):
     """A thread count that rose over a soak (issue 33's every-part run: 15 -> 16) says how many; the memory log and
     the report say which."""
-    from installation.soak import MemorySampler
-
     log = tmp_path / "mem.jsonl"
     sampler = MemorySampler(log_path=log)
     stop = threading.Event()
@@ -744,8 +752,6 @@ def test_the_soaks_own_samples_cost_the_show_no_python_objects(tmp_path):
     Python objects to the process it measures (a list of tuples did, about 1.5 MB/h at 45 series every 10 s, read
     as the show's own growth in issue 33's soaks)."""
     import sys
-
-    from installation.soak import MemorySampler
 
     sampler = MemorySampler(every_s=10.0, seconds=3600.0)
     row = {f"series.{i}": float(i) for i in range(45)}

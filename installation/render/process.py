@@ -43,11 +43,21 @@ def default_threads(device: str) -> int:
     return max(1, (os.cpu_count() or 2) - gl_threads()) if device == "cpu" else 1
 
 
-def process_memory() -> dict[str, float | None]:
-    """This (decoder) process's resident memory and GPU memory, for the parent's health report."""
-    from ..ops.health import rss_mb, vram_mb, vram_total_mb
+MEMORY_KEYS = ("rss_mb", "vram_mb", "vram_total_mb", "malloc_in_use_mb", "malloc_free_mb", "py_kblocks")
 
-    return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb()}
+
+def process_memory() -> dict[str, float | None]:
+    """This (decoder) process's resident memory and GPU memory, for the parent's health report; and what its heap
+    holds (glibc's bytes in use and held free, Python's blocks), which the soak logs beside its resident memory."""
+    import sys
+
+    from ..ops.health import rss_mb, vram_mb, vram_total_mb
+    from ..ops.memory import malloc_stats
+
+    heap = malloc_stats() or {}
+    return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb(),
+            "malloc_in_use_mb": heap.get("in_use_mb"), "malloc_free_mb": heap.get("free_mb"),
+            "py_kblocks": sys.getallocatedblocks() / 1000}
 
 
 def child_sys_path(path: list[str]) -> list[str]:
@@ -370,7 +380,7 @@ class ProcessWorker:
 
     def _forget_memory(self) -> None:
         """The process is gone and its memory with it: /health must not keep counting it."""
-        self.remote = {k: v for k, v in self.remote.items() if k not in ("rss_mb", "vram_mb", "vram_total_mb")}
+        self.remote = {k: v for k, v in self.remote.items() if k not in MEMORY_KEYS}
 
     def restart_soon(self) -> None:
         """Start again (after a stop) at the next :meth:`submit`, on the caller's thread of that: the loop's, which
