@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -27,14 +28,20 @@ def _jack_running(env: dict[str, str]) -> bool:
     return out == "running"
 
 
-def start_jackd(env: dict[str, str]) -> subprocess.Popen:
-    """jackd on the dummy driver (48 kHz, 256-frame periods) for the server ``env`` names; fails the test when it
-    does not come up within 10 s."""
+def start_jackd(env: dict[str, str], wait_s: int = 30) -> subprocess.Popen:
+    """jackd on the dummy driver (48 kHz, 256-frame periods) for the server ``env`` names; fails the test, with what
+    jackd said, when it does not come up within ``wait_s`` (10 s was once too short on a busy shared machine, and the
+    failure did not say why)."""
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", "256", "-C", "2", "-P", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if subprocess.run(["jack_wait", "-w", "-t", "10"], env=env, capture_output=True).returncode != 0:
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    if subprocess.run(["jack_wait", "-w", "-t", str(wait_s)], env=env, capture_output=True).returncode != 0:
+        exited = proc.poll()
         stop_jackd(proc)
-        pytest.fail("jackd did not come up within 10 s")
+        log.seek(0)
+        said = log.read().decode(errors="replace")[-1500:]
+        pytest.fail(f"jackd did not come up within {wait_s} s (exit code {exited}); it said:\n{said}")
+    log.close()
     return proc
 
 
