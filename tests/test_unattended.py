@@ -25,10 +25,10 @@ import pytest
 from installation.clock import FixedClock, WallClock
 from installation.config import ConfigError, load_show
 from installation.ops import Notifier
+from installation.render.process import MEMORY_KEYS
 from installation.render.record import Recorder
 from installation.render.targets import HeadlessTarget, pixels
 from installation.runtime import Runtime
-from installation.render.process import MEMORY_KEYS
 from installation.soak import BROKEN_SHADER, MemorySampler
 from support import ROOT, play_while, run_cli, scene_toml, wait_until, write_show
 

@@ -46,17 +46,25 @@ def default_threads(device: str) -> int:
 MEMORY_KEYS = ("rss_mb", "vram_mb", "vram_total_mb", "malloc_in_use_mb", "malloc_free_mb", "py_kblocks")
 
 
+HEAP_EVERY = 10.0  # seconds between readings of the heap: mallinfo2 walks every free chunk (~1 ms on a fragmented one)
+
+
 def process_memory() -> dict[str, float | None]:
-    """This (decoder) process's resident memory and GPU memory, for the parent's health report; and what its heap
-    holds (glibc's bytes in use and held free, Python's blocks), which the soak logs beside its resident memory."""
+    """This (decoder) process's resident memory and GPU memory, for the parent's health report."""
+    from ..ops.health import rss_mb, vram_mb, vram_total_mb
+
+    return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb()}
+
+
+def heap_memory() -> dict[str, float | None]:
+    """What this (decoder) process's heap holds: glibc's bytes in use and held free, Python's blocks in thousands;
+    the soak logs them beside its resident memory."""
     import sys
 
-    from ..ops.health import rss_mb, vram_mb, vram_total_mb
     from ..ops.memory import malloc_stats
 
     heap = malloc_stats() or {}
-    return {"rss_mb": rss_mb(), "vram_mb": vram_mb(), "vram_total_mb": vram_total_mb(),
-            "malloc_in_use_mb": heap.get("in_use_mb"), "malloc_free_mb": heap.get("free_mb"),
+    return {"malloc_in_use_mb": heap.get("in_use_mb"), "malloc_free_mb": heap.get("free_mb"),
             "py_kblocks": sys.getallocatedblocks() / 1000}
 
 
@@ -125,6 +133,8 @@ class _PipeSlot:
         self._pending: tuple[Frame, dict | None] | None = None
         self._closed = False
         self._stats_at = 0.0
+        self._heap: dict[str, float | None] = {}
+        self._heap_at = -HEAP_EVERY
         self.trimmer = Trimmer(60.0)  # the decoder's freed tensors go back to the system between scenes (issue 33)
         self.published = 0
         self.superseded = 0
@@ -148,11 +158,13 @@ class _PipeSlot:
             return None
         self._stats_at = now
         self.trimmer.maybe()
+        if now - self._heap_at >= HEAP_EVERY:
+            self._heap_at, self._heap = now, heap_memory()
         return self.stats()
 
     def stats(self) -> dict:
         return {**self._guard.stats(), "superseded": self.superseded, "send_errors": self.send_errors,
-                "thread_restarts": THREADS.restarts(), **process_memory()}
+                "thread_restarts": THREADS.restarts(), **process_memory(), **self._heap}
 
     def _send_loop(self) -> None:
         while True:

@@ -32,16 +32,15 @@ def start_jackd(env: dict[str, str], wait_s: int = 30) -> subprocess.Popen:
     """jackd on the dummy driver (48 kHz, 256-frame periods) for the server ``env`` names; fails the test, with what
     jackd said, when it does not come up within ``wait_s`` (10 s was once too short on a busy shared machine, and the
     failure did not say why)."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", "256", "-C", "2", "-P", "2"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    if subprocess.run(["jack_wait", "-w", "-t", str(wait_s)], env=env, capture_output=True).returncode != 0:
-        exited = proc.poll()
-        stop_jackd(proc)
-        log.seek(0)
-        said = log.read().decode(errors="replace")[-1500:]
-        pytest.fail(f"jackd did not come up within {wait_s} s (exit code {exited}); it said:\n{said}")
-    log.close()
+    with tempfile.TemporaryFile() as log:  # jackd keeps its own descriptor of it
+        proc = subprocess.Popen(["jackd", "--no-realtime", "-d", "dummy", "-r", str(SR), "-p", "256", "-C", "2", "-P",
+                                 "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        if subprocess.run(["jack_wait", "-w", "-t", str(wait_s)], env=env, capture_output=True).returncode != 0:
+            exited = proc.poll()
+            stop_jackd(proc)
+            log.seek(0)
+            said = log.read().decode(errors="replace")[-1500:]
+            pytest.fail(f"jackd did not come up within {wait_s} s (exit code {exited}); it said:\n{said}")
     return proc
 
 
